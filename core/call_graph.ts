@@ -28,6 +28,24 @@ export interface CallGraphSize {
   readonly invocations: number;
 }
 
+/** One call of a {@linkcode CallGraphSnapshot}. */
+export interface CallSnapshot {
+  /** The call id. */
+  readonly callId: string;
+  /** How the call is rendered. */
+  readonly label: string;
+  /** The live invocations that hold the call. */
+  readonly invocationIds: readonly string[];
+}
+
+/** A plain copy of a {@linkcode CallGraph}, from {@linkcode CallGraph.snapshot}. */
+export interface CallGraphSnapshot {
+  /** Every call in the graph. */
+  readonly calls: readonly CallSnapshot[];
+  /** Every edge, as `[callerCallId, calleeCallId]`. */
+  readonly edges: readonly (readonly [string, string])[];
+}
+
 interface CallNode {
   /** Position in the topological order: every edge u→v has ord(u) < ord(v). Distinct per node. */
   ord: number;
@@ -184,8 +202,8 @@ export class CallGraph {
   }
 
   /**
-   * A copy of the graph as a graphology `DirectedGraph` whose node attributes are
-   * `{ label, invocations }`: for rendering, inspection and graphology's algorithms.
+   * A plain copy of the graph: every call with its label and live invocations, and every
+   * caller → callee edge. For rendering (Mermaid, DOT), inspection and graph algorithms.
    *
    * @example
    * ```ts
@@ -193,18 +211,17 @@ export class CallGraph {
    *
    * const graph = new CallGraph();
    * graph.addCall({ callId: "a#1", invocationId: "i1" }, { callId: "b#1", invocationId: "i2" });
-   * console.log(graph.toGraph().edges().length); // 1
+   * console.log(graph.snapshot().edges); // [["a#1", "b#1"]]
    * ```
    */
-  toGraph(): DirectedGraph<{ label: string; invocations: string[] }> {
-    const copy = new DirectedGraph<{ label: string; invocations: string[] }>();
+  snapshot(): CallGraphSnapshot {
+    const calls: CallSnapshot[] = [];
     this.#graph.forEachNode((callId, node) =>
-      copy.addNode(callId, { label: node.label, invocations: [...node.invocations] })
+      calls.push({ callId, label: node.label, invocationIds: [...node.invocations] })
     );
-    this.#graph.forEachEdge((_edge, _attributes, source, target) =>
-      copy.addDirectedEdge(source, target)
-    );
-    return copy;
+    const edges: [string, string][] = [];
+    this.#graph.forEachEdge((_edge, _attributes, caller, callee) => edges.push([caller, callee]));
+    return { calls, edges };
   }
 
   #addNode(callId: string, ref: CallRef, ord: number): CallNode {

@@ -167,7 +167,9 @@ export class InvocationStatusTransitionError extends NencError {
     options?: NencErrorOptions,
   ) {
     super(
-      `Cannot change the status of ${invocationLabel(invocationId)}: ${from ?? "(new)"} → ${to} is not allowed`,
+      `Cannot change the status of ${invocationLabel(invocationId)}: ${
+        from ?? "(new)"
+      } → ${to} is not allowed`,
       options,
     );
     this.from = from;
@@ -209,7 +211,9 @@ export class InvocationStatusOwnershipError extends NencError {
     options?: NencErrorOptions,
   ) {
     super(
-      `Cannot change the status of ${invocationLabel(invocationId)} from ${from} to ${to}: it is owned by runner ${ownerId}, not by ${
+      `Cannot change the status of ${
+        invocationLabel(invocationId)
+      } from ${from} to ${to}: it is owned by runner ${ownerId}, not by ${
         runnerId === null ? "a caller without a runner" : `runner ${runnerId}`
       }`,
       options,

@@ -106,7 +106,10 @@ function write(value: unknown, path: string, ancestors: object[]): string {
       return text;
     }
     default:
-      throw notJson(path, `${typeof value === "undefined" ? "undefined" : `a ${typeof value}`} is not JSON`);
+      throw notJson(
+        path,
+        `${typeof value === "undefined" ? "undefined" : `a ${typeof value}`} is not JSON`,
+      );
   }
 }
 
@@ -177,7 +180,9 @@ export function assertTaskId(taskId: string): void {
   }
   if (taskId.includes(KEY_SEPARATOR)) {
     throw new TypeError(
-      `Cannot use the task id ${JSON.stringify(taskId)}: it contains the key separator "${KEY_SEPARATOR}"`,
+      `Cannot use the task id ${
+        JSON.stringify(taskId)
+      }: it contains the key separator "${KEY_SEPARATOR}"`,
     );
   }
 }

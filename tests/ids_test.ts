@@ -24,7 +24,10 @@ test("canonicalJson() sorts object keys at every depth and writes no whitespace"
 });
 
 test("canonicalJson() writes numbers in their shortest round-trip form", () => {
-  assert.equal(canonicalJson([1.0, -0, 1e21, 0.1 + 0.2, 5e-7, 2 ** 53]), "[1,0,1e+21,0.30000000000000004,5e-7,9007199254740992]");
+  assert.equal(
+    canonicalJson([1.0, -0, 1e21, 0.1 + 0.2, 5e-7, 2 ** 53]),
+    "[1,0,1e+21,0.30000000000000004,5e-7,9007199254740992]",
+  );
 });
 
 test("canonicalJson() leaves out undefined object members, as JSON does", () => {
@@ -72,7 +75,10 @@ test("serializeArguments() serializes each argument canonically and drops undefi
 });
 
 test("serializeArguments() rejects non-object arguments and names a bad argument", () => {
-  assert.throws(() => serializeArguments([1]), /Cannot serialize args: expected a plain object of named arguments, got an array/);
+  assert.throws(
+    () => serializeArguments([1]),
+    /Cannot serialize args: expected a plain object of named arguments, got an array/,
+  );
   assert.throws(() => serializeArguments(3), /got a number/);
   assert.throws(() => serializeArguments(null), /got null/);
   assert.throws(() => serializeArguments(new Date()), /Date is not a plain object/);
@@ -87,7 +93,10 @@ test("callId() is equal for equal arguments in any key order and differs otherwi
   assert.notEqual(a, callId("add", serializeArguments({ x: 1, y: { p: [2, 1], q: "s" } })));
   assert.notEqual(a, callId("sum", serializeArguments({ x: 1, y: { p: [1, 2], q: "s" } })));
   // A string "1" and a number 1 are different arguments.
-  assert.notEqual(callId("t", serializeArguments({ x: 1 })), callId("t", serializeArguments({ x: "1" })));
+  assert.notEqual(
+    callId("t", serializeArguments({ x: 1 })),
+    callId("t", serializeArguments({ x: "1" })),
+  );
 });
 
 test("callId() hashes the canonical JSON of the arguments with SHA-256, the same on every runtime", async () => {
@@ -98,7 +107,9 @@ test("callId() hashes the canonical JSON of the arguments with SHA-256, the same
     "SHA-256",
     new TextEncoder().encode('{"a":[1,"x"],"b":{"c":null}}'),
   );
-  const hex = [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  const hex = [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join(
+    "",
+  );
   assert.equal(callId("t", serializeArguments({ b: { c: null }, a: [1, "x"] })), `t#${hex}`);
 });
 
@@ -115,7 +126,12 @@ test("assertTaskId() rejects empty ids and ids containing the key separator", ()
 });
 
 test("newInvocationId() is a ULID, monotonic within a process even when time repeats or goes back", () => {
-  const ids = [newInvocationId(2_000), newInvocationId(2_000), newInvocationId(1_000), newInvocationId(3_000)];
+  const ids = [
+    newInvocationId(2_000),
+    newInvocationId(2_000),
+    newInvocationId(1_000),
+    newInvocationId(3_000),
+  ];
   for (const id of ids) assert.match(id, /^[0-9A-HJKMNP-TV-Z]{26}$/);
   assert.deepEqual([...ids].sort(), ids);
   assert.equal(new Set(ids).size, ids.length);

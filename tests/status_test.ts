@@ -154,7 +154,14 @@ test("finishing releases ownership and the sequence grows by one per transition"
 });
 
 test("isValidHistory() accepts a recorded path and rejects gaps, bad steps and bad sequences", () => {
-  const path: InvocationStatus[] = ["registered", "pending", "running", "paused", "resumed", "success"];
+  const path: InvocationStatus[] = [
+    "registered",
+    "pending",
+    "running",
+    "paused",
+    "resumed",
+    "success",
+  ];
   const history: HistoryEntry[] = path.map((status, i) => ({
     status,
     runnerId: "r1",

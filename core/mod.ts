@@ -1,0 +1,26 @@
+/**
+ * The runtime-free core of nenc: the status state machine, identity (ULIDs, canonical JSON, call
+ * ids), the errors, and the graph core — {@linkcode CallGraph} for cycle control and
+ * {@linkcode WaitGraph} for blocking control. No `Deno.*`, no `Bun.*`: it runs on Deno, Bun,
+ * Node and Deno Deploy.
+ *
+ * @example
+ * ```ts
+ * import { CallGraph, WaitGraph } from "@nenc/nenc/core";
+ *
+ * const calls = new CallGraph();
+ * calls.addCall({ callId: "a#1", invocationId: "i1" }, { callId: "b#1", invocationId: "i2" });
+ *
+ * const waits = new WaitGraph();
+ * waits.waitFor("i1", ["i2"]);
+ * console.log(waits.blocking(10)); // ["i2"]
+ * ```
+ *
+ * @module
+ */
+
+export * from "./call_graph.ts";
+export * from "./errors.ts";
+export * from "./ids.ts";
+export * from "./status.ts";
+export * from "./wait_graph.ts";

@@ -1,0 +1,28 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as nenc from "../mod.ts";
+import { CallGraph, CycleDetectedError, WaitGraph } from "../mod.ts";
+
+test("mod.ts exports the graph core and the errors on this runtime", () => {
+  const calls = new CallGraph();
+  calls.addCall({ callId: "a", invocationId: "1" }, { callId: "b", invocationId: "2" });
+  assert.throws(
+    () => calls.addCall({ callId: "b", invocationId: "2" }, { callId: "a", invocationId: "3" }),
+    CycleDetectedError,
+  );
+  const waits = new WaitGraph({ clock: { now: () => 0 } });
+  waits.waitFor("1", ["2"]);
+  assert.deepEqual(waits.blocking(10), ["2"]);
+  for (
+    const name of [
+      "NencError",
+      "InvocationStatus",
+      "transition",
+      "callId",
+      "canonicalJson",
+      "newInvocationId",
+    ]
+  ) {
+    assert.ok(name in nenc, name);
+  }
+});

@@ -1,0 +1,174 @@
+/**
+ * An indexed binary min-heap of string ids keyed by (keyMs, id): O(log n) insert, remove by id
+ * and peek, and a non-consuming read of the k smallest in O(k log k). Private to the core: it
+ * orders the ready blockers of the wait graph and the delayed and purge-due invocations of the
+ * memory store.
+ *
+ * @module
+ */
+
+/**
+ * An indexed binary min-heap of ids keyed by (keyMs, id): O(log n) insert and remove-by-id,
+ * and a non-consuming read of the k smallest.
+ */
+export class IndexedHeap {
+  readonly #ids: string[] = [];
+  readonly #keys: number[] = [];
+  readonly #positions = new Map<string, number>();
+
+  get size(): number {
+    return this.#ids.length;
+  }
+
+  /** Whether `id` is in the heap. */
+  has(id: string): boolean {
+    return this.#positions.has(id);
+  }
+
+  /** The smallest id, or `undefined` when empty. */
+  peek(): string | undefined {
+    return this.#ids[0];
+  }
+
+  /** The key of the smallest id, or `undefined` when empty. */
+  peekKey(): number | undefined {
+    return this.#keys[0];
+  }
+
+  /** Adds `id` with `keyMs`; a no-op if it is already present. */
+  insert(id: string, keyMs: number): void {
+    if (this.#positions.has(id)) return;
+    const at = this.#ids.length;
+    this.#ids.push(id);
+    this.#keys.push(keyMs);
+    this.#positions.set(id, at);
+    this.#siftUp(at);
+  }
+
+  /** Removes `id`; a no-op if it is absent. */
+  remove(id: string): void {
+    const at = this.#positions.get(id);
+    if (at === undefined) return;
+    this.#positions.delete(id);
+    const lastId = this.#ids.pop() as string;
+    const lastKey = this.#keys.pop() as number;
+    if (at === this.#ids.length) return;
+    this.#ids[at] = lastId;
+    this.#keys[at] = lastKey;
+    this.#positions.set(lastId, at);
+    if (at > 0 && this.#less(at, (at - 1) >> 1)) this.#siftUp(at);
+    else this.#siftDown(at);
+  }
+
+  /**
+   * The `max` smallest ids that `accept` accepts, in order, without changing the heap.
+   *
+   * Why this neither consumes nor scans: a heap array is a tree where every parent is smaller
+   * than its children, so the smallest entry not yet emitted is always a child of an emitted (or
+   * skipped) one. A best-first walk keeps that frontier — heap *indices*, starting at the root —
+   * in a small auxiliary min-heap: pop the smallest index, emit it if accepted, push its two
+   * children. The main heap is only read, and the frontier never holds more than k + 1 indices
+   * after k pops, so k examined entries cost O(k log k), independent of the heap's size.
+   */
+  smallest(max: number, accept: ((id: string) => boolean) | undefined): string[] {
+    const result: string[] = [];
+    const n = this.#ids.length;
+    if (max === 0 || n === 0) return result;
+    const frontier: number[] = [0];
+    while (frontier.length > 0 && result.length < max) {
+      const at = this.#popFrontier(frontier);
+      const id = this.#ids[at] as string;
+      if (accept === undefined || accept(id)) result.push(id);
+      const left = 2 * at + 1;
+      if (left < n) this.#pushFrontier(frontier, left);
+      if (left + 1 < n) this.#pushFrontier(frontier, left + 1);
+    }
+    return result;
+  }
+
+  /** Whether the entry at heap index `a` orders before the one at `b`: by key, then by id. */
+  #less(a: number, b: number): boolean {
+    const keyA = this.#keys[a] as number;
+    const keyB = this.#keys[b] as number;
+    if (keyA !== keyB) return keyA < keyB;
+    return (this.#ids[a] as string) < (this.#ids[b] as string);
+  }
+
+  #swap(a: number, b: number): void {
+    const ids = this.#ids;
+    const keys = this.#keys;
+    const idA = ids[a] as string;
+    const idB = ids[b] as string;
+    ids[a] = idB;
+    ids[b] = idA;
+    const keyA = keys[a] as number;
+    keys[a] = keys[b] as number;
+    keys[b] = keyA;
+    this.#positions.set(idB, a);
+    this.#positions.set(idA, b);
+  }
+
+  #siftUp(at: number): void {
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (!this.#less(at, parent)) return;
+      this.#swap(at, parent);
+      at = parent;
+    }
+  }
+
+  #siftDown(at: number): void {
+    const n = this.#ids.length;
+    for (;;) {
+      const left = 2 * at + 1;
+      if (left >= n) return;
+      const right = left + 1;
+      const child = right < n && this.#less(right, left) ? right : left;
+      if (!this.#less(child, at)) return;
+      this.#swap(at, child);
+      at = child;
+    }
+  }
+
+  /** Pushes heap index `at` onto the frontier, a binary min-heap of indices ordered by `#less`. */
+  #pushFrontier(frontier: number[], at: number): void {
+    let i = frontier.length;
+    frontier.push(at);
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      const parentAt = frontier[parent] as number;
+      if (!this.#less(at, parentAt)) break;
+      frontier[i] = parentAt;
+      i = parent;
+    }
+    frontier[i] = at;
+  }
+
+  /** Pops the frontier's smallest heap index (the frontier must not be empty). */
+  #popFrontier(frontier: number[]): number {
+    const top = frontier[0] as number;
+    const last = frontier.pop() as number;
+    const n = frontier.length;
+    if (n === 0) return top;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= n) break;
+      const right = left + 1;
+      let child = left;
+      let childAt = frontier[left] as number;
+      if (right < n) {
+        const rightAt = frontier[right] as number;
+        if (this.#less(rightAt, childAt)) {
+          child = right;
+          childAt = rightAt;
+        }
+      }
+      if (!this.#less(childAt, last)) break;
+      frontier[i] = childAt;
+      i = child;
+    }
+    frontier[i] = last;
+    return top;
+  }
+}

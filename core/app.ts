@@ -1,0 +1,159 @@
+/**
+ * The app: tasks, the orchestrator over a storage backend, and runners.
+ *
+ * @module
+ */
+
+import { type Clock, systemClock } from "./clock.ts";
+import { MemoryStore } from "./memory_store.ts";
+import { Orchestrator, type OrchestratorOptions } from "./orchestrator.ts";
+import { Runner, type RunnerOptions } from "./runner.ts";
+import { DEFAULT_ERROR_CLASSES, type ErrorClass, errorClassMap } from "./serializer.ts";
+import type { Store } from "./store.ts";
+import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
+
+/**
+ * Options of `new Nenc()`; defaults in brackets.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type NencOptions } from "@nenc/nenc";
+ *
+ * class PaymentDeclined extends Error {}
+ * const options: NencOptions = {
+ *   appId: "shop",
+ *   orchestrator: { autoFinalInvocationPurgeHours: 1 },
+ *   errorClasses: [PaymentDeclined],
+ * };
+ * const app = new Nenc(options);
+ * console.log(app.appId); // "shop"
+ * ```
+ */
+export interface NencOptions {
+  /** The app id: every stored key is under it [`"nenc"`]. */
+  appId?: string;
+  /** Orchestrator options. */
+  orchestrator?: OrchestratorOptions;
+  /** Where time comes from [the system clock]. */
+  clock?: Clock;
+  /** Error classes whose errors come back from `result()` as the same class [`[]`; built-in and nenc errors always do]. */
+  errorClasses?: readonly ErrorClass[];
+  /** The storage backend [an in-memory store of this process]. */
+  store?: Store;
+}
+
+const APP_OPTIONS = new Set(["appId", "orchestrator", "clock", "errorClasses", "store"]);
+
+/**
+ * A nenc app: define tasks, call them, run them.
+ *
+ * @example The quick start: fib with one slot
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc({ appId: "shop" });
+ * const fib = app.task("fib", async ({ n }: { n: number }): Promise<number> => {
+ *   if (n < 2) return n;
+ *   const [a, b] = await Promise.all([fib.call({ n: n - 1 }), fib.call({ n: n - 2 })]);
+ *   return (await a.result()) + (await b.result());
+ * }, { registrationConcurrency: "arguments" });
+ *
+ * await using runner = app.runner({ concurrency: 1 });
+ * runner.start();
+ * const invocation = await fib.call({ n: 10 });
+ * console.log(await invocation.result()); // 55
+ * ```
+ */
+export class Nenc {
+  /** The app id. */
+  readonly appId: string;
+  /** The orchestrator: pynenc's `BaseOrchestrator` interface. */
+  readonly orchestrator: Orchestrator;
+  /** The app's clock. */
+  readonly clock: Clock;
+  /** Error classes rehydrated by name. */
+  readonly errorClasses: ReadonlyMap<string, ErrorClass>;
+  readonly #tasks = new Map<string, Task<never, unknown>>();
+
+  /** Creates an app; without a `store`, on the in-memory backend. */
+  constructor(options: NencOptions = {}) {
+    for (const name of Object.keys(options)) {
+      if (!APP_OPTIONS.has(name)) {
+        throw new TypeError(`Cannot create the app: unknown option "${name}"`);
+      }
+    }
+    this.appId = options.appId ?? "nenc";
+    if (typeof this.appId !== "string" || this.appId === "") {
+      throw new TypeError("Cannot create the app: appId must be a non-empty string");
+    }
+    this.clock = options.clock ?? systemClock;
+    this.errorClasses = errorClassMap([...DEFAULT_ERROR_CLASSES, ...options.errorClasses ?? []]);
+    this.orchestrator = new Orchestrator(
+      this,
+      options.store ?? new MemoryStore(),
+      options.orchestrator,
+    );
+  }
+
+  /**
+   * Defines a task. `name` is its id, unique within the app; `fn` takes one object of named
+   * arguments.
+   *
+   * @throws {TypeError | RangeError} for a duplicate name, a bad name or bad options.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const resize = app.task("resize", ({ url, width }: { url: string; width: number }) => `${url}@${width}`, {
+   *   runningConcurrency: "keys",
+   *   keyArguments: ["url"],
+   * });
+   * console.log(resize.id); // "resize"
+   * ```
+   */
+  task<Args = undefined, Result = unknown>(
+    name: string,
+    fn: TaskFunction<Args, Result>,
+    options?: TaskOptions<Args>,
+  ): Task<Args, Awaited<Result>> {
+    if (this.#tasks.has(name)) {
+      throw new TypeError(`Cannot define task ${name}: the app already has a task with that name`);
+    }
+    const task = new Task<Args, Awaited<Result>>(
+      this.orchestrator,
+      name,
+      fn as TaskFunction<Args, Awaited<Result>>,
+      options,
+    );
+    this.#tasks.set(name, task as Task<never, unknown>);
+    return task;
+  }
+
+  /** The task with this id, or `undefined`. */
+  getTask(taskId: string): Task<never, unknown> | undefined {
+    return this.#tasks.get(taskId);
+  }
+
+  /** Every task of the app. */
+  tasks(): Task<never, unknown>[] {
+    return [...this.#tasks.values()];
+  }
+
+  /**
+   * A runner for this app's invocations; call `start()` on it.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * await using runner = app.runner({ concurrency: 4 });
+   * runner.start();
+   * ```
+   */
+  runner(options?: RunnerOptions): Runner {
+    return new Runner(this, options);
+  }
+}

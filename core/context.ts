@@ -1,0 +1,35 @@
+/**
+ * The invocation a piece of code runs in, carried by `AsyncLocalStorage` (available on Deno, Bun,
+ * Node and Deno Deploy): a call made inside a task gets that invocation as its parent, and a
+ * `result()` awaited inside a task pauses that invocation.
+ *
+ * @module
+ */
+
+import { AsyncLocalStorage } from "node:async_hooks";
+import type { InvocationRecord } from "./store.ts";
+
+/** How a running invocation waits for others: the runner's side of `result()`. */
+export interface ExecutionContext {
+  /** The running invocation. */
+  readonly record: InvocationRecord;
+  /** The runner executing it. */
+  readonly runnerId: string;
+  /**
+   * Waits until all (`"all"`) or one (`"any"`) of `ids` is final: records the wait for blocking
+   * control, pauses the invocation (its slot is freed) and resumes it afterwards.
+   */
+  waitFor(ids: readonly string[], mode: "all" | "any"): Promise<void>;
+}
+
+const storage = new AsyncLocalStorage<ExecutionContext>();
+
+/** The execution the caller runs in, or `undefined` outside any task. */
+export function currentExecution(): ExecutionContext | undefined {
+  return storage.getStore();
+}
+
+/** Runs `fn` inside `context`. */
+export function runInExecution<T>(context: ExecutionContext, fn: () => T): T {
+  return storage.run(context, fn);
+}

@@ -1,0 +1,467 @@
+/**
+ * The in-memory backend, nenc's embedded default: everything in this process, pure TypeScript.
+ * Each method runs to completion without awaiting, so every transition is atomic with respect to
+ * any other async caller in the process.
+ *
+ * @module
+ */
+
+import { IndexedHeap } from "./_indexed_heap.ts";
+import { CallGraph, type CallRef } from "./call_graph.ts";
+import {
+  AVAILABLE_FOR_RUN_STATUSES,
+  type HistoryEntry,
+  InvocationStatus,
+  isFinalStatus,
+  transition,
+} from "./status.ts";
+import {
+  type ChangeOutcome,
+  type ClaimOutcome,
+  type ClaimRequest,
+  type FindQuery,
+  type InvocationRecord,
+  type NewInvocation,
+  planChange,
+  type RecoverableQuery,
+  type RegisterOutcome,
+  type RunnerInfo,
+  type StatusChange,
+  type Store,
+} from "./store.ts";
+import { WaitGraph } from "./wait_graph.ts";
+
+const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
+
+/**
+ * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given.
+ *
+ * @example
+ * ```ts
+ * import { MemoryStore } from "@nenc/nenc";
+ *
+ * const store = new MemoryStore();
+ * console.log(await store.get("missing")); // undefined
+ * ```
+ */
+export class MemoryStore implements Store {
+  readonly #records = new Map<string, InvocationRecord>();
+  readonly #history = new Map<string, HistoryEntry[]>();
+  readonly #byTask = new Map<string, Set<string>>();
+  readonly #byStatus = new Map<InvocationStatus, Set<string>>();
+  readonly #registrationKeys = new Map<string, string>();
+  readonly #slots = new Map<string, string>();
+  /** Available now, in queue order (a Set keeps insertion order; re-queue = delete + add). */
+  readonly #queue = new Set<string>();
+  /** Re-queued for later (retry back-off), by available time. */
+  readonly #delayed = new IndexedHeap();
+  readonly #purgeDue = new IndexedHeap();
+  readonly #calls = new CallGraph();
+  // The wait graph reads first-wait times from the `nowMs` of the waitFor() call being applied.
+  #waitNowMs = 0;
+  readonly #waits = new WaitGraph({ clock: { now: () => this.#waitNowMs } });
+  readonly #runners = new Map<string, number>();
+  readonly #finalWaiters = new Map<string, Set<() => void>>();
+  readonly #workWaiters = new Set<() => void>();
+  /**
+   * Work arrived since the last claim: a runner that found nothing and is about to wait does not
+   * miss it. Re-queues made by a claim itself (concurrency control) are not new work, or runners
+   * would hand a blocked invocation back and forth without pause.
+   */
+  #newWork = false;
+  #claiming = false;
+
+  register(invocation: NewInvocation): Promise<RegisterOutcome> {
+    const key = invocation.registrationKey;
+    const holder = key === null ? undefined : this.#registrationKeys.get(key);
+    if (holder !== undefined) {
+      return Promise.resolve({ existing: this.#records.get(holder)! });
+    }
+    return Promise.resolve({ created: this.#create(invocation) });
+  }
+
+  registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
+    if (invocations.some((invocation) => invocation.registrationKey !== null)) {
+      return Promise.reject(
+        new RangeError("Cannot register in batch: registration keys need register()"),
+      );
+    }
+    return Promise.resolve(invocations.map((invocation) => this.#create(invocation)));
+  }
+
+  change(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    try {
+      return Promise.resolve(this.#apply(id, change));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  incrementRetries(id: string): Promise<number> {
+    const record = this.#records.get(id);
+    if (record === undefined) {
+      return Promise.reject(
+        new RangeError(`Cannot count a retry: invocation ${id} does not exist`),
+      );
+    }
+    this.#records.set(id, { ...record, retries: record.retries + 1 });
+    return Promise.resolve(record.retries + 1);
+  }
+
+  claim(request: ClaimRequest): Promise<ClaimOutcome> {
+    this.#newWork = false;
+    this.#claiming = true;
+    try {
+      return Promise.resolve(this.#claim(request));
+    } finally {
+      this.#claiming = false;
+    }
+  }
+
+  #claim(request: ClaimRequest): ClaimOutcome {
+    const { runnerId, nowMs, max } = request;
+    this.#promoteDelayed(nowMs);
+    const claimed: InvocationRecord[] = [];
+    const rerouted: InvocationRecord[] = [];
+    const finalised: InvocationRecord[] = [];
+    const tryClaim = (id: string): void => {
+      const record = this.#records.get(id);
+      if (
+        record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
+        record.availableAtMs > nowMs
+      ) return;
+      const outcome = this.#apply(id, { path: [PENDING], runnerId, nowMs });
+      if (outcome.ok) return void claimed.push(outcome.record);
+      // Blocked by running concurrency: re-queue behind the others, or finalise.
+      const reroute = request.rerouteOnConcurrencyControl(record.taskId);
+      const controlled = this.#apply(id, {
+        path: reroute
+          ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
+          : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
+        runnerId,
+        nowMs,
+        purgeAtMs: request.purgeAtMs,
+      });
+      if (controlled.ok) (reroute ? rerouted : finalised).push(controlled.record);
+    };
+    for (const id of request.preferredIds) {
+      if (claimed.length >= max) break;
+      tryClaim(id);
+    }
+    // Each queued invocation is examined at most once per claim (a re-queued one goes to the
+    // back), and at most `max` are controlled, so one claim makes at most 2·max transitions.
+    let budget = this.#queue.size;
+    for (const id of this.#queue) {
+      if (claimed.length >= max || budget-- <= 0 || rerouted.length + finalised.length >= max) {
+        break;
+      }
+      tryClaim(id);
+    }
+    return { claimed, rerouted, finalised };
+  }
+
+  get(id: string): Promise<InvocationRecord | undefined> {
+    return Promise.resolve(this.#records.get(id));
+  }
+
+  getMany(ids: readonly string[]): Promise<InvocationRecord[]> {
+    const records: InvocationRecord[] = [];
+    for (const id of ids) {
+      const record = this.#records.get(id);
+      if (record !== undefined) records.push(record);
+    }
+    return Promise.resolve(records);
+  }
+
+  history(id: string): Promise<HistoryEntry[]> {
+    return Promise.resolve([...this.#history.get(id) ?? []]);
+  }
+
+  async *find(query: FindQuery): AsyncIterable<InvocationRecord> {
+    const filters = Object.entries(query.args ?? {});
+    for (const id of [...this.#byTask.get(query.taskId) ?? []]) {
+      const record = this.#records.get(id);
+      if (record === undefined) continue;
+      if (query.statuses !== undefined && !query.statuses.has(record.status)) continue;
+      if (filters.every(([name, value]) => record.args[name] === value)) yield record;
+    }
+  }
+
+  slotHolder(runningKey: string): Promise<string | undefined> {
+    return Promise.resolve(this.#slots.get(runningKey));
+  }
+
+  recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
+    const found: InvocationRecord[] = [];
+    const consider = (status: InvocationStatus, isDue: (r: InvocationRecord) => boolean): void => {
+      for (const id of this.#byStatus.get(status) ?? []) {
+        if (found.length >= query.max) return;
+        const record = this.#records.get(id)!;
+        if (isDue(record)) found.push(record);
+      }
+    };
+    consider(PENDING, (record) => record.updatedAtMs < query.pendingBeforeMs);
+    const ownerIsDead = (record: InvocationRecord): boolean =>
+      record.ownerId !== null &&
+      (this.#runners.get(record.ownerId) ?? -Infinity) < query.heartbeatBeforeMs;
+    for (const status of [RUNNING, PAUSED, RESUMED]) consider(status, ownerIsDead);
+    return Promise.resolve(found);
+  }
+
+  counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
+    const counts = new Map<string, Map<InvocationStatus, number>>();
+    for (const record of this.#records.values()) {
+      const perTask = counts.get(record.taskId) ?? new Map<InvocationStatus, number>();
+      perTask.set(record.status, (perTask.get(record.status) ?? 0) + 1);
+      counts.set(record.taskId, perTask);
+    }
+    return Promise.resolve(counts);
+  }
+
+  addCall(caller: CallRef, callee: CallRef): Promise<void> {
+    try {
+      this.#calls.addCall(caller, callee);
+      return Promise.resolve();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  removeCall(ref: CallRef): Promise<void> {
+    this.#calls.removeInvocation(ref);
+    return Promise.resolve();
+  }
+
+  waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void> {
+    this.#waitNowMs = nowMs;
+    this.#waits.waitFor(waiterId, waitedIds);
+    return Promise.resolve();
+  }
+
+  releaseWaiters(id: string): Promise<void> {
+    this.#waits.release(id);
+    return Promise.resolve();
+  }
+
+  blocking(max: number, nowMs: number): Promise<string[]> {
+    return Promise.resolve(this.#waits.blocking(max, {
+      isAvailable: (id) => {
+        const record = this.#records.get(id);
+        return record !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(record.status) &&
+          record.availableAtMs <= nowMs;
+      },
+    }));
+  }
+
+  heartbeat(runnerId: string, nowMs: number): Promise<void> {
+    this.#runners.set(runnerId, nowMs);
+    return Promise.resolve();
+  }
+
+  removeRunner(runnerId: string): Promise<void> {
+    this.#runners.delete(runnerId);
+    return Promise.resolve();
+  }
+
+  runners(): Promise<RunnerInfo[]> {
+    return Promise.resolve(
+      [...this.#runners].map(([runnerId, lastSeenMs]) => ({ runnerId, lastSeenMs })),
+    );
+  }
+
+  waitFinal(id: string, signal?: AbortSignal): Promise<void> {
+    const record = this.#records.get(id);
+    if (record === undefined || isFinalStatus(record.status)) return Promise.resolve();
+    return waitOn(this.#finalWaiters, id, signal);
+  }
+
+  waitWork(signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal?.aborted || this.#newWork) return resolve();
+      const done = (): void => {
+        this.#workWaiters.delete(done);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      this.#workWaiters.add(done);
+      signal?.addEventListener("abort", done, { once: true });
+    });
+  }
+
+  schedulePurge(id: string, purgeAtMs: number): Promise<void> {
+    const record = this.#records.get(id);
+    if (record !== undefined && isFinalStatus(record.status)) {
+      this.#records.set(id, { ...record, purgeAtMs });
+      this.#purgeDue.remove(id);
+      this.#purgeDue.insert(id, purgeAtMs);
+    }
+    return Promise.resolve();
+  }
+
+  purgeDue(nowMs: number): Promise<number> {
+    let purged = 0;
+    for (let key = this.#purgeDue.peekKey(); key !== undefined && key <= nowMs;) {
+      this.#delete(this.#purgeDue.peek()!);
+      purged++;
+      key = this.#purgeDue.peekKey();
+    }
+    return Promise.resolve(purged);
+  }
+
+  purgeAll(): Promise<void> {
+    for (const id of [...this.#records.keys()]) this.#delete(id);
+    this.#runners.clear();
+    return Promise.resolve();
+  }
+
+  #create(invocation: NewInvocation): InvocationRecord {
+    const { record: status, entry } = transition(undefined, InvocationStatus.REGISTERED, {
+      runnerId: invocation.runnerId,
+      nowMs: invocation.nowMs,
+      invocationId: invocation.id,
+    });
+    const record: InvocationRecord = {
+      id: invocation.id,
+      taskId: invocation.taskId,
+      callId: invocation.callId,
+      args: invocation.args,
+      parentId: invocation.parentId,
+      registrationKey: invocation.registrationKey,
+      runningKey: invocation.runningKey,
+      ...status,
+      createdAtMs: invocation.nowMs,
+      retries: 0,
+      availableAtMs: invocation.nowMs,
+      finishedAtMs: null,
+      purgeAtMs: null,
+    };
+    this.#records.set(record.id, record);
+    this.#history.set(record.id, [entry]);
+    addTo(this.#byTask, record.taskId, record.id);
+    addTo(this.#byStatus, record.status, record.id);
+    if (record.registrationKey !== null) {
+      this.#registrationKeys.set(record.registrationKey, record.id);
+    }
+    this.#enqueue(record);
+    return record;
+  }
+
+  #apply(id: string, change: StatusChange): ChangeOutcome {
+    const record = this.#records.get(id);
+    if (record === undefined) return { ok: false, reason: "missing" };
+    if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
+      return { ok: false, reason: "conflict", record };
+    }
+    const plan = planChange(record, change);
+    const key = record.runningKey;
+    if (plan.slot === "acquire" && key !== null) {
+      const holder = this.#slots.get(key);
+      if (holder !== undefined && holder !== id) return { ok: false, reason: "slot-busy", record };
+      this.#slots.set(key, id);
+    } else if (plan.slot === "release" && key !== null && this.#slots.get(key) === id) {
+      this.#slots.delete(key);
+      this.#announceWork(); // what the slot blocked may run now
+    }
+    if (plan.releaseRegistrationKey && this.#registrationKeys.get(record.registrationKey!) === id) {
+      this.#registrationKeys.delete(record.registrationKey!);
+    }
+    const next = plan.record;
+    this.#records.set(id, next);
+    this.#history.get(id)!.push(...plan.entries);
+    if (record.status !== next.status) {
+      this.#byStatus.get(record.status)?.delete(id);
+      addTo(this.#byStatus, next.status, id);
+    }
+    if (plan.queue === "dequeue") {
+      this.#queue.delete(id);
+      this.#delayed.remove(id);
+    } else if (plan.queue === "enqueue") {
+      this.#enqueue(next);
+    }
+    if (plan.final) {
+      if (next.purgeAtMs !== null) this.#purgeDue.insert(id, next.purgeAtMs);
+      notify(this.#finalWaiters.get(id));
+    }
+    return { ok: true, record: next, entries: plan.entries };
+  }
+
+  #enqueue(record: InvocationRecord): void {
+    this.#queue.delete(record.id);
+    this.#delayed.remove(record.id);
+    if (record.availableAtMs > record.updatedAtMs) {
+      this.#delayed.insert(record.id, record.availableAtMs);
+    } else {
+      this.#queue.add(record.id);
+    }
+    if (!this.#claiming) this.#announceWork();
+  }
+
+  #announceWork(): void {
+    this.#newWork = true;
+    notify(this.#workWaiters);
+  }
+
+  #promoteDelayed(nowMs: number): void {
+    for (let key = this.#delayed.peekKey(); key !== undefined && key <= nowMs;) {
+      const id = this.#delayed.peek()!;
+      this.#delayed.remove(id);
+      this.#queue.add(id);
+      key = this.#delayed.peekKey();
+    }
+  }
+
+  #delete(id: string): void {
+    const record = this.#records.get(id);
+    if (record === undefined) return;
+    this.#records.delete(id);
+    this.#history.delete(id);
+    this.#byTask.get(record.taskId)?.delete(id);
+    this.#byStatus.get(record.status)?.delete(id);
+    this.#queue.delete(id);
+    this.#delayed.remove(id);
+    this.#purgeDue.remove(id);
+    if (
+      record.registrationKey !== null && this.#registrationKeys.get(record.registrationKey) === id
+    ) {
+      this.#registrationKeys.delete(record.registrationKey);
+    }
+    if (record.runningKey !== null && this.#slots.get(record.runningKey) === id) {
+      this.#slots.delete(record.runningKey);
+    }
+    this.#calls.removeInvocation({ callId: record.callId, invocationId: id });
+    this.#waits.release(id);
+    notify(this.#finalWaiters.get(id));
+  }
+}
+
+function addTo<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  let set = index.get(key);
+  if (set === undefined) index.set(key, set = new Set());
+  set.add(value);
+}
+
+function notify(listeners: Set<() => void> | undefined): void {
+  if (listeners === undefined) return;
+  for (const listener of [...listeners]) listener();
+}
+
+function waitOn(
+  waiters: Map<string, Set<() => void>>,
+  id: string,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    let set = waiters.get(id);
+    if (set === undefined) waiters.set(id, set = new Set());
+    const listeners = set;
+    const done = (): void => {
+      listeners.delete(done);
+      if (listeners.size === 0 && waiters.get(id) === listeners) waiters.delete(id);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    listeners.add(done);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

@@ -1,0 +1,735 @@
+/**
+ * The orchestrator: pynenc's `BaseOrchestrator` in TypeScript, written once over the storage
+ * port ({@linkcode Store}). It routes calls with registration concurrency, hands invocations to
+ * runners with running concurrency, keeps the status state machine with ownership and history,
+ * and runs cycle control and blocking control.
+ *
+ * @module
+ */
+
+import type { CallRef } from "./call_graph.ts";
+import type { Clock } from "./clock.ts";
+import { currentExecution } from "./context.ts";
+import {
+  BatchProcessingError,
+  ConcurrencyControlledError,
+  CycleDetectedError,
+  InvocationConcurrencyWithDifferentArgumentsError,
+  NencError,
+  SerializationError,
+} from "./errors.ts";
+import { callId, callLabel, canonicalJson, newInvocationId } from "./ids.ts";
+import { Invocation, InvocationGroup, ReusedInvocation } from "./invocation.ts";
+import { deserializeError, type ErrorClass, serializeError } from "./serializer.ts";
+import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
+import type { InvocationRecord, NewInvocation, StatusChange, Store } from "./store.ts";
+import type { Call, Task } from "./task.ts";
+
+/**
+ * Options of the orchestrator (`new Nenc({ orchestrator: { … } })`); defaults in brackets.
+ * `cycleControl` and `blockingControl` may be toggled at runtime through
+ * `app.orchestrator.options`: the change takes effect on the next call.
+ */
+export interface OrchestratorOptions {
+  /** Detect call cycles [`true`]. */
+  cycleControl?: boolean;
+  /** Run what others wait on first [`true`]. */
+  blockingControl?: boolean;
+  /** Final invocations are purged this many hours after they finish [`24`]. */
+  autoFinalInvocationPurgeHours?: number;
+  /** A PENDING invocation older than this is recovered and re-queued [`5`]. */
+  maxPendingSeconds?: number;
+  /** A runner without a heartbeat for this long is dead; its invocations are recovered [`10`]. */
+  runnerTimeoutSeconds?: number;
+}
+
+/** Orchestrator options with the defaults filled in; `cycleControl` and `blockingControl` can be changed. */
+export interface ResolvedOrchestratorOptions {
+  /** See {@linkcode OrchestratorOptions.cycleControl}. */
+  cycleControl: boolean;
+  /** See {@linkcode OrchestratorOptions.blockingControl}. */
+  blockingControl: boolean;
+  /** See {@linkcode OrchestratorOptions.autoFinalInvocationPurgeHours}. */
+  readonly autoFinalInvocationPurgeHours: number;
+  /** See {@linkcode OrchestratorOptions.maxPendingSeconds}. */
+  readonly maxPendingSeconds: number;
+  /** See {@linkcode OrchestratorOptions.runnerTimeoutSeconds}. */
+  readonly runnerTimeoutSeconds: number;
+}
+
+/** Validates orchestrator options and fills in the defaults. */
+export function resolveOrchestratorOptions(
+  options: OrchestratorOptions = {},
+): ResolvedOrchestratorOptions {
+  const known = [
+    "cycleControl",
+    "blockingControl",
+    "autoFinalInvocationPurgeHours",
+    "maxPendingSeconds",
+    "runnerTimeoutSeconds",
+  ];
+  for (const name of Object.keys(options)) {
+    if (!known.includes(name)) {
+      throw new TypeError(`Cannot create the orchestrator: unknown option "${name}"`);
+    }
+  }
+  const flag = (name: "cycleControl" | "blockingControl"): boolean => {
+    const value = options[name] ?? true;
+    if (typeof value !== "boolean") {
+      throw new TypeError(`Cannot create the orchestrator: ${name} must be a boolean`);
+    }
+    return value;
+  };
+  const amount = (
+    name: "autoFinalInvocationPurgeHours" | "maxPendingSeconds" | "runnerTimeoutSeconds",
+    fallback: number,
+  ): number => {
+    const value = options[name] ?? fallback;
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+      throw new RangeError(
+        `Cannot create the orchestrator: ${name} must be a number ≥ 0, got ${value}`,
+      );
+    }
+    return value;
+  };
+  return {
+    cycleControl: flag("cycleControl"),
+    blockingControl: flag("blockingControl"),
+    autoFinalInvocationPurgeHours: amount("autoFinalInvocationPurgeHours", 24),
+    maxPendingSeconds: amount("maxPendingSeconds", 5),
+    runnerTimeoutSeconds: amount("runnerTimeoutSeconds", 10),
+  };
+}
+
+/** What the orchestrator needs from its app. */
+export interface OrchestratorHost {
+  /** The task with this id, or `undefined` when this app does not define it. */
+  getTask(taskId: string): Task<never, unknown> | undefined;
+  /** Error classes rehydrated by name. */
+  readonly errorClasses: ReadonlyMap<string, ErrorClass>;
+  /** The app's clock. */
+  readonly clock: Clock;
+}
+
+/** Who changes a status: a runner, or `null` for a caller without one (default: the current runner). */
+export interface ActorOptions {
+  /** The runner making the change. */
+  runnerId?: string | null;
+}
+
+/** Anything with an invocation id: an {@linkcode Invocation}, or `{ id }`. */
+export interface InvocationRef {
+  /** The invocation id. */
+  readonly id: string;
+}
+
+/** Cycle control: the call graph between running invocations. */
+export interface CycleControl {
+  /** Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a cycle. */
+  addCallAndCheckCycles(caller: InvocationRef, callee: InvocationRef): Promise<void>;
+  /** Releases a finished invocation's hold on its call's edges. */
+  cleanUpInvocationCycles(invocation: InvocationRef): Promise<void>;
+}
+
+/** Blocking control: which invocations wait on which. */
+export interface BlockingControl {
+  /** Records that `caller` waits on `invocations`. */
+  waitingForResults(
+    caller: InvocationRef | undefined,
+    invocations: readonly InvocationRef[],
+  ): Promise<void>;
+  /** Removes the wait edges of a final invocation. */
+  releaseWaiters(invocation: InvocationRef): Promise<void>;
+  /** Invocations others wait on, that wait on nothing and are available, oldest first. */
+  getBlockingInvocations(max: number): Promise<Invocation[]>;
+}
+
+/**
+ * The orchestrator of an app (`app.orchestrator`): every method of pynenc's `BaseOrchestrator`,
+ * camelCase, over the app's storage backend.
+ *
+ * @example Inspecting invocations
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const send = app.task("send", ({ to }: { to: string }) => to);
+ * await send.call({ to: "ada" });
+ * for await (const invocation of app.orchestrator.getExistingInvocations(send, { statuses: ["registered"] })) {
+ *   console.log(invocation.args); // { to: "ada" }
+ * }
+ * ```
+ */
+export class Orchestrator {
+  /** The options; `cycleControl` and `blockingControl` may be changed at runtime. */
+  readonly options: ResolvedOrchestratorOptions;
+  /** The storage backend. */
+  readonly store: Store;
+  /** Cycle control. */
+  readonly cycleControl: CycleControl;
+  /** Blocking control. */
+  readonly blockingControl: BlockingControl;
+  readonly #host: OrchestratorHost;
+
+  /** Created by `new Nenc()`. */
+  constructor(host: OrchestratorHost, store: Store, options: OrchestratorOptions = {}) {
+    this.#host = host;
+    this.store = store;
+    this.options = resolveOrchestratorOptions(options);
+    this.cycleControl = {
+      addCallAndCheckCycles: async (caller, callee) => {
+        const callerRecord = await this.store.get(caller.id);
+        // A caller that is gone (purged) cannot be part of a live cycle.
+        if (callerRecord !== undefined) {
+          await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        }
+      },
+      cleanUpInvocationCycles: async (invocation) => {
+        const record = await this.store.get(invocation.id);
+        if (record !== undefined) await this.store.removeCall(callRef(record));
+      },
+    };
+    this.blockingControl = {
+      waitingForResults: (caller, invocations) => this.waitingForResults(caller, invocations),
+      releaseWaiters: (invocation) => this.releaseWaiters(invocation),
+      getBlockingInvocations: (max) => this.getBlockingInvocations(max),
+    };
+  }
+
+  // --- routing ---------------------------------------------------------------------------------
+
+  /**
+   * Routes one call. Registration concurrency: with a mode other than `"disabled"`, a REGISTERED
+   * invocation with the same key is reused (found and created in one atomic step of the store);
+   * otherwise a new invocation is registered and queued.
+   *
+   * @throws {TypeError} when an argument is not serializable.
+   * @throws {InvocationConcurrencyWithDifferentArgumentsError} when the reused invocation has
+   * different arguments and the task sets `onDiffNonKeyArgsRaise`.
+   */
+  async routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>> {
+    const { task, args } = call;
+    const invocation = this.#newInvocation(task, args);
+    const outcome = await this.store.register(invocation);
+    if (outcome.created !== undefined) return new Invocation<Result>(this, outcome.created);
+    const existing = outcome.existing;
+    if (existing.callId === invocation.callId) {
+      return new ReusedInvocation<Result>(this, existing, undefined);
+    }
+    if (task.options.onDiffNonKeyArgsRaise) {
+      const diff: Record<string, { existing: string | undefined; requested: string | undefined }> =
+        {};
+      for (
+        const name of new Set([...Object.keys(existing.args), ...Object.keys(invocation.args)])
+      ) {
+        if (existing.args[name] !== invocation.args[name]) {
+          diff[name] = { existing: existing.args[name], requested: invocation.args[name] };
+        }
+      }
+      throw new InvocationConcurrencyWithDifferentArgumentsError(task.id, existing.id, diff);
+    }
+    return new ReusedInvocation<Result>(this, existing, (args ?? {}) as Record<string, unknown>);
+  }
+
+  /**
+   * Routes many calls at once; only for tasks whose registration concurrency is disabled.
+   *
+   * @throws {BatchProcessingError} for a task with registration concurrency.
+   */
+  async routeCalls<Result>(calls: readonly Call<never, Result>[]): Promise<Invocation<Result>[]> {
+    for (const { task } of calls) {
+      if (task.options.registrationConcurrency !== "disabled") {
+        throw new BatchProcessingError(
+          `Cannot route calls of task ${task.id} in batch: its registration concurrency is "${task.options.registrationConcurrency}"`,
+        );
+      }
+    }
+    const records = await this.store.registerMany(
+      calls.map(({ task, args }) => this.#newInvocation(task, args)),
+    );
+    return records.map((record) => new Invocation<Result>(this, record));
+  }
+
+  /** Routes `argsList` as calls of `task` in batches of its `parallelBatchSize`. */
+  async parallelize<Args, Result>(
+    task: Task<Args, Result>,
+    argsList: readonly Args[],
+  ): Promise<InvocationGroup<Result>> {
+    const batch = task.options.parallelBatchSize;
+    const invocations: Invocation<Result>[] = [];
+    for (let start = 0; start < argsList.length; start += batch) {
+      const calls = argsList.slice(start, start + batch).map((args) => ({ task, args }));
+      if (task.options.registrationConcurrency === "disabled") {
+        invocations.push(...await this.routeCalls(calls as unknown as Call<never, Result>[]));
+      } else {
+        for (const call of calls) invocations.push(await this.routeCall(call));
+      }
+    }
+    return new InvocationGroup(this, invocations);
+  }
+
+  #newInvocation<Args, Result>(task: Task<Args, Result>, args: Args): NewInvocation {
+    const serialized = task.serializeArgs(args);
+    const id = callId(task.id, serialized);
+    const execution = currentExecution();
+    const nowMs = this.#host.clock.now();
+    return {
+      id: newInvocationId(nowMs),
+      taskId: task.id,
+      callId: id,
+      args: serialized,
+      parentId: execution?.record.id ?? null,
+      registrationKey: task.registrationKey(serialized, id),
+      runningKey: task.runningKey(serialized, id),
+      nowMs,
+      runnerId: execution?.runnerId ?? null,
+    };
+  }
+
+  // --- reads -----------------------------------------------------------------------------------
+
+  /**
+   * Invocations of `task` whose serialized arguments match every given key argument (AND) and
+   * whose status is one of `statuses` (OR); no filter: all.
+   */
+  async *getExistingInvocations<Args, Result>(
+    task: Task<Args, Result>,
+    filter: { keyArguments?: Partial<Args>; statuses?: readonly InvocationStatus[] } = {},
+  ): AsyncGenerator<Invocation<Result>, void, undefined> {
+    const args: Record<string, string> = {};
+    for (const [name, value] of Object.entries(filter.keyArguments ?? {})) {
+      if (value !== undefined) args[name] = canonicalJson(value, `keyArguments.${name}`);
+    }
+    const query = {
+      taskId: task.id,
+      args,
+      ...(filter.statuses !== undefined ? { statuses: new Set(filter.statuses) } : {}),
+    };
+    for await (const record of this.store.find(query)) yield new Invocation<Result>(this, record);
+  }
+
+  /** The invocation with this id, or `undefined`. */
+  async getInvocation(id: string): Promise<Invocation | undefined> {
+    const record = await this.store.get(id);
+    return record === undefined ? undefined : new Invocation(this, record);
+  }
+
+  /** The current status of an invocation. */
+  async getInvocationStatus(invocation: InvocationRef): Promise<InvocationStatus> {
+    return (await this.#record(invocation)).status;
+  }
+
+  /** The status history of an invocation, oldest first. */
+  getInvocationHistory(invocation: InvocationRef): Promise<HistoryEntry[]> {
+    return this.store.history(invocation.id);
+  }
+
+  /** How many times an invocation was retried. */
+  async getInvocationRetries(invocation: InvocationRef): Promise<number> {
+    return (await this.#record(invocation)).retries;
+  }
+
+  /** Counts one more retry of an invocation (outside a RETRY transition). */
+  async incrementInvocationRetries(invocation: InvocationRef): Promise<void> {
+    await this.store.incrementRetries(invocation.id);
+  }
+
+  /** The invocations whose status is one of `statuses`, in the order given; `[]` for no statuses. */
+  async filterByStatus<T extends InvocationRef>(
+    invocations: readonly T[],
+    statuses: Iterable<InvocationStatus>,
+  ): Promise<T[]> {
+    const wanted = new Set(statuses);
+    if (wanted.size === 0 || invocations.length === 0) return [];
+    const records = new Map(
+      (await this.store.getMany(invocations.map(({ id }) => id))).map((r) => [r.id, r]),
+    );
+    return invocations.filter(({ id }) => {
+      const status = records.get(id)?.status;
+      return status !== undefined && wanted.has(status);
+    });
+  }
+
+  /** The invocations that reached a final status. */
+  filterFinal<T extends InvocationRef>(invocations: readonly T[]): Promise<T[]> {
+    return this.filterByStatus(invocations, FINAL_STATUSES);
+  }
+
+  // --- status changes --------------------------------------------------------------------------
+
+  /**
+   * Changes the status of an invocation through the state machine. Final statuses release
+   * waiters and clean up cycles after the status is written. Returns `false` when running
+   * concurrency refuses a slot (PENDING, RESUMED).
+   *
+   * @throws {InvocationStatusTransitionError | InvocationStatusOwnershipError} for a refused change.
+   */
+  async setInvocationStatus(
+    invocation: InvocationRef,
+    status: InvocationStatus,
+    options: ActorOptions = {},
+  ): Promise<boolean> {
+    return await this.#change(invocation, { path: [status], ...this.#actor(options) }) !==
+      undefined;
+  }
+
+  /** {@linkcode Orchestrator.setInvocationStatus} for many invocations. */
+  async setInvocationsStatus(
+    invocations: readonly InvocationRef[],
+    status: InvocationStatus,
+    options: ActorOptions = {},
+  ): Promise<boolean[]> {
+    const applied: boolean[] = [];
+    for (const invocation of invocations) {
+      applied.push(await this.setInvocationStatus(invocation, status, options));
+    }
+    return applied;
+  }
+
+  /**
+   * Marks an invocation RUNNING; with a caller and cycle control on, first adds the call edge
+   * caller → callee. A cycle fails the callee with the {@linkcode CycleDetectedError}, which is
+   * then thrown.
+   */
+  async setInvocationRun(
+    caller: InvocationRef | undefined,
+    callee: InvocationRef,
+    options: ActorOptions = {},
+  ): Promise<void> {
+    if (caller !== undefined && this.options.cycleControl) {
+      try {
+        await this.cycleControl.addCallAndCheckCycles(caller, callee);
+      } catch (error) {
+        if (error instanceof CycleDetectedError) {
+          await this.setInvocationException(callee, error, options);
+        }
+        throw error;
+      }
+    }
+    await this.#change(callee, { path: [InvocationStatus.RUNNING], ...this.#actor(options) });
+  }
+
+  /**
+   * Stores the result and marks the invocation SUCCESS. A result that is not plain JSON fails
+   * the invocation with a {@linkcode SerializationError} instead.
+   */
+  async setInvocationResult(
+    invocation: InvocationRef,
+    result: unknown,
+    options: ActorOptions = {},
+  ): Promise<void> {
+    let serialized: string | undefined;
+    try {
+      serialized = result === undefined ? undefined : canonicalJson(result, "result");
+    } catch (error) {
+      const record = await this.#record(invocation);
+      const message = error instanceof Error ? error.message : String(error);
+      return this.setInvocationException(
+        invocation,
+        new SerializationError(`Cannot store the result of task ${record.taskId}: ${message}`, {
+          cause: error,
+        }),
+        options,
+      );
+    }
+    await this.#change(invocation, {
+      path: [InvocationStatus.SUCCESS],
+      ...this.#actor(options),
+      ...(serialized !== undefined ? { result: serialized } : {}),
+    });
+  }
+
+  /** Stores the error and marks the invocation FAILED. */
+  async setInvocationException(
+    invocation: InvocationRef,
+    error: unknown,
+    options: ActorOptions = {},
+  ): Promise<void> {
+    await this.#change(invocation, {
+      path: [InvocationStatus.FAILED],
+      ...this.#actor(options),
+      error: serializeError(error),
+    });
+  }
+
+  /**
+   * Marks the invocation RETRY, counts the retry and re-queues it after the task's back-off, in
+   * one atomic step.
+   */
+  async setInvocationRetry(
+    invocation: InvocationRef,
+    error: unknown,
+    options: ActorOptions = {},
+  ): Promise<void> {
+    const record = await this.#record(invocation);
+    const actor = this.#actor(options);
+    const delayMs = this.#host.getTask(record.taskId)?.retryDelayMs(record.retries + 1) ?? 0;
+    await this.#change(invocation, {
+      path: [InvocationStatus.RETRY],
+      ...actor,
+      error: serializeError(error),
+      incrementRetries: true,
+      availableAtMs: actor.nowMs + delayMs,
+    });
+  }
+
+  /** Re-queues invocations: REROUTED, back in the queue. */
+  async rerouteInvocations(
+    invocations: readonly InvocationRef[],
+    options: ActorOptions = {},
+  ): Promise<void> {
+    for (const invocation of invocations) {
+      await this.#change(invocation, {
+        path: [InvocationStatus.REROUTED],
+        ...this.#actor(options),
+      });
+    }
+  }
+
+  // --- concurrency and pick-up -----------------------------------------------------------------
+
+  /** Whether running concurrency lets the invocation be picked up now (its slot is free or its own). */
+  async isCandidateToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
+    const record = await this.#record(invocation);
+    if (record.runningKey === null) return true;
+    const holder = await this.store.slotHolder(record.runningKey);
+    return holder === undefined || holder === record.id;
+  }
+
+  /** Whether running concurrency lets the invocation start: it holds its slot (or needs none). */
+  async isAuthorizedToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
+    const record = await this.#record(invocation);
+    return record.runningKey === null ||
+      await this.store.slotHolder(record.runningKey) === record.id;
+  }
+
+  /**
+   * The pick-up for a runner: blocking invocations first (oldest first), then the queue. Each
+   * returned invocation was moved to PENDING, owned by the runner, together with its running
+   * slot, in one atomic step; candidates refused by running concurrency were re-queued or
+   * finalised. Nothing is handed out twice; a runner that dies before running what it got is
+   * recovered after `maxPendingSeconds`.
+   */
+  async getInvocationsToRun(max: number, options: { runnerId: string }): Promise<Invocation[]> {
+    const nowMs = this.#host.clock.now();
+    const preferredIds = this.options.blockingControl ? await this.store.blocking(max, nowMs) : [];
+    const outcome = await this.store.claim({
+      runnerId: options.runnerId,
+      nowMs,
+      max,
+      preferredIds,
+      rerouteOnConcurrencyControl: (taskId) =>
+        this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
+      purgeAtMs: this.#purgeAtMs(nowMs),
+    });
+    for (const record of outcome.finalised) await this.#afterFinal(record);
+    return outcome.claimed.map((record) => new Invocation(this, record));
+  }
+
+  /** Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read. */
+  async getBlockingInvocations(max: number): Promise<Invocation[]> {
+    const ids = await this.store.blocking(max, this.#host.clock.now());
+    return (await this.store.getMany(ids)).map((record) => new Invocation(this, record));
+  }
+
+  /** Records that `caller` (the running invocation) waits on `invocations`. An empty list warns. */
+  async waitingForResults(
+    caller: InvocationRef | undefined,
+    invocations: readonly InvocationRef[],
+  ): Promise<void> {
+    if (invocations.length === 0) {
+      console.warn(
+        "nenc: waitingForResults() called with no invocations to wait for; nothing recorded",
+      );
+      return;
+    }
+    if (caller === undefined) return;
+    await this.store.waitFor(caller.id, invocations.map(({ id }) => id), this.#host.clock.now());
+  }
+
+  /** Removes the wait edges of a final invocation; its waiters may become blocking again. */
+  async releaseWaiters(invocation: InvocationRef): Promise<void> {
+    await this.store.releaseWaiters(invocation.id);
+  }
+
+  // --- recovery and purge ----------------------------------------------------------------------
+
+  /**
+   * Recovers invocations: PENDING older than `maxPendingSeconds` (PENDING_RECOVERY → REROUTED)
+   * and RUNNING / PAUSED / RESUMED owned by runners whose heartbeat is older than
+   * `runnerTimeoutSeconds` (RUNNING_RECOVERY → REROUTED). Each is fenced by its sequence number,
+   * so a concurrent change wins. Returns the recovered invocations.
+   */
+  async recoverInvocations(options: ActorOptions & { max?: number } = {}): Promise<Invocation[]> {
+    const actor = this.#actor(options);
+    const candidates = await this.store.recoverable({
+      pendingBeforeMs: actor.nowMs - this.options.maxPendingSeconds * 1000,
+      heartbeatBeforeMs: actor.nowMs - this.options.runnerTimeoutSeconds * 1000,
+      max: options.max ?? 1000,
+    });
+    const recovered: Invocation[] = [];
+    for (const record of candidates) {
+      const recovery = record.status === InvocationStatus.PENDING
+        ? InvocationStatus.PENDING_RECOVERY
+        : InvocationStatus.RUNNING_RECOVERY;
+      const outcome = await this.store.change(record.id, {
+        path: [recovery, InvocationStatus.REROUTED],
+        ...actor,
+        expectSeq: record.seq,
+      });
+      if (outcome.ok) recovered.push(new Invocation(this, outcome.record));
+    }
+    return recovered;
+  }
+
+  /** Sets a final invocation to be purged `autoFinalInvocationPurgeHours` from now. */
+  async setUpInvocationAutoPurge(invocation: InvocationRef): Promise<void> {
+    await this.store.schedulePurge(invocation.id, this.#purgeAtMs(this.#host.clock.now()));
+  }
+
+  /** Purges final invocations whose purge time has passed; returns how many. */
+  autoPurge(): Promise<number> {
+    return this.store.purgeDue(this.#host.clock.now());
+  }
+
+  /** Deletes everything of this app: for tests and resets. */
+  purge(): Promise<void> {
+    return this.store.purgeAll();
+  }
+
+  // --- results ---------------------------------------------------------------------------------
+
+  /**
+   * Waits until every invocation is final and returns their results in order, or throws the first
+   * error in order. Inside a running task the current invocation waits PAUSED.
+   */
+  async waitForResults<Result>(invocations: readonly InvocationRef[]): Promise<Result[]> {
+    const ids = invocations.map(({ id }) => id);
+    await this.#wait(ids, "all");
+    const records = await this.store.getMany(ids);
+    const byId = new Map(records.map((record) => [record.id, record]));
+    return ids.map((id) => this.#outcome<Result>(id, byId.get(id)));
+  }
+
+  /** Yields results as the invocations finish. */
+  async *resultsAsCompleted<Result>(
+    invocations: readonly InvocationRef[],
+  ): AsyncGenerator<Result, void, undefined> {
+    const pending = new Set(invocations.map(({ id }) => id));
+    while (pending.size > 0) {
+      await this.#wait([...pending], "any");
+      const records = new Map((await this.store.getMany([...pending])).map((r) => [r.id, r]));
+      const finishedAt = (id: string): number => records.get(id)?.finishedAtMs ?? -Infinity;
+      const done = [...pending]
+        .filter((id) => !records.has(id) || isFinalStatus(records.get(id)!.status))
+        .sort((a, b) => finishedAt(a) - finishedAt(b));
+      for (const id of done) {
+        pending.delete(id);
+        yield this.#outcome<Result>(id, records.get(id));
+      }
+    }
+  }
+
+  /** Resolves when the invocation is final (or purged), or `signal` aborts. */
+  async waitForFinal(invocation: InvocationRef, signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      const record = await this.store.get(invocation.id);
+      if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
+      await this.store.waitFinal(invocation.id, signal);
+    }
+  }
+
+  async #wait(ids: readonly string[], mode: "all" | "any"): Promise<void> {
+    const execution = currentExecution();
+    if (execution !== undefined) return execution.waitFor(ids, mode);
+    if (mode === "all") {
+      await Promise.all(ids.map((id) => this.waitForFinal({ id })));
+    } else {
+      const controller = new AbortController();
+      await Promise.race(ids.map((id) => this.waitForFinal({ id }, controller.signal)));
+      controller.abort();
+    }
+  }
+
+  #outcome<Result>(id: string, record: InvocationRecord | undefined): Result {
+    if (record === undefined) {
+      throw new NencError(
+        `Cannot get the result of invocation ${id}: it does not exist (purged, or never registered here)`,
+      );
+    }
+    switch (record.status) {
+      case InvocationStatus.SUCCESS:
+        return (record.result === undefined ? undefined : JSON.parse(record.result)) as Result;
+      case InvocationStatus.FAILED:
+        throw record.error === undefined
+          ? new NencError(`Cannot get the result of invocation ${id}: it failed without an error`)
+          : deserializeError(record.error, this.#host.errorClasses);
+      case InvocationStatus.CONCURRENCY_CONTROLLED_FINAL:
+        throw new ConcurrencyControlledError(record.taskId, record.id);
+      default:
+        throw new NencError(
+          `Cannot get the result of invocation ${id}: it is ${record.status}, not final`,
+        );
+    }
+  }
+
+  // --- internals -------------------------------------------------------------------------------
+
+  #actor(options: ActorOptions): { runnerId: string | null; nowMs: number } {
+    return {
+      runnerId: options.runnerId !== undefined
+        ? options.runnerId
+        : currentExecution()?.runnerId ?? null,
+      nowMs: this.#host.clock.now(),
+    };
+  }
+
+  #purgeAtMs(nowMs: number): number {
+    return nowMs + this.options.autoFinalInvocationPurgeHours * 3_600_000;
+  }
+
+  /** Applies a change; `undefined` when running concurrency refused a slot. */
+  async #change(
+    invocation: InvocationRef,
+    change: StatusChange,
+  ): Promise<InvocationRecord | undefined> {
+    const path = change.path;
+    const final = FINAL_STATUSES.has(path[path.length - 1]!);
+    const outcome = await this.store.change(
+      invocation.id,
+      final ? { ...change, purgeAtMs: this.#purgeAtMs(change.nowMs) } : change,
+    );
+    if (!outcome.ok) {
+      if (outcome.reason === "slot-busy") return undefined;
+      throw new NencError(
+        outcome.reason === "missing"
+          ? `Cannot change the status of invocation ${invocation.id}: it does not exist`
+          : `Cannot change the status of invocation ${invocation.id}: it changed concurrently`,
+      );
+    }
+    if (final) await this.#afterFinal(outcome.record);
+    return outcome.record;
+  }
+
+  /** The side effects of a final status, after it is written: release waiters, clean up cycles. */
+  async #afterFinal(record: InvocationRecord): Promise<void> {
+    await this.store.releaseWaiters(record.id);
+    await this.store.removeCall(callRef(record));
+  }
+
+  async #record(invocation: InvocationRef): Promise<InvocationRecord> {
+    const record = await this.store.get(invocation.id);
+    if (record === undefined) {
+      throw new NencError(`Cannot read invocation ${invocation.id}: it does not exist`);
+    }
+    return record;
+  }
+}
+
+function callRef(record: InvocationRecord): CallRef {
+  return {
+    callId: record.callId,
+    invocationId: record.id,
+    label: callLabel(record.taskId, record.args),
+  };
+}

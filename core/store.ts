@@ -1,0 +1,329 @@
+/**
+ * The storage port: what the orchestrator needs from a backend, as atomic state transitions and
+ * bounded reads. The rules of a transition — the status table, ownership, which running slot,
+ * registration key and queue entry it takes or frees — are computed once, here, by
+ * {@linkcode planChange}; a backend applies the plan in one atomic step.
+ *
+ * @module
+ */
+
+import type { CallRef } from "./call_graph.ts";
+import type { SerializedArguments } from "./ids.ts";
+import {
+  AVAILABLE_FOR_RUN_STATUSES,
+  FINAL_STATUSES,
+  type HistoryEntry,
+  InvocationStatus,
+  SLOT_HOLDING_STATUSES,
+  transition,
+} from "./status.ts";
+
+/** An error as stored: plain data, rehydrated by the app's serializer. */
+export interface SerializedError {
+  /** The error's `name` (its class name for registered classes). */
+  readonly name: string;
+  /** The error's message. */
+  readonly message: string;
+  /** The stack, when there was one. */
+  readonly stack?: string;
+  /** Own enumerable data fields of the error, each as canonical JSON. */
+  readonly data: Readonly<Record<string, string>>;
+  /** The serialized `cause`: an error, or any other value as canonical JSON. */
+  readonly cause?: SerializedError | { readonly value: string };
+}
+
+/** One invocation as stored. */
+export interface InvocationRecord {
+  /** The invocation id: a ULID. */
+  readonly id: string;
+  /** The task id. */
+  readonly taskId: string;
+  /** The call id: task id + hash of the arguments. */
+  readonly callId: string;
+  /** The arguments, each as canonical JSON. */
+  readonly args: SerializedArguments;
+  /** The invocation that made the call, or `null` for a call from outside any task. */
+  readonly parentId: string | null;
+  /** The registration-concurrency key held while REGISTERED, or `null`. */
+  readonly registrationKey: string | null;
+  /** The running-concurrency slot key taken while PENDING / RUNNING / RESUMED, or `null`. */
+  readonly runningKey: string | null;
+  /** The current status. */
+  readonly status: InvocationStatus;
+  /** The runner that owns the invocation, or `null`. */
+  readonly ownerId: string | null;
+  /** The sequence number of the last history entry. */
+  readonly seq: number;
+  /** When the status was last set, epoch ms. */
+  readonly updatedAtMs: number;
+  /** When the invocation was registered, epoch ms. */
+  readonly createdAtMs: number;
+  /** Retries so far. */
+  readonly retries: number;
+  /** Not picked up before this time (retry back-off), epoch ms. */
+  readonly availableAtMs: number;
+  /** The serialized result, once SUCCESS. */
+  readonly result?: string;
+  /** The serialized error, once FAILED (or the last error before a retry). */
+  readonly error?: SerializedError;
+  /** When the invocation reached a final status, or `null`. */
+  readonly finishedAtMs: number | null;
+  /** When a final invocation is purged, or `null`. */
+  readonly purgeAtMs: number | null;
+}
+
+/** What {@linkcode Store.register} needs to create an invocation. */
+export interface NewInvocation {
+  /** The invocation id. */
+  readonly id: string;
+  /** The task id. */
+  readonly taskId: string;
+  /** The call id. */
+  readonly callId: string;
+  /** The serialized arguments. */
+  readonly args: SerializedArguments;
+  /** The calling invocation, or `null`. */
+  readonly parentId: string | null;
+  /** Registration concurrency: reuse the REGISTERED invocation holding this key, if any. */
+  readonly registrationKey: string | null;
+  /** Running concurrency: the slot key, or `null`. */
+  readonly runningKey: string | null;
+  /** Registration time, epoch ms. */
+  readonly nowMs: number;
+  /** The runner registering it (a task calling a task), or `null`. */
+  readonly runnerId: string | null;
+}
+
+/** The outcome of {@linkcode Store.register}: a new invocation, or the one holding the key. */
+export type RegisterOutcome =
+  | { readonly created: InvocationRecord; readonly existing?: undefined }
+  | { readonly existing: InvocationRecord; readonly created?: undefined };
+
+/** A status change: one or more statuses entered in one atomic step. */
+export interface StatusChange {
+  /** The statuses to enter, in order (REGISTERED → CONCURRENCY_CONTROLLED → REROUTED is one step). */
+  readonly path: readonly InvocationStatus[];
+  /** The runner making the change, or `null`. */
+  readonly runnerId: string | null;
+  /** The time of the change, epoch ms. */
+  readonly nowMs: number;
+  /** Apply only if the record is still at this sequence number (a fence against races). */
+  readonly expectSeq?: number;
+  /** The serialized result to store (SUCCESS). */
+  readonly result?: string;
+  /** The serialized error to store (FAILED, RETRY). */
+  readonly error?: SerializedError;
+  /** Count one more retry in the same step. */
+  readonly incrementRetries?: boolean;
+  /** When a re-queued invocation becomes available (default: now). */
+  readonly availableAtMs?: number;
+  /** When a final invocation is purged. */
+  readonly purgeAtMs?: number;
+}
+
+/** The outcome of a {@linkcode StatusChange}. */
+export type ChangeOutcome =
+  | {
+    readonly ok: true;
+    readonly record: InvocationRecord;
+    readonly entries: readonly HistoryEntry[];
+  }
+  | {
+    readonly ok: false;
+    /** `missing`: no such invocation; `conflict`: `expectSeq` did not match; `slot-busy`: another invocation holds the running slot. */
+    readonly reason: "missing" | "conflict" | "slot-busy";
+    readonly record?: InvocationRecord;
+  };
+
+/** A pick-up request: claim up to `max` invocations for `runnerId`. */
+export interface ClaimRequest {
+  /** The claiming runner: it becomes the owner of what it claims. */
+  readonly runnerId: string;
+  /** The time of the claim, epoch ms. */
+  readonly nowMs: number;
+  /** At most this many invocations are claimed. */
+  readonly max: number;
+  /** Invocation ids tried first, in order (blocking invocations), before the queue. */
+  readonly preferredIds: readonly string[];
+  /** Whether a candidate blocked by running concurrency is re-queued (`true`) or finalised. */
+  readonly rerouteOnConcurrencyControl: (taskId: string) => boolean;
+  /** Purge time for candidates finalised by concurrency control. */
+  readonly purgeAtMs: number;
+}
+
+/** The outcome of a {@linkcode ClaimRequest}. */
+export interface ClaimOutcome {
+  /** Moved to PENDING, owned by the runner, with their running slots. */
+  readonly claimed: readonly InvocationRecord[];
+  /** Blocked by running concurrency and re-queued (CONCURRENCY_CONTROLLED → REROUTED). */
+  readonly rerouted: readonly InvocationRecord[];
+  /** Blocked by running concurrency and finalised (CONCURRENCY_CONTROLLED_FINAL). */
+  readonly finalised: readonly InvocationRecord[];
+}
+
+/** A filter for {@linkcode Store.find}. */
+export interface FindQuery {
+  /** The task. */
+  readonly taskId: string;
+  /** Serialized argument values that must all match. */
+  readonly args?: Readonly<Record<string, string>>;
+  /** Statuses, any of which matches. */
+  readonly statuses?: ReadonlySet<InvocationStatus>;
+}
+
+/** Candidates for recovery, see {@linkcode Store.recoverable}. */
+export interface RecoverableQuery {
+  /** PENDING invocations last changed before this time. */
+  readonly pendingBeforeMs: number;
+  /** Runners whose last heartbeat is older than this time are dead. */
+  readonly heartbeatBeforeMs: number;
+  /** At most this many ids. */
+  readonly max: number;
+}
+
+/** A runner's last heartbeat. */
+export interface RunnerInfo {
+  /** The runner id. */
+  readonly runnerId: string;
+  /** Its last heartbeat, epoch ms. */
+  readonly lastSeenMs: number;
+}
+
+/**
+ * The storage port. Every method that changes state is one atomic step; reads are bounded.
+ * Transition errors ({@linkcode InvocationStatusTransitionError},
+ * {@linkcode InvocationStatusOwnershipError}) are thrown by the plan, before anything is written.
+ */
+export interface Store {
+  /** Creates an invocation (REGISTERED, queued, one history entry) unless a REGISTERED one holds its registration key. */
+  register(invocation: NewInvocation): Promise<RegisterOutcome>;
+  /** Creates many invocations without registration keys. */
+  registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]>;
+  /** Applies a status change planned by {@linkcode planChange}. */
+  change(id: string, change: StatusChange): Promise<ChangeOutcome>;
+  /** Counts one more retry outside a status change; returns the new count. */
+  incrementRetries(id: string): Promise<number>;
+  /** The pick-up: preferred ids first, then the queue, each claimed with its running slot or controlled. */
+  claim(request: ClaimRequest): Promise<ClaimOutcome>;
+
+  /** One invocation, or `undefined`. */
+  get(id: string): Promise<InvocationRecord | undefined>;
+  /** Many invocations, in the order asked; missing ones are left out. */
+  getMany(ids: readonly string[]): Promise<InvocationRecord[]>;
+  /** The history of an invocation, oldest first. */
+  history(id: string): Promise<HistoryEntry[]>;
+  /** Invocations of a task matching a filter. */
+  find(query: FindQuery): AsyncIterable<InvocationRecord>;
+  /** The invocation holding a running slot, or `undefined`. */
+  slotHolder(runningKey: string): Promise<string | undefined>;
+  /** Invocations due for recovery: stale PENDING, or owned by dead runners. */
+  recoverable(query: RecoverableQuery): Promise<InvocationRecord[]>;
+  /** Counts per task and status. */
+  counts(): Promise<Map<string, Map<InvocationStatus, number>>>;
+
+  /** Adds a call edge; throws {@linkcode CycleDetectedError} without adding it. */
+  addCall(caller: CallRef, callee: CallRef): Promise<void>;
+  /** Releases an invocation's hold on its call. */
+  removeCall(ref: CallRef): Promise<void>;
+  /** Records that `waiterId` waits on `waitedIds`. */
+  waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void>;
+  /** Removes the wait edges of a final invocation. */
+  releaseWaiters(id: string): Promise<void>;
+  /** Waited-on invocations that wait on nothing and are available to run, oldest first wait first. */
+  blocking(max: number, nowMs: number): Promise<string[]>;
+
+  /** Records a runner's heartbeat. */
+  heartbeat(runnerId: string, nowMs: number): Promise<void>;
+  /** Forgets a runner that stopped cleanly. */
+  removeRunner(runnerId: string): Promise<void>;
+  /** Known runners and their last heartbeats. */
+  runners(): Promise<RunnerInfo[]>;
+
+  /** Resolves when the invocation is final (or gone), or when `signal` aborts. */
+  waitFinal(id: string, signal?: AbortSignal): Promise<void>;
+  /** Resolves when new work may be available, or when `signal` aborts. */
+  waitWork(signal?: AbortSignal): Promise<void>;
+
+  /** Sets the purge time of a final invocation. */
+  schedulePurge(id: string, purgeAtMs: number): Promise<void>;
+  /** Deletes final invocations whose purge time has passed; returns how many. */
+  purgeDue(nowMs: number): Promise<number>;
+  /** Deletes everything of this app. */
+  purgeAll(): Promise<void>;
+}
+
+/** What applying a {@linkcode StatusChange} to a record does, computed by {@linkcode planChange}. */
+export interface ChangePlan {
+  /** The record after the change. */
+  readonly record: InvocationRecord;
+  /** The history entries to append, one per status entered. */
+  readonly entries: readonly HistoryEntry[];
+  /** The running slot: take it, free it, or leave it. */
+  readonly slot: "acquire" | "release" | "none";
+  /** Free the registration key (the invocation leaves REGISTERED). */
+  readonly releaseRegistrationKey: boolean;
+  /** The queue: (re-)enqueue at the back, remove, or leave it. */
+  readonly queue: "enqueue" | "dequeue" | "none";
+  /** The invocation reached a final status. */
+  readonly final: boolean;
+}
+
+/**
+ * Plans a status change: validates every step with {@linkcode transition} and derives the
+ * side effects a backend must apply in the same atomic step.
+ *
+ * @throws {InvocationStatusTransitionError | InvocationStatusOwnershipError} for a refused step.
+ *
+ * @example
+ * ```ts
+ * import { planChange, type InvocationRecord } from "@nenc/nenc";
+ *
+ * const registered: InvocationRecord = {
+ *   id: "01J", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "run:t", status: "registered", ownerId: null, seq: 1, updatedAtMs: 0,
+ *   createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null,
+ * };
+ * const plan = planChange(registered, { path: ["pending"], runnerId: "r1", nowMs: 1 });
+ * console.log(plan.slot, plan.queue); // "acquire" "dequeue"
+ * ```
+ */
+export function planChange(record: InvocationRecord, change: StatusChange): ChangePlan {
+  if (change.path.length === 0) {
+    throw new RangeError(`Cannot change invocation ${record.id}: the status path is empty`);
+  }
+  let status: InvocationRecord = record;
+  const entries: HistoryEntry[] = [];
+  for (const to of change.path) {
+    const next = transition(status, to, {
+      runnerId: change.runnerId,
+      nowMs: change.nowMs,
+      invocationId: record.id,
+    });
+    entries.push(next.entry);
+    status = { ...status, ...next.record };
+  }
+  const from = record.status;
+  const to = status.status;
+  const held = SLOT_HOLDING_STATUSES.has(from);
+  const holds = SLOT_HOLDING_STATUSES.has(to);
+  const wasQueued = AVAILABLE_FOR_RUN_STATUSES.has(from);
+  const queued = AVAILABLE_FOR_RUN_STATUSES.has(to);
+  const final = FINAL_STATUSES.has(to);
+  const next: InvocationRecord = {
+    ...status,
+    retries: record.retries + (change.incrementRetries ? 1 : 0),
+    availableAtMs: queued ? change.availableAtMs ?? change.nowMs : record.availableAtMs,
+    finishedAtMs: final ? change.nowMs : null,
+    purgeAtMs: final ? change.purgeAtMs ?? null : null,
+    ...(change.result !== undefined ? { result: change.result } : {}),
+    ...(change.error !== undefined ? { error: change.error } : {}),
+  };
+  return {
+    record: next,
+    entries,
+    slot: record.runningKey === null || held === holds ? "none" : holds ? "acquire" : "release",
+    releaseRegistrationKey: from === InvocationStatus.REGISTERED && record.registrationKey !== null,
+    queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
+    final,
+  };
+}

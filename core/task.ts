@@ -1,0 +1,347 @@
+/**
+ * Tasks: a named function of one argument object, with its concurrency and retry options.
+ *
+ * @module
+ */
+
+import { RetryError } from "./errors.ts";
+import { assertTaskId, callId, serializeArguments, type SerializedArguments } from "./ids.ts";
+import type { InvocationGroup } from "./invocation.ts";
+import type { Invocation } from "./invocation.ts";
+import type { ErrorClass } from "./serializer.ts";
+
+/** How concurrency control groups invocations: not at all, per task, per arguments, per key arguments. */
+export type ConcurrencyMode = "disabled" | "task" | "arguments" | "keys";
+
+const MODES: readonly ConcurrencyMode[] = ["disabled", "task", "arguments", "keys"];
+
+/** The function of a task: one plain object of named arguments in, a value or promise out. */
+export type TaskFunction<Args, Result> = (args: Args) => Result | Promise<Result>;
+
+/**
+ * Options of a task; every option has a default (in brackets).
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type TaskOptions } from "@nenc/nenc";
+ *
+ * const options: TaskOptions<{ userId: string; body: string }> = {
+ *   registrationConcurrency: "keys",
+ *   keyArguments: ["userId"],
+ *   maxRetries: 3,
+ * };
+ * const app = new Nenc({ appId: "mail" });
+ * app.task("notify", ({ userId, body }: { userId: string; body: string }) => `${userId}: ${body}`, options);
+ * ```
+ */
+export interface TaskOptions<Args = unknown> {
+  /** Reuse a REGISTERED invocation of the same task / arguments / key [`"disabled"`]. */
+  registrationConcurrency?: ConcurrencyMode;
+  /** One PENDING / RUNNING / RESUMED invocation per task / arguments / key [`"disabled"`]. */
+  runningConcurrency?: ConcurrencyMode;
+  /** The arguments that form the key of the `"keys"` modes [`[]`]. */
+  keyArguments?: readonly (keyof Args & string)[];
+  /** Registration reuse with different non-key arguments throws instead of reusing [`false`]. */
+  onDiffNonKeyArgsRaise?: boolean;
+  /** A pick-up blocked by running concurrency is re-queued (`true`) or finalised [`true`]. */
+  rerouteOnConcurrencyControl?: boolean;
+  /** Retry while `retries < maxRetries` [`0`]. */
+  maxRetries?: number;
+  /** Error classes that are retriable; {@linkcode RetryError} always is [`[RetryError]`]. */
+  retryFor?: readonly ErrorClass[];
+  /** Delay before a retry is picked up: fixed, or a function of the attempt (1, 2, …) [`0`]. */
+  retryBackoffMs?: number | ((attempt: number) => number);
+  /** Batch size of `parallelize` [`100`]. */
+  parallelBatchSize?: number;
+}
+
+/** Task options with every default filled in. */
+export interface ResolvedTaskOptions {
+  /** See {@linkcode TaskOptions.registrationConcurrency}. */
+  readonly registrationConcurrency: ConcurrencyMode;
+  /** See {@linkcode TaskOptions.runningConcurrency}. */
+  readonly runningConcurrency: ConcurrencyMode;
+  /** See {@linkcode TaskOptions.keyArguments}. */
+  readonly keyArguments: readonly string[];
+  /** See {@linkcode TaskOptions.onDiffNonKeyArgsRaise}. */
+  readonly onDiffNonKeyArgsRaise: boolean;
+  /** See {@linkcode TaskOptions.rerouteOnConcurrencyControl}. */
+  readonly rerouteOnConcurrencyControl: boolean;
+  /** See {@linkcode TaskOptions.maxRetries}. */
+  readonly maxRetries: number;
+  /** See {@linkcode TaskOptions.retryFor}; always includes {@linkcode RetryError}. */
+  readonly retryFor: readonly ErrorClass[];
+  /** See {@linkcode TaskOptions.retryBackoffMs}. */
+  readonly retryBackoffMs: number | ((attempt: number) => number);
+  /** See {@linkcode TaskOptions.parallelBatchSize}. */
+  readonly parallelBatchSize: number;
+}
+
+const OPTION_NAMES = new Set([
+  "registrationConcurrency",
+  "runningConcurrency",
+  "keyArguments",
+  "onDiffNonKeyArgsRaise",
+  "rerouteOnConcurrencyControl",
+  "maxRetries",
+  "retryFor",
+  "retryBackoffMs",
+  "parallelBatchSize",
+]);
+
+/**
+ * Validates task options and fills in the defaults.
+ *
+ * @throws {TypeError | RangeError} naming the task and the option.
+ */
+export function resolveTaskOptions(
+  taskId: string,
+  options: TaskOptions<never> = {},
+): ResolvedTaskOptions {
+  const fail = (message: string): never => {
+    throw new TypeError(`Cannot define task ${taskId}: ${message}`);
+  };
+  if (typeof options !== "object" || options === null) fail("options must be an object");
+  for (const name of Object.keys(options)) {
+    if (!OPTION_NAMES.has(name)) fail(`unknown option "${name}"`);
+  }
+  const mode = (name: "registrationConcurrency" | "runningConcurrency"): ConcurrencyMode => {
+    const value = options[name] ?? "disabled";
+    if (!MODES.includes(value)) {
+      fail(`${name} must be one of ${MODES.join(", ")}, got ${String(value)}`);
+    }
+    return value;
+  };
+  const registrationConcurrency = mode("registrationConcurrency");
+  const runningConcurrency = mode("runningConcurrency");
+  const keyArguments: readonly string[] = options.keyArguments ?? [];
+  if (
+    !Array.isArray(keyArguments) ||
+    keyArguments.some((key) => typeof key !== "string" || key === "")
+  ) {
+    fail("keyArguments must be an array of argument names");
+  }
+  if (new Set(keyArguments).size !== keyArguments.length) fail("keyArguments has duplicates");
+  if (
+    (registrationConcurrency === "keys" || runningConcurrency === "keys") &&
+    keyArguments.length === 0
+  ) {
+    fail('a "keys" concurrency mode needs keyArguments');
+  }
+  const flag = (
+    name: "onDiffNonKeyArgsRaise" | "rerouteOnConcurrencyControl",
+    fallback: boolean,
+  ): boolean => {
+    const value = options[name] ?? fallback;
+    if (typeof value !== "boolean") fail(`${name} must be a boolean`);
+    return value;
+  };
+  const count = (
+    name: "maxRetries" | "parallelBatchSize",
+    fallback: number,
+    min: number,
+  ): number => {
+    const value = options[name] ?? fallback;
+    if (!Number.isInteger(value) || value < min) {
+      throw new RangeError(
+        `Cannot define task ${taskId}: ${name} must be an integer ≥ ${min}, got ${value}`,
+      );
+    }
+    return value;
+  };
+  const retryFor = options.retryFor ?? [];
+  if (!Array.isArray(retryFor) || retryFor.some((errorClass) => typeof errorClass !== "function")) {
+    fail("retryFor must be an array of error classes");
+  }
+  const retryBackoffMs = options.retryBackoffMs ?? 0;
+  if (
+    typeof retryBackoffMs !== "function" &&
+    (typeof retryBackoffMs !== "number" || !Number.isFinite(retryBackoffMs) || retryBackoffMs < 0)
+  ) {
+    fail("retryBackoffMs must be a number ≥ 0 or a function of the attempt");
+  }
+  return {
+    registrationConcurrency,
+    runningConcurrency,
+    keyArguments,
+    onDiffNonKeyArgsRaise: flag("onDiffNonKeyArgsRaise", false),
+    rerouteOnConcurrencyControl: flag("rerouteOnConcurrencyControl", true),
+    maxRetries: count("maxRetries", 0, 0),
+    retryFor: retryFor.includes(RetryError) ? retryFor : [RetryError, ...retryFor],
+    retryBackoffMs,
+    parallelBatchSize: count("parallelBatchSize", 100, 1),
+  };
+}
+
+/** The arguments of `call()`: optional when the task's arguments may be `undefined`. */
+export type CallArguments<Args> = undefined extends Args ? [args?: Args] : [args: Args];
+
+/** What a {@linkcode Task} needs from its app: routing calls. */
+export interface TaskRouter {
+  /** Routes one call (see `Orchestrator.routeCall`). */
+  routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>>;
+  /** Routes many calls in batches (see `Orchestrator.routeCalls`). */
+  parallelize<Args, Result>(
+    task: Task<Args, Result>,
+    argsList: readonly Args[],
+  ): Promise<InvocationGroup<Result>>;
+}
+
+/** One call of a task: the task and its arguments. */
+export interface Call<Args = unknown, Result = unknown> {
+  /** The task called. */
+  readonly task: Task<Args, Result>;
+  /** The arguments. */
+  readonly args: Args;
+}
+
+/**
+ * A task of an app: `call()` routes an invocation and returns its handle at once; a runner runs
+ * it. Create tasks with `app.task()`.
+ *
+ * @example
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc({ appId: "math" });
+ * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+ * await using runner = app.runner({ concurrency: 4 });
+ * runner.start();
+ * const invocation = await add.call({ x: 1, y: 2 });
+ * console.log(await invocation.result()); // 3
+ * ```
+ */
+export class Task<Args = unknown, Result = unknown> {
+  /** The task id: its name, unique within the app. */
+  readonly id: string;
+  /** The options, with defaults filled in. */
+  readonly options: ResolvedTaskOptions;
+  /** The task's function. */
+  readonly fn: TaskFunction<Args, Result>;
+  readonly #router: TaskRouter;
+
+  /** Use `app.task()` instead. */
+  constructor(
+    router: TaskRouter,
+    id: string,
+    fn: TaskFunction<Args, Result>,
+    options?: TaskOptions<Args>,
+  ) {
+    assertTaskId(id);
+    if (typeof fn !== "function") {
+      throw new TypeError(`Cannot define task ${id}: fn must be a function`);
+    }
+    this.#router = router;
+    this.id = id;
+    this.fn = fn;
+    this.options = resolveTaskOptions(id, options as TaskOptions<never>);
+  }
+
+  /**
+   * Routes a call of this task and resolves to its invocation as soon as it is registered. The
+   * task never runs in the caller.
+   *
+   * @throws {TypeError} when an argument is not serializable, naming the task and the argument.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const hello = app.task("hello", ({ name }: { name: string }) => `hello ${name}`);
+   * const invocation = await hello.call({ name: "ada" });
+   * console.log(await invocation.status()); // "registered"
+   * ```
+   */
+  call(...args: CallArguments<Args>): Promise<Invocation<Result>> {
+    return this.#router.routeCall({ task: this, args: args[0] as Args });
+  }
+
+  /**
+   * Routes many calls in batches of `parallelBatchSize` and returns them as a group;
+   * `commonArgs` are merged into every call's arguments.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const square = app.task("square", ({ n }: { n: number }) => n * n);
+   * await using runner = app.runner({ concurrency: 8 });
+   * runner.start();
+   * const group = await square.parallelize([{ n: 1 }, { n: 2 }, { n: 3 }]);
+   * console.log(await group.results()); // [1, 4, 9]
+   * ```
+   */
+  parallelize(
+    argsList: readonly Partial<Args>[],
+    options: { commonArgs?: Partial<Args> } = {},
+  ): Promise<InvocationGroup<Result>> {
+    const list = options.commonArgs === undefined
+      ? argsList as readonly Args[]
+      : argsList.map((args) => ({ ...options.commonArgs, ...args }) as Args);
+    return this.#router.parallelize(this, list);
+  }
+
+  /**
+   * Serializes arguments for this task.
+   *
+   * @throws {TypeError} naming the task and the argument that is not plain JSON.
+   */
+  serializeArgs(args: Args): SerializedArguments {
+    try {
+      return serializeArguments(args);
+    } catch (error) {
+      throw new TypeError(
+        `Cannot call task ${this.id}: ${error instanceof Error ? error.message : String(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /** The registration-concurrency key of a call, or `null` when disabled. */
+  registrationKey(args: SerializedArguments, callIdOfArgs: string): string | null {
+    return this.#concurrencyKey(this.options.registrationConcurrency, args, callIdOfArgs);
+  }
+
+  /** The running-concurrency slot key of a call, or `null` when disabled. */
+  runningKey(args: SerializedArguments, callIdOfArgs: string): string | null {
+    return this.#concurrencyKey(this.options.runningConcurrency, args, callIdOfArgs);
+  }
+
+  /** Whether `error` may be retried under `retryFor`. */
+  isRetriable(error: unknown): boolean {
+    return this.options.retryFor.some((errorClass) => error instanceof errorClass);
+  }
+
+  /** The back-off before retry number `attempt` (1, 2, …), in ms. */
+  retryDelayMs(attempt: number): number {
+    const backoff = this.options.retryBackoffMs;
+    const delay = typeof backoff === "function" ? backoff(attempt) : backoff;
+    return Number.isFinite(delay) && delay > 0 ? delay : 0;
+  }
+
+  #concurrencyKey(
+    mode: ConcurrencyMode,
+    args: SerializedArguments,
+    callIdOfArgs: string,
+  ): string | null {
+    switch (mode) {
+      case "disabled":
+        return null;
+      case "task":
+        return this.id;
+      case "arguments":
+        return callIdOfArgs;
+      case "keys": {
+        const key: Record<string, string> = {};
+        for (const name of this.options.keyArguments) {
+          // A missing key argument is part of the key too: "" is no JSON text, so it differs
+          // from every value, `null` included.
+          key[name] = args[name] ?? "";
+        }
+        return `${callId(this.id, key)}#keys`;
+      }
+    }
+  }
+}

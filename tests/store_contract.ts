@@ -1,0 +1,22 @@
+/**
+ * The storage contract: the behaviour every backend must show through the public API and the
+ * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
+ */
+import { routingContract } from "./_contract_routing.ts";
+import { runningContract } from "./_contract_running.ts";
+import type { Nenc, NencOptions } from "../core/app.ts";
+
+/**
+ * Makes a fresh app on the backend under test (`options` never contains `store`). With
+ * `shareWith`, the new app uses the same backend as that app: two processes' view of one store.
+ */
+export type AppFactory = (
+  options?: Omit<NencOptions, "store">,
+  shareWith?: Nenc,
+) => Nenc | Promise<Nenc>;
+
+/** Registers the whole contract suite for one backend. */
+export function storeContract(backend: string, makeApp: AppFactory): void {
+  routingContract(backend, makeApp);
+  runningContract(backend, makeApp);
+}

@@ -33,6 +33,9 @@ import { WaitGraph } from "./wait_graph.ts";
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
 
+/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
+const CONTROL_LIMIT = 100;
+
 /**
  * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given.
  *
@@ -126,9 +129,11 @@ export class MemoryStore implements Store {
     const finalised: InvocationRecord[] = [];
     const tryClaim = (id: string): void => {
       const record = this.#records.get(id);
+      // Still delayed after the promotion above: a retry whose back-off has not passed. (An entry
+      // of the ready queue is available even if it was registered after `nowMs` was read.)
       if (
         record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
-        record.availableAtMs > nowMs
+        this.#delayed.has(id)
       ) return;
       const outcome = this.#apply(id, { path: [PENDING], runnerId, nowMs });
       if (outcome.ok) return void claimed.push(outcome.record);
@@ -149,12 +154,15 @@ export class MemoryStore implements Store {
       tryClaim(id);
     }
     // Each queued invocation is examined at most once per claim (a re-queued one goes to the
-    // back), and at most `max` are controlled, so one claim makes at most 2·max transitions.
+    // back), and at most CONTROL_LIMIT of them are controlled, so a backlog blocked by one running
+    // slot costs bounded work per claim instead of a pass over the whole queue.
+    const controlledBefore = rerouted.length + finalised.length;
     let budget = this.#queue.size;
     for (const id of this.#queue) {
-      if (claimed.length >= max || budget-- <= 0 || rerouted.length + finalised.length >= max) {
-        break;
-      }
+      if (
+        claimed.length >= max || budget-- <= 0 ||
+        rerouted.length + finalised.length - controlledBefore >= CONTROL_LIMIT
+      ) break;
       tryClaim(id);
     }
     return { claimed, rerouted, finalised };
@@ -248,7 +256,7 @@ export class MemoryStore implements Store {
       isAvailable: (id) => {
         const record = this.#records.get(id);
         return record !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(record.status) &&
-          record.availableAtMs <= nowMs;
+          !(this.#delayed.has(id) && record.availableAtMs > nowMs);
       },
     }));
   }

@@ -255,15 +255,18 @@ export class Orchestrator {
     task: Task<Args, Result>,
     argsList: readonly Args[],
   ): Promise<InvocationGroup<Result>> {
-    const batch = task.options.parallelBatchSize;
+    // Every argument is checked before the first batch is routed, so a bad call in a later batch
+    // leaves nothing registered (routeCalls is all-or-nothing only within its batch).
+    for (const args of argsList) task.serializeArgs(args);
     const invocations: Invocation<Result>[] = [];
-    for (let start = 0; start < argsList.length; start += batch) {
-      const calls = argsList.slice(start, start + batch).map((args) => ({ task, args }));
-      if (task.options.registrationConcurrency === "disabled") {
+    if (task.options.registrationConcurrency === "disabled") {
+      const batch = task.options.parallelBatchSize;
+      for (let start = 0; start < argsList.length; start += batch) {
+        const calls = argsList.slice(start, start + batch).map((args) => ({ task, args }));
         invocations.push(...await this.routeCalls(calls as unknown as Call<never, Result>[]));
-      } else {
-        for (const call of calls) invocations.push(await this.routeCall(call));
       }
+    } else {
+      for (const args of argsList) invocations.push(await this.routeCall({ task, args }));
     }
     return new InvocationGroup(this, invocations);
   }

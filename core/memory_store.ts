@@ -209,9 +209,11 @@ export class MemoryStore implements Store {
       }
     };
     consider(PENDING, (record) => record.updatedAtMs < query.pendingBeforeMs);
+    // An owner without a heartbeat (never sent, or purged) is judged by the invocation's last
+    // change instead: it gets the same timeout as a runner that went silent then.
     const ownerIsDead = (record: InvocationRecord): boolean =>
       record.ownerId !== null &&
-      (this.#runners.get(record.ownerId) ?? -Infinity) < query.heartbeatBeforeMs;
+      (this.#runners.get(record.ownerId) ?? record.updatedAtMs) < query.heartbeatBeforeMs;
     for (const status of [RUNNING, PAUSED, RESUMED]) consider(status, ownerIsDead);
     return Promise.resolve(found);
   }

@@ -8,7 +8,7 @@
 
 import type { Clock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
-import { TaskNotFoundError } from "./errors.ts";
+import { NencError, TaskNotFoundError } from "./errors.ts";
 import type { Invocation } from "./invocation.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
@@ -343,8 +343,16 @@ class Execution implements ExecutionContext {
       return record === undefined || isFinalStatus(record.status);
     }).length;
     if (mode === "all" ? done === ids.length : done > 0) return;
+    this.#assertAlive();
     await orchestrator.waitingForResults(this.record, ids.map((id) => ({ id })));
-    if (++this.#waits === 1) await this.#inOrder(() => this.#pause());
+    if (++this.#waits === 1) {
+      try {
+        await this.#inOrder(() => this.#pause());
+      } catch (error) {
+        this.#waits--;
+        throw error;
+      }
+    }
     try {
       if (mode === "all") {
         await Promise.all(ids.map((id) => orchestrator.waitForFinal({ id })));
@@ -371,10 +379,21 @@ class Execution implements ExecutionContext {
     this.#runner.releaseSlot();
   }
 
+  /** A killed execution (its runner stopped) must not act: its invocation was handed back. */
+  #assertAlive(): void {
+    if (this.killed) {
+      throw new NencError(
+        `Cannot wait in invocation ${this.record.id}: runner ${this.runnerId} stopped and handed it back`,
+      );
+    }
+  }
+
   async #resume(): Promise<void> {
     const { orchestrator, clock } = this.#host;
     for (;;) {
+      this.#assertAlive();
       await this.#runner.acquireSlot();
+      this.#assertAlive();
       const resumed = await orchestrator.setInvocationStatus(
         this.record,
         InvocationStatus.RESUMED,

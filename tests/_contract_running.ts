@@ -1,6 +1,126 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
+import { FakeClock } from "./_fake_clock.ts";
+import type { Nenc } from "../core/app.ts";
+import {
+  ConcurrencyControlledError,
+  CycleDetectedError,
+  InvocationStatusOwnershipError,
+  InvocationStatusTransitionError,
+  RetryError,
+  SerializationError,
+  TaskNotFoundError,
+} from "../core/errors.ts";
+import type { Invocation } from "../core/invocation.ts";
+import { type HistoryEntry, isValidHistory } from "../core/status.ts";
+import type { Task } from "../core/task.ts";
+
+/** A promise the test settles by hand. */
+interface Deferred<T> {
+  readonly promise: Promise<T>;
+  resolve(value: T): void;
+}
+
+function deferred<T = void>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((res) => resolve = res);
+  return { promise, resolve };
+}
+
+/** The error `promise` rejects with; fails the test if it resolves. */
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    const value = await promise;
+    assert.fail(`expected a rejection, got ${JSON.stringify(value)}`);
+  } catch (error) {
+    if (error instanceof assert.AssertionError) throw error;
+    return error;
+  }
+}
+
+/** Every invocation of a task, through the public query API. */
+async function invocationsOf<Args, Result>(
+  app: Nenc,
+  task: Task<Args, Result>,
+): Promise<Invocation<Result>[]> {
+  const found: Invocation<Result>[] = [];
+  for await (const invocation of app.orchestrator.getExistingInvocations(task)) {
+    found.push(invocation);
+  }
+  return found;
+}
+
+const statuses = (history: readonly HistoryEntry[]): string[] =>
+  history.map((entry) => entry.status);
+
+/** Lets already-settled promise chains run (in-process work only; no timers). */
+async function flushMicrotasks(rounds = 100): Promise<void> {
+  for (let i = 0; i < rounds; i++) await Promise.resolve();
+}
+
+/**
+ * A {@linkcode FakeClock} that also tells when something sleeps on it: an idle runner waits on
+ * `clock.sleep(pollMs)`. Advancing the clock only while the runner sleeps keeps the test from
+ * moving time between a pick-up's clock read and its store step.
+ */
+class WatchedClock extends FakeClock {
+  readonly #sleeping = new Map<object, number>();
+  readonly #onSleep = new Set<() => void>();
+
+  override sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    const promise = super.sleep(ms, signal);
+    if (signal?.aborted) return promise;
+    const token = {};
+    this.#sleeping.set(token, this.now() + ms);
+    signal?.addEventListener("abort", () => this.#sleeping.delete(token), { once: true });
+    void promise.then(() => this.#sleeping.delete(token));
+    for (const notify of [...this.#onSleep]) notify();
+    return promise;
+  }
+
+  override advance(ms: number): void {
+    super.advance(ms);
+    for (const [token, untilMs] of this.#sleeping) {
+      if (untilMs <= this.now()) this.#sleeping.delete(token);
+    }
+  }
+
+  /** Resolves when something sleeps on the clock (at once if something already does). */
+  sleeping(): Promise<void> {
+    if (this.#sleeping.size > 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.#onSleep.delete(done);
+        resolve();
+      };
+      this.#onSleep.add(done);
+    });
+  }
+}
+
+class PaymentDeclined extends Error {
+  readonly code: string;
+  constructor(message: string, code: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "PaymentDeclined";
+    this.code = code;
+  }
+}
+
+class LocalOnly extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "LocalOnly";
+  }
+}
+
+class Flaky extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "Flaky";
+  }
+}
 
 /** Runners, blocking and cycle control, retries, recovery and purge, on one backend. */
 export function runningContract(backend: string, makeApp: AppFactory): void {
@@ -15,5 +135,763 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     runner.start();
     const inv = await fib.call({ n: 20 });
     assert.equal(await inv.result(), 6765);
+  });
+
+  // --- cycle control -----------------------------------------------------------------------------
+
+  test(`[${backend}] cycle control: a→b→a with equal args rejects the outer result() with CycleDetectedError naming b, a (the closing call's caller first)`, async () => {
+    const app = await makeApp();
+    const a: Task<{ n: number }, number> = app.task(
+      "a",
+      async ({ n }: { n: number }): Promise<number> => (await (await b.call({ n })).result()) + 1,
+    );
+    const b: Task<{ n: number }, number> = app.task(
+      "b",
+      async ({ n }: { n: number }): Promise<number> => (await (await a.call({ n })).result()) + 1,
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    const outer = await a.call({ n: 3 });
+    const error = await rejection(outer.result());
+    assert.ok(error instanceof CycleDetectedError, `got ${String(error)}`);
+    assert.equal(error.name, "CycleDetectedError");
+    assert.equal(
+      error.message,
+      'A cycle was detected: Cycle detected:\n- b({"n":3})\n- a({"n":3})\n- back to b({"n":3})',
+    );
+    const [bInvocation, ...moreB] = await invocationsOf(app, b);
+    assert.equal(moreB.length, 0);
+    assert.deepEqual([...error.callIds], [bInvocation!.callId, outer.callId]);
+    // The inner a (the callee of the closing edge) failed before running; every invocation is final.
+    const aInvocations = await invocationsOf(app, a);
+    assert.equal(aInvocations.length, 2);
+    const inner = aInvocations.find((invocation) => invocation.id !== outer.id)!;
+    assert.equal(inner.parentId, bInvocation!.id);
+    assert.equal(inner.callId, outer.callId);
+    assert.deepEqual(statuses(await inner.history()), ["registered", "pending", "failed"]);
+    assert.ok(await rejection(inner.result()) instanceof CycleDetectedError);
+    assert.equal(await bInvocation!.status(), "failed");
+    assert.equal(await outer.status(), "failed");
+  });
+
+  test(`[${backend}] cycle control: a self-call with equal args fails with a one-call CycleDetectedError`, async () => {
+    const app = await makeApp();
+    const self: Task<{ n: number }, number> = app.task(
+      "self",
+      async ({ n }: { n: number }): Promise<number> => await (await self.call({ n })).result(),
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    const outer = await self.call({ n: 1 });
+    const error = await rejection(outer.result());
+    assert.ok(error instanceof CycleDetectedError, `got ${String(error)}`);
+    assert.equal(
+      error.message,
+      'A cycle was detected: Cycle detected:\n- self({"n":1})\n- back to self({"n":1})',
+    );
+    assert.deepEqual([...error.callIds], [outer.callId]);
+    assert.equal((await invocationsOf(app, self)).length, 2);
+  });
+
+  test(`[${backend}] cycle control: after a cycle failed, the same calls in a non-cyclic order succeed (edges were released)`, async () => {
+    const app = await makeApp();
+    let cyclic = true;
+    const a: Task<{ n: number }, string> = app.task(
+      "a",
+      async ({ n }: { n: number }): Promise<string> =>
+        cyclic ? `a(${await (await b.call({ n })).result()})` : "a-leaf",
+    );
+    const b: Task<{ n: number }, string> = app.task(
+      "b",
+      async ({ n }: { n: number }): Promise<string> => `b(${await (await a.call({ n })).result()})`,
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    assert.ok(
+      await rejection((await a.call({ n: 3 })).result()) instanceof CycleDetectedError,
+    );
+    // If the edge a({n:3}) → b({n:3}) were still in the call graph, b → a would close a cycle now.
+    cyclic = false;
+    assert.equal(await (await b.call({ n: 3 })).result(), "b(a-leaf)");
+  });
+
+  test(`[${backend}] cycle control off (cycleControl: false): a bounded self-recursion with equal args completes`, async () => {
+    const app = await makeApp({ orchestrator: { cycleControl: false } });
+    let depth = 0;
+    const recurse: Task<{ n: number }, number> = app.task(
+      "recurse",
+      async ({ n }: { n: number }): Promise<number> => {
+        if (++depth >= 4) return 0;
+        return (await (await recurse.call({ n })).result()) + 1;
+      },
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    assert.equal(await (await recurse.call({ n: 1 })).result(), 3);
+    const all = await invocationsOf(app, recurse);
+    assert.equal(all.length, 4);
+    for (const invocation of all) assert.equal(await invocation.status(), "success");
+  });
+
+  test(`[${backend}] cycle control toggled off at runtime (orchestrator.options.cycleControl = false) takes effect on the next call`, async () => {
+    const app = await makeApp();
+    let depth = 0;
+    const recurse: Task<{ n: number }, number> = app.task(
+      "recurse",
+      async ({ n }: { n: number }): Promise<number> => {
+        if (++depth >= 3) return 0;
+        return (await (await recurse.call({ n })).result()) + 1;
+      },
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    assert.ok(
+      await rejection((await recurse.call({ n: 1 })).result()) instanceof CycleDetectedError,
+    );
+    app.orchestrator.options.cycleControl = false;
+    depth = 0;
+    assert.equal(await (await recurse.call({ n: 1 })).result(), 2);
+  });
+
+  // --- exceptions --------------------------------------------------------------------------------
+
+  test(`[${backend}] a registered custom error comes back from result() as the same class, with name, message, data fields and cause chain`, async () => {
+    const app = await makeApp({ errorClasses: [PaymentDeclined] });
+    const pay = app.task("pay", ({ amount }: { amount: number }): number => {
+      throw new PaymentDeclined(`Cannot pay ${amount}: declined`, "card_declined", {
+        cause: new RangeError("card expired", { cause: { month: "2024-01" } }),
+      });
+    });
+    await using runner = app.runner();
+    runner.start();
+    const invocation = await pay.call({ amount: 12 });
+    const error = await rejection(invocation.result());
+    assert.ok(error instanceof PaymentDeclined, `got ${String(error)}`);
+    assert.equal(error.name, "PaymentDeclined");
+    assert.equal(error.message, "Cannot pay 12: declined");
+    assert.equal(error.code, "card_declined");
+    assert.ok(error.cause instanceof RangeError, `cause ${String(error.cause)}`);
+    assert.equal(error.cause.message, "card expired");
+    assert.deepEqual(error.cause.cause, { month: "2024-01" });
+    assert.equal(await invocation.status(), "failed");
+  });
+
+  test(`[${backend}] an unregistered error class comes back as Error with the same name and message`, async () => {
+    const app = await makeApp();
+    const boom = app.task("boom", (): never => {
+      throw new LocalOnly("Cannot boom: local only");
+    });
+    await using runner = app.runner();
+    runner.start();
+    const error = await rejection((await boom.call()).result());
+    assert.ok(error instanceof Error);
+    assert.equal(Object.getPrototypeOf(error), Error.prototype);
+    assert.ok(!(error instanceof LocalOnly));
+    assert.equal(error.name, "LocalOnly");
+    assert.equal(error.message, "Cannot boom: local only");
+  });
+
+  test(`[${backend}] a TypeError thrown by a task stays a TypeError`, async () => {
+    const app = await makeApp();
+    const parse = app.task("parse", ({ text }: { text: string }): never => {
+      throw new TypeError(`Cannot parse ${text}`);
+    });
+    await using runner = app.runner();
+    runner.start();
+    const error = await rejection((await parse.call({ text: "x" })).result());
+    assert.ok(error instanceof TypeError, `got ${String(error)}`);
+    assert.equal(error.name, "TypeError");
+    assert.equal(error.message, "Cannot parse x");
+  });
+
+  // --- retries -----------------------------------------------------------------------------------
+
+  test(`[${backend}] maxRetries: a task failing twice with RetryError succeeds on the third run and retries() is 2`, async () => {
+    const app = await makeApp();
+    let runs = 0;
+    const flaky = app.task("flaky", (): string => {
+      if (++runs <= 2) throw new RetryError(`Cannot run: attempt ${runs}`);
+      return "ok";
+    }, { maxRetries: 3 });
+    await using runner = app.runner();
+    runner.start();
+    const invocation = await flaky.call();
+    assert.equal(await invocation.result(), "ok");
+    assert.equal(runs, 3);
+    assert.equal(await invocation.retries(), 2);
+    const history = await invocation.history();
+    assert.deepEqual(statuses(history), [
+      "registered",
+      "pending",
+      "running",
+      "retry",
+      "pending",
+      "running",
+      "retry",
+      "pending",
+      "running",
+      "success",
+    ]);
+    assert.ok(isValidHistory(history));
+  });
+
+  test(`[${backend}] maxRetries: after the limit the invocation is FAILED with the last original error`, async () => {
+    const app = await makeApp();
+    let runs = 0;
+    const doomed = app.task("doomed", (): never => {
+      throw new RetryError(`Cannot run: attempt ${++runs}`);
+    }, { maxRetries: 2 });
+    await using runner = app.runner();
+    runner.start();
+    const invocation = await doomed.call();
+    const error = await rejection(invocation.result());
+    assert.ok(error instanceof RetryError, `got ${String(error)}`);
+    assert.equal(error.message, "Cannot run: attempt 3");
+    assert.equal(runs, 3);
+    assert.equal(await invocation.retries(), 2);
+    assert.equal(await invocation.status(), "failed");
+    assert.equal(statuses(await invocation.history()).filter((s) => s === "retry").length, 2);
+  });
+
+  test(`[${backend}] retryFor: a listed custom error is retried, an unlisted one fails at once`, async () => {
+    const app = await makeApp();
+    let flakyRuns = 0;
+    const flaky = app.task("flaky", (): string => {
+      if (++flakyRuns === 1) throw new Flaky("Cannot connect");
+      return "connected";
+    }, { maxRetries: 2, retryFor: [Flaky] });
+    let brokenRuns = 0;
+    const broken = app.task("broken", (): never => {
+      brokenRuns++;
+      throw new TypeError("Cannot run: a bug");
+    }, { maxRetries: 2, retryFor: [Flaky] });
+    await using runner = app.runner();
+    runner.start();
+    const ok = await flaky.call();
+    assert.equal(await ok.result(), "connected");
+    assert.equal(await ok.retries(), 1);
+    assert.equal(flakyRuns, 2);
+    const failed = await broken.call();
+    assert.ok(await rejection(failed.result()) instanceof TypeError);
+    assert.equal(await failed.retries(), 0);
+    assert.equal(brokenRuns, 1);
+    assert.ok(!statuses(await failed.history()).includes("retry"));
+  });
+
+  test(`[${backend}] retryBackoffMs: a retry is not run again before the (fake) clock passes the back-off`, async () => {
+    const clock = new WatchedClock();
+    const app = await makeApp({ clock });
+    let runs = 0;
+    const flaky = app.task("flaky", (): number => {
+      if (++runs === 1) throw new RetryError("Cannot run yet");
+      return runs;
+    }, { maxRetries: 1, retryBackoffMs: 1000 });
+    let probes = 0;
+    const probe = app.task("probe", () => ++probes);
+    await using runner = app.runner({ concurrency: 1, pollMs: 1 });
+    runner.start();
+    const invocation = await flaky.call();
+    // With one slot, the probe runs only after the runner handled the failed first run.
+    await (await probe.call()).result();
+    assert.equal(runs, 1);
+    assert.equal(await invocation.status(), "retry");
+    await clock.sleeping();
+    clock.advance(999);
+    await (await probe.call()).result();
+    assert.equal(runs, 1, "re-run before the back-off passed");
+    assert.equal(await invocation.status(), "retry");
+    await clock.sleeping();
+    clock.advance(1);
+    assert.equal(await invocation.result(), 2);
+    assert.equal(await invocation.retries(), 1);
+  });
+
+  test(`[${backend}] a pick-up does not skip an invocation registered while it started, even when the clock moved meanwhile`, async () => {
+    // A runner reads the clock, then claims; a call registered in between (with a later
+    // timestamp) must not be skipped, or the runner sleeps a whole poll interval with work queued
+    // (forever, under a fake clock).
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const job = app.task("job", () => "done");
+    const pickUp = app.orchestrator.getInvocationsToRun(1, { runnerId: "picker" });
+    clock.advance(1);
+    const invocation = await job.call();
+    const claimed = await pickUp;
+    assert.deepEqual(claimed.map((each) => each.id), [invocation.id]);
+    assert.equal(await invocation.status(), "pending");
+  });
+
+  // --- blocking control --------------------------------------------------------------------------
+
+  test(`[${backend}] blocking control: nested waits of depth 30 complete with concurrency 1, each waiter paused then resumed`, async () => {
+    const app = await makeApp();
+    const chain: Task<{ depth: number }, number> = app.task(
+      "chain",
+      async ({ depth }: { depth: number }): Promise<number> => {
+        if (depth === 0) return 0;
+        return (await (await chain.call({ depth: depth - 1 })).result()) + 1;
+      },
+    );
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    const root = await chain.call({ depth: 30 });
+    assert.equal(await root.result(), 30);
+    assert.deepEqual(statuses(await root.history()), [
+      "registered",
+      "pending",
+      "running",
+      "paused",
+      "resumed",
+      "success",
+    ]);
+    const all = await invocationsOf(app, chain);
+    assert.equal(all.length, 31);
+    for (const invocation of all) {
+      const history = await invocation.history();
+      assert.ok(isValidHistory(history), JSON.stringify(history));
+      const expected = invocation.args.depth === 0
+        ? ["registered", "pending", "running", "success"]
+        : ["registered", "pending", "running", "paused", "resumed", "success"];
+      assert.deepEqual(statuses(history), expected);
+    }
+  });
+
+  for (const slots of [1, 3]) {
+    test(`[${backend}] blocking control: a parent fanning out 200 children completes with ${slots} slot(s)`, async () => {
+      const app = await makeApp();
+      const child = app.task("child", ({ i }: { i: number }) => i * 2);
+      const parent = app.task("parent", async ({ n }: { n: number }): Promise<number> => {
+        const group = await child.parallelize(Array.from({ length: n }, (_, i) => ({ i })));
+        const results = await group.results();
+        return results.reduce((sum, value) => sum + value, 0);
+      });
+      await using runner = app.runner({ concurrency: slots });
+      runner.start();
+      const invocation = await parent.call({ n: 200 });
+      assert.equal(await invocation.result(), 199 * 200);
+      const history = statuses(await invocation.history());
+      if (slots === 1) {
+        // One slot: the children can only run once the parent has paused and freed it.
+        assert.deepEqual(history, [
+          "registered",
+          "pending",
+          "running",
+          "paused",
+          "resumed",
+          "success",
+        ]);
+      } else {
+        assert.equal(history.at(-1), "success");
+      }
+      const children = await invocationsOf(app, child);
+      assert.equal(children.length, 200);
+      for (const c of children) assert.equal(c.parentId, invocation.id);
+    });
+  }
+
+  test(`[${backend}] blocking control: a runningConcurrency "task" task that awaits another invocation of itself completes (PAUSED frees the slot)`, async () => {
+    const app = await makeApp();
+    const single: Task<{ n: number }, number> = app.task(
+      "single",
+      async ({ n }: { n: number }): Promise<number> => {
+        if (n === 0) return 0;
+        return (await (await single.call({ n: n - 1 })).result()) + 1;
+      },
+      { runningConcurrency: "task" },
+    );
+    await using runner = app.runner({ concurrency: 4 });
+    runner.start();
+    const invocation = await single.call({ n: 3 });
+    assert.equal(await invocation.result(), 3);
+    for (const each of await invocationsOf(app, single)) {
+      assert.ok(isValidHistory(await each.history()));
+      assert.equal(await each.status(), "success");
+    }
+  });
+
+  // --- parallelize -------------------------------------------------------------------------------
+
+  test(`[${backend}] parallelize: results() come in call order even when the invocations finish in reverse`, async () => {
+    const app = await makeApp();
+    const gates = [deferred(), deferred(), deferred()];
+    const started = [deferred(), deferred(), deferred()];
+    const gated = app.task("gated", async ({ i }: { i: number }): Promise<number> => {
+      started[i]!.resolve();
+      await gates[i]!.promise;
+      return i * 10;
+    });
+    await using runner = app.runner({ concurrency: 3 });
+    runner.start();
+    const group = await gated.parallelize([{ i: 0 }, { i: 1 }, { i: 2 }]);
+    assert.deepEqual(group.invocations.map((invocation) => invocation.args), [
+      { i: 0 },
+      { i: 1 },
+      { i: 2 },
+    ]);
+    const results = group.results();
+    await Promise.all(started.map((s) => s.promise));
+    for (const i of [2, 1, 0]) {
+      gates[i]!.resolve();
+      await group.invocations[i]!.result();
+    }
+    assert.deepEqual(await results, [0, 10, 20]);
+  });
+
+  test(`[${backend}] parallelize: asCompleted() yields every result in completion order`, async () => {
+    const app = await makeApp();
+    const gates = [deferred(), deferred(), deferred()];
+    const started = [deferred(), deferred(), deferred()];
+    const gated = app.task("gated", async ({ i }: { i: number }): Promise<number> => {
+      started[i]!.resolve();
+      await gates[i]!.promise;
+      return i * 10;
+    });
+    await using runner = app.runner({ concurrency: 3 });
+    runner.start();
+    const group = await gated.parallelize([{ i: 0 }, { i: 1 }, { i: 2 }], { commonArgs: {} });
+    await Promise.all(started.map((s) => s.promise));
+    const iterator = group.asCompleted();
+    gates[2]!.resolve();
+    assert.deepEqual(await iterator.next(), { value: 20, done: false });
+    gates[0]!.resolve();
+    assert.deepEqual(await iterator.next(), { value: 0, done: false });
+    gates[1]!.resolve();
+    assert.deepEqual(await iterator.next(), { value: 10, done: false });
+    assert.deepEqual(await iterator.next(), { value: undefined, done: true });
+  });
+
+  // --- history -----------------------------------------------------------------------------------
+
+  test(`[${backend}] a simple task's history is registered, pending, running, success: exactly one "running" entry`, async () => {
+    const app = await makeApp();
+    const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+    await using runner = app.runner({ runnerId: "r-simple" });
+    runner.start();
+    const invocation = await add.call({ x: 1, y: 2 });
+    assert.equal(await invocation.result(), 3);
+    const history = await invocation.history();
+    assert.deepEqual(statuses(history), ["registered", "pending", "running", "success"]);
+    assert.deepEqual(history.map((entry) => entry.seq), [1, 2, 3, 4]);
+    assert.deepEqual(history.map((entry) => entry.runnerId), [
+      null,
+      "r-simple",
+      "r-simple",
+      "r-simple",
+    ]);
+  });
+
+  test(`[${backend}] after fib(12), every invocation's history is a valid path with one "running" entry ending in success`, async () => {
+    const app = await makeApp();
+    const fib: Task<{ n: number }, number> = app.task(
+      "fib",
+      async ({ n }: { n: number }): Promise<number> => {
+        if (n < 2) return n;
+        const [a, b] = await Promise.all([fib.call({ n: n - 1 }), fib.call({ n: n - 2 })]);
+        return (await a.result()) + (await b.result());
+      },
+      { registrationConcurrency: "arguments" },
+    );
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    assert.equal(await (await fib.call({ n: 12 })).result(), 144);
+    const all = await invocationsOf(app, fib);
+    assert.ok(all.length >= 13, `only ${all.length} invocations`);
+    for (const invocation of all) {
+      const history = await invocation.history();
+      assert.ok(isValidHistory(history), JSON.stringify(history));
+      assert.equal(statuses(history).filter((s) => s === "running").length, 1);
+      assert.equal(history.at(-1)!.status, "success");
+    }
+  });
+
+  // --- stop, re-queue, unknown tasks -------------------------------------------------------------
+
+  test(`[${backend}] stop() re-queues a running invocation (running → killed → rerouted); a second runner finishes it and the first run's late result is refused`, async () => {
+    const app = await makeApp();
+    const firstStarted = deferred();
+    const firstGate = deferred();
+    const secondStarted = deferred();
+    const secondGate = deferred();
+    let runs = 0;
+    const job = app.task("job", async (): Promise<string> => {
+      if (++runs === 1) {
+        firstStarted.resolve();
+        await firstGate.promise;
+        return "first";
+      }
+      secondStarted.resolve();
+      await secondGate.promise;
+      return "second";
+    });
+    await using first = app.runner({ runnerId: "first" });
+    first.start();
+    const invocation = await job.call();
+    await firstStarted.promise;
+    assert.equal(await invocation.status(), "running");
+    await first.stop();
+    assert.equal(await invocation.status(), "rerouted");
+    assert.deepEqual(statuses(await invocation.history()).slice(-3), [
+      "running",
+      "killed",
+      "rerouted",
+    ]);
+
+    await using second = app.runner({ runnerId: "second" });
+    second.start();
+    await secondStarted.promise;
+    assert.equal(await invocation.status(), "running");
+    // The first run finishes now, while the second runner owns the invocation.
+    const entriesBefore = (await invocation.history()).length;
+    firstGate.resolve();
+    await flushMicrotasks();
+    assert.equal(await invocation.status(), "running");
+    assert.equal((await invocation.history()).length, entriesBefore);
+    assert.ok(
+      await rejection(
+        app.orchestrator.setInvocationResult(invocation, "first", { runnerId: "first" }),
+      ) instanceof InvocationStatusOwnershipError,
+    );
+    secondGate.resolve();
+    assert.equal(await invocation.result(), "second");
+    assert.equal(runs, 2);
+    // Once final, a late write is refused by the transition table itself.
+    assert.ok(
+      await rejection(
+        app.orchestrator.setInvocationResult(invocation, "first", { runnerId: "first" }),
+      ) instanceof InvocationStatusTransitionError,
+    );
+    assert.equal(await invocation.result(), "second");
+    const history = await invocation.history();
+    assert.ok(isValidHistory(history));
+    assert.deepEqual(statuses(history), [
+      "registered",
+      "pending",
+      "running",
+      "killed",
+      "rerouted",
+      "pending",
+      "running",
+      "success",
+    ]);
+    assert.deepEqual(history.map((entry) => entry.runnerId).slice(1), [
+      "first",
+      "first",
+      "first",
+      "first",
+      "second",
+      "second",
+      "second",
+    ]);
+  });
+
+  test(`[${backend}] a runner that does not define a task fails its invocation with TaskNotFoundError and keeps running`, async () => {
+    const caller = await makeApp({ appId: "two" });
+    const ghost = caller.task("ghost", ({ x }: { x: number }) => x);
+    const echo = caller.task("echo", ({ x }: { x: number }) => x);
+    const worker = await makeApp({ appId: "two" }, caller);
+    worker.task("echo", ({ x }: { x: number }) => x + 100);
+    await using runner = worker.runner();
+    runner.start();
+    const lost = await ghost.call({ x: 1 });
+    const error = await rejection(lost.result());
+    assert.ok(error instanceof TaskNotFoundError, `got ${String(error)}`);
+    assert.equal(error.taskId, "ghost");
+    assert.match(error.message, /ghost/);
+    assert.deepEqual(statuses(await lost.history()), ["registered", "pending", "failed"]);
+    // The runner is still alive: the next invocation runs (with the worker's definition).
+    assert.equal(await (await echo.call({ x: 1 })).result(), 101);
+    assert.equal(runner.running, true);
+  });
+
+  // --- running concurrency -----------------------------------------------------------------------
+
+  test(`[${backend}] running concurrency "keys": 60 invocations over 3 keys on 2 runners × 4 slots never overlap per key and each succeeds once`, async () => {
+    const first = await makeApp({ appId: "keys" });
+    const second = await makeApp({ appId: "keys" }, first);
+    const active = new Map<string, number>();
+    const runsOf = new Map<number, number>();
+    let overlaps = 0;
+    let activeAll = 0;
+    let maxActiveAll = 0;
+    const body = async ({ key, i }: { key: string; i: number }): Promise<number> => {
+      runsOf.set(i, (runsOf.get(i) ?? 0) + 1);
+      const now = (active.get(key) ?? 0) + 1;
+      active.set(key, now);
+      if (now > 1) overlaps++;
+      maxActiveAll = Math.max(maxActiveAll, ++activeAll);
+      for (let y = 0; y < 10; y++) await Promise.resolve();
+      active.set(key, active.get(key)! - 1);
+      activeAll--;
+      return i;
+    };
+    const options = { runningConcurrency: "keys", keyArguments: ["key"] } as const;
+    const keyed = first.task("keyed", body, options);
+    const keyedThere = second.task("keyed", body, options);
+    await using runnerOne = first.runner({ concurrency: 4 });
+    await using runnerTwo = second.runner({ concurrency: 4 });
+    runnerOne.start();
+    runnerTwo.start();
+    const args = Array.from({ length: 60 }, (_, i) => ({ key: `k${i % 3}`, i }));
+    const group = await keyed.parallelize(args);
+    assert.deepEqual(await group.results(), args.map(({ i }) => i));
+    assert.equal(overlaps, 0);
+    assert.ok(maxActiveAll >= 2, "different keys never ran at the same time");
+    assert.equal(runsOf.size, 60);
+    for (const [i, runs] of runsOf) assert.equal(runs, 1, `invocation ${i} ran ${runs} times`);
+    const all = await invocationsOf(second, keyedThere);
+    assert.equal(all.length, 60);
+    for (const invocation of all) {
+      const history = await invocation.history();
+      assert.ok(isValidHistory(history), JSON.stringify(history));
+      assert.equal(statuses(history).filter((s) => s === "success").length, 1);
+      assert.equal(statuses(history).filter((s) => s === "running").length, 1);
+    }
+  });
+
+  test(`[${backend}] rerouteOnConcurrencyControl false: a second invocation of a busy key ends CONCURRENCY_CONTROLLED_FINAL and result() rejects with ConcurrencyControlledError`, async () => {
+    const app = await makeApp();
+    const started = deferred();
+    const gate = deferred();
+    const exclusive = app.task("exclusive", async ({ key, i }: { key: string; i: number }) => {
+      if (i === 0) {
+        started.resolve();
+        await gate.promise;
+      }
+      return `${key}${i}`;
+    }, { runningConcurrency: "keys", keyArguments: ["key"], rerouteOnConcurrencyControl: false });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const holder = await exclusive.call({ key: "k", i: 0 });
+    await started.promise;
+    const refused = await exclusive.call({ key: "k", i: 1 });
+    const error = await rejection(refused.result());
+    assert.ok(error instanceof ConcurrencyControlledError, `got ${String(error)}`);
+    assert.equal(error.taskId, "exclusive");
+    assert.equal(error.invocationId, refused.id);
+    assert.equal(await refused.status(), "concurrency_controlled_final");
+    assert.deepEqual(statuses(await refused.history()), [
+      "registered",
+      "concurrency_controlled_final",
+    ]);
+    // Another key is not blocked.
+    assert.equal(await (await exclusive.call({ key: "other", i: 1 })).result(), "other1");
+    gate.resolve();
+    assert.equal(await holder.result(), "k0");
+  });
+
+  // --- results that are not JSON -----------------------------------------------------------------
+
+  test(`[${backend}] a result that is not JSON (a function, a Map) fails the invocation with SerializationError naming the task`, async () => {
+    const app = await makeApp();
+    const giveFunction = app.task("giveFunction", () => () => 1);
+    const giveMap = app.task("giveMap", () => new Map([["a", 1]]));
+    await using runner = app.runner();
+    runner.start();
+    for (const task of [giveFunction, giveMap] as Task<undefined, unknown>[]) {
+      const invocation = await task.call();
+      const error = await rejection(invocation.result());
+      assert.ok(error instanceof SerializationError, `got ${String(error)}`);
+      assert.match(error.message, new RegExp(`task ${task.id}\\b`));
+      assert.equal(await invocation.status(), "failed");
+    }
+  });
+
+  // --- recovery ----------------------------------------------------------------------------------
+
+  test(`[${backend}] a dead runner's RUNNING invocation is recovered (running_recovery → rerouted) by a live runner after runnerTimeoutSeconds and completes`, async () => {
+    const clock = new WatchedClock();
+    const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });
+    let runs = 0;
+    const job = app.task("job", ({ x }: { x: number }) => {
+      runs++;
+      return x * 2;
+    });
+    const probe = app.task("probe", () => "alive");
+    const invocation = await job.call({ x: 21 });
+    const claimed = await app.orchestrator.getInvocationsToRun(1, { runnerId: "dead" });
+    assert.deepEqual(claimed.map((each) => each.id), [invocation.id]);
+    await app.orchestrator.setInvocationRun(undefined, claimed[0]!, { runnerId: "dead" });
+    // The dead runner was alive when it took the invocation.
+    await app.orchestrator.store.heartbeat("dead", clock.now());
+    assert.equal(await invocation.status(), "running");
+
+    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000 });
+    runner.start();
+    // The live runner has been through its first heartbeat and a pick-up: not recovered yet.
+    assert.equal(await (await probe.call()).result(), "alive");
+    assert.equal(await invocation.status(), "running");
+    assert.equal(runs, 0);
+
+    await clock.sleeping();
+    clock.advance(10_001);
+    assert.equal(await invocation.result(), 42);
+    assert.equal(runs, 1);
+    const history = await invocation.history();
+    assert.ok(isValidHistory(history));
+    assert.deepEqual(
+      history.map((entry) => [entry.status, entry.runnerId]),
+      [
+        ["registered", null],
+        ["pending", "dead"],
+        ["running", "dead"],
+        ["running_recovery", "live"],
+        ["rerouted", "live"],
+        ["pending", "live"],
+        ["running", "live"],
+        ["success", "live"],
+      ],
+    );
+  });
+
+  test(`[${backend}] an invocation whose owner never sent a heartbeat is not recovered before runnerTimeoutSeconds`, async () => {
+    const clock = new WatchedClock();
+    const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });
+    const job = app.task("job", ({ x }: { x: number }) => x + 1);
+    const probe = app.task("probe", () => "alive");
+    const invocation = await job.call({ x: 1 });
+    const [claimed] = await app.orchestrator.getInvocationsToRun(1, { runnerId: "silent" });
+    await app.orchestrator.setInvocationRun(undefined, claimed!, { runnerId: "silent" });
+    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000 });
+    runner.start();
+    assert.equal(await (await probe.call()).result(), "alive");
+    // No time has passed: "silent" took the invocation a moment ago.
+    assert.equal(await invocation.status(), "running");
+    await clock.sleeping();
+    clock.advance(10_001);
+    assert.equal(await invocation.result(), 2);
+    assert.ok(statuses(await invocation.history()).includes("running_recovery"));
+  });
+
+  // --- arguments and parents ---------------------------------------------------------------------
+
+  test(`[${backend}] a task gets its arguments, and a child called inside a task has parentId = the parent invocation`, async () => {
+    const app = await makeApp();
+    const seen: unknown[] = [];
+    const child = app.task("child", (args: { name: string; tags: string[] }) => {
+      seen.push(args);
+      return args.tags.length;
+    });
+    const parent = app.task(
+      "parent",
+      async ({ name }: { name: string }): Promise<{ id: string; parentId: string | null }> => {
+        const invocation = await child.call({ name, tags: ["x", "y"] });
+        await invocation.result();
+        return { id: invocation.id, parentId: invocation.parentId };
+      },
+    );
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const outer = await parent.call({ name: "ada" });
+    assert.equal(outer.parentId, null);
+    assert.deepEqual(outer.args, { name: "ada" });
+    const { id, parentId } = await outer.result();
+    assert.equal(parentId, outer.id);
+    assert.deepEqual(seen, [{ name: "ada", tags: ["x", "y"] }]);
+    const [stored, ...others] = await invocationsOf(app, child);
+    assert.equal(others.length, 0);
+    assert.equal(stored!.id, id);
+    assert.equal(stored!.parentId, outer.id);
+    assert.deepEqual(stored!.args, { name: "ada", tags: ["x", "y"] });
+    assert.equal((await app.orchestrator.getInvocation(id))?.parentId, outer.id);
   });
 }

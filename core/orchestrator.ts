@@ -642,9 +642,8 @@ export class Orchestrator {
     }
   }
 
-  async #wait(ids: readonly string[], mode: "all" | "any"): Promise<void> {
-    const execution = currentExecution();
-    if (execution !== undefined) return execution.waitFor(ids, mode);
+  /** Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged). */
+  async waitForFinals(ids: readonly string[], mode: "all" | "any"): Promise<void> {
     if (mode === "all") {
       await Promise.all(ids.map((id) => this.waitForFinal({ id })));
     } else {
@@ -652,6 +651,11 @@ export class Orchestrator {
       await Promise.race(ids.map((id) => this.waitForFinal({ id }, controller.signal)));
       controller.abort();
     }
+  }
+
+  #wait(ids: readonly string[], mode: "all" | "any"): Promise<void> {
+    const execution = currentExecution();
+    return execution !== undefined ? execution.waitFor(ids, mode) : this.waitForFinals(ids, mode);
   }
 
   #outcome<Result>(id: string, record: InvocationRecord | undefined): Result {

@@ -354,13 +354,7 @@ class Execution implements ExecutionContext {
       }
     }
     try {
-      if (mode === "all") {
-        await Promise.all(ids.map((id) => orchestrator.waitForFinal({ id })));
-      } else {
-        const race = new AbortController();
-        await Promise.race(ids.map((id) => orchestrator.waitForFinal({ id }, race.signal)));
-        race.abort();
-      }
+      await orchestrator.waitForFinals(ids, mode);
     } finally {
       if (--this.#waits === 0) await this.#inOrder(() => this.#resume());
     }

@@ -72,22 +72,12 @@ export interface InvocationRecord {
   readonly purgeAtMs: number | null;
 }
 
-/** What {@linkcode Store.register} needs to create an invocation. */
-export interface NewInvocation {
-  /** The invocation id. */
-  readonly id: string;
-  /** The task id. */
-  readonly taskId: string;
-  /** The call id. */
-  readonly callId: string;
-  /** The serialized arguments. */
-  readonly args: SerializedArguments;
-  /** The calling invocation, or `null`. */
-  readonly parentId: string | null;
-  /** Registration concurrency: reuse the REGISTERED invocation holding this key, if any. */
-  readonly registrationKey: string | null;
-  /** Running concurrency: the slot key, or `null`. */
-  readonly runningKey: string | null;
+/** What {@linkcode Store.register} needs to create an invocation: its identity and keys. */
+export interface NewInvocation extends
+  Pick<
+    InvocationRecord,
+    "id" | "taskId" | "callId" | "args" | "parentId" | "registrationKey" | "runningKey"
+  > {
   /** Registration time, epoch ms. */
   readonly nowMs: number;
   /** The runner registering it (a task calling a task), or `null`. */

@@ -44,6 +44,9 @@ export interface NencOptions {
 
 const APP_OPTIONS = new Set(["appId", "orchestrator", "clock", "errorClasses", "store"]);
 
+/** Which app id each store serves: a store holds one app's data, so apps may not share one. */
+const storeOwners = new WeakMap<Store, string>();
+
 /**
  * A nenc app: define tasks, call them, run them.
  *
@@ -88,11 +91,15 @@ export class Nenc {
     }
     this.clock = options.clock ?? systemClock;
     this.errorClasses = errorClassMap([...DEFAULT_ERROR_CLASSES, ...options.errorClasses ?? []]);
-    this.orchestrator = new Orchestrator(
-      this,
-      options.store ?? new MemoryStore(),
-      options.orchestrator,
-    );
+    const store = options.store ?? new MemoryStore();
+    const owner = storeOwners.get(store);
+    if (owner !== undefined && owner !== this.appId) {
+      throw new TypeError(
+        `Cannot create app ${this.appId}: its store already holds app ${owner}; give each app id its own store`,
+      );
+    }
+    storeOwners.set(store, this.appId);
+    this.orchestrator = new Orchestrator(this, store, options.orchestrator);
   }
 
   /**

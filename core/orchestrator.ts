@@ -236,7 +236,9 @@ export class Orchestrator {
    *
    * @throws {BatchProcessingError} for a task with registration concurrency.
    */
-  async routeCalls<Result>(calls: readonly Call<never, Result>[]): Promise<Invocation<Result>[]> {
+  async routeCalls<Args, Result>(
+    calls: readonly Call<Args, Result>[],
+  ): Promise<Invocation<Result>[]> {
     for (const { task } of calls) {
       if (task.options.registrationConcurrency !== "disabled") {
         throw new BatchProcessingError(
@@ -263,7 +265,7 @@ export class Orchestrator {
       const batch = task.options.parallelBatchSize;
       for (let start = 0; start < argsList.length; start += batch) {
         const calls = argsList.slice(start, start + batch).map((args) => ({ task, args }));
-        invocations.push(...await this.routeCalls(calls as unknown as Call<never, Result>[]));
+        invocations.push(...await this.routeCalls(calls));
       }
     } else {
       for (const args of argsList) invocations.push(await this.routeCall({ task, args }));

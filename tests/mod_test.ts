@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as nenc from "../mod.ts";
-import { CallGraph, CycleDetectedError, WaitGraph } from "../mod.ts";
+import { CallGraph, CycleDetectedError, Nenc, WaitGraph } from "../mod.ts";
 
 test("mod.ts exports the graph core and the errors on this runtime", () => {
   const calls = new CallGraph();
@@ -25,4 +25,14 @@ test("mod.ts exports the graph core and the errors on this runtime", () => {
   ) {
     assert.ok(name in nenc, name);
   }
+});
+
+test("an app refuses a store that already holds another app id", () => {
+  const first = new Nenc({ appId: "alpha" });
+  const store = first.orchestrator.store;
+  assert.equal(new Nenc({ appId: "alpha", store }).orchestrator.store, store);
+  assert.throws(
+    () => new Nenc({ appId: "beta", store }),
+    /Cannot create app beta: its store already holds app alpha/,
+  );
 });

@@ -59,7 +59,9 @@ async function fanOut(children: number): Promise<Row> {
 
 async function dedup(calls: number, argumentSets: number): Promise<Row> {
   const app = new Nenc({ appId: "bench" });
-  const task = app.task("dedup", ({ k }: { k: number }) => k, { registrationConcurrency: "arguments" });
+  const task = app.task("dedup", ({ k }: { k: number }) => k, {
+    registrationConcurrency: "arguments",
+  });
   const start = performance.now();
   const ids = new Set<string>();
   for (let i = 0; i < calls; i++) ids.add((await task.call({ k: i % argumentSets })).id);
@@ -67,7 +69,9 @@ async function dedup(calls: number, argumentSets: number): Promise<Row> {
   runner.start();
   await Promise.all([...ids].map((id) => app.orchestrator.waitForResults([{ id }])));
   const seconds = (performance.now() - start) / 1000;
-  if (ids.size !== argumentSets) throw new Error(`Cannot bench: ${ids.size} invocations, expected ${argumentSets}`);
+  if (ids.size !== argumentSets) {
+    throw new Error(`Cannot bench: ${ids.size} invocations, expected ${argumentSets}`);
+  }
   return row(`dedup ${calls}→${argumentSets}`, calls, seconds, `${ids.size} invocations created`);
 }
 
@@ -83,6 +87,8 @@ rows.push(await dedup(INVOCATIONS, 100));
 console.log("| scenario | invocations | seconds | invocations/s | note |");
 console.log("| --- | ---: | ---: | ---: | --- |");
 for (const r of rows) {
-  console.log(`| ${r.scenario} | ${r.invocations} | ${r.seconds.toFixed(3)} | ${r.perSecond} | ${r.note} |`);
+  console.log(
+    `| ${r.scenario} | ${r.invocations} | ${r.seconds.toFixed(3)} | ${r.perSecond} | ${r.note} |`,
+  );
 }
 for (const r of rows) console.log(JSON.stringify({ bench: "e2e_memory", ...r }));

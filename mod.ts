@@ -33,3 +33,4 @@
  */
 
 export * from "./core/mod.ts";
+export * from "./kv/mod.ts";

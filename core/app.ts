@@ -10,6 +10,8 @@ import { Orchestrator, type OrchestratorOptions } from "./orchestrator.ts";
 import { Runner, type RunnerOptions } from "./runner.ts";
 import { DEFAULT_ERROR_CLASSES, type ErrorClass, errorClassMap } from "./serializer.ts";
 import type { Store } from "./store.ts";
+import type { KvLike } from "../kv/kv_like.ts";
+import { KvStore } from "../kv/store.ts";
 import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
 
 /**
@@ -38,11 +40,17 @@ export interface NencOptions {
   clock?: Clock;
   /** Error classes whose errors come back from `result()` as the same class [`[]`; built-in and nenc errors always do]. */
   errorClasses?: readonly ErrorClass[];
-  /** The storage backend [an in-memory store of this process]. */
+  /**
+   * A Deno KV store (`Deno.openKv()`, or `openKv()` of the `@deno/kv` npm package on Bun and
+   * Node): the app keeps its data there, under `["nenc", appId]`, shared by every process and
+   * machine that opens the same KV.
+   */
+  kv?: KvLike;
+  /** The storage backend [an in-memory store of this process; a KV store with `kv`]. */
   store?: Store;
 }
 
-const APP_OPTIONS = new Set(["appId", "orchestrator", "clock", "errorClasses", "store"]);
+const APP_OPTIONS = new Set(["appId", "orchestrator", "clock", "errorClasses", "kv", "store"]);
 
 /** Which app id each store serves: a store holds one app's data, so apps may not share one. */
 const storeOwners = new WeakMap<Store, string>();
@@ -91,7 +99,13 @@ export class Nenc {
     }
     this.clock = options.clock ?? systemClock;
     this.errorClasses = errorClassMap([...DEFAULT_ERROR_CLASSES, ...options.errorClasses ?? []]);
-    const store = options.store ?? new MemoryStore();
+    if (options.kv !== undefined && options.store !== undefined) {
+      throw new TypeError("Cannot create the app: give either kv or store, not both");
+    }
+    const store = options.store ??
+      (options.kv !== undefined
+        ? new KvStore(options.kv, { appId: this.appId, clock: this.clock })
+        : new MemoryStore());
     const owner = storeOwners.get(store);
     if (owner !== undefined && owner !== this.appId) {
       throw new TypeError(

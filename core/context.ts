@@ -7,12 +7,11 @@
  */
 
 import { AsyncLocalStorage } from "node:async_hooks";
-import type { InvocationRecord } from "./store.ts";
 
 /** How a running invocation waits for others: the runner's side of `result()`. */
 export interface ExecutionContext {
-  /** The running invocation. */
-  readonly record: InvocationRecord;
+  /** The running invocation's id. */
+  readonly invocationId: string;
   /** The runner executing it. */
   readonly runnerId: string;
   /**

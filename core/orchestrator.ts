@@ -259,7 +259,7 @@ export class Orchestrator {
   ): Promise<InvocationGroup<Result>> {
     // Every argument is checked before the first batch is routed, so a bad call in a later batch
     // leaves nothing registered (routeCalls is all-or-nothing only within its batch).
-    for (const args of argsList) task.serializeArgs(args);
+    for (const args of argsList) this.#newInvocation(task, args);
     const invocations: Invocation<Result>[] = [];
     if (task.options.registrationConcurrency === "disabled") {
       const batch = task.options.parallelBatchSize;
@@ -283,7 +283,7 @@ export class Orchestrator {
       taskId: task.id,
       callId: id,
       args: serialized,
-      parentId: execution?.record.id ?? null,
+      parentId: execution?.invocationId ?? null,
       registrationKey: task.registrationKey(serialized, id),
       runningKey: task.runningKey(serialized, id),
       nowMs,

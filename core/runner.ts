@@ -8,11 +8,15 @@
 
 import type { Clock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
-import { NencError, TaskNotFoundError } from "./errors.ts";
+import {
+  InvocationStatusOwnershipError,
+  InvocationStatusTransitionError,
+  NencError,
+  TaskNotFoundError,
+} from "./errors.ts";
 import type { Invocation } from "./invocation.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
-import type { InvocationRecord } from "./store.ts";
 import type { Task } from "./task.ts";
 
 /**
@@ -96,6 +100,7 @@ export class Runner implements AsyncDisposable {
   #woken = false;
   #nextHeartbeatMs = -Infinity;
   #nextPurgeMs = -Infinity;
+  #stopped: Promise<void> | undefined;
 
   /** Use `app.runner()`. */
   constructor(host: RunnerHost, options: RunnerOptions = {}) {
@@ -123,6 +128,7 @@ export class Runner implements AsyncDisposable {
     this.#heartbeatMs = positive("heartbeatMs", 1000);
     this.#purgeIntervalMs = positive("purgeIntervalMs", 60_000);
     this.#free = this.concurrency;
+    if (options.signal?.aborted) this.#stop.abort();
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });
   }
 
@@ -143,8 +149,12 @@ export class Runner implements AsyncDisposable {
    * Stops picking up work and hands back what it still runs: RUNNING (or PENDING, PAUSED,
    * RESUMED) → KILLED → REROUTED, re-queued for another runner.
    */
-  async stop(): Promise<void> {
-    if (this.#stop.signal.aborted) return;
+  stop(): Promise<void> {
+    this.#stopped ??= this.#shutDown();
+    return this.#stopped;
+  }
+
+  async #shutDown(): Promise<void> {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
@@ -152,7 +162,7 @@ export class Runner implements AsyncDisposable {
     for (const execution of this.#executions.values()) {
       execution.killed = true;
       try {
-        await orchestrator.store.change(execution.record.id, {
+        await orchestrator.store.change(execution.invocationId, {
           path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
           runnerId: this.id,
           nowMs: clock.now(),
@@ -174,23 +184,30 @@ export class Runner implements AsyncDisposable {
   async #run(): Promise<void> {
     const { orchestrator } = this.#host;
     const signal = this.#stop.signal;
-    while (!signal.aborted) {
-      await this.#maintain();
-      if (this.#free > 0 && this.#resumeQueue.length === 0) {
-        const invocations = await orchestrator.getInvocationsToRun(this.#free, {
-          runnerId: this.id,
-        });
-        if (signal.aborted) {
-          await this.#handBack(invocations);
-          break;
+    for (let failures = 0; !signal.aborted;) {
+      try {
+        await this.#maintain();
+        if (this.#free > 0 && this.#resumeQueue.length === 0) {
+          const invocations = await orchestrator.getInvocationsToRun(this.#free, {
+            runnerId: this.id,
+          });
+          for (const invocation of invocations) {
+            this.#free--;
+            // Registered before any await, so a stop() from now on hands it back.
+            const execution = new Execution(this, this.#host, invocation);
+            this.#executions.set(invocation.id, execution);
+            void this.#execute(execution);
+          }
+          failures = 0;
+          if (invocations.length > 0) continue;
         }
-        for (const invocation of invocations) {
-          this.#free--;
-          void this.#execute(invocation);
-        }
-        if (invocations.length > 0) continue;
+        await this.#idle();
+      } catch (error) {
+        // A failing store (a network error, a locked database) must not crash the process:
+        // report it and try again after a growing pause.
+        console.error(`nenc: runner ${this.id} loop failed, retrying:`, error);
+        await this.#host.clock.sleep(Math.min(5_000, this.#pollMs * 2 ** failures++), signal);
       }
-      await this.#idle();
     }
   }
 
@@ -205,7 +222,8 @@ export class Runner implements AsyncDisposable {
     const stop = (): void => idle.abort();
     this.#stop.signal.addEventListener("abort", stop, { once: true });
     await Promise.race([
-      orchestrator.store.waitWork(idle.signal),
+      // New work matters only with a free slot; a freed slot wakes the loop itself.
+      ...(this.#free > 0 ? [orchestrator.store.waitWork(idle.signal)] : []),
       clock.sleep(this.#pollMs, idle.signal),
       new Promise<void>((resolve) => this.#wake = resolve),
     ]);
@@ -252,36 +270,22 @@ export class Runner implements AsyncDisposable {
     this.#wakeUp();
   }
 
-  async #handBack(invocations: readonly Invocation[]): Promise<void> {
-    const { orchestrator, clock } = this.#host;
-    for (const invocation of invocations) {
-      await orchestrator.store.change(invocation.id, {
-        path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
-        runnerId: this.id,
-        nowMs: clock.now(),
-      });
-    }
-  }
-
-  async #execute(invocation: Invocation): Promise<void> {
+  async #execute(execution: Execution): Promise<void> {
     const { orchestrator } = this.#host;
-    const record = await orchestrator.store.get(invocation.id);
-    if (record === undefined) return this.releaseSlot();
-    const execution = new Execution(this, this.#host, record);
-    this.#executions.set(record.id, execution);
+    const invocation = execution.invocation;
     const actor = { runnerId: this.id };
     try {
-      const task = this.#host.getTask(record.taskId);
+      const task = this.#host.getTask(invocation.taskId);
       if (task === undefined) {
         await orchestrator.setInvocationException(
           invocation,
-          new TaskNotFoundError(record.taskId),
+          new TaskNotFoundError(invocation.taskId),
           actor,
         );
         return;
       }
       try {
-        const parent = record.parentId === null ? undefined : { id: record.parentId };
+        const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
         await orchestrator.setInvocationRun(parent, invocation, actor);
       } catch {
         return; // A cycle failed the invocation, or it was taken from this runner.
@@ -293,45 +297,68 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         outcome = { ok: false, error };
       }
+      // Waits the task left behind (a result() it did not await) no longer matter; if it is
+      // PAUSED it takes a slot again, since a final status is written from RUNNING or RESUMED.
+      await execution.settle();
       if (execution.killed) return;
-      if (outcome.ok) {
-        await orchestrator.setInvocationResult(invocation, outcome.value, actor);
-      } else if (
-        task.isRetriable(outcome.error) &&
-        await orchestrator.getInvocationRetries(invocation) < task.options.maxRetries
-      ) {
-        await orchestrator.setInvocationRetry(invocation, outcome.error, actor);
-      } else {
-        await orchestrator.setInvocationException(invocation, outcome.error, actor);
+      try {
+        if (outcome.ok) {
+          await orchestrator.setInvocationResult(invocation, outcome.value, actor);
+        } else if (
+          task.isRetriable(outcome.error) &&
+          await orchestrator.getInvocationRetries(invocation) < task.options.maxRetries
+        ) {
+          await orchestrator.setInvocationRetry(invocation, outcome.error, actor);
+        } else {
+          await orchestrator.setInvocationException(invocation, outcome.error, actor);
+        }
+      } catch (error) {
+        if (isFencedOut(error)) throw error;
+        // Finishing itself failed (a back-off function that throws, …): fail the invocation
+        // with that error rather than leave it RUNNING on a live runner.
+        await orchestrator.setInvocationException(invocation, error, actor);
       }
     } catch (error) {
-      // The final write was refused: the invocation was recovered or killed meanwhile. The
-      // state machine fenced this runner out; its result is dropped on purpose.
+      // The write was refused: the invocation was recovered or killed meanwhile. The state
+      // machine fenced this runner out; its result is dropped on purpose.
       if (!execution.killed) {
-        console.warn(`nenc: runner ${this.id} could not finish invocation ${record.id}:`, error);
+        console.warn(
+          `nenc: runner ${this.id} could not finish invocation ${invocation.id}:`,
+          error,
+        );
       }
     } finally {
-      if (this.#executions.get(record.id) === execution) this.#executions.delete(record.id);
+      if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
       if (!execution.killed) this.releaseSlot();
     }
   }
 }
 
+/** Whether a refused write means another runner (or recovery) owns the invocation now. */
+function isFencedOut(error: unknown): boolean {
+  return error instanceof InvocationStatusOwnershipError ||
+    error instanceof InvocationStatusTransitionError;
+}
+
 /** One invocation running on a runner: its side of `result()` (pause, wait, resume). */
 class Execution implements ExecutionContext {
-  readonly record: InvocationRecord;
+  readonly invocation: Invocation;
+  readonly invocationId: string;
   readonly runnerId: string;
   killed = false;
   readonly #runner: Runner;
   readonly #host: RunnerHost;
   #waits = 0;
+  #paused = false;
+  #settled = false;
   /** Pause and resume run one after the other, in call order. */
   #serial: Promise<void> = Promise.resolve();
 
-  constructor(runner: Runner, host: RunnerHost, record: InvocationRecord) {
+  constructor(runner: Runner, host: RunnerHost, invocation: Invocation) {
     this.#runner = runner;
     this.#host = host;
-    this.record = record;
+    this.invocation = invocation;
+    this.invocationId = invocation.id;
     this.runnerId = runner.id;
   }
 
@@ -344,7 +371,7 @@ class Execution implements ExecutionContext {
     }).length;
     if (mode === "all" ? done === ids.length : done > 0) return;
     this.#assertAlive();
-    await orchestrator.waitingForResults(this.record, ids.map((id) => ({ id })));
+    await orchestrator.waitingForResults(this.invocation, ids.map((id) => ({ id })));
     if (++this.#waits === 1) {
       try {
         await this.#inOrder(() => this.#pause());
@@ -356,8 +383,16 @@ class Execution implements ExecutionContext {
     try {
       await orchestrator.waitForFinals(ids, mode);
     } finally {
-      if (--this.#waits === 0) await this.#inOrder(() => this.#resume());
+      if (--this.#waits === 0 && !this.#settled) await this.#inOrder(() => this.#resume());
     }
+  }
+
+  /** The task function returned: outstanding waits no longer resume it; if PAUSED, resume now. */
+  async settle(): Promise<void> {
+    this.#settled = true;
+    await this.#inOrder(async () => {
+      if (this.#paused && !this.killed) await this.#resume();
+    });
   }
 
   #inOrder(step: () => Promise<void>): Promise<void> {
@@ -367,9 +402,10 @@ class Execution implements ExecutionContext {
   }
 
   async #pause(): Promise<void> {
-    await this.#host.orchestrator.setInvocationStatus(this.record, InvocationStatus.PAUSED, {
+    await this.#host.orchestrator.setInvocationStatus(this.invocation, InvocationStatus.PAUSED, {
       runnerId: this.runnerId,
     });
+    this.#paused = true;
     this.#runner.releaseSlot();
   }
 
@@ -377,7 +413,7 @@ class Execution implements ExecutionContext {
   #assertAlive(): void {
     if (this.killed) {
       throw new NencError(
-        `Cannot wait in invocation ${this.record.id}: runner ${this.runnerId} stopped and handed it back`,
+        `Cannot wait in invocation ${this.invocationId}: runner ${this.runnerId} stopped and handed it back`,
       );
     }
   }
@@ -389,17 +425,21 @@ class Execution implements ExecutionContext {
       await this.#runner.acquireSlot();
       this.#assertAlive();
       const resumed = await orchestrator.setInvocationStatus(
-        this.record,
+        this.invocation,
         InvocationStatus.RESUMED,
-        {
-          runnerId: this.runnerId,
-        },
+        { runnerId: this.runnerId },
       );
-      if (resumed) return;
+      if (resumed) {
+        this.#paused = false;
+        return;
+      }
       // Running concurrency: another invocation of the same key holds the slot. Give the runner
       // slot back and try again when the holder finishes, or after a poll interval.
       this.#runner.releaseSlot();
-      const holder = await orchestrator.store.slotHolder(this.record.runningKey!);
+      const record = await orchestrator.store.get(this.invocationId);
+      const holder = record === undefined || record.runningKey === null
+        ? undefined
+        : await orchestrator.store.slotHolder(record.runningKey);
       const wait = new AbortController();
       await Promise.race([
         holder === undefined

@@ -336,9 +336,13 @@ export class Task<Args = unknown, Result = unknown> {
       case "keys": {
         const key: Record<string, string> = {};
         for (const name of this.options.keyArguments) {
-          // A missing key argument is part of the key too: "" is no JSON text, so it differs
-          // from every value, `null` included.
-          key[name] = args[name] ?? "";
+          const value = args[name];
+          if (value === undefined) {
+            throw new TypeError(
+              `Cannot call task ${this.id}: its key argument "${name}" is missing from the call`,
+            );
+          }
+          key[name] = value;
         }
         return `${callId(this.id, key)}#keys`;
       }

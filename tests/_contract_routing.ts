@@ -1670,4 +1670,28 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.notEqual(fresh.id, holder.id);
     assert.equal(await countOf(app, job), 1);
   });
+
+  test(`[${backend}] a call without a key argument of a "keys" task is refused with a TypeError and routes nothing`, async () => {
+    const app = await makeApp();
+    const send = app.task(
+      "send",
+      ({ to, body }: { to?: string; body: string }) => `${to}:${body}`,
+      {
+        registrationConcurrency: "keys",
+        keyArguments: ["to"],
+      },
+    );
+    await assert.rejects(
+      send.call({ body: "hi" }),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        /Cannot call task send: its key argument "to" is missing/.test(error.message),
+    );
+    await assert.rejects(send.parallelize([{ to: "a", body: "1" }, { body: "2" }]), TypeError);
+    const all = [];
+    for await (const invocation of app.orchestrator.getExistingInvocations(send)) {
+      all.push(invocation);
+    }
+    assert.equal(all.length, 0);
+  });
 }

@@ -1,0 +1,110 @@
+/**
+ * Every key nenc writes to Deno KV, in one place. All keys live under `["nenc", appId]`; ids
+ * (ULIDs, call ids, runner ids) are strings, so keys sort by creation time where it matters.
+ *
+ * @module
+ */
+
+import type { KvKey } from "./kv_like.ts";
+
+/** The key shapes of one app. */
+export class Keys {
+  /** The prefix of every key of the app. */
+  readonly app: KvKey;
+
+  /** Keys under `["nenc", appId]`. */
+  constructor(appId: string) {
+    this.app = ["nenc", appId];
+  }
+
+  /** The schema version of the data under this app: a number. */
+  schema(): KvKey {
+    return [...this.app, "schema"];
+  }
+  /** One invocation: its record and its queue position. */
+  invocation(id: string): KvKey {
+    return [...this.app, "inv", id];
+  }
+  /** All invocations (prefix). */
+  invocations(): KvKey {
+    return [...this.app, "inv"];
+  }
+  /** One history entry of an invocation. */
+  history(id: string, seq: number): KvKey {
+    return [...this.app, "hist", id, seq];
+  }
+  /** The history of an invocation (prefix). */
+  histories(id: string): KvKey {
+    return [...this.app, "hist", id];
+  }
+  /** Index: the invocations of a task. */
+  byTask(taskId: string, id?: string): KvKey {
+    return id === undefined ? [...this.app, "task", taskId] : [...this.app, "task", taskId, id];
+  }
+  /** Index: the invocations in a status. */
+  byStatus(status: string, id?: string): KvKey {
+    return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];
+  }
+  /** Registration concurrency: the REGISTERED invocation holding a key. */
+  registration(key: string): KvKey {
+    return [...this.app, "reg", key];
+  }
+  /** Running concurrency: the invocation holding a slot. */
+  slot(key: string): KvKey {
+    return [...this.app, "slot", key];
+  }
+  /**
+   * The broker: one entry per queued invocation, in the ready queue (`q`) or the delayed queue
+   * (`qd`, retry back-off), ordered by a ULID position.
+   */
+  queue(entry: { readonly delayed: boolean; readonly position?: string }): KvKey {
+    const prefix = [...this.app, entry.delayed ? "qd" : "q"];
+    return entry.position === undefined ? prefix : [...prefix, entry.position];
+  }
+  /** Index: final invocations by purge time. */
+  purge(position?: string): KvKey {
+    return position === undefined ? [...this.app, "purge"] : [...this.app, "purge", position];
+  }
+  /** A runner's heartbeat. */
+  runner(runnerId?: string): KvKey {
+    return runnerId === undefined ? [...this.app, "runner"] : [...this.app, "runner", runnerId];
+  }
+  /** Blocking control: what an invocation waits on / who waits on it / its counts. */
+  waitEdge(waiterId: string, waitedId?: string): KvKey {
+    return waitedId === undefined
+      ? [...this.app, "waits", waiterId]
+      : [...this.app, "waits", waiterId, waitedId];
+  }
+  /** Blocking control: the reverse edge, waited → waiter. */
+  waitedEdge(waitedId: string, waiterId?: string): KvKey {
+    return waiterId === undefined
+      ? [...this.app, "waited", waitedId]
+      : [...this.app, "waited", waitedId, waiterId];
+  }
+  /** Blocking control: counts and first-wait time of one invocation. */
+  waitNode(id: string): KvKey {
+    return [...this.app, "wnode", id];
+  }
+  /** Blocking control: invocations waited on and waiting on nothing, by first-wait time. */
+  ready(position?: string): KvKey {
+    return position === undefined ? [...this.app, "ready"] : [...this.app, "ready", position];
+  }
+  /** Cycle control: the edge caller → callee. */
+  callEdge(callerCallId: string, calleeCallId?: string): KvKey {
+    return calleeCallId === undefined
+      ? [...this.app, "calls", callerCallId]
+      : [...this.app, "calls", callerCallId, calleeCallId];
+  }
+  /** Cycle control: the reverse edge callee → caller. */
+  calledEdge(calleeCallId: string, callerCallId?: string): KvKey {
+    return callerCallId === undefined
+      ? [...this.app, "called", calleeCallId]
+      : [...this.app, "called", calleeCallId, callerCallId];
+  }
+  /** Cycle control: a live invocation holding a call. */
+  callHolder(callId: string, invocationId?: string): KvKey {
+    return invocationId === undefined
+      ? [...this.app, "holder", callId]
+      : [...this.app, "holder", callId, invocationId];
+  }
+}

@@ -1,0 +1,980 @@
+/**
+ * The Deno KV backend: the storage port on a `Deno.Kv` (a local SQLite file, Deno Deploy KV or a
+ * denokv server) or on the `@deno/kv` npm package (Bun, Node). Every state transition is one
+ * `kv.atomic()` whose checks are the versionstamps it read; a failed check (another process moved
+ * first) re-reads and re-plans. Values are nenc's own JSON bytes in `Uint8Array`, the one value
+ * type every runtime reads back, so Deno, Bun and Node processes share one store.
+ *
+ * @module
+ */
+
+import { encodeTime } from "ulid";
+import { CallGraph, type CallRef } from "../core/call_graph.ts";
+import type { Clock } from "../core/clock.ts";
+import { CycleDetectedError, NencError, SerializationError } from "../core/errors.ts";
+import {
+  AVAILABLE_FOR_RUN_STATUSES,
+  type HistoryEntry,
+  InvocationStatus,
+  isFinalStatus,
+  isInvocationStatus,
+  transition,
+} from "../core/status.ts";
+import {
+  type ChangeOutcome,
+  type ClaimOutcome,
+  type ClaimRequest,
+  type FindQuery,
+  type InvocationRecord,
+  type NewInvocation,
+  planChange,
+  type RecoverableQuery,
+  type RegisterOutcome,
+  type RunnerInfo,
+  type StatusChange,
+  type Store,
+} from "../core/store.ts";
+import { Keys } from "./keys.ts";
+import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
+
+/** The layout version of the data this code writes; it refuses to run on a newer one. */
+export const KV_SCHEMA_VERSION = 1;
+
+/** The largest value Deno KV stores (64 KiB). */
+export const KV_MAX_VALUE_BYTES = 65_536;
+
+/** Deno KV's `getMany` reads at most this many keys. */
+const GET_MANY_LIMIT = 10;
+
+/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
+const CONTROL_LIMIT = 100;
+
+const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
+
+/**
+ * The broker entry of a queued invocation: in the ready queue (FIFO, taken in key order), or in
+ * the delayed queue (retry back-off, taken once its time has come). Positions are ULIDs.
+ */
+interface QueueEntry {
+  readonly delayed: boolean;
+  readonly position: string;
+}
+
+/** An invocation as stored: the record, and its queue entry (or `null`). */
+interface StoredInvocation {
+  readonly record: InvocationRecord;
+  readonly queue: QueueEntry | null;
+}
+
+/** Blocking control counts of one invocation. */
+interface WaitNode {
+  /** When it was first waited on (kept while anyone waits on it), or `null`. */
+  readonly firstWaitMs: number | null;
+  /** How many invocations wait on it. */
+  readonly waiters: number;
+  /** How many invocations it waits on. */
+  readonly waiting: number;
+}
+
+/**
+ * In-process accelerators, shared by every store of one app on one KV handle in this process: a
+ * change made here wakes the waiters here at once; other processes' changes are found by polling
+ * with back-off (`kv.watch` sees only its own process's writes on a local file, and nothing on
+ * `@deno/kv`).
+ */
+interface LocalSignals {
+  /** Waiters for an invocation to be final. */
+  readonly finals: Map<string, Set<() => void>>;
+  /** Idle runners waiting for work. */
+  readonly work: Set<() => void>;
+  /** Work was announced since the last claim: a runner about to wait does not miss it. */
+  newWork: boolean;
+}
+
+const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
+
+/** Options of {@linkcode KvStore}. */
+export interface KvStoreOptions {
+  /** The app id: every key is under `["nenc", appId]`. */
+  readonly appId: string;
+  /** Where the store reads time for polling back-off and purge deadlines. */
+  readonly clock: Clock;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * The Deno KV {@linkcode Store}. `new Nenc({ appId, kv })` creates one.
+ *
+ * @example
+ * ```ts ignore
+ * import { Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc({ appId: "shop", kv: await Deno.openKv("./nenc.db") });
+ * ```
+ */
+export class KvStore implements Store {
+  readonly #kv: KvLike;
+  readonly #keys: Keys;
+  readonly #clock: Clock;
+  #schemaChecked: Promise<void> | undefined;
+  readonly #local: LocalSignals;
+  #idlePolls = 0;
+
+  /** Wraps a KV store for one app. */
+  constructor(kv: KvLike, options: KvStoreOptions) {
+    this.#kv = kv;
+    this.#keys = new Keys(options.appId);
+    this.#clock = options.clock;
+    let perApp = localSignals.get(kv);
+    if (perApp === undefined) localSignals.set(kv, perApp = new Map());
+    let local = perApp.get(options.appId);
+    if (local === undefined) {
+      perApp.set(options.appId, local = { finals: new Map(), work: new Set(), newWork: false });
+    }
+    this.#local = local;
+  }
+
+  // --- registration ------------------------------------------------------------------------------
+
+  // reads: reg/<key>, inv/<existing>; checks: reg/<key>;
+  // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, status/registered/<id>, q/<pos>, reg/<key>
+  async register(invocation: NewInvocation): Promise<RegisterOutcome> {
+    await this.#ensureSchema();
+    const key = invocation.registrationKey;
+    for (let attempt = 0;; attempt++) {
+      let holder: KvEntryMaybeLike | undefined;
+      if (key !== null) {
+        holder = await this.#kv.get(this.#keys.registration(key));
+        const holderId = idOf(holder);
+        if (holderId !== undefined) {
+          const existing = await this.#read(holderId);
+          if (existing?.record.status === InvocationStatus.REGISTERED) {
+            return { existing: existing.record };
+          }
+        }
+      }
+      const op = this.#kv.atomic();
+      if (holder !== undefined && key !== null) {
+        op.check({ key: this.#keys.registration(key), versionstamp: holder.versionstamp });
+        op.set(this.#keys.registration(key), encode(invocation.id));
+      }
+      const record = this.#stage(op, invocation);
+      if (await this.#commit(op)) {
+        this.#announceWork();
+        return { created: record };
+      }
+      await backoff(attempt);
+    }
+  }
+
+  // writes per invocation: as register(), without a registration key; up to 50 per commit.
+  async registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
+    await this.#ensureSchema();
+    if (invocations.some((invocation) => invocation.registrationKey !== null)) {
+      throw new RangeError("Cannot register in batch: registration keys need register()");
+    }
+    const records: InvocationRecord[] = [];
+    for (let start = 0; start < invocations.length; start += 50) {
+      const op = this.#kv.atomic();
+      const batch = invocations.slice(start, start + 50).map((invocation) =>
+        this.#stage(op, invocation)
+      );
+      for (let attempt = 0; !await this.#commit(op); attempt++) await backoff(attempt);
+      records.push(...batch);
+    }
+    this.#announceWork();
+    return records;
+  }
+
+  /** Stages the creation of an invocation on `op` and returns its record. */
+  #stage(op: KvAtomicLike, invocation: NewInvocation): InvocationRecord {
+    const { record: status, entry } = transition(undefined, InvocationStatus.REGISTERED, {
+      runnerId: invocation.runnerId,
+      nowMs: invocation.nowMs,
+      invocationId: invocation.id,
+    });
+    const record: InvocationRecord = {
+      id: invocation.id,
+      taskId: invocation.taskId,
+      callId: invocation.callId,
+      args: invocation.args,
+      parentId: invocation.parentId,
+      registrationKey: invocation.registrationKey,
+      runningKey: invocation.runningKey,
+      ...status,
+      createdAtMs: invocation.nowMs,
+      retries: 0,
+      availableAtMs: invocation.nowMs,
+      finishedAtMs: null,
+      purgeAtMs: null,
+    };
+    const queue: QueueEntry = {
+      delayed: false,
+      position: timePosition(invocation.nowMs, record.id),
+    };
+    const keys = this.#keys;
+    // No check that the id is free: ULIDs are unique, and a batch may hold only 10 checks.
+    op.set(keys.invocation(record.id), this.#encode({ record, queue }, record.id));
+    op.set(keys.history(record.id, entry.seq), encode(entry));
+    op.set(keys.byTask(record.taskId, record.id), encode(null));
+    op.set(keys.byStatus(record.status, record.id), encode(null));
+    op.set(keys.queue(queue), encode(record.id));
+    return record;
+  }
+
+  // --- transitions -------------------------------------------------------------------------------
+
+  change(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    return this.#apply(id, change);
+  }
+
+  // reads: inv/<id>, slot/<key>, reg/<key>; checks: the same three (slot and reg only when
+  // touched); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos>, slot, reg, and on a
+  // final status expireIn on every key of the invocation plus purge/<pos>.
+  async #apply(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    const keys = this.#keys;
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#kv.get(keys.invocation(id));
+      const stored = this.#decodeInvocation(entry);
+      if (stored === undefined) return { ok: false, reason: "missing" };
+      const { record } = stored;
+      if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
+        return { ok: false, reason: "conflict", record };
+      }
+      const plan = planChange(record, change);
+      const next = plan.record;
+      const op = this.#kv.atomic().check({
+        key: keys.invocation(id),
+        versionstamp: entry.versionstamp,
+      });
+      const slotKey = record.runningKey;
+      if (plan.slot !== "none" && slotKey !== null) {
+        const slot = await this.#kv.get(keys.slot(slotKey));
+        if (plan.slot === "acquire") {
+          const holder = idOf(slot);
+          if (holder !== undefined && holder !== id) {
+            return { ok: false, reason: "slot-busy", record };
+          }
+          op.check({ key: keys.slot(slotKey), versionstamp: slot.versionstamp })
+            .set(keys.slot(slotKey), encode(id));
+        } else if (idOf(slot) === id) {
+          op.check({ key: keys.slot(slotKey), versionstamp: slot.versionstamp }).delete(
+            keys.slot(slotKey),
+          );
+        }
+      }
+      if (plan.releaseRegistrationKey && record.registrationKey !== null) {
+        const holder = await this.#kv.get(keys.registration(record.registrationKey));
+        if (idOf(holder) === id) {
+          op.check({
+            key: keys.registration(record.registrationKey),
+            versionstamp: holder.versionstamp,
+          });
+          op.delete(keys.registration(record.registrationKey));
+        }
+      }
+      let queue = stored.queue;
+      if (plan.queue !== "none" && queue !== null) {
+        op.delete(keys.queue(queue));
+        queue = null;
+      }
+      if (plan.queue === "enqueue") {
+        const delayed = next.availableAtMs > change.nowMs;
+        queue = {
+          delayed,
+          position: timePosition(delayed ? next.availableAtMs : change.nowMs, id),
+        };
+        op.set(keys.queue(queue), encode(id));
+      }
+      // A final invocation and all its keys expire at its purge time. Expiry is lazy (an expired
+      // key may still be read for a while), so reads also compare the deadline in the record.
+      const expireIn = plan.final && next.purgeAtMs !== null
+        ? Math.max(1, next.purgeAtMs - change.nowMs)
+        : undefined;
+      const options = expireIn === undefined ? undefined : { expireIn };
+      if (record.status !== next.status) op.delete(keys.byStatus(record.status, id));
+      op.set(keys.byStatus(next.status, id), encode(null), options);
+      for (const historyEntry of plan.entries) {
+        op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
+      }
+      if (options !== undefined) {
+        for await (const old of this.#kv.list({ prefix: keys.histories(id) })) {
+          if (Number(old.key[old.key.length - 1]) < plan.entries[0]!.seq) {
+            op.set(old.key, old.value, options);
+          }
+        }
+        op.set(keys.byTask(record.taskId, id), encode(null), options);
+        op.set(keys.purge(purgePosition(next.purgeAtMs!, id)), encode(id), options);
+      }
+      op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
+      if (await this.#commit(op)) {
+        if (plan.final) notify(this.#local.finals.get(id));
+        if (plan.slot === "release") this.#announceWork();
+        return { ok: true, record: next, entries: plan.entries };
+      }
+      await backoff(attempt);
+    }
+  }
+
+  // reads: inv/<id>; checks: inv/<id>; writes: inv/<id>
+  async incrementRetries(id: string): Promise<number> {
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#kv.get(this.#keys.invocation(id));
+      const stored = this.#decodeInvocation(entry);
+      if (stored === undefined) {
+        throw new RangeError(`Cannot count a retry: invocation ${id} does not exist`);
+      }
+      const record = { ...stored.record, retries: stored.record.retries + 1 };
+      const op = this.#kv.atomic()
+        .check({ key: this.#keys.invocation(id), versionstamp: entry.versionstamp })
+        .set(this.#keys.invocation(id), this.#encode({ ...stored, record }, id));
+      if (await this.#commit(op)) return record.retries;
+      await backoff(attempt);
+    }
+  }
+
+  // Each candidate is claimed by its own atomic transition (see #apply): two runners racing for
+  // one invocation both read it, one commit wins, the other's check fails, it re-reads, finds it
+  // PENDING and moves on. A runner that dies after a claim leaves a PENDING invocation that
+  // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
+  async claim(request: ClaimRequest): Promise<ClaimOutcome> {
+    const { runnerId, nowMs, max } = request;
+    this.#local.newWork = false;
+    const claimed: InvocationRecord[] = [];
+    const rerouted: InvocationRecord[] = [];
+    const finalised: InvocationRecord[] = [];
+    let controlled = 0;
+    const tryClaim = async (id: string): Promise<void> => {
+      const stored = await this.#read(id);
+      if (stored === undefined || !isAvailable(stored, nowMs)) return;
+      let outcome: ChangeOutcome;
+      try {
+        outcome = await this.#apply(id, { path: [PENDING], runnerId, nowMs });
+      } catch {
+        return; // Another runner moved it first (the re-planned transition is refused).
+      }
+      if (outcome.ok) return void claimed.push(outcome.record);
+      if (outcome.reason !== "slot-busy") return;
+      const reroute = request.rerouteOnConcurrencyControl(stored.record.taskId);
+      try {
+        const control = await this.#apply(id, {
+          path: reroute
+            ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
+            : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
+          runnerId,
+          nowMs,
+          purgeAtMs: request.purgeAtMs,
+        });
+        if (control.ok) {
+          controlled++;
+          (reroute ? rerouted : finalised).push(control.record);
+        }
+      } catch {
+        // Moved by another runner meanwhile.
+      }
+    };
+    for (const id of request.preferredIds) {
+      if (claimed.length >= max) break;
+      await tryClaim(id);
+    }
+    // Due retries first (their back-off has passed), then the ready queue in order. The ready
+    // queue has no time bound: an entry registered by a process whose clock runs ahead is due.
+    const preferredControlled = controlled;
+    const delayed = this.#kv.list({
+      start: this.#keys.queue({ delayed: true, position: "" }),
+      end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
+    }, { limit: max + CONTROL_LIMIT });
+    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, {
+      limit: max + CONTROL_LIMIT,
+    });
+    for (const entries of [delayed, ready]) {
+      for await (const entry of entries) {
+        if (claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT) break;
+        await tryClaim(decodeString(entry.value));
+      }
+    }
+    this.#idlePolls = claimed.length > 0 ? 0 : this.#idlePolls + 1;
+    return { claimed, rerouted, finalised };
+  }
+
+  // --- reads -------------------------------------------------------------------------------------
+
+  async get(id: string): Promise<InvocationRecord | undefined> {
+    return (await this.#read(id))?.record;
+  }
+
+  async getMany(ids: readonly string[]): Promise<InvocationRecord[]> {
+    const records: InvocationRecord[] = [];
+    for (let start = 0; start < ids.length; start += GET_MANY_LIMIT) {
+      const chunk = ids.slice(start, start + GET_MANY_LIMIT);
+      const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
+      for (const entry of entries) {
+        const stored = this.#decodeInvocation(entry);
+        if (stored !== undefined) records.push(stored.record);
+      }
+    }
+    return records;
+  }
+
+  async history(id: string): Promise<HistoryEntry[]> {
+    if (await this.#read(id) === undefined) return [];
+    const history: HistoryEntry[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.histories(id) })) {
+      history.push(decode(entry.value, `history of invocation ${id}`) as HistoryEntry);
+    }
+    return history;
+  }
+
+  async *find(query: FindQuery): AsyncIterable<InvocationRecord> {
+    const filters = Object.entries(query.args ?? {});
+    const ids: string[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.byTask(query.taskId) })) {
+      ids.push(String(entry.key[entry.key.length - 1]));
+    }
+    for (const record of await this.getMany(ids)) {
+      if (query.statuses !== undefined && !query.statuses.has(record.status)) continue;
+      if (filters.every(([name, value]) => record.args[name] === value)) yield record;
+    }
+  }
+
+  async slotHolder(runningKey: string): Promise<string | undefined> {
+    const entry = await this.#kv.get(this.#keys.slot(runningKey));
+    return idOf(entry);
+  }
+
+  async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
+    const heartbeats = new Map((await this.runners()).map((r) => [r.runnerId, r.lastSeenMs]));
+    const found: InvocationRecord[] = [];
+    for (const status of [PENDING, RUNNING, PAUSED, RESUMED]) {
+      const ids: string[] = [];
+      for await (const entry of this.#kv.list({ prefix: this.#keys.byStatus(status) })) {
+        ids.push(String(entry.key[entry.key.length - 1]));
+      }
+      for (const record of await this.getMany(ids)) {
+        if (found.length >= query.max) return found;
+        if (record.status !== status) continue;
+        const due = status === PENDING
+          ? record.updatedAtMs < query.pendingBeforeMs
+          : record.ownerId !== null &&
+            (heartbeats.get(record.ownerId) ?? record.updatedAtMs) < query.heartbeatBeforeMs;
+        if (due) found.push(record);
+      }
+    }
+    return found;
+  }
+
+  async counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
+    const counts = new Map<string, Map<InvocationStatus, number>>();
+    for await (const entry of this.#kv.list({ prefix: this.#keys.invocations() })) {
+      const stored = this.#decodeInvocation(entry);
+      if (stored === undefined) continue;
+      const { taskId, status } = stored.record;
+      const perTask = counts.get(taskId) ?? new Map<InvocationStatus, number>();
+      perTask.set(status, (perTask.get(status) ?? 0) + 1);
+      counts.set(taskId, perTask);
+    }
+    return counts;
+  }
+
+  // --- cycle control -----------------------------------------------------------------------------
+
+  // Across processes, two insertions that together close a cycle (A→B here, B→A there) must not
+  // both succeed. Each insertion (1) checks the region reachable from the callee, (2) commits its
+  // edge, then (3) re-reads the region. If a cycle appears, every process that committed an edge
+  // of it sees it in step 3, and the edge with the highest versionstamp — the one committed last,
+  // the same verdict everywhere — is withdrawn by its own process, which throws
+  // CycleDetectedError. The older edges stand. A process that dies between (2) and (3) leaves its
+  // edge until its invocation is cleaned up; the cost is a false cycle report, never a missed one.
+  async addCall(caller: CallRef, callee: CallRef): Promise<void> {
+    const keys = this.#keys;
+    const region = await this.#callRegion(callee.callId);
+    region.graph.addCall(caller, callee); // throws CycleDetectedError: nothing was written
+    const edge = keys.callEdge(caller.callId, callee.callId);
+    const op = this.#kv.atomic()
+      .set(
+        keys.callHolder(caller.callId, caller.invocationId),
+        encode(caller.label ?? caller.callId),
+      )
+      .set(
+        keys.callHolder(callee.callId, callee.invocationId),
+        encode(callee.label ?? callee.callId),
+      );
+    const existing = await this.#kv.get(edge);
+    if (existing.versionstamp === null) {
+      op.check({ key: edge, versionstamp: null })
+        .set(edge, encode(null))
+        .set(keys.calledEdge(callee.callId, caller.callId), encode(null));
+    }
+    for (let attempt = 0; !await this.#commit(op); attempt++) {
+      if ((await this.#kv.get(edge)).versionstamp !== null) return this.addCall(caller, callee);
+      await backoff(attempt);
+    }
+    if (existing.versionstamp !== null) return;
+    const after = await this.#callRegion(callee.callId, caller.callId);
+    if (!after.reaches) return;
+    // A concurrent edge closed a cycle through ours: find it, and withdraw ours if it is newest.
+    let cycle: CycleDetectedError | undefined;
+    try {
+      after.graph.addCall(caller, callee);
+    } catch (error) {
+      if (!(error instanceof CycleDetectedError)) throw error;
+      cycle = error;
+    }
+    if (cycle === undefined) return;
+    const ids = cycle.callIds;
+    const edges = ids.map((id, i) => keys.callEdge(id, ids[(i + 1) % ids.length]!));
+    const stamps = await this.#versionstamps(edges);
+    const ours = stamps[0];
+    if (ours === null || stamps.every((stamp) => stamp === null || stamp <= ours!)) {
+      await this.#kv.atomic()
+        .delete(edge)
+        .delete(keys.calledEdge(callee.callId, caller.callId))
+        .commit();
+      throw cycle;
+    }
+  }
+
+  // reads: holder/<call>/…; writes: delete holder/<call>/<inv>, and when it was the last holder
+  // every calls/<call>/… and called/<call>/… edge with its reverse.
+  async removeCall(ref: CallRef): Promise<void> {
+    const keys = this.#keys;
+    await this.#kv.atomic().delete(keys.callHolder(ref.callId, ref.invocationId)).commit();
+    for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
+      return;
+    }
+    const op = this.#kv.atomic();
+    for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
+      const callee = String(entry.key[entry.key.length - 1]);
+      op.delete(entry.key).delete(keys.calledEdge(callee, ref.callId));
+    }
+    for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
+      const caller = String(entry.key[entry.key.length - 1]);
+      op.delete(entry.key).delete(keys.callEdge(caller, ref.callId));
+    }
+    await op.commit();
+  }
+
+  /**
+   * The calls reachable from `from`, read breadth-first with a visited set, as a core
+   * {@linkcode CallGraph} (labels from the holders), and whether `target` is among them.
+   */
+  async #callRegion(
+    from: string,
+    target?: string,
+  ): Promise<{ graph: CallGraph; reaches: boolean }> {
+    const keys = this.#keys;
+    const graph = new CallGraph();
+    const seen = new Set([from]);
+    const frontier = [from];
+    const labels = new Map<string, string>();
+    const edges: [string, string][] = [];
+    while (frontier.length > 0) {
+      const node = frontier.shift()!;
+      for await (const entry of this.#kv.list({ prefix: keys.callEdge(node) })) {
+        const next = String(entry.key[entry.key.length - 1]);
+        edges.push([node, next]);
+        if (!seen.has(next)) {
+          seen.add(next);
+          frontier.push(next);
+        }
+      }
+    }
+    for (const callId of seen) {
+      for await (const entry of this.#kv.list({ prefix: keys.callHolder(callId) }, { limit: 1 })) {
+        labels.set(callId, decodeString(entry.value));
+      }
+    }
+    const ref = (callId: string): CallRef => ({
+      callId,
+      invocationId: "region",
+      label: labels.get(callId) ?? callId,
+    });
+    for (const [caller, callee] of edges) graph.addCall(ref(caller), ref(callee));
+    return { graph, reaches: target !== undefined && seen.has(target) };
+  }
+
+  async #versionstamps(keys: readonly KvKey[]): Promise<(string | null)[]> {
+    const stamps: (string | null)[] = [];
+    for (let start = 0; start < keys.length; start += GET_MANY_LIMIT) {
+      const entries = await this.#kv.getMany(keys.slice(start, start + GET_MANY_LIMIT));
+      stamps.push(...entries.map((entry) => entry.versionstamp));
+    }
+    return stamps;
+  }
+
+  // --- blocking control --------------------------------------------------------------------------
+
+  // Per edge: reads wnode/<waiter>, wnode/<waited>, waits/<waiter>/<waited>; checks all three;
+  // writes the edge, its reverse, both nodes, and the ready entries that change.
+  async waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void> {
+    for (const waitedId of waitedIds) {
+      if (waitedId === waiterId) {
+        throw new RangeError(`Cannot wait: invocation ${waiterId} cannot wait on itself`);
+      }
+      await this.#updateWaitEdge(waiterId, waitedId, "add", nowMs);
+    }
+  }
+
+  async releaseWaiters(id: string): Promise<void> {
+    const keys = this.#keys;
+    for await (const entry of this.#kv.list({ prefix: keys.waitedEdge(id) })) {
+      await this.#updateWaitEdge(String(entry.key[entry.key.length - 1]), id, "remove", 0);
+    }
+    for await (const entry of this.#kv.list({ prefix: keys.waitEdge(id) })) {
+      await this.#updateWaitEdge(id, String(entry.key[entry.key.length - 1]), "remove", 0);
+    }
+  }
+
+  async #updateWaitEdge(
+    waiterId: string,
+    waitedId: string,
+    action: "add" | "remove",
+    nowMs: number,
+  ): Promise<void> {
+    const keys = this.#keys;
+    const edge = keys.waitEdge(waiterId, waitedId);
+    for (let attempt = 0;; attempt++) {
+      const [waiterEntry, waitedEntry, edgeEntry] = await this.#kv.getMany([
+        keys.waitNode(waiterId),
+        keys.waitNode(waitedId),
+        edge,
+      ]);
+      if ((edgeEntry!.versionstamp !== null) === (action === "add")) return;
+      const waiter = decodeWaitNode(waiterEntry!);
+      const waited = decodeWaitNode(waitedEntry!);
+      const delta = action === "add" ? 1 : -1;
+      const nextWaiter: WaitNode = { ...waiter, waiting: waiter.waiting + delta };
+      const nextWaited: WaitNode = {
+        ...waited,
+        waiters: waited.waiters + delta,
+        firstWaitMs: waited.waiters + delta === 0 ? null : waited.firstWaitMs ?? nowMs,
+      };
+      const op = this.#kv.atomic().check(
+        { key: keys.waitNode(waiterId), versionstamp: waiterEntry!.versionstamp },
+        { key: keys.waitNode(waitedId), versionstamp: waitedEntry!.versionstamp },
+        { key: edge, versionstamp: edgeEntry!.versionstamp },
+      );
+      if (action === "add") {
+        op.set(edge, encode(null)).set(keys.waitedEdge(waitedId, waiterId), encode(null));
+      } else {
+        op.delete(edge).delete(keys.waitedEdge(waitedId, waiterId));
+      }
+      this.#stageWaitNode(op, waiterId, waiter, nextWaiter);
+      this.#stageWaitNode(op, waitedId, waited, nextWaited);
+      if (await this.#commit(op)) return;
+      await backoff(attempt);
+    }
+  }
+
+  /** Writes a wait node and keeps its ready entry in step: present iff waited on and waiting on nothing. */
+  #stageWaitNode(op: KvAtomicLike, id: string, before: WaitNode, after: WaitNode): void {
+    const keys = this.#keys;
+    const wasReady = before.waiters > 0 && before.waiting === 0;
+    const isReady = after.waiters > 0 && after.waiting === 0;
+    if (wasReady && (!isReady || before.firstWaitMs !== after.firstWaitMs)) {
+      op.delete(keys.ready(readyPosition(before.firstWaitMs!, id)));
+    }
+    if (isReady) op.set(keys.ready(readyPosition(after.firstWaitMs!, id)), encode(id));
+    if (after.waiters === 0 && after.waiting === 0) op.delete(keys.waitNode(id));
+    else op.set(keys.waitNode(id), encode(after));
+  }
+
+  // One range read of the ready index (oldest first wait first), then the records to skip those
+  // not available to run.
+  async blocking(max: number, nowMs: number): Promise<string[]> {
+    if (max <= 0) return [];
+    const ids: string[] = [];
+    for await (
+      const entry of this.#kv.list({ prefix: this.#keys.ready() }, { limit: max * 4 + 10 })
+    ) {
+      ids.push(decodeString(entry.value));
+    }
+    const available: string[] = [];
+    for (let start = 0; start < ids.length && available.length < max; start += GET_MANY_LIMIT) {
+      const chunk = ids.slice(start, start + GET_MANY_LIMIT);
+      const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
+      for (const entry of entries) {
+        const stored = this.#decodeInvocation(entry);
+        if (stored !== undefined && isAvailable(stored, nowMs) && available.length < max) {
+          available.push(stored.record.id);
+        }
+      }
+    }
+    return available;
+  }
+
+  // --- runners -----------------------------------------------------------------------------------
+
+  async heartbeat(runnerId: string, nowMs: number): Promise<void> {
+    await this.#kv.atomic().set(this.#keys.runner(runnerId), encode(nowMs)).commit();
+  }
+
+  async removeRunner(runnerId: string): Promise<void> {
+    await this.#kv.atomic().delete(this.#keys.runner(runnerId)).commit();
+  }
+
+  async runners(): Promise<RunnerInfo[]> {
+    const runners: RunnerInfo[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.runner() })) {
+      runners.push({
+        runnerId: String(entry.key[entry.key.length - 1]),
+        lastSeenMs: Number(decode(entry.value, "a runner heartbeat")),
+      });
+    }
+    return runners;
+  }
+
+  // --- waiting -----------------------------------------------------------------------------------
+
+  async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
+    // This process's own changes wake the waiter at once; other processes' are polled.
+    for (let poll = 0; !signal?.aborted; poll++) {
+      const record = await this.get(id);
+      if (record === undefined || isFinalStatus(record.status)) return;
+      const wake = new AbortController();
+      const stop = (): void => wake.abort();
+      signal?.addEventListener("abort", stop, { once: true });
+      let listener: (() => void) | undefined;
+      await Promise.race([
+        this.#clock.sleep(pollDelayMs(poll), wake.signal),
+        new Promise<void>((resolve) => {
+          listener = resolve;
+          addTo(this.#local.finals, id, resolve);
+        }),
+      ]);
+      wake.abort();
+      signal?.removeEventListener("abort", stop);
+      this.#local.finals.get(id)?.delete(listener!);
+    }
+  }
+
+  waitWork(signal?: AbortSignal): Promise<void> {
+    // New work from this process wakes the runner at once; work from other processes is found
+    // by polling, backing off while claims come back empty.
+    return new Promise((resolve) => {
+      if (signal?.aborted || this.#local.newWork) return resolve();
+      const wake = new AbortController();
+      const done = (): void => {
+        this.#local.work.delete(done);
+        signal?.removeEventListener("abort", done);
+        wake.abort();
+        resolve();
+      };
+      this.#local.work.add(done);
+      signal?.addEventListener("abort", done, { once: true });
+      void this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal).then(done);
+    });
+  }
+
+  #announceWork(): void {
+    this.#idlePolls = 0;
+    this.#local.newWork = true;
+    notify(this.#local.work);
+  }
+
+  // --- purge -------------------------------------------------------------------------------------
+
+  async schedulePurge(id: string, purgeAtMs: number): Promise<void> {
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#kv.get(this.#keys.invocation(id));
+      const stored = this.#decodeInvocation(entry);
+      if (stored === undefined || !isFinalStatus(stored.record.status)) return;
+      const record = { ...stored.record, purgeAtMs };
+      const options = { expireIn: Math.max(1, purgeAtMs - this.#clock.now()) };
+      const op = this.#kv.atomic()
+        .check({ key: this.#keys.invocation(id), versionstamp: entry.versionstamp })
+        .set(this.#keys.invocation(id), this.#encode({ ...stored, record }, id), options)
+        .delete(this.#keys.purge(purgePosition(stored.record.purgeAtMs!, id)))
+        .set(this.#keys.purge(purgePosition(purgeAtMs, id)), encode(id), options);
+      if (await this.#commit(op)) return;
+      await backoff(attempt);
+    }
+  }
+
+  async purgeDue(nowMs: number): Promise<number> {
+    const due: string[] = [];
+    const end = this.#keys.purge(purgePosition(nowMs + 1, ""));
+    for await (const entry of this.#kv.list({ start: this.#keys.purge(""), end })) {
+      due.push(decodeString(entry.value));
+      await this.#kv.atomic().delete(entry.key).commit();
+    }
+    for (const id of due) await this.#deleteInvocation(id);
+    return due.length;
+  }
+
+  async purgeAll(): Promise<void> {
+    const keys: KvKey[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.app })) keys.push(entry.key);
+    for (let start = 0; start < keys.length; start += 500) {
+      const op = this.#kv.atomic();
+      for (const key of keys.slice(start, start + 500)) op.delete(key);
+      await op.commit();
+    }
+    this.#schemaChecked = undefined;
+  }
+
+  async #deleteInvocation(id: string): Promise<void> {
+    const entry = await this.#kv.get(this.#keys.invocation(id));
+    const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
+    const op = this.#kv.atomic().delete(this.#keys.invocation(id));
+    for await (const history of this.#kv.list({ prefix: this.#keys.histories(id) })) {
+      op.delete(history.key);
+    }
+    if (stored !== undefined) {
+      const { record } = stored;
+      op.delete(this.#keys.byTask(record.taskId, id)).delete(
+        this.#keys.byStatus(record.status, id),
+      );
+    }
+    await op.commit();
+    await this.releaseWaiters(id);
+    notify(this.#local.finals.get(id));
+  }
+
+  // --- encoding and commits ----------------------------------------------------------------------
+
+  async #read(id: string): Promise<StoredInvocation | undefined> {
+    return this.#decodeInvocation(await this.#kv.get(this.#keys.invocation(id)));
+  }
+
+  /** Decodes an invocation entry; `undefined` when absent or past its purge deadline. */
+  #decodeInvocation(entry: KvEntryMaybeLike): StoredInvocation | undefined {
+    if (entry.versionstamp === null) return undefined;
+    const stored = this.#decodeStored(entry.value, String(entry.key[entry.key.length - 1]));
+    const purgeAtMs = stored.record.purgeAtMs;
+    return purgeAtMs !== null && purgeAtMs <= this.#clock.now() ? undefined : stored;
+  }
+
+  #decodeStored(value: unknown, id: string): StoredInvocation {
+    const stored = decode(value, `invocation ${id}`) as StoredInvocation;
+    if (
+      typeof stored !== "object" || stored === null || typeof stored.record !== "object" ||
+      stored.record === null || stored.record.id !== id || !isInvocationStatus(stored.record.status)
+    ) {
+      throw new SerializationError(
+        `Cannot read invocation ${id}: the stored value is not a nenc invocation`,
+      );
+    }
+    return stored;
+  }
+
+  #encode(stored: StoredInvocation, id: string): Uint8Array {
+    const bytes = encode(stored);
+    if (bytes.byteLength > KV_MAX_VALUE_BYTES) {
+      throw new SerializationError(
+        `Cannot store invocation ${id}: its record is ${bytes.byteLength} bytes, over the ${KV_MAX_VALUE_BYTES}-byte (64 KiB) Deno KV value limit; return a smaller result or store it elsewhere and return a reference`,
+      );
+    }
+    return bytes;
+  }
+
+  /** Commits; "database is locked" (thrown by SQLite under multi-process load) counts as a conflict. */
+  async #commit(op: KvAtomicLike): Promise<boolean> {
+    try {
+      return (await op.commit()).ok;
+    } catch (error) {
+      if (error instanceof Error && /database is locked/i.test(error.message)) return false;
+      throw error;
+    }
+  }
+
+  #ensureSchema(): Promise<void> {
+    this.#schemaChecked ??= (async () => {
+      const key = this.#keys.schema();
+      for (let attempt = 0;; attempt++) {
+        const entry = await this.#kv.get(key);
+        if (entry.versionstamp !== null) {
+          const version = Number(decode(entry.value, "the schema version"));
+          if (version > KV_SCHEMA_VERSION) {
+            throw new NencError(
+              `Cannot use the KV store: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
+            );
+          }
+          return;
+        }
+        const op = this.#kv.atomic().check({ key, versionstamp: null }).set(
+          key,
+          encode(KV_SCHEMA_VERSION),
+        );
+        if (await this.#commit(op)) return;
+        await backoff(attempt);
+      }
+    })();
+    return this.#schemaChecked;
+  }
+}
+
+function encode(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+function decode(value: unknown, what: string): unknown {
+  if (!(value instanceof Uint8Array)) {
+    throw new SerializationError(
+      `Cannot read ${what}: the stored value is not nenc data (expected bytes)`,
+    );
+  }
+  try {
+    return JSON.parse(decoder.decode(value));
+  } catch (error) {
+    throw new SerializationError(`Cannot read ${what}: the stored bytes are not JSON`, {
+      cause: error,
+    });
+  }
+}
+
+function decodeString(value: unknown): string {
+  const text = decode(value, "an index entry");
+  if (typeof text !== "string") {
+    throw new SerializationError("Cannot read an index entry: not a string");
+  }
+  return text;
+}
+
+/** The invocation id an index entry holds, or `undefined` when the key is absent. */
+function idOf(entry: KvEntryMaybeLike): string | undefined {
+  return entry.versionstamp === null ? undefined : decodeString(entry.value);
+}
+
+function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {
+  if (entry.versionstamp === null) return { firstWaitMs: null, waiters: 0, waiting: 0 };
+  return decode(entry.value, "a wait node") as WaitNode;
+}
+
+/** Whether a stored invocation may be picked up now: available status, back-off passed. */
+function isAvailable(stored: StoredInvocation, nowMs: number): boolean {
+  return AVAILABLE_FOR_RUN_STATUSES.has(stored.record.status) &&
+    !(stored.queue?.delayed && stored.record.availableAtMs > nowMs);
+}
+
+/** A position ordered by time, then id. */
+function timePosition(ms: number, id: string): string {
+  return `${encodeTime(Math.max(0, Math.floor(ms)), 10)}${id}`;
+}
+
+const readyPosition = timePosition;
+const purgePosition = timePosition;
+
+/** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
+function pollDelayMs(polls: number): number {
+  return Math.min(500, 5 * 2 ** Math.min(polls, 7));
+}
+
+/** Jittered exponential back-off between conflicting commits. */
+function backoff(attempt: number): Promise<void> {
+  const ms = Math.min(100, 2 ** attempt) * Math.random();
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function addTo(index: Map<string, Set<() => void>>, key: string, value: () => void): void {
+  let set = index.get(key);
+  if (set === undefined) index.set(key, set = new Set());
+  set.add(value);
+}
+
+function notify(listeners: Set<() => void> | undefined): void {
+  if (listeners === undefined) return;
+  for (const listener of [...listeners]) listener();
+}

@@ -126,15 +126,18 @@ test("assertTaskId() rejects empty ids and ids containing the key separator", ()
 });
 
 test("newInvocationId() is a ULID, monotonic within a process even when time repeats or goes back", () => {
+  // Times ahead of any id this process made before (test files may share one process).
+  const base = Date.now() + 1_000_000;
   const ids = [
-    newInvocationId(2_000),
-    newInvocationId(2_000),
-    newInvocationId(1_000),
-    newInvocationId(3_000),
+    newInvocationId(base + 2_000),
+    newInvocationId(base + 2_000),
+    newInvocationId(base + 1_000),
+    newInvocationId(base + 3_000),
   ];
   for (const id of ids) assert.match(id, /^[0-9A-HJKMNP-TV-Z]{26}$/);
   assert.deepEqual([...ids].sort(), ids);
   assert.equal(new Set(ids).size, ids.length);
-  assert.equal(invocationIdTime(ids[0]!), 2_000);
-  assert.equal(invocationIdTime(ids[3]!), 3_000);
+  assert.equal(invocationIdTime(ids[0]!), base + 2_000);
+  assert.equal(invocationIdTime(ids[2]!), base + 2_000, "time going back keeps the last time");
+  assert.equal(invocationIdTime(ids[3]!), base + 3_000);
 });

@@ -1,0 +1,148 @@
+/**
+ * A worker process for the multi-process tests: `<runtime> tests/_mp_worker.ts <mode> <kv file>
+ * [args]`. Every mode stops by itself (a deadline bounds each one); results go to stdout as one
+ * JSON line, and observations that must hold across processes go to the KV file under
+ * `["mp", …]`, next to nenc's own keys.
+ */
+import { Nenc } from "../core/app.ts";
+import { CycleDetectedError } from "../core/errors.ts";
+import { KvStore } from "../kv/store.ts";
+import { systemClock } from "../core/clock.ts";
+import type { KvLike } from "../kv/kv_like.ts";
+import { openTestKv, type TestKv } from "./_kv.ts";
+
+const [mode, path, ...rest] = (globalThis as { Deno?: { args: string[] } }).Deno?.args ??
+  (await import("node:process")).argv.slice(2);
+if (mode === undefined || path === undefined) throw new Error("usage: _mp_worker.ts <mode> <kv>");
+const kv = await openTestKv(path);
+const deadline = Date.now() + 60_000;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Adds `delta` to a counter under ["mp", …] atomically; returns the value before. */
+async function add(key: string[], delta: number, db: TestKv = kv): Promise<number> {
+  for (;;) {
+    const entry = await db.get(["mp", ...key]);
+    const before = entry.versionstamp === null
+      ? 0
+      : Number(decoder.decode(entry.value as Uint8Array));
+    const op = db.atomic().check({ key: ["mp", ...key], versionstamp: entry.versionstamp })
+      .set(["mp", ...key], encoder.encode(String(before + delta)));
+    try {
+      if ((await op.commit()).ok) return before;
+    } catch (error) {
+      if (!/database is locked/i.test(String(error))) throw error;
+    }
+    await sleep(Math.random() * 5);
+  }
+}
+
+async function read(key: string[]): Promise<number> {
+  const entry = await kv.get(["mp", ...key]);
+  return entry.versionstamp === null ? 0 : Number(decoder.decode(entry.value as Uint8Array));
+}
+
+function defineTasks(app: Nenc) {
+  const dedup = app.task("dedup", ({ k }: { k: number }) => k, {
+    registrationConcurrency: "arguments",
+  });
+  // Each run marks its key active with an atomic counter of its own: a second concurrent run
+  // of one key sees a count above zero and records a violation.
+  const keyed = app.task("keyed", async ({ key, i }: { key: string; i: number }) => {
+    if (await add(["active", key], 1) !== 0) await add(["violations"], 1);
+    await add(["runs", String(i)], 1);
+    await sleep(2 + Math.random() * 5);
+    await add(["active", key], -1);
+    return i;
+  }, { runningConcurrency: "keys", keyArguments: ["key"] });
+  const slow = app.task("slow", async ({ i }: { i: number }) => {
+    if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
+    return i;
+  });
+  return { dedup, keyed, slow };
+}
+
+const appOptions = {
+  appId: "mp",
+  kv,
+  orchestrator: { maxPendingSeconds: 2, runnerTimeoutSeconds: 2 },
+};
+const app = new Nenc(appOptions);
+const tasks = defineTasks(app);
+let output: unknown = null;
+
+switch (mode) {
+  case "register": {
+    // 500 calls over 50 argument sets; prints the invocation ids it got.
+    const ids = new Set<string>();
+    for (let call = 0; call < 500; call++) ids.add((await tasks.dedup.call({ k: call % 50 })).id);
+    output = { ids: [...ids] };
+    break;
+  }
+  case "run": {
+    // A runner until `rest[0]` invocations of `rest[1]` are final, or the deadline.
+    const [count, taskId] = [Number(rest[0]), rest[1]!];
+    await using runner = app.runner({ concurrency: 4, heartbeatMs: 200, pollMs: 20 });
+    runner.start();
+    while (Date.now() < deadline) {
+      const finals = (await app.orchestrator.store.counts()).get(taskId)?.get("success") ?? 0;
+      if (finals >= count) break;
+      await sleep(50);
+    }
+    output = { done: true };
+    break;
+  }
+  case "hang": {
+    // A runner that picks up `slow` and hangs in it until the test kills this process.
+    const runner = app.runner({ concurrency: 4, heartbeatMs: 200, pollMs: 20 });
+    runner.start();
+    await sleep(60_000);
+    break;
+  }
+  case "cycle": {
+    // Races `rest[0]` times: this process adds X_i → Y_i, the other Y_i → X_i, at one moment.
+    const [races, me, other] = [Number(rest[0]), rest[1]!, rest[2]!];
+    // Commits are delayed by 5–25 ms, as over a network (KV Connect): both processes then pass
+    // the pre-commit check of a race, and only the post-commit verification can decide.
+    const slowCommits: KvLike = {
+      get: (key) => kv.get(key),
+      getMany: (keys) => kv.getMany(keys),
+      list: (selector, options) => kv.list(selector, options),
+      atomic: () => {
+        const op = kv.atomic();
+        const commit = op.commit.bind(op);
+        op.commit = async () => {
+          await sleep(5 + Math.random() * 20);
+          return await commit();
+        };
+        return op;
+      },
+    };
+    const store = new KvStore(slowCommits, { appId: "mp", clock: systemClock });
+    const outcomes: string[] = [];
+    for (let i = 0; i < races && Date.now() < deadline; i++) {
+      await add(["arrived", String(i), me], 1);
+      while (await read(["arrived", String(i), other]) === 0 && Date.now() < deadline) {
+        await sleep(1);
+      }
+      try {
+        await store.addCall(
+          { callId: `${me}${i}`, invocationId: `${me}-inv-${i}` },
+          { callId: `${other}${i}`, invocationId: `${other}-callee-${i}` },
+        );
+        outcomes.push("ok");
+      } catch (error) {
+        if (!(error instanceof CycleDetectedError)) throw error;
+        outcomes.push("cycle");
+      }
+    }
+    output = { outcomes };
+    break;
+  }
+  default:
+    throw new Error(`unknown mode ${mode}`);
+}
+
+console.log(JSON.stringify(output));
+kv.close();

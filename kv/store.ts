@@ -233,12 +233,16 @@ export class KvStore implements Store {
   // reads: inv/<id>, slot/<key>, reg/<key>; checks: the same three (slot and reg only when
   // touched); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos>, slot, reg, and on a
   // final status expireIn on every key of the invocation plus purge/<pos>.
-  async #apply(id: string, change: StatusChange): Promise<ChangeOutcome> {
+  async #apply(
+    id: string,
+    change: StatusChange,
+    isWanted: (stored: StoredInvocation) => boolean = () => true,
+  ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     for (let attempt = 0;; attempt++) {
       const entry = await this.#kv.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
-      if (stored === undefined) return { ok: false, reason: "missing" };
+      if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
       const { record } = stored;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
         return { ok: false, reason: "conflict", record };
@@ -346,18 +350,18 @@ export class KvStore implements Store {
     const rerouted: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
     let controlled = 0;
+    // Not available (taken by another runner, back-off not passed): not wanted, no write.
+    const available = (stored: StoredInvocation): boolean => isAvailable(stored, nowMs);
     const tryClaim = async (id: string): Promise<void> => {
-      const stored = await this.#read(id);
-      if (stored === undefined || !isAvailable(stored, nowMs)) return;
       let outcome: ChangeOutcome;
       try {
-        outcome = await this.#apply(id, { path: [PENDING], runnerId, nowMs });
+        outcome = await this.#apply(id, { path: [PENDING], runnerId, nowMs }, available);
       } catch {
         return; // Another runner moved it first (the re-planned transition is refused).
       }
       if (outcome.ok) return void claimed.push(outcome.record);
       if (outcome.reason !== "slot-busy") return;
-      const reroute = request.rerouteOnConcurrencyControl(stored.record.taskId);
+      const reroute = request.rerouteOnConcurrencyControl(outcome.record!.taskId);
       try {
         const control = await this.#apply(id, {
           path: reroute
@@ -389,6 +393,8 @@ export class KvStore implements Store {
     const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, {
       limit: max + CONTROL_LIMIT,
     });
+    // Candidates are claimed one after the other, in queue order: the older of two invocations
+    // of one running-concurrency key gets the slot, and the claimed list keeps queue order.
     for (const entries of [delayed, ready]) {
       for await (const entry of entries) {
         if (claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT) break;
@@ -545,20 +551,26 @@ export class KvStore implements Store {
   // every calls/<call>/… and called/<call>/… edge with its reverse.
   async removeCall(ref: CallRef): Promise<void> {
     const keys = this.#keys;
-    await this.#kv.atomic().delete(keys.callHolder(ref.callId, ref.invocationId)).commit();
+    const holder = keys.callHolder(ref.callId, ref.invocationId);
+    // Most invocations never join the call graph (no parent, no child running): nothing to do.
+    if ((await this.#kv.get(holder)).versionstamp === null) return;
+    await this.#kv.atomic().delete(holder).commit();
     for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
       return;
     }
     const op = this.#kv.atomic();
+    let edges = 0;
     for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
       const callee = String(entry.key[entry.key.length - 1]);
       op.delete(entry.key).delete(keys.calledEdge(callee, ref.callId));
+      edges++;
     }
     for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
       const caller = String(entry.key[entry.key.length - 1]);
       op.delete(entry.key).delete(keys.callEdge(caller, ref.callId));
+      edges++;
     }
-    await op.commit();
+    if (edges > 0) await op.commit();
   }
 
   /**
@@ -635,6 +647,8 @@ export class KvStore implements Store {
 
   async releaseWaiters(id: string): Promise<void> {
     const keys = this.#keys;
+    // An invocation that never waited and was never waited on has no wait node: nothing to do.
+    if ((await this.#kv.get(keys.waitNode(id))).versionstamp === null) return;
     for await (const entry of this.#kv.list({ prefix: keys.waitedEdge(id) })) {
       await this.#updateWaitEdge(String(entry.key[entry.key.length - 1]), id, "remove", 0);
     }

@@ -1,0 +1,202 @@
+/**
+ * End-to-end load on the Deno KV backend, on a file (`deno task bench:kv`): no-op invocations
+ * through call → orchestrator → runner → result at runner concurrency 1, 10 and 32 in one
+ * process, and with 4 runner processes; next to the raw rate of concurrent atomic commits on the
+ * same kind of file, measured in the same run. Also KV commits and bytes written per invocation.
+ * Prints a table and one JSON line per row.
+ *
+ * Usage: deno run -A bench/e2e_kv.ts [--invocations N]
+ *
+ * @module
+ */
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Nenc } from "../core/app.ts";
+import type { KvLike } from "../kv/kv_like.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    invocations: { type: "string", default: "2000" },
+    worker: { type: "string" },
+    count: { type: "string" },
+  },
+});
+const INVOCATIONS = Number(values.invocations);
+const directory = mkdtempSync(join(tmpdir(), "nenc-bench-kv-"));
+let files = 0;
+const newFile = (): string => join(directory, `${++files}.db`);
+
+/** A KV view that counts commits and the bytes of the values they set. */
+function counting(kv: KvLike): { kv: KvLike; commits: () => number; bytes: () => number } {
+  let commits = 0;
+  let bytes = 0;
+  return {
+    commits: () => commits,
+    bytes: () => bytes,
+    kv: {
+      get: (key) => kv.get(key),
+      getMany: (keys) => kv.getMany(keys),
+      list: (selector, options) => kv.list(selector, options),
+      atomic: () => {
+        const op = kv.atomic();
+        const set = op.set.bind(op);
+        const commit = op.commit.bind(op);
+        op.set = (key, value, options) => {
+          if (value instanceof Uint8Array) bytes += value.byteLength;
+          return set(key, value, options);
+        };
+        op.commit = () => {
+          commits++;
+          return commit();
+        };
+        return op;
+      },
+    },
+  };
+}
+
+function define(app: Nenc) {
+  return app.task("noop", ({ i }: { i: number }) => i);
+}
+
+// A worker process of the 4-process row: runs a runner until `count` invocations succeeded.
+if (values.worker !== undefined) {
+  const kv = await Deno.openKv(values.worker);
+  const app = new Nenc({ appId: "bench", kv });
+  define(app);
+  const runner = app.runner({ concurrency: 32, pollMs: 20 });
+  runner.start();
+  const target = Number(values.count);
+  for (;;) {
+    const done = (await app.orchestrator.store.counts()).get("noop")?.get("success") ?? 0;
+    if (done >= target) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await runner.stop();
+  kv.close();
+  Deno.exit(0);
+}
+
+interface Row {
+  readonly scenario: string;
+  readonly perSecond: number;
+  readonly seconds: number;
+  readonly commitsPerInvocation?: number;
+  readonly bytesPerInvocation?: number;
+  readonly note: string;
+}
+
+async function rawCommits(writers: number): Promise<Row> {
+  const kv = await Deno.openKv(newFile());
+  const value = new Uint8Array(200);
+  let commits = 0;
+  const until = performance.now() + 2_000;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: writers }, async (_, w) => {
+    for (let i = 0; performance.now() < until; i++) {
+      const key = ["raw", w, i];
+      if ((await kv.atomic().check({ key, versionstamp: null }).set(key, value).commit()).ok) {
+        commits++;
+      }
+    }
+  }));
+  const seconds = (performance.now() - start) / 1000;
+  kv.close();
+  return {
+    scenario: `raw atomic commits, ${writers} concurrent`,
+    perSecond: Math.round(commits / seconds),
+    seconds,
+    note: "check + set of 200 bytes",
+  };
+}
+
+async function oneProcess(concurrency: number): Promise<Row> {
+  const file = newFile();
+  const handle = await Deno.openKv(file);
+  const counter = counting(handle);
+  const app = new Nenc({ appId: "bench", kv: counter.kv });
+  const noop = define(app);
+  await using runner = app.runner({ concurrency, pollMs: 20 });
+  runner.start();
+  const start = performance.now();
+  const invocations = [];
+  for (let i = 0; i < INVOCATIONS; i++) invocations.push(await noop.call({ i }));
+  const results = await Promise.all(invocations.map((invocation) => invocation.result()));
+  const seconds = (performance.now() - start) / 1000;
+  if (results.some((result, i) => result !== i)) throw new Error("Cannot bench: wrong results");
+  await runner.stop();
+  handle.close();
+  return {
+    scenario: `nenc on a KV file, 1 process, concurrency ${concurrency}`,
+    perSecond: Math.round(INVOCATIONS / seconds),
+    seconds,
+    commitsPerInvocation: counter.commits() / INVOCATIONS,
+    bytesPerInvocation: Math.round(counter.bytes() / INVOCATIONS),
+    note: "call → run → result",
+  };
+}
+
+async function fourProcesses(): Promise<Row> {
+  const file = newFile();
+  const kv = await Deno.openKv(file);
+  const app = new Nenc({ appId: "bench", kv });
+  const noop = define(app);
+  const start = performance.now();
+  const group = await noop.parallelize(Array.from({ length: INVOCATIONS }, (_, i) => ({ i })));
+  const workers = Array.from({ length: 4 }, () =>
+    new Promise<void>((resolve, reject) => {
+      const child = spawn(
+        Deno.execPath(),
+        [
+          "run",
+          "-A",
+          "--no-check",
+          new URL(import.meta.url).pathname,
+          "--worker",
+          file,
+          "--count",
+          String(INVOCATIONS),
+        ],
+        { stdio: "inherit" },
+      );
+      child.on("close", (code) =>
+        code === 0 ? resolve() : reject(new Error(`worker exited ${code}`)));
+    }));
+  const results = await group.results();
+  const seconds = (performance.now() - start) / 1000;
+  await Promise.all(workers);
+  if (results.some((result, i) => result !== i)) throw new Error("Cannot bench: wrong results");
+  kv.close();
+  return {
+    scenario: "nenc on a KV file, 4 runner processes × 32 slots",
+    perSecond: Math.round(INVOCATIONS / seconds),
+    seconds,
+    note: "includes process start-up",
+  };
+}
+
+const rows: Row[] = [await rawCommits(32)];
+for (const concurrency of [1, 10, 32]) rows.push(await oneProcess(concurrency));
+rows.push(await fourProcesses());
+const raw = rows[0]!.perSecond;
+
+console.log(
+  "| scenario | per second | % of raw commits | commits / invocation | bytes / invocation |",
+);
+console.log("| --- | ---: | ---: | ---: | ---: |");
+for (const r of rows) {
+  console.log(
+    `| ${r.scenario} | ${r.perSecond} | ${(100 * r.perSecond / raw).toFixed(1)} % | ${
+      r.commitsPerInvocation?.toFixed(1) ?? ""
+    } | ${r.bytesPerInvocation ?? ""} |`,
+  );
+}
+for (const r of rows) {
+  console.log(JSON.stringify({ bench: "e2e_kv", ...r, percentOfRaw: 100 * r.perSecond / raw }));
+}
+rmSync(directory, { recursive: true, force: true });

@@ -1,8 +1,10 @@
-import { after } from "node:test";
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
+import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { openTestKv } from "./_kv.ts";
 import { storeContract } from "./store_contract.ts";
@@ -34,3 +36,44 @@ for (const where of [":memory:", "file"] as const) {
     return app;
   });
 }
+
+test("[kv] a result over the 64 KiB value limit fails the invocation with a SerializationError naming the limit", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "big", kv });
+  const big = app.task("big", () => "x".repeat(70_000));
+  await using runner = app.runner();
+  runner.start();
+  const invocation = await big.call();
+  await assert.rejects(
+    invocation.result(),
+    (error: unknown) =>
+      error instanceof SerializationError && /64 KiB\) Deno KV value limit/.test(error.message),
+  );
+  assert.equal(await invocation.status(), "failed");
+});
+
+test("[kv] data written by a newer schema version is refused with a clear error", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  await kv.atomic().set(["nenc", "future", "schema"], new TextEncoder().encode("99")).commit();
+  const app = new Nenc({ appId: "future", kv });
+  const task = app.task("t", () => 1);
+  await assert.rejects(task.call(), /schema version 99, newer than this nenc's 1/);
+});
+
+test("[kv] foreign data under an invocation key is reported, not evaluated", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "foreign", kv });
+  await kv.atomic().set(
+    ["nenc", "foreign", "inv", "01FOREIGN"],
+    new TextEncoder().encode('{"x":1}'),
+  )
+    .commit();
+  await assert.rejects(
+    app.orchestrator.getInvocation("01FOREIGN"),
+    (error: unknown) =>
+      error instanceof SerializationError && /not a nenc invocation/.test(error.message),
+  );
+});

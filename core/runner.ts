@@ -46,6 +46,14 @@ export interface RunnerOptions {
   purgeIntervalMs?: number;
 }
 
+/** What {@linkcode Runner.drain} did. */
+export interface DrainReport {
+  /** Invocations this runner finished (succeeded, failed or re-queued for retry). */
+  readonly invocations: number;
+  /** Whether `maxMs` ran out before the work did (what still ran was handed back). */
+  readonly timedOut: boolean;
+}
+
 /** What a runner needs from its app. */
 export interface RunnerHost {
   /** The orchestrator. */
@@ -101,6 +109,9 @@ export class Runner implements AsyncDisposable {
   #nextHeartbeatMs = -Infinity;
   #nextPurgeMs = -Infinity;
   #stopped: Promise<void> | undefined;
+  /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
+  #onIdle: (() => void) | undefined;
+  #finished = 0;
 
   /** Use `app.runner()`. */
   constructor(host: RunnerHost, options: RunnerOptions = {}) {
@@ -135,6 +146,45 @@ export class Runner implements AsyncDisposable {
   /** Whether the runner was started and not stopped. */
   get running(): boolean {
     return this.#loop !== undefined && !this.#stop.signal.aborted;
+  }
+
+  /**
+   * Runs invocations until none is left to pick up and nothing runs, or for at most `maxMs`,
+   * then stops (what still runs then is handed back, as by {@linkcode Runner.stop}). For
+   * platforms whose isolates live only while they serve something — Deno Deploy: drain from
+   * `Deno.cron` or from a request, in bounded slices that leave nothing half-done.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+   * const invocation = await add.call({ x: 1, y: 2 });
+   * const report = await app.runner({ concurrency: 4 }).drain({ maxMs: 10_000 });
+   * console.log(report.invocations, await invocation.result()); // 1 3
+   * ```
+   */
+  async drain(options: { maxMs?: number } = {}): Promise<DrainReport> {
+    const maxMs = options.maxMs ?? 50_000;
+    if (!Number.isFinite(maxMs) || maxMs <= 0) {
+      throw new RangeError(`Cannot drain: maxMs must be a positive number, got ${maxMs}`);
+    }
+    const idle = new Promise<void>((resolve) => this.#onIdle = resolve);
+    const deadline = new AbortController();
+    if (this.#loop === undefined) this.start();
+    let timedOut = false;
+    await Promise.race([
+      idle,
+      // A sleep also ends when aborted: only one that ran its course is a time-out.
+      this.#host.clock.sleep(maxMs, deadline.signal).then(() => {
+        timedOut = !deadline.signal.aborted;
+      }),
+    ]);
+    deadline.abort();
+    this.#onIdle = undefined;
+    await this.stop();
+    return { invocations: this.#finished, timedOut };
   }
 
   /** Starts picking up and running invocations. */
@@ -200,6 +250,7 @@ export class Runner implements AsyncDisposable {
           }
           failures = 0;
           if (invocations.length > 0) continue;
+          if (this.#executions.size === 0 && this.#resumeQueue.length === 0) this.#onIdle?.();
         }
         await this.#idle();
       } catch (error) {
@@ -329,7 +380,10 @@ export class Runner implements AsyncDisposable {
       }
     } finally {
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
-      if (!execution.killed) this.releaseSlot();
+      if (!execution.killed) {
+        this.#finished++;
+        this.releaseSlot();
+      }
     }
   }
 }

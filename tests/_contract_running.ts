@@ -902,4 +902,49 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(stored!.args, { name: "ada", tags: ["x", "y"] });
     assert.equal((await app.orchestrator.getInvocation(id))?.parentId, outer.id);
   });
+
+  test(`[${backend}] drain() runs what is queued, nested waits included, then stops by itself`, async () => {
+    const app = await makeApp();
+    const leaf = app.task("leaf", ({ n }: { n: number }) => n * 2);
+    const sum = app.task("sum", async ({ n }: { n: number }) => {
+      const group = await leaf.parallelize(Array.from({ length: n }, (_, i) => ({ n: i })));
+      return (await group.results()).reduce((total, value) => total + value, 0);
+    });
+    const invocations = [await sum.call({ n: 5 }), await leaf.call({ n: 21 })];
+    const runner = app.runner({ concurrency: 1 });
+    const report = await runner.drain({ maxMs: 60_000 });
+    assert.equal(report.timedOut, false);
+    assert.equal(report.invocations, 7);
+    assert.equal(runner.running, false);
+    assert.deepEqual(await app.orchestrator.waitForResults(invocations), [20, 42]);
+  });
+
+  test(`[${backend}] drain() that runs out of time hands back what still runs: nothing is left half-done`, async () => {
+    const clock = new WatchedClock();
+    const app = await makeApp({ clock });
+    const started = deferred();
+    const release = deferred();
+    const slow = app.task("slow", async () => {
+      started.resolve();
+      await release.promise;
+      return "late";
+    });
+    const invocation = await slow.call();
+    const draining = app.runner({ pollMs: 10_000, heartbeatMs: 10_000 }).drain({ maxMs: 1_000 });
+    await started.promise;
+    await clock.sleeping();
+    clock.advance(1_000);
+    const report = await draining;
+    assert.equal(report.timedOut, true);
+    assert.equal(await invocation.status(), "rerouted");
+    assert.deepEqual(statuses(await invocation.history()).slice(-3), [
+      "running",
+      "killed",
+      "rerouted",
+    ]);
+    release.resolve();
+    await using next = app.runner();
+    next.start();
+    assert.equal(await invocation.result(), "late");
+  });
 }

@@ -135,7 +135,8 @@ export class MemoryStore implements Store {
         record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
         this.#delayed.has(id)
       ) return;
-      const outcome = this.#apply(id, { path: [PENDING], runnerId, nowMs });
+      const path = request.runAtOnce?.(record) ? [PENDING, InvocationStatus.RUNNING] : [PENDING];
+      const outcome = this.#apply(id, { path, runnerId, nowMs });
       if (outcome.ok) return void claimed.push(outcome.record);
       // Blocked by running concurrency: re-queue behind the others, or finalise.
       const reroute = request.rerouteOnConcurrencyControl(record.taskId);

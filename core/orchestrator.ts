@@ -516,19 +516,55 @@ export class Orchestrator {
    * recovered after `maxPendingSeconds`.
    */
   async getInvocationsToRun(max: number, options: { runnerId: string }): Promise<Invocation[]> {
+    return (await this.#claim(max, options.runnerId, false)).map((record) =>
+      new Invocation(this, record)
+    );
+  }
+
+  /**
+   * The runner's pick-up: {@linkcode Orchestrator.getInvocationsToRun}, except that an invocation
+   * with nothing to check before it runs (no caller or cycle control off, and a task this app
+   * defines) goes straight through
+   * PENDING to RUNNING in the same atomic step — one storage round trip less per invocation. The
+   * others stop at PENDING; the runner calls {@linkcode Orchestrator.setInvocationRun} for them.
+   */
+  async startInvocations(
+    max: number,
+    options: { runnerId: string },
+  ): Promise<{ readonly invocation: Invocation; readonly running: boolean }[]> {
+    return (await this.#claim(max, options.runnerId, true)).map((record) => ({
+      invocation: new Invocation(this, record),
+      running: record.status === InvocationStatus.RUNNING,
+    }));
+  }
+
+  async #claim(
+    max: number,
+    runnerId: string,
+    start: boolean,
+  ): Promise<readonly InvocationRecord[]> {
     const nowMs = this.#host.clock.now();
     const preferredIds = this.options.blockingControl ? await this.store.blocking(max, nowMs) : [];
+    const cycleControl = this.options.cycleControl;
     const outcome = await this.store.claim({
-      runnerId: options.runnerId,
+      runnerId,
       nowMs,
       max,
       preferredIds,
       rerouteOnConcurrencyControl: (taskId) =>
         this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
       purgeAtMs: this.#purgeAtMs(nowMs),
+      // Nothing to check: no call edge to add, and a task this app defines.
+      ...(start
+        ? {
+          runAtOnce: (record: InvocationRecord) =>
+            (record.parentId === null || !cycleControl) &&
+            this.#host.getTask(record.taskId) !== undefined,
+        }
+        : {}),
     });
     for (const record of outcome.finalised) await this.#afterFinal(record);
-    return outcome.claimed.map((record) => new Invocation(this, record));
+    return outcome.claimed;
   }
 
   /** Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read. */

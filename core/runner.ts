@@ -238,15 +238,15 @@ export class Runner implements AsyncDisposable {
       try {
         await this.#maintain();
         if (this.#free > 0 && this.#resumeQueue.length === 0) {
-          const invocations = await orchestrator.getInvocationsToRun(this.#free, {
+          const invocations = await orchestrator.startInvocations(this.#free, {
             runnerId: this.id,
           });
-          for (const invocation of invocations) {
+          for (const { invocation, running } of invocations) {
             this.#free--;
             // Registered before any await, so a stop() from now on hands it back.
             const execution = new Execution(this, this.#host, invocation);
             this.#executions.set(invocation.id, execution);
-            void this.#execute(execution);
+            void this.#execute(execution, running);
           }
           failures = 0;
           if (invocations.length > 0) continue;
@@ -321,7 +321,7 @@ export class Runner implements AsyncDisposable {
     this.#wakeUp();
   }
 
-  async #execute(execution: Execution): Promise<void> {
+  async #execute(execution: Execution, running: boolean): Promise<void> {
     const { orchestrator } = this.#host;
     const invocation = execution.invocation;
     const actor = { runnerId: this.id };
@@ -335,11 +335,13 @@ export class Runner implements AsyncDisposable {
         );
         return;
       }
-      try {
-        const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
-        await orchestrator.setInvocationRun(parent, invocation, actor);
-      } catch {
-        return; // A cycle failed the invocation, or it was taken from this runner.
+      if (!running) {
+        try {
+          const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
+          await orchestrator.setInvocationRun(parent, invocation, actor);
+        } catch {
+          return; // A cycle failed the invocation, or it was taken from this runner.
+        }
       }
       let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
       try {

@@ -139,11 +139,16 @@ export interface ClaimRequest {
   readonly rerouteOnConcurrencyControl: (taskId: string) => boolean;
   /** Purge time for candidates finalised by concurrency control. */
   readonly purgeAtMs: number;
+  /**
+   * Whether a candidate goes straight through PENDING to RUNNING in the same atomic step (it has
+   * nothing to check before running); otherwise it stops at PENDING.
+   */
+  readonly runAtOnce?: (record: InvocationRecord) => boolean;
 }
 
 /** The outcome of a {@linkcode ClaimRequest}. */
 export interface ClaimOutcome {
-  /** Moved to PENDING, owned by the runner, with their running slots. */
+  /** Moved to PENDING (or on to RUNNING, see `runAtOnce`), owned by the runner, with their running slots. */
   readonly claimed: readonly InvocationRecord[];
   /** Blocked by running concurrency and re-queued (CONCURRENCY_CONTROLLED → REROUTED). */
   readonly rerouted: readonly InvocationRecord[];

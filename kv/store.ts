@@ -235,7 +235,7 @@ export class KvStore implements Store {
   // final status expireIn on every key of the invocation plus purge/<pos>.
   async #apply(
     id: string,
-    change: StatusChange,
+    changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
     isWanted: (stored: StoredInvocation) => boolean = () => true,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
@@ -244,6 +244,7 @@ export class KvStore implements Store {
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
       const { record } = stored;
+      const change = typeof changeOf === "function" ? changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
         return { ok: false, reason: "conflict", record };
       }
@@ -355,7 +356,11 @@ export class KvStore implements Store {
     const tryClaim = async (id: string): Promise<void> => {
       let outcome: ChangeOutcome;
       try {
-        outcome = await this.#apply(id, { path: [PENDING], runnerId, nowMs }, available);
+        outcome = await this.#apply(id, (record) => ({
+          path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
+          runnerId,
+          nowMs,
+        }), available);
       } catch {
         return; // Another runner moved it first (the re-planned transition is refused).
       }

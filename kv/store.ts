@@ -89,6 +89,8 @@ interface LocalSignals {
   readonly work: Set<() => void>;
   /** Work was announced since the last claim: a runner about to wait does not miss it. */
   newWork: boolean;
+  /** The running poller of awaited invocations, if any. */
+  poller?: Promise<void> | undefined;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
@@ -220,7 +222,7 @@ export class KvStore implements Store {
     op.set(keys.history(record.id, entry.seq), encode(entry));
     op.set(keys.byTask(record.taskId, record.id), encode(null));
     op.set(keys.byStatus(record.status, record.id), encode(null));
-    op.set(keys.queue(queue), encode(record.id));
+    op.set(keys.queue(queue), encode(queueValue(record)));
     return record;
   }
 
@@ -291,7 +293,7 @@ export class KvStore implements Store {
           delayed,
           position: timePosition(delayed ? next.availableAtMs : change.nowMs, id),
         };
-        op.set(keys.queue(queue), encode(id));
+        op.set(keys.queue(queue), encode(queueValue(next)));
       }
       // A final invocation and all its keys expire at its purge time. Expiry is lazy (an expired
       // key may still be read for a while), so reads also compare the deadline in the record.
@@ -391,21 +393,48 @@ export class KvStore implements Store {
     // Due retries first (their back-off has passed), then the ready queue in order. The ready
     // queue has no time bound: an entry registered by a process whose clock runs ahead is due.
     const preferredControlled = controlled;
+    // Read a few more entries than slots: some may be taken by other runners meanwhile, or
+    // blocked by running concurrency.
+    const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
     const delayed = this.#kv.list({
       start: this.#keys.queue({ delayed: true, position: "" }),
       end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
-    }, { limit: max + CONTROL_LIMIT });
-    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, {
-      limit: max + CONTROL_LIMIT,
-    });
-    // Candidates are claimed one after the other, in queue order: the older of two invocations
-    // of one running-concurrency key gets the slot, and the claimed list keeps queue order.
+    }, { limit });
+    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, { limit });
+    // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
+    // own atomic step, and overlapping them keeps a file or a remote store busy instead of
+    // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
+    // running key an older candidate of the batch has waits for it (the older gets the slot),
+    // and the claimed list is returned in queue order.
+    const order = new Map<string, number>();
+    const full = (): boolean =>
+      claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT;
+    let batch: QueueValue[] = [];
+    const flush = async (): Promise<void> => {
+      const keys = new Set<string>();
+      const later: QueueValue[] = [];
+      const first: QueueValue[] = [];
+      for (const candidate of batch) {
+        if (candidate.key !== null && keys.has(candidate.key)) later.push(candidate);
+        else first.push(candidate);
+        if (candidate.key !== null) keys.add(candidate.key);
+      }
+      await Promise.all(first.map((candidate) => tryClaim(candidate.id)));
+      for (const candidate of later) if (!full()) await tryClaim(candidate.id);
+      batch = [];
+    };
     for (const entries of [delayed, ready]) {
       for await (const entry of entries) {
-        if (claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT) break;
-        await tryClaim(decodeString(entry.value));
+        if (claimed.length + batch.length >= max) await flush();
+        if (full()) break;
+        const candidate = decodeQueueValue(entry.value);
+        order.set(candidate.id, order.size);
+        batch.push(candidate);
       }
+      await flush();
     }
+    const position = (record: InvocationRecord): number => order.get(record.id) ?? -1;
+    claimed.sort((a, b) => position(a) - position(b));
     this.#idlePolls = claimed.length > 0 ? 0 : this.#idlePolls + 1;
     return { claimed, rerouted, finalised };
   }
@@ -764,24 +793,46 @@ export class KvStore implements Store {
   // --- waiting -----------------------------------------------------------------------------------
 
   async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
-    // This process's own changes wake the waiter at once; other processes' are polled.
-    for (let poll = 0; !signal?.aborted; poll++) {
-      const record = await this.get(id);
-      if (record === undefined || isFinalStatus(record.status)) return;
-      const wake = new AbortController();
-      const stop = (): void => wake.abort();
-      signal?.addEventListener("abort", stop, { once: true });
-      let listener: (() => void) | undefined;
-      await Promise.race([
-        this.#clock.sleep(pollDelayMs(poll), wake.signal),
-        new Promise<void>((resolve) => {
-          listener = resolve;
-          addTo(this.#local.finals, id, resolve);
-        }),
-      ]);
-      wake.abort();
-      signal?.removeEventListener("abort", stop);
-      this.#local.finals.get(id)?.delete(listener!);
+    const record = await this.get(id);
+    if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
+    // This process's own changes wake the waiter at once; other processes' are found by one
+    // poller per app and KV handle that reads every awaited invocation in batches, so a
+    // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.#local.finals.get(id)?.delete(done);
+        if (this.#local.finals.get(id)?.size === 0) this.#local.finals.delete(id);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      addTo(this.#local.finals, id, done);
+      signal?.addEventListener("abort", done, { once: true });
+      this.#local.poller ??= this.#pollFinals().finally(() => this.#local.poller = undefined);
+    });
+  }
+
+  /**
+   * Polls the awaited invocations until none is awaited, backing off while nothing ends. Its
+   * cadence is I/O pacing, not app time, so it runs on real timers like the commit back-off:
+   * with a fake app clock, in-process changes still wake waiters at once.
+   */
+  async #pollFinals(): Promise<void> {
+    for (let idle = 0; this.#local.finals.size > 0;) {
+      await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
+      const ids = [...this.#local.finals.keys()];
+      let ended = 0;
+      for (let start = 0; start < ids.length; start += GET_MANY_LIMIT) {
+        const chunk = ids.slice(start, start + GET_MANY_LIMIT);
+        const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
+        entries.forEach((entry, index) => {
+          const stored = this.#decodeInvocation(entry);
+          if (stored === undefined || isFinalStatus(stored.record.status)) {
+            ended++;
+            notify(this.#local.finals.get(chunk[index]!));
+          }
+        });
+      }
+      idle = ended > 0 ? 0 : idle + 1;
     }
   }
 
@@ -976,6 +1027,24 @@ function idOf(entry: KvEntryMaybeLike): string | undefined {
 function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {
   if (entry.versionstamp === null) return { firstWaitMs: null, waiters: 0, waiting: 0 };
   return decode(entry.value, "a wait node") as WaitNode;
+}
+
+/** A queue entry's value: the invocation, and its running key to order claims by. */
+interface QueueValue {
+  readonly id: string;
+  readonly key: string | null;
+}
+
+function queueValue(record: InvocationRecord): QueueValue {
+  return { id: record.id, key: record.runningKey };
+}
+
+function decodeQueueValue(value: unknown): QueueValue {
+  const decoded = decode(value, "a queue entry") as QueueValue;
+  if (typeof decoded !== "object" || decoded === null || typeof decoded.id !== "string") {
+    throw new SerializationError("Cannot read a queue entry: not a nenc queue entry");
+  }
+  return decoded;
 }
 
 /** Whether a stored invocation may be picked up now: available status, back-off passed. */

@@ -54,6 +54,8 @@ export class MemoryStore implements Store {
   readonly #byStatus = new Map<InvocationStatus, Set<string>>();
   readonly #registrationKeys = new Map<string, string>();
   readonly #slots = new Map<string, string>();
+  /** Running slots reserved by a paused invocation waiting to resume. */
+  readonly #reservations = new Map<string, string>();
   /** Available now, in queue order (a Set keeps insertion order; re-queue = delete + add). */
   readonly #queue = new Set<string>();
   /** Re-queued for later (retry back-off), by available time. */
@@ -367,11 +369,26 @@ export class MemoryStore implements Store {
     const key = record.runningKey;
     if (plan.slot === "acquire" && key !== null) {
       const holder = this.#slots.get(key);
-      if (holder !== undefined && holder !== id) return { ok: false, reason: "slot-busy", record };
+      const reserved = this.#reservations.get(key);
+      if (holder !== undefined && holder !== id) {
+        // A paused invocation that cannot resume reserves the slot: it gets it before any new
+        // pick-up of its key, so a stream of new work cannot hold it off.
+        if (plan.record.status === RESUMED && reserved === undefined) {
+          this.#reservations.set(key, id);
+        }
+        return { ok: false, reason: "slot-busy", record };
+      }
+      if (reserved !== undefined && reserved !== id) {
+        return { ok: false, reason: "slot-busy", record };
+      }
+      if (reserved === id) this.#reservations.delete(key);
       this.#slots.set(key, id);
     } else if (plan.slot === "release" && key !== null && this.#slots.get(key) === id) {
       this.#slots.delete(key);
       this.#announceWork(); // what the slot blocked may run now
+    }
+    if (plan.releaseReservation && key !== null && this.#reservations.get(key) === id) {
+      this.#reservations.delete(key);
     }
     if (plan.releaseRegistrationKey && this.#registrationKeys.get(record.registrationKey!) === id) {
       this.#registrationKeys.delete(record.registrationKey!);
@@ -438,6 +455,9 @@ export class MemoryStore implements Store {
     }
     if (record.runningKey !== null && this.#slots.get(record.runningKey) === id) {
       this.#slots.delete(record.runningKey);
+    }
+    if (record.runningKey !== null && this.#reservations.get(record.runningKey) === id) {
+      this.#reservations.delete(record.runningKey);
     }
     this.#calls.removeInvocation({ callId: record.callId, invocationId: id });
     this.#waits.release(id);

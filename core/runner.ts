@@ -143,6 +143,11 @@ export class Runner implements AsyncDisposable {
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });
   }
 
+  /** How often an idle runner, or a resume refused by running concurrency, looks again. */
+  get pollMs(): number {
+    return this.#pollMs;
+  }
+
   /** Whether the runner was started and not stopped. */
   get running(): boolean {
     return this.#loop !== undefined && !this.#stop.signal.aborted;
@@ -489,8 +494,9 @@ class Execution implements ExecutionContext {
         this.#paused = false;
         return;
       }
-      // Running concurrency: another invocation of the same key holds the slot. Give the runner
-      // slot back and try again when the holder finishes, or after a poll interval.
+      // Running concurrency: another invocation of the same key holds the slot (the store has
+      // reserved it for this one meanwhile). Give the runner slot back and try again when the
+      // holder finishes, or after a poll interval (the holder may pause instead).
       this.#runner.releaseSlot();
       const record = await orchestrator.store.get(this.invocationId);
       const holder = record === undefined || record.runningKey === null
@@ -501,7 +507,7 @@ class Execution implements ExecutionContext {
         holder === undefined
           ? Promise.resolve()
           : orchestrator.waitForFinal({ id: holder }, wait.signal),
-        clock.sleep(100, wait.signal),
+        clock.sleep(this.#runner.pollMs, wait.signal),
       ]);
       wait.abort();
     }

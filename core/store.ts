@@ -257,6 +257,11 @@ export interface ChangePlan {
   readonly slot: "acquire" | "release" | "none";
   /** Free the registration key (the invocation leaves REGISTERED). */
   readonly releaseRegistrationKey: boolean;
+  /**
+   * Drop the invocation's reservation of its running slot, if it holds one: it leaves PAUSED
+   * other than by resuming (killed, recovered).
+   */
+  readonly releaseReservation: boolean;
   /** The queue: (re-)enqueue at the back, remove, or leave it. */
   readonly queue: "enqueue" | "dequeue" | "none";
   /** The invocation reached a final status. */
@@ -318,6 +323,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     entries,
     slot: record.runningKey === null || held === holds ? "none" : holds ? "acquire" : "release",
     releaseRegistrationKey: from === InvocationStatus.REGISTERED && record.registrationKey !== null,
+    releaseReservation: from === InvocationStatus.PAUSED && to !== InvocationStatus.RESUMED &&
+      record.runningKey !== null,
     queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
     final,
   };

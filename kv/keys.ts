@@ -53,6 +53,10 @@ export class Keys {
   slot(key: string): KvKey {
     return [...this.app, "slot", key];
   }
+  /** Running concurrency: the paused invocation that reserved a slot to resume. */
+  reservation(key: string): KvKey {
+    return [...this.app, "reserve", key];
+  }
   /**
    * The broker: one entry per queued invocation, in the ready queue (`q`) or the delayed queue
    * (`qd`, retry back-off), ordered by a ULID position.

@@ -257,19 +257,38 @@ export class KvStore implements Store {
         versionstamp: entry.versionstamp,
       });
       const slotKey = record.runningKey;
-      if (plan.slot !== "none" && slotKey !== null) {
-        const slot = await this.#kv.get(keys.slot(slotKey));
+      if ((plan.slot !== "none" || plan.releaseReservation) && slotKey !== null) {
+        const [slot, reservation] = await this.#kv.getMany([
+          keys.slot(slotKey),
+          keys.reservation(slotKey),
+        ]);
+        const reserved = idOf(reservation!);
         if (plan.slot === "acquire") {
-          const holder = idOf(slot);
+          const holder = idOf(slot!);
           if (holder !== undefined && holder !== id) {
+            // A paused invocation that cannot resume reserves the slot: it gets it before any
+            // new pick-up of its key, so a stream of new work cannot hold it off.
+            if (next.status === RESUMED && reserved === undefined) {
+              await this.#commit(
+                this.#kv.atomic()
+                  .check({ key: keys.reservation(slotKey), versionstamp: null })
+                  .set(keys.reservation(slotKey), encode(id)),
+              );
+            }
             return { ok: false, reason: "slot-busy", record };
           }
-          op.check({ key: keys.slot(slotKey), versionstamp: slot.versionstamp })
+          if (reserved !== undefined && reserved !== id) {
+            return { ok: false, reason: "slot-busy", record };
+          }
+          op.check({ key: keys.slot(slotKey), versionstamp: slot!.versionstamp })
             .set(keys.slot(slotKey), encode(id));
-        } else if (idOf(slot) === id) {
-          op.check({ key: keys.slot(slotKey), versionstamp: slot.versionstamp }).delete(
-            keys.slot(slotKey),
-          );
+        } else if (plan.slot === "release" && idOf(slot!) === id) {
+          op.check({ key: keys.slot(slotKey), versionstamp: slot!.versionstamp })
+            .delete(keys.slot(slotKey));
+        }
+        if (reserved === id && (plan.slot === "acquire" || plan.releaseReservation)) {
+          op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp })
+            .delete(keys.reservation(slotKey));
         }
       }
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {

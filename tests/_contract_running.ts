@@ -947,4 +947,59 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     next.start();
     assert.equal(await invocation.result(), "late");
   });
+
+  test(`[${backend}] a paused invocation that cannot resume reserves its running slot: new pick-ups of its key wait until it has resumed`, async () => {
+    const app = await makeApp();
+    const task = app.task("t", () => 0, { runningConcurrency: "task" });
+    const [p, q1, q2] = [await task.call(), await task.call(), await task.call()];
+    const claim = (runnerId: string) => app.orchestrator.getInvocationsToRun(1, { runnerId });
+    assert.deepEqual((await claim("r1")).map(({ id }) => id), [p.id]);
+    await app.orchestrator.setInvocationRun(undefined, p, { runnerId: "r1" });
+    await app.orchestrator.setInvocationStatus(p, "paused", { runnerId: "r1" }); // frees the slot
+    assert.deepEqual((await claim("r2")).map(({ id }) => id), [q1.id]);
+    await app.orchestrator.setInvocationRun(undefined, q1, { runnerId: "r2" });
+    // P's results are in, but Q1 holds the slot: the resume is refused and reserves the slot.
+    assert.equal(
+      await app.orchestrator.setInvocationStatus(p, "resumed", { runnerId: "r1" }),
+      false,
+    );
+    await app.orchestrator.setInvocationResult(q1, 1, { runnerId: "r2" });
+    // The slot is free, but reserved: a new pick-up of the key is refused (re-queued)…
+    assert.deepEqual(await claim("r3"), []);
+    assert.equal(await q2.status(), "rerouted");
+    // …until P has resumed and finished.
+    assert.equal(
+      await app.orchestrator.setInvocationStatus(p, "resumed", { runnerId: "r1" }),
+      true,
+    );
+    await app.orchestrator.setInvocationResult(p, 2, { runnerId: "r1" });
+    assert.deepEqual((await claim("r3")).map(({ id }) => id), [q2.id]);
+  });
+
+  test(`[${backend}] a slot reservation ends when its paused invocation is recovered instead of resumed`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 1 } });
+    const task = app.task("t", () => 0, { runningConcurrency: "task" });
+    const [p, q1, q2] = [await task.call(), await task.call(), await task.call()];
+    const claim = (runnerId: string) => app.orchestrator.getInvocationsToRun(1, { runnerId });
+    await claim("dead");
+    await app.orchestrator.setInvocationRun(undefined, p, { runnerId: "dead" });
+    await app.orchestrator.setInvocationStatus(p, "paused", { runnerId: "dead" });
+    await claim("r2");
+    await app.orchestrator.setInvocationRun(undefined, q1, { runnerId: "r2" });
+    assert.equal(
+      await app.orchestrator.setInvocationStatus(p, "resumed", { runnerId: "dead" }),
+      false,
+    );
+    await app.orchestrator.setInvocationResult(q1, 1, { runnerId: "r2" });
+    await app.orchestrator.store.heartbeat("r2", clock.now());
+    clock.advance(2_000);
+    await app.orchestrator.store.heartbeat("r2", clock.now());
+    const recovered = await app.orchestrator.recoverInvocations({ runnerId: "r2" });
+    assert.deepEqual(recovered.map(({ id }) => id), [p.id]);
+    // The reservation went with the recovery: the key's queue moves again.
+    const next = (await claim("r3")).map(({ id }) => id);
+    assert.equal(next.length, 1);
+    assert.ok([p.id, q2.id].includes(next[0]!));
+  });
 }

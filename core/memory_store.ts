@@ -347,6 +347,7 @@ export class MemoryStore implements Store {
       availableAtMs: invocation.nowMs,
       finishedAtMs: null,
       purgeAtMs: null,
+      claimSeq: null,
     };
     this.#records.set(record.id, record);
     this.#history.set(record.id, [entry]);

@@ -115,6 +115,8 @@ export interface OrchestratorHost {
 export interface ActorOptions {
   /** The runner making the change. */
   runnerId?: string | null;
+  /** The claim the runner holds (from `startInvocations`): the change is refused once superseded. */
+  claimSeq?: number;
 }
 
 /** Anything with an invocation id: an {@linkcode Invocation}, or `{ id }`. */
@@ -531,10 +533,13 @@ export class Orchestrator {
   async startInvocations(
     max: number,
     options: { runnerId: string },
-  ): Promise<{ readonly invocation: Invocation; readonly running: boolean }[]> {
+  ): Promise<
+    { readonly invocation: Invocation; readonly running: boolean; readonly claimSeq: number }[]
+  > {
     return (await this.#claim(max, options.runnerId, true)).map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
+      claimSeq: record.claimSeq!,
     }));
   }
 
@@ -720,12 +725,13 @@ export class Orchestrator {
 
   // --- internals -------------------------------------------------------------------------------
 
-  #actor(options: ActorOptions): { runnerId: string | null; nowMs: number } {
+  #actor(options: ActorOptions): { runnerId: string | null; nowMs: number; claimSeq?: number } {
     return {
       runnerId: options.runnerId !== undefined
         ? options.runnerId
         : currentExecution()?.runnerId ?? null,
       nowMs: this.#host.clock.now(),
+      ...(options.claimSeq !== undefined ? { claimSeq: options.claimSeq } : {}),
     };
   }
 

@@ -221,9 +221,10 @@ export class Runner implements AsyncDisposable {
           path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
           runnerId: this.id,
           nowMs: clock.now(),
+          claimSeq: execution.claimSeq,
         });
       } catch {
-        // Already finished, or recovered by another runner: nothing to hand back.
+        // Already finished, or recovered (and maybe claimed again): nothing to hand back.
       }
     }
     for (const resume of this.#resumeQueue.splice(0)) resume();
@@ -246,10 +247,10 @@ export class Runner implements AsyncDisposable {
           const invocations = await orchestrator.startInvocations(this.#free, {
             runnerId: this.id,
           });
-          for (const { invocation, running } of invocations) {
+          for (const { invocation, running, claimSeq } of invocations) {
             this.#free--;
             // Registered before any await, so a stop() from now on hands it back.
-            const execution = new Execution(this, this.#host, invocation);
+            const execution = new Execution(this, this.#host, invocation, claimSeq);
             this.#executions.set(invocation.id, execution);
             void this.#execute(execution, running);
           }
@@ -329,7 +330,7 @@ export class Runner implements AsyncDisposable {
   async #execute(execution: Execution, running: boolean): Promise<void> {
     const { orchestrator } = this.#host;
     const invocation = execution.invocation;
-    const actor = { runnerId: this.id };
+    const actor = { runnerId: this.id, claimSeq: execution.claimSeq };
     try {
       const task = this.#host.getTask(invocation.taskId);
       if (task === undefined) {
@@ -405,6 +406,8 @@ function isFencedOut(error: unknown): boolean {
 class Execution implements ExecutionContext {
   readonly invocation: Invocation;
   readonly invocationId: string;
+  /** The claim this execution holds: its writes are refused once another claim supersedes it. */
+  readonly claimSeq: number;
   readonly runnerId: string;
   killed = false;
   readonly #runner: Runner;
@@ -415,7 +418,8 @@ class Execution implements ExecutionContext {
   /** Pause and resume run one after the other, in call order. */
   #serial: Promise<void> = Promise.resolve();
 
-  constructor(runner: Runner, host: RunnerHost, invocation: Invocation) {
+  constructor(runner: Runner, host: RunnerHost, invocation: Invocation, claimSeq: number) {
+    this.claimSeq = claimSeq;
     this.#runner = runner;
     this.#host = host;
     this.invocation = invocation;
@@ -465,6 +469,7 @@ class Execution implements ExecutionContext {
   async #pause(): Promise<void> {
     await this.#host.orchestrator.setInvocationStatus(this.invocation, InvocationStatus.PAUSED, {
       runnerId: this.runnerId,
+      claimSeq: this.claimSeq,
     });
     this.#paused = true;
     this.#runner.releaseSlot();
@@ -488,7 +493,7 @@ class Execution implements ExecutionContext {
       const resumed = await orchestrator.setInvocationStatus(
         this.invocation,
         InvocationStatus.RESUMED,
-        { runnerId: this.runnerId },
+        { runnerId: this.runnerId, claimSeq: this.claimSeq },
       );
       if (resumed) {
         this.#paused = false;

@@ -8,6 +8,7 @@
  */
 
 import type { CallRef } from "./call_graph.ts";
+import { InvocationStatusOwnershipError } from "./errors.ts";
 import type { SerializedArguments } from "./ids.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
@@ -54,6 +55,12 @@ export interface InvocationRecord {
   readonly ownerId: string | null;
   /** The sequence number of the last history entry. */
   readonly seq: number;
+  /**
+   * The sequence number of the PENDING entry of the current claim, or `null` before the first:
+   * a runner's writes name it, so a superseded claim (recovered, then claimed again, even by the
+   * same runner) cannot write any more.
+   */
+  readonly claimSeq: number | null;
   /** When the status was last set, epoch ms. */
   readonly updatedAtMs: number;
   /** When the invocation was registered, epoch ms. */
@@ -99,6 +106,8 @@ export interface StatusChange {
   readonly nowMs: number;
   /** Apply only if the record is still at this sequence number (a fence against races). */
   readonly expectSeq?: number;
+  /** The claim the writer holds: refused unless it is still the current claim. */
+  readonly claimSeq?: number;
   /** The serialized result to store (SUCCESS). */
   readonly result?: string;
   /** The serialized error to store (FAILED, RETRY). */
@@ -281,7 +290,7 @@ export interface ChangePlan {
  * const registered: InvocationRecord = {
  *   id: "01J", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
  *   runningKey: "run:t", status: "registered", ownerId: null, seq: 1, updatedAtMs: 0,
- *   createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null,
+ *   createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: null,
  * };
  * const plan = planChange(registered, { path: ["pending"], runnerId: "r1", nowMs: 1 });
  * console.log(plan.slot, plan.queue); // "acquire" "dequeue"
@@ -291,7 +300,18 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   if (change.path.length === 0) {
     throw new RangeError(`Cannot change invocation ${record.id}: the status path is empty`);
   }
+  if (change.claimSeq !== undefined && change.claimSeq !== record.claimSeq) {
+    throw new InvocationStatusOwnershipError(
+      record.status,
+      change.path[0]!,
+      record.ownerId ?? "(none)",
+      change.runnerId,
+      record.id,
+      { cause: `claim ${change.claimSeq} was superseded by claim ${record.claimSeq}` },
+    );
+  }
   let status: InvocationRecord = record;
+  let claimSeq = record.claimSeq;
   const entries: HistoryEntry[] = [];
   for (const to of change.path) {
     const next = transition(status, to, {
@@ -300,6 +320,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
       invocationId: record.id,
     });
     entries.push(next.entry);
+    if (to === InvocationStatus.PENDING) claimSeq = next.entry.seq;
     status = { ...status, ...next.record };
   }
   const from = record.status;
@@ -311,6 +332,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   const final = FINAL_STATUSES.has(to);
   const next: InvocationRecord = {
     ...status,
+    claimSeq,
     retries: record.retries + (change.incrementRetries ? 1 : 0),
     availableAtMs: queued ? change.availableAtMs ?? change.nowMs : record.availableAtMs,
     finishedAtMs: final ? change.nowMs : null,

@@ -211,6 +211,7 @@ export class KvStore implements Store {
       availableAtMs: invocation.nowMs,
       finishedAtMs: null,
       purgeAtMs: null,
+      claimSeq: null,
     };
     const queue: QueueEntry = {
       delayed: false,

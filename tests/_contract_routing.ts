@@ -893,15 +893,17 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
         assert.equal(await invocation.status(), "pending");
       }
     }
-    // Ownership: the claimer may start it, another runner may not.
-    const [mineOfR1] = claimedBy[0]!;
-    assert.ok(mineOfR1 !== undefined);
+    // Ownership: the claimer may start it, another runner may not. (Which runners got work
+    // depends on timing; at least one did.)
+    const owner = claimedBy.findIndex((mine) => mine.length > 0);
+    const claimed = claimedBy[owner]![0]!;
+    const other = runners[(owner + 1) % runners.length]!;
     await assert.rejects(
-      appB.orchestrator.setInvocationRun(undefined, mineOfR1, { runnerId: "r2" }),
+      appB.orchestrator.setInvocationRun(undefined, claimed, { runnerId: other }),
       InvocationStatusOwnershipError,
     );
-    await appA.orchestrator.setInvocationRun(undefined, mineOfR1, { runnerId: "r1" });
-    assert.equal(await mineOfR1.status(), "running");
+    await appA.orchestrator.setInvocationRun(undefined, claimed, { runnerId: runners[owner]! });
+    assert.equal(await claimed.status(), "running");
   });
 
   test(`[${backend}] getInvocationsToRun() returns at most max, in queue (creation) order, and max 0 claims nothing`, async () => {
@@ -1693,5 +1695,36 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       all.push(invocation);
     }
     assert.equal(all.length, 0);
+  });
+
+  test(`[${backend}] a superseded claim is fenced out: after recovery and a new claim by the same runner, the old claim's writes are refused`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 1 } });
+    const task = app.task("job", () => "done");
+    const invocation = await task.call();
+    const [first] = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+    assert.equal(first!.invocation.id, invocation.id);
+    assert.equal(first!.running, true);
+    // r1 goes silent; another runner recovers the invocation; r1 comes back and claims it again.
+    clock.advance(2_000);
+    await app.orchestrator.store.heartbeat("r2", clock.now());
+    assert.equal((await app.orchestrator.recoverInvocations({ runnerId: "r2" })).length, 1);
+    const [second] = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+    assert.equal(second!.invocation.id, invocation.id);
+    assert.notEqual(second!.claimSeq, first!.claimSeq);
+    const old = { runnerId: "r1", claimSeq: first!.claimSeq };
+    await assert.rejects(
+      app.orchestrator.setInvocationStatus(invocation, "paused", old),
+      InvocationStatusOwnershipError,
+    );
+    await assert.rejects(
+      app.orchestrator.setInvocationResult(invocation, "stale", old),
+      InvocationStatusOwnershipError,
+    );
+    await app.orchestrator.setInvocationResult(invocation, "fresh", {
+      runnerId: "r1",
+      claimSeq: second!.claimSeq,
+    });
+    assert.equal(await invocation.result(), "fresh");
   });
 }

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
-import { openTestKv } from "./_kv.ts";
+import { openTestKv, type TestKv } from "./_kv.ts";
+import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
 
 // The whole contract on Deno KV: in memory, and on a file (the SQLite backend many processes
@@ -21,13 +22,24 @@ after(() => {
 const handles = new WeakMap<Nenc, KvLike>();
 let files = 0;
 
-for (const where of [":memory:", "file"] as const) {
+const fixtures: KvConnectFixture[] = [];
+after(() => Promise.all(fixtures.map((fixture) => fixture.close())));
+
+/** A fresh database of each kind: in memory, a file, or a remote one through KV Connect. */
+async function openFresh(where: ":memory:" | "file" | "remote"): Promise<TestKv> {
+  if (where === "remote") {
+    const fixture = await startKvConnectFixture();
+    fixtures.push(fixture);
+    return await openTestKv(fixture.url, fixture.accessToken);
+  }
+  return await openTestKv(where === "file" ? join(directory, `${++files}.db`) : ":memory:");
+}
+
+for (const where of [":memory:", "file", "remote"] as const) {
   storeContract(`kv ${where}`, async (options = {}, shareWith) => {
     let kv = shareWith === undefined ? undefined : handles.get(shareWith);
     if (kv === undefined) {
-      const handle = await openTestKv(
-        where === "file" ? join(directory, `${++files}.db`) : ":memory:",
-      );
+      const handle = await openFresh(where);
       opened.push(handle);
       kv = handle;
     }

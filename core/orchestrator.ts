@@ -677,12 +677,8 @@ export class Orchestrator {
   }
 
   /** Resolves when the invocation is final (or purged), or `signal` aborts. */
-  async waitForFinal(invocation: InvocationRef, signal?: AbortSignal): Promise<void> {
-    for (;;) {
-      const record = await this.store.get(invocation.id);
-      if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
-      await this.store.waitFinal(invocation.id, signal);
-    }
+  waitForFinal(invocation: InvocationRef, signal?: AbortSignal): Promise<void> {
+    return this.store.waitFinal(invocation.id, signal);
   }
 
   /** Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged). */

@@ -846,9 +846,14 @@ export class KvStore implements Store {
         const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
         entries.forEach((entry, index) => {
           const stored = this.#decodeInvocation(entry);
-          if (stored === undefined || isFinalStatus(stored.record.status)) {
+          const waiters = this.#local.finals.get(chunk[index]!);
+          // Waiters already woken by this process's own change are gone: only an end that
+          // another process made keeps the poller quick.
+          if (
+            waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
+          ) {
             ended++;
-            notify(this.#local.finals.get(chunk[index]!));
+            notify(waiters);
           }
         });
       }

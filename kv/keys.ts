@@ -41,7 +41,7 @@ export class Keys {
   byTask(taskId: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "task", taskId] : [...this.app, "task", taskId, id];
   }
-  /** Index: the invocations in a status. */
+  /** Index: the invocations in a status that recovery scans (PENDING, RUNNING, PAUSED, RESUMED). */
   byStatus(status: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];
   }

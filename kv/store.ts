@@ -51,6 +51,9 @@ const CONTROL_LIMIT = 100;
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
 
+/** The statuses recovery looks for, and so the only ones the status index keeps. */
+const RECOVERABLE: ReadonlySet<InvocationStatus> = new Set([PENDING, RUNNING, PAUSED, RESUMED]);
+
 /**
  * The broker entry of a queued invocation: in the ready queue (FIFO, taken in key order), or in
  * the delayed queue (retry back-off, taken once its time has come). Positions are ULIDs.
@@ -222,7 +225,6 @@ export class KvStore implements Store {
     op.set(keys.invocation(record.id), this.#encode({ record, queue }, record.id));
     op.set(keys.history(record.id, entry.seq), encode(entry));
     op.set(keys.byTask(record.taskId, record.id), encode(null));
-    op.set(keys.byStatus(record.status, record.id), encode(null));
     op.set(keys.queue(queue), encode(queueValue(record)));
     return record;
   }
@@ -321,8 +323,13 @@ export class KvStore implements Store {
         ? Math.max(1, next.purgeAtMs - change.nowMs)
         : undefined;
       const options = expireIn === undefined ? undefined : { expireIn };
-      if (record.status !== next.status) op.delete(keys.byStatus(record.status, id));
-      op.set(keys.byStatus(next.status, id), encode(null), options);
+      // The status index holds only what recovery scans: PENDING, RUNNING, PAUSED, RESUMED.
+      if (record.status !== next.status && RECOVERABLE.has(record.status)) {
+        op.delete(keys.byStatus(record.status, id));
+      }
+      if (record.status !== next.status && RECOVERABLE.has(next.status)) {
+        op.set(keys.byStatus(next.status, id), encode(null));
+      }
       for (const historyEntry of plan.entries) {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
@@ -507,7 +514,7 @@ export class KvStore implements Store {
   async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
     const heartbeats = new Map((await this.runners()).map((r) => [r.runnerId, r.lastSeenMs]));
     const found: InvocationRecord[] = [];
-    for (const status of [PENDING, RUNNING, PAUSED, RESUMED]) {
+    for (const status of RECOVERABLE) {
       const ids: string[] = [];
       for await (const entry of this.#kv.list({ prefix: this.#keys.byStatus(status) })) {
         ids.push(String(entry.key[entry.key.length - 1]));

@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Nenc } from "../core/app.ts";
 import type { KvLike } from "../kv/kv_like.ts";
+import { interceptKv } from "../tests/_kv.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -38,25 +39,10 @@ function counting(kv: KvLike): { kv: KvLike; commits: () => number; bytes: () =>
   return {
     commits: () => commits,
     bytes: () => bytes,
-    kv: {
-      get: (key) => kv.get(key),
-      getMany: (keys) => kv.getMany(keys),
-      list: (selector, options) => kv.list(selector, options),
-      atomic: () => {
-        const op = kv.atomic();
-        const set = op.set.bind(op);
-        const commit = op.commit.bind(op);
-        op.set = (key, value, options) => {
-          if (value instanceof Uint8Array) bytes += value.byteLength;
-          return set(key, value, options);
-        };
-        op.commit = () => {
-          commits++;
-          return commit();
-        };
-        return op;
-      },
-    },
+    kv: interceptKv(kv, {
+      beforeCommit: () => void commits++,
+      onSet: (value) => void (bytes += value instanceof Uint8Array ? value.byteLength : 0),
+    }),
   };
 }
 

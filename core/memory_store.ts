@@ -13,7 +13,6 @@ import {
   type HistoryEntry,
   InvocationStatus,
   isFinalStatus,
-  transition,
 } from "./status.ts";
 import {
   type ChangeOutcome,
@@ -23,6 +22,7 @@ import {
   type InvocationRecord,
   type NewInvocation,
   planChange,
+  planRegistration,
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
@@ -328,27 +328,7 @@ export class MemoryStore implements Store {
   }
 
   #create(invocation: NewInvocation): InvocationRecord {
-    const { record: status, entry } = transition(undefined, InvocationStatus.REGISTERED, {
-      runnerId: invocation.runnerId,
-      nowMs: invocation.nowMs,
-      invocationId: invocation.id,
-    });
-    const record: InvocationRecord = {
-      id: invocation.id,
-      taskId: invocation.taskId,
-      callId: invocation.callId,
-      args: invocation.args,
-      parentId: invocation.parentId,
-      registrationKey: invocation.registrationKey,
-      runningKey: invocation.runningKey,
-      ...status,
-      createdAtMs: invocation.nowMs,
-      retries: 0,
-      availableAtMs: invocation.nowMs,
-      finishedAtMs: null,
-      purgeAtMs: null,
-      claimSeq: null,
-    };
+    const { record, entry } = planRegistration(invocation);
     this.#records.set(record.id, record);
     this.#history.set(record.id, [entry]);
     addTo(this.#byTask, record.taskId, record.id);

@@ -256,6 +256,48 @@ export interface Store {
   purgeAll(): Promise<void>;
 }
 
+/**
+ * The record and first history entry of a new invocation: REGISTERED, available now, no retries.
+ * Backends store both, with the queue entry, in one atomic step.
+ *
+ * @example
+ * ```ts
+ * import { planRegistration } from "@nenc/nenc";
+ *
+ * const { record, entry } = planRegistration({
+ *   id: "01J", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: null, nowMs: 5, runnerId: null,
+ * });
+ * console.log(record.status, entry.seq); // "registered" 1
+ * ```
+ */
+export function planRegistration(
+  invocation: NewInvocation,
+): { readonly record: InvocationRecord; readonly entry: HistoryEntry } {
+  const { record: status, entry } = transition(undefined, InvocationStatus.REGISTERED, {
+    runnerId: invocation.runnerId,
+    nowMs: invocation.nowMs,
+    invocationId: invocation.id,
+  });
+  const record: InvocationRecord = {
+    id: invocation.id,
+    taskId: invocation.taskId,
+    callId: invocation.callId,
+    args: invocation.args,
+    parentId: invocation.parentId,
+    registrationKey: invocation.registrationKey,
+    runningKey: invocation.runningKey,
+    ...status,
+    createdAtMs: invocation.nowMs,
+    retries: 0,
+    availableAtMs: invocation.nowMs,
+    finishedAtMs: null,
+    purgeAtMs: null,
+    claimSeq: null,
+  };
+  return { record, entry };
+}
+
 /** What applying a {@linkcode StatusChange} to a record does, computed by {@linkcode planChange}. */
 export interface ChangePlan {
   /** The record after the change. */

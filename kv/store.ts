@@ -18,7 +18,6 @@ import {
   InvocationStatus,
   isFinalStatus,
   isInvocationStatus,
-  transition,
 } from "../core/status.ts";
 import {
   type ChangeOutcome,
@@ -28,6 +27,7 @@ import {
   type InvocationRecord,
   type NewInvocation,
   planChange,
+  planRegistration,
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
@@ -195,27 +195,7 @@ export class KvStore implements Store {
 
   /** Stages the creation of an invocation on `op` and returns its record. */
   #stage(op: KvAtomicLike, invocation: NewInvocation): InvocationRecord {
-    const { record: status, entry } = transition(undefined, InvocationStatus.REGISTERED, {
-      runnerId: invocation.runnerId,
-      nowMs: invocation.nowMs,
-      invocationId: invocation.id,
-    });
-    const record: InvocationRecord = {
-      id: invocation.id,
-      taskId: invocation.taskId,
-      callId: invocation.callId,
-      args: invocation.args,
-      parentId: invocation.parentId,
-      registrationKey: invocation.registrationKey,
-      runningKey: invocation.runningKey,
-      ...status,
-      createdAtMs: invocation.nowMs,
-      retries: 0,
-      availableAtMs: invocation.nowMs,
-      finishedAtMs: null,
-      purgeAtMs: null,
-      claimSeq: null,
-    };
+    const { record, entry } = planRegistration(invocation);
     const queue: QueueEntry = {
       delayed: false,
       position: timePosition(invocation.nowMs, record.id),

@@ -27,3 +27,34 @@ export async function openTestKv(path: string, accessToken?: string): Promise<Te
     ...(accessToken !== undefined ? { accessToken } : {}),
   }) as unknown as TestKv;
 }
+
+/** Hooks of {@linkcode interceptKv}. */
+export interface KvHooks {
+  /** Runs before every commit (may delay it). */
+  beforeCommit?(): Promise<void> | void;
+  /** Sees every value an atomic operation sets. */
+  onSet?(value: unknown): void;
+}
+
+/** A view of `kv` whose atomic operations call `hooks`: for counting, delaying or gating commits. */
+export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
+  return {
+    get: (key) => kv.get(key),
+    getMany: (keys) => kv.getMany(keys),
+    list: (selector, options) => kv.list(selector, options),
+    atomic: () => {
+      const op = kv.atomic();
+      const set = op.set.bind(op);
+      const commit = op.commit.bind(op);
+      op.set = (key, value, options) => {
+        hooks.onSet?.(value);
+        return set(key, value, options);
+      };
+      op.commit = async () => {
+        await hooks.beforeCommit?.();
+        return await commit();
+      };
+      return op;
+    },
+  };
+}

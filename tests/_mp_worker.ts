@@ -8,8 +8,7 @@ import { Nenc } from "../core/app.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { KvStore } from "../kv/store.ts";
 import { systemClock } from "../core/clock.ts";
-import type { KvLike } from "../kv/kv_like.ts";
-import { openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 
 const [mode, path, ...rest] = (globalThis as { Deno?: { args: string[] } }).Deno?.args ??
   (await import("node:process")).argv.slice(2);
@@ -105,20 +104,7 @@ switch (mode) {
     const [races, me, other] = [Number(rest[0]), rest[1]!, rest[2]!];
     // Commits are delayed by 5–25 ms, as over a network (KV Connect): both processes then pass
     // the pre-commit check of a race, and only the post-commit verification can decide.
-    const slowCommits: KvLike = {
-      get: (key) => kv.get(key),
-      getMany: (keys) => kv.getMany(keys),
-      list: (selector, options) => kv.list(selector, options),
-      atomic: () => {
-        const op = kv.atomic();
-        const commit = op.commit.bind(op);
-        op.commit = async () => {
-          await sleep(5 + Math.random() * 20);
-          return await commit();
-        };
-        return op;
-      },
-    };
+    const slowCommits = interceptKv(kv, { beforeCommit: () => sleep(5 + Math.random() * 20) });
     const store = new KvStore(slowCommits, { appId: "mp", clock: systemClock });
     const outcomes: string[] = [];
     for (let i = 0; i < races && Date.now() < deadline; i++) {

@@ -4,7 +4,7 @@ import { systemClock } from "../core/clock.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
-import { openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
@@ -12,20 +12,11 @@ after(() => opened.forEach((kv) => kv.close()));
 /** A view of `kv` whose first commit waits for `gate`: both racers pass their check first. */
 function gated(kv: KvLike, gate: Promise<void>): KvLike {
   let commits = 0;
-  return {
-    get: (key) => kv.get(key),
-    getMany: (keys) => kv.getMany(keys),
-    list: (selector, options) => kv.list(selector, options),
-    atomic: () => {
-      const op = kv.atomic();
-      const commit = op.commit.bind(op);
-      op.commit = async () => {
-        if (commits++ === 0) await gate;
-        return await commit();
-      };
-      return op;
+  return interceptKv(kv, {
+    beforeCommit: async () => {
+      if (commits++ === 0) await gate;
     },
-  };
+  });
 }
 
 test("KV cycle control: in 20 races where A→B and B→A both pass the check before either commits, exactly one insertion fails with CycleDetectedError and one edge stays", async () => {

@@ -138,6 +138,12 @@ export class Runner implements AsyncDisposable {
     this.#pollMs = positive("pollMs", 100);
     this.#heartbeatMs = positive("heartbeatMs", 1000);
     this.#purgeIntervalMs = positive("purgeIntervalMs", 60_000);
+    const timeoutMs = host.orchestrator.options.runnerTimeoutSeconds * 1000;
+    if (this.#heartbeatMs * 2 > timeoutMs) {
+      throw new RangeError(
+        `Cannot create a runner: heartbeatMs (${this.#heartbeatMs}) must be at most half the orchestrator's runnerTimeoutSeconds (${timeoutMs} ms), or other runners take this live one for dead`,
+      );
+    }
     this.#free = this.concurrency;
     if (options.signal?.aborted) this.#stop.abort();
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });

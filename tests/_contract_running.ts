@@ -930,7 +930,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       return "late";
     });
     const invocation = await slow.call();
-    const draining = app.runner({ pollMs: 10_000, heartbeatMs: 10_000 }).drain({ maxMs: 1_000 });
+    const draining = app.runner({ pollMs: 5_000, heartbeatMs: 5_000 }).drain({ maxMs: 1_000 });
     await started.promise;
     await clock.sleeping();
     clock.advance(1_000);

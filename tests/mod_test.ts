@@ -36,3 +36,12 @@ test("an app refuses a store that already holds another app id", () => {
     /Cannot create app beta: its store already holds app alpha/,
   );
 });
+
+test("a runner refuses a heartbeat too slow for the orchestrator's runner timeout", () => {
+  const app = new Nenc({ orchestrator: { runnerTimeoutSeconds: 2 } });
+  assert.throws(
+    () => app.runner({ heartbeatMs: 1_500 }),
+    /heartbeatMs \(1500\) must be at most half/,
+  );
+  assert.equal(app.runner({ heartbeatMs: 1_000 }).concurrency, 1);
+});

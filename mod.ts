@@ -5,9 +5,11 @@
  * {@linkcode CycleDetectedError} that names the cycle); and blocking control (what others wait
  * on runs first, oldest first).
  *
- * This release ships the graph core those promises stand on: {@linkcode CallGraph} (incremental
- * cycle detection) and {@linkcode WaitGraph} (blocking selection), with the status state machine
- * and identity helpers.
+ * Define tasks on a {@linkcode Nenc} app, call them, and run them with `app.runner()` — in one
+ * process on the embedded in-memory backend, or across processes and machines on Deno KV
+ * (`new Nenc({ appId, kv })`). `app.orchestrator` is pynenc's orchestrator interface; the graph
+ * core ({@linkcode CallGraph}, {@linkcode WaitGraph}) and the status state machine are exported
+ * too.
  *
  * @example Cycle control names the loop
  * ```ts

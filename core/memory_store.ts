@@ -7,6 +7,7 @@
  */
 
 import { IndexedHeap } from "./_indexed_heap.ts";
+import { listen, listenFor, notify } from "./_listeners.ts";
 import { CallGraph, type CallRef } from "./call_graph.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
@@ -18,6 +19,8 @@ import {
   type ChangeOutcome,
   type ClaimOutcome,
   type ClaimRequest,
+  CONTROL_LIMIT,
+  controlChange,
   type FindQuery,
   type InvocationRecord,
   type NewInvocation,
@@ -32,9 +35,6 @@ import {
 import { WaitGraph } from "./wait_graph.ts";
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
-
-/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
-const CONTROL_LIMIT = 100;
 
 /**
  * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given.
@@ -62,9 +62,7 @@ export class MemoryStore implements Store {
   readonly #delayed = new IndexedHeap();
   readonly #purgeDue = new IndexedHeap();
   readonly #calls = new CallGraph();
-  // The wait graph reads first-wait times from the `nowMs` of the waitFor() call being applied.
-  #waitNowMs = 0;
-  readonly #waits = new WaitGraph({ clock: { now: () => this.#waitNowMs } });
+  readonly #waits = new WaitGraph();
   readonly #runners = new Map<string, number>();
   readonly #finalWaiters = new Map<string, Set<() => void>>();
   readonly #workWaiters = new Set<() => void>();
@@ -141,16 +139,9 @@ export class MemoryStore implements Store {
       const outcome = this.#apply(id, { path, runnerId, nowMs });
       if (outcome.ok) return void claimed.push(outcome.record);
       // Blocked by running concurrency: re-queue behind the others, or finalise.
-      const reroute = request.rerouteOnConcurrencyControl(record.taskId);
-      const controlled = this.#apply(id, {
-        path: reroute
-          ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
-          : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
-        runnerId,
-        nowMs,
-        purgeAtMs: request.purgeAtMs,
-      });
-      if (controlled.ok) (reroute ? rerouted : finalised).push(controlled.record);
+      const controlled = this.#apply(id, controlChange(request, record.taskId));
+      if (!controlled.ok) return;
+      (isFinalStatus(controlled.record.status) ? finalised : rerouted).push(controlled.record);
     };
     for (const id of request.preferredIds) {
       if (claimed.length >= max) break;
@@ -240,14 +231,13 @@ export class MemoryStore implements Store {
     }
   }
 
-  removeCall(ref: CallRef): Promise<void> {
+  removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
     this.#calls.removeInvocation(ref);
     return Promise.resolve();
   }
 
   waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void> {
-    this.#waitNowMs = nowMs;
-    this.#waits.waitFor(waiterId, waitedIds);
+    this.#waits.waitFor(waiterId, waitedIds, nowMs);
     return Promise.resolve();
   }
 
@@ -285,20 +275,11 @@ export class MemoryStore implements Store {
   waitFinal(id: string, signal?: AbortSignal): Promise<void> {
     const record = this.#records.get(id);
     if (record === undefined || isFinalStatus(record.status)) return Promise.resolve();
-    return waitOn(this.#finalWaiters, id, signal);
+    return listenFor(this.#finalWaiters, id, signal);
   }
 
   waitWork(signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      if (signal?.aborted || this.#newWork) return resolve();
-      const done = (): void => {
-        this.#workWaiters.delete(done);
-        signal?.removeEventListener("abort", done);
-        resolve();
-      };
-      this.#workWaiters.add(done);
-      signal?.addEventListener("abort", done, { once: true });
-    });
+    return this.#newWork ? Promise.resolve() : listen(this.#workWaiters, signal);
   }
 
   schedulePurge(id: string, purgeAtMs: number): Promise<void> {
@@ -450,30 +431,4 @@ function addTo<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
   let set = index.get(key);
   if (set === undefined) index.set(key, set = new Set());
   set.add(value);
-}
-
-function notify(listeners: Set<() => void> | undefined): void {
-  if (listeners === undefined) return;
-  for (const listener of [...listeners]) listener();
-}
-
-function waitOn(
-  waiters: Map<string, Set<() => void>>,
-  id: string,
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    let set = waiters.get(id);
-    if (set === undefined) waiters.set(id, set = new Set());
-    const listeners = set;
-    const done = (): void => {
-      listeners.delete(done);
-      if (listeners.size === 0 && waiters.get(id) === listeners) waiters.delete(id);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    listeners.add(done);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }

@@ -1,6 +1,7 @@
 /**
- * The runtime-free core of nenc: the status state machine, identity (ULIDs, canonical JSON, call
- * ids), the errors, and the graph core — {@linkcode CallGraph} for cycle control and
+ * The core of nenc: the app, tasks, invocations, the orchestrator written once over the storage
+ * port, the runner, the in-memory backend, the status state machine, identity (ULIDs, canonical
+ * JSON, call ids), the errors, and the graph core — {@linkcode CallGraph} for cycle control and
  * {@linkcode WaitGraph} for blocking control. No `Deno.*`, no `Bun.*`: it runs on Deno, Bun,
  * Node and Deno Deploy.
  *

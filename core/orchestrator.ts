@@ -188,7 +188,7 @@ export class Orchestrator {
       },
       cleanUpInvocationCycles: async (invocation) => {
         const record = await this.store.get(invocation.id);
-        if (record !== undefined) await this.store.removeCall(callRef(record));
+        if (record !== undefined) await this.store.removeCall(callHold(record));
       },
     };
     this.blockingControl = {
@@ -761,7 +761,7 @@ export class Orchestrator {
   /** The side effects of a final status, after it is written: release waiters, clean up cycles. */
   async #afterFinal(record: InvocationRecord): Promise<void> {
     await this.store.releaseWaiters(record.id);
-    await this.store.removeCall(callRef(record));
+    await this.store.removeCall(callHold(record));
   }
 
   async #record(invocation: InvocationRef): Promise<InvocationRecord> {
@@ -771,6 +771,11 @@ export class Orchestrator {
     }
     return record;
   }
+}
+
+/** An invocation's hold on its call: what releasing it needs (no label to render). */
+function callHold(record: InvocationRecord): Pick<CallRef, "callId" | "invocationId"> {
+  return { callId: record.callId, invocationId: record.id };
 }
 
 function callRef(record: InvocationRecord): CallRef {

@@ -165,6 +165,36 @@ export interface ClaimOutcome {
   readonly finalised: readonly InvocationRecord[];
 }
 
+/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
+export const CONTROL_LIMIT = 100;
+
+/**
+ * The change for a candidate that running concurrency refused during `request`: re-queued
+ * behind the others (CONCURRENCY_CONTROLLED → REROUTED), or finalised
+ * (CONCURRENCY_CONTROLLED_FINAL), as its task says.
+ *
+ * @example
+ * ```ts
+ * import { controlChange } from "@nenc/nenc";
+ *
+ * const change = controlChange({
+ *   runnerId: "r1", nowMs: 0, max: 1, preferredIds: [], purgeAtMs: 0,
+ *   rerouteOnConcurrencyControl: () => true,
+ * }, "task");
+ * console.log(change.path); // ["concurrency_controlled", "rerouted"]
+ * ```
+ */
+export function controlChange(request: ClaimRequest, taskId: string): StatusChange {
+  return {
+    path: request.rerouteOnConcurrencyControl(taskId)
+      ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
+      : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
+    runnerId: request.runnerId,
+    nowMs: request.nowMs,
+    purgeAtMs: request.purgeAtMs,
+  };
+}
+
 /** A filter for {@linkcode Store.find}. */
 export interface FindQuery {
   /** The task. */
@@ -228,7 +258,7 @@ export interface Store {
   /** Adds a call edge; throws {@linkcode CycleDetectedError} without adding it. */
   addCall(caller: CallRef, callee: CallRef): Promise<void>;
   /** Releases an invocation's hold on its call. */
-  removeCall(ref: CallRef): Promise<void>;
+  removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void>;
   /** Records that `waiterId` waits on `waitedIds`. */
   waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void>;
   /** Removes the wait edges of a final invocation. */

@@ -148,8 +148,8 @@ export class WaitGraph {
 
   /**
    * Records that `waiterId` (the invocation currently running) waits on each of `waitedIds`.
-   * An id's first-wait time is taken from the clock when it gets its first waiter and kept while
-   * it has any. Repeated edges change nothing; an empty list is a no-op. The call is atomic: bad
+   * An id's first-wait time is `nowMs` (default: the clock) when it gets its first waiter, and
+   * kept while it has any. Repeated edges change nothing; an empty list is a no-op. The call is atomic: bad
    * input throws before anything is recorded.
    *
    * @throws {TypeError} if an id is not a string or `waitedIds` is not an array.
@@ -164,7 +164,7 @@ export class WaitGraph {
    * console.log(graph.waitedBy("parent")); // ["child-1", "child-2"]
    * ```
    */
-  waitFor(waiterId: string, waitedIds: readonly string[]): void {
+  waitFor(waiterId: string, waitedIds: readonly string[], nowMs?: number): void {
     checkId(waiterId, "wait", "waiterId");
     if (!Array.isArray(waitedIds)) {
       throw new TypeError(`Cannot wait: waitedIds must be an array, got ${typeof waitedIds}`);
@@ -179,14 +179,14 @@ export class WaitGraph {
 
     const graph = this.#graph;
     if (!graph.hasNode(waiterId)) graph.addNode(waiterId);
-    let nowMs: number | undefined;
+    let firstWaitMs: number | undefined;
     for (const waitedId of waitedIds) {
       if (!graph.hasNode(waitedId)) graph.addNode(waitedId);
       else if (graph.hasDirectedEdge(waiterId, waitedId)) continue;
       if (graph.inDegree(waitedId) === 0) {
-        nowMs ??= this.#now();
-        this.#firstWaitMs.set(waitedId, nowMs);
-        if (graph.outDegree(waitedId) === 0) this.#ready.insert(waitedId, nowMs);
+        firstWaitMs ??= nowMs ?? this.#now();
+        this.#firstWaitMs.set(waitedId, firstWaitMs);
+        if (graph.outDegree(waitedId) === 0) this.#ready.insert(waitedId, firstWaitMs);
       }
       if (graph.outDegree(waiterId) === 0) {
         this.#waiters++;

@@ -9,6 +9,7 @@
  */
 
 import { encodeTime } from "ulid";
+import { listen, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
 import { CycleDetectedError, NencError, SerializationError } from "../core/errors.ts";
@@ -23,6 +24,8 @@ import {
   type ChangeOutcome,
   type ClaimOutcome,
   type ClaimRequest,
+  CONTROL_LIMIT,
+  controlChange,
   type FindQuery,
   type InvocationRecord,
   type NewInvocation,
@@ -45,9 +48,6 @@ export const KV_MAX_VALUE_BYTES = 65_536;
 
 /** Deno KV's `getMany` reads at most this many keys. */
 const GET_MANY_LIMIT = 10;
-
-/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
-const CONTROL_LIMIT = 100;
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
 
@@ -215,9 +215,10 @@ export class KvStore implements Store {
     return this.#apply(id, change);
   }
 
-  // reads: inv/<id>, slot/<key>, reg/<key>; checks: the same three (slot and reg only when
-  // touched); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos>, slot, reg, and on a
-  // final status expireIn on every key of the invocation plus purge/<pos>.
+  // reads: inv/<id>, slot/<key> + reserve/<key>, reg/<key>; checks: inv/<id>, and slot, reserve
+  // and reg when touched (never more than 3 at once); writes: inv/<id>, hist/<id>/<seq>…, status
+  // index, q/<pos>, slot, reserve, reg, and on a final status expireIn on every key of the
+  // invocation plus purge/<pos>.
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
@@ -375,19 +376,11 @@ export class KvStore implements Store {
       }
       if (outcome.ok) return void claimed.push(outcome.record);
       if (outcome.reason !== "slot-busy") return;
-      const reroute = request.rerouteOnConcurrencyControl(outcome.record!.taskId);
       try {
-        const control = await this.#apply(id, {
-          path: reroute
-            ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
-            : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
-          runnerId,
-          nowMs,
-          purgeAtMs: request.purgeAtMs,
-        });
+        const control = await this.#apply(id, controlChange(request, outcome.record!.taskId));
         if (control.ok) {
           controlled++;
-          (reroute ? rerouted : finalised).push(control.record);
+          (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);
         }
       } catch {
         // Moved by another runner meanwhile.
@@ -453,16 +446,9 @@ export class KvStore implements Store {
   }
 
   async getMany(ids: readonly string[]): Promise<InvocationRecord[]> {
-    const records: InvocationRecord[] = [];
-    for (let start = 0; start < ids.length; start += GET_MANY_LIMIT) {
-      const chunk = ids.slice(start, start + GET_MANY_LIMIT);
-      const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
-      for (const entry of entries) {
-        const stored = this.#decodeInvocation(entry);
-        if (stored !== undefined) records.push(stored.record);
-      }
-    }
-    return records;
+    return (await this.#readMany(ids)).flatMap((stored) =>
+      stored === undefined ? [] : [stored.record]
+    );
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
@@ -590,7 +576,7 @@ export class KvStore implements Store {
 
   // reads: holder/<call>/…; writes: delete holder/<call>/<inv>, and when it was the last holder
   // every calls/<call>/… and called/<call>/… edge with its reverse.
-  async removeCall(ref: CallRef): Promise<void> {
+  async removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
     const keys = this.#keys;
     const holder = keys.callHolder(ref.callId, ref.invocationId);
     // Most invocations never join the call graph (no parent, no child running): nothing to do.
@@ -665,12 +651,7 @@ export class KvStore implements Store {
   }
 
   async #versionstamps(keys: readonly KvKey[]): Promise<(string | null)[]> {
-    const stamps: (string | null)[] = [];
-    for (let start = 0; start < keys.length; start += GET_MANY_LIMIT) {
-      const entries = await this.#kv.getMany(keys.slice(start, start + GET_MANY_LIMIT));
-      stamps.push(...entries.map((entry) => entry.versionstamp));
-    }
-    return stamps;
+    return (await this.#getEntries(keys)).map((entry) => entry.versionstamp);
   }
 
   // --- blocking control --------------------------------------------------------------------------
@@ -762,18 +743,11 @@ export class KvStore implements Store {
     ) {
       ids.push(decodeString(entry.value));
     }
-    const available: string[] = [];
-    for (let start = 0; start < ids.length && available.length < max; start += GET_MANY_LIMIT) {
-      const chunk = ids.slice(start, start + GET_MANY_LIMIT);
-      const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
-      for (const entry of entries) {
-        const stored = this.#decodeInvocation(entry);
-        if (stored !== undefined && isAvailable(stored, nowMs) && available.length < max) {
-          available.push(stored.record.id);
-        }
-      }
-    }
-    return available;
+    return (await this.#readMany(ids))
+      .flatMap((stored) =>
+        stored !== undefined && isAvailable(stored, nowMs) ? [stored.record.id] : []
+      )
+      .slice(0, max);
   }
 
   // --- runners -----------------------------------------------------------------------------------
@@ -805,17 +779,9 @@ export class KvStore implements Store {
     // This process's own changes wake the waiter at once; other processes' are found by one
     // poller per app and KV handle that reads every awaited invocation in batches, so a
     // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        this.#local.finals.get(id)?.delete(done);
-        if (this.#local.finals.get(id)?.size === 0) this.#local.finals.delete(id);
-        signal?.removeEventListener("abort", done);
-        resolve();
-      };
-      addTo(this.#local.finals, id, done);
-      signal?.addEventListener("abort", done, { once: true });
-      this.#local.poller ??= this.#pollFinals().finally(() => this.#local.poller = undefined);
-    });
+    const waiting = listenFor(this.#local.finals, id, signal);
+    this.#local.poller ??= this.#pollFinals().finally(() => this.#local.poller = undefined);
+    await waiting;
   }
 
   /**
@@ -828,42 +794,34 @@ export class KvStore implements Store {
       await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
       const ids = [...this.#local.finals.keys()];
       let ended = 0;
-      for (let start = 0; start < ids.length; start += GET_MANY_LIMIT) {
-        const chunk = ids.slice(start, start + GET_MANY_LIMIT);
-        const entries = await this.#kv.getMany(chunk.map((id) => this.#keys.invocation(id)));
-        entries.forEach((entry, index) => {
-          const stored = this.#decodeInvocation(entry);
-          const waiters = this.#local.finals.get(chunk[index]!);
-          // Waiters already woken by this process's own change are gone: only an end that
-          // another process made keeps the poller quick.
-          if (
-            waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
-          ) {
-            ended++;
-            notify(waiters);
-          }
-        });
-      }
+      (await this.#readMany(ids)).forEach((stored, index) => {
+        const waiters = this.#local.finals.get(ids[index]!);
+        // Waiters already woken by this process's own change are gone: only an end that
+        // another process made keeps the poller quick.
+        if (
+          waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
+        ) {
+          ended++;
+          notify(waiters);
+        }
+      });
       idle = ended > 0 ? 0 : idle + 1;
     }
   }
 
-  waitWork(signal?: AbortSignal): Promise<void> {
+  async waitWork(signal?: AbortSignal): Promise<void> {
     // New work from this process wakes the runner at once; work from other processes is found
     // by polling, backing off while claims come back empty.
-    return new Promise((resolve) => {
-      if (signal?.aborted || this.#local.newWork) return resolve();
-      const wake = new AbortController();
-      const done = (): void => {
-        this.#local.work.delete(done);
-        signal?.removeEventListener("abort", done);
-        wake.abort();
-        resolve();
-      };
-      this.#local.work.add(done);
-      signal?.addEventListener("abort", done, { once: true });
-      void this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal).then(done);
-    });
+    if (signal?.aborted || this.#local.newWork) return;
+    const wake = new AbortController();
+    const stop = (): void => wake.abort();
+    signal?.addEventListener("abort", stop, { once: true });
+    await Promise.race([
+      listen(this.#local.work, wake.signal),
+      this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal),
+    ]);
+    wake.abort();
+    signal?.removeEventListener("abort", stop);
   }
 
   #announceWork(): void {
@@ -892,13 +850,12 @@ export class KvStore implements Store {
   }
 
   async purgeDue(nowMs: number): Promise<number> {
-    const due: string[] = [];
+    const due: { id: string; key: KvKey }[] = [];
     const end = this.#keys.purge(purgePosition(nowMs + 1, ""));
     for await (const entry of this.#kv.list({ start: this.#keys.purge(""), end })) {
-      due.push(decodeString(entry.value));
-      await this.#kv.atomic().delete(entry.key).commit();
+      due.push({ id: decodeString(entry.value), key: entry.key });
     }
-    for (const id of due) await this.#deleteInvocation(id);
+    for (const { id, key } of due) await this.#deleteInvocation(id, key);
     return due.length;
   }
 
@@ -913,19 +870,16 @@ export class KvStore implements Store {
     this.#schemaChecked = undefined;
   }
 
-  async #deleteInvocation(id: string): Promise<void> {
+  /** Deletes a final invocation and its keys (its purge entry too), in one commit. */
+  async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
     const entry = await this.#kv.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
-    const op = this.#kv.atomic().delete(this.#keys.invocation(id));
+    const op = this.#kv.atomic().delete(this.#keys.invocation(id)).delete(purgeKey);
     for await (const history of this.#kv.list({ prefix: this.#keys.histories(id) })) {
       op.delete(history.key);
     }
-    if (stored !== undefined) {
-      const { record } = stored;
-      op.delete(this.#keys.byTask(record.taskId, id)).delete(
-        this.#keys.byStatus(record.status, id),
-      );
-    }
+    // A final invocation has no status index entry (only recoverable statuses do).
+    if (stored !== undefined) op.delete(this.#keys.byTask(stored.record.taskId, id));
     await op.commit();
     await this.releaseWaiters(id);
     notify(this.#local.finals.get(id));
@@ -935,6 +889,21 @@ export class KvStore implements Store {
 
   async #read(id: string): Promise<StoredInvocation | undefined> {
     return this.#decodeInvocation(await this.#kv.get(this.#keys.invocation(id)));
+  }
+
+  /** The invocations `ids`, in order (`undefined` for missing ones), 10 keys per read. */
+  async #readMany(ids: readonly string[]): Promise<(StoredInvocation | undefined)[]> {
+    const entries = await this.#getEntries(ids.map((id) => this.#keys.invocation(id)));
+    return entries.map((entry) => this.#decodeInvocation(entry));
+  }
+
+  /** Reads any number of keys, `GET_MANY_LIMIT` per `getMany`. */
+  async #getEntries(keys: readonly KvKey[]): Promise<KvEntryMaybeLike[]> {
+    const entries: KvEntryMaybeLike[] = [];
+    for (let start = 0; start < keys.length; start += GET_MANY_LIMIT) {
+      entries.push(...await this.#kv.getMany(keys.slice(start, start + GET_MANY_LIMIT)));
+    }
+    return entries;
   }
 
   /** Decodes an invocation entry; `undefined` when absent or past its purge deadline. */
@@ -1082,15 +1051,4 @@ function pollDelayMs(polls: number): number {
 function backoff(attempt: number): Promise<void> {
   const ms = Math.min(100, 2 ** attempt) * Math.random();
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function addTo(index: Map<string, Set<() => void>>, key: string, value: () => void): void {
-  let set = index.get(key);
-  if (set === undefined) index.set(key, set = new Set());
-  set.add(value);
-}
-
-function notify(listeners: Set<() => void> | undefined): void {
-  if (listeners === undefined) return;
-  for (const listener of [...listeners]) listener();
 }

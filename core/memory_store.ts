@@ -21,6 +21,7 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
+  decideSlot,
   type FindQuery,
   type InvocationRecord,
   type NewInvocation,
@@ -329,28 +330,16 @@ export class MemoryStore implements Store {
     }
     const plan = planChange(record, change);
     const key = record.runningKey;
-    if (plan.slot === "acquire" && key !== null) {
-      const holder = this.#slots.get(key);
-      const reserved = this.#reservations.get(key);
-      if (holder !== undefined && holder !== id) {
-        // A paused invocation that cannot resume reserves the slot: it gets it before any new
-        // pick-up of its key, so a stream of new work cannot hold it off.
-        if (plan.record.status === RESUMED && reserved === undefined) {
-          this.#reservations.set(key, id);
-        }
-        return { ok: false, reason: "slot-busy", record };
+    if (key !== null) {
+      const slot = decideSlot(plan, id, this.#slots.get(key), this.#reservations.get(key));
+      if (slot.reserve) this.#reservations.set(key, id);
+      if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
+      if (slot.dropReservation) this.#reservations.delete(key);
+      if (slot.slot === "take") this.#slots.set(key, id);
+      if (slot.slot === "release") {
+        this.#slots.delete(key);
+        this.#announceWork(); // what the slot blocked may run now
       }
-      if (reserved !== undefined && reserved !== id) {
-        return { ok: false, reason: "slot-busy", record };
-      }
-      if (reserved === id) this.#reservations.delete(key);
-      this.#slots.set(key, id);
-    } else if (plan.slot === "release" && key !== null && this.#slots.get(key) === id) {
-      this.#slots.delete(key);
-      this.#announceWork(); // what the slot blocked may run now
-    }
-    if (plan.releaseReservation && key !== null && this.#reservations.get(key) === id) {
-      this.#reservations.delete(key);
     }
     if (plan.releaseRegistrationKey && this.#registrationKeys.get(record.registrationKey!) === id) {
       this.#registrationKeys.delete(record.registrationKey!);

@@ -349,6 +349,58 @@ export interface ChangePlan {
   readonly final: boolean;
 }
 
+/** What a change does to its running slot, decided by {@linkcode decideSlot}. */
+export interface SlotDecision {
+  /** Take the slot, refuse the change (`busy`), free the slot, or leave it. */
+  readonly slot: "take" | "busy" | "release" | "none";
+  /** Reserve the slot for this invocation: a resume refused because another holds it. */
+  readonly reserve: boolean;
+  /** Drop this invocation's reservation of the slot. */
+  readonly dropReservation: boolean;
+}
+
+/**
+ * Decides what a planned change does to its running slot, given who holds it and who reserved
+ * it. A paused invocation whose resume is refused reserves the slot, and then gets it before any
+ * new pick-up of its key, so a stream of new work cannot hold it off; the reservation ends when
+ * it resumes, or leaves PAUSED otherwise. Backends apply the decision in the change's atomic step.
+ *
+ * @example
+ * ```ts
+ * import { decideSlot, planChange, type InvocationRecord } from "@nenc/nenc";
+ *
+ * const paused: InvocationRecord = {
+ *   id: "p", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t", status: "paused", ownerId: "r1", seq: 4, updatedAtMs: 0, createdAtMs: 0,
+ *   retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: 2,
+ * };
+ * const plan = planChange(paused, { path: ["resumed"], runnerId: "r1", nowMs: 1 });
+ * console.log(decideSlot(plan, "p", "q", undefined)); // { slot: "busy", reserve: true, dropReservation: false }
+ * ```
+ */
+export function decideSlot(
+  plan: ChangePlan,
+  id: string,
+  holder: string | undefined,
+  reserved: string | undefined,
+): SlotDecision {
+  if (plan.slot === "acquire") {
+    if (holder !== undefined && holder !== id) {
+      const resuming = plan.record.status === InvocationStatus.RESUMED;
+      return { slot: "busy", reserve: resuming && reserved === undefined, dropReservation: false };
+    }
+    if (reserved !== undefined && reserved !== id) {
+      return { slot: "busy", reserve: false, dropReservation: false };
+    }
+    return { slot: "take", reserve: false, dropReservation: reserved === id };
+  }
+  return {
+    slot: plan.slot === "release" && holder === id ? "release" : "none",
+    reserve: false,
+    dropReservation: plan.releaseReservation && reserved === id,
+  };
+}
+
 /**
  * Plans a status change: validates every step with {@linkcode transition} and derives the
  * side effects a backend must apply in the same atomic step.

@@ -26,6 +26,7 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
+  decideSlot,
   type FindQuery,
   type InvocationRecord,
   type NewInvocation,
@@ -242,35 +243,27 @@ export class KvStore implements Store {
       });
       const slotKey = record.runningKey;
       if ((plan.slot !== "none" || plan.releaseReservation) && slotKey !== null) {
-        const [slot, reservation] = await this.#kv.getMany([
+        const [slotEntry, reservation] = await this.#kv.getMany([
           keys.slot(slotKey),
           keys.reservation(slotKey),
         ]);
-        const reserved = idOf(reservation!);
-        if (plan.slot === "acquire") {
-          const holder = idOf(slot!);
-          if (holder !== undefined && holder !== id) {
-            // A paused invocation that cannot resume reserves the slot: it gets it before any
-            // new pick-up of its key, so a stream of new work cannot hold it off.
-            if (next.status === RESUMED && reserved === undefined) {
-              await this.#commit(
-                this.#kv.atomic()
-                  .check({ key: keys.reservation(slotKey), versionstamp: null })
-                  .set(keys.reservation(slotKey), encode(id)),
-              );
-            }
-            return { ok: false, reason: "slot-busy", record };
-          }
-          if (reserved !== undefined && reserved !== id) {
-            return { ok: false, reason: "slot-busy", record };
-          }
-          op.check({ key: keys.slot(slotKey), versionstamp: slot!.versionstamp })
+        const slot = decideSlot(plan, id, idOf(slotEntry!), idOf(reservation!));
+        if (slot.reserve) {
+          await this.#commit(
+            this.#kv.atomic()
+              .check({ key: keys.reservation(slotKey), versionstamp: null })
+              .set(keys.reservation(slotKey), encode(id)),
+          );
+        }
+        if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
+        if (slot.slot === "take") {
+          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .set(keys.slot(slotKey), encode(id));
-        } else if (plan.slot === "release" && idOf(slot!) === id) {
-          op.check({ key: keys.slot(slotKey), versionstamp: slot!.versionstamp })
+        } else if (slot.slot === "release") {
+          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .delete(keys.slot(slotKey));
         }
-        if (reserved === id && (plan.slot === "acquire" || plan.releaseReservation)) {
+        if (slot.dropReservation) {
           op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp })
             .delete(keys.reservation(slotKey));
         }

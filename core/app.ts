@@ -106,6 +106,32 @@ export class Nenc {
       (options.kv !== undefined
         ? new KvStore(options.kv, { appId: this.appId, clock: this.clock })
         : new MemoryStore());
+    this.orchestrator = new Orchestrator(this, this.#own(store), options.orchestrator);
+  }
+
+  /**
+   * Moves the app onto a Deno KV store before it is used — what the CLI's `--kv` does to an app
+   * module that creates its app without one. Tasks stay as defined.
+   *
+   * @throws {Error} once the app has used its store (called a task, ran a runner).
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc({ appId: "shop" });
+   * const kv = await Deno.openKv(":memory:");
+   * app.useKv(kv);
+   * kv.close();
+   * ```
+   */
+  useKv(kv: KvLike): void {
+    this.orchestrator.useStore(
+      this.#own(new KvStore(kv, { appId: this.appId, clock: this.clock })),
+    );
+  }
+
+  #own(store: Store): Store {
     const owner = storeOwners.get(store);
     if (owner !== undefined && owner !== this.appId) {
       throw new TypeError(
@@ -113,7 +139,7 @@ export class Nenc {
       );
     }
     storeOwners.set(store, this.appId);
-    this.orchestrator = new Orchestrator(this, store, options.orchestrator);
+    return store;
   }
 
   /**

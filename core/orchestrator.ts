@@ -165,8 +165,8 @@ export interface BlockingControl {
 export class Orchestrator {
   /** The options; `cycleControl` and `blockingControl` may be changed at runtime. */
   readonly options: ResolvedOrchestratorOptions;
-  /** The storage backend. */
-  readonly store: Store;
+  #store: Store;
+  #storeUsed = false;
   /** Cycle control. */
   readonly cycleControl: CycleControl;
   /** Blocking control. */
@@ -176,7 +176,7 @@ export class Orchestrator {
   /** Created by `new Nenc()`. */
   constructor(host: OrchestratorHost, store: Store, options: OrchestratorOptions = {}) {
     this.#host = host;
-    this.store = store;
+    this.#store = store;
     this.options = resolveOrchestratorOptions(options);
     this.cycleControl = {
       addCallAndCheckCycles: async (caller, callee) => {
@@ -196,6 +196,25 @@ export class Orchestrator {
       releaseWaiters: (invocation) => this.releaseWaiters(invocation),
       getBlockingInvocations: (max) => this.getBlockingInvocations(max),
     };
+  }
+
+  /** The storage backend. */
+  get store(): Store {
+    this.#storeUsed = true;
+    return this.#store;
+  }
+
+  /**
+   * Moves the orchestrator onto another backend; only before anything has used the store
+   * (`app.useKv()` calls it).
+   *
+   * @throws {Error} once the store has been used.
+   */
+  useStore(store: Store): void {
+    if (this.#storeUsed) {
+      throw new Error("Cannot change the backend: the app has already used its store");
+    }
+    this.#store = store;
   }
 
   // --- routing ---------------------------------------------------------------------------------

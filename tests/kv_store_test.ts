@@ -65,6 +65,21 @@ test("[kv] a result over the 64 KiB value limit fails the invocation with a Seri
   assert.equal(await invocation.status(), "failed");
 });
 
+test("[kv] useKv moves an unused app onto KV, where another app on the same KV sees its invocations; a used app refuses", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "moved" });
+  const send = app.task("send", ({ to }: { to: string }) => to);
+  app.useKv(kv);
+  const invocation = await send.call({ to: "ada" });
+  const other = new Nenc({ appId: "moved", kv });
+  assert.equal((await other.orchestrator.store.get(invocation.id))?.taskId, "send");
+  assert.throws(
+    () => app.useKv(kv),
+    /Cannot change the backend: the app has already used its store/,
+  );
+});
+
 test("[kv] data written by a newer schema version is refused with a clear error", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);

@@ -779,8 +779,11 @@ export class Orchestrator {
 
   /** The side effects of a final status, after it is written: release waiters, clean up cycles. */
   async #afterFinal(record: InvocationRecord): Promise<void> {
-    await this.store.releaseWaiters(record.id);
-    await this.store.removeCall(callHold(record));
+    // Independent clean-ups: run together, a backend reads for both at once.
+    await Promise.all([
+      this.store.releaseWaiters(record.id),
+      this.store.removeCall(callHold(record)),
+    ]);
   }
 
   async #record(invocation: InvocationRef): Promise<InvocationRecord> {

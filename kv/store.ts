@@ -2,7 +2,8 @@
  * The Deno KV backend: the storage port on a `Deno.Kv` (a local SQLite file, Deno Deploy KV or a
  * denokv server) or on the `@deno/kv` npm package (Bun, Node). Every state transition is one
  * `kv.atomic()` whose checks are the versionstamps it read; a failed check (another process moved
- * first) re-reads and re-plans. Values are nenc's own JSON bytes in `Uint8Array`, the one value
+ * first) re-reads and re-plans. Under load, transitions on disjoint keys share one commit and
+ * point reads share one `getMany` (`_batching.ts`): commits bound throughput, not logic. Values are nenc's own JSON bytes in `Uint8Array`, the one value
  * type every runtime reads back, so Deno, Bun and Node processes share one store.
  *
  * @module
@@ -38,6 +39,7 @@ import {
   type StatusChange,
   type Store,
 } from "../core/store.ts";
+import { AtomicDraft, GroupCommitter, ReadCoalescer } from "./_batching.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -46,9 +48,6 @@ export const KV_SCHEMA_VERSION = 1;
 
 /** The largest value Deno KV stores (64 KiB). */
 export const KV_MAX_VALUE_BYTES = 65_536;
-
-/** Deno KV's `getMany` reads at most this many keys. */
-const GET_MANY_LIMIT = 10;
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
 
@@ -126,6 +125,8 @@ export class KvStore implements Store {
   readonly #clock: Clock;
   #schemaChecked: Promise<void> | undefined;
   readonly #local: LocalSignals;
+  readonly #group: GroupCommitter;
+  readonly #reads: ReadCoalescer;
   #idlePolls = 0;
 
   /** Wraps a KV store for one app. */
@@ -133,6 +134,8 @@ export class KvStore implements Store {
     this.#kv = kv;
     this.#keys = new Keys(options.appId);
     this.#clock = options.clock;
+    this.#group = new GroupCommitter(kv, (op) => this.#commit(op));
+    this.#reads = new ReadCoalescer(kv);
     let perApp = localSignals.get(kv);
     if (perApp === undefined) localSignals.set(kv, perApp = new Map());
     let local = perApp.get(options.appId);
@@ -152,7 +155,7 @@ export class KvStore implements Store {
     for (let attempt = 0;; attempt++) {
       let holder: KvEntryMaybeLike | undefined;
       if (key !== null) {
-        holder = await this.#kv.get(this.#keys.registration(key));
+        holder = await this.#reads.get(this.#keys.registration(key));
         const holderId = idOf(holder);
         if (holderId !== undefined) {
           const existing = await this.#read(holderId);
@@ -161,13 +164,13 @@ export class KvStore implements Store {
           }
         }
       }
-      const op = this.#kv.atomic();
+      const op = new AtomicDraft();
       if (holder !== undefined && key !== null) {
         op.check({ key: this.#keys.registration(key), versionstamp: holder.versionstamp });
         op.set(this.#keys.registration(key), encode(invocation.id));
       }
       const record = this.#stage(op, invocation);
-      if (await this.#commit(op)) {
+      if (await this.#group.commit(op)) {
         this.#announceWork();
         return { created: record };
       }
@@ -183,11 +186,11 @@ export class KvStore implements Store {
     }
     const records: InvocationRecord[] = [];
     for (let start = 0; start < invocations.length; start += 50) {
-      const op = this.#kv.atomic();
+      const op = new AtomicDraft();
       const batch = invocations.slice(start, start + 50).map((invocation) =>
         this.#stage(op, invocation)
       );
-      for (let attempt = 0; !await this.#commit(op); attempt++) await backoff(attempt);
+      for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
       records.push(...batch);
     }
     this.#announceWork();
@@ -195,7 +198,7 @@ export class KvStore implements Store {
   }
 
   /** Stages the creation of an invocation on `op` and returns its record. */
-  #stage(op: KvAtomicLike, invocation: NewInvocation): InvocationRecord {
+  #stage(op: AtomicDraft, invocation: NewInvocation): InvocationRecord {
     const { record, entry } = planRegistration(invocation);
     const queue: QueueEntry = {
       delayed: false,
@@ -227,7 +230,7 @@ export class KvStore implements Store {
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     for (let attempt = 0;; attempt++) {
-      const entry = await this.#kv.get(keys.invocation(id));
+      const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
       const { record } = stored;
@@ -237,7 +240,7 @@ export class KvStore implements Store {
       }
       const plan = planChange(record, change);
       const next = plan.record;
-      const op = this.#kv.atomic().check({
+      const op = new AtomicDraft().check({
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
       });
@@ -269,7 +272,7 @@ export class KvStore implements Store {
         }
       }
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
-        const holder = await this.#kv.get(keys.registration(record.registrationKey));
+        const holder = await this.#reads.get(keys.registration(record.registrationKey));
         if (idOf(holder) === id) {
           op.check({
             key: keys.registration(record.registrationKey),
@@ -308,16 +311,16 @@ export class KvStore implements Store {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
       if (options !== undefined) {
-        for await (const old of this.#kv.list({ prefix: keys.histories(id) })) {
-          if (Number(old.key[old.key.length - 1]) < plan.entries[0]!.seq) {
-            op.set(old.key, old.value, options);
-          }
+        // Entries are numbered 1..seq: point reads, coalesced with this turn's other reads.
+        const earlier = Array.from({ length: record.seq }, (_, i) => keys.history(id, i + 1));
+        for (const old of await this.#getEntries(earlier)) {
+          if (old.versionstamp !== null) op.set(old.key, old.value as Uint8Array, options);
         }
         op.set(keys.byTask(record.taskId, id), encode(null), options);
         op.set(keys.purge(purgePosition(next.purgeAtMs!, id)), encode(id), options);
       }
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
-      if (await this.#commit(op)) {
+      if (await this.#group.commit(op)) {
         if (plan.final) notify(this.#local.finals.get(id));
         if (plan.slot === "release") this.#announceWork();
         return { ok: true, record: next, entries: plan.entries };
@@ -329,7 +332,7 @@ export class KvStore implements Store {
   // reads: inv/<id>; checks: inv/<id>; writes: inv/<id>
   async incrementRetries(id: string): Promise<number> {
     for (let attempt = 0;; attempt++) {
-      const entry = await this.#kv.get(this.#keys.invocation(id));
+      const entry = await this.#reads.get(this.#keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined) {
         throw new RangeError(`Cannot count a retry: invocation ${id} does not exist`);
@@ -466,7 +469,7 @@ export class KvStore implements Store {
   }
 
   async slotHolder(runningKey: string): Promise<string | undefined> {
-    const entry = await this.#kv.get(this.#keys.slot(runningKey));
+    const entry = await this.#reads.get(this.#keys.slot(runningKey));
     return idOf(entry);
   }
 
@@ -527,14 +530,14 @@ export class KvStore implements Store {
         keys.callHolder(callee.callId, callee.invocationId),
         encode(callee.label ?? callee.callId),
       );
-    const existing = await this.#kv.get(edge);
+    const existing = await this.#reads.get(edge);
     if (existing.versionstamp === null) {
       op.check({ key: edge, versionstamp: null })
         .set(edge, encode(null))
         .set(keys.calledEdge(callee.callId, caller.callId), encode(null));
     }
     for (let attempt = 0; !await this.#commit(op); attempt++) {
-      if ((await this.#kv.get(edge)).versionstamp !== null) return this.addCall(caller, callee);
+      if ((await this.#reads.get(edge)).versionstamp !== null) return this.addCall(caller, callee);
       await backoff(attempt);
     }
     if (existing.versionstamp !== null) return;
@@ -573,7 +576,7 @@ export class KvStore implements Store {
     const keys = this.#keys;
     const holder = keys.callHolder(ref.callId, ref.invocationId);
     // Most invocations never join the call graph (no parent, no child running): nothing to do.
-    if ((await this.#kv.get(holder)).versionstamp === null) return;
+    if ((await this.#reads.get(holder)).versionstamp === null) return;
     await this.#kv.atomic().delete(holder).commit();
     for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
       return;
@@ -663,7 +666,7 @@ export class KvStore implements Store {
   async releaseWaiters(id: string): Promise<void> {
     const keys = this.#keys;
     // An invocation that never waited and was never waited on has no wait node: nothing to do.
-    if ((await this.#kv.get(keys.waitNode(id))).versionstamp === null) return;
+    if ((await this.#reads.get(keys.waitNode(id))).versionstamp === null) return;
     for await (const entry of this.#kv.list({ prefix: keys.waitedEdge(id) })) {
       await this.#updateWaitEdge(String(entry.key[entry.key.length - 1]), id, "remove", 0);
     }
@@ -827,7 +830,7 @@ export class KvStore implements Store {
 
   async schedulePurge(id: string, purgeAtMs: number): Promise<void> {
     for (let attempt = 0;; attempt++) {
-      const entry = await this.#kv.get(this.#keys.invocation(id));
+      const entry = await this.#reads.get(this.#keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isFinalStatus(stored.record.status)) return;
       const record = { ...stored.record, purgeAtMs };
@@ -865,7 +868,7 @@ export class KvStore implements Store {
 
   /** Deletes a final invocation and its keys (its purge entry too), in one commit. */
   async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
-    const entry = await this.#kv.get(this.#keys.invocation(id));
+    const entry = await this.#reads.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
     const op = this.#kv.atomic().delete(this.#keys.invocation(id)).delete(purgeKey);
     for await (const history of this.#kv.list({ prefix: this.#keys.histories(id) })) {
@@ -881,7 +884,7 @@ export class KvStore implements Store {
   // --- encoding and commits ----------------------------------------------------------------------
 
   async #read(id: string): Promise<StoredInvocation | undefined> {
-    return this.#decodeInvocation(await this.#kv.get(this.#keys.invocation(id)));
+    return this.#decodeInvocation(await this.#reads.get(this.#keys.invocation(id)));
   }
 
   /** The invocations `ids`, in order (`undefined` for missing ones), 10 keys per read. */
@@ -890,13 +893,9 @@ export class KvStore implements Store {
     return entries.map((entry) => this.#decodeInvocation(entry));
   }
 
-  /** Reads any number of keys, `GET_MANY_LIMIT` per `getMany`. */
-  async #getEntries(keys: readonly KvKey[]): Promise<KvEntryMaybeLike[]> {
-    const entries: KvEntryMaybeLike[] = [];
-    for (let start = 0; start < keys.length; start += GET_MANY_LIMIT) {
-      entries.push(...await this.#kv.getMany(keys.slice(start, start + GET_MANY_LIMIT)));
-    }
-    return entries;
+  /** Reads any number of keys, coalesced into `getMany` calls with other reads of this turn. */
+  #getEntries(keys: readonly KvKey[]): Promise<KvEntryMaybeLike[]> {
+    return Promise.all(keys.map((key) => this.#reads.get(key)));
   }
 
   /** Decodes an invocation entry; `undefined` when absent or past its purge deadline. */
@@ -944,7 +943,7 @@ export class KvStore implements Store {
     this.#schemaChecked ??= (async () => {
       const key = this.#keys.schema();
       for (let attempt = 0;; attempt++) {
-        const entry = await this.#kv.get(key);
+        const entry = await this.#reads.get(key);
         if (entry.versionstamp !== null) {
           const version = Number(decode(entry.value, "the schema version"));
           if (version > KV_SCHEMA_VERSION) {

@@ -131,14 +131,38 @@ export class GroupCommitter {
     if (batch.length === 1) return this.#commitAlone(batch[0]!);
     const op = this.#kv.atomic();
     for (const { draft } of batch) draft.applyTo(op);
-    let ok = false;
+    let ok: boolean | undefined;
     try {
       ok = await this.#commit(op);
     } catch {
       // Too big together, or a storage error: each draft on its own says which.
     }
-    if (ok) { for (const waiting of batch) waiting.resolve(true); }
-    else await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
+    if (ok) return batch.forEach((waiting) => waiting.resolve(true));
+    // A check failed (or the database was locked): one read of the checked keys finds the drafts
+    // another writer made stale; they fail, and the others go back to the head of the line for
+    // the next batch. Under contention between processes this costs a read, not a commit per
+    // draft. When none is stale (a lock, a storage error, a race since), each commits alone.
+    const stale = ok === false ? await this.#stale(batch) : [];
+    if (!stale.some(Boolean)) {
+      await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
+      return;
+    }
+    batch.forEach((waiting, i) => stale[i] && waiting.resolve(false));
+    this.#waiting.unshift(...batch.filter((_, i) => !stale[i]));
+  }
+
+  /** For each draft of `batch`, whether one of its checks no longer holds. */
+  async #stale(batch: readonly Waiting[]): Promise<boolean[]> {
+    const checks = batch.flatMap(({ draft }) => draft.checks);
+    const entries = await this.#kv.getMany(checks.map(({ key }) => key));
+    const changed = new Set(
+      checks.flatMap((check, i) =>
+        entries[i]!.versionstamp === check.versionstamp ? [] : [JSON.stringify(check.key)]
+      ),
+    );
+    return batch.map(({ draft }) =>
+      draft.checks.some(({ key }) => changed.has(JSON.stringify(key)))
+    );
   }
 
   /** The oldest waiting drafts that fit in one operation with pairwise disjoint keys. */

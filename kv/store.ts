@@ -964,6 +964,33 @@ export class KvStore implements Store {
     })();
     return this.#schemaChecked;
   }
+
+  // --- inspection --------------------------------------------------------------------------------
+
+  // reads: holder/…, calls/… and waits/… in full (one range read each): the live graphs.
+  async graphs(): ReturnType<Store["graphs"]> {
+    const calls = new Map<string, { label: string; invocationIds: string[] }>();
+    for await (const entry of this.#kv.list({ prefix: this.#keys.every("holder") })) {
+      const [callId, invocationId] = entry.key.slice(-2).map(String) as [string, string];
+      const call = calls.get(callId) ?? { label: decodeString(entry.value), invocationIds: [] };
+      call.invocationIds.push(invocationId);
+      calls.set(callId, call);
+    }
+    const pairs = async (kind: "calls" | "waits"): Promise<[string, string][]> => {
+      const found: [string, string][] = [];
+      for await (const entry of this.#kv.list({ prefix: this.#keys.every(kind) })) {
+        found.push(entry.key.slice(-2).map(String) as [string, string]);
+      }
+      return found;
+    };
+    return {
+      calls: {
+        calls: [...calls].map(([callId, call]) => ({ callId, ...call })),
+        edges: await pairs("calls"),
+      },
+      waits: await pairs("waits"),
+    };
+  }
 }
 
 function encode(value: unknown): Uint8Array {

@@ -359,10 +359,11 @@ export class KvStore implements Store {
     const tryClaim = async (id: string): Promise<void> => {
       let outcome: ChangeOutcome;
       try {
+        // Stamped when planned (each attempt), not when the pass began: a pass takes a while.
         outcome = await this.#apply(id, (record) => ({
           path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
           runnerId,
-          nowMs,
+          nowMs: this.#clock.now(),
         }), available);
       } catch {
         return; // Another runner moved it first (the re-planned transition is refused).
@@ -370,7 +371,13 @@ export class KvStore implements Store {
       if (outcome.ok) return void claimed.push(outcome.record);
       if (outcome.reason !== "slot-busy") return;
       try {
-        const control = await this.#apply(id, controlChange(request, outcome.record!.taskId));
+        const control = await this.#apply(
+          id,
+          controlChange(
+            { ...request, nowMs: this.#clock.now() },
+            outcome.record!.taskId,
+          ),
+        );
         if (control.ok) {
           controlled++;
           (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);

@@ -185,12 +185,23 @@ export const release = app.task(
   },
 );
 
+/** A service live on an environment, with the deploy's own clock readings. */
+export interface Deployment {
+  /** Where it is live. */
+  readonly url: string;
+  /** When the deploy started, epoch ms: after its invocation took its running slot. */
+  readonly startedAtMs: number;
+  /** When it finished, epoch ms: before its invocation gave the slot back. */
+  readonly finishedAtMs: number;
+}
+
 /** Ships a service to an environment: at most one deploy per environment at a time. */
 export const deploy = app.task(
   "deploy",
-  async ({ env, pkg }: { env: string; pkg: string }): Promise<string> => {
+  async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
+    const startedAtMs = Date.now();
     await sleep(40); // upload, switch traffic, health check
-    return `${pkg} is live on ${env}`;
+    return { url: `https://${env}.shop.example/${pkg}`, startedAtMs, finishedAtMs: Date.now() };
   },
   { runningConcurrency: "keys", keyArguments: ["env"] },
 );

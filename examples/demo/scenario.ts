@@ -7,12 +7,18 @@
  * @module
  */
 
-import { CycleDetectedError, type HistoryEntry, type InvocationStatus } from "../../mod.ts";
+import {
+  CycleDetectedError,
+  type HistoryEntry,
+  type Invocation,
+  type InvocationStatus,
+} from "../../mod.ts";
 import {
   app,
   build,
   dependenciesOf,
   deploy,
+  type Deployment,
   fetchToolchain,
   release,
   type ReleaseReport,
@@ -95,7 +101,7 @@ export async function runDemo(): Promise<DemoSummary> {
     statuses: statusCounts(histories),
     builds: buildCalls(histories),
     release: report,
-    deploys: deployOverlaps(histories),
+    deploys: await deployOverlaps(histories),
     fetchRetries: retries(histories, fetchToolchain.id),
     cycleMessage,
     finishedBy: finishedBy(histories, ownRunners),
@@ -105,8 +111,7 @@ export async function runDemo(): Promise<DemoSummary> {
 
 /** One invocation as the store recorded it. */
 interface Recorded {
-  readonly taskId: string;
-  readonly args: Readonly<Record<string, unknown>>;
+  readonly invocation: Invocation;
   readonly history: readonly HistoryEntry[];
 }
 
@@ -114,11 +119,7 @@ async function readHistories(): Promise<Recorded[]> {
   const recorded: Recorded[] = [];
   for (const task of app.tasks()) {
     for await (const invocation of app.orchestrator.getExistingInvocations(task)) {
-      recorded.push({
-        taskId: invocation.taskId,
-        args: invocation.args,
-        history: await invocation.history(),
-      });
+      recorded.push({ invocation, history: await invocation.history() });
     }
   }
   return recorded;
@@ -126,7 +127,7 @@ async function readHistories(): Promise<Recorded[]> {
 
 function statusCounts(recorded: readonly Recorded[]): DemoSummary["statuses"] {
   const counts: Record<string, Partial<Record<InvocationStatus, number>>> = {};
-  for (const { taskId, history } of recorded) {
+  for (const { invocation: { taskId }, history } of recorded) {
     const status = history.at(-1)!.status;
     const perTask = counts[taskId] ??= {};
     perTask[status] = (perTask[status] ?? 0) + 1;
@@ -146,7 +147,7 @@ function runs(history: readonly HistoryEntry[]): number {
 function buildCalls(recorded: readonly Recorded[]): DemoSummary["builds"] {
   let calls = 1;
   let invocations = 0;
-  for (const { taskId, args, history } of recorded) {
+  for (const { invocation: { taskId, args }, history } of recorded) {
     if (taskId === release.id) calls += runs(history) * Object.keys(workspace).length;
     if (taskId === build.id) {
       invocations++;
@@ -157,24 +158,22 @@ function buildCalls(recorded: readonly Recorded[]): DemoSummary["builds"] {
 }
 
 /**
- * The most deploys that ran at once, per environment and overall: each deploy runs from a
- * RUNNING (or RESUMED) entry to the entry after it, by the timestamps the store recorded.
+ * The most deploys that ran at once, per environment and overall, from the times each deploy
+ * stored in its result. They are read inside the task: after its invocation took the running
+ * slot, before it gave it back — so, unlike history timestamps (taken before each commit), they
+ * cannot show an overlap that did not happen. Refused pick-ups are counted from the histories.
  */
-function deployOverlaps(recorded: readonly Recorded[]): DemoSummary["deploys"] {
+async function deployOverlaps(recorded: readonly Recorded[]): Promise<DemoSummary["deploys"]> {
   const intervals: { env: string; startMs: number; endMs: number }[] = [];
   let requeued = 0;
-  for (const { taskId, args, history } of recorded) {
-    if (taskId !== deploy.id) continue;
-    history.forEach((entry, index) => {
-      if (entry.status === "concurrency_controlled") requeued++;
-      const next = history[index + 1];
-      if ((entry.status === "running" || entry.status === "resumed") && next !== undefined) {
-        intervals.push({
-          env: args.env as string,
-          startMs: entry.timestampMs,
-          endMs: next.timestampMs,
-        });
-      }
+  for (const { invocation, history } of recorded) {
+    if (invocation.taskId !== deploy.id) continue;
+    requeued += history.filter((entry) => entry.status === "concurrency_controlled").length;
+    const { startedAtMs, finishedAtMs } = await (invocation as Invocation<Deployment>).result();
+    intervals.push({
+      env: invocation.args.env as string,
+      startMs: startedAtMs,
+      endMs: finishedAtMs,
     });
   }
   const maxAtOncePerEnv: Record<string, number> = {};
@@ -198,7 +197,7 @@ function maxOverlap(intervals: readonly { startMs: number; endMs: number }[]): n
 
 function retries(recorded: readonly Recorded[], taskId: string): number {
   return recorded
-    .filter((invocation) => invocation.taskId === taskId)
+    .filter(({ invocation }) => invocation.taskId === taskId)
     .reduce((sum, { history }) => sum + history.filter((e) => e.status === "retry").length, 0);
 }
 

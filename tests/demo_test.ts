@@ -88,7 +88,7 @@ test(
       assert.equal(row("build")[2], "3");
       assert.match(
         stdout,
-        /at most staging 1, prod-eu 1, prod-us 1 deploy at once per environment/,
+        /at most 1 at once per environment \(staging 1, prod-eu 1, prod-us 1\)/,
       );
       assert.match(
         stdout,

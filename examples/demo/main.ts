@@ -142,6 +142,9 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
   });
   const { builds, release, deploys, finishedBy } = summary;
   const perEnv = ENVIRONMENTS.map((env) => `${env} ${deploys.maxAtOncePerEnv[env]}`).join(", ");
+  const slots = (here: number): string =>
+    `${here} slot${here === 1 ? "" : "s"}` +
+    (kvPath === undefined ? "" : ` here and ${WORKER_SLOTS} in the worker`);
   const facts: [string, string][] = [
     [
       "registration dedup",
@@ -150,15 +153,18 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
     ],
     [
       "fan-out / fan-in",
-      `release built ${release.packages} packages, ${levels()} levels deep, on ${BUILD_SLOTS} slot` +
-      `${kvPath === undefined ? "" : ` here + ${WORKER_SLOTS} in the worker`}: ` +
-      `${(release.bytes / 1e6).toFixed(1)} MB of tarballs with ${release.toolchain}`,
+      `release built ${release.packages} packages, ${levels()} levels deep, on ${
+        slots(BUILD_SLOTS)
+      }\n` +
+      `${(release.bytes / 1e6).toFixed(1)} MB of tarballs, built with ${release.toolchain}`,
     ],
     [
       "running concurrency",
-      `${SERVICES.length} services × ${ENVIRONMENTS.length} environments on ${DEPLOY_SLOTS} ` +
-      `slots: at most ${perEnv} deploy at once per environment, ${deploys.maxAtOnce} overall; ` +
-      `${deploys.requeued} pick-ups refused and re-queued`,
+      `${SERVICES.length * ENVIRONMENTS.length} deploys (${SERVICES.length} services × ` +
+      `${ENVIRONMENTS.length} environments) on ${slots(DEPLOY_SLOTS)}\n` +
+      `at most ${Math.max(...Object.values(deploys.maxAtOncePerEnv))} at once per environment ` +
+      `(${perEnv}), ${deploys.maxAtOnce} overall\n` +
+      `${deploys.requeued} pick-ups refused by running concurrency and re-queued`,
     ],
     ["retries", `fetchToolchain succeeded after ${summary.fetchRetries} retries`],
     ["cycle control", `build({"pkg":"mdx-plugin"}) failed:\n${summary.cycleMessage}`],

@@ -24,6 +24,7 @@ import {
   decideSlot,
   type FindQuery,
   type InvocationRecord,
+  type LiveGraphs,
   type NewInvocation,
   planChange,
   planRegistration,
@@ -255,6 +256,10 @@ export class MemoryStore implements Store {
           !(this.#delayed.has(id) && record.availableAtMs > nowMs);
       },
     }));
+  }
+
+  graphs(): Promise<LiveGraphs> {
+    return Promise.resolve({ calls: this.#calls.snapshot(), waits: this.#waits.edges() });
   }
 
   heartbeat(runnerId: string, nowMs: number): Promise<void> {

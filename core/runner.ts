@@ -160,6 +160,26 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
+   * Invocations this runner finished so far (succeeded, failed or re-queued for retry); what it
+   * handed back when stopped does not count. The CLI's worker shows it as progress.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const ping = app.task("ping", () => "pong");
+   * await ping.call();
+   * const runner = app.runner();
+   * await runner.drain({ maxMs: 10_000 });
+   * console.log(runner.finished); // 1
+   * ```
+   */
+  get finished(): number {
+    return this.#finished;
+  }
+
+  /**
    * Runs invocations until none is left to pick up and nothing runs, or for at most `maxMs`,
    * then stops (what still runs then is handed back, as by {@linkcode Runner.stop}). For
    * platforms whose isolates live only while they serve something — Deno Deploy: drain from

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { CallRef } from "./call_graph.ts";
+import type { CallGraphSnapshot, CallRef } from "./call_graph.ts";
 import { InvocationStatusOwnershipError } from "./errors.ts";
 import type { SerializedArguments } from "./ids.ts";
 import {
@@ -224,6 +224,26 @@ export interface RunnerInfo {
 }
 
 /**
+ * The live graphs of an app, read by {@linkcode Store.graphs}: what cycle control and blocking
+ * control hold right now.
+ *
+ * @example
+ * ```ts
+ * import { MemoryStore } from "@nenc/nenc";
+ *
+ * const store = new MemoryStore();
+ * await store.waitFor("parent", ["child"], 0);
+ * console.log(await store.graphs()); // { calls: { calls: [], edges: [] }, waits: [["parent", "child"]] }
+ * ```
+ */
+export interface LiveGraphs {
+  /** The call graph: calls held by live invocations, and caller → callee edges of call ids. */
+  readonly calls: CallGraphSnapshot;
+  /** The wait graph: `[waiterId, waitedId]` for each invocation waiting on another. */
+  readonly waits: readonly (readonly [string, string])[];
+}
+
+/**
  * The storage port. Every method that changes state is one atomic step; reads are bounded.
  * Transition errors ({@linkcode InvocationStatusTransitionError},
  * {@linkcode InvocationStatusOwnershipError}) are thrown by the plan, before anything is written.
@@ -265,6 +285,8 @@ export interface Store {
   releaseWaiters(id: string): Promise<void>;
   /** Waited-on invocations that wait on nothing and are available to run, oldest first wait first. */
   blocking(max: number, nowMs: number): Promise<string[]>;
+  /** The whole live call graph and wait graph, for inspection (the CLI's `graph`). */
+  graphs(): Promise<LiveGraphs>;
 
   /** Records a runner's heartbeat. */
   heartbeat(runnerId: string, nowMs: number): Promise<void>;

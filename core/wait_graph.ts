@@ -347,6 +347,24 @@ export class WaitGraph {
   }
 
   /**
+   * Every wait edge, as `[waiterId, waitedId]`; O(edges).
+   *
+   * @example
+   * ```ts
+   * import { WaitGraph } from "@nenc/nenc";
+   *
+   * const graph = new WaitGraph();
+   * graph.waitFor("a", ["x", "y"]);
+   * console.log(graph.edges()); // [["a", "x"], ["a", "y"]]
+   * ```
+   */
+  edges(): [string, string][] {
+    const edges: [string, string][] = [];
+    this.#graph.forEachEdge((_edge, _attributes, waiter, waited) => edges.push([waiter, waited]));
+    return edges;
+  }
+
+  /**
    * Counts of waiters, waited-on invocations, edges and ready invocations; O(1).
    *
    * @example

@@ -111,4 +111,8 @@ export class Keys {
       ? [...this.app, "holder", callId]
       : [...this.app, "holder", callId, invocationId];
   }
+  /** Every key of one kind (prefix), for whole-graph reads: call holders, call edges, wait edges. */
+  every(kind: "holder" | "calls" | "waits"): KvKey {
+    return [...this.app, kind];
+  }
 }

@@ -362,10 +362,11 @@ export class KvStore implements Store {
     const tryClaim = async (id: string): Promise<void> => {
       let outcome: ChangeOutcome;
       try {
+        // Stamped when planned (each attempt), not when the pass began: a pass takes a while.
         outcome = await this.#apply(id, (record) => ({
           path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
           runnerId,
-          nowMs,
+          nowMs: this.#clock.now(),
         }), available);
       } catch {
         return; // Another runner moved it first (the re-planned transition is refused).
@@ -373,7 +374,13 @@ export class KvStore implements Store {
       if (outcome.ok) return void claimed.push(outcome.record);
       if (outcome.reason !== "slot-busy") return;
       try {
-        const control = await this.#apply(id, controlChange(request, outcome.record!.taskId));
+        const control = await this.#apply(
+          id,
+          controlChange(
+            { ...request, nowMs: this.#clock.now() },
+            outcome.record!.taskId,
+          ),
+        );
         if (control.ok) {
           controlled++;
           (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);
@@ -962,6 +969,33 @@ export class KvStore implements Store {
       }
     })();
     return this.#schemaChecked;
+  }
+
+  // --- inspection --------------------------------------------------------------------------------
+
+  // reads: holder/…, calls/… and waits/… in full (one range read each): the live graphs.
+  async graphs(): ReturnType<Store["graphs"]> {
+    const calls = new Map<string, { label: string; invocationIds: string[] }>();
+    for await (const entry of this.#kv.list({ prefix: this.#keys.every("holder") })) {
+      const [callId, invocationId] = entry.key.slice(-2).map(String) as [string, string];
+      const call = calls.get(callId) ?? { label: decodeString(entry.value), invocationIds: [] };
+      call.invocationIds.push(invocationId);
+      calls.set(callId, call);
+    }
+    const pairs = async (kind: "calls" | "waits"): Promise<[string, string][]> => {
+      const found: [string, string][] = [];
+      for await (const entry of this.#kv.list({ prefix: this.#keys.every(kind) })) {
+        found.push(entry.key.slice(-2).map(String) as [string, string]);
+      }
+      return found;
+    };
+    return {
+      calls: {
+        calls: [...calls].map(([callId, call]) => ({ callId, ...call })),
+        edges: await pairs("calls"),
+      },
+      waits: await pairs("waits"),
+    };
   }
 }
 

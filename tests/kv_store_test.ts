@@ -9,6 +9,7 @@ import type { KvLike } from "../kv/kv_like.ts";
 import { openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
+import { FakeClock } from "./_fake_clock.ts";
 
 // The whole contract on Deno KV: in memory, and on a file (the SQLite backend many processes
 // share). Apps that share a backend share one KV handle, as processes share one file.
@@ -102,5 +103,32 @@ test("[kv] foreign data under an invocation key is reported, not evaluated", asy
     app.orchestrator.getInvocation("01FOREIGN"),
     (error: unknown) =>
       error instanceof SerializationError && /not a nenc invocation/.test(error.message),
+  );
+});
+
+test("[kv] a pick-up stamps each claim with the time it commits, not the time its pass began: a history never goes back in time", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const clock = new FakeClock();
+  const app = new Nenc({ appId: "stamps", kv, clock });
+  const task = app.task("task", () => 1);
+  // A pick-up pass takes its time once, then claims candidate after candidate (each a commit,
+  // re-read and re-planned on conflicts): by the time it reaches one, that one may be newer.
+  const passStartedMs = clock.now();
+  clock.advance(50);
+  const invocation = await task.call();
+  await app.orchestrator.store.claim({
+    runnerId: "r1",
+    nowMs: passStartedMs,
+    max: 1,
+    preferredIds: [],
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: passStartedMs + 3_600_000,
+  });
+  const history = await invocation.history();
+  assert.deepEqual(history.map((entry) => entry.status), ["registered", "pending"]);
+  assert.ok(
+    history[1]!.timestampMs >= history[0]!.timestampMs,
+    `pending at ${history[1]!.timestampMs} before registered at ${history[0]!.timestampMs}`,
   );
 });

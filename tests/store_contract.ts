@@ -2,6 +2,7 @@
  * The storage contract: the behaviour every backend must show through the public API and the
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
+import { graphsContract } from "./_contract_graphs.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -19,4 +20,5 @@ export type AppFactory = (
 export function storeContract(backend: string, makeApp: AppFactory): void {
   routingContract(backend, makeApp);
   runningContract(backend, makeApp);
+  graphsContract(backend, makeApp);
 }

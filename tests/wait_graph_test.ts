@@ -14,6 +14,16 @@ function fakeClock(startMs = 0): { now(): number; advance(ms: number): void } {
   };
 }
 
+test("WaitGraph.edges() lists every waiter → waited edge, and none of a released invocation", () => {
+  const graph = new WaitGraph();
+  assert.deepEqual(graph.edges(), []);
+  graph.waitFor("1", ["2", "3"]);
+  graph.waitFor("2", ["3"]);
+  assert.deepEqual(graph.edges(), [["1", "2"], ["1", "3"], ["2", "3"]]);
+  graph.release("3");
+  assert.deepEqual(graph.edges(), [["1", "2"]]);
+});
+
 test("WaitGraph.blocking() returns [3] for the chain 1→2→3", () => {
   const graph = new WaitGraph();
   graph.waitFor("1", ["2"]);

@@ -1,0 +1,207 @@
+/**
+ * The demo app: the release pipeline of a monorepo with 48 packages. `release` fetches the
+ * toolchain from a flaky mirror (retries), then builds every package; each `build` first builds
+ * its dependencies (calls and awaits them: a fan-out/fan-in six levels deep); `deploy` ships a
+ * service to an environment, never two at once to one environment. A pull request adds two
+ * plugins that depend on each other: building them fails with a `CycleDetectedError`.
+ *
+ * The app is created without a KV store, so a worker can move it onto one with `app.useKv(kv)`
+ * (`deno run -A cli.ts worker --app examples/demo/app.ts --kv demo.db`).
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { Nenc } from "../../mod.ts";
+
+/** The mirror did not answer in time: worth a retry. */
+export class MirrorTimeoutError extends Error {
+  override name = "MirrorTimeoutError";
+}
+
+/** The app. */
+export const app: Nenc = new Nenc({ appId: "nenc-demo", errorClasses: [MirrorTimeoutError] });
+
+const LIBRARIES: Readonly<Record<string, readonly string[]>> = {
+  tsconfig: [],
+  utils: ["tsconfig"],
+  logger: ["utils"],
+  config: ["utils"],
+  http: ["logger", "config"],
+  db: ["logger", "config"],
+  auth: ["http", "db"],
+  "ui-kit": ["utils"],
+};
+
+const DOMAINS = [
+  "accounts",
+  "billing",
+  "cart",
+  "catalog",
+  "checkout",
+  "coupons",
+  "email",
+  "fraud",
+  "inventory",
+  "invoices",
+  "ledger",
+  "loyalty",
+  "orders",
+  "payments",
+  "pricing",
+  "reviews",
+  "search",
+  "shipping",
+  "tax",
+  "wishlist",
+];
+
+/** The monorepo: each package and the packages it depends on (8 libraries, 40 services). */
+export const workspace: Readonly<Record<string, readonly string[]>> = {
+  ...LIBRARIES,
+  ...Object.fromEntries(DOMAINS.flatMap((domain) => [
+    [`${domain}-api`, ["auth", "http", "ui-kit"]],
+    [`${domain}-worker`, ["db", "logger"]],
+  ])),
+};
+
+/** The packages an open pull request adds: two plugins that depend on each other. */
+export const pullRequest: Readonly<Record<string, readonly string[]>> = {
+  "mdx-plugin": ["remark-plugin"],
+  "remark-plugin": ["mdx-plugin"],
+};
+
+/** The packages a package depends on. */
+export function dependenciesOf(pkg: string): readonly string[] {
+  const dependencies = workspace[pkg] ?? pullRequest[pkg];
+  if (dependencies === undefined) throw new TypeError(`Cannot build ${pkg}: no such package`);
+  return dependencies;
+}
+
+/**
+ * The workspace's packages, every package before its dependencies. `release` schedules them in
+ * this order: a dependency is then still queued (REGISTERED) when its dependents call it, and
+ * registration concurrency folds their calls into that one invocation. (It merges calls into
+ * queued invocations only: a call made after the build started would build the package again.)
+ */
+export function dependentsFirst(): string[] {
+  const order: string[] = [];
+  const visit = (pkg: string): void => {
+    if (order.includes(pkg)) return;
+    for (const dependency of dependenciesOf(pkg)) visit(dependency);
+    order.push(pkg);
+  };
+  for (const pkg of Object.keys(workspace)) visit(pkg);
+  return order.reverse();
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const sha256 = (text: string): string => createHash("sha256").update(text).digest("hex");
+
+/** A built package. */
+export interface Artifact {
+  /** The package. */
+  readonly pkg: string;
+  /** The tarball, named by a hash of the package and its dependencies' tarballs. */
+  readonly file: string;
+  /** Its size. */
+  readonly bytes: number;
+}
+
+/** The toolchain tarball the mirror serves. */
+export interface Toolchain {
+  /** The file. */
+  readonly file: string;
+  /** Its checksum. */
+  readonly sha256: string;
+}
+
+/** What a release built. */
+export interface ReleaseReport {
+  /** The release version. */
+  readonly version: string;
+  /** The toolchain it built with. */
+  readonly toolchain: string;
+  /** How many packages it built. */
+  readonly packages: number;
+  /** The total size of the tarballs. */
+  readonly bytes: number;
+}
+
+/** How many requests of this process the mirror lets time out before it answers. */
+export const MIRROR_COLD_REQUESTS = 2;
+let coldRequests = MIRROR_COLD_REQUESTS;
+
+/**
+ * Downloads the Node.js toolchain. The mirror's edge cache is cold: the first
+ * {@linkcode MIRROR_COLD_REQUESTS} requests of each process time out, and the retries get through.
+ */
+export const fetchToolchain = app.task(
+  "fetchToolchain",
+  async ({ node }: { node: string }): Promise<Toolchain> => {
+    await sleep(20);
+    if (coldRequests > 0) {
+      coldRequests--;
+      throw new MirrorTimeoutError(`Cannot download node v${node}: the mirror timed out`);
+    }
+    const file = `node-v${node}-linux-x64.tar.xz`;
+    return { file, sha256: sha256(file) };
+  },
+  { maxRetries: 4, retryFor: [MirrorTimeoutError], retryBackoffMs: (attempt) => 50 * attempt },
+);
+
+/** Builds a package after its dependencies; equal calls still queued are one invocation. */
+export const build = app.task(
+  "build",
+  async ({ pkg }: { pkg: string }): Promise<Artifact> => {
+    const dependencies = await build.parallelize(
+      dependenciesOf(pkg).map((name) => ({ pkg: name })),
+    );
+    const inputs = await dependencies.results(); // PAUSED meanwhile: the slot builds them
+    await sleep(5 + pkg.length); // compile, bundle, pack
+    const hash = sha256([pkg, ...inputs.map((input) => input.file)].join("\n"));
+    return {
+      pkg,
+      file: `${pkg}-${hash.slice(0, 8)}.tgz`,
+      bytes: 10_000 + parseInt(hash.slice(0, 4), 16),
+    };
+  },
+  { registrationConcurrency: "arguments" },
+);
+
+/** Fetches the toolchain, then builds every package of the workspace. */
+export const release = app.task(
+  "release",
+  async ({ version }: { version: string }): Promise<ReleaseReport> => {
+    const toolchain = await (await fetchToolchain.call({ node: "22.11.0" })).result();
+    const group = await build.parallelize(dependentsFirst().map((pkg) => ({ pkg })));
+    const artifacts = await group.results();
+    return {
+      version,
+      toolchain: toolchain.file,
+      packages: artifacts.length,
+      bytes: artifacts.reduce((sum, artifact) => sum + artifact.bytes, 0),
+    };
+  },
+);
+
+/** A service live on an environment, with the deploy's own clock readings. */
+export interface Deployment {
+  /** Where it is live. */
+  readonly url: string;
+  /** When the deploy started, epoch ms: after its invocation took its running slot. */
+  readonly startedAtMs: number;
+  /** When it finished, epoch ms: before its invocation gave the slot back. */
+  readonly finishedAtMs: number;
+}
+
+/** Ships a service to an environment: at most one deploy per environment at a time. */
+export const deploy = app.task(
+  "deploy",
+  async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
+    const startedAtMs = Date.now();
+    await sleep(40); // upload, switch traffic, health check
+    return { url: `https://${env}.shop.example/${pkg}`, startedAtMs, finishedAtMs: Date.now() };
+  },
+  { runningConcurrency: "keys", keyArguments: ["env"] },
+);

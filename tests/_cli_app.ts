@@ -1,0 +1,52 @@
+/**
+ * The app module the CLI tests load with `--app`: one app, the default export. The test process
+ * defines the same tasks on its own app with {@linkcode defineTasks}, on the same KV file.
+ */
+import { Nenc } from "../core/app.ts";
+import type { Task } from "../core/task.ts";
+
+/** The app id of the fixture app. */
+export const APP_ID = "cli-test";
+
+/** Options of {@linkcode defineTasks}. */
+export interface FixtureOptions {
+  /** `child` runs only once this settles (the test process holds children running). */
+  readonly childGate?: Promise<void>;
+}
+
+/** The fixture's tasks. */
+export interface FixtureTasks {
+  /** Adds two numbers. */
+  readonly add: Task<{ x: number; y: number }, number>;
+  /** Always fails: a RangeError with a two-level cause chain. */
+  readonly pay: Task<{ card: string }, string>;
+  /** Returns `i` once the child gate opens. */
+  readonly child: Task<{ i: number }, number>;
+  /** Calls `n` children and waits for their results (their sum). */
+  readonly parent: Task<{ n: number }, number>;
+}
+
+/** Defines the fixture's tasks on `app`. */
+export function defineTasks(app: Nenc, options: FixtureOptions = {}): FixtureTasks {
+  const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+  const pay = app.task("pay", ({ card }: { card: string }): string => {
+    throw new RangeError(`Cannot pay with card ${card}: declined`, {
+      cause: new Error("the bank said no", { cause: "insufficient funds" }),
+    });
+  });
+  const child = app.task("child", async ({ i }: { i: number }) => {
+    await options.childGate;
+    return i;
+  });
+  const parent = app.task("parent", async ({ n }: { n: number }): Promise<number> => {
+    const children = await Promise.all(Array.from({ length: n }, (_, i) => child.call({ i })));
+    let sum = 0;
+    for (const invocation of children) sum += await invocation.result();
+    return sum;
+  });
+  return { add, pay, child, parent };
+}
+
+const app = new Nenc({ appId: APP_ID });
+defineTasks(app);
+export default app;

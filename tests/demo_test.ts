@@ -1,0 +1,107 @@
+/**
+ * The demo (`deno task demo`): in memory mode in this process, every fact its summary claims,
+ * checked exactly; in `--kv` mode, as a real run with its second worker process.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { MIRROR_COLD_REQUESTS, workspace } from "../examples/demo/app.ts";
+import { runDemo } from "../examples/demo/scenario.ts";
+
+test("the demo builds 48 packages on one slot with one invocation each, deploys one at a time per environment, retries the flaky download and names the plugin cycle", async () => {
+  const summary = await runDemo();
+
+  const packages = Object.keys(workspace);
+  const dependencyCalls = Object.values(workspace).reduce((sum, deps) => sum + deps.length, 0);
+  assert.deepEqual(summary.statuses, {
+    release: { success: 1 },
+    fetchToolchain: { success: 1 },
+    // The plugin cycle: mdx-plugin, remark-plugin, and the second mdx-plugin that closed it.
+    build: { success: packages.length, failed: 3 },
+    deploy: { success: 12 },
+  });
+  // main's call of mdx-plugin, release's call of every package, every dependency of every
+  // package, and the two plugins' calls of each other: one invocation per package.
+  assert.deepEqual(summary.builds, {
+    calls: 1 + packages.length + dependencyCalls + 2,
+    invocations: packages.length + 3,
+  });
+  assert.equal(summary.release.packages, 48);
+  assert.equal(summary.release.toolchain, "node-v22.11.0-linux-x64.tar.xz");
+  assert.deepEqual(summary.deploys.maxAtOncePerEnv, { staging: 1, "prod-eu": 1, "prod-us": 1 });
+  assert.equal(summary.fetchRetries, MIRROR_COLD_REQUESTS);
+  assert.equal(
+    summary.cycleMessage,
+    [
+      "A cycle was detected: Cycle detected:",
+      '- build({"pkg":"remark-plugin"})',
+      '- build({"pkg":"mdx-plugin"})',
+      '- back to build({"pkg":"remark-plugin"})',
+    ].join("\n"),
+  );
+  assert.deepEqual(summary.finishedBy, {
+    thisProcess: 1 + 1 + packages.length + 3 + 12,
+    otherProcesses: 0,
+  });
+});
+
+const deno = (globalThis as { Deno?: { execPath(): string } }).Deno;
+
+test(
+  "deno task demo --kv runs the demo on a KV file with a second worker process (the CLI), and both processes run invocations",
+  {
+    skip: deno === undefined
+      ? "the --kv demo starts deno processes: it runs under deno test"
+      : false,
+  },
+  async () => {
+    const directory = mkdtempSync(join(tmpdir(), "nenc-demo-"));
+    try {
+      const main = new URL("../examples/demo/main.ts", import.meta.url).pathname;
+      const child = spawn(
+        deno!.execPath(),
+        ["run", "-A", main, "--kv", join(directory, "demo.db")],
+        { stdio: ["ignore", "pipe", "pipe"], detached: true },
+      );
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (chunk) => stdout += chunk);
+      child.stderr.on("data", (chunk) => stderr += chunk);
+      // Its own process group: the guard stops the demo and its worker together.
+      const guard = setTimeout(() => process.kill(-child.pid!, "SIGKILL"), 90_000);
+      const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+      clearTimeout(guard);
+      assert.equal(code, 0, stderr);
+
+      const row = (task: string): string[] =>
+        stdout.split("\n").find((line) => line.startsWith(`${task} `))!.trim().split(/\s+/);
+      // task, success, failed, total: the same outcomes as in memory, whichever process ran what
+      // (a dependency the worker took from the queue before its dependents called it is built
+      // again, so the number of builds varies).
+      assert.deepEqual(row("release"), ["release", "1", "0", "1"]);
+      assert.deepEqual(row("fetchToolchain"), ["fetchToolchain", "1", "0", "1"]);
+      assert.deepEqual(row("deploy"), ["deploy", "12", "0", "12"]);
+      assert.equal(row("build")[2], "3");
+      assert.match(
+        stdout,
+        /at most 1 at once per environment \(staging 1, prod-eu 1, prod-us 1\)/,
+      );
+      assert.match(
+        stdout,
+        /- build\(\{"pkg":"remark-plugin"\}\)\n.*- build\(\{"pkg":"mdx-plugin"\}\)/,
+      );
+      // No rule makes the worker run a share, but it is up and polling before the first call, and
+      // some 80 invocations, most of them waiting on others, spread over its 2 slots and this one.
+      const [, here, worker] = stdout.match(
+        /this process finished (\d+) invocations, the worker process (\d+)/,
+      )!;
+      assert.ok(Number(here) > 0 && Number(worker) > 0, `this process ${here}, worker ${worker}`);
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
+    }
+  },
+);

@@ -1,8 +1,9 @@
 /**
  * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
- * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. Every command imports an app module (`--app ./app.ts`, which must export exactly one
- * {@linkcode Nenc} app, named or default) and, with `--kv <path|url>`, moves that app onto a
- * Deno KV store (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
+ * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. Every command
+ * imports an app module (`--app ./app.ts`, which must export exactly one {@linkcode Nenc} app,
+ * named or default) and, with `--kv <path|url>`, moves that app onto a Deno KV store
+ * (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
  *
  * ```sh
  * deno run -A --unstable-kv jsr:@nenc/nenc/cli worker --app ./app.ts --kv ./nenc.db --concurrency 8
@@ -279,15 +280,12 @@ async function worker(
       `nenc: warning: app ${app.appId} keeps its data in this process's memory: this worker runs only what this process calls, and other processes cannot reach it; pass --kv <path|url> to share work\n`,
     );
   }
-  let onSignal: (() => void) | undefined;
-  const signals = ["SIGINT", "SIGTERM"] as const;
-  const stopped = new Promise<string>((resolve) => {
-    const listeners = signals.map((signal) => [signal, () => resolve(signal)] as const);
-    for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
-    onSignal = () => {
-      for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
-    };
-  });
+  let stop!: (signal: string) => void;
+  const stopped = new Promise<string>((resolve) => stop = resolve);
+  const listeners = (["SIGINT", "SIGTERM"] as const).map((signal) =>
+    [signal, () => stop(signal)] as const
+  );
+  for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
   runner.start();
   io.stdout(
     `nenc worker ${runner.id} started: app ${app.appId}, backend ${options.backend}, concurrency ${options.concurrency}\n`,
@@ -296,7 +294,7 @@ async function worker(
     ? setInterval(() => io.stdout(`\r\x1b[K${runner.finished} invocations finished`), 1000)
     : undefined;
   const signal = await stopped;
-  onSignal?.();
+  for (const [name, listener] of listeners) Deno.removeSignalListener(name, listener);
   clearInterval(progress);
   if (io.isTerminal) io.stdout("\r\x1b[K");
   await runner.stop();

@@ -1,8 +1,9 @@
 /**
- * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM.
- * Every command imports an app module (`--app ./app.ts`, which must export exactly one
- * {@linkcode Nenc} app, named or default) and, with `--kv <path|url>`, moves that app onto a
- * Deno KV store (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
+ * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
+ * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. Every command
+ * imports an app module (`--app ./app.ts`, which must export exactly one {@linkcode Nenc} app,
+ * named or default) and, with `--kv <path|url>`, moves that app onto a Deno KV store
+ * (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
  *
  * ```sh
  * deno run -A --unstable-kv jsr:@nenc/nenc/cli worker --app ./app.ts --kv ./nenc.db --concurrency 8
@@ -24,8 +25,11 @@ import { resolve } from "node:path";
 import { cwd } from "node:process";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import { renderDot, renderInvocation, renderMermaid, renderStatus } from "./_cli_render.ts";
 import { Nenc } from "./core/app.ts";
+import { callLabel } from "./core/ids.ts";
 import { MemoryStore } from "./core/memory_store.ts";
+import type { InvocationRecord } from "./core/store.ts";
 import type { KvLike } from "./kv/kv_like.ts";
 
 /**
@@ -55,13 +59,24 @@ Commands:
   worker                 Run the app's invocations until SIGINT or SIGTERM, then stop cleanly:
                          what still runs is handed back (re-queued) for another worker.
     --concurrency <n>    Invocations run at once [1].
+  status                 Invocations per task and status, and the runners' last heartbeats.
+  show <invocationId>    One invocation: record, history, result or error (with its cause
+                         chain), parent and children.
+  purge                  Delete the final invocations whose purge time has passed (what the
+                         runners' auto-purge deletes), and print how many.
+    --all                Delete ALL data of the app instead: invocations, queue, graphs and
+                         runner heartbeats. Stop the workers first.
+  graph                  The live call graph and wait graph, as text.
+    --format <format>    mermaid or dot [mermaid].
+    --svg <file>         Render the DOT with Graphviz (dot -Tsvg) into this file.
 
 Options of every command:
   --app <module>         The app module, resolved against the current directory. It must export
                          exactly one Nenc app (named or default).
   --kv <path|url>        Open this Deno KV (a file, or a KV Connect URL with the access token in
                          DENO_KV_ACCESS_TOKEN) and move the app onto it. Without it the app keeps
-                         the store it creates itself.
+                         the store it creates itself; status, show, purge and graph need a shared
+                         one.
   -h, --help             Show this help.
 
 Exit codes: 0 done, 1 failed, 2 bad usage.
@@ -70,6 +85,10 @@ Exit codes: 0 done, 1 failed, 2 bad usage.
 /** Options each command accepts, besides --app, --kv and --help. */
 const COMMANDS: Readonly<Record<string, readonly string[]>> = {
   worker: ["concurrency"],
+  status: [],
+  show: [],
+  purge: ["all"],
+  graph: ["format", "svg"],
 };
 
 /** A mistake in the arguments: exit code 2, with the usage hint. */
@@ -88,7 +107,7 @@ class UsageError extends Error {
  * let err = "";
  * const io: CliIo = { stdout: () => {}, stderr: (text) => err += text, isTerminal: false };
  * console.log(await main(["launch"], io)); // 2
- * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker)"
+ * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker, status, show, purge, graph)"
  * ```
  */
 export async function main(args: readonly string[], io: CliIo = processIo()): Promise<number> {
@@ -115,6 +134,9 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         app: { type: "string" },
         kv: { type: "string" },
         concurrency: { type: "string" },
+        all: { type: "boolean" },
+        format: { type: "string" },
+        svg: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -138,8 +160,12 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       throw new UsageError(`Cannot run ${command}: --${option} is not an option of ${command}`);
     }
   }
-  if (operands.length > 0) {
-    throw new UsageError(`Cannot run ${command}: unexpected argument ${operands[0]}`);
+  const [invocationId, extra] = operands;
+  if (command === "show" && invocationId === undefined) {
+    throw new UsageError("Cannot run show: give the invocation id (show <invocationId>)");
+  }
+  if (command === "show" ? extra !== undefined : invocationId !== undefined) {
+    throw new UsageError(`Cannot run ${command}: unexpected argument ${operands.at(-1)}`);
   }
   if (values.app === undefined) {
     throw new UsageError(`Cannot run ${command}: --app <module> is required`);
@@ -147,6 +173,13 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   const concurrency = values.concurrency === undefined
     ? 1
     : positiveInteger(values.concurrency, "--concurrency", command);
+  const format = values.format ?? (values.svg === undefined ? "mermaid" : "dot");
+  if (format !== "mermaid" && format !== "dot") {
+    throw new UsageError(`Cannot run graph: --format must be mermaid or dot, got "${format}"`);
+  }
+  if (values.svg !== undefined && format !== "dot") {
+    throw new UsageError("Cannot run graph: --svg renders DOT; leave out --format mermaid");
+  }
   const app = await loadApp(values.app);
   const kv = values.kv === undefined ? undefined : await openKv(values.kv);
   try {
@@ -162,7 +195,16 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       : app.orchestrator.store instanceof MemoryStore
       ? "memory"
       : "the app's own store";
-    return await worker(app, { backend, concurrency }, io);
+    if (command === "worker") return await worker(app, { backend, concurrency }, io);
+    if (backend === "memory") {
+      throw new UsageError(
+        `Cannot run ${command}: app ${app.appId} keeps its data in this process's memory, and ${command} reads a shared store; pass --kv <path|url> (the Deno KV your workers use)`,
+      );
+    }
+    if (command === "status") return await status(app, io);
+    if (command === "show") return await show(app, invocationId!, io);
+    if (command === "purge") return await purge(app, values.all === true, io);
+    return await graph(app, { format, svg: values.svg }, io);
   } finally {
     kv?.close();
   }
@@ -238,15 +280,12 @@ async function worker(
       `nenc: warning: app ${app.appId} keeps its data in this process's memory: this worker runs only what this process calls, and other processes cannot reach it; pass --kv <path|url> to share work\n`,
     );
   }
-  let onSignal: (() => void) | undefined;
-  const signals = ["SIGINT", "SIGTERM"] as const;
-  const stopped = new Promise<string>((resolve) => {
-    const listeners = signals.map((signal) => [signal, () => resolve(signal)] as const);
-    for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
-    onSignal = () => {
-      for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
-    };
-  });
+  let stop!: (signal: string) => void;
+  const stopped = new Promise<string>((resolve) => stop = resolve);
+  const listeners = (["SIGINT", "SIGTERM"] as const).map((signal) =>
+    [signal, () => stop(signal)] as const
+  );
+  for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
   runner.start();
   io.stdout(
     `nenc worker ${runner.id} started: app ${app.appId}, backend ${options.backend}, concurrency ${options.concurrency}\n`,
@@ -255,7 +294,7 @@ async function worker(
     ? setInterval(() => io.stdout(`\r\x1b[K${runner.finished} invocations finished`), 1000)
     : undefined;
   const signal = await stopped;
-  onSignal?.();
+  for (const [name, listener] of listeners) Deno.removeSignalListener(name, listener);
   clearInterval(progress);
   if (io.isTerminal) io.stdout("\r\x1b[K");
   await runner.stop();
@@ -263,6 +302,108 @@ async function worker(
     `nenc worker ${runner.id} stopped on ${signal}: ${runner.finished} invocations finished\n`,
   );
   return 0;
+}
+
+async function status(app: Nenc, io: CliIo): Promise<number> {
+  const store = app.orchestrator.store;
+  const [counts, runners] = await Promise.all([store.counts(), store.runners()]);
+  io.stdout(renderStatus({
+    counts,
+    runners,
+    nowMs: app.clock.now(),
+    runnerTimeoutMs: app.orchestrator.options.runnerTimeoutSeconds * 1000,
+  }));
+  return 0;
+}
+
+async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
+  const store = app.orchestrator.store;
+  const record = await store.get(id);
+  if (record === undefined) {
+    throw new Error(
+      `Cannot show invocation ${id}: app ${app.appId} has no such invocation (never registered, or purged)`,
+    );
+  }
+  const [history, parent] = await Promise.all([
+    store.history(id),
+    record.parentId === null ? undefined : store.get(record.parentId),
+  ]);
+  // Children are found by their parent id, task by task: a read of the app's live invocations.
+  const children: InvocationRecord[] = [];
+  for (const taskId of (await store.counts()).keys()) {
+    for await (const candidate of store.find({ taskId })) {
+      if (candidate.parentId === id) children.push(candidate);
+    }
+  }
+  children.sort((a, b) => a.id < b.id ? -1 : 1);
+  io.stdout(renderInvocation({ record, history, parent, children }));
+  return 0;
+}
+
+async function purge(app: Nenc, all: boolean, io: CliIo): Promise<number> {
+  if (all) {
+    await app.orchestrator.purge();
+    io.stdout(`Purged all data of app ${app.appId}.\n`);
+  } else {
+    const purged = await app.orchestrator.autoPurge();
+    io.stdout(
+      `Purged ${purged} final invocations of app ${app.appId} past their purge time (autoFinalInvocationPurgeHours: ${app.orchestrator.options.autoFinalInvocationPurgeHours}).\n`,
+    );
+  }
+  return 0;
+}
+
+async function graph(
+  app: Nenc,
+  options: { readonly format: "mermaid" | "dot"; readonly svg: string | undefined },
+  io: CliIo,
+): Promise<number> {
+  const store = app.orchestrator.store;
+  const graphs = await store.graphs();
+  const waiting = [...new Set(graphs.waits.flat())];
+  const labels = new Map(
+    (await store.getMany(waiting)).map((
+      record,
+    ) => [record.id, `${callLabel(record.taskId, record.args)} ${record.status}`]),
+  );
+  if (options.format === "mermaid") {
+    io.stdout(renderMermaid(graphs, labels));
+    return 0;
+  }
+  const dot = renderDot(graphs, labels);
+  if (options.svg === undefined) {
+    io.stdout(dot);
+    return 0;
+  }
+  await renderSvg(dot, options.svg);
+  io.stdout(`Wrote ${options.svg}.\n`);
+  return 0;
+}
+
+/** Pipes DOT through Graphviz's `dot -Tsvg` into `file`. */
+async function renderSvg(dot: string, file: string): Promise<void> {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("dot", {
+      args: ["-Tsvg", "-o", file],
+      stdin: "piped",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new Error(
+        "Cannot render SVG: Graphviz is not installed (no dot command on the PATH); install it, or print DOT text with --format dot",
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(dot));
+  await writer.close();
+  const [{ code }, stderr] = await Promise.all([child.status, new Response(child.stderr).text()]);
+  if (code !== 0) throw new Error(`Cannot render SVG: dot exited with ${code}: ${stderr.trim()}`);
 }
 
 function processIo(): CliIo {

@@ -22,7 +22,7 @@ export interface FixtureTasks {
   readonly pay: Task<{ card: string }, string>;
   /** Returns `i` once the child gate opens. */
   readonly child: Task<{ i: number }, number>;
-  /** Calls `n` children and waits for their results (their sum). */
+  /** Calls `n` children and waits for all their results at once (their sum). */
   readonly parent: Task<{ n: number }, number>;
 }
 
@@ -40,9 +40,8 @@ export function defineTasks(app: Nenc, options: FixtureOptions = {}): FixtureTas
   });
   const parent = app.task("parent", async ({ n }: { n: number }): Promise<number> => {
     const children = await Promise.all(Array.from({ length: n }, (_, i) => child.call({ i })));
-    let sum = 0;
-    for (const invocation of children) sum += await invocation.result();
-    return sum;
+    const results = await Promise.all(children.map((invocation) => invocation.result()));
+    return results.reduce((sum, i) => sum + i, 0);
   });
   return { add, pay, child, parent };
 }

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { type CliIo, main } from "../cli.ts";
 import { Nenc } from "../core/app.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
+import { FakeClock } from "./_fake_clock.ts";
 import { openTestKv } from "./_kv.ts";
 
 const onlyDeno = (globalThis as { Deno?: unknown }).Deno === undefined
@@ -113,10 +114,18 @@ async function withKvFile(fn: (path: string) => Promise<void>): Promise<void> {
 }
 
 /** This process's view of the KV file: the fixture's app id and tasks. */
-async function openFixtureApp(path: string, options: Parameters<typeof defineTasks>[1] = {}) {
+async function openFixtureApp(
+  path: string,
+  options: { childGate?: Promise<void>; clock?: FakeClock } = {},
+) {
   const kv = await openTestKv(path);
-  const app = new Nenc({ appId: APP_ID, kv });
+  const app = new Nenc({ appId: APP_ID, kv, ...options.clock ? { clock: options.clock } : {} });
   return { kv, app, tasks: defineTasks(app, options) };
+}
+
+/** Runs a CLI command on the KV file to its end. */
+function cli(command: readonly string[], path: string, env: Record<string, string> = {}) {
+  return startCli([...command, "--app", "tests/_cli_app.ts", "--kv", path], env).exit;
 }
 
 // --- usage ---------------------------------------------------------------------------------------
@@ -145,10 +154,39 @@ test("cli: a command without --app exits 2 saying --app is required", async () =
   assert.match(stderr, /Cannot run worker: --app <module> is required/);
 });
 
-test("cli: an unknown option exits 2", async () => {
+test("cli: an unknown option, and an option of another command, exit 2", async () => {
   const unknown = await runMain(["worker", "--app", fixture("_cli_app.ts"), "--speed", "9"]);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /Cannot parse the arguments: .*--speed/);
+  const misplaced = await runMain(["status", "--app", fixture("_cli_app.ts"), "--all"]);
+  assert.equal(misplaced.code, 2);
+  assert.match(misplaced.stderr, /Cannot run status: --all is not an option of status/);
+});
+
+test("cli: show without an invocation id, or with two, exits 2", async () => {
+  const none = await runMain(["show", "--app", fixture("_cli_app.ts")]);
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /Cannot run show: give the invocation id \(show <invocationId>\)/);
+  const two = await runMain(["show", "A", "B", "--app", fixture("_cli_app.ts")]);
+  assert.equal(two.code, 2);
+  assert.match(two.stderr, /Cannot run show: unexpected argument B/);
+});
+
+test("cli: graph --format other than mermaid or dot, or --svg with --format mermaid, exits 2", async () => {
+  const bad = await runMain(["graph", "--app", fixture("_cli_app.ts"), "--format", "png"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--format must be mermaid or dot, got "png"/);
+  const svg = await runMain([
+    "graph",
+    "--app",
+    fixture("_cli_app.ts"),
+    "--format",
+    "mermaid",
+    "--svg",
+    "out.svg",
+  ]);
+  assert.equal(svg.code, 2);
+  assert.match(svg.stderr, /--svg renders DOT; leave out --format mermaid/);
 });
 
 test("cli: --concurrency that is not an integer ≥ 1 exits 2", async () => {
@@ -180,6 +218,22 @@ test("cli: a module that exports two Nenc apps exits 1 naming them", async () =>
   const { code, stderr } = await runMain(["worker", "--app", fixture("_cli_two_apps.ts")]);
   assert.equal(code, 1);
   assert.match(stderr, /exports 2 Nenc apps \(billing, shop\); export exactly one/);
+});
+
+test("cli: status, show, purge and graph on an app in this process's memory (no --kv) exit 2 saying they read a shared store", async () => {
+  for (const command of [["status"], ["show", "01ABC"], ["purge"], ["graph"]]) {
+    const { code, stdout, stderr } = await runMain([...command, "--app", fixture("_cli_app.ts")]);
+    assert.equal(code, 2, command[0]);
+    assert.equal(stdout, "");
+    assert.match(
+      stderr,
+      new RegExp(
+        `Cannot run ${command[0]}: app cli-test keeps its data in this process's memory, and ${
+          command[0]
+        } reads a shared store; pass --kv <path\\|url>`,
+      ),
+    );
+  }
 });
 
 // --- worker --------------------------------------------------------------------------------------
@@ -261,3 +315,235 @@ test(
     }
   },
 );
+
+// --- inspection ----------------------------------------------------------------------------------
+
+test(
+  "cli status: prints invocations per task and status, and the runners with their heartbeat age",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, tasks } = await openFixtureApp(path);
+      try {
+        await tasks.add.call({ x: 1, y: 2 });
+        await tasks.pay.call({ card: "4242" });
+        await tasks.add.call({ x: 3, y: 4 });
+        assert.equal((await app.runner().drain({ maxMs: 30_000 })).invocations, 3);
+        await tasks.add.call({ x: 5, y: 6 });
+        await app.orchestrator.store.heartbeat("runner-live", Date.now());
+        const { code, stdout, stderr } = await cli(["status"], path);
+        assert.equal(code, 0, stderr);
+        const [counts, runners] = stdout.split("\n\n");
+        assert.equal(
+          counts,
+          "task  registered  success  failed  total\n" +
+            "add            1        2       0      3\n" +
+            "pay            0        0       1      1",
+        );
+        assert.match(runners!, /^runner {6,}last heartbeat\nrunner-live {2}\d+\.\d s ago\n$/);
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli show: prints a parent's record, history with ISO times, result and children, a failure's error with its cause chain, and exits 1 for an unknown id",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, tasks } = await openFixtureApp(path);
+      try {
+        const parent = await tasks.parent.call({ n: 2 });
+        const pay = await tasks.pay.call({ card: "4242" });
+        await app.runner({ concurrency: 2 }).drain({ maxMs: 30_000 });
+        assert.equal(await parent.result(), 1);
+        const children: string[] = [];
+        for await (const child of app.orchestrator.getExistingInvocations(tasks.child)) {
+          children.push(child.id);
+        }
+        assert.equal(children.length, 2);
+
+        const shown = await cli(["show", parent.id], path);
+        assert.equal(shown.code, 0, shown.stderr);
+        const lines = shown.stdout.split("\n");
+        assert.match(shown.stdout, new RegExp(`^invocation  ${parent.id}\ntask        parent\n`));
+        assert.ok(lines.includes('args        {"n":2}'), shown.stdout);
+        assert.ok(lines.includes("status      success"), shown.stdout);
+        assert.ok(lines.includes("retries     0"), shown.stdout);
+        assert.ok(lines.includes("parent      none"), shown.stdout);
+        assert.ok(lines.includes("children    2"), shown.stdout);
+        for (const id of children) {
+          assert.match(
+            shown.stdout,
+            new RegExp(`^  ${id}  child\\(\\{"i":\\d\\}\\)  success$`, "m"),
+          );
+        }
+        assert.match(shown.stdout, /^ {2}\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z {2}registered$/m);
+        assert.match(shown.stdout, /^ {2}\S+Z {2}paused +runner-/m);
+        assert.ok(lines.includes("result      1"), shown.stdout);
+
+        const child = await cli(["show", children[0]!], path);
+        assert.match(
+          child.stdout,
+          new RegExp(`^parent      ${parent.id}  parent\\(\\{"n":2\\}\\)  success$`, "m"),
+        );
+
+        const failed = await cli(["show", pay.id], path);
+        assert.equal(failed.code, 0, failed.stderr);
+        assert.ok(failed.stdout.split("\n").includes("status      failed"), failed.stdout);
+        assert.ok(
+          failed.stdout.endsWith(
+            "error       RangeError: Cannot pay with card 4242: declined\n" +
+              "  caused by Error: the bank said no\n" +
+              '  caused by "insufficient funds"\n',
+          ),
+          failed.stdout,
+        );
+
+        const unknown = await cli(["show", "01NOSUCHINVOCATION"], path);
+        assert.equal(unknown.code, 1);
+        assert.match(
+          unknown.stderr,
+          /Cannot show invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
+        );
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli purge: deletes the final invocations past their purge time and prints how many; --all deletes everything of the app",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      // Finished two days ago on this app's clock: past the default 24 h purge horizon now.
+      const clock = new FakeClock(Date.now() - 48 * 3_600_000);
+      const { kv, app, tasks } = await openFixtureApp(path, { clock });
+      try {
+        const done = [await tasks.add.call({ x: 1, y: 2 }), await tasks.add.call({ x: 3, y: 4 })];
+        const claimed = await app.orchestrator.getInvocationsToRun(2, { runnerId: "r1" });
+        assert.equal(claimed.length, 2);
+        for (const invocation of done) {
+          await app.orchestrator.setInvocationRun(undefined, invocation, { runnerId: "r1" });
+          await app.orchestrator.setInvocationResult(invocation, 0, { runnerId: "r1" });
+        }
+        const waiting = await tasks.add.call({ x: 5, y: 6 });
+
+        const purged = await cli(["purge"], path);
+        assert.equal(purged.code, 0, purged.stderr);
+        assert.equal(
+          purged.stdout,
+          "Purged 2 final invocations of app cli-test past their purge time (autoFinalInvocationPurgeHours: 24).\n",
+        );
+        assert.equal(await app.orchestrator.getInvocation(done[0]!.id), undefined);
+        assert.equal((await app.orchestrator.getInvocation(waiting.id))?.id, waiting.id);
+
+        const all = await cli(["purge", "--all"], path);
+        assert.equal(all.code, 0, all.stderr);
+        assert.equal(all.stdout, "Purged all data of app cli-test.\n");
+        assert.equal(await app.orchestrator.getInvocation(waiting.id), undefined);
+        assert.equal((await cli(["status"], path)).stdout, "No invocations.\n\nNo runners.\n");
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli graph: prints the live call and wait graphs of a parent waiting on two children as Mermaid and DOT, and nothing live once they finish",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      let open!: () => void;
+      const childGate = new Promise<void>((resolve) => open = resolve);
+      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
+      const runner = app.runner({ concurrency: 3 });
+      runner.start();
+      try {
+        const parent = await tasks.parent.call({ n: 2 });
+        // Wait until the parent waits on both running children (a hang guard, not a time limit).
+        for (const deadline = Date.now() + 30_000;;) {
+          const graphs = await app.orchestrator.store.graphs();
+          if (graphs.waits.length === 2 && graphs.calls.edges.length === 2) break;
+          assert.ok(Date.now() < deadline, "the parent never waited on both children");
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        const mermaid = await cli(["graph"], path);
+        assert.equal(mermaid.code, 0, mermaid.stderr);
+        assert.match(
+          mermaid.stdout,
+          /^flowchart LR\n {2}subgraph calls \["call graph: caller → callee"\]\n/,
+        );
+        assert.match(
+          mermaid.stdout,
+          new RegExp(`c\\d\\["parent\\(\\{#quot;n#quot;:2\\}\\)<br/>${parent.id}"\\]`),
+        );
+        assert.match(
+          mermaid.stdout,
+          new RegExp(`w0\\["parent\\(\\{#quot;n#quot;:2\\}\\) paused<br/>${parent.id}"\\]`),
+        );
+        assert.match(mermaid.stdout, /w\d\["child\(\{#quot;i#quot;:0\}\) running<br\/>/);
+        assert.equal(mermaid.stdout.match(/^ {4}c\d --> c\d$/gm)?.length, 2);
+        assert.deepEqual(mermaid.stdout.match(/^ {4}w\d --> w\d$/gm), [
+          "    w0 --> w1",
+          "    w0 --> w2",
+        ]);
+
+        const dot = await cli(["graph", "--format", "dot"], path);
+        assert.equal(dot.code, 0, dot.stderr);
+        assert.match(dot.stdout, /^digraph nenc \{\n/);
+        assert.match(
+          dot.stdout,
+          new RegExp(`\\[label="parent\\(\\{\\\\"n\\\\":2\\}\\)\\\\n${parent.id}"\\]`),
+        );
+        assert.equal(dot.stdout.match(/^ {4}c\d -> c\d;$/gm)?.length, 2);
+        assert.deepEqual(dot.stdout.match(/^ {4}w\d -> w\d;$/gm), [
+          "    w0 -> w1;",
+          "    w0 -> w2;",
+        ]);
+
+        open();
+        assert.equal(await parent.result(), 1);
+        const empty = await cli(["graph"], path);
+        assert.equal(empty.stdout, "flowchart LR\n  %% no live calls, no waits\n");
+      } finally {
+        open();
+        await runner.stop();
+        kv.close();
+      }
+    });
+  },
+);
+
+test("cli graph --svg: without Graphviz on the PATH it exits 1 saying Graphviz is not installed", {
+  skip: onlyDeno,
+}, async () => {
+  await withKvFile(async (path) => {
+    const emptyPath = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
+    try {
+      const { code, stderr } = await cli(["graph", "--svg", join(emptyPath, "out.svg")], path, {
+        PATH: emptyPath,
+      });
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /Cannot render SVG: Graphviz is not installed \(no dot command on the PATH\)/,
+      );
+    } finally {
+      rmSync(emptyPath, { recursive: true, force: true });
+    }
+  });
+});

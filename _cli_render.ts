@@ -1,0 +1,220 @@
+/**
+ * Text rendering for the command line, as pure functions: aligned tables, the status report,
+ * one invocation's report, and the live graphs as Mermaid or DOT. Private to `cli.ts`.
+ *
+ * @module
+ */
+
+import { callLabel } from "./core/ids.ts";
+import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "./core/status.ts";
+import type { InvocationRecord, LiveGraphs, RunnerInfo, SerializedError } from "./core/store.ts";
+
+/**
+ * Aligns rows into columns two spaces apart; columns from index `rightFrom` on are aligned to
+ * the right (numbers). Trailing spaces are trimmed; every line ends with a newline.
+ */
+export function table(rows: readonly (readonly string[])[], rightFrom = Infinity): string {
+  const widths: number[] = [];
+  for (const row of rows) {
+    row.forEach((cell, i) => widths[i] = Math.max(widths[i] ?? 0, cell.length));
+  }
+  return rows.map((row) =>
+    row.map((cell, i) => i >= rightFrom ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!))
+      .join("  ").trimEnd() + "\n"
+  ).join("");
+}
+
+/** What `status` reports: invocations per task and status, then the runners. */
+export interface StatusReport {
+  /** Invocations per task and status, from `Store.counts()`. */
+  readonly counts: ReadonlyMap<string, ReadonlyMap<InvocationStatus, number>>;
+  /** The runners' last heartbeats. */
+  readonly runners: readonly RunnerInfo[];
+  /** Now, epoch ms. */
+  readonly nowMs: number;
+  /** A runner silent for longer is presumed dead (the orchestrator's runner timeout). */
+  readonly runnerTimeoutMs: number;
+}
+
+/** The status report: a table of tasks × statuses (only statuses present), then the runners. */
+export function renderStatus(report: StatusReport): string {
+  const tasks = [...report.counts.keys()].sort();
+  const statuses = ALL_STATUSES.filter((status) =>
+    tasks.some((task) => report.counts.get(task)!.has(status))
+  );
+  let text = "";
+  if (tasks.length === 0) {
+    text += "No invocations.\n";
+  } else {
+    const rows = tasks.map((task) => {
+      const perTask = report.counts.get(task)!;
+      const total = [...perTask.values()].reduce((sum, count) => sum + count, 0);
+      return [task, ...statuses.map((status) => String(perTask.get(status) ?? 0)), String(total)];
+    });
+    text += table([["task", ...statuses, "total"], ...rows], 1);
+  }
+  text += "\n";
+  if (report.runners.length === 0) return text + "No runners.\n";
+  const runners = [...report.runners].sort((a, b) => b.lastSeenMs - a.lastSeenMs);
+  return text + table([
+    ["runner", "last heartbeat"],
+    ...runners.map((runner) => {
+      const ageMs = Math.max(0, report.nowMs - runner.lastSeenMs);
+      const dead = ageMs > report.runnerTimeoutMs ? " (silent: presumed dead)" : "";
+      return [runner.runnerId, `${(ageMs / 1000).toFixed(1)} s ago${dead}`];
+    }),
+  ]);
+}
+
+/** What `show` reports about one invocation. */
+export interface InvocationReport {
+  /** The invocation. */
+  readonly record: InvocationRecord;
+  /** Its history, oldest first. */
+  readonly history: readonly HistoryEntry[];
+  /** Its parent, when it has one that still exists. */
+  readonly parent?: InvocationRecord | undefined;
+  /** The invocations it called. */
+  readonly children: readonly InvocationRecord[];
+}
+
+/** One invocation: the record, parent and children, history with ISO times, result or error. */
+export function renderInvocation(report: InvocationReport): string {
+  const { record } = report;
+  const brief = (other: InvocationRecord): string =>
+    `${other.id}  ${callLabel(other.taskId, other.args)}  ${other.status}`;
+  const parent = record.parentId === null
+    ? "none"
+    : report.parent === undefined
+    ? `${record.parentId} (purged)`
+    : brief(report.parent);
+  let text = table([
+    ["invocation", record.id],
+    ["task", record.taskId],
+    ["call id", record.callId],
+    [
+      "args",
+      `{${
+        Object.keys(record.args).sort().map((name) =>
+          `${JSON.stringify(name)}:${record.args[name]}`
+        ).join(",")
+      }}`,
+    ],
+    ["status", record.status],
+    ["owner", record.ownerId ?? "none"],
+    ["retries", String(record.retries)],
+    ["parent", parent],
+    ["children", String(report.children.length)],
+  ]);
+  for (const child of report.children) text += `  ${brief(child)}\n`;
+  text += "history\n";
+  text += table(report.history.map((entry) => [
+    "  " + new Date(entry.timestampMs).toISOString(),
+    entry.status,
+    entry.runnerId ?? "",
+  ]));
+  if (record.result !== undefined) text += `result      ${record.result}\n`;
+  if (record.error !== undefined) text += renderError(record.error);
+  return text;
+}
+
+/** An error with its data fields and its cause chain, one level per line. */
+function renderError(error: SerializedError): string {
+  let text = "";
+  let level: SerializedError | { readonly value: string } | undefined = error;
+  for (let prefix = "error       "; level !== undefined; prefix = "  caused by ") {
+    if ("value" in level) return text + `${prefix}${level.value}\n`;
+    text += `${prefix}${level.name}: ${level.message}\n`;
+    for (const [field, value] of Object.entries(level.data)) text += `    ${field}: ${value}\n`;
+    level = level.cause;
+  }
+  return text;
+}
+
+/** Labels of wait-graph nodes by invocation id (for example `task(args) status`). */
+export type WaitLabels = ReadonlyMap<string, string>;
+
+/**
+ * The live graphs as a Mermaid flowchart: the call graph (call ids, caller → callee, each call
+ * labelled with its live invocations) and the wait graph (invocations, waiter → waited).
+ */
+export function renderMermaid(graphs: LiveGraphs, labels: WaitLabels = new Map()): string {
+  const text = (value: string): string =>
+    `"${
+      value.replace(/#/g, "#35;").replace(/"/g, "#quot;").replace(/&/g, "#amp;")
+        .replace(/</g, "#lt;").replace(/>/g, "#gt;").replace(/`/g, "#96;")
+        .replace(/\n/g, "<br/>")
+    }"`;
+  const lines = ["flowchart LR"];
+  const { calls, edges } = graphs.calls;
+  if (calls.length === 0 && graphs.waits.length === 0) lines.push("  %% no live calls, no waits");
+  if (calls.length > 0) {
+    const ids = new Map(calls.map((call, i) => [call.callId, `c${i}`]));
+    lines.push(`  subgraph calls ["call graph: caller → callee"]`);
+    for (const call of calls) {
+      lines.push(`    ${ids.get(call.callId)}[${text(callText(call))}]`);
+    }
+    for (const [caller, callee] of edges) {
+      lines.push(`    ${ids.get(caller)} --> ${ids.get(callee)}`);
+    }
+    lines.push("  end");
+  }
+  if (graphs.waits.length > 0) {
+    const ids = waitNodeIds(graphs);
+    lines.push(`  subgraph waits ["wait graph: waiter → waited"]`);
+    for (const [id, node] of ids) lines.push(`    ${node}[${text(waitText(id, labels))}]`);
+    for (const [waiter, waited] of graphs.waits) {
+      lines.push(`    ${ids.get(waiter)} --> ${ids.get(waited)}`);
+    }
+    lines.push("  end");
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** The live graphs as a Graphviz DOT digraph, one cluster per graph. */
+export function renderDot(graphs: LiveGraphs, labels: WaitLabels = new Map()): string {
+  const text = (value: string): string =>
+    `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`;
+  const lines = ["digraph nenc {", "  rankdir=LR;", "  node [shape=box];"];
+  const { calls, edges } = graphs.calls;
+  if (calls.length === 0 && graphs.waits.length === 0) lines.push("  // no live calls, no waits");
+  if (calls.length > 0) {
+    const ids = new Map(calls.map((call, i) => [call.callId, `c${i}`]));
+    lines.push("  subgraph cluster_calls {", `    label=${text("call graph: caller → callee")};`);
+    for (const call of calls) {
+      lines.push(`    ${ids.get(call.callId)} [label=${text(callText(call))}];`);
+    }
+    for (const [caller, callee] of edges) {
+      lines.push(`    ${ids.get(caller)} -> ${ids.get(callee)};`);
+    }
+    lines.push("  }");
+  }
+  if (graphs.waits.length > 0) {
+    const ids = waitNodeIds(graphs);
+    lines.push("  subgraph cluster_waits {", `    label=${text("wait graph: waiter → waited")};`);
+    for (const [id, node] of ids) lines.push(`    ${node} [label=${text(waitText(id, labels))}];`);
+    for (const [waiter, waited] of graphs.waits) {
+      lines.push(`    ${ids.get(waiter)} -> ${ids.get(waited)};`);
+    }
+    lines.push("  }");
+  }
+  return lines.join("\n") + "\n}\n";
+}
+
+function callText(call: LiveGraphs["calls"]["calls"][number]): string {
+  return `${call.label}\n${call.invocationIds.join("\n")}`;
+}
+
+function waitText(id: string, labels: WaitLabels): string {
+  const label = labels.get(id);
+  return label === undefined ? id : `${label}\n${id}`;
+}
+
+/** Node ids of the wait graph's invocations, in order of first appearance. */
+function waitNodeIds(graphs: LiveGraphs): Map<string, string> {
+  const ids = new Map<string, string>();
+  for (const edge of graphs.waits) {
+    for (const id of edge) if (!ids.has(id)) ids.set(id, `w${ids.size}`);
+  }
+  return ids;
+}

@@ -1,0 +1,208 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { renderDot, renderInvocation, renderMermaid, renderStatus, table } from "../_cli_render.ts";
+import type { InvocationStatus } from "../core/status.ts";
+import type { InvocationRecord, LiveGraphs } from "../core/store.ts";
+
+const T0 = Date.UTC(2026, 0, 1);
+
+function record(overrides: Partial<InvocationRecord> & { id: string }): InvocationRecord {
+  return {
+    taskId: "add",
+    callId: "add#1",
+    args: { x: "1", y: "2" },
+    parentId: null,
+    registrationKey: null,
+    runningKey: null,
+    status: "success",
+    ownerId: null,
+    seq: 4,
+    claimSeq: 2,
+    updatedAtMs: T0,
+    createdAtMs: T0,
+    retries: 0,
+    availableAtMs: T0,
+    finishedAtMs: T0,
+    purgeAtMs: null,
+    ...overrides,
+  };
+}
+
+test("table() aligns columns two spaces apart, right-aligns from the given column, trims line ends", () => {
+  assert.equal(
+    table([["task", "success", "failed"], ["add", "12", "0"], ["multiply", "3", "10"]], 1),
+    "task      success  failed\n" +
+      "add            12       0\n" +
+      "multiply        3      10\n",
+  );
+  assert.equal(table([["a", ""], ["bb", "c"]]), "a\nbb  c\n");
+});
+
+test("renderStatus() shows a task × status table of the statuses present with totals, then runners by last heartbeat, marking silent ones", () => {
+  const counts = new Map<string, Map<InvocationStatus, number>>([
+    ["pay", new Map<InvocationStatus, number>([["failed", 1]])],
+    ["add", new Map<InvocationStatus, number>([["success", 12], ["registered", 2]])],
+  ]);
+  const text = renderStatus({
+    counts,
+    runners: [
+      { runnerId: "runner-old", lastSeenMs: T0 - 30_000 },
+      { runnerId: "runner-new", lastSeenMs: T0 - 400 },
+    ],
+    nowMs: T0,
+    runnerTimeoutMs: 10_000,
+  });
+  assert.equal(
+    text,
+    "task  registered  success  failed  total\n" +
+      "add            2       12       0     14\n" +
+      "pay            0        0       1      1\n" +
+      "\n" +
+      "runner      last heartbeat\n" +
+      "runner-new  0.4 s ago\n" +
+      "runner-old  30.0 s ago (silent: presumed dead)\n",
+  );
+});
+
+test("renderStatus() says so when there are no invocations and no runners", () => {
+  assert.equal(
+    renderStatus({ counts: new Map(), runners: [], nowMs: T0, runnerTimeoutMs: 10_000 }),
+    "No invocations.\n\nNo runners.\n",
+  );
+});
+
+test("renderInvocation() shows the record, parent, children, history with ISO times and the result", () => {
+  const parent = record({ id: "P1", taskId: "sum", callId: "sum#1", args: { n: "2" } });
+  const child = record({ id: "C1", parentId: "P1", status: "running", ownerId: "runner-1" });
+  const text = renderInvocation({
+    record: { ...parent, result: "3" },
+    history: [
+      { status: "registered", runnerId: null, timestampMs: T0, seq: 1 },
+      { status: "success", runnerId: "runner-1", timestampMs: T0 + 1500, seq: 2 },
+    ],
+    children: [child],
+  });
+  assert.equal(
+    text,
+    "invocation  P1\n" +
+      "task        sum\n" +
+      "call id     sum#1\n" +
+      'args        {"n":2}\n' +
+      "status      success\n" +
+      "owner       none\n" +
+      "retries     0\n" +
+      "parent      none\n" +
+      "children    1\n" +
+      '  C1  add({"x":1,"y":2})  running\n' +
+      "history\n" +
+      "  2026-01-01T00:00:00.000Z  registered\n" +
+      "  2026-01-01T00:00:01.500Z  success     runner-1\n" +
+      "result      3\n",
+  );
+  const orphan = renderInvocation({ record: child, history: [], children: [] });
+  assert.ok(orphan.split("\n").includes("parent      P1 (purged)"), orphan);
+  const withParent = renderInvocation({ record: child, parent, history: [], children: [] });
+  assert.ok(withParent.split("\n").includes('parent      P1  sum({"n":2})  success'), withParent);
+});
+
+test("renderInvocation() shows an error with its data fields and its whole cause chain", () => {
+  const text = renderInvocation({
+    record: record({
+      id: "F1",
+      status: "failed",
+      error: {
+        name: "CycleDetectedError",
+        message: "A cycle was detected",
+        data: { callIds: '["a#1"]' },
+        cause: {
+          name: "Error",
+          message: "the bank said no",
+          data: {},
+          cause: { value: '"insufficient funds"' },
+        },
+      },
+    }),
+    history: [],
+    children: [],
+  });
+  assert.ok(
+    text.endsWith(
+      "error       CycleDetectedError: A cycle was detected\n" +
+        '    callIds: ["a#1"]\n' +
+        "  caused by Error: the bank said no\n" +
+        '  caused by "insufficient funds"\n',
+    ),
+    text,
+  );
+});
+
+const GRAPHS: LiveGraphs = {
+  calls: {
+    calls: [
+      { callId: "parent#1", label: 'parent({"n":2})', invocationIds: ["P1"] },
+      { callId: "child#1", label: "child(<a&b>)`#", invocationIds: ["C1", "C2"] },
+    ],
+    edges: [["parent#1", "child#1"]],
+  },
+  waits: [["P1", "C1"], ["P1", "C2"]],
+};
+
+test("renderMermaid() draws both graphs as subgraphs, escaping quotes, #, &, <, >, backticks in labels", () => {
+  assert.equal(
+    renderMermaid(GRAPHS, new Map([["P1", 'parent({"n":2}) paused']])),
+    "flowchart LR\n" +
+      '  subgraph calls ["call graph: caller → callee"]\n' +
+      '    c0["parent({#quot;n#quot;:2})<br/>P1"]\n' +
+      '    c1["child(#lt;a#amp;b#gt;)#96;#35;<br/>C1<br/>C2"]\n' +
+      "    c0 --> c1\n" +
+      "  end\n" +
+      '  subgraph waits ["wait graph: waiter → waited"]\n' +
+      '    w0["parent({#quot;n#quot;:2}) paused<br/>P1"]\n' +
+      '    w1["C1"]\n' +
+      '    w2["C2"]\n' +
+      "    w0 --> w1\n" +
+      "    w0 --> w2\n" +
+      "  end\n",
+  );
+});
+
+test("renderDot() draws both graphs as clusters, escaping quotes and backslashes in labels", () => {
+  const graphs: LiveGraphs = {
+    calls: {
+      calls: [
+        { callId: "a#1", label: 'a({"path":"C:\\\\tmp"})', invocationIds: ["A1"] },
+        { callId: "b#1", label: "b({})", invocationIds: ["B1"] },
+      ],
+      edges: [["a#1", "b#1"]],
+    },
+    waits: [["A1", "B1"]],
+  };
+  assert.equal(
+    renderDot(graphs),
+    "digraph nenc {\n" +
+      "  rankdir=LR;\n" +
+      "  node [shape=box];\n" +
+      "  subgraph cluster_calls {\n" +
+      '    label="call graph: caller → callee";\n' +
+      '    c0 [label="a({\\"path\\":\\"C:\\\\\\\\tmp\\"})\\nA1"];\n' +
+      '    c1 [label="b({})\\nB1"];\n' +
+      "    c0 -> c1;\n" +
+      "  }\n" +
+      "  subgraph cluster_waits {\n" +
+      '    label="wait graph: waiter → waited";\n' +
+      '    w0 [label="A1"];\n' +
+      '    w1 [label="B1"];\n' +
+      "    w0 -> w1;\n" +
+      "  }\n" +
+      "}\n",
+  );
+});
+
+test("renderMermaid() and renderDot() of empty graphs are valid and say there is nothing live", () => {
+  const empty: LiveGraphs = { calls: { calls: [], edges: [] }, waits: [] };
+  assert.equal(renderMermaid(empty), "flowchart LR\n  %% no live calls, no waits\n");
+  assert.equal(
+    renderDot(empty),
+    "digraph nenc {\n  rankdir=LR;\n  node [shape=box];\n  // no live calls, no waits\n}\n",
+  );
+});

@@ -623,13 +623,15 @@ export class Orchestrator {
    * Recovers invocations: PENDING older than `maxPendingSeconds` (PENDING_RECOVERY → REROUTED)
    * and RUNNING / PAUSED / RESUMED owned by runners whose heartbeat is older than
    * `runnerTimeoutSeconds` (RUNNING_RECOVERY → REROUTED). Each is fenced by its sequence number,
-   * so a concurrent change wins. Returns the recovered invocations.
+   * so a concurrent change wins. The heartbeat entries of runners silent past the timeout are
+   * removed. Returns the recovered invocations.
    */
   async recoverInvocations(options: ActorOptions & { max?: number } = {}): Promise<Invocation[]> {
     const actor = this.#actor(options);
+    const heartbeatBeforeMs = actor.nowMs - this.options.runnerTimeoutSeconds * 1000;
     const candidates = await this.store.recoverable({
       pendingBeforeMs: actor.nowMs - this.options.maxPendingSeconds * 1000,
-      heartbeatBeforeMs: actor.nowMs - this.options.runnerTimeoutSeconds * 1000,
+      heartbeatBeforeMs,
       max: options.max ?? 1000,
     });
     const recovered: Invocation[] = [];
@@ -643,6 +645,12 @@ export class Orchestrator {
         expectSeq: record.seq,
       });
       if (outcome.ok) recovered.push(new Invocation(this, outcome.record));
+    }
+    // A runner silent past the timeout is dead: its heartbeat entry goes. What it still owns is
+    // recovered all the same (by the age of the invocation), and if it was only asleep, its next
+    // heartbeat writes the entry again while claim fencing refuses its stale writes.
+    for (const runner of await this.store.runners()) {
+      if (runner.lastSeenMs < heartbeatBeforeMs) await this.store.removeRunner(runner.runnerId);
     }
     return recovered;
   }

@@ -30,6 +30,7 @@ import {
   decideSlot,
   type FindQuery,
   type InvocationRecord,
+  type LiveGraphs,
   type NewInvocation,
   planChange,
   planRegistration,
@@ -974,7 +975,7 @@ export class KvStore implements Store {
   // --- inspection --------------------------------------------------------------------------------
 
   // reads: holder/…, calls/… and waits/… in full (one range read each): the live graphs.
-  async graphs(): ReturnType<Store["graphs"]> {
+  async graphs(): Promise<LiveGraphs> {
     const calls = new Map<string, { label: string; invocationIds: string[] }>();
     for await (const entry of this.#kv.list({ prefix: this.#keys.every("holder") })) {
       const [callId, invocationId] = entry.key.slice(-2).map(String) as [string, string];

@@ -849,6 +849,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
         ["success", "live"],
       ],
     );
+    // The dead runner's heartbeat entry went with its invocation.
+    assert.deepEqual((await app.orchestrator.store.runners()).map((r) => r.runnerId), ["live"]);
   });
 
   test(`[${backend}] an invocation whose owner never sent a heartbeat is not recovered before runnerTimeoutSeconds`, async () => {

@@ -21,7 +21,9 @@ import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
  * ```ts
  * import { Nenc, type NencOptions } from "@nenc/nenc";
  *
- * class PaymentDeclined extends Error {}
+ * class PaymentDeclined extends Error {
+ *   override name = "PaymentDeclined";
+ * }
  * const options: NencOptions = {
  *   appId: "shop",
  *   orchestrator: { autoFinalInvocationPurgeHours: 1 },
@@ -38,7 +40,11 @@ export interface NencOptions {
   orchestrator?: OrchestratorOptions;
   /** Where time comes from [the system clock]. */
   clock?: Clock;
-  /** Error classes whose errors come back from `result()` as the same class [`[]`; built-in and nenc errors always do]. */
+  /**
+   * Error classes whose errors come back from `result()` as the same class, matched by the
+   * error's `name`: a class of your own sets `name` to its class name [`[]`; built-in and nenc
+   * errors always do].
+   */
   errorClasses?: readonly ErrorClass[];
   /**
    * A Deno KV store (`Deno.openKv()`, or `openKv()` of the `@deno/kv` npm package on Bun and

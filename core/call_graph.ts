@@ -8,7 +8,20 @@
 import { DirectedGraph } from "graphology";
 import { CycleDetectedError } from "./errors.ts";
 
-/** One side of a call: the call id, the invocation making or running it, and how to render it. */
+/**
+ * One side of a call: the call id, the invocation making or running it, and how to render it.
+ *
+ * @example
+ * ```ts
+ * import { CallGraph, type CallRef } from "@nenc/nenc";
+ *
+ * const checkout: CallRef = { callId: "checkout#1", invocationId: "i1", label: 'checkout({"cart":7})' };
+ * const charge: CallRef = { callId: "charge#1", invocationId: "i2" };
+ * const graph = new CallGraph();
+ * graph.addCall(checkout, charge);
+ * console.log(graph.snapshot().calls.map((call) => call.label)); // ['checkout({"cart":7})', "charge#1"]
+ * ```
+ */
 export interface CallRef {
   /** The call id (task id + argument hash): the node of the graph. */
   readonly callId: string;
@@ -18,7 +31,20 @@ export interface CallRef {
   readonly label?: string;
 }
 
-/** Figures of a {@linkcode CallGraph}. */
+/**
+ * Figures of a {@linkcode CallGraph}.
+ *
+ * @example Two invocations of one call count once as a call
+ * ```ts
+ * import { CallGraph, type CallGraphSize } from "@nenc/nenc";
+ *
+ * const graph = new CallGraph();
+ * graph.addCall({ callId: "a#1", invocationId: "i1" }, { callId: "b#1", invocationId: "i2" });
+ * graph.addCall({ callId: "a#1", invocationId: "i3" }, { callId: "b#1", invocationId: "i4" });
+ * const size: CallGraphSize = graph.size;
+ * console.log(size); // { calls: 2, edges: 1, invocations: 4 }
+ * ```
+ */
 export interface CallGraphSize {
   /** Calls (nodes) in the graph. */
   readonly calls: number;
@@ -28,7 +54,19 @@ export interface CallGraphSize {
   readonly invocations: number;
 }
 
-/** One call of a {@linkcode CallGraphSnapshot}. */
+/**
+ * One call of a {@linkcode CallGraphSnapshot}.
+ *
+ * @example
+ * ```ts
+ * import { CallGraph, type CallSnapshot } from "@nenc/nenc";
+ *
+ * const graph = new CallGraph();
+ * graph.addCall({ callId: "a#1", invocationId: "i1", label: "a()" }, { callId: "b#1", invocationId: "i2" });
+ * const [first]: readonly CallSnapshot[] = graph.snapshot().calls;
+ * console.log(first); // { callId: "a#1", label: "a()", invocationIds: ["i1"] }
+ * ```
+ */
 export interface CallSnapshot {
   /** The call id. */
   readonly callId: string;
@@ -38,7 +76,20 @@ export interface CallSnapshot {
   readonly invocationIds: readonly string[];
 }
 
-/** A plain copy of a {@linkcode CallGraph}, from {@linkcode CallGraph.snapshot}. */
+/**
+ * A plain copy of a {@linkcode CallGraph}, from {@linkcode CallGraph.snapshot}.
+ *
+ * @example Rendering the graph as Graphviz DOT
+ * ```ts
+ * import { CallGraph, type CallGraphSnapshot } from "@nenc/nenc";
+ *
+ * const graph = new CallGraph();
+ * graph.addCall({ callId: "a#1", invocationId: "i1" }, { callId: "b#1", invocationId: "i2" });
+ * const snapshot: CallGraphSnapshot = graph.snapshot();
+ * const edges = snapshot.edges.map(([caller, callee]) => `"${caller}" -> "${callee}";`);
+ * console.log(`digraph { ${edges.join(" ")} }`); // digraph { "a#1" -> "b#1"; }
+ * ```
+ */
 export interface CallGraphSnapshot {
   /** Every call in the graph. */
   readonly calls: readonly CallSnapshot[];

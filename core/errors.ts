@@ -5,7 +5,18 @@
  * @module
  */
 
-/** Options accepted by every nenc error: the standard `cause`. */
+/**
+ * Options accepted by every nenc error: the standard `cause`.
+ *
+ * @example Chaining the underlying error
+ * ```ts
+ * import { NencError, type NencErrorOptions, RetryError } from "@nenc/nenc";
+ *
+ * const options: NencErrorOptions = { cause: new Error("503 Service Unavailable") };
+ * const error = new RetryError("Cannot fetch the rates: the server is busy", options);
+ * console.log(error instanceof NencError, (error.cause as Error).message); // true "503 Service Unavailable"
+ * ```
+ */
 export interface NencErrorOptions {
   /** The error that caused this one. */
   cause?: unknown;
@@ -118,7 +129,24 @@ export class InvocationConcurrencyWithDifferentArgumentsError extends NencError 
   }
 }
 
-/** One argument that differs between an existing and a requested call, both serialized. */
+/**
+ * One argument that differs between an existing and a requested call, both serialized.
+ *
+ * @example
+ * ```ts
+ * import { type ArgumentDiff, InvocationConcurrencyWithDifferentArgumentsError, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const send = app.task("send", ({ to, body }: { to: string; body: string }) => `${to}: ${body}`, {
+ *   registrationConcurrency: "keys", keyArguments: ["to"], onDiffNonKeyArgsRaise: true,
+ * });
+ * await send.call({ to: "ada", body: "hi" });
+ * const error = await send.call({ to: "ada", body: "hello" }).catch((error: unknown) => error);
+ * if (!(error instanceof InvocationConcurrencyWithDifferentArgumentsError)) throw error;
+ * const body: ArgumentDiff | undefined = error.diff.body;
+ * console.log(body); // { existing: '"hi"', requested: '"hello"' }
+ * ```
+ */
 export interface ArgumentDiff {
   /** The serialized value in the existing invocation, `undefined` if it lacks the argument. */
   readonly existing: string | undefined;

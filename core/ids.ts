@@ -11,6 +11,15 @@ import { decodeTime, monotonicFactory } from "ulid";
 /**
  * The separator between a task id and the argument hash in a call id; a task id may not contain
  * it.
+ *
+ * @example Splitting a call id
+ * ```ts
+ * import { callId, KEY_SEPARATOR, serializeArguments } from "@nenc/nenc";
+ *
+ * const id = callId("add", serializeArguments({ x: 1, y: 2 }));
+ * const [taskId, hash] = id.split(KEY_SEPARATOR);
+ * console.log(taskId, hash?.length); // "add" 64
+ * ```
  */
 export const KEY_SEPARATOR = "#";
 
@@ -121,7 +130,18 @@ function notJson(path: string, reason: string): TypeError {
   return new TypeError(`Cannot serialize ${path}: ${reason}`);
 }
 
-/** Arguments serialized one by one with {@linkcode canonicalJson}, keys in sorted order. */
+/**
+ * Arguments serialized one by one with {@linkcode canonicalJson}, keys in sorted order.
+ *
+ * @example
+ * ```ts
+ * import { callLabel, serializeArguments, type SerializedArguments } from "@nenc/nenc";
+ *
+ * const args: SerializedArguments = serializeArguments({ tags: ["b", "a"], n: 3 });
+ * console.log(args); // { n: "3", tags: '["b","a"]' }
+ * console.log(callLabel("fib", args)); // fib({"n":3,"tags":["b","a"]})
+ * ```
+ */
 export type SerializedArguments = Readonly<Record<string, string>>;
 
 /**

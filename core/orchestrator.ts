@@ -29,6 +29,15 @@ import type { Call, Task } from "./task.ts";
  * Options of the orchestrator (`new Nenc({ orchestrator: { … } })`); defaults in brackets.
  * `cycleControl` and `blockingControl` may be toggled at runtime through
  * `app.orchestrator.options`: the change takes effect on the next call.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type OrchestratorOptions } from "@nenc/nenc";
+ *
+ * const orchestrator: OrchestratorOptions = { maxPendingSeconds: 30, runnerTimeoutSeconds: 60 };
+ * const app = new Nenc({ appId: "shop", orchestrator });
+ * console.log(app.orchestrator.options.maxPendingSeconds, app.orchestrator.options.cycleControl); // 30 true
+ * ```
  */
 export interface OrchestratorOptions {
   /** Detect call cycles [`true`]. */
@@ -43,7 +52,20 @@ export interface OrchestratorOptions {
   runnerTimeoutSeconds?: number;
 }
 
-/** Orchestrator options with the defaults filled in; `cycleControl` and `blockingControl` can be changed. */
+/**
+ * Orchestrator options with the defaults filled in; `cycleControl` and `blockingControl` can be
+ * changed.
+ *
+ * @example Turning blocking control off at runtime
+ * ```ts
+ * import { Nenc, type ResolvedOrchestratorOptions } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const options: ResolvedOrchestratorOptions = app.orchestrator.options;
+ * options.blockingControl = false; // from the next pick-up on, the queue order alone decides
+ * console.log(options.blockingControl, options.autoFinalInvocationPurgeHours); // false 24
+ * ```
+ */
 export interface ResolvedOrchestratorOptions {
   /** See {@linkcode OrchestratorOptions.cycleControl}. */
   cycleControl: boolean;
@@ -57,7 +79,38 @@ export interface ResolvedOrchestratorOptions {
   readonly runnerTimeoutSeconds: number;
 }
 
-/** Validates orchestrator options and fills in the defaults. */
+/**
+ * Validates orchestrator options and fills in the defaults.
+ *
+ * @throws {TypeError | RangeError} naming the option.
+ *
+ * @example The defaults
+ * ```ts
+ * import { resolveOrchestratorOptions } from "@nenc/nenc";
+ *
+ * console.log(resolveOrchestratorOptions({}));
+ * // {
+ * //   cycleControl: true,
+ * //   blockingControl: true,
+ * //   autoFinalInvocationPurgeHours: 24,
+ * //   maxPendingSeconds: 5,
+ * //   runnerTimeoutSeconds: 10
+ * // }
+ * ```
+ *
+ * @example A bad value
+ * ```ts
+ * import { resolveOrchestratorOptions } from "@nenc/nenc";
+ *
+ * try {
+ *   resolveOrchestratorOptions({ maxPendingSeconds: -1 });
+ * } catch (error) {
+ *   if (!(error instanceof RangeError)) throw error;
+ *   console.log(error.message);
+ *   // Cannot create the orchestrator: maxPendingSeconds must be a number ≥ 0, got -1
+ * }
+ * ```
+ */
 export function resolveOrchestratorOptions(
   options: OrchestratorOptions = {},
 ): ResolvedOrchestratorOptions {
@@ -101,7 +154,22 @@ export function resolveOrchestratorOptions(
   };
 }
 
-/** What the orchestrator needs from its app. */
+/**
+ * What the orchestrator needs from its app. A {@linkcode Nenc} app is one; a test can build an
+ * orchestrator on a host of its own, here with a frozen clock.
+ *
+ * @example
+ * ```ts
+ * import { type Clock, MemoryStore, Orchestrator, type OrchestratorHost, Task } from "@nenc/nenc";
+ *
+ * const clock: Clock = { now: () => 1_000, sleep: () => Promise.resolve() };
+ * const host: OrchestratorHost = { getTask: () => undefined, errorClasses: new Map(), clock };
+ * const orchestrator = new Orchestrator(host, new MemoryStore());
+ * const probe = new Task(orchestrator, "probe", () => 1);
+ * const invocation = await probe.call();
+ * console.log((await invocation.history())[0]?.timestampMs); // 1000
+ * ```
+ */
 export interface OrchestratorHost {
   /** The task with this id, or `undefined` when this app does not define it. */
   getTask(taskId: string): Task<never, unknown> | undefined;
@@ -111,7 +179,23 @@ export interface OrchestratorHost {
   readonly clock: Clock;
 }
 
-/** Who changes a status: a runner, or `null` for a caller without one (default: the current runner). */
+/**
+ * Who changes a status: a runner, or `null` for a caller without one (default: the current
+ * runner).
+ *
+ * @example An operator takes an invocation off the queue
+ * ```ts
+ * import { type ActorOptions, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * const actor: ActorOptions = { runnerId: "ops" };
+ * await app.orchestrator.setInvocationStatus(invocation, "concurrency_controlled_final", actor);
+ * const [, last] = await invocation.history();
+ * console.log(last?.status, last?.runnerId); // "concurrency_controlled_final" "ops"
+ * ```
+ */
 export interface ActorOptions {
   /** The runner making the change. */
   runnerId?: string | null;
@@ -119,13 +203,41 @@ export interface ActorOptions {
   claimSeq?: number;
 }
 
-/** Anything with an invocation id: an {@linkcode Invocation}, or `{ id }`. */
+/**
+ * Anything with an invocation id: an {@linkcode Invocation}, or `{ id }`.
+ *
+ * @example An id kept elsewhere (a database row, a URL) is enough
+ * ```ts
+ * import { type InvocationRef, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const { id } = await ping.call();
+ * const ref: InvocationRef = { id };
+ * console.log(await app.orchestrator.getInvocationStatus(ref)); // "registered"
+ * ```
+ */
 export interface InvocationRef {
   /** The invocation id. */
   readonly id: string;
 }
 
-/** Cycle control: the call graph between running invocations. */
+/**
+ * Cycle control: the call graph between running invocations.
+ *
+ * @example
+ * ```ts
+ * import { type CycleControl, CycleDetectedError, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const a = await app.task("a", () => 1).call();
+ * const b = await app.task("b", () => 2).call();
+ * const cycles: CycleControl = app.orchestrator.cycleControl;
+ * await cycles.addCallAndCheckCycles(a, b);
+ * const error = await cycles.addCallAndCheckCycles(b, a).catch((error: unknown) => error);
+ * console.log(error instanceof CycleDetectedError); // true
+ * ```
+ */
 export interface CycleControl {
   /** Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a cycle. */
   addCallAndCheckCycles(caller: InvocationRef, callee: InvocationRef): Promise<void>;
@@ -133,7 +245,21 @@ export interface CycleControl {
   cleanUpInvocationCycles(invocation: InvocationRef): Promise<void>;
 }
 
-/** Blocking control: which invocations wait on which. */
+/**
+ * Blocking control: which invocations wait on which.
+ *
+ * @example
+ * ```ts
+ * import { type BlockingControl, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const parent = await app.task("parent", () => 1).call();
+ * const child = await app.task("child", () => 2).call();
+ * const blocking: BlockingControl = app.orchestrator.blockingControl;
+ * await blocking.waitingForResults(parent, [child]);
+ * console.log((await blocking.getBlockingInvocations(10)).map((invocation) => invocation.taskId)); // ["child"]
+ * ```
+ */
 export interface BlockingControl {
   /** Records that `caller` waits on `invocations`. */
   waitingForResults(

@@ -46,7 +46,20 @@ export interface RunnerOptions {
   purgeIntervalMs?: number;
 }
 
-/** What {@linkcode Runner.drain} did. */
+/**
+ * What {@linkcode Runner.drain} did.
+ *
+ * @example
+ * ```ts
+ * import { type DrainReport, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const square = app.task("square", ({ n }: { n: number }) => n * n);
+ * await square.parallelize([{ n: 1 }, { n: 2 }, { n: 3 }]);
+ * const report: DrainReport = await app.runner({ concurrency: 2 }).drain({ maxMs: 10_000 });
+ * console.log(report); // { invocations: 3, timedOut: false }
+ * ```
+ */
 export interface DrainReport {
   /** Invocations this runner finished (succeeded, failed or re-queued for retry). */
   readonly invocations: number;
@@ -54,7 +67,27 @@ export interface DrainReport {
   readonly timedOut: boolean;
 }
 
-/** What a runner needs from its app. */
+/**
+ * What a runner needs from its app. A {@linkcode Nenc} app is one; a test can wrap it, here to
+ * see which tasks the runner looks up.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, Runner, type RunnerHost } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const lookedUp: string[] = [];
+ * const host: RunnerHost = {
+ *   orchestrator: app.orchestrator,
+ *   clock: app.clock,
+ *   getTask: (taskId) => (lookedUp.push(taskId), app.getTask(taskId)),
+ * };
+ * const invocation = await ping.call();
+ * await new Runner(host).drain();
+ * console.log(await invocation.result(), lookedUp.includes("ping")); // "pong" true
+ * ```
+ */
 export interface RunnerHost {
   /** The orchestrator. */
   readonly orchestrator: Orchestrator;

@@ -11,10 +11,40 @@ import * as errors from "./errors.ts";
 import { canonicalJson } from "./ids.ts";
 import type { SerializedError } from "./store.ts";
 
-/** A class of errors that can be rehydrated: any `Error` subclass. */
+/**
+ * A class of errors that can be rehydrated: any `Error` subclass. Errors are matched by `name`,
+ * so a class of your own sets `name` to its class name.
+ *
+ * @example An app's own error comes back as its class
+ * ```ts
+ * import { type ErrorClass, Nenc } from "@nenc/nenc";
+ *
+ * class PaymentDeclined extends Error {
+ *   override name = "PaymentDeclined";
+ * }
+ * const errorClasses: ErrorClass[] = [PaymentDeclined];
+ * const app = new Nenc({ errorClasses });
+ * const pay = app.task("pay", (): number => {
+ *   throw new PaymentDeclined("Cannot pay: the card was declined");
+ * });
+ * const invocation = await pay.call();
+ * await app.runner().drain();
+ * console.log(await invocation.result().catch((error: unknown) => error instanceof PaymentDeclined)); // true
+ * ```
+ */
 export type ErrorClass = abstract new (...args: never[]) => Error;
 
-/** The error classes every app rehydrates: the built-in ones and nenc's own. */
+/**
+ * The error classes every app rehydrates: the built-in ones and nenc's own.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_ERROR_CLASSES } from "@nenc/nenc";
+ *
+ * const names = DEFAULT_ERROR_CLASSES.map((errorClass) => errorClass.name);
+ * console.log(names.includes("TypeError"), names.includes("CycleDetectedError")); // true true
+ * ```
+ */
 export const DEFAULT_ERROR_CLASSES: readonly ErrorClass[] = [
   Error,
   TypeError,
@@ -117,7 +147,21 @@ export function deserializeError(
   return error;
 }
 
-/** Maps class names to classes, for {@linkcode deserializeError}. */
+/**
+ * Maps class names to classes, for {@linkcode deserializeError}.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap, serializeError } from "@nenc/nenc";
+ *
+ * class PaymentDeclined extends Error {
+ *   override name = "PaymentDeclined";
+ * }
+ * const classes = errorClassMap([...DEFAULT_ERROR_CLASSES, PaymentDeclined]);
+ * const error = deserializeError(serializeError(new PaymentDeclined("Cannot pay")), classes);
+ * console.log(error instanceof PaymentDeclined, error.message); // true "Cannot pay"
+ * ```
+ */
 export function errorClassMap(classes: readonly ErrorClass[]): Map<string, ErrorClass> {
   return new Map(classes.map((errorClass) => [errorClass.name, errorClass]));
 }

@@ -34,7 +34,20 @@ export const InvocationStatus = {
   RUNNING_RECOVERY: "running_recovery",
 } as const;
 
-/** One status of an invocation: `"registered"`, `"pending"`, `"running"`, … */
+/**
+ * One status of an invocation: `"registered"`, `"pending"`, `"running"`, …
+ *
+ * @example
+ * ```ts
+ * import { type InvocationStatus, isFinalStatus, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * const status: InvocationStatus = await invocation.status();
+ * console.log(status, isFinalStatus(status)); // "registered" false
+ * ```
+ */
 export type InvocationStatus = typeof InvocationStatus[keyof typeof InvocationStatus];
 
 const S = InvocationStatus;
@@ -94,26 +107,70 @@ const TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = {
   [S.CONCURRENCY_CONTROLLED_FINAL]: { next: [], ...released },
 };
 
-/** Every status, in the order of {@linkcode InvocationStatus}. */
+/**
+ * Every status, in the order of {@linkcode InvocationStatus}.
+ *
+ * @example
+ * ```ts
+ * import { ALL_STATUSES, isFinalStatus } from "@nenc/nenc";
+ *
+ * console.log(ALL_STATUSES.length, ALL_STATUSES.filter(isFinalStatus));
+ * // 14 ["success", "failed", "concurrency_controlled_final"]
+ * ```
+ */
 export const ALL_STATUSES: readonly InvocationStatus[] = Object.freeze(
   Object.values(InvocationStatus),
 );
 
-/** The final statuses: SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL. */
+/**
+ * The final statuses: SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL.
+ *
+ * @example
+ * ```ts
+ * import { FINAL_STATUSES, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * await app.runner().drain();
+ * console.log(FINAL_STATUSES.has(await invocation.status())); // true
+ * ```
+ */
 export const FINAL_STATUSES: ReadonlySet<InvocationStatus> = new Set([
   S.SUCCESS,
   S.FAILED,
   S.CONCURRENCY_CONTROLLED_FINAL,
 ]);
 
-/** The statuses from which an invocation may be picked up: REGISTERED, REROUTED, RETRY. */
+/**
+ * The statuses from which an invocation may be picked up: REGISTERED, REROUTED, RETRY.
+ *
+ * @example
+ * ```ts
+ * import { AVAILABLE_FOR_RUN_STATUSES, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * console.log(AVAILABLE_FOR_RUN_STATUSES.has(await invocation.status())); // true
+ * ```
+ */
 export const AVAILABLE_FOR_RUN_STATUSES: ReadonlySet<InvocationStatus> = new Set([
   S.REGISTERED,
   S.REROUTED,
   S.RETRY,
 ]);
 
-/** The statuses that hold a running-concurrency slot: PENDING, RUNNING, RESUMED. */
+/**
+ * The statuses that hold a running-concurrency slot: PENDING, RUNNING, RESUMED.
+ *
+ * @example A paused invocation frees its slot
+ * ```ts
+ * import { SLOT_HOLDING_STATUSES } from "@nenc/nenc";
+ *
+ * console.log(SLOT_HOLDING_STATUSES.has("running"), SLOT_HOLDING_STATUSES.has("paused")); // true false
+ * ```
+ */
 export const SLOT_HOLDING_STATUSES: ReadonlySet<InvocationStatus> = new Set([
   S.PENDING,
   S.RUNNING,
@@ -165,7 +222,21 @@ export function allowedTransitions(
   return from === undefined ? [S.REGISTERED] : TABLE[from].next;
 }
 
-/** The stored status of an invocation: what {@linkcode transition} reads and returns. */
+/**
+ * The stored status of an invocation: what {@linkcode transition} reads and returns.
+ *
+ * @example A stored invocation record is a status record
+ * ```ts
+ * import { Nenc, type StatusRecord, transition } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * const current: StatusRecord | undefined = await app.orchestrator.store.get(invocation.id);
+ * const next = transition(current, "pending", { runnerId: "r1", nowMs: Date.now() }).record;
+ * console.log(current?.seq, next.seq, next.ownerId); // 1 2 "r1"
+ * ```
+ */
 export interface StatusRecord {
   /** The current status. */
   readonly status: InvocationStatus;
@@ -177,7 +248,22 @@ export interface StatusRecord {
   readonly updatedAtMs: number;
 }
 
-/** One entry of an invocation's history: one per transition. */
+/**
+ * One entry of an invocation's history: one per transition.
+ *
+ * @example
+ * ```ts
+ * import { type HistoryEntry, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const invocation = await ping.call();
+ * await app.runner({ runnerId: "r1" }).drain();
+ * const history: HistoryEntry[] = await app.orchestrator.getInvocationHistory(invocation);
+ * console.log(history.map((entry) => `${entry.seq} ${entry.status} ${entry.runnerId}`));
+ * // ["1 registered null", "2 pending r1", "3 running r1", "4 success r1"]
+ * ```
+ */
 export interface HistoryEntry {
   /** The status entered. */
   readonly status: InvocationStatus;
@@ -189,7 +275,23 @@ export interface HistoryEntry {
   readonly seq: number;
 }
 
-/** Who makes a status change, and when. */
+/**
+ * Who makes a status change, and when.
+ *
+ * @example
+ * ```ts
+ * import { InvocationStatusTransitionError, transition, type TransitionOptions } from "@nenc/nenc";
+ *
+ * const options: TransitionOptions = { runnerId: "r1", nowMs: 0, invocationId: "inv-1" };
+ * try {
+ *   transition(undefined, "running", options);
+ * } catch (error) {
+ *   if (!(error instanceof InvocationStatusTransitionError)) throw error;
+ *   console.log(error.message);
+ *   // Cannot change the status of invocation inv-1: (new) → running is not allowed
+ * }
+ * ```
+ */
 export interface TransitionOptions {
   /** The runner making the change, or `null` for a caller without a runner. */
   readonly runnerId: string | null;
@@ -199,7 +301,21 @@ export interface TransitionOptions {
   readonly invocationId?: string;
 }
 
-/** The outcome of a valid {@linkcode transition}: the record to store and its history entry. */
+/**
+ * The outcome of a valid {@linkcode transition}: the record to store and its history entry.
+ *
+ * @example
+ * ```ts
+ * import { transition, type TransitionResult } from "@nenc/nenc";
+ *
+ * const { record, entry }: TransitionResult = transition(undefined, "registered", {
+ *   runnerId: null,
+ *   nowMs: 5,
+ * });
+ * console.log(record); // { status: "registered", ownerId: null, seq: 1, updatedAtMs: 5 }
+ * console.log(entry); // { status: "registered", runnerId: null, timestampMs: 5, seq: 1 }
+ * ```
+ */
 export interface TransitionResult {
   /** The new status record. */
   readonly record: StatusRecord;

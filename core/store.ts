@@ -19,7 +19,23 @@ import {
   transition,
 } from "./status.ts";
 
-/** An error as stored: plain data, rehydrated by the app's serializer. */
+/**
+ * An error as stored: plain data, rehydrated by the app's serializer.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type SerializedError } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const fail = app.task("fail", (): number => {
+ *   throw new RangeError("Cannot go: too far", { cause: "gps" });
+ * });
+ * const invocation = await fail.call();
+ * await app.runner().drain();
+ * const stored: SerializedError | undefined = (await app.orchestrator.store.get(invocation.id))?.error;
+ * console.log(stored?.name, stored?.message, stored?.cause); // "RangeError" "Cannot go: too far" { value: '"gps"' }
+ * ```
+ */
 export interface SerializedError {
   /** The error's `name` (its class name for registered classes). */
   readonly name: string;
@@ -33,7 +49,20 @@ export interface SerializedError {
   readonly cause?: SerializedError | { readonly value: string };
 }
 
-/** One invocation as stored. */
+/**
+ * One invocation as stored.
+ *
+ * @example
+ * ```ts
+ * import { type InvocationRecord, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc({ appId: "shop" });
+ * const charge = app.task("charge", ({ cents }: { cents: number }) => cents);
+ * const invocation = await charge.call({ cents: 250 });
+ * const record: InvocationRecord | undefined = await app.orchestrator.store.get(invocation.id);
+ * console.log(record?.status, record?.args, record?.retries); // "registered" { cents: "250" } 0
+ * ```
+ */
 export interface InvocationRecord {
   /** The invocation id: a ULID. */
   readonly id: string;
@@ -79,7 +108,22 @@ export interface InvocationRecord {
   readonly purgeAtMs: number | null;
 }
 
-/** What {@linkcode Store.register} needs to create an invocation: its identity and keys. */
+/**
+ * What {@linkcode Store.register} needs to create an invocation: its identity and keys.
+ *
+ * @example Registering on a store directly, as a backend test does
+ * ```ts
+ * import { callId, MemoryStore, newInvocationId, type NewInvocation, serializeArguments } from "@nenc/nenc";
+ *
+ * const args = serializeArguments({ n: 3 });
+ * const invocation: NewInvocation = {
+ *   id: newInvocationId(), taskId: "fib", callId: callId("fib", args), args, parentId: null,
+ *   registrationKey: null, runningKey: null, nowMs: Date.now(), runnerId: null,
+ * };
+ * const { created } = await new MemoryStore().register(invocation);
+ * console.log(created?.status, created?.seq); // "registered" 1
+ * ```
+ */
 export interface NewInvocation extends
   Pick<
     InvocationRecord,
@@ -91,12 +135,43 @@ export interface NewInvocation extends
   readonly runnerId: string | null;
 }
 
-/** The outcome of {@linkcode Store.register}: a new invocation, or the one holding the key. */
+/**
+ * The outcome of {@linkcode Store.register}: a new invocation, or the one holding the key.
+ *
+ * @example The second registration of a key finds the first
+ * ```ts
+ * import { MemoryStore, type NewInvocation, type RegisterOutcome } from "@nenc/nenc";
+ *
+ * const store = new MemoryStore();
+ * const sync = (id: string): NewInvocation => ({
+ *   id, taskId: "sync", callId: "sync#0", args: {}, parentId: null, registrationKey: "sync",
+ *   runningKey: null, nowMs: 0, runnerId: null,
+ * });
+ * await store.register(sync("i1"));
+ * const outcome: RegisterOutcome = await store.register(sync("i2"));
+ * console.log(outcome.created, outcome.existing?.id); // undefined "i1"
+ * ```
+ */
 export type RegisterOutcome =
   | { readonly created: InvocationRecord; readonly existing?: undefined }
   | { readonly existing: InvocationRecord; readonly created?: undefined };
 
-/** A status change: one or more statuses entered in one atomic step. */
+/**
+ * A status change: one or more statuses entered in one atomic step.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type StatusChange } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const invocation = await app.task("ping", () => "pong").call();
+ * const change: StatusChange = {
+ *   path: ["concurrency_controlled", "rerouted"], runnerId: null, nowMs: Date.now(),
+ * };
+ * const outcome = await app.orchestrator.store.change(invocation.id, change);
+ * if (outcome.ok) console.log(outcome.entries.map((entry) => entry.seq)); // [2, 3]
+ * ```
+ */
 export interface StatusChange {
   /** The statuses to enter, in order (REGISTERED → CONCURRENCY_CONTROLLED → REROUTED is one step). */
   readonly path: readonly InvocationStatus[];
@@ -120,7 +195,21 @@ export interface StatusChange {
   readonly purgeAtMs?: number;
 }
 
-/** The outcome of a {@linkcode StatusChange}. */
+/**
+ * The outcome of a {@linkcode StatusChange}.
+ *
+ * @example A fenced change loses to a concurrent one
+ * ```ts
+ * import { type ChangeOutcome, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const invocation = await app.task("ping", () => "pong").call();
+ * const outcome: ChangeOutcome = await app.orchestrator.store.change(invocation.id, {
+ *   path: ["pending"], runnerId: "r1", nowMs: Date.now(), expectSeq: 7,
+ * });
+ * console.log(outcome.ok ? outcome.record.status : outcome.reason); // "conflict"
+ * ```
+ */
 export type ChangeOutcome =
   | {
     readonly ok: true;
@@ -134,7 +223,23 @@ export type ChangeOutcome =
     readonly record?: InvocationRecord;
   };
 
-/** A pick-up request: claim up to `max` invocations for `runnerId`. */
+/**
+ * A pick-up request: claim up to `max` invocations for `runnerId`.
+ *
+ * @example
+ * ```ts
+ * import { type ClaimRequest, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * await app.task("ping", () => "pong").call();
+ * const request: ClaimRequest = {
+ *   runnerId: "r1", nowMs: Date.now(), max: 10, preferredIds: [],
+ *   rerouteOnConcurrencyControl: () => true, purgeAtMs: Date.now() + 3_600_000,
+ * };
+ * const { claimed } = await app.orchestrator.store.claim(request);
+ * console.log(claimed.map((record) => [record.status, record.ownerId])); // [["pending", "r1"]]
+ * ```
+ */
 export interface ClaimRequest {
   /** The claiming runner: it becomes the owner of what it claims. */
   readonly runnerId: string;
@@ -155,7 +260,23 @@ export interface ClaimRequest {
   readonly runAtOnce?: (record: InvocationRecord) => boolean;
 }
 
-/** The outcome of a {@linkcode ClaimRequest}. */
+/**
+ * The outcome of a {@linkcode ClaimRequest}.
+ *
+ * @example One running slot per task: the second candidate is re-queued
+ * ```ts
+ * import { type ClaimOutcome, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+ * await sync.parallelize([{ n: 1 }, { n: 2 }]);
+ * const outcome: ClaimOutcome = await app.orchestrator.store.claim({
+ *   runnerId: "r1", nowMs: Date.now(), max: 2, preferredIds: [],
+ *   rerouteOnConcurrencyControl: () => true, purgeAtMs: 0,
+ * });
+ * console.log(outcome.claimed.length, outcome.rerouted.length, outcome.finalised.length); // 1 1 0
+ * ```
+ */
 export interface ClaimOutcome {
   /** Moved to PENDING (or on to RUNNING, see `runAtOnce`), owned by the runner, with their running slots. */
   readonly claimed: readonly InvocationRecord[];
@@ -165,7 +286,22 @@ export interface ClaimOutcome {
   readonly finalised: readonly InvocationRecord[];
 }
 
-/** At most this many queued invocations are controlled (re-queued or finalised) per claim. */
+/**
+ * At most this many queued invocations are controlled (re-queued or finalised) per claim.
+ *
+ * @example A backlog behind one running slot costs bounded work per claim
+ * ```ts
+ * import { CONTROL_LIMIT, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+ * await sync.parallelize(Array.from({ length: 150 }, (_, n) => ({ n })));
+ * await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" }); // takes the task's one slot
+ * await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" }); // 149 are blocked
+ * console.log(CONTROL_LIMIT, (await app.orchestrator.store.counts()).get("sync"));
+ * // 100 Map(3) { "pending" => 1, "rerouted" => 100, "registered" => 49 }
+ * ```
+ */
 export const CONTROL_LIMIT = 100;
 
 /**
@@ -195,7 +331,21 @@ export function controlChange(request: ClaimRequest, taskId: string): StatusChan
   };
 }
 
-/** A filter for {@linkcode Store.find}. */
+/**
+ * A filter for {@linkcode Store.find}.
+ *
+ * @example
+ * ```ts
+ * import { type FindQuery, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const send = app.task("send", ({ to }: { to: string }) => to);
+ * await send.call({ to: "ada" });
+ * await send.call({ to: "bob" });
+ * const query: FindQuery = { taskId: "send", args: { to: '"ada"' }, statuses: new Set(["registered"]) };
+ * for await (const record of app.orchestrator.store.find(query)) console.log(record.args); // { to: '"ada"' }
+ * ```
+ */
 export interface FindQuery {
   /** The task. */
   readonly taskId: string;
@@ -205,7 +355,21 @@ export interface FindQuery {
   readonly statuses?: ReadonlySet<InvocationStatus>;
 }
 
-/** Candidates for recovery, see {@linkcode Store.recoverable}. */
+/**
+ * Candidates for recovery, see {@linkcode Store.recoverable}.
+ *
+ * @example A claim that its runner never ran
+ * ```ts
+ * import { Nenc, type RecoverableQuery } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * await app.task("ping", () => "pong").call();
+ * await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" });
+ * const query: RecoverableQuery = { pendingBeforeMs: Date.now() + 1, heartbeatBeforeMs: 0, max: 10 };
+ * const stale = await app.orchestrator.store.recoverable(query);
+ * console.log(stale.map((record) => [record.status, record.ownerId])); // [["pending", "r1"]]
+ * ```
+ */
 export interface RecoverableQuery {
   /** PENDING invocations last changed before this time. */
   readonly pendingBeforeMs: number;
@@ -215,7 +379,19 @@ export interface RecoverableQuery {
   readonly max: number;
 }
 
-/** A runner's last heartbeat. */
+/**
+ * A runner's last heartbeat.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type RunnerInfo } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * await app.orchestrator.store.heartbeat("r1", 1_700_000_000_000);
+ * const runners: RunnerInfo[] = await app.orchestrator.store.runners();
+ * console.log(runners); // [{ runnerId: "r1", lastSeenMs: 1700000000000 }]
+ * ```
+ */
 export interface RunnerInfo {
   /** The runner id. */
   readonly runnerId: string;
@@ -247,6 +423,17 @@ export interface LiveGraphs {
  * The storage port. Every method that changes state is one atomic step; reads are bounded.
  * Transition errors ({@linkcode InvocationStatusTransitionError},
  * {@linkcode InvocationStatusOwnershipError}) are thrown by the plan, before anything is written.
+ *
+ * @example An app on a store of your choice
+ * ```ts
+ * import { MemoryStore, Nenc, type Store } from "@nenc/nenc";
+ *
+ * const store: Store = new MemoryStore();
+ * const app = new Nenc({ appId: "shop", store });
+ * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+ * await add.call({ x: 1, y: 2 });
+ * console.log(await store.counts()); // Map(1) { "add" => Map(1) { "registered" => 1 } }
+ * ```
  */
 export interface Store {
   /** Creates an invocation (REGISTERED, queued, one history entry) unless a REGISTERED one holds its registration key. */
@@ -350,7 +537,20 @@ export function planRegistration(
   return { record, entry };
 }
 
-/** What applying a {@linkcode StatusChange} to a record does, computed by {@linkcode planChange}. */
+/**
+ * What applying a {@linkcode StatusChange} to a record does, computed by {@linkcode planChange}.
+ *
+ * @example What a backend does when a runner claims an invocation
+ * ```ts
+ * import { type ChangePlan, Nenc, planChange } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const sync = app.task("sync", () => "ok", { runningConcurrency: "task" });
+ * const record = (await app.orchestrator.store.get((await sync.call()).id))!;
+ * const plan: ChangePlan = planChange(record, { path: ["pending"], runnerId: "r1", nowMs: Date.now() });
+ * console.log(plan.slot, plan.queue, plan.final); // "acquire" "dequeue" false
+ * ```
+ */
 export interface ChangePlan {
   /** The record after the change. */
   readonly record: InvocationRecord;
@@ -371,7 +571,22 @@ export interface ChangePlan {
   readonly final: boolean;
 }
 
-/** What a change does to its running slot, decided by {@linkcode decideSlot}. */
+/**
+ * What a change does to its running slot, decided by {@linkcode decideSlot}.
+ *
+ * @example The slot is free, or held by another invocation
+ * ```ts
+ * import { decideSlot, Nenc, planChange, type SlotDecision } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const sync = app.task("sync", () => "ok", { runningConcurrency: "task" });
+ * const record = (await app.orchestrator.store.get((await sync.call()).id))!;
+ * const plan = planChange(record, { path: ["pending"], runnerId: "r1", nowMs: Date.now() });
+ * const free: SlotDecision = decideSlot(plan, record.id, undefined, undefined);
+ * const held: SlotDecision = decideSlot(plan, record.id, "another-invocation", undefined);
+ * console.log(free.slot, held.slot); // "take" "busy"
+ * ```
+ */
 export interface SlotDecision {
   /** Take the slot, refuse the change (`busy`), free the slot, or leave it. */
   readonly slot: "take" | "busy" | "release" | "none";

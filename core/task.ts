@@ -10,12 +10,41 @@ import type { InvocationGroup } from "./invocation.ts";
 import type { Invocation } from "./invocation.ts";
 import type { ErrorClass } from "./serializer.ts";
 
-/** How concurrency control groups invocations: not at all, per task, per arguments, per key arguments. */
+/**
+ * How concurrency control groups invocations: not at all, per task, per arguments, per key
+ * arguments.
+ *
+ * @example Equal arguments share one registered invocation
+ * ```ts
+ * import { type ConcurrencyMode, Nenc } from "@nenc/nenc";
+ *
+ * const mode: ConcurrencyMode = "arguments";
+ * const app = new Nenc();
+ * const fib = app.task("fib", ({ n }: { n: number }) => n, { registrationConcurrency: mode });
+ * const first = await fib.call({ n: 5 });
+ * const second = await fib.call({ n: 5 });
+ * const third = await fib.call({ n: 6 });
+ * console.log(second.id === first.id, third.id === first.id); // true false
+ * ```
+ */
 export type ConcurrencyMode = "disabled" | "task" | "arguments" | "keys";
 
 const MODES: readonly ConcurrencyMode[] = ["disabled", "task", "arguments", "keys"];
 
-/** The function of a task: one plain object of named arguments in, a value or promise out. */
+/**
+ * The function of a task: one plain object of named arguments in, a value or promise out.
+ *
+ * @example A task function defined apart from its app
+ * ```ts
+ * import { Nenc, type TaskFunction } from "@nenc/nenc";
+ *
+ * const greet: TaskFunction<{ name: string }, string> = async ({ name }) => `hello ${name}`;
+ * const app = new Nenc();
+ * const invocation = await app.task("greet", greet).call({ name: "ada" });
+ * await app.runner().drain();
+ * console.log(await invocation.result()); // "hello ada"
+ * ```
+ */
 export type TaskFunction<Args, Result> = (args: Args) => Result | Promise<Result>;
 
 /**
@@ -55,7 +84,20 @@ export interface TaskOptions<Args = unknown> {
   parallelBatchSize?: number;
 }
 
-/** Task options with every default filled in. */
+/**
+ * Task options with every default filled in.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type ResolvedTaskOptions } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const fetchRates = app.task("fetchRates", () => ({ eur: 1 }), { maxRetries: 3 });
+ * const options: ResolvedTaskOptions = fetchRates.options;
+ * console.log(options.maxRetries, options.runningConcurrency, options.retryFor.map((c) => c.name));
+ * // 3 "disabled" ["RetryError"]
+ * ```
+ */
 export interface ResolvedTaskOptions {
   /** See {@linkcode TaskOptions.registrationConcurrency}. */
   readonly registrationConcurrency: ConcurrencyMode;
@@ -93,6 +135,19 @@ const OPTION_NAMES = new Set([
  * Validates task options and fills in the defaults.
  *
  * @throws {TypeError | RangeError} naming the task and the option.
+ *
+ * @example Checking options before defining a task
+ * ```ts
+ * import { resolveTaskOptions } from "@nenc/nenc";
+ *
+ * console.log(resolveTaskOptions("resize", { maxRetries: 2 }).parallelBatchSize); // 100
+ * try {
+ *   resolveTaskOptions("resize", { runningConcurrency: "keys" });
+ * } catch (error) {
+ *   if (!(error instanceof TypeError)) throw error;
+ *   console.log(error.message); // Cannot define task resize: a "keys" concurrency mode needs keyArguments
+ * }
+ * ```
  */
 export function resolveTaskOptions(
   taskId: string,
@@ -173,10 +228,44 @@ export function resolveTaskOptions(
   };
 }
 
-/** The arguments of `call()`: optional when the task's arguments may be `undefined`. */
+/**
+ * The arguments of `call()`: optional when the task's arguments may be `undefined`.
+ *
+ * @example A helper that calls any task and waits for its result
+ * ```ts
+ * import { type CallArguments, Nenc, type Task } from "@nenc/nenc";
+ *
+ * const run = async <Args, Result>(task: Task<Args, Result>, ...args: CallArguments<Args>) =>
+ *   await (await task.call(...args)).result();
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong");
+ * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+ * await using runner = app.runner();
+ * runner.start();
+ * console.log(await run(ping), await run(add, { x: 1, y: 2 })); // "pong" 3
+ * ```
+ */
 export type CallArguments<Args> = undefined extends Args ? [args?: Args] : [args: Args];
 
-/** What a {@linkcode Task} needs from its app: routing calls. */
+/**
+ * What a {@linkcode Task} needs from its app: routing calls. The app's orchestrator is one; a
+ * test can put a router of its own in front of it, here to record the calls.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, Task, type TaskRouter } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const routed: unknown[] = [];
+ * const router: TaskRouter = {
+ *   routeCall: (call) => (routed.push(call.args), app.orchestrator.routeCall(call)),
+ *   parallelize: (task, argsList) => app.orchestrator.parallelize(task, argsList),
+ * };
+ * const send = new Task(router, "send", ({ to }: { to: string }) => to);
+ * await send.call({ to: "ada" });
+ * console.log(routed); // [{ to: "ada" }]
+ * ```
+ */
 export interface TaskRouter {
   /** Routes one call (see `Orchestrator.routeCall`). */
   routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>>;
@@ -187,7 +276,20 @@ export interface TaskRouter {
   ): Promise<InvocationGroup<Result>>;
 }
 
-/** One call of a task: the task and its arguments. */
+/**
+ * One call of a task: the task and its arguments.
+ *
+ * @example Routing a batch of calls
+ * ```ts
+ * import { type Call, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const square = app.task("square", ({ n }: { n: number }) => n * n);
+ * const calls: Call<{ n: number }, number>[] = [1, 2, 3].map((n) => ({ task: square, args: { n } }));
+ * const invocations = await app.orchestrator.routeCalls(calls);
+ * console.log(invocations.map((invocation) => invocation.args)); // [{ n: 1 }, { n: 2 }, { n: 3 }]
+ * ```
+ */
 export interface Call<Args = unknown, Result = unknown> {
   /** The task called. */
   readonly task: Task<Args, Result>;

@@ -7,7 +7,22 @@
 
 import type { KvKey } from "./kv_like.ts";
 
-/** The key shapes of one app. */
+/**
+ * The key shapes of one app.
+ *
+ * @example Reading what an app wrote to Deno KV
+ * ```ts
+ * import { Keys, Nenc } from "@nenc/nenc";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * const app = new Nenc({ appId: "shop", kv });
+ * const invocation = await app.task("ping", () => "pong").call();
+ * const keys = new Keys("shop");
+ * console.log(keys.invocation(invocation.id).slice(0, 3)); // ["nenc", "shop", "inv"]
+ * console.log((await kv.get(keys.invocation(invocation.id))).versionstamp !== null); // true
+ * kv.close();
+ * ```
+ */
 export class Keys {
   /** The prefix of every key of the app. */
   readonly app: KvKey;

@@ -4,11 +4,16 @@
  * Node.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { Nenc } from "@nenc/nenc";
  *
- * const kv = await Deno.openKv("./nenc.db");
+ * const kv = await Deno.openKv(":memory:"); // or a file that processes share: "./nenc.db"
  * const app = new Nenc({ appId: "shop", kv });
+ * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
+ * const invocation = await add.call({ x: 1, y: 2 });
+ * await app.runner().drain();
+ * console.log(await invocation.result()); // 3
+ * kv.close();
  * ```
  *
  * @module

@@ -44,10 +44,37 @@ import { AtomicDraft, GroupCommitter, ReadCoalescer } from "./_batching.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
-/** The layout version of the data this code writes; it refuses to run on a newer one. */
+/**
+ * The layout version of the data this code writes; it refuses to run on a newer one.
+ *
+ * @example The version an app stamps on its data
+ * ```ts
+ * import { Keys, KV_SCHEMA_VERSION, Nenc } from "@nenc/nenc";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * await new Nenc({ appId: "shop", kv }).task("ping", () => "pong").call();
+ * const stored = await kv.get<Uint8Array>(new Keys("shop").schema());
+ * console.log(Number(new TextDecoder().decode(stored.value!)) === KV_SCHEMA_VERSION); // true
+ * kv.close();
+ * ```
+ */
 export const KV_SCHEMA_VERSION = 1;
 
-/** The largest value Deno KV stores (64 KiB). */
+/**
+ * The largest value Deno KV stores (64 KiB).
+ *
+ * @example A result that does not fit fails its invocation
+ * ```ts
+ * import { KV_MAX_VALUE_BYTES, Nenc } from "@nenc/nenc";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * const app = new Nenc({ appId: "shop", kv });
+ * const invocation = await app.task("big", () => "x".repeat(KV_MAX_VALUE_BYTES)).call();
+ * await app.runner().drain();
+ * console.log(await invocation.result().catch((error: Error) => error.name)); // "SerializationError"
+ * kv.close();
+ * ```
+ */
 export const KV_MAX_VALUE_BYTES = 65_536;
 
 const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
@@ -99,7 +126,21 @@ interface LocalSignals {
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
 
-/** Options of {@linkcode KvStore}. */
+/**
+ * Options of {@linkcode KvStore}.
+ *
+ * @example A KV store built by hand, as a backend test does
+ * ```ts
+ * import { KvStore, type KvStoreOptions, Nenc, systemClock } from "@nenc/nenc";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * const options: KvStoreOptions = { appId: "shop", clock: systemClock };
+ * const app = new Nenc({ appId: "shop", store: new KvStore(kv, options) });
+ * await app.task("ping", () => "pong").call();
+ * console.log(await app.orchestrator.store.counts()); // Map(1) { "ping" => Map(1) { "registered" => 1 } }
+ * kv.close();
+ * ```
+ */
 export interface KvStoreOptions {
   /** The app id: every key is under `["nenc", appId]`. */
   readonly appId: string;
@@ -114,10 +155,13 @@ const decoder = new TextDecoder();
  * The Deno KV {@linkcode Store}. `new Nenc({ appId, kv })` creates one.
  *
  * @example
- * ```ts ignore
- * import { Nenc } from "@nenc/nenc";
+ * ```ts
+ * import { KvStore, Nenc } from "@nenc/nenc";
  *
- * const app = new Nenc({ appId: "shop", kv: await Deno.openKv("./nenc.db") });
+ * const kv = await Deno.openKv(":memory:"); // or a file: Deno.openKv("./nenc.db")
+ * const app = new Nenc({ appId: "shop", kv });
+ * console.log(app.orchestrator.store instanceof KvStore); // true
+ * kv.close();
  * ```
  */
 export class KvStore implements Store {

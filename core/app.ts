@@ -21,9 +21,7 @@ import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
  * ```ts
  * import { Nenc, type NencOptions } from "@nenc/nenc";
  *
- * class PaymentDeclined extends Error {
- *   override name = "PaymentDeclined";
- * }
+ * class PaymentDeclined extends Error {}
  * const options: NencOptions = {
  *   appId: "shop",
  *   orchestrator: { autoFinalInvocationPurgeHours: 1 },
@@ -41,9 +39,8 @@ export interface NencOptions {
   /** Where time comes from [the system clock]. */
   clock?: Clock;
   /**
-   * Error classes whose errors come back from `result()` as the same class, matched by the
-   * error's `name`: a class of your own sets `name` to its class name [`[]`; built-in and nenc
-   * errors always do].
+   * Error classes whose errors come back from `result()` as the same class, matched by class
+   * name [`[]`; built-in and nenc errors always do].
    */
   errorClasses?: readonly ErrorClass[];
   /**

@@ -324,7 +324,10 @@ export class Orchestrator {
     };
   }
 
-  /** The storage backend. */
+  /**
+   * The storage backend. Reading it marks the backend as in use, so `app.useKv()` must come
+   * first.
+   */
   get store(): Store {
     this.#storeUsed = true;
     return this.#store;

@@ -12,8 +12,8 @@ import { canonicalJson } from "./ids.ts";
 import type { SerializedError } from "./store.ts";
 
 /**
- * A class of errors that can be rehydrated: any `Error` subclass. Errors are matched by `name`,
- * so a class of your own sets `name` to its class name.
+ * A class of errors that can be rehydrated: any `Error` subclass. A stored error is matched to a
+ * class by its class name (`constructor.name`), then by its `name`.
  *
  * @example An app's own error comes back as its class
  * ```ts
@@ -90,11 +90,16 @@ function serializeErrorAt(thrown: unknown, depth: number): SerializedError {
   }
   const serialized: {
     name: string;
+    className?: string;
     message: string;
     data: Record<string, string>;
     stack?: string;
     cause?: SerializedError | { value: string };
   } = { name: thrown.name, message: thrown.message, data };
+  const className = thrown.constructor?.name;
+  if (typeof className === "string" && className !== "" && className !== thrown.name) {
+    serialized.className = className;
+  }
   if (typeof thrown.stack === "string") serialized.stack = thrown.stack;
   if ("cause" in thrown && thrown.cause !== undefined && depth < MAX_CAUSE_DEPTH) {
     serialized.cause = thrown.cause instanceof Error
@@ -105,8 +110,8 @@ function serializeErrorAt(thrown: unknown, depth: number): SerializedError {
 }
 
 /**
- * Rebuilds an error from its stored form: the registered class of the same name (or `Error`),
- * with the same name, message, stack, data fields and cause chain. The class's constructor is
+ * Rebuilds an error from its stored form: the registered class of the same class name or name
+ * (else `Error`), with the same name, message, stack, data fields and cause chain. The class's constructor is
  * not called.
  *
  * @example
@@ -121,7 +126,10 @@ export function deserializeError(
   stored: SerializedError,
   classes: ReadonlyMap<string, ErrorClass> = DEFAULT_ERROR_CLASS_MAP,
 ): Error {
-  const prototype = (classes.get(stored.name) ?? Error).prototype;
+  // By class name first: `class PaymentDeclined extends Error {}` keeps the name "Error".
+  const errorClass = (stored.className === undefined ? undefined : classes.get(stored.className)) ??
+    classes.get(stored.name) ?? Error;
+  const prototype = errorClass.prototype;
   const error = Object.create(prototype) as Error;
   const hidden = (field: string, value: unknown): void => {
     Object.defineProperty(error, field, { value, writable: true, configurable: true });

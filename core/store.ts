@@ -37,8 +37,10 @@ import {
  * ```
  */
 export interface SerializedError {
-  /** The error's `name` (its class name for registered classes). */
+  /** The error's `name`. */
   readonly name: string;
+  /** The name of its class (`constructor.name`), which picks the class to rehydrate. */
+  readonly className?: string;
   /** The error's message. */
   readonly message: string;
   /** The stack, when there was one. */

@@ -276,6 +276,20 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await invocation.status(), "failed");
   });
 
+  test(`[${backend}] a registered error class that keeps the name "Error" still comes back as its class`, async () => {
+    class Declined extends Error {}
+    const app = await makeApp({ errorClasses: [Declined] });
+    const pay = app.task("pay", (): never => {
+      throw new Declined("Cannot pay: declined");
+    });
+    await using runner = app.runner();
+    runner.start();
+    const error = await rejection((await pay.call()).result());
+    assert.ok(error instanceof Declined, `got ${String(error)}`);
+    assert.equal(error.name, "Error");
+    assert.equal(error.message, "Cannot pay: declined");
+  });
+
   test(`[${backend}] an unregistered error class comes back as Error with the same name and message`, async () => {
     const app = await makeApp();
     const boom = app.task("boom", (): never => {

@@ -24,6 +24,9 @@ const MAX_CHECKS = 10;
 /** Well under denokv's 1000 mutations and 800 KiB per atomic operation. */
 const MAX_MUTATIONS = 400;
 const MAX_BYTES = 400 * 1024;
+/** Tries of one operation while the database stays locked; then the error goes to the caller. */
+const MAX_LOCKED_ATTEMPTS = 10;
+
 /**
  * Commits in flight at once per store. One: a file commits one transaction at a time anyway, and
  * what waits meanwhile joins the next batch (measured here: 2 or 4 in flight gave smaller batches
@@ -99,14 +102,12 @@ interface Waiting {
 /** Commits drafts, merging those that wait at the same time into one atomic operation. */
 export class GroupCommitter {
   readonly #kv: KvLike;
-  readonly #commit: (op: KvAtomicLike) => Promise<boolean>;
   #waiting: Waiting[] = [];
   #inFlight = 0;
 
-  /** `commit` commits one operation: `false` on a failed check (or a retryable lock). */
-  constructor(kv: KvLike, commit: (op: KvAtomicLike) => Promise<boolean>) {
+  /** Commits through `kv`. */
+  constructor(kv: KvLike) {
     this.#kv = kv;
-    this.#commit = commit;
   }
 
   /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */
@@ -129,19 +130,17 @@ export class GroupCommitter {
 
   async #run(batch: readonly Waiting[]): Promise<void> {
     if (batch.length === 1) return this.#commitAlone(batch[0]!);
-    const op = this.#kv.atomic();
-    for (const { draft } of batch) draft.applyTo(op);
     let ok: boolean | undefined;
     try {
-      ok = await this.#commit(op);
+      ok = await this.#commitDrafts(batch.map(({ draft }) => draft));
     } catch {
       // Too big together, or a storage error: each draft on its own says which.
     }
     if (ok) return batch.forEach((waiting) => waiting.resolve(true));
-    // A check failed (or the database was locked): one read of the checked keys finds the drafts
-    // another writer made stale; they fail, and the others go back to the head of the line for
-    // the next batch. Under contention between processes this costs a read, not a commit per
-    // draft. When none is stale (a lock, a storage error, a race since), each commits alone.
+    // A check failed: one read of the checked keys finds the drafts another writer made stale;
+    // they fail, and the others go back to the head of the line for the next batch. Under
+    // contention between processes this costs a read, not a commit per draft. When none is
+    // stale (an error, or a race since), each commits alone.
     const stale = ok === false ? await this.#stale(batch) : [];
     if (!stale.some(Boolean)) {
       await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
@@ -149,6 +148,25 @@ export class GroupCommitter {
     }
     batch.forEach((waiting, i) => stale[i] && waiting.resolve(false));
     this.#waiting.unshift(...batch.filter((_, i) => !stale[i]));
+  }
+
+  /**
+   * Commits the drafts as one operation: `false` when a check failed. "database is locked", which
+   * SQLite throws when processes share a file, is not a verdict: the same operation is tried
+   * again after a jittered pause (a commit that threw was never applied), whole, so a batch is not
+   * split into more commits exactly when the file is busiest.
+   */
+  async #commitDrafts(drafts: readonly AtomicDraft[]): Promise<boolean> {
+    for (let attempt = 0;; attempt++) {
+      const op = this.#kv.atomic();
+      for (const draft of drafts) draft.applyTo(op);
+      try {
+        return (await op.commit()).ok;
+      } catch (error) {
+        if (!isLocked(error) || attempt >= MAX_LOCKED_ATTEMPTS) throw error;
+      }
+      await backoff(attempt);
+    }
   }
 
   /** For each draft of `batch`, whether one of its checks no longer holds. */
@@ -196,10 +214,8 @@ export class GroupCommitter {
   }
 
   async #commitAlone({ draft, resolve, reject }: Waiting): Promise<void> {
-    const op = this.#kv.atomic();
-    draft.applyTo(op);
     try {
-      resolve(await this.#commit(op));
+      resolve(await this.#commitDrafts([draft]));
     } catch (error) {
       reject(error);
     }
@@ -248,4 +264,15 @@ export class ReadCoalescer {
       );
     }
   }
+}
+
+/** Whether `error` is SQLite's "database is locked", thrown when processes share a file. */
+export function isLocked(error: unknown): boolean {
+  return error instanceof Error && /database is locked/i.test(error.message);
+}
+
+/** Jittered exponential back-off between conflicting or locked commits. */
+export function backoff(attempt: number): Promise<void> {
+  const ms = Math.min(100, 2 ** attempt) * Math.random();
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -40,7 +40,7 @@ import {
   type StatusChange,
   type Store,
 } from "../core/store.ts";
-import { AtomicDraft, GroupCommitter, ReadCoalescer } from "./_batching.ts";
+import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -179,7 +179,7 @@ export class KvStore implements Store {
     this.#kv = kv;
     this.#keys = new Keys(options.appId);
     this.#clock = options.clock;
-    this.#group = new GroupCommitter(kv, (op) => this.#commit(op));
+    this.#group = new GroupCommitter(kv);
     this.#reads = new ReadCoalescer(kv);
     let perApp = localSignals.get(kv);
     if (perApp === undefined) localSignals.set(kv, perApp = new Map());
@@ -986,7 +986,7 @@ export class KvStore implements Store {
     try {
       return (await op.commit()).ok;
     } catch (error) {
-      if (error instanceof Error && /database is locked/i.test(error.message)) return false;
+      if (isLocked(error)) return false;
       throw error;
     }
   }
@@ -1116,10 +1116,4 @@ const purgePosition = timePosition;
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
 function pollDelayMs(polls: number): number {
   return Math.min(500, 5 * 2 ** Math.min(polls, 7));
-}
-
-/** Jittered exponential back-off between conflicting commits. */
-function backoff(attempt: number): Promise<void> {
-  const ms = Math.min(100, 2 ** attempt) * Math.random();
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -1,7 +1,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { AtomicDraft, GroupCommitter, ReadCoalescer } from "../kv/_batching.ts";
-import type { KvAtomicLike, KvKey, KvLike } from "../kv/kv_like.ts";
+import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { openTestKv, type TestKv } from "./_kv.ts";
 
 const opened: TestKv[] = [];
@@ -10,8 +10,11 @@ after(() => opened.forEach((kv) => kv.close()));
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const text = (value: unknown): string => new TextDecoder().decode(value as Uint8Array);
 
-/** A KV view that records the checks of every commit and the keys of every getMany. */
-function recording(kv: KvLike) {
+/**
+ * A KV view that records the checks of every commit and the keys of every getMany; the first
+ * `locked` commits throw SQLite's "database is locked".
+ */
+function recording(kv: KvLike, locked = 0) {
   const commits: number[] = [];
   const reads: KvKey[][] = [];
   const view: KvLike = {
@@ -32,6 +35,7 @@ function recording(kv: KvLike) {
       };
       op.commit = () => {
         commits.push(checks);
+        if (locked-- > 0) return Promise.reject(new Error("database is locked"));
         return commit();
       };
       return op;
@@ -40,14 +44,11 @@ function recording(kv: KvLike) {
   return { view, commits, reads };
 }
 
-async function fresh() {
+async function fresh(locked = 0) {
   const kv = await openTestKv(":memory:");
   opened.push(kv);
-  const recorder = recording(kv);
-  const committer = new GroupCommitter(
-    recorder.view,
-    async (op: KvAtomicLike) => (await op.commit()).ok,
-  );
+  const recorder = recording(kv, locked);
+  const committer = new GroupCommitter(recorder.view);
   return { kv, committer, ...recorder };
 }
 
@@ -101,6 +102,23 @@ test("group commit: a failed check in a batch fails only its own draft; the othe
   // first alone; the batch of three fails; one read finds the stale draft; the other two commit
   // together.
   assert.deepEqual(commits, [0, 1, 0]);
+});
+
+test('group commit: a batch refused with "database is locked" is tried again whole, not split into a commit per draft', async () => {
+  const { kv, committer, commits } = await fresh(2);
+  const first = committer.commit(new AtomicDraft().set(["first"], bytes("1")));
+  const outcomes = await Promise.all([
+    first,
+    ...["a", "b", "c"].map((key) =>
+      committer.commit(
+        new AtomicDraft().check({ key: [key], versionstamp: null }).set([key], bytes(key)),
+      )
+    ),
+  ]);
+  assert.deepEqual(outcomes, [true, true, true, true]);
+  for (const key of ["a", "b", "c"]) assert.equal(text((await kv.get([key])).value), key);
+  // first: locked, locked, then committed; the three waiting meanwhile: one batch, one commit.
+  assert.deepEqual(commits, [0, 0, 0, 3]);
 });
 
 test("read coalescing: reads issued together share getMany calls of at most 10 keys and each gets its own entry", async () => {

@@ -833,17 +833,23 @@ export class KvStore implements Store {
   }
 
   /**
-   * Polls the awaited invocations until none is awaited, backing off while nothing ends. Its
-   * cadence is I/O pacing, not app time, so it runs on real timers like the commit back-off:
-   * with a fake app clock, in-process changes still wake waiters at once.
+   * Polls the awaited invocations until none is awaited, a slice of at most `POLL_SLICE` per round
+   * in turn, so a round costs the same with ten waiters or ten thousand (most of which this
+   * process's own changes wake anyway). It backs off when a whole sweep found nothing that another
+   * process ended. Its cadence is I/O pacing, not app time, so it runs on real timers like the
+   * commit back-off: with a fake app clock, in-process changes still wake waiters at once.
    */
   async #pollFinals(): Promise<void> {
-    for (let idle = 0; this.#local.finals.size > 0;) {
+    const finals = this.#local.finals;
+    for (let idle = 0, cursor = 0; finals.size > 0;) {
       await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
-      const ids = [...this.#local.finals.keys()];
+      const awaited = [...finals.keys()];
+      if (cursor >= awaited.length) cursor = 0;
+      const ids = awaited.slice(cursor, cursor + POLL_SLICE);
+      cursor += ids.length;
       let ended = 0;
       (await this.#readMany(ids)).forEach((stored, index) => {
-        const waiters = this.#local.finals.get(ids[index]!);
+        const waiters = finals.get(ids[index]!);
         // Waiters already woken by this process's own change are gone: only an end that
         // another process made keeps the poller quick.
         if (
@@ -853,7 +859,8 @@ export class KvStore implements Store {
           notify(waiters);
         }
       });
-      idle = ended > 0 ? 0 : idle + 1;
+      if (ended > 0) idle = 0;
+      else if (cursor >= awaited.length) idle++;
     }
   }
 
@@ -1112,6 +1119,9 @@ function timePosition(ms: number, id: string): string {
 
 const readyPosition = timePosition;
 const purgePosition = timePosition;
+
+/** Awaited invocations read per round of the final poller. */
+const POLL_SLICE = 100;
 
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
 function pollDelayMs(polls: number): number {

@@ -81,6 +81,42 @@ test("[kv] useKv moves an unused app onto KV, where another app on the same KV s
   );
 });
 
+test("[kv] a caller awaiting more invocations than one poll slice sees every end made through another KV handle, even while the first awaited never end", async () => {
+  // Two handles on one file do not share in-process wake-ups: the caller learns of ends only by
+  // polling, a slice at a time. The 100 held invocations, awaited first, fill the first slice.
+  const path = join(directory, `${++files}.db`);
+  const callerKv = await openTestKv(path);
+  const runnerKv = await openTestKv(path);
+  opened.push(callerKv, runnerKv);
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const define = (app: Nenc) => ({
+    hold: app.task("hold", async ({ i }: { i: number }) => {
+      await released;
+      return i;
+    }),
+    quick: app.task("quick", ({ i }: { i: number }) => i),
+  });
+  const caller = define(new Nenc({ appId: "slices", kv: callerKv }));
+  const runnerApp = new Nenc({ appId: "slices", kv: runnerKv });
+  define(runnerApp);
+  await using runner = runnerApp.runner({ concurrency: 200 });
+  runner.start();
+  const held = await caller.hold.parallelize(Array.from({ length: 100 }, (_, i) => ({ i })));
+  const heldResults = held.results();
+  const quick = await caller.quick.parallelize(Array.from({ length: 50 }, (_, i) => ({ i })));
+  const timeout = AbortSignal.timeout(20_000);
+  const quickResults = await Promise.race([
+    quick.results(),
+    new Promise<never>((_, reject) =>
+      timeout.addEventListener("abort", () => reject(new Error("quick results never seen")))
+    ),
+  ]);
+  assert.deepEqual(quickResults, Array.from({ length: 50 }, (_, i) => i));
+  release();
+  assert.deepEqual(await heldResults, Array.from({ length: 100 }, (_, i) => i));
+});
+
 test("[kv] data written by a newer schema version is refused with a clear error", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);

@@ -738,7 +738,17 @@ export class Orchestrator {
       return;
     }
     if (caller === undefined) return;
-    await this.store.waitFor(caller.id, invocations.map(({ id }) => id), this.#host.clock.now());
+    const ids = invocations.map(({ id }) => id);
+    await this.store.waitFor(caller.id, ids, this.#host.clock.now());
+    // An invocation that became final (or was purged) before its edge was written released its
+    // waiters without it: release it now. Its final write precedes its own release, and the edge
+    // precedes this read, so at least one of the two releases sees the edge.
+    const live = new Map((await this.store.getMany(ids)).map((record) => [record.id, record]));
+    const ended = ids.filter((id) => {
+      const record = live.get(id);
+      return record === undefined || isFinalStatus(record.status);
+    });
+    await Promise.all(ended.map((id) => this.store.releaseWaiters(id)));
   }
 
   /** Removes the wait edges of a final invocation; its waiters may become blocking again. */

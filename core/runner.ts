@@ -489,13 +489,14 @@ class Execution implements ExecutionContext {
   async waitFor(ids: readonly string[], mode: "all" | "any"): Promise<void> {
     const { orchestrator } = this.#host;
     const records = new Map((await orchestrator.store.getMany(ids)).map((r) => [r.id, r]));
-    const done = ids.filter((id) => {
+    const pending = ids.filter((id) => {
       const record = records.get(id);
-      return record === undefined || isFinalStatus(record.status);
-    }).length;
-    if (mode === "all" ? done === ids.length : done > 0) return;
+      return record !== undefined && !isFinalStatus(record.status);
+    });
+    if (mode === "all" ? pending.length === 0 : pending.length < ids.length) return;
     this.#assertAlive();
-    await orchestrator.waitingForResults(this.invocation, ids.map((id) => ({ id })));
+    // Only what is still pending: an edge to a final invocation would never be released.
+    await orchestrator.waitingForResults(this.invocation, pending.map((id) => ({ id })));
     if (++this.#waits === 1) {
       try {
         await this.#inOrder(() => this.#pause());

@@ -58,4 +58,56 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
     await o.setInvocationResult(caller, 3, actor);
     assert.deepEqual(await o.store.graphs(), { calls: { calls: [], edges: [] }, waits: [] });
   });
+
+  test(`[${backend}] a task awaiting an invocation that is already final records no wait edge to it, only to what is still pending`, async () => {
+    const app = await makeApp();
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => release = resolve);
+    const quick = app.task("quick", () => 1);
+    const slow = app.task("slow", async () => {
+      await released;
+      return 2;
+    });
+    let quickSeen!: () => void;
+    const quickDone = new Promise<void>((resolve) => quickSeen = resolve);
+    const parent = app.task("parent", async () => {
+      const done = await quick.call();
+      await done.result();
+      quickSeen();
+      const pending = await slow.call();
+      // One wait on both at once (as a group's results() does).
+      const results = await app.orchestrator.waitForResults<number>([done, pending]);
+      return results.reduce((sum, n) => sum + n);
+    });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const invocation = await parent.call();
+    // Its second pause, on [quick, slow]: it records its wait edges before it pauses.
+    await quickDone;
+    while (await invocation.status() !== "paused") await new Promise((r) => setTimeout(r, 1));
+    const waits = (await app.orchestrator.store.graphs()).waits;
+    assert.equal(waits.length, 1, JSON.stringify(waits));
+    const [waiter, waited] = waits[0]!;
+    assert.equal(waiter, invocation.id);
+    assert.equal((await app.orchestrator.getInvocation(waited))?.taskId, "slow");
+    release();
+    assert.equal(await invocation.result(), 3);
+  });
+
+  test(`[${backend}] waitingForResults() on an invocation that ended before its edge was written leaves no wait edge (the race of a waiter and a finisher)`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const caller = await job.call({ n: 0 });
+    const callee = await job.call({ n: 1 });
+    const actor = { runnerId: "r0" };
+    assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
+    await o.setInvocationRun(undefined, caller, actor);
+    await o.setInvocationRun(caller, callee, actor);
+    // The callee ends and releases its waiters — none yet — before the caller's edge is written.
+    await o.setInvocationResult(callee, 1, actor);
+    await o.waitingForResults(caller, [callee]);
+    assert.deepEqual((await o.store.graphs()).waits, []);
+    assert.deepEqual(await o.getBlockingInvocations(10), []);
+  });
 }

@@ -10,9 +10,10 @@
  * reads. A batch only takes drafts whose key sets (checked, set or deleted) are pairwise disjoint,
  * so within the batch no draft's mutation can touch a key another draft checks or writes: the
  * merged commit has the same effect as committing the drafts one after another with nothing in
- * between — an interleaving that could have happened without batching. If any check of the batch
- * fails, nothing was written, and each draft is committed on its own to learn which ones failed;
- * their callers re-read and re-plan as they always do.
+ * between — an interleaving that could have happened without batching. If a check of the batch
+ * fails, nothing was written: one read of the checked keys tells which drafts another writer made
+ * stale (their callers re-read and re-plan, as after any failed commit), and the others join the
+ * next batch.
  *
  * @module
  */
@@ -141,7 +142,7 @@ export class GroupCommitter {
     // they fail, and the others go back to the head of the line for the next batch. Under
     // contention between processes this costs a read, not a commit per draft. When none is
     // stale (an error, or a race since), each commits alone.
-    const stale = ok === false ? await this.#stale(batch) : [];
+    const stale = ok === false ? await this.#stale(batch).catch(() => []) : [];
     if (!stale.some(Boolean)) {
       await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
       return;

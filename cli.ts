@@ -29,7 +29,6 @@ import { renderDot, renderInvocation, renderMermaid, renderStatus } from "./_cli
 import { Nenc } from "./core/app.ts";
 import { callLabel } from "./core/ids.ts";
 import { MemoryStore } from "./core/memory_store.ts";
-import type { InvocationRecord } from "./core/store.ts";
 import type { KvLike } from "./kv/kv_like.ts";
 
 /**
@@ -324,18 +323,11 @@ async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
       `Cannot show invocation ${id}: app ${app.appId} has no such invocation (never registered, or purged)`,
     );
   }
-  const [history, parent] = await Promise.all([
+  const [history, parent, children] = await Promise.all([
     store.history(id),
     record.parentId === null ? undefined : store.get(record.parentId),
+    store.children(id),
   ]);
-  // Children are found by their parent id, task by task: a read of the app's live invocations.
-  const children: InvocationRecord[] = [];
-  for (const taskId of (await store.counts()).keys()) {
-    for await (const candidate of store.find({ taskId })) {
-      if (candidate.parentId === id) children.push(candidate);
-    }
-  }
-  children.sort((a, b) => a.id < b.id ? -1 : 1);
   io.stdout(renderInvocation({ record, history, parent, children }));
   return 0;
 }

@@ -53,6 +53,7 @@ export class MemoryStore implements Store {
   readonly #records = new Map<string, InvocationRecord>();
   readonly #history = new Map<string, HistoryEntry[]>();
   readonly #byTask = new Map<string, Set<string>>();
+  readonly #byParent = new Map<string, Set<string>>();
   readonly #byStatus = new Map<InvocationStatus, Set<string>>();
   readonly #registrationKeys = new Map<string, string>();
   readonly #slots = new Map<string, string>();
@@ -191,6 +192,11 @@ export class MemoryStore implements Store {
     }
   }
 
+  children(parentId: string): Promise<InvocationRecord[]> {
+    const ids = [...this.#byParent.get(parentId) ?? []].sort();
+    return Promise.resolve(ids.map((id) => this.#records.get(id)!));
+  }
+
   slotHolder(runningKey: string): Promise<string | undefined> {
     return Promise.resolve(this.#slots.get(runningKey));
   }
@@ -319,6 +325,7 @@ export class MemoryStore implements Store {
     this.#records.set(record.id, record);
     this.#history.set(record.id, [entry]);
     addTo(this.#byTask, record.taskId, record.id);
+    if (record.parentId !== null) addTo(this.#byParent, record.parentId, record.id);
     addTo(this.#byStatus, record.status, record.id);
     if (record.registrationKey !== null) {
       this.#registrationKeys.set(record.registrationKey, record.id);
@@ -400,6 +407,11 @@ export class MemoryStore implements Store {
     this.#records.delete(id);
     this.#history.delete(id);
     this.#byTask.get(record.taskId)?.delete(id);
+    if (record.parentId !== null) {
+      const siblings = this.#byParent.get(record.parentId);
+      siblings?.delete(id);
+      if (siblings?.size === 0) this.#byParent.delete(record.parentId);
+    }
     this.#byStatus.get(record.status)?.delete(id);
     this.#queue.delete(id);
     this.#delayed.remove(id);

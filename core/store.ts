@@ -457,6 +457,8 @@ export interface Store {
   history(id: string): Promise<HistoryEntry[]>;
   /** Invocations of a task matching a filter. */
   find(query: FindQuery): AsyncIterable<InvocationRecord>;
+  /** The invocations called by `parentId` that still exist, oldest first (an index read). */
+  children(parentId: string): Promise<InvocationRecord[]>;
   /** The invocation holding a running slot, or `undefined`. */
   slotHolder(runningKey: string): Promise<string | undefined>;
   /** Invocations due for recovery: stale PENDING, or owned by dead runners. */

@@ -56,6 +56,12 @@ export class Keys {
   byTask(taskId: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "task", taskId] : [...this.app, "task", taskId, id];
   }
+  /** Index: the invocations called by a parent. */
+  byParent(parentId: string, id?: string): KvKey {
+    return id === undefined
+      ? [...this.app, "child", parentId]
+      : [...this.app, "child", parentId, id];
+  }
   /** Index: the invocations in a status that recovery scans (PENDING, RUNNING, PAUSED, RESUMED). */
   byStatus(status: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];

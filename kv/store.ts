@@ -254,6 +254,7 @@ export class KvStore implements Store {
     op.set(keys.invocation(record.id), this.#encode({ record, queue }, record.id));
     op.set(keys.history(record.id, entry.seq), encode(entry));
     op.set(keys.byTask(record.taskId, record.id), encode(null));
+    if (record.parentId !== null) op.set(keys.byParent(record.parentId, record.id), encode(null));
     op.set(keys.queue(queue), encode(queueValue(record)));
     return record;
   }
@@ -362,6 +363,9 @@ export class KvStore implements Store {
           if (old.versionstamp !== null) op.set(old.key, old.value as Uint8Array, options);
         }
         op.set(keys.byTask(record.taskId, id), encode(null), options);
+        if (record.parentId !== null) {
+          op.set(keys.byParent(record.parentId, id), encode(null), options);
+        }
         op.set(keys.purge(purgePosition(next.purgeAtMs!, id)), encode(id), options);
       }
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
@@ -518,6 +522,15 @@ export class KvStore implements Store {
       if (query.statuses !== undefined && !query.statuses.has(record.status)) continue;
       if (filters.every(([name, value]) => record.args[name] === value)) yield record;
     }
+  }
+
+  // reads: child/<parent>/… (one range read), then the records.
+  async children(parentId: string): Promise<InvocationRecord[]> {
+    const ids: string[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.byParent(parentId) })) {
+      ids.push(String(entry.key[entry.key.length - 1]));
+    }
+    return this.getMany(ids);
   }
 
   async slotHolder(runningKey: string): Promise<string | undefined> {
@@ -934,7 +947,11 @@ export class KvStore implements Store {
       op.delete(history.key);
     }
     // A final invocation has no status index entry (only recoverable statuses do).
-    if (stored !== undefined) op.delete(this.#keys.byTask(stored.record.taskId, id));
+    if (stored !== undefined) {
+      op.delete(this.#keys.byTask(stored.record.taskId, id));
+      const parentId = stored.record.parentId;
+      if (parentId !== null) op.delete(this.#keys.byParent(parentId, id));
+    }
     await op.commit();
     await this.releaseWaiters(id);
     notify(this.#local.finals.get(id));

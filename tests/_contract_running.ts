@@ -888,6 +888,28 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
 
   // --- arguments and parents ---------------------------------------------------------------------
 
+  test(`[${backend}] children(): the invocations a parent called, oldest first, from the index; a purged child leaves it`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { autoFinalInvocationPurgeHours: 1 } });
+    const child = app.task("child", ({ i }: { i: number }) => i);
+    const parent = app.task("parent", async (): Promise<number> => {
+      const group = await child.parallelize([{ i: 1 }, { i: 2 }]);
+      const last = await child.call({ i: 3 });
+      return (await group.results()).length + (await last.result());
+    });
+    const other = await child.call({ i: 0 });
+    const invocation = await parent.call();
+    await app.runner({ concurrency: 2 }).drain();
+    assert.equal(await invocation.result(), 5);
+    const children = await app.orchestrator.store.children(invocation.id);
+    assert.deepEqual(children.map((record) => record.args), [{ i: "1" }, { i: "2" }, { i: "3" }]);
+    assert.ok(children.every((record) => record.parentId === invocation.id));
+    assert.deepEqual(await app.orchestrator.store.children(other.id), []);
+    clock.advance(3_600_001);
+    assert.equal(await app.orchestrator.autoPurge(), 5);
+    assert.deepEqual(await app.orchestrator.store.children(invocation.id), []);
+  });
+
   test(`[${backend}] a task gets its arguments, and a child called inside a task has parentId = the parent invocation`, async () => {
     const app = await makeApp();
     const seen: unknown[] = [];

@@ -121,10 +121,14 @@ export class GroupCommitter {
   #pump(): void {
     while (this.#inFlight < MAX_IN_FLIGHT && this.#waiting.length > 0) {
       this.#inFlight++;
-      void this.#run(this.#takeBatch()).finally(() => {
-        this.#inFlight--;
-        this.#pump();
-      });
+      const batch = this.#takeBatch();
+      // Whatever goes wrong, every draft of the batch settles (settling twice changes nothing).
+      void this.#run(batch).catch((error) => batch.forEach(({ reject }) => reject(error))).finally(
+        () => {
+          this.#inFlight--;
+          this.#pump();
+        },
+      );
     }
   }
 
@@ -138,16 +142,26 @@ export class GroupCommitter {
     }
     if (ok) return batch.forEach((waiting) => waiting.resolve(true));
     // A check failed: one read of the checked keys finds the drafts another writer made stale;
-    // they fail, and the others go back to the head of the line for the next batch. Under
-    // contention between processes this costs a read, not a commit per draft. When none is
-    // stale (an error, or a race since), each commits alone.
-    const stale = ok === false ? await this.#stale(batch) : [];
+    // they fail, and the others are committed again together, before anything that arrived
+    // meanwhile: each round fails at least one draft, so a valid draft is not held back by a
+    // stream of stale arrivals. Under contention between processes this costs a read, not a
+    // commit per draft. When none is stale (an error, a failed read, or a race since), each
+    // commits alone.
+    let stale: boolean[] = [];
+    if (ok === false) {
+      try {
+        stale = await this.#stale(batch);
+      } catch {
+        // The read failed: each draft on its own says which failed.
+      }
+    }
     if (!stale.some(Boolean)) {
       await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
       return;
     }
     batch.forEach((waiting, i) => stale[i] && waiting.resolve(false));
-    this.#waiting.unshift(...batch.filter((_, i) => !stale[i]));
+    const rest = batch.filter((_, i) => !stale[i]);
+    if (rest.length > 0) await this.#run(rest);
   }
 
   /**

@@ -231,7 +231,10 @@ export class GroupCommitter {
     try {
       resolve(await this.#commitDrafts([draft]));
     } catch (error) {
-      reject(error);
+      // A file still locked after every try is a conflict, as it always was for the store's
+      // callers: they re-read and try again. Only other errors reach them.
+      if (isLocked(error)) resolve(false);
+      else reject(error);
     }
   }
 }

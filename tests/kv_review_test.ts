@@ -152,3 +152,81 @@ test("KV: register under a lock held past the batch retries still registers (a l
   const invocation = await ping.call();
   assert.equal(await app.orchestrator.getInvocationStatus(invocation), "registered");
 });
+
+/**
+ * Two apps on one database, as two processes: `here` reads through `view` (so it has its own
+ * in-process signals), `there` on the database itself.
+ */
+function twoProcesses(kv: KvLike, view: KvLike, appId: string) {
+  const here = new Nenc({ appId, kv: view });
+  const there = new Nenc({ appId, kv });
+  const hereTask = here.task("t", () => 1);
+  there.task("t", () => 1);
+  return { here, there, hereTask };
+}
+
+test("KV final poller: a waiter whose first read resolves with the poller's last read is not left without a poller", async () => {
+  const kv = await open();
+  // getMany calls are held while `gate` is set, then resolved by hand, in the same turn: as when
+  // the poller's last read and a new waiter's first read share one coalesced getMany.
+  let gate = false;
+  const held: (() => void)[] = [];
+  const view: KvLike = {
+    get: (key) => kv.get(key),
+    getMany: async (keys) => {
+      const result = await kv.getMany(keys);
+      if (!gate) return result;
+      return await new Promise((resolve) => held.push(() => resolve(result)));
+    },
+    list: (selector, options) => kv.list(selector, options),
+    atomic: () => kv.atomic(),
+  };
+  const { here, there, hereTask } = twoProcesses(kv, view, "poller-handoff");
+  const x = await hereTask.call();
+  const y = await hereTask.call();
+  const store = here.orchestrator.store;
+  const leave = new AbortController();
+  const waitingX = store.waitFinal(x.id, leave.signal);
+  await new Promise((resolve) => setTimeout(resolve, 1));
+  gate = true;
+  while (held.length === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+  // The poller is reading X when X's only waiter leaves: that read is its last round.
+  leave.abort();
+  await waitingX;
+  const waitingY = store.waitFinal(y.id);
+  while (held.length < 2) await new Promise((resolve) => setTimeout(resolve, 0));
+  gate = false;
+  held[0]!();
+  held[1]!();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  // Another process ends Y: only a poller can see it.
+  await there.orchestrator.setInvocationStatus(y, "concurrency_controlled_final", {
+    runnerId: "ops",
+  });
+  assert.notEqual(
+    await within(waitingY.then(() => "ended"), 2_000),
+    "timeout",
+    "the waiter on Y was left without a poller and never saw the end",
+  );
+});
+
+test("KV final poller: a read that fails once neither crashes the process nor loses the waiter", async () => {
+  const kv = await open();
+  let reads = 0;
+  let failAt = Infinity;
+  const view = hooked(kv, {
+    getMany: () => {
+      if (++reads === failAt) throw new Error("connection reset");
+    },
+  });
+  const { here, there, hereTask } = twoProcesses(kv, view, "poller-error");
+  const x = await hereTask.call();
+  failAt = reads + 2; // the waiter's own read passes; the poller's first read fails
+  const waiting = here.orchestrator.store.waitFinal(x.id);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(reads >= failAt, "the poller's read was not reached");
+  await there.orchestrator.setInvocationStatus(x, "concurrency_controlled_final", {
+    runnerId: "ops",
+  });
+  assert.notEqual(await within(waiting.then(() => "ended"), 2_000), "timeout");
+});

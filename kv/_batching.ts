@@ -11,8 +11,10 @@
  * so within the batch no draft's mutation can touch a key another draft checks or writes: the
  * merged commit has the same effect as committing the drafts one after another with nothing in
  * between — an interleaving that could have happened without batching. If any check of the batch
- * fails, nothing was written, and each draft is committed on its own to learn which ones failed;
- * their callers re-read and re-plan as they always do.
+ * fails, nothing was written: one read of the checked keys fails the drafts another writer made
+ * stale (their callers re-read and re-plan as they always do), and the rest commit again together
+ * before any newcomer; when that read finds none stale, or a commit throws, each draft commits
+ * on its own.
  *
  * @module
  */

@@ -126,9 +126,15 @@ export function deserializeError(
   stored: SerializedError,
   classes: ReadonlyMap<string, ErrorClass> = DEFAULT_ERROR_CLASS_MAP,
 ): Error {
-  // By class name first: `class PaymentDeclined extends Error {}` keeps the name "Error".
-  const errorClass = (stored.className === undefined ? undefined : classes.get(stored.className)) ??
-    classes.get(stored.name) ?? Error;
+  // By class name first: `class PaymentDeclined extends Error {}` keeps the name "Error". Only
+  // when it is at least as specific as the class of the name: an `Error` named "PaymentDeclined"
+  // (set by hand, or relayed through a process without the class) stays a PaymentDeclined.
+  const byClassName = stored.className === undefined ? undefined : classes.get(stored.className);
+  const byName = classes.get(stored.name);
+  const errorClass = byClassName !== undefined &&
+      (byName === undefined || byClassName === byName || byClassName.prototype instanceof byName)
+    ? byClassName
+    : byName ?? Error;
   const prototype = errorClass.prototype;
   const error = Object.create(prototype) as Error;
   const hidden = (field: string, value: unknown): void => {

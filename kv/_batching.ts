@@ -10,10 +10,11 @@
  * reads. A batch only takes drafts whose key sets (checked, set or deleted) are pairwise disjoint,
  * so within the batch no draft's mutation can touch a key another draft checks or writes: the
  * merged commit has the same effect as committing the drafts one after another with nothing in
- * between — an interleaving that could have happened without batching. If a check of the batch
- * fails, nothing was written: one read of the checked keys tells which drafts another writer made
- * stale (their callers re-read and re-plan, as after any failed commit), and the others join the
- * next batch.
+ * between — an interleaving that could have happened without batching. If any check of the batch
+ * fails, nothing was written: one read of the checked keys fails the drafts another writer made
+ * stale (their callers re-read and re-plan as they always do), and the rest commit again together
+ * before any newcomer; when that read finds none stale, or a commit throws, each draft commits
+ * on its own.
  *
  * @module
  */
@@ -122,10 +123,14 @@ export class GroupCommitter {
   #pump(): void {
     while (this.#inFlight < MAX_IN_FLIGHT && this.#waiting.length > 0) {
       this.#inFlight++;
-      void this.#run(this.#takeBatch()).finally(() => {
-        this.#inFlight--;
-        this.#pump();
-      });
+      const batch = this.#takeBatch();
+      // Whatever goes wrong, every draft of the batch settles (settling twice changes nothing).
+      void this.#run(batch).catch((error) => batch.forEach(({ reject }) => reject(error))).finally(
+        () => {
+          this.#inFlight--;
+          this.#pump();
+        },
+      );
     }
   }
 
@@ -139,16 +144,26 @@ export class GroupCommitter {
     }
     if (ok) return batch.forEach((waiting) => waiting.resolve(true));
     // A check failed: one read of the checked keys finds the drafts another writer made stale;
-    // they fail, and the others go back to the head of the line for the next batch. Under
-    // contention between processes this costs a read, not a commit per draft. When none is
-    // stale (an error, or a race since), each commits alone.
-    const stale = ok === false ? await this.#stale(batch).catch(() => []) : [];
+    // they fail, and the others are committed again together, before anything that arrived
+    // meanwhile: each round fails at least one draft, so a valid draft is not held back by a
+    // stream of stale arrivals. Under contention between processes this costs a read, not a
+    // commit per draft. When none is stale (an error, a failed read, or a race since), each
+    // commits alone.
+    let stale: boolean[] = [];
+    if (ok === false) {
+      try {
+        stale = await this.#stale(batch);
+      } catch {
+        // The read failed: each draft on its own says which failed.
+      }
+    }
     if (!stale.some(Boolean)) {
       await Promise.all(batch.map((waiting) => this.#commitAlone(waiting)));
       return;
     }
     batch.forEach((waiting, i) => stale[i] && waiting.resolve(false));
-    this.#waiting.unshift(...batch.filter((_, i) => !stale[i]));
+    const rest = batch.filter((_, i) => !stale[i]);
+    if (rest.length > 0) await this.#run(rest);
   }
 
   /**
@@ -164,7 +179,7 @@ export class GroupCommitter {
       try {
         return (await op.commit()).ok;
       } catch (error) {
-        if (!isLocked(error) || attempt >= MAX_LOCKED_ATTEMPTS) throw error;
+        if (!isLocked(error) || attempt + 1 >= MAX_LOCKED_ATTEMPTS) throw error;
       }
       await backoff(attempt);
     }
@@ -218,7 +233,10 @@ export class GroupCommitter {
     try {
       resolve(await this.#commitDrafts([draft]));
     } catch (error) {
-      reject(error);
+      // A file still locked after every try is a conflict, as it always was for the store's
+      // callers: they re-read and try again. Only other errors reach them.
+      if (isLocked(error)) resolve(false);
+      else reject(error);
     }
   }
 }

@@ -841,7 +841,7 @@ export class KvStore implements Store {
     // poller per app and KV handle that reads every awaited invocation in batches, so a
     // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
     const waiting = listenFor(this.#local.finals, id, signal);
-    this.#local.poller ??= this.#pollFinals().finally(() => this.#local.poller = undefined);
+    this.#local.poller ??= this.#pollFinals();
     await waiting;
   }
 
@@ -854,26 +854,40 @@ export class KvStore implements Store {
    */
   async #pollFinals(): Promise<void> {
     const finals = this.#local.finals;
-    for (let idle = 0, cursor = 0; finals.size > 0;) {
-      await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
-      const awaited = [...finals.keys()];
-      if (cursor >= awaited.length) cursor = 0;
-      const ids = awaited.slice(cursor, cursor + POLL_SLICE);
-      cursor += ids.length;
-      let ended = 0;
-      (await this.#readMany(ids)).forEach((stored, index) => {
-        const waiters = finals.get(ids[index]!);
-        // Waiters already woken by this process's own change are gone: only an end that
-        // another process made keeps the poller quick.
-        if (
-          waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
-        ) {
-          ended++;
-          notify(waiters);
+    // The poller steps down in the same step that finds no waiter left (not a tick later, when a
+    // waiter may have joined and found it still there).
+    try {
+      for (let idle = 0, cursor = 0; finals.size > 0;) {
+        await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
+        const awaited = [...finals.keys()];
+        if (cursor >= awaited.length) cursor = 0;
+        const ids = awaited.slice(cursor, cursor + POLL_SLICE);
+        cursor += ids.length;
+        let ended = 0;
+        let read: (StoredInvocation | undefined)[];
+        try {
+          read = await this.#readMany(ids);
+        } catch {
+          // A failed read (the network, a bad record) is tried again next round, backing off.
+          idle++;
+          continue;
         }
-      });
-      if (ended > 0) idle = 0;
-      else if (cursor >= awaited.length) idle++;
+        read.forEach((stored, index) => {
+          const waiters = finals.get(ids[index]!);
+          // Waiters already woken by this process's own change are gone: only an end that
+          // another process made keeps the poller quick.
+          if (
+            waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
+          ) {
+            ended++;
+            notify(waiters);
+          }
+        });
+        if (ended > 0) idle = 0;
+        else if (cursor >= awaited.length) idle++;
+      }
+    } finally {
+      this.#local.poller = undefined;
     }
   }
 

@@ -273,8 +273,8 @@ export class MemoryStore implements Store {
     return Promise.resolve();
   }
 
-  removeRunner(runnerId: string): Promise<void> {
-    this.#runners.delete(runnerId);
+  removeRunner(runnerId: string, seenBeforeMs = Infinity): Promise<void> {
+    if ((this.#runners.get(runnerId) ?? Infinity) < seenBeforeMs) this.#runners.delete(runnerId);
     return Promise.resolve();
   }
 

@@ -789,7 +789,9 @@ export class Orchestrator {
     // recovered all the same (by the age of the invocation), and if it was only asleep, its next
     // heartbeat writes the entry again while claim fencing refuses its stale writes.
     for (const runner of await this.store.runners()) {
-      if (runner.lastSeenMs < heartbeatBeforeMs) await this.store.removeRunner(runner.runnerId);
+      if (runner.lastSeenMs < heartbeatBeforeMs) {
+        await this.store.removeRunner(runner.runnerId, heartbeatBeforeMs);
+      }
     }
     return recovered;
   }

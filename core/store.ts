@@ -481,8 +481,11 @@ export interface Store {
 
   /** Records a runner's heartbeat. */
   heartbeat(runnerId: string, nowMs: number): Promise<void>;
-  /** Forgets a runner that stopped cleanly. */
-  removeRunner(runnerId: string): Promise<void>;
+  /**
+   * Forgets a runner: one that stopped cleanly, or, with `seenBeforeMs`, one whose last heartbeat
+   * is older than that (a heartbeat written meanwhile keeps it).
+   */
+  removeRunner(runnerId: string, seenBeforeMs?: number): Promise<void>;
   /** Known runners and their last heartbeats. */
   runners(): Promise<RunnerInfo[]>;
 

@@ -817,8 +817,18 @@ export class KvStore implements Store {
     await this.#kv.atomic().set(this.#keys.runner(runnerId), encode(nowMs)).commit();
   }
 
-  async removeRunner(runnerId: string): Promise<void> {
-    await this.#kv.atomic().delete(this.#keys.runner(runnerId)).commit();
+  // reads: runner/<id> (only with seenBeforeMs); checks: runner/<id>, so a heartbeat written since
+  // the read keeps the entry; writes: deletes runner/<id>.
+  async removeRunner(runnerId: string, seenBeforeMs?: number): Promise<void> {
+    const key = this.#keys.runner(runnerId);
+    if (seenBeforeMs === undefined) {
+      await this.#kv.atomic().delete(key).commit();
+      return;
+    }
+    const entry = await this.#reads.get(key);
+    if (entry.versionstamp === null) return;
+    if (Number(decode(entry.value, "a runner heartbeat")) >= seenBeforeMs) return;
+    await this.#commit(this.#kv.atomic().check(entry).delete(key));
   }
 
   async runners(): Promise<RunnerInfo[]> {
@@ -846,11 +856,13 @@ export class KvStore implements Store {
   }
 
   /**
-   * Polls the awaited invocations until none is awaited, a slice of at most `POLL_SLICE` per round
-   * in turn, so a round costs the same with ten waiters or ten thousand (most of which this
-   * process's own changes wake anyway). It backs off when a whole sweep found nothing that another
-   * process ended. Its cadence is I/O pacing, not app time, so it runs on real timers like the
-   * commit back-off: with a fake app clock, in-process changes still wake waiters at once.
+   * Polls the awaited invocations until none is awaited. A sweep reads them all, a slice of at
+   * most `POLL_SLICE` per round, and takes the poll delay (5 ms, doubling while whole sweeps find
+   * nothing that another process ended, up to 500 ms) — or longer when there are so many waiters
+   * that rounds would come faster than every 5 ms: the read rate stays bounded with ten thousand
+   * waiters (most of which this process's own changes wake anyway), and an end made elsewhere is
+   * seen within about a sweep. Its cadence is I/O pacing, not app time, so it runs on real timers
+   * like the commit back-off: with a fake app clock, in-process changes still wake waiters at once.
    */
   async #pollFinals(): Promise<void> {
     const finals = this.#local.finals;
@@ -858,7 +870,9 @@ export class KvStore implements Store {
     // waiter may have joined and found it still there).
     try {
       for (let idle = 0, cursor = 0; finals.size > 0;) {
-        await new Promise((resolve) => setTimeout(resolve, pollDelayMs(idle)));
+        const slices = Math.ceil(finals.size / POLL_SLICE);
+        const roundMs = Math.max(MIN_POLL_ROUND_MS, pollDelayMs(idle) / slices);
+        await new Promise((resolve) => setTimeout(resolve, roundMs));
         const awaited = [...finals.keys()];
         if (cursor >= awaited.length) cursor = 0;
         const ids = awaited.slice(cursor, cursor + POLL_SLICE);
@@ -1151,8 +1165,9 @@ function timePosition(ms: number, id: string): string {
 const readyPosition = timePosition;
 const purgePosition = timePosition;
 
-/** Awaited invocations read per round of the final poller. */
+/** Awaited invocations read per round of the final poller, and the shortest round. */
 const POLL_SLICE = 100;
+const MIN_POLL_ROUND_MS = 5;
 
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
 function pollDelayMs(polls: number): number {

@@ -867,6 +867,20 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual((await app.orchestrator.store.runners()).map((r) => r.runnerId), ["live"]);
   });
 
+  test(`[${backend}] removeRunner() with a time forgets a runner only if its last heartbeat is older`, async () => {
+    const app = await makeApp();
+    const store = app.orchestrator.store;
+    await store.heartbeat("r1", 1_000);
+    await store.removeRunner("r1", 1_000);
+    assert.deepEqual((await store.runners()).map((r) => r.runnerId), ["r1"]);
+    await store.removeRunner("r1", 1_001);
+    assert.deepEqual(await store.runners(), []);
+    await store.removeRunner("never-seen", 5_000);
+    await store.heartbeat("r2", 7);
+    await store.removeRunner("r2");
+    assert.deepEqual(await store.runners(), []);
+  });
+
   test(`[${backend}] an invocation whose owner never sent a heartbeat is not recovered before runnerTimeoutSeconds`, async () => {
     const clock = new WatchedClock();
     const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });

@@ -28,30 +28,40 @@ export async function openTestKv(path: string, accessToken?: string): Promise<Te
   }) as unknown as TestKv;
 }
 
-/** Hooks of {@linkcode interceptKv}. */
+/** Hooks of {@linkcode interceptKv}; a hook that throws makes the call reject. */
 export interface KvHooks {
-  /** Runs before every commit (may delay it). */
-  beforeCommit?(): Promise<void> | void;
+  /** Runs before every commit, with the values the operation sets (may delay the commit). */
+  beforeCommit?(values: readonly unknown[]): Promise<void> | void;
   /** Sees every value an atomic operation sets. */
   onSet?(value: unknown): void;
+  /** Runs before every `getMany`. */
+  beforeGetMany?(): Promise<void> | void;
 }
 
-/** A view of `kv` whose atomic operations call `hooks`: for counting, delaying or gating commits. */
+/**
+ * A view of `kv` whose atomic operations and `getMany` calls run `hooks`: for counting, delaying,
+ * gating or failing them.
+ */
 export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
   return {
     get: (key) => kv.get(key),
-    getMany: (keys) => kv.getMany(keys),
+    getMany: async (keys) => {
+      await hooks.beforeGetMany?.();
+      return await kv.getMany(keys);
+    },
     list: (selector, options) => kv.list(selector, options),
     atomic: () => {
       const op = kv.atomic();
       const set = op.set.bind(op);
       const commit = op.commit.bind(op);
+      const values: unknown[] = [];
       op.set = (key, value, options) => {
         hooks.onSet?.(value);
+        values.push(value);
         return set(key, value, options);
       };
       op.commit = async () => {
-        await hooks.beforeCommit?.();
+        await hooks.beforeCommit?.(values);
         return await commit();
       };
       return op;

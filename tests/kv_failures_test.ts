@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { AtomicDraft, GroupCommitter } from "../kv/_batching.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { Nenc } from "../core/app.ts";
-import { openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
@@ -16,46 +16,9 @@ async function open(): Promise<TestKv> {
   return kv;
 }
 
-/** A KV view whose hooks see every commit (with the values it sets) and every getMany. */
-function hooked(
-  kv: KvLike,
-  hooks: {
-    commit?: (values: string[]) => void;
-    getMany?: () => void;
-  },
-): KvLike {
-  return {
-    get: (key) => kv.get(key),
-    getMany: (keys) => {
-      try {
-        hooks.getMany?.();
-      } catch (error) {
-        return Promise.reject(error);
-      }
-      return kv.getMany(keys);
-    },
-    list: (selector, options) => kv.list(selector, options),
-    atomic: () => {
-      const op = kv.atomic();
-      const set = op.set.bind(op);
-      const commit = op.commit.bind(op);
-      const values: string[] = [];
-      op.set = (key, value, options) => {
-        values.push(new TextDecoder().decode(value as Uint8Array));
-        return set(key, value, options);
-      };
-      op.commit = () => {
-        try {
-          hooks.commit?.(values);
-        } catch (error) {
-          return Promise.reject(error);
-        }
-        return commit();
-      };
-      return op;
-    },
-  };
-}
+/** The values an atomic operation sets, as text. */
+const texts = (values: readonly unknown[]): string[] =>
+  values.map((value) => new TextDecoder().decode(value as Uint8Array));
 
 /** Settles with the promise, or with "timeout" after `ms`. */
 function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
@@ -69,8 +32,8 @@ function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
 test("group commit: when the read after a failed batch throws, every draft of the batch still settles", async () => {
   const kv = await open();
   let failReads = false;
-  const committer = new GroupCommitter(hooked(kv, {
-    getMany: () => {
+  const committer = new GroupCommitter(interceptKv(kv, {
+    beforeGetMany: () => {
       if (failReads) throw new Error("connection reset");
     },
   }));
@@ -94,9 +57,9 @@ test("group commit: a valid draft is not re-queued forever behind drafts that ke
   // Another process keeps moving first: every commit this store makes, one more transition
   // planned on an old read arrives meanwhile (bounded here so the test ends).
   const committed: string[][] = [];
-  const committer: GroupCommitter = new GroupCommitter(hooked(kv, {
-    commit: (values) => {
-      committed.push(values);
+  const committer: GroupCommitter = new GroupCommitter(interceptKv(kv, {
+    beforeCommit: (values) => {
+      committed.push(texts(values));
       if (staleOnes.length < 40) {
         const n = staleOnes.length;
         staleOnes.push(committer.commit(
@@ -123,9 +86,9 @@ test('KV: a finishing write that meets "database is locked" is retried as a conf
   // The success write of the invocation finds the file locked 11 times in a row (another
   // process holding it): the old #commit counted a lock as a conflict and tried again.
   let locks = 11;
-  const view = hooked(kv, {
-    commit: (values) => {
-      if (values.some((value) => value.includes('"status":"success"')) && locks-- > 0) {
+  const view = interceptKv(kv, {
+    beforeCommit: (values) => {
+      if (texts(values).some((value) => value.includes('"status":"success"')) && locks-- > 0) {
         throw new Error("database is locked");
       }
     },
@@ -140,8 +103,8 @@ test('KV: a finishing write that meets "database is locked" is retried as a conf
 test("KV: register under a lock held past the batch retries still registers (a lock is a conflict, not an error)", async () => {
   const kv = await open();
   let locks = 0;
-  const view = hooked(kv, {
-    commit: () => {
+  const view = interceptKv(kv, {
+    beforeCommit: () => {
       if (locks-- > 0) throw new Error("database is locked");
     },
   });
@@ -214,8 +177,8 @@ test("KV final poller: a read that fails once neither crashes the process nor lo
   const kv = await open();
   let reads = 0;
   let failAt = Infinity;
-  const view = hooked(kv, {
-    getMany: () => {
+  const view = interceptKv(kv, {
+    beforeGetMany: () => {
       if (++reads === failAt) throw new Error("connection reset");
     },
   });

@@ -186,7 +186,10 @@ test("KV final poller: a read that fails once neither crashes the process nor lo
   const x = await hereTask.call();
   failAt = reads + 2; // the waiter's own read passes; the poller's first read fails
   const waiting = here.orchestrator.store.waitFinal(x.id);
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  // The poller's first round comes after 5 ms; allow a loaded machine far longer.
+  for (const deadline = Date.now() + 10_000; reads < failAt && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
   assert.ok(reads >= failAt, "the poller's read was not reached");
   await there.orchestrator.setInvocationStatus(x, "concurrency_controlled_final", {
     runnerId: "ops",

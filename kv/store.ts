@@ -827,7 +827,7 @@ export class KvStore implements Store {
     }
     const entry = await this.#reads.get(key);
     if (entry.versionstamp === null) return;
-    if (Number(decode(entry.value, "a runner heartbeat")) >= seenBeforeMs) return;
+    if (decodeHeartbeat(entry.value) >= seenBeforeMs) return;
     await this.#commit(this.#kv.atomic().check(entry).delete(key));
   }
 
@@ -836,7 +836,7 @@ export class KvStore implements Store {
     for await (const entry of this.#kv.list({ prefix: this.#keys.runner() })) {
       runners.push({
         runnerId: String(entry.key[entry.key.length - 1]),
-        lastSeenMs: Number(decode(entry.value, "a runner heartbeat")),
+        lastSeenMs: decodeHeartbeat(entry.value),
       });
     }
     return runners;
@@ -1121,6 +1121,11 @@ function decodeString(value: unknown): string {
     throw new SerializationError("Cannot read an index entry: not a string");
   }
   return text;
+}
+
+/** A runner's last heartbeat, epoch ms, as stored under runner/<id>. */
+function decodeHeartbeat(value: unknown): number {
+  return Number(decode(value, "a runner heartbeat"));
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */

@@ -133,12 +133,16 @@ test("KV final poller: a waiter whose first read resolves with the poller's last
   // getMany calls are held while `gate` is set, then resolved by hand, in the same turn: as when
   // the poller's last read and a new waiter's first read share one coalesced getMany.
   let gate = false;
+  let passed = 0;
   const held: (() => void)[] = [];
   const view: KvLike = {
     get: (key) => kv.get(key),
     getMany: async (keys) => {
       const result = await kv.getMany(keys);
-      if (!gate) return result;
+      if (!gate) {
+        passed++;
+        return result;
+      }
       return await new Promise((resolve) => held.push(() => resolve(result)));
     },
     list: (selector, options) => kv.list(selector, options),
@@ -149,8 +153,13 @@ test("KV final poller: a waiter whose first read resolves with the poller's last
   const y = await hereTask.call();
   const store = here.orchestrator.store;
   const leave = new AbortController();
+  const before = passed;
   const waitingX = store.waitFinal(x.id, leave.signal);
-  await new Promise((resolve) => setTimeout(resolve, 1));
+  // Hold reads only once the waiter's own first read is through (and a timer turn has let it
+  // join the waiters): held, that read would leave `await waitingX` on nothing but a promise
+  // no timer or I/O can settle, and the runtime ends the test.
+  while (passed === before) await new Promise((resolve) => setTimeout(resolve, 0));
+  await new Promise((resolve) => setTimeout(resolve, 0));
   gate = true;
   while (held.length === 0) await new Promise((resolve) => setTimeout(resolve, 0));
   // The poller is reading X when X's only waiter leaves: that read is its last round.

@@ -135,7 +135,8 @@ export class Nenc {
   }
 
   #own(store: Store): Store {
-    const owner = storeOwners.get(store);
+    // A KV store built by hand names its app id; its keys are under that id, whatever this app's.
+    const owner = storeOwners.get(store) ?? (store instanceof KvStore ? store.appId : undefined);
     if (owner !== undefined && owner !== this.appId) {
       throw new TypeError(
         `Cannot create app ${this.appId}: its store already holds app ${owner}; give each app id its own store`,

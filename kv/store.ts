@@ -165,6 +165,8 @@ const decoder = new TextDecoder();
  * ```
  */
 export class KvStore implements Store {
+  /** The app whose data this store keeps: an app with another id refuses it. */
+  readonly appId: string;
   readonly #kv: KvLike;
   readonly #keys: Keys;
   readonly #clock: Clock;
@@ -176,6 +178,7 @@ export class KvStore implements Store {
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
+    this.appId = options.appId;
     this.#kv = kv;
     this.#keys = new Keys(options.appId);
     this.#clock = options.clock;

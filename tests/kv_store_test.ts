@@ -4,8 +4,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
+import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
+import { KvStore } from "../kv/store.ts";
 import { openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
@@ -78,6 +80,18 @@ test("[kv] useKv moves an unused app onto KV, where another app on the same KV s
   assert.throws(
     () => app.useKv(kv),
     /Cannot change the backend: the app has already used its store/,
+  );
+});
+
+test("[kv] an app refuses a KvStore built for another app id (its keys would be under that id)", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const store = new KvStore(kv, { appId: "alpha", clock: systemClock });
+  assert.equal(new Nenc({ appId: "alpha", store }).orchestrator.store, store);
+  assert.throws(
+    () =>
+      new Nenc({ appId: "beta", store: new KvStore(kv, { appId: "alpha", clock: systemClock }) }),
+    /Cannot create app beta: its store already holds app alpha/,
   );
 });
 

@@ -226,23 +226,24 @@ export class KvStore implements Store {
     }
   }
 
-  // writes per invocation: as register(), without a registration key; up to 50 per commit.
+  // writes per invocation: as register(), without a registration key. Every record is encoded
+  // (and a record over the value limit refused) before the first commit; the group committer
+  // packs the drafts into commits by count and by bytes, so large arguments split into more.
   async registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
     await this.#ensureSchema();
     if (invocations.some((invocation) => invocation.registrationKey !== null)) {
       throw new RangeError("Cannot register in batch: registration keys need register()");
     }
-    const records: InvocationRecord[] = [];
-    for (let start = 0; start < invocations.length; start += 50) {
+    const staged = invocations.map((invocation) => {
       const op = new AtomicDraft();
-      const batch = invocations.slice(start, start + 50).map((invocation) =>
-        this.#stage(op, invocation)
-      );
+      return { op, record: this.#stage(op, invocation) };
+    });
+    await Promise.all(staged.map(async ({ op }) => {
+      // No checks: only a file locked past every try fails it.
       for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
-      records.push(...batch);
-    }
+    }));
     this.#announceWork();
-    return records;
+    return staged.map(({ record }) => record);
   }
 
   /** Stages the creation of an invocation on `op` and returns its record. */
@@ -345,10 +346,9 @@ export class KvStore implements Store {
       }
       // A final invocation and all its keys expire at its purge time. Expiry is lazy (an expired
       // key may still be read for a while), so reads also compare the deadline in the record.
-      const expireIn = plan.final && next.purgeAtMs !== null
-        ? Math.max(1, next.purgeAtMs - change.nowMs)
+      const options = plan.final && next.purgeAtMs !== null
+        ? { expireIn: Math.max(1, next.purgeAtMs - change.nowMs) }
         : undefined;
-      const options = expireIn === undefined ? undefined : { expireIn };
       // The status index holds only what recovery scans: PENDING, RUNNING, PAUSED, RESUMED.
       if (record.status !== next.status && RECOVERABLE.has(record.status)) {
         op.delete(keys.byStatus(record.status, id));
@@ -359,20 +359,14 @@ export class KvStore implements Store {
       for (const historyEntry of plan.entries) {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
-      if (options !== undefined) {
-        // Entries are numbered 1..seq: point reads, coalesced with this turn's other reads.
-        const earlier = Array.from({ length: record.seq }, (_, i) => keys.history(id, i + 1));
-        for (const old of await this.#getEntries(earlier)) {
-          if (old.versionstamp !== null) op.set(old.key, old.value as Uint8Array, options);
-        }
-        op.set(keys.byTask(record.taskId, id), encode(null), options);
-        if (record.parentId !== null) {
-          op.set(keys.byParent(record.parentId, id), encode(null), options);
-        }
-        op.set(keys.purge(purgePosition(next.purgeAtMs!, id)), encode(id), options);
-      }
+      const expireLater = options !== undefined &&
+        await this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq);
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
       if (await this.#group.commit(op)) {
+        if (expireLater) {
+          // The transition is done; what is left is housekeeping that the purge sweep also covers.
+          await this.#expireHistory(id, record.seq, options).catch(() => {});
+        }
         if (plan.final) notify(this.#local.finals.get(id));
         if (plan.slot === "release") this.#announceWork();
         return { ok: true, record: next, entries: plan.entries };
@@ -931,6 +925,8 @@ export class KvStore implements Store {
 
   // --- purge -------------------------------------------------------------------------------------
 
+  // reads: inv/<id>, hist/<id>/…; checks: inv/<id>; writes: every key of the invocation, with
+  // the new expireIn, and purge/<pos> moved.
   async schedulePurge(id: string, purgeAtMs: number): Promise<void> {
     for (let attempt = 0;; attempt++) {
       const entry = await this.#reads.get(this.#keys.invocation(id));
@@ -938,14 +934,75 @@ export class KvStore implements Store {
       if (stored === undefined || !isFinalStatus(stored.record.status)) return;
       const record = { ...stored.record, purgeAtMs };
       const options = { expireIn: Math.max(1, purgeAtMs - this.#clock.now()) };
-      const op = this.#kv.atomic()
+      const op = new AtomicDraft()
         .check({ key: this.#keys.invocation(id), versionstamp: entry.versionstamp })
         .set(this.#keys.invocation(id), this.#encode({ ...stored, record }, id), options)
-        .delete(this.#keys.purge(purgePosition(stored.record.purgeAtMs!, id)))
-        .set(this.#keys.purge(purgePosition(purgeAtMs, id)), encode(id), options);
-      if (await this.#commit(op)) return;
+        .delete(this.#keys.purge(purgePosition(stored.record.purgeAtMs!, id)));
+      const expireLater = await this.#stageExpiry(op, record, purgeAtMs, options, record.seq);
+      if (await this.#group.commit(op)) {
+        if (expireLater) await this.#expireHistory(id, record.seq, options);
+        return;
+      }
       await backoff(attempt);
     }
+  }
+
+  /**
+   * Stages on `op` the expiry of a final invocation's keys other than its record: its purge
+   * entry, its index entries and its history entries `1..historyCount` — unless there are more
+   * than `INLINE_EXPIRY` of them (a long run of re-routes), which {@linkcode #expireHistory}
+   * re-sets after the commit, in commits of their own: one commit could not hold them all.
+   * Returns whether that is needed. Should it not happen (the process dies in between), the purge
+   * sweep deletes the invocation's keys anyway: the purge entry outlives the record by
+   * `PURGE_ENTRY_GRACE_MS` for that.
+   */
+  async #stageExpiry(
+    op: AtomicDraft,
+    record: InvocationRecord,
+    purgeAtMs: number,
+    options: { expireIn: number },
+    historyCount: number,
+  ): Promise<boolean> {
+    const keys = this.#keys;
+    const id = record.id;
+    op.set(keys.purge(purgePosition(purgeAtMs, id)), encode(id), {
+      expireIn: options.expireIn + PURGE_ENTRY_GRACE_MS,
+    });
+    op.set(keys.byTask(record.taskId, id), encode(null), options);
+    if (record.parentId !== null) op.set(keys.byParent(record.parentId, id), encode(null), options);
+    if (historyCount > INLINE_EXPIRY) return true;
+    for (const entry of await this.#historyEntries(id, 1, historyCount)) {
+      op.set(entry.key, entry.value as Uint8Array, options);
+    }
+    return false;
+  }
+
+  /** Re-sets history entries `1..historyCount` of a final invocation with `options.expireIn`. */
+  async #expireHistory(
+    id: string,
+    historyCount: number,
+    options: { expireIn: number },
+  ): Promise<void> {
+    for (let first = 1; first <= historyCount; first += CHUNK_MUTATIONS) {
+      const last = Math.min(historyCount, first + CHUNK_MUTATIONS - 1);
+      const entries = await this.#historyEntries(id, first, last);
+      // No check: the history of a final invocation no longer changes.
+      for (let attempt = 0;; attempt++) {
+        const op = this.#kv.atomic();
+        for (const entry of entries) op.set(entry.key, entry.value, options);
+        if (await this.#commit(op)) break;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  /** The stored history entries `first..last` of an invocation (numbered from 1, point reads). */
+  async #historyEntries(id: string, first: number, last: number): Promise<KvEntryMaybeLike[]> {
+    const keys = Array.from(
+      { length: last - first + 1 },
+      (_, i) => this.#keys.history(id, first + i),
+    );
+    return (await this.#getEntries(keys)).filter((entry) => entry.versionstamp !== null);
   }
 
   async purgeDue(nowMs: number): Promise<number> {
@@ -961,31 +1018,43 @@ export class KvStore implements Store {
   async purgeAll(): Promise<void> {
     const keys: KvKey[] = [];
     for await (const entry of this.#kv.list({ prefix: this.#keys.app })) keys.push(entry.key);
-    for (let start = 0; start < keys.length; start += 500) {
-      const op = this.#kv.atomic();
-      for (const key of keys.slice(start, start + 500)) op.delete(key);
-      await op.commit();
-    }
+    await this.#deleteKeys(keys);
     this.#schemaChecked = undefined;
   }
 
-  /** Deletes a final invocation and its keys (its purge entry too), in one commit. */
+  /**
+   * Deletes a final invocation and its keys. The record and the purge entry go in the last
+   * commit (a long history needs several), so a sweep cut short finds the invocation again.
+   */
   async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
     const entry = await this.#reads.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
-    const op = this.#kv.atomic().delete(this.#keys.invocation(id)).delete(purgeKey);
+    const doomed: KvKey[] = [];
     for await (const history of this.#kv.list({ prefix: this.#keys.histories(id) })) {
-      op.delete(history.key);
+      doomed.push(history.key);
     }
     // A final invocation has no status index entry (only recoverable statuses do).
     if (stored !== undefined) {
-      op.delete(this.#keys.byTask(stored.record.taskId, id));
+      doomed.push(this.#keys.byTask(stored.record.taskId, id));
       const parentId = stored.record.parentId;
-      if (parentId !== null) op.delete(this.#keys.byParent(parentId, id));
+      if (parentId !== null) doomed.push(this.#keys.byParent(parentId, id));
     }
-    await op.commit();
+    doomed.push(this.#keys.invocation(id), purgeKey);
+    await this.#deleteKeys(doomed);
     await this.releaseWaiters(id);
     notify(this.#local.finals.get(id));
+  }
+
+  /** Deletes `keys` in order, in commits of at most `CHUNK_MUTATIONS`. */
+  async #deleteKeys(keys: readonly KvKey[]): Promise<void> {
+    for (let start = 0; start < keys.length; start += CHUNK_MUTATIONS) {
+      for (let attempt = 0;; attempt++) {
+        const op = this.#kv.atomic();
+        for (const key of keys.slice(start, start + CHUNK_MUTATIONS)) op.delete(key);
+        if (await this.#commit(op)) break;
+        await backoff(attempt);
+      }
+    }
   }
 
   // --- encoding and commits ----------------------------------------------------------------------
@@ -1175,6 +1244,15 @@ const purgePosition = timePosition;
 
 /** Awaited invocations read per round of the final poller, and the shortest round. */
 const POLL_SLICE = 100;
+/**
+ * Earlier history entries a final transition re-sets with `expireIn` in its own commit; a longer
+ * history (hundreds of re-routes) is re-set in commits of its own after it.
+ */
+const INLINE_EXPIRY = 100;
+/** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
+const CHUNK_MUTATIONS = 500;
+/** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
+const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;
 
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */

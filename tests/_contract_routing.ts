@@ -1646,6 +1646,39 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await registered.status(), "registered");
   });
 
+  test(`[${backend}] an invocation re-routed 600 times (1,201 history entries, more than one KV commit holds) still finishes, keeps its whole history, and is purged whole`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const long = await job.call({ n: 1 });
+    // What a pick-up refused by running concurrency records on every poll while a key is held.
+    const reroutes = Array.from(
+      { length: 100 },
+      (_, i): InvocationStatus => i % 2 === 0 ? "pending" : "rerouted",
+    );
+    for (let round = 0; round < 12; round++) {
+      const outcome = await o.store.change(long.id, {
+        path: reroutes,
+        runnerId: "r1",
+        nowMs: clock.now(),
+      });
+      assert.ok(outcome.ok);
+    }
+    await claimOne(app, "r1", long);
+    await runToSuccess(app, long, "r1", 1);
+    assert.equal(await long.result(), 1);
+    const history = await long.history();
+    assert.equal(history.length, 1_204);
+    assert.ok(isValidHistory(history));
+    await o.setUpInvocationAutoPurge(long);
+    clock.advance(25 * HOUR_MS);
+    assert.equal(await o.autoPurge(), 1);
+    assert.equal(await o.getInvocation(long.id), undefined);
+    assert.deepEqual(await o.store.history(long.id), []);
+    assert.deepEqual(ids(await existing(app, job)), []);
+  });
+
   test(`[${backend}] purge() deletes every invocation, the queue and the registration keys`, async () => {
     const app = await makeApp();
     const o = app.orchestrator;

@@ -68,6 +68,37 @@ test("[kv] a result over the 64 KiB value limit fails the invocation with a Seri
   assert.equal(await invocation.status(), "failed");
 });
 
+test("[kv] routeCalls of 100 calls with 20 KB arguments registers all 100: commits are split by bytes, not only by count", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "bulk", kv });
+  const echo = app.task("echo", ({ text }: { text: string; i: number }) => text.length);
+  const calls = Array.from({ length: 100 }, (_, i) => ({
+    task: echo,
+    args: { text: i < 50 ? "x" : "x".repeat(20_000), i },
+  }));
+  const invocations = await app.orchestrator.routeCalls(calls);
+  assert.equal(invocations.length, 100);
+  assert.equal((await app.orchestrator.store.counts()).get("echo")?.get("registered"), 100);
+});
+
+test("[kv] routeCalls with one record over the 64 KiB value limit registers none of its calls and names the limit", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "bulk-over", kv });
+  const echo = app.task("echo", ({ text }: { text: string; i: number }) => text.length);
+  const calls = Array.from({ length: 100 }, (_, i) => ({
+    task: echo,
+    args: { text: i === 99 ? "x".repeat(70_000) : "x", i },
+  }));
+  await assert.rejects(
+    app.orchestrator.routeCalls(calls),
+    (error: unknown) =>
+      error instanceof SerializationError && /64 KiB\) Deno KV value limit/.test(error.message),
+  );
+  assert.equal((await app.orchestrator.store.counts()).size, 0);
+});
+
 test("[kv] useKv moves an unused app onto KV, where another app on the same KV sees its invocations; a used app refuses", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);
@@ -181,4 +212,79 @@ test("[kv] a pick-up stamps each claim with the time it commits, not the time it
     history[1]!.timestampMs >= history[0]!.timestampMs,
     `pending at ${history[1]!.timestampMs} before registered at ${history[0]!.timestampMs}`,
   );
+});
+
+/** A view of `kv` that remembers the `expireIn` of the last set of each key (`null`: none). */
+function recordExpiries(kv: KvLike): { view: KvLike; expiries: Map<string, number | null> } {
+  const expiries = new Map<string, number | null>();
+  const view: KvLike = {
+    get: (key) => kv.get(key),
+    getMany: (keys) => kv.getMany(keys),
+    list: (selector, options) => kv.list(selector, options),
+    atomic: () => {
+      const op = kv.atomic();
+      const set = op.set.bind(op);
+      op.set = (key, value, options) => {
+        expiries.set(JSON.stringify(key), options?.expireIn ?? null);
+        return set(key, value, options);
+      };
+      return op;
+    },
+  };
+  return { view, expiries };
+}
+
+test("[kv] every key of a final invocation gets expireIn, with a long history too, and setUpInvocationAutoPurge re-sets them all to the new horizon", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const { view, expiries } = recordExpiries(kv);
+  const clock = new FakeClock();
+  const app = new Nenc({ appId: "expiry", kv: view, clock });
+  const o = app.orchestrator;
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parentTask = app.task(
+    "parent",
+    async () => (await (await job.call({ n: 1 })).result()) + 1,
+  );
+  const long = await job.call({ n: 2 });
+  const reroutes = Array.from(
+    { length: 100 },
+    (_, i) => i % 2 === 0 ? "pending" as const : "rerouted" as const,
+  );
+  for (let round = 0; round < 12; round++) {
+    await o.store.change(long.id, { path: reroutes, runnerId: "r1", nowMs: clock.now() });
+  }
+  const parent = await parentTask.call();
+  await app.runner({ concurrency: 2 }).drain();
+  assert.equal(await parent.result(), 2);
+  assert.equal(await long.result(), 2);
+  const [child] = await o.store.children(parent.id);
+  assert.ok(child !== undefined);
+  /** The keys of `id` in the store, each with the expireIn of its last set. */
+  const keysOf = async (id: string): Promise<[string, number | null][]> => {
+    const found: [string, number | null][] = [];
+    for await (const entry of kv.list({ prefix: ["nenc", "expiry"] })) {
+      const key = JSON.stringify(entry.key);
+      if (key.includes(id)) found.push([key, expiries.get(key) ?? null]);
+    }
+    return found;
+  };
+  const horizonMs = 24 * 3_600_000;
+  const assertExpiring = async (id: string, minimumKeys: number): Promise<void> => {
+    const keys = await keysOf(id);
+    assert.ok(keys.length >= minimumKeys, `${keys.length} keys of ${id}`);
+    for (const [key, expireIn] of keys) {
+      // The purge entry outlives the rest, for the sweep; everything else expires at the horizon.
+      if (key.includes('"purge"')) assert.ok(expireIn !== null && expireIn > horizonMs, key);
+      else assert.equal(expireIn, horizonMs, key);
+    }
+  };
+  // record, history (4 entries), task index, child index, purge entry; the long one has 1,204
+  // history entries and no child index
+  const all = [{ id: child.id, keys: 8 }, { id: parent.id, keys: 7 }, { id: long.id, keys: 1_207 }];
+  for (const { id, keys } of all) await assertExpiring(id, keys);
+  clock.advance(10 * 3_600_000);
+  expiries.clear();
+  for (const { id } of all) await o.setUpInvocationAutoPurge({ id });
+  for (const { id, keys } of all) await assertExpiring(id, keys);
 });

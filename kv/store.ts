@@ -311,6 +311,13 @@ export class KvStore implements Store {
         if (slot.slot === "take") {
           op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .set(keys.slot(slotKey), encode(id));
+          // A take decided on "no reservation" checks that none was made since the read: a paused
+          // invocation that read the slot held may reserve it after its holder released it, and
+          // then resumes first. (Its own reservation is checked below, as it drops it.) A take
+          // checks at most 4 keys: inv, slot, reserve, reg.
+          if (!slot.dropReservation) {
+            op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp });
+          }
         } else if (slot.slot === "release") {
           op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .delete(keys.slot(slotKey));

@@ -312,6 +312,13 @@ export class KvStore implements Store {
         if (slot.slot === "take") {
           op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .set(keys.slot(slotKey), encode(id));
+          // A take decided on "no reservation" checks that none was made since the read: a paused
+          // invocation that read the slot held may reserve it after its holder released it, and
+          // then resumes first. (Its own reservation is checked below, as it drops it.) A take
+          // checks at most 4 keys: inv, slot, reserve, reg.
+          if (!slot.dropReservation) {
+            op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp });
+          }
         } else if (slot.slot === "release") {
           op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
             .delete(keys.slot(slotKey));
@@ -791,21 +798,33 @@ export class KvStore implements Store {
     else op.set(keys.waitNode(id), encode(after));
   }
 
-  // One range read of the ready index (oldest first wait first), then the records to skip those
-  // not available to run.
+  // The ready index (oldest first wait first) in pages of its keys, then each page's records, to
+  // skip those not available to run (claimed, running, in back-off). Pages go on until `max` are
+  // found or the index ends: waited-on invocations that run already (a parent's earliest
+  // children, say) must not hide available ones behind them.
   async blocking(max: number, nowMs: number): Promise<string[]> {
     if (max <= 0) return [];
-    const ids: string[] = [];
-    for await (
-      const entry of this.#kv.list({ prefix: this.#keys.ready() }, { limit: max * 4 + 10 })
-    ) {
-      ids.push(decodeString(entry.value));
+    const prefix = this.#keys.ready();
+    const pageSize = max * 4 + 10;
+    const found = new Set<string>();
+    for (let after: string | undefined;;) {
+      const ids: string[] = [];
+      // `start` is inclusive: a position followed by "\0" is the first key after it.
+      const selector = after === undefined
+        ? { prefix }
+        : { prefix, start: this.#keys.ready(`${after}\u0000`) };
+      for await (const entry of this.#kv.list(selector, { limit: pageSize })) {
+        ids.push(decodeString(entry.value));
+        after = String(entry.key[entry.key.length - 1]);
+      }
+      for (const stored of await this.#readMany(ids)) {
+        if (stored === undefined || !isAvailable(stored, nowMs)) continue;
+        // An entry that moved behind the page read meanwhile (waited on anew) is met again.
+        found.add(stored.record.id);
+        if (found.size >= max) return [...found];
+      }
+      if (ids.length < pageSize) return [...found];
     }
-    return (await this.#readMany(ids))
-      .flatMap((stored) =>
-        stored !== undefined && isAvailable(stored, nowMs) ? [stored.record.id] : []
-      )
-      .slice(0, max);
   }
 
   // --- runners -----------------------------------------------------------------------------------

@@ -1085,6 +1085,33 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(ids(await claim(app, 10, "r1")), [one.id]);
   });
 
+  test(`[${backend}] blocking control: available blockers behind many running ones are still found, oldest first`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const caller = await job.call({ n: -1 });
+    await claimOne(app, "r0", caller);
+    await o.setInvocationRun(undefined, caller, { runnerId: "r0" });
+    const children: Invocation[] = [];
+    for (let n = 0; n < 40; n++) children.push(await job.call({ n }));
+    // Waited on newest first, so first-wait order is the reverse of id order.
+    const byFirstWait = [...children].reverse();
+    for (const child of byFirstWait) {
+      clock.advance(1);
+      await o.waitingForResults(caller, [child]);
+    }
+    // The 30 waited on first are claimed (blocking first) and run: not available any more.
+    const running = byFirstWait.slice(0, 30);
+    assert.deepEqual(ids(await claim(app, 30, "r1")), ids(running));
+    for (const child of running) await o.setInvocationRun(undefined, child, { runnerId: "r1" });
+    const available = byFirstWait.slice(30);
+    assert.deepEqual(ids(await o.getBlockingInvocations(1)), ids(available.slice(0, 1)));
+    assert.deepEqual(ids(await o.getBlockingInvocations(3)), ids(available.slice(0, 3)));
+    assert.deepEqual(ids(await o.getBlockingInvocations(50)), ids(available));
+    assert.deepEqual(ids(await claim(app, 2, "r2")), ids(available.slice(0, 2)));
+  });
+
   test(`[${backend}] waitingForResults() with an empty list warns and records nothing; with caller undefined it records nothing`, async () => {
     const clock = new FakeClock();
     const { app, caller, old, x } = await blockingSetup({ clock });

@@ -270,9 +270,9 @@ export class KvStore implements Store {
   }
 
   // reads: inv/<id>, slot/<key> + reserve/<key>, reg/<key>; checks: inv/<id>, and slot, reserve
-  // and reg when touched (never more than 3 at once); writes: inv/<id>, hist/<id>/<seq>…, status
+  // and reg when touched (never more than 4 at once); writes: inv/<id>, hist/<id>/<seq>…, status
   // index, q/<pos>, slot, reserve, reg, and on a final status expireIn on every key of the
-  // invocation plus purge/<pos>.
+  // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),

@@ -652,7 +652,8 @@ export class KvStore implements Store {
 
   // reads: holder/<call>/<inv>; writes: delete it, rewrite hver/<call>. Then, if no holder is
   // left — reads hver/<call>, holder/<call>/… (one), calls/<call>/… and called/<call>/…; checks
-  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call>.
+  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call> (≤ 400 keys per
+  // commit, each commit checking hver/<call>).
   //
   // Deleting the edges must not race with a new holder of the call (another invocation of it
   // starting a child, or being started as one): its edges are the ones a later insertion needs
@@ -680,20 +681,29 @@ export class KvStore implements Store {
       for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
         return;
       }
-      const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
-      let edges = 0;
+      const doomed: KvKey[] = [];
       for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
         const callee = String(entry.key[entry.key.length - 1]);
-        op.delete(entry.key).delete(keys.calledEdge(callee, ref.callId));
-        edges++;
+        doomed.push(entry.key, keys.calledEdge(callee, ref.callId));
       }
       for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
         const caller = String(entry.key[entry.key.length - 1]);
-        op.delete(entry.key).delete(keys.callEdge(caller, ref.callId));
-        edges++;
+        doomed.push(entry.key, keys.callEdge(caller, ref.callId));
       }
-      if (edges === 0 && stamp === null) return;
-      if (await this.#commit(op.delete(version))) return;
+      if (doomed.length === 0 && stamp === null) return;
+      doomed.push(version);
+      // In commits of at most 400 keys (KV allows 1000 mutations per commit), each checking
+      // hver/<call>: each proves on its own that no holder exists when it commits. hver/<call>
+      // goes last, so every commit checks the same versionstamp.
+      const perCommit = 400;
+      let deleted = 0;
+      while (deleted < doomed.length) {
+        const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
+        for (const key of doomed.slice(deleted, deleted + perCommit)) op.delete(key);
+        if (!await this.#commit(op)) break;
+        deleted += perCommit;
+      }
+      if (deleted >= doomed.length) return;
       await backoff(attempt);
     }
   }

@@ -161,3 +161,17 @@ test("KV cycle control: the last holder's removal deletes a call's edges written
     assert.deepEqual(await keysUnder(kv, [...keys.app, kind]), [], `${kind} keys left`);
   }
 });
+
+test("KV cycle control: the last holder's removal deletes all 600 edges of a call, in several commits (KV allows 1000 mutations per commit)", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const options = { appId: "wide-call", clock: systemClock };
+  const keys = new Keys(options.appId);
+  const store = new KvStore(kv, options);
+  // p1 (call P) starts 600 children it does not wait for; it finishes first.
+  for (let i = 0; i < 600; i++) await store.addCall(call("P", "p1"), call(`c${i}`, `i${i}`));
+  await store.removeCall(call("P", "p1"));
+  assert.deepEqual((await store.graphs()).calls.edges, []);
+  assert.deepEqual(await keysUnder(kv, [...keys.app, "called"]), []);
+  assert.equal((await kv.get(keys.callHolders("P"))).versionstamp, null);
+});

@@ -132,6 +132,14 @@ export class Keys {
       ? [...this.app, "holder", callId]
       : [...this.app, "holder", callId, invocationId];
   }
+  /**
+   * Cycle control: a call's holders version, rewritten by every commit that adds or removes a
+   * holder of the call; the commit that deletes the call's edges checks it. Absent until the
+   * first such commit (data written before this key existed reads as absent: same meaning).
+   */
+  callHolders(callId: string): KvKey {
+    return [...this.app, "hver", callId];
+  }
   /** Every key of one kind (prefix), for whole-graph reads: call holders, call edges, wait edges. */
   every(kind: "holder" | "calls" | "waits"): KvKey {
     return [...this.app, kind];

@@ -585,6 +585,10 @@ export class KvStore implements Store {
   // the same verdict everywhere — is withdrawn by its own process, which throws
   // CycleDetectedError. The older edges stand. A process that dies between (2) and (3) leaves its
   // edge until its invocation is cleaned up; the cost is a false cycle report, never a missed one.
+  // The argument needs every edge a live invocation added or relied on to stay in storage while it
+  // holds its call: removeCall deletes a call's edges only in a commit that proves the call has no
+  // holder left (see there), and an insertion that relies on an existing edge checks it is still
+  // there when it commits.
   async addCall(caller: CallRef, callee: CallRef): Promise<void> {
     const keys = this.#keys;
     const region = await this.#callRegion(callee.callId);
@@ -598,15 +602,23 @@ export class KvStore implements Store {
       .set(
         keys.callHolder(callee.callId, callee.invocationId),
         encode(callee.label ?? callee.callId),
-      );
+      )
+      // A holder added changes its call's holders version (removeCall's proof of "no holder").
+      .set(keys.callHolders(caller.callId), encode(null))
+      .set(keys.callHolders(callee.callId), encode(null));
     const existing = await this.#reads.get(edge);
+    // A new edge must still be absent; an existing one, still the one read: a removal of either
+    // call (or a withdrawal) that deleted it since must not leave this invocation without it.
+    op.check({ key: edge, versionstamp: existing.versionstamp });
     if (existing.versionstamp === null) {
-      op.check({ key: edge, versionstamp: null })
-        .set(edge, encode(null))
+      op.set(edge, encode(null))
         .set(keys.calledEdge(callee.callId, caller.callId), encode(null));
     }
     for (let attempt = 0; !await this.#commit(op); attempt++) {
-      if ((await this.#reads.get(edge)).versionstamp !== null) return this.addCall(caller, callee);
+      // The edge came (another insertion) or went (a removal): re-plan from a fresh read.
+      if (existing.versionstamp !== null || (await this.#reads.get(edge)).versionstamp !== null) {
+        return this.addCall(caller, callee);
+      }
       await backoff(attempt);
     }
     if (existing.versionstamp !== null) return;
@@ -639,30 +651,62 @@ export class KvStore implements Store {
     }
   }
 
-  // reads: holder/<call>/…; writes: delete holder/<call>/<inv>, and when it was the last holder
-  // every calls/<call>/… and called/<call>/… edge with its reverse.
+  // reads: holder/<call>/<inv>; writes: delete it, rewrite hver/<call>. Then, if no holder is
+  // left — reads hver/<call>, holder/<call>/… (one), calls/<call>/… and called/<call>/…; checks
+  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call> (≤ 400 keys per
+  // commit, each commit checking hver/<call>).
+  //
+  // Deleting the edges must not race with a new holder of the call (another invocation of it
+  // starting a child, or being started as one): its edges are the ones a later insertion needs
+  // to see. A KV check cannot cover a key prefix, so the holders of a call share one version key,
+  // hver/<call>, which every commit that adds a holder of the call (addCall) or removes one (here)
+  // rewrites; a commit that adds an edge of the call always adds a holder of it. The deleting
+  // commit checks the versionstamp of hver/<call> read *before* the holders were listed, so it
+  // commits only if no holder was added since that list found none: no holder exists at commit
+  // time. If hver/<call> was absent, the check passes only if it is absent again at commit time,
+  // i.e. nothing rewrote it since, or the last commit to touch it was another such deletion,
+  // which itself proved no holder then — either way no holder exists. An edge listed here and
+  // deleted and re-added since came with a holder, so the check fails. On a failed check: re-read
+  // and re-plan (now seeing the new holder, or nothing left to delete). Data written before
+  // hver/<call> existed reads as "absent", which the argument covers: no migration.
   async removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
     const keys = this.#keys;
     const holder = keys.callHolder(ref.callId, ref.invocationId);
     // Most invocations never join the call graph (no parent, no child running): nothing to do.
     if ((await this.#reads.get(holder)).versionstamp === null) return;
-    await this.#kv.atomic().delete(holder).commit();
-    for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
-      return;
+    const version = keys.callHolders(ref.callId);
+    const release = this.#kv.atomic().delete(holder).set(version, encode(null));
+    for (let attempt = 0; !await this.#commit(release); attempt++) await backoff(attempt);
+    for (let attempt = 0;; attempt++) {
+      const stamp = (await this.#reads.get(version)).versionstamp; // before listing the holders
+      for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
+        return;
+      }
+      const doomed: KvKey[] = [];
+      for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
+        const callee = String(entry.key[entry.key.length - 1]);
+        doomed.push(entry.key, keys.calledEdge(callee, ref.callId));
+      }
+      for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
+        const caller = String(entry.key[entry.key.length - 1]);
+        doomed.push(entry.key, keys.callEdge(caller, ref.callId));
+      }
+      if (doomed.length === 0 && stamp === null) return;
+      doomed.push(version);
+      // In commits of at most 400 keys (KV allows 1000 mutations per commit), each checking
+      // hver/<call>: each proves on its own that no holder exists when it commits. hver/<call>
+      // goes last, so every commit checks the same versionstamp.
+      const perCommit = 400;
+      let deleted = 0;
+      while (deleted < doomed.length) {
+        const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
+        for (const key of doomed.slice(deleted, deleted + perCommit)) op.delete(key);
+        if (!await this.#commit(op)) break;
+        deleted += perCommit;
+      }
+      if (deleted >= doomed.length) return;
+      await backoff(attempt);
     }
-    const op = this.#kv.atomic();
-    let edges = 0;
-    for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
-      const callee = String(entry.key[entry.key.length - 1]);
-      op.delete(entry.key).delete(keys.calledEdge(callee, ref.callId));
-      edges++;
-    }
-    for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
-      const caller = String(entry.key[entry.key.length - 1]);
-      op.delete(entry.key).delete(keys.callEdge(caller, ref.callId));
-      edges++;
-    }
-    if (edges > 0) await op.commit();
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { KvLike } from "../kv/kv_like.ts";
+import type { KvEntryLike, KvLike, KvListSelectorLike } from "../kv/kv_like.ts";
 
 /** A KV handle and its close(). */
 export type TestKv = KvLike & { close(): void };
@@ -36,11 +36,13 @@ export interface KvHooks {
   onSet?(value: unknown): void;
   /** Runs before every `getMany`. */
   beforeGetMany?(): Promise<void> | void;
+  /** Runs before every `list` reads its first entry (may delay the read). */
+  beforeList?(selector: KvListSelectorLike): Promise<void> | void;
 }
 
 /**
- * A view of `kv` whose atomic operations and `getMany` calls run `hooks`: for counting, delaying,
- * gating or failing them.
+ * A view of `kv` whose atomic operations, `getMany` and `list` calls run `hooks`: for counting,
+ * delaying, gating or failing them.
  */
 export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
   return {
@@ -49,7 +51,14 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       await hooks.beforeGetMany?.();
       return await kv.getMany(keys);
     },
-    list: (selector, options) => kv.list(selector, options),
+    list: (selector, options) => {
+      if (hooks.beforeList === undefined) return kv.list(selector, options);
+      const before = hooks.beforeList.bind(hooks);
+      return (async function* (): AsyncGenerator<KvEntryLike> {
+        await before(selector);
+        yield* kv.list(selector, options);
+      })();
+    },
     atomic: () => {
       const op = kv.atomic();
       const set = op.set.bind(op);

@@ -653,8 +653,8 @@ export class KvStore implements Store {
 
   // reads: holder/<call>/<inv>; writes: delete it, rewrite hver/<call>. Then, if no holder is
   // left — reads hver/<call>, holder/<call>/… (one), calls/<call>/… and called/<call>/…; checks
-  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call> (≤ 400 keys per
-  // commit, each commit checking hver/<call>).
+  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call> (at most
+  // CHUNK_MUTATIONS keys per commit, each commit checking hver/<call>).
   //
   // Deleting the edges must not race with a new holder of the call (another invocation of it
   // starting a child, or being started as one): its edges are the ones a later insertion needs
@@ -693,16 +693,15 @@ export class KvStore implements Store {
       }
       if (doomed.length === 0 && stamp === null) return;
       doomed.push(version);
-      // In commits of at most 400 keys (KV allows 1000 mutations per commit), each checking
-      // hver/<call>: each proves on its own that no holder exists when it commits. hver/<call>
-      // goes last, so every commit checks the same versionstamp.
-      const perCommit = 400;
+      // In commits of at most CHUNK_MUTATIONS keys, each checking hver/<call>: each proves on its
+      // own that no holder exists when it commits. hver/<call> goes last, so every commit checks
+      // the same versionstamp.
       let deleted = 0;
       while (deleted < doomed.length) {
         const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
-        for (const key of doomed.slice(deleted, deleted + perCommit)) op.delete(key);
+        for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
         if (!await this.#commit(op)) break;
-        deleted += perCommit;
+        deleted += CHUNK_MUTATIONS;
       }
       if (deleted >= doomed.length) return;
       await backoff(attempt);

@@ -589,6 +589,18 @@ export class KvStore implements Store {
   // holds its call: removeCall deletes a call's edges only in a commit that proves the call has no
   // holder left (see there), and an insertion that relies on an existing edge checks it is still
   // there when it commits.
+  // An insertion that finds the edge already there (another invocation of the caller's call
+  // inserted it) reuses it, and verifies too: the edge may be the newest of a cycle its inserter
+  // is about to withdraw, and then this invocation's call closes that cycle as well. After its
+  // commit it re-reads the region and the edge: if the edge is gone or no longer the one relied
+  // on, its inserter withdrew it (a removal cannot, this invocation holds both calls), so it
+  // re-plans from a fresh read, which fails if the cycle still stands, else re-adds the edge; if
+  // the edge is the newest of a cycle, it throws as the inserter will. It never deletes the edge:
+  // the inserter owns the withdrawal, and holders whose verification passed rely on it. Racing
+  // the inserter's withdrawal, the reuse either verifies first (sees the cycle, the edge newest:
+  // throws), verifies after (edge gone: re-plans), or commits after (its check on the edge fails:
+  // re-plans); so every invocation whose call closes the cycle fails, and an edge older than the
+  // closing one is reused without error.
   async addCall(caller: CallRef, callee: CallRef): Promise<void> {
     const keys = this.#keys;
     const region = await this.#callRegion(callee.callId);
@@ -621,32 +633,43 @@ export class KvStore implements Store {
       }
       await backoff(attempt);
     }
-    if (existing.versionstamp !== null) return;
+    const reused = existing.versionstamp;
     const after = await this.#callRegion(callee.callId, caller.callId, [
       caller.callId,
       callee.callId,
     ]);
-    if (!after.reaches) return;
-    // A concurrent edge closed a cycle through ours: find it, and withdraw ours if it is newest.
+    // A concurrent edge may have closed a cycle through ours: find it.
     let cycle: CycleDetectedError | undefined;
-    try {
-      after.graph.addCall(caller, callee);
-    } catch (error) {
-      if (!(error instanceof CycleDetectedError)) throw error;
-      cycle = error;
+    if (after.reaches) {
+      try {
+        after.graph.addCall(caller, callee);
+      } catch (error) {
+        if (!(error instanceof CycleDetectedError)) throw error;
+        cycle = error;
+      }
     }
-    if (cycle === undefined) return;
-    const ids = cycle.callIds;
-    const edges = ids.map((id, i) => keys.callEdge(id, ids[(i + 1) % ids.length]!));
+    if (cycle === undefined && reused === null) return;
+    // The cycle starts at the caller: its first edge is ours.
+    const ids = cycle?.callIds ?? [caller.callId, callee.callId];
+    const edges = cycle === undefined
+      ? [edge]
+      : ids.map((id, i) => keys.callEdge(id, ids[(i + 1) % ids.length]!));
     const stamps = await this.#versionstamps(edges);
+    const ours = stamps[0] ?? null;
+    // A reused edge no longer the one relied on was withdrawn by its inserter, in a cycle it saw:
+    // re-plan from a fresh read, which fails if that cycle still stands.
+    if (reused !== null && ours !== reused) return this.addCall(caller, callee);
     // An edge of the cycle already gone means its process withdrew it: the cycle is broken.
-    if (stamps.some((stamp) => stamp === null)) return;
-    const ours = stamps[0]!;
-    if (stamps.every((stamp) => stamp! <= ours)) {
-      await this.#kv.atomic()
-        .delete(edge)
-        .delete(keys.calledEdge(callee.callId, caller.callId))
-        .commit();
+    if (cycle === undefined || stamps.some((stamp) => stamp === null)) return;
+    // Ours the newest: fail, and withdraw it if we inserted it (only the inserter does: other
+    // holders may rely on an edge this insertion reused).
+    if (stamps.every((stamp) => stamp! <= ours!)) {
+      if (reused === null) {
+        await this.#kv.atomic()
+          .delete(edge)
+          .delete(keys.calledEdge(callee.callId, caller.callId))
+          .commit();
+      }
       throw cycle;
     }
   }

@@ -175,3 +175,127 @@ test("KV cycle control: the last holder's removal deletes all 600 edges of a cal
   assert.deepEqual(await keysUnder(kv, [...keys.app, "called"]), []);
   assert.equal((await kv.get(keys.callHolders("P"))).versionstamp, null);
 });
+
+/** Where one store stops once: its first `getMany`, its first commit, its first list after it. */
+interface Stages {
+  read?: ReturnType<typeof gate>;
+  commit?: ReturnType<typeof gate>;
+  verify?: ReturnType<typeof gate>;
+}
+
+function staged(kv: KvLike, stages: Stages): KvLike {
+  let reads = 0;
+  let commits = 0;
+  let verifies = 0;
+  return interceptKv(kv, {
+    beforeGetMany: async () => {
+      if (reads++ === 0) await stages.read?.wait();
+    },
+    beforeCommit: async () => {
+      if (commits++ === 0) await stages.commit?.wait();
+    },
+    beforeList: async () => {
+      if (commits > 0 && verifies++ === 0) await stages.verify?.wait();
+    },
+  });
+}
+
+/** Whether `promise` settles within a few turns of the event loop (without awaiting it). */
+async function settles(promise: Promise<unknown>): Promise<boolean> {
+  let settled = false;
+  promise.then(() => settled = true, () => settled = true);
+  for (let i = 0; i < 50 && !settled; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+  return settled;
+}
+
+// Three processes: X (an invocation x1 of call A) inserts A → B; Z (zb, of call B) inserts B → A;
+// Y (y1, another invocation of call A) also calls B, and finds X's edge A → B there: it reuses it.
+// Y and X read the region before Z commits, Z before X commits; Z commits first, so X's A → B is
+// the newest edge of the cycle A → B → A. `y` says when Y commits and verifies relative to X's
+// verification (which withdraws A → B and fails).
+for (
+  const [y, when] of [
+    ["verifies", "Y commits and verifies before X verifies"],
+    ["commits", "Y commits before X withdraws the edge and verifies after"],
+    ["late", "Y commits after X withdrew the edge"],
+  ] as const
+) {
+  test(`KV cycle control: an invocation that reuses the newest edge of a cycle fails with CycleDetectedError too (no missed cycle): ${when}`, async () => {
+    const kv = await openTestKv(":memory:");
+    opened.push(kv);
+    const options = { appId: `reuse-newest-${y}`, clock: systemClock };
+    const stages = {
+      yRead: gate(),
+      yCommit: gate(),
+      yVerify: gate(),
+      xCommit: gate(),
+      xVerify: gate(),
+      zCommit: gate(),
+    };
+    const Y = new KvStore(
+      staged(kv, {
+        read: stages.yRead,
+        ...(y === "late" ? { commit: stages.yCommit } : {}),
+        ...(y === "commits" ? { verify: stages.yVerify } : {}),
+      }),
+      options,
+    );
+    const X = new KvStore(staged(kv, { commit: stages.xCommit, verify: stages.xVerify }), options);
+    const Z = new KvStore(staged(kv, { commit: stages.zCommit }), options);
+
+    const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
+    await stages.yRead.reached; // Y's pre-check found no B → A; it is about to read A → B
+    const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+    await stages.xCommit.reached; // X's pre-check found no B → A
+    const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
+    await stages.zCommit.reached; // Z's pre-check found no A → B
+    stages.zCommit.open();
+    await closing; // B → A committed; Z's verification saw no A → B: Z succeeds
+    stages.xCommit.open();
+    await stages.xVerify.reached; // A → B committed, newer than B → A
+    stages.yRead.open(); // Y reads A → B: it exists, Y reuses it
+    if (y === "verifies") {
+      assert.ok(await settles(reusing), "Y's addCall settles before X verifies");
+    }
+    // (Without a verification, Y's addCall returns right after its commit.)
+    if (y === "commits") await Promise.race([stages.yVerify.reached, reusing.catch(() => {})]);
+    if (y === "late") await stages.yCommit.reached;
+    stages.xVerify.open();
+    await assert.rejects(inserting, CycleDetectedError); // X withdraws A → B
+    stages.yVerify.open();
+    stages.yCommit.open();
+    const error = await reusing.then(() => undefined, (error: unknown) => error);
+    assert.ok(
+      error instanceof CycleDetectedError,
+      `Y's call A → B closes A → B → A, yet Y's addCall ${error ? `threw ${error}` : "succeeded"}`,
+    );
+    assert.deepEqual(error.callIds, ["A", "B"]);
+    assert.deepEqual((await Z.graphs()).calls.edges, [["B", "A"]], "z1 runs z2: B → A is live");
+  });
+}
+
+test("KV cycle control: an invocation that reuses an edge older than the edge closing the cycle succeeds: only the closing insertion fails (no extra error)", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const options = { appId: "reuse-older", clock: systemClock };
+  const stages = { yRead: gate(), xCommit: gate(), zCommit: gate(), zVerify: gate() };
+  const Y = new KvStore(staged(kv, { read: stages.yRead }), options);
+  const X = new KvStore(staged(kv, { commit: stages.xCommit }), options);
+  const Z = new KvStore(staged(kv, { commit: stages.zCommit, verify: stages.zVerify }), options);
+
+  const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
+  await stages.yRead.reached;
+  const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+  await stages.xCommit.reached;
+  const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
+  await stages.zCommit.reached;
+  stages.xCommit.open();
+  await inserting; // A → B committed first; X's verification saw no B → A: X succeeds
+  stages.zCommit.open();
+  await stages.zVerify.reached; // B → A committed: the newest edge of A → B → A
+  stages.yRead.open(); // Y reuses A → B, and verifies while B → A is still there
+  await reusing; // not the newest edge: Y succeeds
+  stages.zVerify.open();
+  await assert.rejects(closing, CycleDetectedError); // Z withdraws B → A
+  assert.deepEqual((await X.graphs()).calls.edges, [["A", "B"]], "x1 and y1 run B: A → B is live");
+});

@@ -447,10 +447,8 @@ export class Runner implements AsyncDisposable {
       }
     } finally {
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
-      if (!execution.killed) {
-        this.#finished++;
-        this.releaseSlot();
-      }
+      if (!execution.killed) this.#finished++;
+      execution.releaseSlot();
     }
   }
 }
@@ -473,6 +471,10 @@ class Execution implements ExecutionContext {
   readonly #host: RunnerHost;
   #waits = 0;
   #paused = false;
+  /** Whether it holds one of its runner's slots: it starts with the one its pick-up took. */
+  #holdsSlot = true;
+  /** A PAUSED or RESUMED write was refused: the invocation was recovered and is not its any more. */
+  #fencedOut = false;
   #settled = false;
   /** Pause and resume run one after the other, in call order. */
   #serial: Promise<void> = Promise.resolve();
@@ -512,12 +514,22 @@ class Execution implements ExecutionContext {
     }
   }
 
-  /** The task function returned: outstanding waits no longer resume it; if PAUSED, resume now. */
+  /**
+   * The task function returned: outstanding waits no longer resume it; if PAUSED, resume now
+   * (unless it was fenced out: then its finishing write is refused by the claim fence anyway).
+   */
   async settle(): Promise<void> {
     this.#settled = true;
     await this.#inOrder(async () => {
-      if (this.#paused && !this.killed) await this.#resume();
+      if (this.#paused && !this.killed && !this.#fencedOut) await this.#resume();
     });
+  }
+
+  /** Gives its slot back to the runner, if it holds one: the one place an execution does. */
+  releaseSlot(): void {
+    if (!this.#holdsSlot) return;
+    this.#holdsSlot = false;
+    this.#runner.releaseSlot();
   }
 
   #inOrder(step: () => Promise<void>): Promise<void> {
@@ -527,19 +539,37 @@ class Execution implements ExecutionContext {
   }
 
   async #pause(): Promise<void> {
-    await this.#host.orchestrator.setInvocationStatus(this.invocation, InvocationStatus.PAUSED, {
-      runnerId: this.runnerId,
-      claimSeq: this.claimSeq,
-    });
+    await this.#setStatus(InvocationStatus.PAUSED);
     this.#paused = true;
-    this.#runner.releaseSlot();
+    this.releaseSlot();
   }
 
-  /** A killed execution (its runner stopped) must not act: its invocation was handed back. */
+  /** PAUSED or RESUMED; a write refused by the ownership/claim fence fences this execution out. */
+  async #setStatus(status: InvocationStatus): Promise<boolean> {
+    try {
+      return await this.#host.orchestrator.setInvocationStatus(this.invocation, status, {
+        runnerId: this.runnerId,
+        claimSeq: this.claimSeq,
+      });
+    } catch (error) {
+      if (isFencedOut(error)) this.#fencedOut = true;
+      throw error;
+    }
+  }
+
+  /**
+   * A killed execution (its runner stopped) or a fenced-out one (its invocation was recovered)
+   * must not act: the invocation is not its own any more.
+   */
   #assertAlive(): void {
     if (this.killed) {
       throw new NencError(
         `Cannot wait in invocation ${this.invocationId}: runner ${this.runnerId} stopped and handed it back`,
+      );
+    }
+    if (this.#fencedOut) {
+      throw new NencError(
+        `Cannot wait in invocation ${this.invocationId}: it was recovered from runner ${this.runnerId}`,
       );
     }
   }
@@ -549,20 +579,23 @@ class Execution implements ExecutionContext {
     for (;;) {
       this.#assertAlive();
       await this.#runner.acquireSlot();
-      this.#assertAlive();
-      const resumed = await orchestrator.setInvocationStatus(
-        this.invocation,
-        InvocationStatus.RESUMED,
-        { runnerId: this.runnerId, claimSeq: this.claimSeq },
-      );
+      this.#holdsSlot = true;
+      let resumed = false;
+      try {
+        this.#assertAlive();
+        resumed = await this.#setStatus(InvocationStatus.RESUMED);
+      } finally {
+        // Only RESUMED keeps the slot: killed meanwhile, fenced out, or any failed write gives
+        // it back (a fenced-out execution never resumes; settle() does not try again).
+        if (!resumed) this.releaseSlot();
+      }
       if (resumed) {
         this.#paused = false;
         return;
       }
       // Running concurrency: another invocation of the same key holds the slot (the store has
-      // reserved it for this one meanwhile). Give the runner slot back and try again when the
+      // reserved it for this one meanwhile). The runner slot went back above; try again when the
       // holder finishes, or after a poll interval (the holder may pause instead).
-      this.#runner.releaseSlot();
       const record = await orchestrator.store.get(this.invocationId);
       const holder = record === undefined || record.runningKey === null
         ? undefined

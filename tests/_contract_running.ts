@@ -60,6 +60,18 @@ async function flushMicrotasks(rounds = 100): Promise<void> {
 }
 
 /**
+ * Settles with the promise, or with "timeout" after `ms` of real time: a guard that turns a hang
+ * into a failure, not a timing assumption (the passing path never waits for it).
+ */
+function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), ms)),
+  ]);
+}
+
+/**
  * A {@linkcode FakeClock} that also tells when something sleeps on it: an idle runner waits on
  * `clock.sleep(pollMs)`. Advancing the clock only while the runner sleeps keeps the test from
  * moving time between a pick-up's clock read and its store step.
@@ -899,6 +911,98 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await invocation.result(), 2);
     assert.ok(statuses(await invocation.history()).includes("running_recovery"));
   });
+
+  for (const slots of [1, 2]) {
+    test(`[${backend}] a runner whose paused invocation was recovered and claimed by another runner keeps its ${slots} slot(s): ${slots} later invocation(s) still run at once`, async () => {
+      const clock = new FakeClock();
+      const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });
+      // Another process on the same backend whose clock is a minute ahead: to it, runner "r1"
+      // looks dead (as after a long GC pause, or a partition from a remote KV).
+      const ahead = new FakeClock(clock.now() + 60_000);
+      const other = await makeApp(
+        { clock: ahead, orchestrator: { runnerTimeoutSeconds: 10 } },
+        app,
+      );
+      const awaited = app.task("awaited", () => "never run by r1");
+      const parentFailed = deferred<unknown>();
+      const parent = app.task("parent", async ({ id }: { id: string }) => {
+        try {
+          return await app.orchestrator.waitForResults([{ id }]);
+        } catch (error) {
+          parentFailed.resolve(error);
+          throw error;
+        }
+      });
+      const blockerGate = deferred();
+      const blockersStarted = deferred();
+      let blockers = 0;
+      const blocker = app.task("blocker", async (_: { i: number }) => {
+        if (++blockers === slots) blockersStarted.resolve();
+        await blockerGate.promise;
+      });
+      const allRunning = deferred();
+      let running = 0;
+      const together = app.task("together", async ({ i }: { i: number }) => {
+        if (++running === slots) allRunning.resolve();
+        await allRunning.promise;
+        return i;
+      });
+
+      // What the parent waits on is run by hand, by runner "hand", which stays alive.
+      const held = await awaited.call();
+      const [claimedByHand] = await other.orchestrator.getInvocationsToRun(1, { runnerId: "hand" });
+      assert.equal(claimedByHand?.id, held.id);
+      await other.orchestrator.setInvocationRun(undefined, held, { runnerId: "hand" });
+
+      await using runner = app.runner({ runnerId: "r1", concurrency: slots });
+      runner.start();
+      const invocation = await parent.call({ id: held.id });
+      while (await invocation.status() !== "paused") await new Promise((r) => setTimeout(r, 1));
+      // Blockers take r1's free slots: r1 cannot claim the parent again itself once recovered.
+      await blocker.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
+      await blockersStarted.promise;
+
+      // "other" recovers all that r1 owns and claims it.
+      await other.orchestrator.store.heartbeat("hand", ahead.now());
+      const recovered = await other.orchestrator.recoverInvocations({ runnerId: "other" });
+      assert.equal(recovered.length, slots + 1);
+      assert.ok(recovered.some(({ id }) => id === invocation.id));
+      const claimed = await other.orchestrator.getInvocationsToRun(slots + 1, {
+        runnerId: "other",
+      });
+      assert.deepEqual(
+        claimed.map(({ id }) => id).sort(),
+        recovered.map(({ id }) => id).sort(),
+      );
+      // r1's stale blockers end (their results are refused); then what the parent waits on
+      // finishes, and r1's stale execution of the parent tries to resume: refused, it is other's.
+      blockerGate.resolve();
+      await other.orchestrator.setInvocationResult(held, "done", { runnerId: "hand" });
+      assert.ok(
+        await parentFailed.promise instanceof InvocationStatusOwnershipError,
+        "the stale parent resumed an invocation it no longer owns",
+      );
+
+      // r1 still has all its slots. (The guard awaits no store waiter, which would outlive a
+      // failure and keep a KV poller going.)
+      const group = await together.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
+      assert.notEqual(
+        await within(allRunning.promise, 20_000),
+        "timeout",
+        `runner r1 lost a slot: ${slots} invocation(s) never ran at once`,
+      );
+      assert.deepEqual(await group.results(), Array.from({ length: slots }, (_, i) => i));
+      // The parent is intact for its new owner: r1's stale execution wrote nothing to it.
+      await other.orchestrator.setInvocationRun(undefined, invocation, { runnerId: "other" });
+      await other.orchestrator.setInvocationResult(invocation, ["from other"], {
+        runnerId: "other",
+      });
+      assert.deepEqual(await invocation.result(), ["from other"]);
+      const history = await invocation.history();
+      assert.ok(isValidHistory(history), JSON.stringify(history));
+      assert.ok(!statuses(history).includes("resumed"));
+    });
+  }
 
   // --- arguments and parents ---------------------------------------------------------------------
 

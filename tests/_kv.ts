@@ -1,4 +1,4 @@
-import type { KvEntryLike, KvLike, KvListSelectorLike } from "../kv/kv_like.ts";
+import type { KvEntryLike, KvKey, KvLike, KvListSelectorLike } from "../kv/kv_like.ts";
 
 /** A KV handle and its close(). */
 export type TestKv = KvLike & { close(): void };
@@ -30,10 +30,13 @@ export async function openTestKv(path: string, accessToken?: string): Promise<Te
 
 /** Hooks of {@linkcode interceptKv}; a hook that throws makes the call reject. */
 export interface KvHooks {
-  /** Runs before every commit, with the values the operation sets (may delay the commit). */
-  beforeCommit?(values: readonly unknown[]): Promise<void> | void;
-  /** Sees every value an atomic operation sets. */
-  onSet?(value: unknown): void;
+  /**
+   * Runs before every commit, with the values and the keys the operation sets (may delay the
+   * commit).
+   */
+  beforeCommit?(values: readonly unknown[], keys: readonly KvKey[]): Promise<void> | void;
+  /** Sees every set of an atomic operation. */
+  onSet?(value: unknown, key: KvKey, options?: { expireIn?: number }): void;
   /** Runs before every `getMany`. */
   beforeGetMany?(): Promise<void> | void;
   /** Runs before every `list` reads its first entry (may delay the read). */
@@ -64,13 +67,15 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       const set = op.set.bind(op);
       const commit = op.commit.bind(op);
       const values: unknown[] = [];
+      const keys: KvKey[] = [];
       op.set = (key, value, options) => {
-        hooks.onSet?.(value);
+        hooks.onSet?.(value, key, options);
         values.push(value);
+        keys.push(key);
         return set(key, value, options);
       };
       op.commit = async () => {
-        await hooks.beforeCommit?.(values);
+        await hooks.beforeCommit?.(values, keys);
         return await commit();
       };
       return op;

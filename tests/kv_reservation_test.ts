@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { Keys } from "../kv/keys.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
-import { openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 
 const opened: TestKv[] = [];
@@ -43,32 +43,17 @@ interface HeldCommit {
  */
 function holdingCommits(kv: KvLike): { kv: KvLike; hold(key: KvKey): HeldCommit } {
   const held = new Map<string, { reach(): void; opened: Promise<void> }>();
-  const view: KvLike = {
-    get: (key) => kv.get(key),
-    getMany: (keys) => kv.getMany(keys),
-    list: (selector, options) => kv.list(selector, options),
-    atomic: () => {
-      const op = kv.atomic();
-      const set = op.set.bind(op);
-      const commit = op.commit.bind(op);
-      const setKeys: string[] = [];
-      op.set = (key, value, options) => {
-        setKeys.push(JSON.stringify(key));
-        return set(key, value, options);
-      };
-      op.commit = async () => {
-        for (const key of setKeys) {
-          const hold = held.get(key);
-          if (hold === undefined) continue;
-          held.delete(key); // once
-          hold.reach();
-          await hold.opened;
-        }
-        return await commit();
-      };
-      return op;
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, keys) => {
+      for (const key of keys) {
+        const hold = held.get(JSON.stringify(key));
+        if (hold === undefined) continue;
+        held.delete(JSON.stringify(key)); // once
+        hold.reach();
+        await hold.opened;
+      }
     },
-  };
+  });
   const hold = (key: KvKey): HeldCommit => {
     let reach!: () => void;
     let open!: () => void;

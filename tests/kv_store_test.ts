@@ -8,7 +8,7 @@ import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
-import { openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
@@ -217,20 +217,9 @@ test("[kv] a pick-up stamps each claim with the time it commits, not the time it
 /** A view of `kv` that remembers the `expireIn` of the last set of each key (`null`: none). */
 function recordExpiries(kv: KvLike): { view: KvLike; expiries: Map<string, number | null> } {
   const expiries = new Map<string, number | null>();
-  const view: KvLike = {
-    get: (key) => kv.get(key),
-    getMany: (keys) => kv.getMany(keys),
-    list: (selector, options) => kv.list(selector, options),
-    atomic: () => {
-      const op = kv.atomic();
-      const set = op.set.bind(op);
-      op.set = (key, value, options) => {
-        expiries.set(JSON.stringify(key), options?.expireIn ?? null);
-        return set(key, value, options);
-      };
-      return op;
-    },
-  };
+  const view = interceptKv(kv, {
+    onSet: (_value, key, options) => expiries.set(JSON.stringify(key), options?.expireIn ?? null),
+  });
   return { view, expiries };
 }
 

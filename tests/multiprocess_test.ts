@@ -128,9 +128,12 @@ test(
         const group = await keyed.parallelize(
           Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
         );
+        // A runner timeout of 60 s, not the workers' 2 s: under load a live worker can go 2 s
+        // without a heartbeat, and another would recover its running invocations and run them
+        // again (2 runs of one invocation), which is recovery, not what this test is about.
         const workers = Array.from(
           { length: 4 },
-          () => start("deno", ["run", path, "200", "keyed"]),
+          () => start("deno", ["run", path, "200", "keyed", "60"]),
         );
         await Promise.all(workers.map((w) => output(w)));
         assert.equal(await counter("violations"), 0, "two runs of one key overlapped");

@@ -10,12 +10,18 @@ import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
 
-/** A view of `kv` whose first commit waits for `gate`: both racers pass their check first. */
-function gated(kv: KvLike, gate: Promise<void>): KvLike {
+/**
+ * A view of `kv` whose first commit counts itself in `arrived` and waits for `gate`: both racers
+ * pass their check first.
+ */
+function gated(kv: KvLike, gate: Promise<void>, arrived: { count: number }): KvLike {
   let commits = 0;
   return interceptKv(kv, {
     beforeCommit: async () => {
-      if (commits++ === 0) await gate;
+      if (commits++ === 0) {
+        arrived.count++;
+        await gate;
+      }
     },
   });
 }
@@ -26,15 +32,21 @@ test("KV cycle control: in 20 races where A→B and B→A both pass the check be
   for (let race = 0; race < 20; race++) {
     let open!: () => void;
     const gate = new Promise<void>((resolve) => open = resolve);
+    const arrived = { count: 0 };
     const options = { appId: `race${race}`, clock: systemClock };
-    const one = new KvStore(gated(kv, gate), options);
-    const two = new KvStore(gated(kv, gate), options);
+    const one = new KvStore(gated(kv, gate, arrived), options);
+    const two = new KvStore(gated(kv, gate, arrived), options);
     const a = { callId: "a#1", invocationId: "ia", label: "a()" };
     const b = { callId: "b#1", invocationId: "ib", label: "b()" };
     const first = one.addCall(a, b);
     const second = two.addCall({ ...b, invocationId: "ib2" }, { ...a, invocationId: "ia2" });
-    // Let both reach their gated commit (their pre-commit checks see no edge yet).
-    for (let i = 0; i < 20; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+    // Let both reach their gated commit (their pre-commit checks see no edge yet). Wait for both,
+    // not for a number of turns: a racer still reading when the gate opens sees the other's edge
+    // in its pre-commit check, and the post-commit verification under test is never exercised.
+    for (const deadline = Date.now() + 10_000; arrived.count < 2;) {
+      assert.ok(Date.now() < deadline, `race ${race}: the racers never both reached their commit`);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
     open();
     const outcomes = await Promise.allSettled([first, second]);
     const rejected = outcomes.filter((outcome) => outcome.status === "rejected");

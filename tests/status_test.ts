@@ -170,7 +170,10 @@ test("isValidHistory() accepts a recorded path and rejects gaps, bad steps and b
   }));
   assert.equal(isValidHistory(history), true);
   assert.equal(isValidHistory([]), false);
-  assert.equal(isValidHistory(history.filter((entry) => entry.status !== "running")), false);
+  // A gap (pending → paused) with the sequence renumbered, so that only the step is wrong.
+  const gap = history.filter((entry) => entry.status !== "running")
+    .map((entry, i) => ({ ...entry, seq: i + 1 }));
+  assert.equal(isValidHistory(gap), false);
   assert.equal(isValidHistory(history.map((entry) => ({ ...entry, seq: entry.seq * 2 }))), false);
   assert.equal(isValidHistory(history.slice(1).map((e, i) => ({ ...e, seq: i + 1 }))), false);
 });

@@ -212,11 +212,17 @@ function staged(kv: KvLike, stages: Stages): KvLike {
   });
 }
 
-/** Whether `promise` settles within a few turns of the event loop (without awaiting it). */
+/**
+ * Whether `promise` settles while the gated stores stay held (without awaiting it). A deadline of
+ * 10 s, not a number of event-loop turns: the reads and commits it takes need more turns when
+ * KV operations are slow (at 10 ms each, 50 turns were not enough under Node and Bun).
+ */
 async function settles(promise: Promise<unknown>): Promise<boolean> {
   let settled = false;
   promise.then(() => settled = true, () => settled = true);
-  for (let i = 0; i < 50 && !settled; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+  for (const deadline = Date.now() + 10_000; !settled && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
   return settled;
 }
 

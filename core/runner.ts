@@ -137,9 +137,10 @@ export class Runner implements AsyncDisposable {
   readonly #resumeQueue: (() => void)[] = [];
   #free: number;
   #loop: Promise<void> | undefined;
+  #beats: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #woken = false;
-  #nextHeartbeatMs = -Infinity;
+  #nextRecoveryMs = -Infinity;
   #nextPurgeMs = -Infinity;
   #stopped: Promise<void> | undefined;
   /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
@@ -257,6 +258,7 @@ export class Runner implements AsyncDisposable {
       throw new Error(`Cannot start runner ${this.id}: it was already started`);
     }
     this.#loop = this.#run();
+    this.#beats = this.#beat();
   }
 
   /**
@@ -272,6 +274,7 @@ export class Runner implements AsyncDisposable {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
+    await this.#beats; // no heartbeat lands after the entry is removed below
     const { orchestrator, clock } = this.#host;
     for (const execution of this.#executions.values()) {
       execution.killed = true;
@@ -354,12 +357,29 @@ export class Runner implements AsyncDisposable {
     this.#wake?.();
   }
 
+  /**
+   * Writes the heartbeat every `heartbeatMs`, apart from the pick-up loop: a slow claim pass or
+   * recovery scan (a loaded machine, a remote KV) must not make a live runner look dead to the
+   * others, who would recover its running invocations and run them a second time.
+   */
+  async #beat(): Promise<void> {
+    const { orchestrator, clock } = this.#host;
+    const signal = this.#stop.signal;
+    while (!signal.aborted) {
+      try {
+        await orchestrator.store.heartbeat(this.id, clock.now());
+      } catch (error) {
+        console.error(`nenc: runner ${this.id} could not write its heartbeat, retrying:`, error);
+      }
+      await clock.sleep(this.#heartbeatMs, signal);
+    }
+  }
+
   async #maintain(): Promise<void> {
     const { orchestrator, clock } = this.#host;
     const nowMs = clock.now();
-    if (nowMs >= this.#nextHeartbeatMs) {
-      this.#nextHeartbeatMs = nowMs + this.#heartbeatMs;
-      await orchestrator.store.heartbeat(this.id, nowMs);
+    if (nowMs >= this.#nextRecoveryMs) {
+      this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
       await orchestrator.recoverInvocations({ runnerId: this.id });
     }
     if (nowMs >= this.#nextPurgeMs) {

@@ -72,37 +72,39 @@ function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
 }
 
 /**
- * A {@linkcode FakeClock} that also tells when something sleeps on it: an idle runner waits on
- * `clock.sleep(pollMs)`. Advancing the clock only while the runner sleeps keeps the test from
- * moving time between a pick-up's clock read and its store step.
+ * A {@linkcode FakeClock} that also tells when something sleeps on it for a given time: an idle
+ * runner waits on `clock.sleep(pollMs)` (its heartbeat on `clock.sleep(heartbeatMs)`, always).
+ * Advancing the clock only while the runner sleeps keeps the test from moving time between a
+ * pick-up's clock read and its store step.
  */
 class WatchedClock extends FakeClock {
-  readonly #sleeping = new Map<object, number>();
-  readonly #onSleep = new Set<() => void>();
+  readonly #sleeping = new Map<object, { untilMs: number; ms: number }>();
+  readonly #onSleep = new Set<(ms: number) => void>();
 
   override sleep(ms: number, signal?: AbortSignal): Promise<void> {
     const promise = super.sleep(ms, signal);
     if (signal?.aborted) return promise;
     const token = {};
-    this.#sleeping.set(token, this.now() + ms);
+    this.#sleeping.set(token, { untilMs: this.now() + ms, ms });
     signal?.addEventListener("abort", () => this.#sleeping.delete(token), { once: true });
     void promise.then(() => this.#sleeping.delete(token));
-    for (const notify of [...this.#onSleep]) notify();
+    for (const notify of [...this.#onSleep]) notify(ms);
     return promise;
   }
 
   override advance(ms: number): void {
     super.advance(ms);
-    for (const [token, untilMs] of this.#sleeping) {
+    for (const [token, { untilMs }] of this.#sleeping) {
       if (untilMs <= this.now()) this.#sleeping.delete(token);
     }
   }
 
-  /** Resolves when something sleeps on the clock (at once if something already does). */
-  sleeping(): Promise<void> {
-    if (this.#sleeping.size > 0) return Promise.resolve();
+  /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
+  sleeping(ms: number): Promise<void> {
+    if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
     return new Promise((resolve) => {
-      const done = (): void => {
+      const done = (slept: number): void => {
+        if (slept !== ms) return;
         this.#onSleep.delete(done);
         resolve();
       };
@@ -421,12 +423,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await (await probe.call()).result();
     assert.equal(runs, 1);
     assert.equal(await invocation.status(), "retry");
-    await clock.sleeping();
+    await clock.sleeping(1);
     clock.advance(999);
     await (await probe.call()).result();
     assert.equal(runs, 1, "re-run before the back-off passed");
     assert.equal(await invocation.status(), "retry");
-    await clock.sleeping();
+    await clock.sleeping(1);
     clock.advance(1);
     assert.equal(await invocation.result(), 2);
     assert.equal(await invocation.retries(), 1);
@@ -855,14 +857,14 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await app.orchestrator.store.heartbeat("dead", clock.now());
     assert.equal(await invocation.status(), "running");
 
-    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000 });
+    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
     // The live runner has been through its first heartbeat and a pick-up: not recovered yet.
     assert.equal(await (await probe.call()).result(), "alive");
     assert.equal(await invocation.status(), "running");
     assert.equal(runs, 0);
 
-    await clock.sleeping();
+    await clock.sleeping(100);
     clock.advance(10_001);
     assert.equal(await invocation.result(), 42);
     assert.equal(runs, 1);
@@ -907,12 +909,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     const invocation = await job.call({ x: 1 });
     const [claimed] = await app.orchestrator.getInvocationsToRun(1, { runnerId: "silent" });
     await app.orchestrator.setInvocationRun(undefined, claimed!, { runnerId: "silent" });
-    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000 });
+    await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
     assert.equal(await (await probe.call()).result(), "alive");
     // No time has passed: "silent" took the invocation a moment ago.
     assert.equal(await invocation.status(), "running");
-    await clock.sleeping();
+    await clock.sleeping(100);
     clock.advance(10_001);
     assert.equal(await invocation.result(), 2);
     assert.ok(statuses(await invocation.history()).includes("running_recovery"));
@@ -1092,9 +1094,9 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       return "late";
     });
     const invocation = await slow.call();
-    const draining = app.runner({ pollMs: 5_000, heartbeatMs: 5_000 }).drain({ maxMs: 1_000 });
+    const draining = app.runner({ pollMs: 5_000, heartbeatMs: 4_000 }).drain({ maxMs: 1_000 });
     await started.promise;
-    await clock.sleeping();
+    await clock.sleeping(5_000);
     clock.advance(1_000);
     const report = await draining;
     assert.equal(report.timedOut, true);

@@ -596,7 +596,7 @@ class Execution implements ExecutionContext {
 
   async #resume(): Promise<void> {
     const { orchestrator, clock } = this.#host;
-    for (;;) {
+    for (let failures = 0;;) {
       this.#assertAlive();
       await this.#runner.acquireSlot();
       this.#holdsSlot = true;
@@ -604,6 +604,15 @@ class Execution implements ExecutionContext {
       try {
         this.#assertAlive();
         resumed = await this.#setStatus(InvocationStatus.RESUMED);
+      } catch (error) {
+        if (this.killed || this.#fencedOut) throw error;
+        // A store error (the network, a locked file): given up, the invocation would stay PAUSED
+        // on a live runner, which recovery leaves alone. Try again after a growing pause.
+        console.error(`nenc: could not resume invocation ${this.invocationId}, retrying:`, error);
+        const pauseMs = Math.min(5_000, this.#runner.pollMs * 2 ** failures++);
+        this.releaseSlot();
+        await clock.sleep(pauseMs);
+        continue;
       } finally {
         // Only RESUMED keeps the slot: killed meanwhile, fenced out, or any failed write gives
         // it back (a fenced-out execution never resumes; settle() does not try again).

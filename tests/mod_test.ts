@@ -1,14 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as nenc from "../mod.ts";
-import {
-  CallGraph,
-  type ClaimRequest,
-  CycleDetectedError,
-  MemoryStore,
-  Nenc,
-  WaitGraph,
-} from "../mod.ts";
+import { CallGraph, CycleDetectedError, MemoryStore, Nenc, type Store, WaitGraph } from "../mod.ts";
 import { FakeClock } from "./_fake_clock.ts";
 
 test("mod.ts exports the graph core and the errors on this runtime", () => {
@@ -54,6 +47,18 @@ test("a runner refuses a heartbeat too slow for the orchestrator's runner timeou
   assert.equal(app.runner({ heartbeatMs: 1_000 }).concurrency, 1);
 });
 
+/** `store` with some of its methods replaced: a store that fails or stalls on cue. */
+function storeWith(store: MemoryStore, overrides: Partial<Store>): Store {
+  return new Proxy(store, {
+    get(target, name) {
+      const own = overrides[name as keyof Store];
+      if (own !== undefined) return own;
+      const value = Reflect.get(target, name, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow claim pass does not make a live runner look dead", async () => {
   const clock = new FakeClock();
   const memory = new MemoryStore();
@@ -61,17 +66,11 @@ test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow cl
   let release!: () => void;
   const stuck = new Promise<void>((resolve) => release = resolve);
   // The memory store, with a claim that hangs until released (a loaded machine, a remote KV).
-  const store = new Proxy(memory, {
-    get(target, name) {
-      if (name === "claim") {
-        return async (request: ClaimRequest) => {
-          claims++;
-          await stuck;
-          return await target.claim(request);
-        };
-      }
-      const value = Reflect.get(target, name, target);
-      return typeof value === "function" ? value.bind(target) : value;
+  const store = storeWith(memory, {
+    claim: async (request) => {
+      claims++;
+      await stuck;
+      return await memory.claim(request);
     },
   });
   const app = new Nenc({ clock, store });
@@ -96,4 +95,35 @@ test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow cl
   release();
   await runner.stop();
   assert.equal(await lastSeen(), undefined);
+});
+
+test("a runner whose resume write fails (a store error) tries it again: the paused invocation does not stay PAUSED on a live runner", async () => {
+  const clock = new FakeClock();
+  const memory = new MemoryStore();
+  let resumes = 0;
+  const store = storeWith(memory, {
+    change: (id, change) => {
+      if (change.path.includes("resumed") && resumes++ === 0) {
+        return Promise.reject(new Error("connection reset"));
+      }
+      return memory.change(id, change);
+    },
+  });
+  const app = new Nenc({ clock, store });
+  const child = app.task("child", () => 1);
+  const parent = app.task("parent", async () => (await (await child.call()).result()) + 1);
+  const runner = app.runner({ concurrency: 1, pollMs: 100 });
+  runner.start();
+  const invocation = await parent.call();
+  let settled = false;
+  const result = invocation.result().finally(() => settled = true);
+  // The retry waits a back-off on the (fake) clock: move it on until the parent settles.
+  for (let step = 0; step < 100 && !settled; step++) {
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    clock.advance(100);
+  }
+  assert.ok(settled, `the parent is still ${await invocation.status()}`);
+  assert.equal(await result, 2);
+  assert.equal(resumes, 2, "one failed resume, then one that went through");
+  await runner.stop();
 });

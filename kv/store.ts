@@ -372,7 +372,9 @@ export class KvStore implements Store {
       if (await this.#group.commit(op)) {
         if (expireLater) {
           // The transition is done; what is left is housekeeping that the purge sweep also covers.
-          await this.#expireHistory(id, record.seq, options).catch(() => {});
+          await this.#expireHistory(id, record.seq, next.purgeAtMs!).catch((error) => {
+            console.error(`nenc: could not set the expiry of invocation ${id}'s history:`, error);
+          });
         }
         if (plan.final) notify(this.#local.finals.get(id));
         if (plan.slot === "release") this.#announceWork();
@@ -1025,7 +1027,7 @@ export class KvStore implements Store {
         .delete(this.#keys.purge(purgePosition(stored.record.purgeAtMs!, id)));
       const expireLater = await this.#stageExpiry(op, record, purgeAtMs, options, record.seq);
       if (await this.#group.commit(op)) {
-        if (expireLater) await this.#expireHistory(id, record.seq, options);
+        if (expireLater) await this.#expireHistory(id, record.seq, purgeAtMs);
         return;
       }
       await backoff(attempt);
@@ -1062,19 +1064,23 @@ export class KvStore implements Store {
     return false;
   }
 
-  /** Re-sets history entries `1..historyCount` of a final invocation with `options.expireIn`. */
-  async #expireHistory(
-    id: string,
-    historyCount: number,
-    options: { expireIn: number },
-  ): Promise<void> {
+  /**
+   * Re-sets history entries `1..historyCount` of a final invocation to expire at `purgeAtMs`.
+   * Each commit checks that the record still has that purge time (the history of a final
+   * invocation no longer changes, but a later `schedulePurge` may move it, or the sweep delete
+   * it): a late write must not give the history another deadline than its record's.
+   */
+  async #expireHistory(id: string, historyCount: number, purgeAtMs: number): Promise<void> {
+    const key = this.#keys.invocation(id);
     for (let first = 1; first <= historyCount; first += CHUNK_MUTATIONS) {
       const last = Math.min(historyCount, first + CHUNK_MUTATIONS - 1);
       const entries = await this.#historyEntries(id, first, last);
-      // No check: the history of a final invocation no longer changes.
       for (let attempt = 0;; attempt++) {
-        const op = this.#kv.atomic();
-        for (const entry of entries) op.set(entry.key, entry.value, options);
+        const entry = await this.#reads.get(key);
+        if (this.#decodeInvocation(entry)?.record.purgeAtMs !== purgeAtMs) return;
+        const options = { expireIn: Math.max(1, purgeAtMs - this.#clock.now()) };
+        const op = this.#kv.atomic().check({ key, versionstamp: entry.versionstamp });
+        for (const history of entries) op.set(history.key, history.value, options);
         if (await this.#commit(op)) break;
         await backoff(attempt);
       }

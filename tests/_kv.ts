@@ -37,6 +37,8 @@ export interface KvHooks {
   beforeCommit?(values: readonly unknown[], keys: readonly KvKey[]): Promise<void> | void;
   /** Sees every set of an atomic operation. */
   onSet?(value: unknown, key: KvKey, options?: { expireIn?: number }): void;
+  /** Runs after every commit that returned, with its verdict and the keys it set (and expiry). */
+  afterCommit?(ok: boolean, sets: readonly { key: KvKey; expireIn?: number }[]): void;
   /** Runs before every `getMany`. */
   beforeGetMany?(): Promise<void> | void;
   /** Runs before every `list` reads its first entry (may delay the read). */
@@ -68,15 +70,19 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       const commit = op.commit.bind(op);
       const values: unknown[] = [];
       const keys: KvKey[] = [];
+      const sets: { key: KvKey; expireIn?: number }[] = [];
       op.set = (key, value, options) => {
         hooks.onSet?.(value, key, options);
         values.push(value);
         keys.push(key);
+        sets.push(options?.expireIn === undefined ? { key } : { key, expireIn: options.expireIn });
         return set(key, value, options);
       };
       op.commit = async () => {
         await hooks.beforeCommit?.(values, keys);
-        return await commit();
+        const result = await commit();
+        hooks.afterCommit?.(result.ok, sets);
+        return result;
       };
       return op;
     },

@@ -8,7 +8,7 @@ import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
-import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
@@ -214,11 +214,21 @@ test("[kv] a pick-up stamps each claim with the time it commits, not the time it
   );
 });
 
-/** A view of `kv` that remembers the `expireIn` of the last set of each key (`null`: none). */
-function recordExpiries(kv: KvLike): { view: KvLike; expiries: Map<string, number | null> } {
+/**
+ * A view of `kv` that remembers the `expireIn` of the last committed set of each key (`null`:
+ * none); `hooks` see the commits too.
+ */
+function recordExpiries(
+  kv: KvLike,
+  hooks: KvHooks = {},
+): { view: KvLike; expiries: Map<string, number | null> } {
   const expiries = new Map<string, number | null>();
   const view = interceptKv(kv, {
-    onSet: (_value, key, options) => expiries.set(JSON.stringify(key), options?.expireIn ?? null),
+    ...hooks,
+    afterCommit: (ok, sets) => {
+      if (!ok) return;
+      for (const { key, expireIn } of sets) expiries.set(JSON.stringify(key), expireIn ?? null);
+    },
   });
   return { view, expiries };
 }
@@ -276,4 +286,53 @@ test("[kv] every key of a final invocation gets expireIn, with a long history to
   expiries.clear();
   for (const { id } of all) await o.setUpInvocationAutoPurge({ id });
   for (const { id, keys } of all) await assertExpiring(id, keys);
+});
+
+test("[kv] a late re-expiry of a long history yields to a setUpInvocationAutoPurge made meanwhile: the history keeps its record's deadline", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const clock = new FakeClock();
+  let hold: (() => Promise<void>) | undefined;
+  // The first commit that sets only history entries (the re-expiry after the final commit) waits
+  // until the test lets it go.
+  const { view, expiries } = recordExpiries(kv, {
+    beforeCommit: async (_values, keys) => {
+      if (hold !== undefined && keys.length > 0 && keys.every((key) => key.includes("hist"))) {
+        const wait = hold;
+        hold = undefined;
+        await wait();
+      }
+    },
+  });
+  const app = new Nenc({ appId: "late-expiry", kv: view, clock });
+  const o = app.orchestrator;
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const long = await job.call({ n: 1 });
+  const reroutes = Array.from(
+    { length: 100 },
+    (_, i) => i % 2 === 0 ? "pending" as const : "rerouted" as const,
+  );
+  for (let round = 0; round < 2; round++) {
+    await o.store.change(long.id, { path: reroutes, runnerId: "r1", nowMs: clock.now() });
+  }
+  let reached!: () => void;
+  const atHold = new Promise<void>((resolve) => reached = resolve);
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  hold = () => {
+    reached();
+    return released;
+  };
+  const [claimed] = await o.getInvocationsToRun(1, { runnerId: "r1" });
+  await o.setInvocationRun(undefined, claimed!, { runnerId: "r1" });
+  const finishing = o.setInvocationResult(claimed!, 1, { runnerId: "r1" });
+  await atHold; // final commit done, its history re-expiry (24 h from the finish) waits
+  clock.advance(3_600_000);
+  await o.setUpInvocationAutoPurge(long); // 24 h from now: 25 h from the finish
+  expiries.clear();
+  release();
+  await finishing;
+  // The held re-expiry, planned for the old deadline, did not land on the new one.
+  const late = [...expiries.keys()].filter((key) => key.includes('"hist"'));
+  assert.deepEqual(late, [], "a late re-expiry overwrote the history's new deadline");
 });

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { refusePickUps } from "./_long_history.ts";
 import type { Nenc } from "../core/app.ts";
 import {
   BatchProcessingError,
@@ -1679,19 +1680,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     const o = app.orchestrator;
     const job = app.task("job", ({ n }: { n: number }) => n);
     const long = await job.call({ n: 1 });
-    // What a pick-up refused by running concurrency records on every poll while a key is held.
-    const reroutes = Array.from(
-      { length: 100 },
-      (_, i): InvocationStatus => i % 2 === 0 ? "pending" : "rerouted",
-    );
-    for (let round = 0; round < 12; round++) {
-      const outcome = await o.store.change(long.id, {
-        path: reroutes,
-        runnerId: "r1",
-        nowMs: clock.now(),
-      });
-      assert.ok(outcome.ok);
-    }
+    await refusePickUps(o.store, long.id, 600, clock.now());
     await claimOne(app, "r1", long);
     await runToSuccess(app, long, "r1", 1);
     assert.equal(await long.result(), 1);

@@ -12,6 +12,11 @@ import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { refusePickUps } from "./_long_history.ts";
+
+/** Whether `error` is the refusal of a record over Deno KV's value limit, naming the limit. */
+const overValueLimit = (error: unknown): boolean =>
+  error instanceof SerializationError && /64 KiB\) Deno KV value limit/.test(error.message);
 
 // The whole contract on Deno KV: in memory, and on a file (the SQLite backend many processes
 // share). Apps that share a backend share one KV handle, as processes share one file.
@@ -62,8 +67,7 @@ test("[kv] a result over the 64 KiB value limit fails the invocation with a Seri
   const invocation = await big.call();
   await assert.rejects(
     invocation.result(),
-    (error: unknown) =>
-      error instanceof SerializationError && /64 KiB\) Deno KV value limit/.test(error.message),
+    overValueLimit,
   );
   assert.equal(await invocation.status(), "failed");
 });
@@ -93,8 +97,7 @@ test("[kv] routeCalls with one record over the 64 KiB value limit registers none
   }));
   await assert.rejects(
     app.orchestrator.routeCalls(calls),
-    (error: unknown) =>
-      error instanceof SerializationError && /64 KiB\) Deno KV value limit/.test(error.message),
+    overValueLimit,
   );
   assert.equal((await app.orchestrator.store.counts()).size, 0);
 });
@@ -246,13 +249,7 @@ test("[kv] every key of a final invocation gets expireIn, with a long history to
     async () => (await (await job.call({ n: 1 })).result()) + 1,
   );
   const long = await job.call({ n: 2 });
-  const reroutes = Array.from(
-    { length: 100 },
-    (_, i) => i % 2 === 0 ? "pending" as const : "rerouted" as const,
-  );
-  for (let round = 0; round < 12; round++) {
-    await o.store.change(long.id, { path: reroutes, runnerId: "r1", nowMs: clock.now() });
-  }
+  await refusePickUps(o.store, long.id, 600, clock.now());
   const parent = await parentTask.call();
   await app.runner({ concurrency: 2 }).drain();
   assert.equal(await parent.result(), 2);
@@ -308,13 +305,7 @@ test("[kv] a late re-expiry of a long history yields to a setUpInvocationAutoPur
   const o = app.orchestrator;
   const job = app.task("job", ({ n }: { n: number }) => n);
   const long = await job.call({ n: 1 });
-  const reroutes = Array.from(
-    { length: 100 },
-    (_, i) => i % 2 === 0 ? "pending" as const : "rerouted" as const,
-  );
-  for (let round = 0; round < 2; round++) {
-    await o.store.change(long.id, { path: reroutes, runnerId: "r1", nowMs: clock.now() });
-  }
+  await refusePickUps(o.store, long.id, 100, clock.now());
   let reached!: () => void;
   const atHold = new Promise<void>((resolve) => reached = resolve);
   let release!: () => void;

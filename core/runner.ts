@@ -325,7 +325,7 @@ export class Runner implements AsyncDisposable {
         // A failing store (a network error, a locked database) must not crash the process:
         // report it and try again after a growing pause.
         console.error(`nenc: runner ${this.id} loop failed, retrying:`, error);
-        await this.#host.clock.sleep(Math.min(5_000, this.#pollMs * 2 ** failures++), signal);
+        await this.#host.clock.sleep(errorPauseMs(this.#pollMs, failures++), signal);
       }
     }
   }
@@ -474,6 +474,11 @@ export class Runner implements AsyncDisposable {
 }
 
 /** Whether a refused write means another runner (or recovery) owns the invocation now. */
+/** The pause before trying a failed store step again: doubling from `pollMs`, at most 5 s. */
+function errorPauseMs(pollMs: number, failures: number): number {
+  return Math.min(5_000, pollMs * 2 ** failures);
+}
+
 function isFencedOut(error: unknown): boolean {
   return error instanceof InvocationStatusOwnershipError ||
     error instanceof InvocationStatusTransitionError;
@@ -609,9 +614,8 @@ class Execution implements ExecutionContext {
         // A store error (the network, a locked file): given up, the invocation would stay PAUSED
         // on a live runner, which recovery leaves alone. Try again after a growing pause.
         console.error(`nenc: could not resume invocation ${this.invocationId}, retrying:`, error);
-        const pauseMs = Math.min(5_000, this.#runner.pollMs * 2 ** failures++);
         this.releaseSlot();
-        await clock.sleep(pauseMs);
+        await clock.sleep(errorPauseMs(this.#runner.pollMs, failures++));
         continue;
       } finally {
         // Only RESUMED keeps the slot: killed meanwhile, fenced out, or any failed write gives

@@ -342,6 +342,86 @@ export class SerializationError extends NencError {
   }
 }
 
+/**
+ * The invocation was canceled (`invocation.cancel()`): `result()` rejects with it, and the task's
+ * `ctx.signal` aborts with it as its reason.
+ *
+ * @example
+ * ```ts
+ * import { CanceledError, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const invocation = await app.task("report", () => "pdf").call();
+ * await invocation.cancel({ reason: "the customer left" });
+ * const error = await invocation.result().catch((error: unknown) => error);
+ * console.log(error instanceof CanceledError, (error as CanceledError).reason); // true "the customer left"
+ * ```
+ */
+export class CanceledError extends NencError {
+  /** The canceled invocation. */
+  readonly invocationId: string;
+  /** Why it was canceled, when the caller said. */
+  readonly reason: string | undefined;
+
+  /** Creates the error. */
+  constructor(invocationId: string, reason?: string, options?: NencErrorOptions) {
+    super(
+      `Cannot finish invocation ${invocationId}: it was canceled${
+        reason === undefined ? "" : ` (${reason})`
+      }`,
+      options,
+    );
+    this.invocationId = invocationId;
+    this.reason = reason;
+  }
+}
+
+/**
+ * An attempt of a task ran past the task's `timeoutMs`: the task's `ctx.signal` aborts with it,
+ * and the invocation fails with it (or is retried, when its task's `retryFor` lists it).
+ *
+ * @example
+ * ```ts
+ * import { TaskTimeoutError } from "@nenc/nenc";
+ *
+ * const error = new TaskTimeoutError("resize", "01J", 5_000);
+ * console.log(error.message); // "Cannot finish task resize (invocation 01J): it ran past its timeout of 5000 ms"
+ * ```
+ */
+export class TaskTimeoutError extends NencError {
+  /** The task. */
+  readonly taskId: string;
+  /** The invocation whose attempt timed out. */
+  readonly invocationId: string;
+  /** The task's timeout. */
+  readonly timeoutMs: number;
+
+  /** Creates the error. */
+  constructor(taskId: string, invocationId: string, timeoutMs: number, options?: NencErrorOptions) {
+    super(
+      `Cannot finish task ${taskId} (invocation ${invocationId}): it ran past its timeout of ${timeoutMs} ms`,
+      options,
+    );
+    this.taskId = taskId;
+    this.invocationId = invocationId;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/**
+ * The store was closed (a KV handle's `close()`): waiters, runners and CLI commands on it reject
+ * with this error instead of polling forever.
+ *
+ * @example
+ * ```ts
+ * import { StoreClosedError } from "@nenc/nenc";
+ *
+ * const error = new StoreClosedError("Cannot wait for invocation 01J: the store is closed");
+ * console.log(error.name); // "StoreClosedError"
+ * ```
+ */
+export class StoreClosedError extends NencError {}
+
 function invocationLabel(invocationId: string | undefined): string {
   return invocationId === undefined ? "an invocation" : `invocation ${invocationId}`;
 }

@@ -32,6 +32,7 @@ export const InvocationStatus = {
   CONCURRENCY_CONTROLLED_FINAL: "concurrency_controlled_final",
   PENDING_RECOVERY: "pending_recovery",
   RUNNING_RECOVERY: "running_recovery",
+  CANCELED: "canceled",
 } as const;
 
 /**
@@ -68,10 +69,13 @@ interface StatusDefinition {
 const released = { enter: "owner", owner: "none" } as const;
 const owned = { enter: "owner", owner: "kept" } as const;
 const recovered = { enter: "anyone", owner: "none" } as const;
+/** Final; anyone cancels; the runner executing it stays its owner until its function returned. */
+const canceled = { enter: "anyone", owner: "kept" } as const;
 
-// The table of SPEC §3. KILLED is entered only by the owner (a runner kills its own work) but,
-// like the recovery statuses, leaves the invocation unowned, so any runner may re-route it.
-const TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = {
+// The table of SPEC §3 and §7.1. KILLED is entered only by the owner (a runner kills its own
+// work) but, like the recovery statuses, leaves the invocation unowned, so any runner may
+// re-route it. Every non-final status may go to CANCELED, by anyone (added below).
+const BASE_TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = {
   [S.REGISTERED]: {
     next: [S.PENDING, S.CONCURRENCY_CONTROLLED, S.CONCURRENCY_CONTROLLED_FINAL],
     ...released,
@@ -105,7 +109,17 @@ const TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = {
   [S.SUCCESS]: { next: [], ...released },
   [S.FAILED]: { next: [], ...released },
   [S.CONCURRENCY_CONTROLLED_FINAL]: { next: [], ...released },
+  [S.CANCELED]: { next: [], ...canceled },
 };
+
+const TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = Object.fromEntries(
+  Object.entries(BASE_TABLE).map(([status, definition]) => [
+    status,
+    definition.next.length === 0
+      ? definition
+      : { ...definition, next: [...definition.next, S.CANCELED] },
+  ]),
+) as Record<InvocationStatus, StatusDefinition>;
 
 /**
  * Every status, in the order of {@linkcode InvocationStatus}.
@@ -115,7 +129,7 @@ const TABLE: Readonly<Record<InvocationStatus, StatusDefinition>> = {
  * import { ALL_STATUSES, isFinalStatus } from "@nenc/nenc";
  *
  * console.log(ALL_STATUSES.length, ALL_STATUSES.filter(isFinalStatus));
- * // 14 ["success", "failed", "concurrency_controlled_final"]
+ * // 15 ["success", "failed", "concurrency_controlled_final", "canceled"]
  * ```
  */
 export const ALL_STATUSES: readonly InvocationStatus[] = Object.freeze(
@@ -123,7 +137,7 @@ export const ALL_STATUSES: readonly InvocationStatus[] = Object.freeze(
 );
 
 /**
- * The final statuses: SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL.
+ * The final statuses: SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL, CANCELED.
  *
  * @example
  * ```ts
@@ -140,6 +154,7 @@ export const FINAL_STATUSES: ReadonlySet<InvocationStatus> = new Set([
   S.SUCCESS,
   S.FAILED,
   S.CONCURRENCY_CONTROLLED_FINAL,
+  S.CANCELED,
 ]);
 
 /**
@@ -178,7 +193,7 @@ export const SLOT_HOLDING_STATUSES: ReadonlySet<InvocationStatus> = new Set([
 ]);
 
 /**
- * Whether `status` is final (SUCCESS, FAILED or CONCURRENCY_CONTROLLED_FINAL).
+ * Whether `status` is final (SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL or CANCELED).
  *
  * @example
  * ```ts
@@ -213,7 +228,7 @@ export function isInvocationStatus(status: unknown): status is InvocationStatus 
  * ```ts
  * import { allowedTransitions } from "@nenc/nenc";
  *
- * console.log(allowedTransitions("paused")); // ["resumed", "killed", "running_recovery"]
+ * console.log(allowedTransitions("paused")); // ["resumed", "killed", "running_recovery", "canceled"]
  * ```
  */
 export function allowedTransitions(
@@ -350,6 +365,17 @@ export function transition(
     throw new InvocationStatusTransitionError(current?.status, to, invocationId);
   }
   const definition = TABLE[to];
+  // PENDING makes its setter the owner: a change without a runner cannot own anything.
+  if (definition.owner === "sets" && runnerId === null) {
+    throw new InvocationStatusOwnershipError(
+      current?.status ?? "(new)",
+      to,
+      current?.ownerId ?? "(none)",
+      runnerId,
+      invocationId,
+      { cause: `${to} needs the runner that takes the invocation` },
+    );
+  }
   if (
     current !== undefined && current.ownerId !== null && definition.enter === "owner" &&
     current.ownerId !== runnerId

@@ -19,22 +19,23 @@ import {
   NencError,
 } from "../core/errors.ts";
 
-// SPEC §3, transcribed independently of core/status.ts.
+// SPEC §3 with §7.1's CANCELED, transcribed independently of core/status.ts.
 const SPEC_TABLE = `
-registered: pending concurrency_controlled concurrency_controlled_final
-concurrency_controlled: rerouted
-rerouted: pending concurrency_controlled concurrency_controlled_final
-retry: pending concurrency_controlled concurrency_controlled_final
-pending: running killed rerouted pending_recovery failed
-running: paused killed retry success failed running_recovery
-paused: resumed killed running_recovery
-resumed: paused killed retry success failed running_recovery
-killed: rerouted
-pending_recovery: rerouted
-running_recovery: rerouted
+registered: pending concurrency_controlled concurrency_controlled_final canceled
+concurrency_controlled: rerouted canceled
+rerouted: pending concurrency_controlled concurrency_controlled_final canceled
+retry: pending concurrency_controlled concurrency_controlled_final canceled
+pending: running killed rerouted pending_recovery failed canceled
+running: paused killed retry success failed running_recovery canceled
+paused: resumed killed running_recovery canceled
+resumed: paused killed retry success failed running_recovery canceled
+killed: rerouted canceled
+pending_recovery: rerouted canceled
+running_recovery: rerouted canceled
 success:
 failed:
 concurrency_controlled_final:
+canceled:
 `;
 const specNext = new Map(
   SPEC_TABLE.trim().split("\n").map((line) => {
@@ -50,15 +51,15 @@ const record = (status: InvocationStatus, ownerId: string | null = null): Status
   updatedAtMs: 0,
 });
 
-test("the status table has the fourteen statuses of SPEC §3 with lowercase values", () => {
-  assert.equal(ALL_STATUSES.length, 14);
+test("the status table has the fifteen statuses of SPEC §3 and §7.1 with lowercase values", () => {
+  assert.equal(ALL_STATUSES.length, 15);
   assert.deepEqual(new Set(ALL_STATUSES), new Set(specNext.keys()));
   for (const [name, value] of Object.entries(InvocationStatus)) {
     assert.equal(value, name.toLowerCase());
   }
 });
 
-test("transition() allows exactly the pairs of the SPEC §3 table and throws for every other", () => {
+test("transition() allows exactly the pairs of the SPEC §3 / §7.1 table and throws for every other", () => {
   let allowed = 0;
   for (const from of ALL_STATUSES) {
     for (const to of ALL_STATUSES) {
@@ -72,7 +73,7 @@ test("transition() allows exactly the pairs of the SPEC §3 table and throws for
       }
     }
   }
-  assert.equal(allowed, 33);
+  assert.equal(allowed, 44);
 });
 
 test("a new invocation can only become REGISTERED, unowned, with sequence 1", () => {
@@ -92,10 +93,10 @@ test("a new invocation can only become REGISTERED, unowned, with sequence 1", ()
   }
 });
 
-test("final statuses are final: no transition leaves SUCCESS, FAILED or CONCURRENCY_CONTROLLED_FINAL", () => {
+test("final statuses are final: no transition leaves SUCCESS, FAILED, CONCURRENCY_CONTROLLED_FINAL or CANCELED", () => {
   assert.deepEqual(
     [...FINAL_STATUSES].sort(),
-    ["concurrency_controlled_final", "failed", "success"],
+    ["canceled", "concurrency_controlled_final", "failed", "success"],
   );
   for (const status of FINAL_STATUSES) {
     assert.equal(isFinalStatus(status), true);
@@ -122,6 +123,26 @@ test("PENDING is owned by the runner that sets it, and only that runner may run 
     () => transition(paused, "resumed", { runnerId: null, nowMs: 4 }),
     InvocationStatusOwnershipError,
   );
+});
+
+test("entering PENDING without a runner id is refused: ownership needs an owner", () => {
+  assert.throws(
+    () =>
+      transition(record("registered"), "pending", { runnerId: null, nowMs: 1, invocationId: "i" }),
+    (error: unknown) =>
+      error instanceof InvocationStatusOwnershipError && error.runnerId === null &&
+      error.to === "pending" && error.invocationId === "i",
+  );
+});
+
+test("anyone cancels any non-final invocation; a running one keeps its owner (the runner still executing it)", () => {
+  const running = record("running", "r1");
+  const canceled = transition(running, "canceled", { runnerId: null, nowMs: 1 }).record;
+  assert.equal(canceled.status, "canceled");
+  assert.equal(canceled.ownerId, "r1");
+  const queued = transition(record("registered"), "canceled", { runnerId: "ops", nowMs: 1 });
+  assert.equal(queued.record.ownerId, null);
+  assert.equal(queued.entry.runnerId, "ops");
 });
 
 test("recovery statuses override ownership and leave the invocation unowned", () => {

@@ -348,13 +348,10 @@ export class SerializationError extends NencError {
  *
  * @example
  * ```ts
- * import { CanceledError, Nenc } from "@nenc/nenc";
+ * import { CanceledError } from "@nenc/nenc";
  *
- * const app = new Nenc();
- * const invocation = await app.task("report", () => "pdf").call();
- * await invocation.cancel({ reason: "the customer left" });
- * const error = await invocation.result().catch((error: unknown) => error);
- * console.log(error instanceof CanceledError, (error as CanceledError).reason); // true "the customer left"
+ * const error = new CanceledError("01J", "the customer left");
+ * console.log(error.message); // "Cannot finish invocation 01J: it was canceled (the customer left)"
  * ```
  */
 export class CanceledError extends NencError {

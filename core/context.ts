@@ -14,11 +14,14 @@ export interface ExecutionContext {
   readonly invocationId: string;
   /** The runner executing it. */
   readonly runnerId: string;
+  /** Aborted on cancel, timeout and runner stop, with the cause as its reason. */
+  readonly signal: AbortSignal;
   /**
    * Waits until all (`"all"`) or one (`"any"`) of `ids` is final: records the wait for blocking
-   * control, pauses the invocation (its slot is freed) and resumes it afterwards.
+   * control, pauses the invocation (its slot is freed) and resumes it afterwards. Rejects with
+   * the reason of `signal` or of the execution's own signal, whichever aborts first.
    */
-  waitFor(ids: readonly string[], mode: "all" | "any"): Promise<void>;
+  waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void>;
 }
 
 const storage = new AsyncLocalStorage<ExecutionContext>();

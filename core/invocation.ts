@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { Orchestrator } from "./orchestrator.ts";
+import type { CancelOptions, Orchestrator, WaitOptions } from "./orchestrator.ts";
 import type { HistoryEntry, InvocationStatus } from "./status.ts";
 import type { InvocationRecord } from "./store.ts";
 
@@ -64,11 +64,53 @@ export class Invocation<Result = unknown> {
   /**
    * Waits until the invocation is final, then resolves to its result, or rejects with its error
    * (same name, message and cause chain; the same class when registered with the app), or with
-   * `ConcurrencyControlledError` when concurrency control finalised it without running. Inside
-   * a running task, the current invocation is PAUSED (its slot freed) while it waits.
+   * `ConcurrencyControlledError` when concurrency control finalised it without running, or
+   * with `CanceledError` once it was canceled. Inside a running task, the current invocation is
+   * PAUSED (its slot freed) while it waits. `signal` and `timeoutMs` stop the wait (not the
+   * invocation): it rejects with the signal's reason, or a `DOMException` named `TimeoutError`.
+   *
+   * @example Giving up waiting after a while
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const invocation = await app.task("report", () => "pdf").call(); // no runner yet
+   * const error = await invocation.result({ timeoutMs: 5 }).catch((error: unknown) => error);
+   * console.log((error as Error).name, await invocation.status()); // "TimeoutError" "registered"
+   * ```
    */
-  result(): Promise<Result> {
-    return this.#orchestrator.waitForResults<Result>([this]).then(([result]) => result!);
+  result(options: WaitOptions = {}): Promise<Result> {
+    return this.#orchestrator.waitForResults<Result>([this], options).then(([result]) => result!);
+  }
+
+  /**
+   * Cancels the invocation: it becomes CANCELED (final) unless it is final already, and
+   * `result()` rejects with `CanceledError`. A running one is aborted through its task's
+   * `ctx.signal` by its runner, in any process, within one poll. With `cascade` [`true`], the
+   * invocations it called that nothing else waits on are canceled too. Resolves to `true` when
+   * this call canceled it, `false` when it was already final.
+   *
+   * @example Cancel a running task; it sees the abort on its signal
+   * ```ts
+   * import { CanceledError, Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const report = app.task("report", async (_args: undefined, ctx) => {
+   *   await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+   *   return "aborted: " + (ctx.signal.reason as Error).name;
+   * });
+   * await using runner = app.runner();
+   * runner.start();
+   * const invocation = await report.call();
+   * while (await invocation.status() !== "running") await new Promise((r) => setTimeout(r, 5));
+   * console.log(await invocation.cancel({ reason: "the customer left" })); // true
+   * const error = await invocation.result().catch((error: unknown) => error);
+   * console.log(error instanceof CanceledError, (error as CanceledError).reason); // true "the customer left"
+   * ```
+   */
+  async cancel(options: CancelOptions = {}): Promise<boolean> {
+    const [canceled] = await this.#orchestrator.cancel([this], options);
+    return canceled!;
   }
 
   /** The status history: one entry per transition, oldest first. */

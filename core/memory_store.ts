@@ -23,7 +23,9 @@ import {
   controlChange,
   decideSlot,
   type FindQuery,
+  holdsSlots,
   type InvocationRecord,
+  isAppliedChange,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -36,7 +38,7 @@ import {
 } from "./store.ts";
 import { WaitGraph } from "./wait_graph.ts";
 
-const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
+const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
 
 /**
  * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given.
@@ -66,7 +68,11 @@ export class MemoryStore implements Store {
   readonly #purgeDue = new IndexedHeap();
   readonly #calls = new CallGraph();
   readonly #waits = new WaitGraph();
-  readonly #runners = new Map<string, number>();
+  readonly #runners = new Map<string, { lastSeenMs: number; taskIds?: readonly string[] }>();
+  /** The invocations each runner executes (owns). */
+  readonly #byRunner = new Map<string, Set<string>>();
+  /** Canceled invocations whose execution on a runner has not ended yet, per runner. */
+  readonly #cancelRequests = new Map<string, Set<string>>();
   readonly #finalWaiters = new Map<string, Set<() => void>>();
   readonly #workWaiters = new Set<() => void>();
   /**
@@ -136,7 +142,7 @@ export class MemoryStore implements Store {
       // of the ready queue is available even if it was registered after `nowMs` was read.)
       if (
         record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
-        this.#delayed.has(id)
+        this.#delayed.has(id) || request.accepts?.(record.taskId) === false
       ) return;
       const path = request.runAtOnce?.(record) ? [PENDING, InvocationStatus.RUNNING] : [PENDING];
       const outcome = this.#apply(id, { path, runnerId, nowMs });
@@ -215,9 +221,24 @@ export class MemoryStore implements Store {
     // change instead: it gets the same timeout as a runner that went silent then.
     const ownerIsDead = (record: InvocationRecord): boolean =>
       record.ownerId !== null &&
-      (this.#runners.get(record.ownerId) ?? record.updatedAtMs) < query.heartbeatBeforeMs;
+      (this.#runners.get(record.ownerId)?.lastSeenMs ?? record.updatedAtMs) <
+        query.heartbeatBeforeMs;
     for (const status of [RUNNING, PAUSED, RESUMED]) consider(status, ownerIsDead);
+    consider(CANCELED, (record) => holdsSlots(record) && ownerIsDead(record));
     return Promise.resolve(found);
+  }
+
+  executions(runnerId: string): Promise<string[]> {
+    return Promise.resolve([...this.#byRunner.get(runnerId) ?? []]);
+  }
+
+  cancelRequests(runnerId: string): Promise<string[]> {
+    return Promise.resolve([...this.#cancelRequests.get(runnerId) ?? []]);
+  }
+
+  nextAvailableMs(nowMs: number): Promise<number | undefined> {
+    this.#promoteDelayed(nowMs);
+    return Promise.resolve(this.#delayed.peekKey());
   }
 
   counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
@@ -254,6 +275,10 @@ export class MemoryStore implements Store {
     return Promise.resolve();
   }
 
+  waiters(id: string): Promise<string[]> {
+    return Promise.resolve(this.#waits.waitersOf(id));
+  }
+
   blocking(max: number, nowMs: number): Promise<string[]> {
     return Promise.resolve(this.#waits.blocking(max, {
       isAvailable: (id) => {
@@ -268,19 +293,21 @@ export class MemoryStore implements Store {
     return Promise.resolve({ calls: this.#calls.snapshot(), waits: this.#waits.edges() });
   }
 
-  heartbeat(runnerId: string, nowMs: number): Promise<void> {
-    this.#runners.set(runnerId, nowMs);
+  heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void> {
+    this.#runners.set(runnerId, { lastSeenMs: nowMs, ...(taskIds ? { taskIds } : {}) });
     return Promise.resolve();
   }
 
   removeRunner(runnerId: string, seenBeforeMs = Infinity): Promise<void> {
-    if ((this.#runners.get(runnerId) ?? Infinity) < seenBeforeMs) this.#runners.delete(runnerId);
+    if ((this.#runners.get(runnerId)?.lastSeenMs ?? Infinity) < seenBeforeMs) {
+      this.#runners.delete(runnerId);
+    }
     return Promise.resolve();
   }
 
   runners(): Promise<RunnerInfo[]> {
     return Promise.resolve(
-      [...this.#runners].map(([runnerId, lastSeenMs]) => ({ runnerId, lastSeenMs })),
+      [...this.#runners].map(([runnerId, seen]) => ({ runnerId, ...seen })),
     );
   }
 
@@ -338,6 +365,7 @@ export class MemoryStore implements Store {
     const record = this.#records.get(id);
     if (record === undefined) return { ok: false, reason: "missing" };
     if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
+      if (isAppliedChange(record, change)) return { ok: true, record, entries: [], replayed: true };
       return { ok: false, reason: "conflict", record };
     }
     const plan = planChange(record, change);
@@ -362,6 +390,12 @@ export class MemoryStore implements Store {
     if (record.status !== next.status) {
       this.#byStatus.get(record.status)?.delete(id);
       addTo(this.#byStatus, next.status, id);
+    }
+    if (plan.executions.remove !== null) removeFrom(this.#byRunner, plan.executions.remove, id);
+    if (plan.executions.add !== null) addTo(this.#byRunner, plan.executions.add, id);
+    if (plan.cancelRequest.set !== null) addTo(this.#cancelRequests, plan.cancelRequest.set, id);
+    if (plan.cancelRequest.clear !== null) {
+      removeFrom(this.#cancelRequests, plan.cancelRequest.clear, id);
     }
     if (plan.queue === "dequeue") {
       this.#queue.delete(id);
@@ -407,12 +441,12 @@ export class MemoryStore implements Store {
     this.#records.delete(id);
     this.#history.delete(id);
     this.#byTask.get(record.taskId)?.delete(id);
-    if (record.parentId !== null) {
-      const siblings = this.#byParent.get(record.parentId);
-      siblings?.delete(id);
-      if (siblings?.size === 0) this.#byParent.delete(record.parentId);
-    }
+    if (record.parentId !== null) removeFrom(this.#byParent, record.parentId, id);
     this.#byStatus.get(record.status)?.delete(id);
+    if (record.ownerId !== null) removeFrom(this.#byRunner, record.ownerId, id);
+    for (const runnerId of [...this.#cancelRequests.keys()]) {
+      removeFrom(this.#cancelRequests, runnerId, id);
+    }
     this.#queue.delete(id);
     this.#delayed.remove(id);
     this.#purgeDue.remove(id);
@@ -437,4 +471,10 @@ function addTo<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
   let set = index.get(key);
   if (set === undefined) index.set(key, set = new Set());
   set.add(value);
+}
+
+function removeFrom<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  const set = index.get(key);
+  set?.delete(value);
+  if (set?.size === 0) index.delete(key);
 }

@@ -10,8 +10,10 @@
 import type { CallRef } from "./call_graph.ts";
 import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
+import { retryFaults } from "./_faults.ts";
 import {
   BatchProcessingError,
+  CanceledError,
   ConcurrencyControlledError,
   CycleDetectedError,
   InvocationConcurrencyWithDifferentArgumentsError,
@@ -22,7 +24,13 @@ import { callId, callLabel, canonicalJson, newInvocationId } from "./ids.ts";
 import { Invocation, InvocationGroup, ReusedInvocation } from "./invocation.ts";
 import { deserializeError, type ErrorClass, serializeError } from "./serializer.ts";
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
-import type { InvocationRecord, NewInvocation, StatusChange, Store } from "./store.ts";
+import {
+  holdsSlots,
+  type InvocationRecord,
+  type NewInvocation,
+  type StatusChange,
+  type Store,
+} from "./store.ts";
 import type { Call, Task } from "./task.ts";
 
 /**
@@ -201,6 +209,58 @@ export interface ActorOptions {
   runnerId?: string | null;
   /** The claim the runner holds (from `startInvocations`): the change is refused once superseded. */
   claimSeq?: number;
+  /**
+   * The sequence number the runner last saw: the change applies only from there, and a retry of
+   * a change whose earlier try was applied (its answer lost) is recognised as done.
+   */
+  expectSeq?: number;
+}
+
+/**
+ * Options of `invocation.cancel()` and `orchestrator.cancel()`; defaults in brackets.
+ *
+ * @example
+ * ```ts
+ * import { type CancelOptions, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const invocation = await app.task("report", () => "pdf").call();
+ * const options: CancelOptions = { reason: "the customer left", cascade: false };
+ * console.log(await invocation.cancel(options), await invocation.status()); // true "canceled"
+ * ```
+ */
+export interface CancelOptions {
+  /** Why: carried by the {@linkcode CanceledError} that `result()` rejects with. */
+  reason?: string;
+  /**
+   * Also cancel, recursively, the invocations it called that no other live invocation waits on
+   * [`true`].
+   */
+  cascade?: boolean;
+}
+
+/**
+ * Options of `invocation.result()` and `orchestrator.waitForResults()`.
+ *
+ * @example Waiting at most a second
+ * ```ts
+ * import { Nenc, type WaitOptions } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const invocation = await app.task("slow", () => "done").call(); // no runner: it never runs
+ * const options: WaitOptions = { timeoutMs: 10 };
+ * const error = await invocation.result(options).catch((error: unknown) => error);
+ * console.log((error as DOMException).name, await invocation.status()); // "TimeoutError" "registered"
+ * ```
+ */
+export interface WaitOptions {
+  /** Stops waiting when aborted: rejects with its reason; the invocation is left as it is. */
+  signal?: AbortSignal;
+  /**
+   * Stops waiting after this many ms of the app's clock: rejects with a `DOMException` named
+   * `TimeoutError` (as `AbortSignal.timeout` does); the invocation is left as it is.
+   */
+  timeoutMs?: number;
 }
 
 /**
@@ -427,6 +487,10 @@ export class Orchestrator {
     const serialized = task.serializeArgs(args);
     const id = callId(task.id, serialized);
     const execution = currentExecution();
+    // A canceled invocation calls nothing more.
+    if (execution?.signal.aborted && execution.signal.reason instanceof CanceledError) {
+      throw execution.signal.reason;
+    }
     const nowMs = this.#host.clock.now();
     return {
       id: newInvocationId(nowMs),
@@ -641,6 +705,61 @@ export class Orchestrator {
     }
   }
 
+  /**
+   * Cancels invocations: each one not final yet becomes CANCELED (by anyone: like recovery it
+   * overrides ownership), leaves the queue in the same atomic step, and its `result()` rejects
+   * with a {@linkcode CanceledError} carrying the reason. A running, paused or resumed one is
+   * aborted by its runner, in any process, within one poll; its slots are given back when its
+   * function has returned. With `cascade` [`true`], the invocations it called that no other live
+   * invocation waits on are canceled too, recursively, before this resolves. Returns, per
+   * invocation, whether this call canceled it (`false`: already final, or gone).
+   */
+  async cancel(
+    invocations: readonly InvocationRef[],
+    options: CancelOptions & ActorOptions = {},
+  ): Promise<boolean[]> {
+    const canceled: boolean[] = [];
+    for (const { id } of invocations) canceled.push(await this.#cancel(id, options));
+    return canceled;
+  }
+
+  async #cancel(id: string, options: CancelOptions & ActorOptions): Promise<boolean> {
+    const reason = options.reason;
+    const error = serializeError(new CanceledError(id, reason));
+    let canceled = false;
+    try {
+      // Not fenced by a sequence number: CANCELED is allowed from every non-final status, so a
+      // concurrent change is either overridden or was final (and the transition is refused).
+      await this.#change({ id }, {
+        path: [InvocationStatus.CANCELED],
+        ...this.#actor({ runnerId: options.runnerId ?? null }),
+        error,
+      });
+      canceled = true;
+    } catch (failure) {
+      const record = await this.store.get(id);
+      if (record !== undefined && !isFinalStatus(record.status)) throw failure;
+    }
+    if (options.cascade ?? true) {
+      for (const child of await this.store.children(id)) {
+        if (isFinalStatus(child.status)) continue;
+        // The canceled parent's own wait edges went with its final status.
+        if ((await this.store.waiters(child.id)).length > 0) continue;
+        await this.#cancel(child.id, { ...options, reason: reason ?? `parent ${id} was canceled` });
+      }
+    }
+    return canceled;
+  }
+
+  /**
+   * Ends the execution of a CANCELED invocation whose function has returned: gives its slots back
+   * and clears the runner's cancel request, in one atomic step. Called by the runner that
+   * executed it (`claimSeq`); recovery does it for a runner that died.
+   */
+  async endExecution(invocation: InvocationRef, options: ActorOptions = {}): Promise<void> {
+    await this.#change(invocation, { path: [], endExecution: true, ...this.#actor(options) });
+  }
+
   // --- concurrency and pick-up -----------------------------------------------------------------
 
   /** Whether running concurrency lets the invocation be picked up now (its slot is free or its own). */
@@ -666,7 +785,7 @@ export class Orchestrator {
    * recovered after `maxPendingSeconds`.
    */
   async getInvocationsToRun(max: number, options: { runnerId: string }): Promise<Invocation[]> {
-    return (await this.#claim(max, options.runnerId, false)).map((record) =>
+    return (await this.#claim(max, options.runnerId, false, undefined)).map((record) =>
       new Invocation(this, record)
     );
   }
@@ -680,14 +799,24 @@ export class Orchestrator {
    */
   async startInvocations(
     max: number,
-    options: { runnerId: string },
+    options: { runnerId: string; accepts?: (taskId: string) => boolean },
   ): Promise<
-    { readonly invocation: Invocation; readonly running: boolean; readonly claimSeq: number }[]
+    {
+      readonly invocation: Invocation;
+      readonly running: boolean;
+      readonly claimSeq: number;
+      /** The sequence number of the claimed record: the runner's writes name it. */
+      readonly seq: number;
+      /** Retries so far: the attempt this run is. */
+      readonly attempt: number;
+    }[]
   > {
-    return (await this.#claim(max, options.runnerId, true)).map((record) => ({
+    return (await this.#claim(max, options.runnerId, true, options.accepts)).map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
       claimSeq: record.claimSeq!,
+      seq: record.seq,
+      attempt: record.retries,
     }));
   }
 
@@ -695,6 +824,7 @@ export class Orchestrator {
     max: number,
     runnerId: string,
     start: boolean,
+    accepts: ((taskId: string) => boolean) | undefined,
   ): Promise<readonly InvocationRecord[]> {
     const nowMs = this.#host.clock.now();
     const preferredIds = this.options.blockingControl ? await this.store.blocking(max, nowMs) : [];
@@ -707,6 +837,7 @@ export class Orchestrator {
       rerouteOnConcurrencyControl: (taskId) =>
         this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
       purgeAtMs: this.#purgeAtMs(nowMs),
+      ...(accepts !== undefined ? { accepts } : {}),
       // Nothing to check: no call edge to add, and a task this app defines.
       ...(start
         ? {
@@ -765,16 +896,37 @@ export class Orchestrator {
    * so a concurrent change wins. The heartbeat entries of runners silent past the timeout are
    * removed. Returns the recovered invocations.
    */
-  async recoverInvocations(options: ActorOptions & { max?: number } = {}): Promise<Invocation[]> {
+  async recoverInvocations(
+    options: ActorOptions & { max?: number; ids?: readonly string[] } = {},
+  ): Promise<Invocation[]> {
     const actor = this.#actor(options);
     const heartbeatBeforeMs = actor.nowMs - this.options.runnerTimeoutSeconds * 1000;
-    const candidates = await this.store.recoverable({
-      pendingBeforeMs: actor.nowMs - this.options.maxPendingSeconds * 1000,
-      heartbeatBeforeMs,
-      max: options.max ?? 1000,
-    });
+    // With `ids`: a live runner taking back what the store says it executes but it does not
+    // (whatever their age): only those it owns.
+    const candidates = options.ids !== undefined
+      ? (await this.store.getMany(options.ids)).filter((record) =>
+        record.ownerId !== null && record.ownerId === actor.runnerId
+      )
+      : await this.store.recoverable({
+        pendingBeforeMs: actor.nowMs - this.options.maxPendingSeconds * 1000,
+        heartbeatBeforeMs,
+        max: options.max ?? 1000,
+      });
     const recovered: Invocation[] = [];
     for (const record of candidates) {
+      if (record.status === InvocationStatus.CANCELED) {
+        // Canceled, and its runner died before the function returned: give its slots back.
+        if (holdsSlots(record)) {
+          await this.store.change(record.id, {
+            path: [],
+            endExecution: true,
+            ...actor,
+            expectSeq: record.seq,
+          });
+        }
+        continue;
+      }
+      if (!RECOVERABLE_STATUSES.has(record.status)) continue;
       const recovery = record.status === InvocationStatus.PENDING
         ? InvocationStatus.PENDING_RECOVERY
         : InvocationStatus.RUNNING_RECOVERY;
@@ -785,6 +937,7 @@ export class Orchestrator {
       });
       if (outcome.ok) recovered.push(new Invocation(this, outcome.record));
     }
+    if (options.ids !== undefined) return recovered;
     // A runner silent past the timeout is dead: its heartbeat entry goes. What it still owns is
     // recovered all the same (by the age of the invocation), and if it was only asleep, its next
     // heartbeat writes the entry again while claim fencing refuses its stale writes.
@@ -817,10 +970,13 @@ export class Orchestrator {
    * Waits until every invocation is final and returns their results in order, or throws the first
    * error in order. Inside a running task the current invocation waits PAUSED.
    */
-  async waitForResults<Result>(invocations: readonly InvocationRef[]): Promise<Result[]> {
+  async waitForResults<Result>(
+    invocations: readonly InvocationRef[],
+    options: WaitOptions = {},
+  ): Promise<Result[]> {
     const ids = invocations.map(({ id }) => id);
-    await this.#wait(ids, "all");
-    const records = await this.store.getMany(ids);
+    await this.#wait(ids, "all", options);
+    const records = await this.#read(() => this.store.getMany(ids));
     const byId = new Map(records.map((record) => [record.id, record]));
     return ids.map((id) => this.#outcome<Result>(id, byId.get(id)));
   }
@@ -831,8 +987,10 @@ export class Orchestrator {
   ): AsyncGenerator<Result, void, undefined> {
     const pending = new Set(invocations.map(({ id }) => id));
     while (pending.size > 0) {
-      await this.#wait([...pending], "any");
-      const records = new Map((await this.store.getMany([...pending])).map((r) => [r.id, r]));
+      await this.#wait([...pending], "any", {});
+      const records = new Map(
+        (await this.#read(() => this.store.getMany([...pending]))).map((r) => [r.id, r]),
+      );
       const finishedAt = (id: string): number => records.get(id)?.finishedAtMs ?? -Infinity;
       const done = [...pending]
         .filter((id) => !records.has(id) || isFinalStatus(records.get(id)!.status))
@@ -849,20 +1007,62 @@ export class Orchestrator {
     return this.store.waitFinal(invocation.id, signal);
   }
 
-  /** Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged). */
-  async waitForFinals(ids: readonly string[], mode: "all" | "any"): Promise<void> {
-    if (mode === "all") {
-      await Promise.all(ids.map((id) => this.waitForFinal({ id })));
-    } else {
-      const controller = new AbortController();
-      await Promise.race(ids.map((id) => this.waitForFinal({ id }, controller.signal)));
-      controller.abort();
+  /**
+   * Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged); rejects
+   * with the reason of `signal` once it aborts. Store faults meanwhile are tried again.
+   */
+  async waitForFinals(
+    ids: readonly string[],
+    mode: "all" | "any",
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const done = new AbortController();
+    const stop = (): void => done.abort();
+    signal?.addEventListener("abort", stop, { once: true });
+    try {
+      const waitOne = (id: string): Promise<void> =>
+        this.#read(() => this.waitForFinal({ id }, done.signal), done.signal);
+      if (mode === "all") await Promise.all(ids.map(waitOne));
+      else await Promise.race(ids.map(waitOne));
+    } finally {
+      signal?.removeEventListener("abort", stop);
+      done.abort();
     }
+    signal?.throwIfAborted();
   }
 
-  #wait(ids: readonly string[], mode: "all" | "any"): Promise<void> {
-    const execution = currentExecution();
-    return execution !== undefined ? execution.waitFor(ids, mode) : this.waitForFinals(ids, mode);
+  /** Reads through store faults: tried again after a growing pause until `signal` aborts. */
+  #read<T>(step: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return retryFaults(step, { clock: this.#host.clock, signal });
+  }
+
+  async #wait(ids: readonly string[], mode: "all" | "any", options: WaitOptions): Promise<void> {
+    const { timeoutMs } = options;
+    if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs < 0)) {
+      throw new RangeError(`Cannot wait: timeoutMs must be a number ≥ 0, got ${timeoutMs}`);
+    }
+    let signal = options.signal;
+    const timer = new AbortController();
+    if (timeoutMs !== undefined) {
+      const timeout = new AbortController();
+      void this.#host.clock.sleep(timeoutMs, timer.signal).then(() => {
+        if (!timer.signal.aborted) {
+          timeout.abort(
+            new DOMException(`Cannot wait: ${timeoutMs} ms passed`, "TimeoutError"),
+          );
+        }
+      });
+      signal = signal === undefined ? timeout.signal : AbortSignal.any([signal, timeout.signal]);
+    }
+    try {
+      signal?.throwIfAborted();
+      const execution = currentExecution();
+      await (execution !== undefined
+        ? execution.waitFor(ids, mode, signal)
+        : this.waitForFinals(ids, mode, signal));
+    } finally {
+      timer.abort();
+    }
   }
 
   #outcome<Result>(id: string, record: InvocationRecord | undefined): Result {
@@ -880,6 +1080,10 @@ export class Orchestrator {
           : deserializeError(record.error, this.#host.errorClasses);
       case InvocationStatus.CONCURRENCY_CONTROLLED_FINAL:
         throw new ConcurrencyControlledError(record.taskId, record.id);
+      case InvocationStatus.CANCELED:
+        throw record.error === undefined
+          ? new CanceledError(id)
+          : deserializeError(record.error, this.#host.errorClasses);
       default:
         throw new NencError(
           `Cannot get the result of invocation ${id}: it is ${record.status}, not final`,
@@ -889,13 +1093,16 @@ export class Orchestrator {
 
   // --- internals -------------------------------------------------------------------------------
 
-  #actor(options: ActorOptions): { runnerId: string | null; nowMs: number; claimSeq?: number } {
+  #actor(
+    options: ActorOptions,
+  ): { runnerId: string | null; nowMs: number; claimSeq?: number; expectSeq?: number } {
     return {
       runnerId: options.runnerId !== undefined
         ? options.runnerId
         : currentExecution()?.runnerId ?? null,
       nowMs: this.#host.clock.now(),
       ...(options.claimSeq !== undefined ? { claimSeq: options.claimSeq } : {}),
+      ...(options.expectSeq !== undefined ? { expectSeq: options.expectSeq } : {}),
     };
   }
 
@@ -943,6 +1150,14 @@ export class Orchestrator {
     return record;
   }
 }
+
+/** The statuses recovery moves on (RUNNING_RECOVERY / PENDING_RECOVERY → REROUTED). */
+const RECOVERABLE_STATUSES: ReadonlySet<InvocationStatus> = new Set([
+  InvocationStatus.PENDING,
+  InvocationStatus.RUNNING,
+  InvocationStatus.PAUSED,
+  InvocationStatus.RESUMED,
+]);
 
 /** An invocation's hold on its call: what releasing it needs (no label to render). */
 function callHold(record: InvocationRecord): Pick<CallRef, "callId" | "invocationId"> {

@@ -1,23 +1,22 @@
 /**
  * The runner: runs an app's invocations in async slots, pauses those that wait on results so
  * their slots serve what they wait on, and keeps the system alive (heartbeats, recovery,
- * auto-purge).
+ * auto-purge). Its own writes survive store faults: each names the sequence number it expects,
+ * so a retry of a write that was applied but answered with an error is recognised as done, and
+ * a store error is tried again, never turned into the task's error.
  *
  * @module
  */
 
+import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
 import type { Clock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
-import {
-  InvocationStatusOwnershipError,
-  InvocationStatusTransitionError,
-  NencError,
-  TaskNotFoundError,
-} from "./errors.ts";
+import { CanceledError, NencError, StoreClosedError, TaskTimeoutError } from "./errors.ts";
 import type { Invocation } from "./invocation.ts";
-import type { Orchestrator } from "./orchestrator.ts";
+import type { ActorOptions, Orchestrator } from "./orchestrator.ts";
+import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap } from "./serializer.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
-import type { Task } from "./task.ts";
+import type { Task, TaskContext } from "./task.ts";
 
 /**
  * Options of `app.runner()`; defaults in brackets.
@@ -26,7 +25,7 @@ import type { Task } from "./task.ts";
  * ```ts
  * import { Nenc, type RunnerOptions } from "@nenc/nenc";
  *
- * const options: RunnerOptions = { concurrency: 16, heartbeatMs: 500 };
+ * const options: RunnerOptions = { concurrency: 16, heartbeatMs: 500, graceMs: 30_000 };
  * await using runner = new Nenc().runner(options);
  * console.log(runner.concurrency); // 16
  * ```
@@ -38,12 +37,55 @@ export interface RunnerOptions {
   runnerId?: string;
   /** Stops the runner when aborted. */
   signal?: AbortSignal;
-  /** How often an idle runner looks for work that was not announced to it [`100`]. */
+  /** How often an idle runner looks for work (and for cancels) not announced to it [`100`]. */
   pollMs?: number;
   /** How often the runner writes its heartbeat and recovers stale invocations [`1000`]. */
   heartbeatMs?: number;
   /** How often the runner purges final invocations that are due [`60000`]. */
   purgeIntervalMs?: number;
+  /**
+   * How long a function whose signal was aborted (cancel, timeout, stop) may still run before
+   * the runner stops waiting for it, warns, and records its end anyway; also the default of
+   * `stop()` and `drain()` [`10000`].
+   */
+  graceMs?: number;
+}
+
+/**
+ * Options of {@linkcode Runner.stop}.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type StopOptions } from "@nenc/nenc";
+ *
+ * const runner = new Nenc().runner();
+ * runner.start();
+ * const options: StopOptions = { graceMs: 2_000 };
+ * await runner.stop(options);
+ * ```
+ */
+export interface StopOptions {
+  /**
+   * How long running functions may finish on their own (their outcomes are recorded), and then
+   * how long they get after their signals are aborted [the runner's `graceMs`].
+   */
+  graceMs?: number;
+}
+
+/**
+ * Options of {@linkcode Runner.drain}.
+ *
+ * @example
+ * ```ts
+ * import { type DrainOptions, Nenc } from "@nenc/nenc";
+ *
+ * const options: DrainOptions = { maxMs: 50_000, graceMs: 5_000 };
+ * console.log(await new Nenc().runner().drain(options)); // { invocations: 0, timedOut: false }
+ * ```
+ */
+export interface DrainOptions extends StopOptions {
+  /** Stop picking up work after this long [`50000`]. */
+  maxMs?: number;
 }
 
 /**
@@ -95,6 +137,8 @@ export interface RunnerHost {
   readonly clock: Clock;
   /** The task with this id, if the app defines it. */
   getTask(taskId: string): Task<never, unknown> | undefined;
+  /** Every task the app defines: the heartbeat lists them. */
+  tasks?(): readonly Task<never, unknown>[];
 }
 
 const RUNNER_OPTIONS = new Set([
@@ -104,12 +148,23 @@ const RUNNER_OPTIONS = new Set([
   "pollMs",
   "heartbeatMs",
   "purgeIntervalMs",
+  "graceMs",
 ]);
+
+/** Error classes a runner rehydrates a cancel reason with. */
+const BUILT_IN_ERRORS = errorClassMap(DEFAULT_ERROR_CLASSES);
+
+/**
+ * A runner fences itself when its heartbeat has not landed for this share of the orchestrator's
+ * `runnerTimeoutSeconds`: before the others take it for dead and run its work again.
+ */
+const FENCE_SHARE = 0.75;
 
 /**
  * A runner of an app's invocations. `start()` begins picking up work; `stop()` (or
- * `await using`) stops, moving what it still runs RUNNING → KILLED → REROUTED so that another
- * runner picks it up: nothing is lost.
+ * `await using`) stops picking up, lets what runs finish for a grace period, then aborts it and
+ * hands it back (RUNNING → KILLED → REROUTED) once its function has returned, for another runner
+ * to pick up: nothing is lost, and no invocation runs twice at once.
  *
  * @example
  * ```ts
@@ -127,12 +182,19 @@ export class Runner implements AsyncDisposable {
   readonly id: string;
   /** Slots: invocations running at once. */
   readonly concurrency: number;
+  /** See {@linkcode RunnerOptions.graceMs}. */
+  readonly graceMs: number;
   readonly #host: RunnerHost;
   readonly #pollMs: number;
   readonly #heartbeatMs: number;
   readonly #purgeIntervalMs: number;
+  /** Aborted when the runner stops picking up work. */
   readonly #stop = new AbortController();
+  /** Aborted when the runner gives up on writes still being tried (the end of a stop). */
+  readonly #abandon = new AbortController();
   readonly #executions = new Map<string, Execution>();
+  /** Called when the last execution ends. */
+  #onEmpty: (() => void) | undefined;
   /** Resumes waiting for a slot; they get freed slots before new work. */
   readonly #resumeQueue: (() => void)[] = [];
   #free: number;
@@ -146,6 +208,10 @@ export class Runner implements AsyncDisposable {
   /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
   #onIdle: (() => void) | undefined;
   #finished = 0;
+  /** The time of the last heartbeat that landed. */
+  #lastBeatMs = -Infinity;
+  /** Its heartbeat did not land in time: it picks up nothing until one does. */
+  #fenced = false;
 
   /** Use `app.runner()`. */
   constructor(host: RunnerHost, options: RunnerOptions = {}) {
@@ -172,6 +238,7 @@ export class Runner implements AsyncDisposable {
     this.#pollMs = positive("pollMs", 100);
     this.#heartbeatMs = positive("heartbeatMs", 1000);
     this.#purgeIntervalMs = positive("purgeIntervalMs", 60_000);
+    this.graceMs = graceOf(options.graceMs, 10_000, "create a runner");
     const timeoutMs = host.orchestrator.options.runnerTimeoutSeconds * 1000;
     if (this.#heartbeatMs * 2 > timeoutMs) {
       throw new RangeError(
@@ -195,7 +262,7 @@ export class Runner implements AsyncDisposable {
 
   /**
    * Invocations this runner finished so far (succeeded, failed or re-queued for retry); what it
-   * handed back when stopped does not count. The CLI's worker shows it as progress.
+   * handed back, or what was canceled, does not count. The CLI's worker shows it as progress.
    *
    * @example
    * ```ts
@@ -214,8 +281,8 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
-   * Runs invocations until none is left to pick up and nothing runs, or for at most `maxMs`,
-   * then stops (what still runs then is handed back, as by {@linkcode Runner.stop}). For
+   * Runs invocations until none is left to pick up (a retry in back-off counts as left), nothing
+   * runs, or `maxMs` passed; then stops as {@linkcode Runner.stop} does, with `graceMs`. For
    * platforms whose isolates live only while they serve something — Deno Deploy: drain from
    * `Deno.cron` or from a request, in bounded slices that leave nothing half-done.
    *
@@ -226,15 +293,16 @@ export class Runner implements AsyncDisposable {
    * const app = new Nenc();
    * const add = app.task("add", ({ x, y }: { x: number; y: number }) => x + y);
    * const invocation = await add.call({ x: 1, y: 2 });
-   * const report = await app.runner({ concurrency: 4 }).drain({ maxMs: 10_000 });
+   * const report = await app.runner({ concurrency: 4 }).drain({ maxMs: 10_000, graceMs: 2_000 });
    * console.log(report.invocations, await invocation.result()); // 1 3
    * ```
    */
-  async drain(options: { maxMs?: number } = {}): Promise<DrainReport> {
+  async drain(options: DrainOptions = {}): Promise<DrainReport> {
     const maxMs = options.maxMs ?? 50_000;
     if (!Number.isFinite(maxMs) || maxMs <= 0) {
       throw new RangeError(`Cannot drain: maxMs must be a positive number, got ${maxMs}`);
     }
+    const graceMs = graceOf(options.graceMs, this.graceMs, "drain");
     const idle = new Promise<void>((resolve) => this.#onIdle = resolve);
     const deadline = new AbortController();
     if (this.#loop === undefined) this.start();
@@ -248,7 +316,7 @@ export class Runner implements AsyncDisposable {
     ]);
     deadline.abort();
     this.#onIdle = undefined;
-    await this.stop();
+    await this.stop({ graceMs });
     return { invocations: this.#finished, timedOut };
   }
 
@@ -257,75 +325,130 @@ export class Runner implements AsyncDisposable {
     if (this.#loop !== undefined) {
       throw new Error(`Cannot start runner ${this.id}: it was already started`);
     }
+    this.#lastBeatMs = this.#host.clock.now();
     this.#loop = this.#run();
-    this.#beats = this.#beat();
+    this.#beats = Promise.all([this.#beat(), this.#watchHeartbeat()]).then(() => {});
   }
 
   /**
-   * Stops picking up work and hands back what it still runs: RUNNING (or PENDING, PAUSED,
-   * RESUMED) → KILLED → REROUTED, re-queued for another runner.
+   * Stops: picks up nothing more and waits up to `graceMs` for what runs (its outcomes are
+   * recorded as usual). Then it aborts the signals of the functions still running, discards what
+   * they return, and hands each back (KILLED → REROUTED, re-queued for another runner) once its
+   * function has returned — or `graceMs` after the abort if it has not, with a warning naming it.
+   * A second call returns the first one's promise.
+   *
+   * @example Letting a long task wind down through its signal
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const poll = app.task("poll", async (_args: undefined, ctx) => {
+   *   while (!ctx.signal.aborted) await new Promise((resolve) => setTimeout(resolve, 5));
+   *   return "stopped";
+   * });
+   * const invocation = await poll.call();
+   * const runner = app.runner();
+   * runner.start();
+   * while (await invocation.status() !== "running") await new Promise((r) => setTimeout(r, 5));
+   * await runner.stop({ graceMs: 50 });
+   * console.log(await invocation.status()); // "rerouted"
+   * ```
    */
-  stop(): Promise<void> {
-    this.#stopped ??= this.#shutDown();
+  stop(options: StopOptions = {}): Promise<void> {
+    this.#stopped ??= this.#shutDown(graceOf(options.graceMs, this.graceMs, "stop"));
     return this.#stopped;
   }
 
-  async #shutDown(): Promise<void> {
+  async #shutDown(graceMs: number): Promise<void> {
+    const { orchestrator } = this.#host;
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
-    await this.#beats; // no heartbeat lands after the entry is removed below
-    const { orchestrator, clock } = this.#host;
+    // What runs may finish on its own for graceMs; then its signal aborts and it is handed back
+    // once its function returned (or graceMs later): each execution keeps its own grace.
+    await this.#untilEmpty(graceMs);
     for (const execution of this.#executions.values()) {
-      execution.killed = true;
-      try {
-        await orchestrator.store.change(execution.invocationId, {
-          path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
-          runnerId: this.id,
-          nowMs: clock.now(),
-          claimSeq: execution.claimSeq,
-        });
-      } catch {
-        // Already finished, or recovered (and maybe claimed again): nothing to hand back.
+      execution.abort(
+        new NencError(`Cannot go on: runner ${this.id} is stopping`),
+        "stop",
+        graceMs,
+      );
+    }
+    // Hand-backs are writes: tried through store faults for a while, then given up (recovery
+    // takes over once this runner's heartbeat is gone).
+    await this.#untilEmpty(graceMs + Math.max(graceMs, 5_000));
+    this.#abandon.abort();
+    for (const resume of this.#resumeQueue.splice(0)) resume();
+    await this.#untilEmpty(Infinity);
+    await this.#beats; // no heartbeat lands after the entry is removed below
+    try {
+      await orchestrator.store.removeRunner(this.id);
+    } catch (error) {
+      if (!(error instanceof StoreClosedError)) {
+        console.error(`nenc: runner ${this.id} could not remove its heartbeat:`, error);
       }
     }
-    for (const resume of this.#resumeQueue.splice(0)) resume();
-    this.#executions.clear();
-    await orchestrator.store.removeRunner(this.id);
   }
 
-  /** Same as {@linkcode Runner.stop}. */
+  /** Resolves when no execution is left, or after `ms` (never, for Infinity). */
+  async #untilEmpty(ms: number): Promise<void> {
+    if (this.#executions.size === 0 || ms <= 0) return;
+    const done = new AbortController();
+    await Promise.race([
+      new Promise<void>((resolve) => this.#onEmpty = resolve),
+      ...(Number.isFinite(ms) ? [this.#host.clock.sleep(ms, done.signal)] : []),
+    ]);
+    done.abort();
+    this.#onEmpty = undefined;
+  }
+
+  /** Same as {@linkcode Runner.stop} with the runner's `graceMs`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
 
   async #run(): Promise<void> {
-    const { orchestrator } = this.#host;
+    const { orchestrator, clock } = this.#host;
     const signal = this.#stop.signal;
+    const accepts = (taskId: string): boolean => this.#host.getTask(taskId) !== undefined;
     for (let failures = 0; !signal.aborted;) {
       try {
         await this.#maintain();
-        if (this.#free > 0 && this.#resumeQueue.length === 0) {
-          const invocations = await orchestrator.startInvocations(this.#free, {
+        if (!this.#fenced && this.#free > 0 && this.#resumeQueue.length === 0) {
+          const claimed = await orchestrator.startInvocations(this.#free, {
             runnerId: this.id,
+            accepts,
           });
-          for (const { invocation, running, claimSeq } of invocations) {
+          for (const { invocation, running, claimSeq, seq, attempt } of claimed) {
             this.#free--;
-            // Registered before any await, so a stop() from now on hands it back.
-            const execution = new Execution(this, this.#host, invocation, claimSeq);
+            // Registered before any await, so a stop() from now on sees it.
+            const execution = new Execution(this, this.#host, invocation, {
+              claimSeq,
+              seq,
+              attempt,
+            });
             this.#executions.set(invocation.id, execution);
             void this.#execute(execution, running);
           }
           failures = 0;
-          if (invocations.length > 0) continue;
-          if (this.#executions.size === 0 && this.#resumeQueue.length === 0) this.#onIdle?.();
+          if (claimed.length > 0) continue;
+          if (
+            this.#onIdle !== undefined && this.#executions.size === 0 &&
+            this.#resumeQueue.length === 0 &&
+            await orchestrator.store.nextAvailableMs(clock.now()) === undefined
+          ) this.#onIdle();
         }
         await this.#idle();
       } catch (error) {
+        if (error instanceof StoreClosedError) {
+          console.error(`nenc: runner ${this.id} stops: its store is closed`);
+          void this.stop({ graceMs: 0 });
+          return;
+        }
         // A failing store (a network error, a locked database) must not crash the process:
         // report it and try again after a growing pause.
         console.error(`nenc: runner ${this.id} loop failed, retrying:`, error);
-        await this.#host.clock.sleep(errorPauseMs(this.#pollMs, failures++), signal);
+        await clock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
   }
@@ -365,13 +488,51 @@ export class Runner implements AsyncDisposable {
   async #beat(): Promise<void> {
     const { orchestrator, clock } = this.#host;
     const signal = this.#stop.signal;
+    const taskIds = this.#host.tasks?.().map((task) => task.id);
     while (!signal.aborted) {
+      const nowMs = clock.now();
       try {
-        await orchestrator.store.heartbeat(this.id, clock.now());
+        await orchestrator.store.heartbeat(this.id, nowMs, taskIds);
+        this.#lastBeatMs = Math.max(this.#lastBeatMs, nowMs);
+        this.#fenced = false;
       } catch (error) {
+        if (error instanceof StoreClosedError) return;
         console.error(`nenc: runner ${this.id} could not write its heartbeat, retrying:`, error);
       }
       await clock.sleep(this.#heartbeatMs, signal);
+    }
+  }
+
+  /**
+   * Fences the runner when its heartbeat has not landed for most of `runnerTimeoutSeconds`: the
+   * others are about to take it for dead and run its invocations again, so it aborts their
+   * functions and writes nothing more for them (SPEC §7.1), and picks up nothing until a
+   * heartbeat lands. A timer of its own: a heartbeat write that hangs must not delay it.
+   */
+  async #watchHeartbeat(): Promise<void> {
+    const { orchestrator, clock } = this.#host;
+    const signal = this.#stop.signal;
+    const fenceAfterMs = orchestrator.options.runnerTimeoutSeconds * 1000 * FENCE_SHARE;
+    while (!signal.aborted) {
+      const dueMs = this.#lastBeatMs + fenceAfterMs;
+      if (clock.now() >= dueMs && !this.#fenced) this.#fence();
+      await clock.sleep(Math.max(this.#heartbeatMs / 4, dueMs - clock.now()), signal);
+    }
+  }
+
+  #fence(): void {
+    this.#fenced = true;
+    if (this.#executions.size === 0) return;
+    console.error(
+      `nenc: runner ${this.id} fences itself: its heartbeat has not landed for ${
+        this.#host.clock.now() - this.#lastBeatMs
+      } ms; it aborts and gives up ${this.#executions.size} invocation(s), which recovery re-runs`,
+    );
+    for (const execution of this.#executions.values()) {
+      execution.abort(
+        new NencError(`Cannot go on: runner ${this.id} lost its heartbeat`),
+        "fence",
+      );
     }
   }
 
@@ -381,10 +542,51 @@ export class Runner implements AsyncDisposable {
     if (nowMs >= this.#nextRecoveryMs) {
       this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
       await orchestrator.recoverInvocations({ runnerId: this.id });
+      await this.#recoverOrphans();
     }
     if (nowMs >= this.#nextPurgeMs) {
       this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
       await orchestrator.autoPurge();
+    }
+    await this.#takeCancels();
+  }
+
+  /**
+   * Invocations the store says this runner executes but it does not (a claim applied whose
+   * answer was lost, an execution that ended without its last write): recovered now, not when
+   * they look stale.
+   */
+  async #recoverOrphans(): Promise<void> {
+    const { orchestrator } = this.#host;
+    const orphans = (await orchestrator.store.executions(this.id)).filter((id) =>
+      !this.#executions.has(id)
+    );
+    if (orphans.length > 0) {
+      await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
+    }
+  }
+
+  /** Aborts the executions canceled since the last look (in any process). */
+  async #takeCancels(): Promise<void> {
+    const { orchestrator } = this.#host;
+    for (const id of await orchestrator.store.cancelRequests(this.id)) {
+      const execution = this.#executions.get(id);
+      if (execution !== undefined) {
+        if (execution.signal.aborted) continue;
+        const record = await orchestrator.store.get(id);
+        execution.abort(
+          record?.error === undefined
+            ? new CanceledError(id)
+            : deserializeError(record.error, BUILT_IN_ERRORS),
+          "cancel",
+        );
+      } else {
+        // Nothing of it runs here (its claim's answer was lost, or its end was not recorded):
+        // end it now, giving its slots back.
+        await orchestrator.endExecution({ id }, { runnerId: this.id }).catch((error) => {
+          console.error(`nenc: runner ${this.id} could not end canceled invocation ${id}:`, error);
+        });
+      }
     }
   }
 
@@ -406,106 +608,269 @@ export class Runner implements AsyncDisposable {
     this.#wakeUp();
   }
 
+  /**
+   * Makes one of the runner's own writes for `execution` (a status change named by the sequence
+   * number it expects), trying a store fault again after a growing pause until it lands or the
+   * runner gives up at the end of a stop. A write that answers `false` was refused by running
+   * concurrency (`"busy"`). A refusal by the state machine is explained by a fresh read: the
+   * invocation was canceled, or it is not this execution's any more (recovered, claimed
+   * elsewhere, gone). Any other error is the write's own (a result over a value limit): thrown.
+   */
+  async persist(
+    execution: Execution,
+    steps: number,
+    write: (actor: ActorOptions) => Promise<boolean | void>,
+  ): Promise<WriteVerdict> {
+    const { orchestrator, clock } = this.#host;
+    const abandon = this.#abandon.signal;
+    for (let failures = 0;; failures++) {
+      if (execution.fenced || abandon.aborted) return "gone";
+      try {
+        const applied = await write({
+          runnerId: this.id,
+          claimSeq: execution.claimSeq,
+          expectSeq: execution.seq,
+        });
+        if (applied === false) return "busy";
+        execution.seq += steps;
+        return "done";
+      } catch (error) {
+        if (error instanceof StoreClosedError) return "gone";
+        if (isStoreFault(error)) {
+          console.error(
+            `nenc: runner ${this.id} could not write invocation ${execution.invocationId}, retrying:`,
+            error,
+          );
+          await clock.sleep(faultPauseMs(this.#pollMs, failures), abandon);
+          continue;
+        }
+        let record;
+        try {
+          record = await retryFaults(() => orchestrator.store.get(execution.invocationId), {
+            clock,
+            signal: abandon,
+          });
+        } catch {
+          return "gone";
+        }
+        if (record === undefined || record.claimSeq !== execution.claimSeq) return "gone";
+        if (record.status === InvocationStatus.CANCELED) return "canceled";
+        if (record.ownerId !== this.id || isFinalStatus(record.status)) return "gone";
+        throw error;
+      }
+    }
+  }
+
   async #execute(execution: Execution, running: boolean): Promise<void> {
-    const { orchestrator } = this.#host;
+    const { orchestrator, clock } = this.#host;
     const invocation = execution.invocation;
-    const actor = { runnerId: this.id, claimSeq: execution.claimSeq };
+    let end: WriteVerdict = "gone";
     try {
       const task = this.#host.getTask(invocation.taskId);
       if (task === undefined) {
-        await orchestrator.setInvocationException(
-          invocation,
-          new TaskNotFoundError(invocation.taskId),
-          actor,
+        // Claimed through the public pick-up by a runner that lacks the task: back to the queue.
+        end = await this.persist(
+          execution,
+          1,
+          (actor) => orchestrator.rerouteInvocations([invocation], actor),
         );
         return;
       }
       if (!running) {
-        try {
-          const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
-          await orchestrator.setInvocationRun(parent, invocation, actor);
-        } catch {
-          return; // A cycle failed the invocation, or it was taken from this runner.
-        }
+        const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
+        end = await this.persist(
+          execution,
+          1,
+          (actor) => orchestrator.setInvocationRun(parent, invocation, actor),
+        ).catch(() => "gone" as const); // a cycle failed the invocation
+        if (end !== "done") return;
       }
-      let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
-      try {
-        const value = await runInExecution(execution, () => task.fn(invocation.args as never));
-        outcome = { ok: true, value };
-      } catch (error) {
-        outcome = { ok: false, error };
+      const timeoutMs = task.options.timeoutMs;
+      if (timeoutMs !== undefined) {
+        void clock.sleep(timeoutMs, execution.ended).then(() => {
+          if (execution.ended.aborted) return;
+          execution.abort(
+            new TaskTimeoutError(task.id, invocation.id, timeoutMs),
+            "timeout",
+          );
+        });
       }
-      // Waits the task left behind (a result() it did not await) no longer matter; if it is
-      // PAUSED it takes a slot again, since a final status is written from RUNNING or RESUMED.
-      await execution.settle();
-      if (execution.killed) return;
-      try {
-        if (outcome.ok) {
-          await orchestrator.setInvocationResult(invocation, outcome.value, actor);
-        } else if (
-          task.isRetriable(outcome.error) &&
-          await orchestrator.getInvocationRetries(invocation) < task.options.maxRetries
-        ) {
-          await orchestrator.setInvocationRetry(invocation, outcome.error, actor);
-        } else {
-          await orchestrator.setInvocationException(invocation, outcome.error, actor);
-        }
-      } catch (error) {
-        if (isFencedOut(error)) throw error;
-        // Finishing itself failed (a back-off function that throws, …): fail the invocation
-        // with that error rather than leave it RUNNING on a live runner.
-        await orchestrator.setInvocationException(invocation, error, actor);
-      }
-    } catch (error) {
-      // The write was refused: the invocation was recovered or killed meanwhile. The state
-      // machine fenced this runner out; its result is dropped on purpose.
-      if (!execution.killed) {
+      const outcome = await execution.run(task);
+      if (outcome === "ignored") {
         console.warn(
-          `nenc: runner ${this.id} could not finish invocation ${invocation.id}:`,
-          error,
+          `nenc: invocation ${invocation.id} (task ${task.id}) ignored its aborted signal (${
+            String((execution.signal.reason as Error)?.message ?? execution.signal.reason)
+          }) for ${execution.graceMs} ms; the runner records its end without waiting for it`,
         );
       }
+      end = await this.#record(execution, task, outcome);
+    } catch (error) {
+      console.error(`nenc: runner ${this.id} could not finish invocation ${invocation.id}:`, error);
     } finally {
+      execution.end();
+      if (end === "canceled") {
+        await this.persist(
+          execution,
+          0,
+          (actor) => orchestrator.endExecution(invocation, actor),
+        ).catch((error) => {
+          console.error(
+            `nenc: runner ${this.id} could not end invocation ${invocation.id}:`,
+            error,
+          );
+        });
+      }
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
-      if (!execution.killed) this.#finished++;
       execution.releaseSlot();
+      if (this.#executions.size === 0) this.#onEmpty?.();
     }
+  }
+
+  /** Records how an execution ended; returns how that went. */
+  async #record(
+    execution: Execution,
+    task: Task<never, unknown>,
+    outcome: ExecutionOutcome,
+  ): Promise<WriteVerdict> {
+    const { orchestrator } = this.#host;
+    const invocation = execution.invocation;
+    const kind = execution.abortKind;
+    if (kind === "fence") return "gone";
+    if (kind === "cancel") return "canceled";
+    if (kind === "stop") {
+      // Discarded: handed back for another runner, from wherever it is (PAUSED included).
+      return await this.persist(
+        execution,
+        2,
+        (actor) =>
+          orchestrator.store.change(invocation.id, {
+            path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
+            runnerId: actor.runnerId ?? this.id,
+            nowMs: this.#host.clock.now(),
+            claimSeq: execution.claimSeq,
+            expectSeq: execution.seq,
+          }).then((outcome) => {
+            if (!outcome.ok) {
+              throw new NencError(`Cannot hand back ${invocation.id}: ${outcome.reason}`);
+            }
+          }),
+      );
+    }
+    // A timeout fails the attempt whatever the function returned.
+    const result: ExecutionOutcome = kind === "timeout"
+      ? { ok: false, error: execution.signal.reason }
+      : outcome;
+    if (result === "ignored") throw new Error("unreachable: an ignored abort has a kind");
+    // A final status is written from RUNNING or RESUMED: a paused invocation takes a slot again.
+    const settled = await execution.settle();
+    if (settled !== "done") return settled;
+    let verdict: WriteVerdict;
+    try {
+      if (result.ok) {
+        verdict = await this.persist(
+          execution,
+          1,
+          (actor) => orchestrator.setInvocationResult(invocation, result.value, actor),
+        );
+      } else if (
+        task.isRetriable(result.error) && execution.attempt < task.options.maxRetries &&
+        retryDelayIsValid(task, execution.attempt)
+      ) {
+        verdict = await this.persist(
+          execution,
+          1,
+          (actor) => orchestrator.setInvocationRetry(invocation, result.error, actor),
+        );
+      } else {
+        verdict = await this.persist(
+          execution,
+          1,
+          (actor) => orchestrator.setInvocationException(invocation, result.error, actor),
+        );
+      }
+    } catch (error) {
+      // The write itself failed (a result over a store's value limit, …): fail the invocation
+      // with that error rather than leave it RUNNING on a live runner.
+      verdict = await this.persist(
+        execution,
+        1,
+        (actor) => orchestrator.setInvocationException(invocation, error, actor),
+      );
+    }
+    if (verdict === "done") this.#finished++;
+    return verdict;
   }
 }
 
-/** Whether a refused write means another runner (or recovery) owns the invocation now. */
-/** The pause before trying a failed store step again: doubling from `pollMs`, at most 5 s. */
-function errorPauseMs(pollMs: number, failures: number): number {
-  return Math.min(5_000, pollMs * 2 ** failures);
+/** A task's back-off function may throw: then the attempt fails instead of retrying. */
+function retryDelayIsValid(task: Task<never, unknown>, attempt: number): boolean {
+  try {
+    task.retryDelayMs(attempt + 1);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
-function isFencedOut(error: unknown): boolean {
-  return error instanceof InvocationStatusOwnershipError ||
-    error instanceof InvocationStatusTransitionError;
+function graceOf(value: number | undefined, fallback: number, what: string): number {
+  const graceMs = value ?? fallback;
+  if (typeof graceMs !== "number" || !Number.isFinite(graceMs) || graceMs < 0) {
+    throw new RangeError(`Cannot ${what}: graceMs must be a number ≥ 0, got ${graceMs}`);
+  }
+  return graceMs;
 }
 
-/** One invocation running on a runner: its side of `result()` (pause, wait, resume). */
+/**
+ * How one of the runner's writes went: landed, refused by running concurrency (a resume), the
+ * invocation was canceled, or it is not this execution's any more.
+ */
+type WriteVerdict = "done" | "busy" | "canceled" | "gone";
+
+/** How a task function ended: a value, an error, or still running past its grace. */
+type ExecutionOutcome = { ok: true; value: unknown } | { ok: false; error: unknown } | "ignored";
+
+/** Why an execution's signal was aborted. */
+type AbortKind = "cancel" | "timeout" | "stop" | "fence";
+
+/** One invocation running on a runner: its context, its signal, its side of `result()`. */
 class Execution implements ExecutionContext {
   readonly invocation: Invocation;
   readonly invocationId: string;
   /** The claim this execution holds: its writes are refused once another claim supersedes it. */
   readonly claimSeq: number;
+  /** The retries before this attempt. */
+  readonly attempt: number;
   readonly runnerId: string;
-  killed = false;
+  /** The sequence number of the record as this execution last wrote it. */
+  seq: number;
+  /** The grace its function got after its abort. */
+  graceMs = 0;
   readonly #runner: Runner;
   readonly #host: RunnerHost;
+  readonly #abort = new AbortController();
+  readonly #ended = new AbortController();
+  #abortKind: AbortKind | undefined;
+  /** Resolves `graceMs` after the abort. */
+  #graceOver: Promise<void> | undefined;
   #waits = 0;
   #paused = false;
   /** Whether it holds one of its runner's slots: it starts with the one its pick-up took. */
   #holdsSlot = true;
-  /** A PAUSED or RESUMED write was refused: the invocation was recovered and is not its any more. */
-  #fencedOut = false;
+  /** Its invocation is not its own any more (recovered, fenced): it writes nothing. */
+  #gone = false;
   #settled = false;
   /** Pause and resume run one after the other, in call order. */
-  #serial: Promise<void> = Promise.resolve();
+  #serial: Promise<unknown> = Promise.resolve();
 
-  constructor(runner: Runner, host: RunnerHost, invocation: Invocation, claimSeq: number) {
-    this.claimSeq = claimSeq;
+  constructor(
+    runner: Runner,
+    host: RunnerHost,
+    invocation: Invocation,
+    claim: { claimSeq: number; seq: number; attempt: number },
+  ) {
+    this.claimSeq = claim.claimSeq;
+    this.seq = claim.seq;
+    this.attempt = claim.attempt;
     this.#runner = runner;
     this.#host = host;
     this.invocation = invocation;
@@ -513,17 +878,97 @@ class Execution implements ExecutionContext {
     this.runnerId = runner.id;
   }
 
-  async waitFor(ids: readonly string[], mode: "all" | "any"): Promise<void> {
-    const { orchestrator } = this.#host;
-    const records = new Map((await orchestrator.store.getMany(ids)).map((r) => [r.id, r]));
+  /** Aborted on cancel, timeout, stop and fence, with the cause as its reason. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  /** Aborted when the execution has ended (its end recorded or given up). */
+  get ended(): AbortSignal {
+    return this.#ended.signal;
+  }
+
+  /** Why the signal was aborted, if it was. */
+  get abortKind(): AbortKind | undefined {
+    return this.#abortKind;
+  }
+
+  /** Fenced: the runner lost its heartbeat; nothing more is written for this execution. */
+  get fenced(): boolean {
+    return this.#abortKind === "fence" || this.#gone;
+  }
+
+  /**
+   * Aborts the function's signal (the first reason wins) and starts its grace [the runner's
+   * `graceMs`].
+   */
+  abort(reason: unknown, kind: AbortKind, graceMs: number = this.#runner.graceMs): void {
+    if (this.#abort.signal.aborted) return;
+    this.#abortKind = kind;
+    this.graceMs = graceMs;
+    // Before the abort: its listeners run at once and wait for the grace. No grace is no sleep
+    // at all (a test clock may never move).
+    this.#graceOver = graceMs === 0
+      ? Promise.resolve()
+      : this.#host.clock.sleep(graceMs, this.#ended.signal);
+    this.#abort.abort(reason);
+  }
+
+  /** The execution is over: timers stop. */
+  end(): void {
+    this.#ended.abort();
+  }
+
+  /** Runs the task's function in this execution's context, until it returns or its grace ends. */
+  async run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
+    const invocation = this.invocation;
+    const ctx: TaskContext = {
+      invocationId: invocation.id,
+      taskId: invocation.taskId,
+      parentId: invocation.parentId,
+      runnerId: this.runnerId,
+      attempt: this.attempt,
+      signal: this.signal,
+      scheduledAt: null,
+    };
+    const returned = (async (): Promise<ExecutionOutcome> => {
+      try {
+        return {
+          ok: true,
+          value: await runInExecution(this, () => task.fn(invocation.args as never, ctx)),
+        };
+      } catch (error) {
+        return { ok: false, error };
+      }
+    })();
+    const ignored = new Promise<"ignored">((resolve) => {
+      const onAbort = (): void => void this.#graceOver!.then(() => resolve("ignored"));
+      if (this.signal.aborted) onAbort();
+      else this.signal.addEventListener("abort", onAbort, { once: true });
+    });
+    return await Promise.race([returned, ignored]);
+  }
+
+  async waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
+    const { orchestrator, clock } = this.#host;
+    const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
+    const records = new Map(
+      (await retryFaults(() => orchestrator.store.getMany(ids), { clock, signal: stop })).map((
+        r,
+      ) => [r.id, r]),
+    );
     const pending = ids.filter((id) => {
       const record = records.get(id);
       return record !== undefined && !isFinalStatus(record.status);
     });
     if (mode === "all" ? pending.length === 0 : pending.length < ids.length) return;
+    stop.throwIfAborted();
     this.#assertAlive();
     // Only what is still pending: an edge to a final invocation would never be released.
-    await orchestrator.waitingForResults(this.invocation, pending.map((id) => ({ id })));
+    await retryFaults(
+      () => orchestrator.waitingForResults(this.invocation, pending.map((id) => ({ id }))),
+      { clock, signal: stop },
+    );
     if (++this.#waits === 1) {
       try {
         await this.#inOrder(() => this.#pause());
@@ -533,20 +978,31 @@ class Execution implements ExecutionContext {
       }
     }
     try {
-      await orchestrator.waitForFinals(ids, mode);
+      await orchestrator.waitForFinals(ids, mode, stop);
     } finally {
-      if (--this.#waits === 0 && !this.#settled) await this.#inOrder(() => this.#resume());
+      // An aborted execution does not resume for its waits: settle() decides what it needs.
+      if (--this.#waits === 0 && !this.#settled && !this.signal.aborted) {
+        await this.#inOrder(() => this.#resume());
+      }
     }
   }
 
   /**
-   * The task function returned: outstanding waits no longer resume it; if PAUSED, resume now
-   * (unless it was fenced out: then its finishing write is refused by the claim fence anyway).
+   * The task function returned and its outcome is to be written: outstanding waits no longer
+   * resume it; if PAUSED, resume now (a final status is written from RUNNING or RESUMED).
    */
-  async settle(): Promise<void> {
+  settle(): Promise<WriteVerdict> {
     this.#settled = true;
-    await this.#inOrder(async () => {
-      if (this.#paused && !this.killed && !this.#fencedOut) await this.#resume();
+    return this.#inOrder(async () => {
+      if (this.#gone) return "gone";
+      if (!this.#paused) return "done";
+      try {
+        await this.#resume();
+        return "done";
+      } catch (error) {
+        if (error instanceof CanceledError) return "canceled";
+        return "gone";
+      }
     });
   }
 
@@ -557,7 +1013,7 @@ class Execution implements ExecutionContext {
     this.#runner.releaseSlot();
   }
 
-  #inOrder(step: () => Promise<void>): Promise<void> {
+  #inOrder<T>(step: () => Promise<T>): Promise<T> {
     const next = this.#serial.then(step);
     this.#serial = next.catch(() => {});
     return next;
@@ -569,39 +1025,43 @@ class Execution implements ExecutionContext {
     this.releaseSlot();
   }
 
-  /** PAUSED or RESUMED; a write refused by the ownership/claim fence fences this execution out. */
-  async #setStatus(status: InvocationStatus): Promise<boolean> {
-    try {
-      return await this.#host.orchestrator.setInvocationStatus(this.invocation, status, {
-        runnerId: this.runnerId,
-        claimSeq: this.claimSeq,
-      });
-    } catch (error) {
-      if (isFencedOut(error)) this.#fencedOut = true;
-      throw error;
-    }
-  }
-
   /**
-   * A killed execution (its runner stopped) or a fenced-out one (its invocation was recovered)
-   * must not act: the invocation is not its own any more.
+   * PAUSED or RESUMED through the runner's fault-tolerant write; `false` when running concurrency
+   * refused the slot (RESUMED). A cancel or a lost claim aborts and throws.
    */
-  #assertAlive(): void {
-    if (this.killed) {
+  async #setStatus(status: InvocationStatus): Promise<boolean> {
+    const verdict = await this.#runner.persist(
+      this,
+      1,
+      (actor) => this.#host.orchestrator.setInvocationStatus(this.invocation, status, actor),
+    );
+    if (verdict === "busy") return false;
+    if (verdict === "canceled") {
+      const reason = new CanceledError(this.invocationId);
+      this.abort(reason, "cancel");
+      throw reason;
+    }
+    if (verdict === "gone") {
+      this.#gone = true;
       throw new NencError(
-        `Cannot wait in invocation ${this.invocationId}: runner ${this.runnerId} stopped and handed it back`,
+        `Cannot go on with invocation ${this.invocationId}: it is not runner ${this.runnerId}'s any more`,
       );
     }
-    if (this.#fencedOut) {
+    return true;
+  }
+
+  /** A gone execution (recovered elsewhere, fenced) must not act: the invocation is not its own. */
+  #assertAlive(): void {
+    if (this.fenced) {
       throw new NencError(
-        `Cannot wait in invocation ${this.invocationId}: it was recovered from runner ${this.runnerId}`,
+        `Cannot wait in invocation ${this.invocationId}: it is not runner ${this.runnerId}'s any more`,
       );
     }
   }
 
   async #resume(): Promise<void> {
     const { orchestrator, clock } = this.#host;
-    for (let failures = 0;;) {
+    for (;;) {
       this.#assertAlive();
       await this.#runner.acquireSlot();
       this.#holdsSlot = true;
@@ -609,17 +1069,8 @@ class Execution implements ExecutionContext {
       try {
         this.#assertAlive();
         resumed = await this.#setStatus(InvocationStatus.RESUMED);
-      } catch (error) {
-        if (this.killed || this.#fencedOut) throw error;
-        // A store error (the network, a locked file): given up, the invocation would stay PAUSED
-        // on a live runner, which recovery leaves alone. Try again after a growing pause.
-        console.error(`nenc: could not resume invocation ${this.invocationId}, retrying:`, error);
-        this.releaseSlot();
-        await clock.sleep(errorPauseMs(this.#runner.pollMs, failures++));
-        continue;
       } finally {
-        // Only RESUMED keeps the slot: killed meanwhile, fenced out, or any failed write gives
-        // it back (a fenced-out execution never resumes; settle() does not try again).
+        // Only RESUMED keeps the slot: a refused or failed resume gives it back.
         if (!resumed) this.releaseSlot();
       }
       if (resumed) {
@@ -629,15 +1080,15 @@ class Execution implements ExecutionContext {
       // Running concurrency: another invocation of the same key holds the slot (the store has
       // reserved it for this one meanwhile). The runner slot went back above; try again when the
       // holder finishes, or after a poll interval (the holder may pause instead).
-      const record = await orchestrator.store.get(this.invocationId);
+      const record = await retryFaults(() => orchestrator.store.get(this.invocationId), { clock });
       const holder = record === undefined || record.runningKey === null
         ? undefined
-        : await orchestrator.store.slotHolder(record.runningKey);
+        : await retryFaults(() => orchestrator.store.slotHolder(record.runningKey!), { clock });
       const wait = new AbortController();
       await Promise.race([
         holder === undefined
           ? Promise.resolve()
-          : orchestrator.waitForFinal({ id: holder }, wait.signal),
+          : orchestrator.waitForFinal({ id: holder }, wait.signal).catch(() => {}),
         clock.sleep(this.#runner.pollMs, wait.signal),
       ]);
       wait.abort();

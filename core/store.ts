@@ -108,6 +108,33 @@ export interface InvocationRecord {
   readonly finishedAtMs: number | null;
   /** When a final invocation is purged, or `null`. */
   readonly purgeAtMs: number | null;
+  /**
+   * Whether an execution holds the invocation's slots (its running key): from its pick-up to the
+   * commit that records the execution's end, except while PAUSED (SPEC §7.1). A CANCELED
+   * invocation keeps them until its function returned. Read it through {@linkcode holdsSlots}:
+   * records written before 0.2 lack it.
+   */
+  readonly holdsSlots?: boolean;
+}
+
+/**
+ * Whether an execution of the invocation holds its slots; see
+ * {@linkcode InvocationRecord.holdsSlots}.
+ *
+ * @example A running invocation holds its slots, a paused one gave them back
+ * ```ts
+ * import { holdsSlots, type InvocationRecord } from "@nenc/nenc";
+ *
+ * const base: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t", status: "running", ownerId: "r1", seq: 3, updatedAtMs: 0, createdAtMs: 0,
+ *   retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: 2,
+ * };
+ * console.log(holdsSlots(base), holdsSlots({ ...base, status: "paused" })); // true false
+ * ```
+ */
+export function holdsSlots(record: InvocationRecord): boolean {
+  return record.holdsSlots ?? SLOT_HOLDING_STATUSES.has(record.status);
 }
 
 /**
@@ -195,6 +222,11 @@ export interface StatusChange {
   readonly availableAtMs?: number;
   /** When a final invocation is purged. */
   readonly purgeAtMs?: number;
+  /**
+   * Ends the execution of a CANCELED invocation whose function has returned (or whose runner
+   * died): gives its slots back, with an empty `path`.
+   */
+  readonly endExecution?: boolean;
 }
 
 /**
@@ -217,6 +249,11 @@ export type ChangeOutcome =
     readonly ok: true;
     readonly record: InvocationRecord;
     readonly entries: readonly HistoryEntry[];
+    /**
+     * The change had already been applied (by an earlier try whose answer was lost): nothing
+     * was written now, see {@linkcode isAppliedChange}.
+     */
+    readonly replayed?: true;
   }
   | {
     readonly ok: false;
@@ -260,6 +297,11 @@ export interface ClaimRequest {
    * nothing to check before running); otherwise it stops at PENDING.
    */
   readonly runAtOnce?: (record: InvocationRecord) => boolean;
+  /**
+   * Whether the runner runs this task [all]: invocations of other tasks stay queued, untouched,
+   * for a runner that defines them (a rolling deploy loses nothing).
+   */
+  readonly accepts?: (taskId: string) => boolean;
 }
 
 /**
@@ -389,9 +431,9 @@ export interface RecoverableQuery {
  * import { Nenc, type RunnerInfo } from "@nenc/nenc";
  *
  * const app = new Nenc();
- * await app.orchestrator.store.heartbeat("r1", 1_700_000_000_000);
+ * await app.orchestrator.store.heartbeat("r1", 1_700_000_000_000, ["ping"]);
  * const runners: RunnerInfo[] = await app.orchestrator.store.runners();
- * console.log(runners); // [{ runnerId: "r1", lastSeenMs: 1700000000000 }]
+ * console.log(runners); // [{ runnerId: "r1", lastSeenMs: 1700000000000, taskIds: ["ping"] }]
  * ```
  */
 export interface RunnerInfo {
@@ -399,6 +441,8 @@ export interface RunnerInfo {
   readonly runnerId: string;
   /** Its last heartbeat, epoch ms. */
   readonly lastSeenMs: number;
+  /** The tasks it defines, when its heartbeat said. */
+  readonly taskIds?: readonly string[];
 }
 
 /**
@@ -461,8 +505,17 @@ export interface Store {
   children(parentId: string): Promise<InvocationRecord[]>;
   /** The invocation holding a running slot, or `undefined`. */
   slotHolder(runningKey: string): Promise<string | undefined>;
-  /** Invocations due for recovery: stale PENDING, or owned by dead runners. */
+  /**
+   * Invocations due for recovery: stale PENDING, or owned by dead runners (including CANCELED
+   * ones whose execution still holds its slots).
+   */
   recoverable(query: RecoverableQuery): Promise<InvocationRecord[]>;
+  /** The invocations a runner executes (owns), from the per-runner index. */
+  executions(runnerId: string): Promise<string[]>;
+  /** Canceled invocations whose execution on this runner has not ended yet. */
+  cancelRequests(runnerId: string): Promise<string[]>;
+  /** The earliest time after `nowMs` at which a queued invocation becomes available, if any. */
+  nextAvailableMs(nowMs: number): Promise<number | undefined>;
   /** Counts per task and status. */
   counts(): Promise<Map<string, Map<InvocationStatus, number>>>;
 
@@ -474,13 +527,15 @@ export interface Store {
   waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void>;
   /** Removes the wait edges of a final invocation. */
   releaseWaiters(id: string): Promise<void>;
+  /** The invocations waiting on `id`. */
+  waiters(id: string): Promise<string[]>;
   /** Waited-on invocations that wait on nothing and are available to run, oldest first wait first. */
   blocking(max: number, nowMs: number): Promise<string[]>;
   /** The whole live call graph and wait graph, for inspection (the CLI's `graph`). */
   graphs(): Promise<LiveGraphs>;
 
-  /** Records a runner's heartbeat. */
-  heartbeat(runnerId: string, nowMs: number): Promise<void>;
+  /** Records a runner's heartbeat, with the tasks it defines. */
+  heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void>;
   /**
    * Forgets a runner: one that stopped cleanly, or, with `seenBeforeMs`, one whose last heartbeat
    * is older than that (a heartbeat written meanwhile keeps it).
@@ -540,6 +595,7 @@ export function planRegistration(
     finishedAtMs: null,
     purgeAtMs: null,
     claimSeq: null,
+    holdsSlots: false,
   };
   return { record, entry };
 }
@@ -576,6 +632,45 @@ export interface ChangePlan {
   readonly queue: "enqueue" | "dequeue" | "none";
   /** The invocation reached a final status. */
   readonly final: boolean;
+  /**
+   * The per-runner index of executions ({@linkcode Store.executions}): the runner whose entry
+   * goes, and the one whose entry comes (`null`: none).
+   */
+  readonly executions: { readonly remove: string | null; readonly add: string | null };
+  /**
+   * The cancel request of a running execution ({@linkcode Store.cancelRequests}): set for the
+   * runner that executes an invocation being canceled, cleared when that execution ends.
+   */
+  readonly cancelRequest: { readonly set: string | null; readonly clear: string | null };
+}
+
+/**
+ * Whether `change` was already applied to `record`: the record is `change.path.length` steps past
+ * `change.expectSeq`, at the last status of the path, under the same claim. A runner's write that
+ * was applied but answered with an error (a lost reply over the network) is retried with the same
+ * `expectSeq`; backends return it as done instead of a conflict. Only the claim's owner moves an
+ * owned invocation, and cancel and recovery end in statuses of their own, so nobody else can
+ * produce that record.
+ *
+ * @example A SUCCESS write whose reply was lost
+ * ```ts
+ * import { type InvocationRecord, isAppliedChange } from "@nenc/nenc";
+ *
+ * const done: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: null, status: "success", ownerId: null, seq: 4, updatedAtMs: 0, createdAtMs: 0,
+ *   retries: 0, availableAtMs: 0, finishedAtMs: 0, purgeAtMs: 9, claimSeq: 2,
+ * };
+ * const write = { path: ["success" as const], runnerId: "r1", nowMs: 1, expectSeq: 3, claimSeq: 2 };
+ * console.log(isAppliedChange(done, write), isAppliedChange(done, { ...write, claimSeq: 7 })); // true false
+ * ```
+ */
+export function isAppliedChange(record: InvocationRecord, change: StatusChange): boolean {
+  if (change.expectSeq === undefined) return false;
+  if (change.claimSeq !== undefined && change.claimSeq !== record.claimSeq) return false;
+  if (change.endExecution) return record.seq === change.expectSeq && !holdsSlots(record);
+  return change.path.length > 0 && record.seq === change.expectSeq + change.path.length &&
+    record.status === change.path[change.path.length - 1];
 }
 
 /**
@@ -665,13 +760,22 @@ export function decideSlot(
  * ```
  */
 export function planChange(record: InvocationRecord, change: StatusChange): ChangePlan {
-  if (change.path.length === 0) {
-    throw new RangeError(`Cannot change invocation ${record.id}: the status path is empty`);
+  if ((change.path.length === 0) !== (change.endExecution === true)) {
+    throw new RangeError(
+      `Cannot change invocation ${record.id}: ${
+        change.endExecution ? "ending an execution enters no status" : "the status path is empty"
+      }`,
+    );
+  }
+  if (change.endExecution && record.status !== InvocationStatus.CANCELED) {
+    throw new RangeError(
+      `Cannot end the execution of invocation ${record.id}: it is ${record.status}, not canceled`,
+    );
   }
   if (change.claimSeq !== undefined && change.claimSeq !== record.claimSeq) {
     throw new InvocationStatusOwnershipError(
       record.status,
-      change.path[0]!,
+      change.path[0] ?? "(end of execution)",
       record.ownerId ?? "(none)",
       change.runnerId,
       record.id,
@@ -693,18 +797,28 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   }
   const from = record.status;
   const to = status.status;
-  const held = SLOT_HOLDING_STATUSES.has(from);
-  const holds = SLOT_HOLDING_STATUSES.has(to);
+  const held = holdsSlots(record);
+  // A canceled execution keeps its slots until its function returned (endExecution).
+  const holds = change.endExecution
+    ? false
+    : to === InvocationStatus.CANCELED
+    ? held
+    : SLOT_HOLDING_STATUSES.has(to);
   const wasQueued = AVAILABLE_FOR_RUN_STATUSES.has(from);
   const queued = AVAILABLE_FOR_RUN_STATUSES.has(to);
   const final = FINAL_STATUSES.has(to);
+  // A canceled invocation stays owned only while its execution holds slots: the owner is the
+  // runner that must still end it (or, dead, whose work recovery ends).
+  const ownerId = to === InvocationStatus.CANCELED && !holds ? null : status.ownerId;
   const next: InvocationRecord = {
     ...status,
+    ownerId,
+    holdsSlots: holds,
     claimSeq,
     retries: record.retries + (change.incrementRetries ? 1 : 0),
     availableAtMs: queued ? change.availableAtMs ?? change.nowMs : record.availableAtMs,
-    finishedAtMs: final ? change.nowMs : null,
-    purgeAtMs: final ? change.purgeAtMs ?? null : null,
+    finishedAtMs: change.endExecution ? record.finishedAtMs : final ? change.nowMs : null,
+    purgeAtMs: change.endExecution ? record.purgeAtMs : final ? change.purgeAtMs ?? null : null,
     ...(change.result !== undefined ? { result: change.result } : {}),
     ...(change.error !== undefined ? { error: change.error } : {}),
   };
@@ -716,6 +830,17 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     releaseReservation: from === InvocationStatus.PAUSED && to !== InvocationStatus.RESUMED &&
       record.runningKey !== null,
     queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
-    final,
+    // The final status of a path already entered: only endExecution changes nothing else.
+    final: final && !change.endExecution,
+    executions: {
+      remove: record.ownerId !== null && record.ownerId !== ownerId ? record.ownerId : null,
+      add: ownerId !== null && ownerId !== record.ownerId ? ownerId : null,
+    },
+    cancelRequest: {
+      set: to === InvocationStatus.CANCELED && from !== to && record.ownerId !== null
+        ? record.ownerId
+        : null,
+      clear: change.endExecution ? record.ownerId ?? change.runnerId : null,
+    },
   };
 }

@@ -32,7 +32,48 @@ export type ConcurrencyMode = "disabled" | "task" | "arguments" | "keys";
 const MODES: readonly ConcurrencyMode[] = ["disabled", "task", "arguments", "keys"];
 
 /**
- * The function of a task: one plain object of named arguments in, a value or promise out.
+ * What a running task knows about its own run: the second argument of its function.
+ *
+ * @example A task that reads its context and honours its abort signal
+ * ```ts
+ * import { Nenc, type TaskContext } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const crawl = app.task("crawl", async ({ url }: { url: string }, ctx: TaskContext) => {
+ *   // Pass the signal on: a cancel, a timeout or a runner stop aborts the fetch too.
+ *   // const page = await fetch(url, { signal: ctx.signal });
+ *   ctx.signal.throwIfAborted();
+ *   return `${url} on attempt ${ctx.attempt}, invocation ${ctx.invocationId} of ${ctx.taskId}`;
+ * });
+ * const invocation = await crawl.call({ url: "https://example.com" });
+ * await app.runner().drain();
+ * console.log(await invocation.result()); // "https://example.com on attempt 0, invocation 01… of crawl"
+ * ```
+ */
+export interface TaskContext {
+  /** The invocation being run. */
+  readonly invocationId: string;
+  /** Its task. */
+  readonly taskId: string;
+  /** The invocation that called it, or `null`. */
+  readonly parentId: string | null;
+  /** The runner running it. */
+  readonly runnerId: string;
+  /** The retries so far: 0 on the first run. */
+  readonly attempt: number;
+  /**
+   * Aborted on cancel ({@linkcode CanceledError}), timeout ({@linkcode TaskTimeoutError}) and
+   * runner stop, with the cause as its `reason`; what the function returns afterwards is
+   * discarded.
+   */
+  readonly signal: AbortSignal;
+  /** The tick time (epoch ms) for an invocation a schedule fired, else `null`. */
+  readonly scheduledAt: number | null;
+}
+
+/**
+ * The function of a task: one plain object of named arguments in, a value or promise out; its
+ * second argument is the run's {@linkcode TaskContext}.
  *
  * @example A task function defined apart from its app
  * ```ts
@@ -45,7 +86,10 @@ const MODES: readonly ConcurrencyMode[] = ["disabled", "task", "arguments", "key
  * console.log(await invocation.result()); // "hello ada"
  * ```
  */
-export type TaskFunction<Args, Result> = (args: Args) => Result | Promise<Result>;
+export type TaskFunction<Args, Result> = (
+  args: Args,
+  ctx: TaskContext,
+) => Result | Promise<Result>;
 
 /**
  * Options of a task; every option has a default (in brackets).
@@ -82,6 +126,12 @@ export interface TaskOptions<Args = unknown> {
   retryBackoffMs?: number | ((attempt: number) => number);
   /** Batch size of `parallelize` [`100`]. */
   parallelBatchSize?: number;
+  /**
+   * Wall time an attempt may take, paused time included [none]. At the deadline `ctx.signal`
+   * aborts with {@linkcode TaskTimeoutError}; the invocation fails with it when the function
+   * returns, or the runner's `graceMs` later if it has not (retried when `retryFor` lists it).
+   */
+  timeoutMs?: number;
 }
 
 /**
@@ -117,6 +167,8 @@ export interface ResolvedTaskOptions {
   readonly retryBackoffMs: number | ((attempt: number) => number);
   /** See {@linkcode TaskOptions.parallelBatchSize}. */
   readonly parallelBatchSize: number;
+  /** See {@linkcode TaskOptions.timeoutMs}; `undefined`: none. */
+  readonly timeoutMs: number | undefined;
 }
 
 const OPTION_NAMES = new Set([
@@ -129,6 +181,7 @@ const OPTION_NAMES = new Set([
   "retryFor",
   "retryBackoffMs",
   "parallelBatchSize",
+  "timeoutMs",
 ]);
 
 /**
@@ -215,6 +268,15 @@ export function resolveTaskOptions(
   ) {
     fail("retryBackoffMs must be a number ≥ 0 or a function of the attempt");
   }
+  const timeoutMs = options.timeoutMs;
+  if (
+    timeoutMs !== undefined &&
+    (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0)
+  ) {
+    throw new RangeError(
+      `Cannot define task ${taskId}: timeoutMs must be a number > 0, got ${timeoutMs}`,
+    );
+  }
   return {
     registrationConcurrency,
     runningConcurrency,
@@ -225,6 +287,7 @@ export function resolveTaskOptions(
     retryFor: retryFor.includes(RetryError) ? retryFor : [RetryError, ...retryFor],
     retryBackoffMs,
     parallelBatchSize: count("parallelBatchSize", 100, 1),
+    timeoutMs,
   };
 }
 

@@ -62,7 +62,10 @@ export class Keys {
       ? [...this.app, "child", parentId]
       : [...this.app, "child", parentId, id];
   }
-  /** Index: the invocations in a status that recovery scans (PENDING, RUNNING, PAUSED, RESUMED). */
+  /**
+   * Index: the invocations in a status that recovery scans (PENDING, RUNNING, PAUSED, RESUMED, and
+   * CANCELED while its execution holds its slots).
+   */
   byStatus(status: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];
   }
@@ -89,6 +92,16 @@ export class Keys {
   /** Index: final invocations by purge time. */
   purge(position?: string): KvKey {
     return position === undefined ? [...this.app, "purge"] : [...this.app, "purge", position];
+  }
+  /** Index: the invocations a runner executes (owns), per runner. */
+  execution(runnerId: string, id?: string): KvKey {
+    return id === undefined ? [...this.app, "exec", runnerId] : [...this.app, "exec", runnerId, id];
+  }
+  /** A cancel request for the runner executing a canceled invocation, until that execution ends. */
+  cancelRequest(runnerId: string, id?: string): KvKey {
+    return id === undefined
+      ? [...this.app, "cancel", runnerId]
+      : [...this.app, "cancel", runnerId, id];
   }
   /** A runner's heartbeat. */
   runner(runnerId?: string): KvKey {

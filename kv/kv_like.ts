@@ -151,7 +151,7 @@ export interface KvLike {
   /** Reads a range of keys in key order. */
   list(
     selector: KvListSelectorLike,
-    options?: { limit?: number; reverse?: boolean },
+    options?: { limit?: number; reverse?: boolean; batchSize?: number },
   ): AsyncIterable<KvEntryLike>;
   /** Starts an atomic operation. */
   atomic(): KvAtomicLike;

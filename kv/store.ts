@@ -9,7 +9,7 @@
  * @module
  */
 
-import { encodeTime } from "ulid";
+import { decodeTime, encodeTime } from "ulid";
 import { listen, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
@@ -29,7 +29,9 @@ import {
   controlChange,
   decideSlot,
   type FindQuery,
+  holdsSlots,
   type InvocationRecord,
+  isAppliedChange,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -77,10 +79,18 @@ export const KV_SCHEMA_VERSION = 1;
  */
 export const KV_MAX_VALUE_BYTES = 65_536;
 
-const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
+const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
 
 /** The statuses recovery looks for, and so the only ones the status index keeps. */
 const RECOVERABLE: ReadonlySet<InvocationStatus> = new Set([PENDING, RUNNING, PAUSED, RESUMED]);
+
+/**
+ * Whether the status index holds the record: a recoverable status, or a canceled invocation whose
+ * execution still holds its slots (recovery gives them back if its runner died).
+ */
+function inStatusIndex(record: InvocationRecord): boolean {
+  return RECOVERABLE.has(record.status) || (record.status === CANCELED && holdsSlots(record));
+}
 
 /**
  * The broker entry of a queued invocation: in the ready queue (FIFO, taken in key order), or in
@@ -286,6 +296,10 @@ export class KvStore implements Store {
       const { record } = stored;
       const change = typeof changeOf === "function" ? changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
+        // A retried write whose earlier try committed (its answer lost) is done, not a conflict.
+        if (isAppliedChange(record, change)) {
+          return { ok: true, record, entries: [], replayed: true };
+        }
         return { ok: false, reason: "conflict", record };
       }
       const plan = planChange(record, change);
@@ -353,20 +367,33 @@ export class KvStore implements Store {
       }
       // A final invocation and all its keys expire at its purge time. Expiry is lazy (an expired
       // key may still be read for a while), so reads also compare the deadline in the record.
-      const options = plan.final && next.purgeAtMs !== null
+      // (Ending a canceled execution rewrites a final record: it keeps its expiry.)
+      const options = isFinalStatus(next.status) && next.purgeAtMs !== null
         ? { expireIn: Math.max(1, next.purgeAtMs - change.nowMs) }
         : undefined;
-      // The status index holds only what recovery scans: PENDING, RUNNING, PAUSED, RESUMED.
-      if (record.status !== next.status && RECOVERABLE.has(record.status)) {
+      // The status index holds only what recovery scans (see inStatusIndex).
+      const indexed = inStatusIndex(record);
+      const indexedNext = inStatusIndex(next);
+      if (indexed && (!indexedNext || record.status !== next.status)) {
         op.delete(keys.byStatus(record.status, id));
       }
-      if (record.status !== next.status && RECOVERABLE.has(next.status)) {
+      if (indexedNext && (!indexed || record.status !== next.status)) {
         op.set(keys.byStatus(next.status, id), encode(null));
+      }
+      if (plan.executions.remove !== null) op.delete(keys.execution(plan.executions.remove, id));
+      if (plan.executions.add !== null) {
+        op.set(keys.execution(plan.executions.add, id), encode(null));
+      }
+      if (plan.cancelRequest.set !== null) {
+        op.set(keys.cancelRequest(plan.cancelRequest.set, id), encode(null), options);
+      }
+      if (plan.cancelRequest.clear !== null) {
+        op.delete(keys.cancelRequest(plan.cancelRequest.clear, id));
       }
       for (const historyEntry of plan.entries) {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
-      const expireLater = options !== undefined &&
+      const expireLater = plan.final && options !== undefined &&
         await this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq);
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
       if (await this.#group.commit(op)) {
@@ -412,8 +439,10 @@ export class KvStore implements Store {
     const rerouted: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
     let controlled = 0;
-    // Not available (taken by another runner, back-off not passed): not wanted, no write.
-    const available = (stored: StoredInvocation): boolean => isAvailable(stored, nowMs);
+    // Not available (taken by another runner, back-off not passed), or a task this runner does
+    // not run: not wanted, no write.
+    const available = (stored: StoredInvocation): boolean =>
+      isAvailable(stored, nowMs) && request.accepts?.(stored.record.taskId) !== false;
     const tryClaim = async (id: string): Promise<void> => {
       let outcome: ChangeOutcome;
       try {
@@ -454,11 +483,14 @@ export class KvStore implements Store {
     // Read a few more entries than slots: some may be taken by other runners meanwhile, or
     // blocked by running concurrency.
     const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
+    // Entries of tasks this runner does not run are skipped without a read, and read past (up to
+    // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
+    const listOptions = { limit: limit + SKIP_LIMIT, batchSize: Math.min(limit, 500) };
     const delayed = this.#kv.list({
       start: this.#keys.queue({ delayed: true, position: "" }),
       end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
-    }, { limit });
-    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, { limit });
+    }, listOptions);
+    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, listOptions);
     // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
     // own atomic step, and overlapping them keeps a file or a remote store busy instead of
     // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
@@ -482,10 +514,13 @@ export class KvStore implements Store {
       batch = [];
     };
     for (const entries of [delayed, ready]) {
+      let listed = 0;
       for await (const entry of entries) {
         if (claimed.length + batch.length >= max) await flush();
         if (full()) break;
         const candidate = decodeQueueValue(entry.value);
+        if (candidate.task !== undefined && request.accepts?.(candidate.task) === false) continue;
+        if (++listed > limit) break;
         order.set(candidate.id, order.size);
         batch.push(candidate);
       }
@@ -547,14 +582,14 @@ export class KvStore implements Store {
   async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
     const heartbeats = new Map((await this.runners()).map((r) => [r.runnerId, r.lastSeenMs]));
     const found: InvocationRecord[] = [];
-    for (const status of RECOVERABLE) {
+    for (const status of [...RECOVERABLE, CANCELED]) {
       const ids: string[] = [];
       for await (const entry of this.#kv.list({ prefix: this.#keys.byStatus(status) })) {
         ids.push(String(entry.key[entry.key.length - 1]));
       }
       for (const record of await this.getMany(ids)) {
         if (found.length >= query.max) return found;
-        if (record.status !== status) continue;
+        if (record.status !== status || !inStatusIndex(record)) continue;
         const due = status === PENDING
           ? record.updatedAtMs < query.pendingBeforeMs
           : record.ownerId !== null &&
@@ -563,6 +598,36 @@ export class KvStore implements Store {
       }
     }
     return found;
+  }
+
+  // reads: exec/<runner>/… (one range read).
+  async executions(runnerId: string): Promise<string[]> {
+    return await this.#listIds(this.#keys.execution(runnerId));
+  }
+
+  // reads: cancel/<runner>/… (one range read, empty unless something was canceled).
+  async cancelRequests(runnerId: string): Promise<string[]> {
+    return await this.#listIds(this.#keys.cancelRequest(runnerId));
+  }
+
+  // reads: the first delayed queue entry after nowMs.
+  async nextAvailableMs(nowMs: number): Promise<number | undefined> {
+    const start = this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) });
+    const end = this.#keys.queue({ delayed: true, position: "\uffff" });
+    for await (const entry of this.#kv.list({ start, end }, { limit: 1 })) {
+      // A position is a ULID's 10 time characters then an id: read them as a ULID's time.
+      return decodeTime(`${String(entry.key[entry.key.length - 1]).slice(0, 10)}${"0".repeat(16)}`);
+    }
+    return undefined;
+  }
+
+  /** The last key part (an id) of every key under `prefix`. */
+  async #listIds(prefix: KvKey): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const entry of this.#kv.list({ prefix })) {
+      ids.push(String(entry.key[entry.key.length - 1]));
+    }
+    return ids;
   }
 
   async counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
@@ -812,6 +877,11 @@ export class KvStore implements Store {
     }
   }
 
+  // reads: waited/<id>/… (one range read).
+  async waiters(id: string): Promise<string[]> {
+    return await this.#listIds(this.#keys.waitedEdge(id));
+  }
+
   async #updateWaitEdge(
     waiterId: string,
     waitedId: string,
@@ -897,8 +967,9 @@ export class KvStore implements Store {
 
   // --- runners -----------------------------------------------------------------------------------
 
-  async heartbeat(runnerId: string, nowMs: number): Promise<void> {
-    await this.#kv.atomic().set(this.#keys.runner(runnerId), encode(nowMs)).commit();
+  async heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void> {
+    const value = taskIds === undefined ? nowMs : { lastSeenMs: nowMs, taskIds };
+    await this.#kv.atomic().set(this.#keys.runner(runnerId), encode(value)).commit();
   }
 
   // reads: runner/<id> (only with seenBeforeMs); checks: runner/<id>, so a heartbeat written since
@@ -911,7 +982,7 @@ export class KvStore implements Store {
     }
     const entry = await this.#reads.get(key);
     if (entry.versionstamp === null) return;
-    if (decodeHeartbeat(entry.value) >= seenBeforeMs) return;
+    if (decodeHeartbeat(entry.value).lastSeenMs >= seenBeforeMs) return;
     await this.#commit(this.#kv.atomic().check(entry).delete(key));
   }
 
@@ -920,7 +991,7 @@ export class KvStore implements Store {
     for await (const entry of this.#kv.list({ prefix: this.#keys.runner() })) {
       runners.push({
         runnerId: String(entry.key[entry.key.length - 1]),
-        lastSeenMs: decodeHeartbeat(entry.value),
+        ...decodeHeartbeat(entry.value),
       });
     }
     return runners;
@@ -1124,11 +1195,14 @@ export class KvStore implements Store {
     for await (const history of this.#kv.list({ prefix: this.#keys.histories(id) })) {
       doomed.push(history.key);
     }
-    // A final invocation has no status index entry (only recoverable statuses do).
     if (stored !== undefined) {
-      doomed.push(this.#keys.byTask(stored.record.taskId, id));
-      const parentId = stored.record.parentId;
-      if (parentId !== null) doomed.push(this.#keys.byParent(parentId, id));
+      const { record } = stored;
+      doomed.push(this.#keys.byTask(record.taskId, id));
+      if (record.parentId !== null) doomed.push(this.#keys.byParent(record.parentId, id));
+      // A final invocation is in the status and runner indexes only when canceled while its
+      // execution (on a runner that died since) held its slots.
+      if (inStatusIndex(record)) doomed.push(this.#keys.byStatus(record.status, id));
+      if (record.ownerId !== null) doomed.push(this.#keys.execution(record.ownerId, id));
     }
     doomed.push(this.#keys.invocation(id), purgeKey);
     await this.#deleteKeys(doomed);
@@ -1286,9 +1360,20 @@ function decodeString(value: unknown): string {
   return text;
 }
 
-/** A runner's last heartbeat, epoch ms, as stored under runner/<id>. */
-function decodeHeartbeat(value: unknown): number {
-  return Number(decode(value, "a runner heartbeat"));
+/**
+ * A runner's heartbeat as stored under runner/<id>: its time (epoch ms) and the tasks it defines
+ * (a bare number before 0.2).
+ */
+function decodeHeartbeat(value: unknown): { lastSeenMs: number; taskIds?: readonly string[] } {
+  const decoded = decode(value, "a runner heartbeat");
+  if (typeof decoded === "object" && decoded !== null) {
+    const { lastSeenMs, taskIds } = decoded as { lastSeenMs: unknown; taskIds: unknown };
+    return {
+      lastSeenMs: Number(lastSeenMs),
+      ...(Array.isArray(taskIds) ? { taskIds: taskIds.map(String) } : {}),
+    };
+  }
+  return { lastSeenMs: Number(decoded) };
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
@@ -1305,10 +1390,12 @@ function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {
 interface QueueValue {
   readonly id: string;
   readonly key: string | null;
+  /** The task (entries written before 0.2 lack it). */
+  readonly task?: string;
 }
 
 function queueValue(record: InvocationRecord): QueueValue {
-  return { id: record.id, key: record.runningKey };
+  return { id: record.id, key: record.runningKey, task: record.taskId };
 }
 
 function decodeQueueValue(value: unknown): QueueValue {
@@ -1333,6 +1420,8 @@ function timePosition(ms: number, id: string): string {
 const readyPosition = timePosition;
 const purgePosition = timePosition;
 
+/** Queue entries of tasks a runner does not run that one claim reads past. */
+const SKIP_LIMIT = 1_000;
 /** Awaited invocations read per round of the final poller, and the shortest round. */
 const POLL_SLICE = 100;
 /**

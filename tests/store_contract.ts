@@ -3,6 +3,7 @@
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
 import { graphsContract } from "./_contract_graphs.ts";
+import { lifecycleContract } from "./_contract_lifecycle.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -21,4 +22,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   routingContract(backend, makeApp);
   runningContract(backend, makeApp);
   graphsContract(backend, makeApp);
+  lifecycleContract(backend, makeApp);
 }

@@ -1,0 +1,58 @@
+/**
+ * Store faults: which errors of a storage backend are transient (the network, a locked file, a
+ * store that is down for a while) and are tried again, and the one loop that tries again.
+ *
+ * @module
+ */
+
+import type { Clock } from "./clock.ts";
+import { NencError } from "./errors.ts";
+
+/**
+ * Whether `error`, thrown by a store step, is a fault of the store to try again after a pause:
+ * anything but nenc's own verdicts (`NencError`: a refused transition, a value over a limit, a
+ * closed store) and bad input (`TypeError`, `RangeError`, `SyntaxError`), and but an abort.
+ */
+export function isStoreFault(error: unknown): boolean {
+  return !(error instanceof NencError || error instanceof TypeError ||
+    error instanceof RangeError || error instanceof SyntaxError ||
+    (error instanceof DOMException &&
+      (error.name === "AbortError" || error.name === "TimeoutError")));
+}
+
+/** The pause before trying a failed store step again: doubling from `baseMs`, at most 5 s. */
+export function faultPauseMs(baseMs: number, failures: number): number {
+  return Math.min(5_000, baseMs * 2 ** Math.min(failures, 16));
+}
+
+/** Options of {@linkcode retryFaults}. */
+export interface RetryFaultsOptions {
+  /** Where the pauses are slept. */
+  readonly clock: Clock;
+  /** The first pause [`50`] ms; it doubles up to 5 s. */
+  readonly baseMs?: number;
+  /** Gives up (rethrows the last fault) once aborted. */
+  readonly signal?: AbortSignal | undefined;
+  /** Told of every fault before the pause (to log it). */
+  readonly onFault?: (error: unknown, failures: number) => void;
+}
+
+/**
+ * Runs `step` until it returns or throws something other than a store fault; a store fault is
+ * tried again after a growing pause, until `signal` aborts.
+ */
+export async function retryFaults<T>(
+  step: () => Promise<T>,
+  options: RetryFaultsOptions,
+): Promise<T> {
+  for (let failures = 0;; failures++) {
+    try {
+      return await step();
+    } catch (error) {
+      if (!isStoreFault(error) || options.signal?.aborted) throw error;
+      options.onFault?.(error, failures);
+      await options.clock.sleep(faultPauseMs(options.baseMs ?? 50, failures), options.signal);
+      if (options.signal?.aborted) throw error;
+    }
+  }
+}

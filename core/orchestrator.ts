@@ -42,7 +42,10 @@ import type { Call, Task } from "./task.ts";
 export interface OrchestratorOptions {
   /** Detect call cycles [`true`]. */
   cycleControl?: boolean;
-  /** Run what others wait on first [`true`]. */
+  /**
+   * Run what others wait on first [`true`]. Off, no wait is recorded (`waitingForResults`) and
+   * `getBlockingInvocations` returns `[]`: the queue order alone decides the pick-up.
+   */
   blockingControl?: boolean;
   /** Final invocations are purged this many hours after they finish [`24`]. */
   autoFinalInvocationPurgeHours?: number;
@@ -720,13 +723,20 @@ export class Orchestrator {
     return outcome.claimed;
   }
 
-  /** Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read. */
+  /**
+   * Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read.
+   * With `blockingControl` off: `[]`.
+   */
   async getBlockingInvocations(max: number): Promise<Invocation[]> {
+    if (!this.options.blockingControl) return [];
     const ids = await this.store.blocking(max, this.#host.clock.now());
     return (await this.store.getMany(ids)).map((record) => new Invocation(this, record));
   }
 
-  /** Records that `caller` (the running invocation) waits on `invocations`. An empty list warns. */
+  /**
+   * Records that `caller` (the running invocation) waits on `invocations`. An empty list warns;
+   * with `blockingControl` off, nothing is recorded.
+   */
   async waitingForResults(
     caller: InvocationRef | undefined,
     invocations: readonly InvocationRef[],
@@ -737,7 +747,7 @@ export class Orchestrator {
       );
       return;
     }
-    if (caller === undefined) return;
+    if (caller === undefined || !this.options.blockingControl) return;
     const ids = invocations.map(({ id }) => id);
     await this.store.waitFor(caller.id, ids, this.#host.clock.now());
     // An invocation that became final (or was purged) before its edge was written released its

@@ -242,7 +242,10 @@ export interface InvocationRef {
  * ```
  */
 export interface CycleControl {
-  /** Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a cycle. */
+  /**
+   * Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a
+   * cycle. Adds nothing for a caller that is final (or purged): it cannot be part of a live cycle.
+   */
   addCallAndCheckCycles(caller: InvocationRef, callee: InvocationRef): Promise<void>;
   /** Releases a finished invocation's hold on its call's edges. */
   cleanUpInvocationCycles(invocation: InvocationRef): Promise<void>;
@@ -310,9 +313,16 @@ export class Orchestrator {
     this.cycleControl = {
       addCallAndCheckCycles: async (caller, callee) => {
         const callerRecord = await this.store.get(caller.id);
-        // A caller that is gone (purged) cannot be part of a live cycle.
-        if (callerRecord !== undefined) {
-          await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        // A caller that is gone (purged) or final cannot be part of a live cycle; and its hold
+        // would never be released: its clean-up ran when it became final.
+        if (callerRecord === undefined || isFinalStatus(callerRecord.status)) return;
+        await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        // The caller may have become final meanwhile, and its clean-up run before our hold was
+        // written: release the hold again. Its final write precedes its clean-up, and our hold
+        // precedes this read, so one of the two releases sees the hold.
+        const now = await this.store.get(caller.id);
+        if (now === undefined || isFinalStatus(now.status)) {
+          await this.store.removeCall(callHold(callerRecord));
         }
       },
       cleanUpInvocationCycles: async (invocation) => {

@@ -154,4 +154,25 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
     await o.waitingForResults(caller, [second]);
     assert.deepEqual((await o.store.graphs()).waits, [[caller.id, first.id]]);
   });
+
+  // --- cycle control with a final caller ---------------------------------------------------------
+
+  test(`[${backend}] a callee started after its caller finished adds no call edge and no hold for the caller: the call graph is empty throughout`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const caller = await job.call({ n: 0 });
+    const callee = await job.call({ n: 1 });
+    const actor = { runnerId: "r0" };
+    assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
+    await o.setInvocationRun(undefined, caller, actor);
+    // The caller returns without awaiting its callee; the callee starts afterwards.
+    await o.setInvocationResult(caller, 0, actor);
+    await o.setInvocationRun(caller, callee, actor);
+    assert.deepEqual(await o.store.graphs(), EMPTY);
+    await o.cycleControl.addCallAndCheckCycles(caller, callee);
+    assert.deepEqual(await o.store.graphs(), EMPTY);
+    await o.setInvocationResult(callee, 1, actor);
+    assert.deepEqual(await o.store.graphs(), EMPTY, "no call is left held by the final caller");
+  });
 }

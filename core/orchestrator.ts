@@ -47,7 +47,11 @@ export interface OrchestratorOptions {
    * `getBlockingInvocations` returns `[]`: the queue order alone decides the pick-up.
    */
   blockingControl?: boolean;
-  /** Final invocations are purged this many hours after they finish [`24`]. */
+  /**
+   * Final invocations are purged this many hours after they finish [`24`]. Once its purge time
+   * has passed, an invocation reads as gone on every backend (`0`: as soon as it finishes), even
+   * before the sweep (`autoPurge()`, run by the runners) deletes it.
+   */
   autoFinalInvocationPurgeHours?: number;
   /** A PENDING invocation older than this is recovered and re-queued [`5`]. */
   maxPendingSeconds?: number;

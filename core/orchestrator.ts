@@ -7,6 +7,7 @@
  * @module
  */
 
+import { markRehydrated } from "./_rehydrated.ts";
 import type { CallRef } from "./call_graph.ts";
 import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
@@ -901,7 +902,7 @@ export class Orchestrator {
       case InvocationStatus.FAILED:
         throw record.error === undefined
           ? new NencError(`Cannot get the result of invocation ${id}: it failed without an error`)
-          : deserializeError(record.error, this.#host.errorClasses);
+          : markRehydrated(deserializeError(record.error, this.#host.errorClasses));
       case InvocationStatus.CONCURRENCY_CONTROLLED_FINAL:
         throw new ConcurrencyControlledError(record.taskId, record.id);
       default:

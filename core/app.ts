@@ -49,7 +49,10 @@ export interface NencOptions {
    * machine that opens the same KV.
    */
   kv?: KvLike;
-  /** The storage backend [an in-memory store of this process; a KV store with `kv`]. */
+  /**
+   * The storage backend [an in-memory store of this process, on the app's `clock`; a KV store
+   * with `kv`].
+   */
   store?: Store;
 }
 
@@ -108,7 +111,7 @@ export class Nenc {
     const store = options.store ??
       (options.kv !== undefined
         ? new KvStore(options.kv, { appId: this.appId, clock: this.clock })
-        : new MemoryStore());
+        : new MemoryStore({ clock: this.clock }));
     this.orchestrator = new Orchestrator(this, this.#own(store), options.orchestrator);
   }
 

@@ -9,6 +9,7 @@
 import { IndexedHeap } from "./_indexed_heap.ts";
 import { listen, listenFor, notify } from "./_listeners.ts";
 import { CallGraph, type CallRef } from "./call_graph.ts";
+import { type Clock, systemClock } from "./clock.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   type HistoryEntry,
@@ -41,7 +42,29 @@ import { WaitGraph } from "./wait_graph.ts";
 const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
 
 /**
- * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given.
+ * Options of {@linkcode MemoryStore}.
+ *
+ * @example A memory store on the app's clock, as `new Nenc()` builds it
+ * ```ts
+ * import { MemoryStore, type MemoryStoreOptions, Nenc, systemClock } from "@nenc/nenc";
+ *
+ * const options: MemoryStoreOptions = { clock: systemClock };
+ * const app = new Nenc({ clock: systemClock, store: new MemoryStore(options) });
+ * console.log(await app.orchestrator.store.counts()); // Map(0) {}
+ * ```
+ */
+export interface MemoryStoreOptions {
+  /**
+   * Where the store reads the time: a final invocation past its purge time reads as gone
+   * [the system clock]. Give it the app's clock.
+   */
+  readonly clock?: Clock;
+}
+
+/**
+ * The in-memory {@linkcode Store}. Used by `new Nenc()` when no `kv` is given, on the app's
+ * clock. A final invocation whose purge time has passed reads as gone at once, as on Deno KV; the
+ * purge sweep (`purgeDue`) frees its memory.
  *
  * @example
  * ```ts
@@ -52,6 +75,7 @@ const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
  * ```
  */
 export class MemoryStore implements Store {
+  readonly #clock: Clock;
   readonly #records = new Map<string, InvocationRecord>();
   readonly #history = new Map<string, HistoryEntry[]>();
   readonly #byTask = new Map<string, Set<string>>();
@@ -83,6 +107,11 @@ export class MemoryStore implements Store {
   #newWork = false;
   #claiming = false;
 
+  /** Creates an empty store. */
+  constructor(options: MemoryStoreOptions = {}) {
+    this.#clock = options.clock ?? systemClock;
+  }
+
   register(invocation: NewInvocation): Promise<RegisterOutcome> {
     const key = invocation.registrationKey;
     const holder = key === null ? undefined : this.#registrationKeys.get(key);
@@ -110,7 +139,7 @@ export class MemoryStore implements Store {
   }
 
   incrementRetries(id: string): Promise<number> {
-    const record = this.#records.get(id);
+    const record = this.#visible(id);
     if (record === undefined) {
       return Promise.reject(
         new RangeError(`Cannot count a retry: invocation ${id} does not exist`),
@@ -172,26 +201,27 @@ export class MemoryStore implements Store {
   }
 
   get(id: string): Promise<InvocationRecord | undefined> {
-    return Promise.resolve(this.#records.get(id));
+    return Promise.resolve(this.#visible(id));
   }
 
   getMany(ids: readonly string[]): Promise<InvocationRecord[]> {
     const records: InvocationRecord[] = [];
     for (const id of ids) {
-      const record = this.#records.get(id);
+      const record = this.#visible(id);
       if (record !== undefined) records.push(record);
     }
     return Promise.resolve(records);
   }
 
   history(id: string): Promise<HistoryEntry[]> {
+    if (this.#visible(id) === undefined) return Promise.resolve([]);
     return Promise.resolve([...this.#history.get(id) ?? []]);
   }
 
   async *find(query: FindQuery): AsyncIterable<InvocationRecord> {
     const filters = Object.entries(query.args ?? {});
     for (const id of [...this.#byTask.get(query.taskId) ?? []]) {
-      const record = this.#records.get(id);
+      const record = this.#visible(id);
       if (record === undefined) continue;
       if (query.statuses !== undefined && !query.statuses.has(record.status)) continue;
       if (filters.every(([name, value]) => record.args[name] === value)) yield record;
@@ -200,7 +230,7 @@ export class MemoryStore implements Store {
 
   children(parentId: string): Promise<InvocationRecord[]> {
     const ids = [...this.#byParent.get(parentId) ?? []].sort();
-    return Promise.resolve(ids.map((id) => this.#records.get(id)!));
+    return Promise.resolve(ids.flatMap((id) => this.#visible(id) ?? []));
   }
 
   slotHolder(runningKey: string): Promise<string | undefined> {
@@ -243,7 +273,9 @@ export class MemoryStore implements Store {
 
   counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
     const counts = new Map<string, Map<InvocationStatus, number>>();
+    const nowMs = this.#clock.now();
     for (const record of this.#records.values()) {
+      if (isPastPurge(record, nowMs)) continue;
       const perTask = counts.get(record.taskId) ?? new Map<InvocationStatus, number>();
       perTask.set(record.status, (perTask.get(record.status) ?? 0) + 1);
       counts.set(record.taskId, perTask);
@@ -312,7 +344,7 @@ export class MemoryStore implements Store {
   }
 
   waitFinal(id: string, signal?: AbortSignal): Promise<void> {
-    const record = this.#records.get(id);
+    const record = this.#visible(id);
     if (record === undefined || isFinalStatus(record.status)) return Promise.resolve();
     return listenFor(this.#finalWaiters, id, signal);
   }
@@ -322,7 +354,7 @@ export class MemoryStore implements Store {
   }
 
   schedulePurge(id: string, purgeAtMs: number): Promise<void> {
-    const record = this.#records.get(id);
+    const record = this.#visible(id);
     if (record !== undefined && isFinalStatus(record.status)) {
       this.#records.set(id, { ...record, purgeAtMs });
       this.#purgeDue.remove(id);
@@ -362,7 +394,7 @@ export class MemoryStore implements Store {
   }
 
   #apply(id: string, change: StatusChange): ChangeOutcome {
-    const record = this.#records.get(id);
+    const record = this.#visible(id);
     if (record === undefined) return { ok: false, reason: "missing" };
     if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
       if (isAppliedChange(record, change)) return { ok: true, record, entries: [], replayed: true };
@@ -408,6 +440,15 @@ export class MemoryStore implements Store {
       notify(this.#finalWaiters.get(id));
     }
     return { ok: true, record: next, entries: plan.entries };
+  }
+
+  /**
+   * The record of an invocation, or `undefined` when there is none or it is final and past its
+   * purge time: such a record reads as gone until the sweep deletes it, as on Deno KV.
+   */
+  #visible(id: string): InvocationRecord | undefined {
+    const record = this.#records.get(id);
+    return record === undefined || isPastPurge(record, this.#clock.now()) ? undefined : record;
   }
 
   #enqueue(record: InvocationRecord): void {
@@ -465,6 +506,11 @@ export class MemoryStore implements Store {
     this.#waits.release(id);
     notify(this.#finalWaiters.get(id));
   }
+}
+
+/** Whether a final record's purge time has passed. */
+function isPastPurge(record: InvocationRecord, nowMs: number): boolean {
+  return record.purgeAtMs !== null && record.purgeAtMs <= nowMs;
 }
 
 function addTo<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { markRehydrated } from "./_rehydrated.ts";
 import type { CallRef } from "./call_graph.ts";
 import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
@@ -50,9 +51,16 @@ import type { Call, Task } from "./task.ts";
 export interface OrchestratorOptions {
   /** Detect call cycles [`true`]. */
   cycleControl?: boolean;
-  /** Run what others wait on first [`true`]. */
+  /**
+   * Run what others wait on first [`true`]. Off, no wait is recorded (`waitingForResults`) and
+   * `getBlockingInvocations` returns `[]`: the queue order alone decides the pick-up.
+   */
   blockingControl?: boolean;
-  /** Final invocations are purged this many hours after they finish [`24`]. */
+  /**
+   * Final invocations are purged this many hours after they finish [`24`]. Once its purge time
+   * has passed, an invocation reads as gone on every backend (`0`: as soon as it finishes), even
+   * before the sweep (`autoPurge()`, run by the runners) deletes it.
+   */
   autoFinalInvocationPurgeHours?: number;
   /** A PENDING invocation older than this is recovered and re-queued [`5`]. */
   maxPendingSeconds?: number;
@@ -299,7 +307,10 @@ export interface InvocationRef {
  * ```
  */
 export interface CycleControl {
-  /** Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a cycle. */
+  /**
+   * Adds the call edge caller → callee; throws {@linkcode CycleDetectedError} if it closes a
+   * cycle. Adds nothing for a caller that is final (or purged): it cannot be part of a live cycle.
+   */
   addCallAndCheckCycles(caller: InvocationRef, callee: InvocationRef): Promise<void>;
   /** Releases a finished invocation's hold on its call's edges. */
   cleanUpInvocationCycles(invocation: InvocationRef): Promise<void>;
@@ -367,9 +378,16 @@ export class Orchestrator {
     this.cycleControl = {
       addCallAndCheckCycles: async (caller, callee) => {
         const callerRecord = await this.store.get(caller.id);
-        // A caller that is gone (purged) cannot be part of a live cycle.
-        if (callerRecord !== undefined) {
-          await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        // A caller that is gone (purged) or final cannot be part of a live cycle; and its hold
+        // would never be released: its clean-up ran when it became final.
+        if (callerRecord === undefined || isFinalStatus(callerRecord.status)) return;
+        await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        // The caller may have become final meanwhile, and its clean-up run before our hold was
+        // written: release the hold again. Its final write precedes its clean-up, and our hold
+        // precedes this read, so one of the two releases sees the hold.
+        const now = await this.store.get(caller.id);
+        if (now === undefined || isFinalStatus(now.status)) {
+          await this.store.removeCall(callHold(callerRecord));
         }
       },
       cleanUpInvocationCycles: async (invocation) => {
@@ -851,13 +869,20 @@ export class Orchestrator {
     return outcome.claimed;
   }
 
-  /** Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read. */
+  /**
+   * Invocations that others wait on, that wait on nothing and can run, oldest first; a pure read.
+   * With `blockingControl` off: `[]`.
+   */
   async getBlockingInvocations(max: number): Promise<Invocation[]> {
+    if (!this.options.blockingControl) return [];
     const ids = await this.store.blocking(max, this.#host.clock.now());
     return (await this.store.getMany(ids)).map((record) => new Invocation(this, record));
   }
 
-  /** Records that `caller` (the running invocation) waits on `invocations`. An empty list warns. */
+  /**
+   * Records that `caller` (the running invocation) waits on `invocations`. An empty list warns;
+   * with `blockingControl` off, nothing is recorded.
+   */
   async waitingForResults(
     caller: InvocationRef | undefined,
     invocations: readonly InvocationRef[],
@@ -868,7 +893,7 @@ export class Orchestrator {
       );
       return;
     }
-    if (caller === undefined) return;
+    if (caller === undefined || !this.options.blockingControl) return;
     const ids = invocations.map(({ id }) => id);
     await this.store.waitFor(caller.id, ids, this.#host.clock.now());
     // An invocation that became final (or was purged) before its edge was written released its
@@ -1077,7 +1102,7 @@ export class Orchestrator {
       case InvocationStatus.FAILED:
         throw record.error === undefined
           ? new NencError(`Cannot get the result of invocation ${id}: it failed without an error`)
-          : deserializeError(record.error, this.#host.errorClasses);
+          : markRehydrated(deserializeError(record.error, this.#host.errorClasses));
       case InvocationStatus.CONCURRENCY_CONTROLLED_FINAL:
         throw new ConcurrencyControlledError(record.taskId, record.id);
       case InvocationStatus.CANCELED:

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import { assertTaskId, callId, serializeArguments, type SerializedArguments } from "./ids.ts";
 import type { InvocationGroup } from "./invocation.ts";
@@ -120,7 +121,11 @@ export interface TaskOptions<Args = unknown> {
   rerouteOnConcurrencyControl?: boolean;
   /** Retry while `retries < maxRetries` [`0`]. */
   maxRetries?: number;
-  /** Error classes that are retriable; {@linkcode RetryError} always is [`[RetryError]`]. */
+  /**
+   * Error classes that are retriable; {@linkcode RetryError} always is [`[RetryError]`]. An error
+   * that reached the task through a child's `result()` is retriable only when its class is listed
+   * here: a child's exhausted `RetryError` retries the parent only if it lists `RetryError`.
+   */
   retryFor?: readonly ErrorClass[];
   /** Delay before a retry is picked up: fixed, or a function of the attempt (1, 2, …) [`0`]. */
   retryBackoffMs?: number | ((attempt: number) => number);
@@ -384,6 +389,8 @@ export class Task<Args = unknown, Result = unknown> {
   /** The task's function. */
   readonly fn: TaskFunction<Args, Result>;
   readonly #router: TaskRouter;
+  /** The classes `retryFor` lists itself (without the implicit {@linkcode RetryError}). */
+  readonly #listedRetryFor: readonly ErrorClass[];
 
   /** Use `app.task()` instead. */
   constructor(
@@ -400,6 +407,7 @@ export class Task<Args = unknown, Result = unknown> {
     this.id = id;
     this.fn = fn;
     this.options = resolveTaskOptions(id, options as TaskOptions<never>);
+    this.#listedRetryFor = [...options?.retryFor ?? []];
   }
 
   /**
@@ -474,9 +482,14 @@ export class Task<Args = unknown, Result = unknown> {
     return this.#concurrencyKey(this.options.runningConcurrency, args, callIdOfArgs);
   }
 
-  /** Whether `error` may be retried under `retryFor`. */
+  /**
+   * Whether `error` may be retried under `retryFor`. An error that reached the task through a
+   * child's `result()` counts only against the classes `retryFor` lists itself, not the implicit
+   * {@linkcode RetryError}: the child's retries are spent, they do not retry the parent.
+   */
   isRetriable(error: unknown): boolean {
-    return this.options.retryFor.some((errorClass) => error instanceof errorClass);
+    const classes = isRehydrated(error) ? this.#listedRetryFor : this.options.retryFor;
+    return classes.some((errorClass) => error instanceof errorClass);
   }
 
   /** The back-off before retry number `attempt` (1, 2, …), in ms. */

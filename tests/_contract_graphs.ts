@@ -18,6 +18,23 @@ function sorted(graphs: LiveGraphs): LiveGraphs {
   };
 }
 
+/** The warnings `fn` writes with `console.warn`. */
+async function captureWarnings(fn: () => Promise<void>): Promise<unknown[][]> {
+  const original = console.warn;
+  const warnings: unknown[][] = [];
+  console.warn = (...args: unknown[]) => void warnings.push(args);
+  try {
+    await fn();
+  } finally {
+    console.warn = original;
+  }
+  return warnings;
+}
+
+const ids = (invocations: readonly { id: string }[]): string[] => invocations.map(({ id }) => id);
+
+const EMPTY: LiveGraphs = { calls: { calls: [], edges: [] }, waits: [] };
+
 /** The live call graph and wait graph, read through the storage port, on one backend. */
 export function graphsContract(backend: string, makeApp: AppFactory): void {
   test(`[${backend}] graphs(): a caller waiting on two running callees shows both call edges and both wait edges; once all are final both graphs are empty`, async () => {
@@ -109,5 +126,53 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
     await o.waitingForResults(caller, [callee]);
     assert.deepEqual((await o.store.graphs()).waits, []);
     assert.deepEqual(await o.getBlockingInvocations(10), []);
+  });
+  // --- blocking control off ----------------------------------------------------------------------
+
+  test(`[${backend}] blockingControl off: getBlockingInvocations() returns [] and waitingForResults() records no wait edge (an empty list still warns); on again, waits are recorded and read`, async () => {
+    const app = await makeApp({ orchestrator: { blockingControl: false } });
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const caller = await job.call({ n: 0 });
+    const first = await job.call({ n: 1 });
+    const second = await job.call({ n: 2 });
+    await o.waitingForResults(caller, [first]);
+    await o.blockingControl.waitingForResults(caller, [second]);
+    assert.deepEqual(await o.store.graphs(), EMPTY);
+    assert.deepEqual(await o.getBlockingInvocations(10), []);
+    const warnings = await captureWarnings(() => o.waitingForResults(caller, []));
+    assert.equal(warnings.length, 1, "an empty list still warns");
+
+    o.options.blockingControl = true;
+    await o.waitingForResults(caller, [first]);
+    assert.deepEqual((await o.store.graphs()).waits, [[caller.id, first.id]]);
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [first.id]);
+    // Off again at runtime: the recorded edge stays, but nothing is blocking and nothing is added.
+    o.options.blockingControl = false;
+    assert.deepEqual(await o.getBlockingInvocations(10), []);
+    assert.deepEqual(await o.blockingControl.getBlockingInvocations(10), []);
+    await o.waitingForResults(caller, [second]);
+    assert.deepEqual((await o.store.graphs()).waits, [[caller.id, first.id]]);
+  });
+
+  // --- cycle control with a final caller ---------------------------------------------------------
+
+  test(`[${backend}] a callee started after its caller finished adds no call edge and no hold for the caller: the call graph is empty throughout`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const caller = await job.call({ n: 0 });
+    const callee = await job.call({ n: 1 });
+    const actor = { runnerId: "r0" };
+    assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
+    await o.setInvocationRun(undefined, caller, actor);
+    // The caller returns without awaiting its callee; the callee starts afterwards.
+    await o.setInvocationResult(caller, 0, actor);
+    await o.setInvocationRun(caller, callee, actor);
+    assert.deepEqual(await o.store.graphs(), EMPTY);
+    await o.cycleControl.addCallAndCheckCycles(caller, callee);
+    assert.deepEqual(await o.store.graphs(), EMPTY);
+    await o.setInvocationResult(callee, 1, actor);
+    assert.deepEqual(await o.store.graphs(), EMPTY, "no call is left held by the final caller");
   });
 }

@@ -12,6 +12,7 @@ import {
   InvocationStatusTransitionError,
   RetryError,
 } from "../core/errors.ts";
+import { runInExecution } from "../core/context.ts";
 import { type Invocation, ReusedInvocation } from "../core/invocation.ts";
 import { type InvocationStatus, isValidHistory } from "../core/status.ts";
 import type { Call, Task } from "../core/task.ts";
@@ -73,6 +74,73 @@ function calls<Args, Result>(
   argsList: readonly Args[],
 ): Call<Args, Result>[] {
   return argsList.map((args) => ({ task, args }));
+}
+
+/**
+ * A parent and its child run to SUCCESS by hand (both finish now), and a sibling the parent also
+ * called that stays REGISTERED.
+ */
+async function finishedFamily(
+  app: Nenc,
+): Promise<{ parent: Invocation; child: Invocation; sibling: Invocation }> {
+  const o = app.orchestrator;
+  const parentTask = app.task("parent", () => 0);
+  const childTask = app.task("child", ({ n }: { n: number }) => n);
+  const parent = await parentTask.call();
+  await claimOne(app, "r1", parent);
+  await o.setInvocationRun(undefined, parent, { runnerId: "r1" });
+  const inParent = { invocationId: parent.id, runnerId: "r1", waitFor: () => Promise.resolve() };
+  const child = await runInExecution(inParent, () => childTask.call({ n: 1 }));
+  const sibling = await runInExecution(inParent, () => childTask.call({ n: 2 }));
+  await claimOne(app, "r1", child);
+  await runToSuccess(app, child, "r1");
+  await o.setInvocationResult(parent, 0, { runnerId: "r1" });
+  return { parent, child, sibling };
+}
+
+/** What every read of the store shows of a {@linkcode finishedFamily}. */
+async function familyReads(
+  app: Nenc,
+  { parent, child }: { parent: Invocation; child: Invocation },
+): Promise<Record<string, unknown>> {
+  const o = app.orchestrator;
+  const counts = await o.store.counts();
+  return {
+    get: [(await o.getInvocation(parent.id))?.id, (await o.store.get(child.id))?.id],
+    getMany: ids(await o.store.getMany([parent.id, child.id])),
+    find: ids(await collect(o.store.find({ taskId: "child" }))),
+    children: ids(await o.store.children(parent.id)),
+    counts: Object.fromEntries(
+      [...counts].map(([taskId, perStatus]) => [taskId, Object.fromEntries(perStatus)]),
+    ),
+    history: [(await o.store.history(parent.id)).length, (await o.store.history(child.id)).length],
+  };
+}
+
+/** {@linkcode familyReads} while the finished parent and child are readable. */
+function familyVisible(
+  { parent, child, sibling }: { parent: Invocation; child: Invocation; sibling: Invocation },
+): Record<string, unknown> {
+  return {
+    get: [parent.id, child.id],
+    getMany: [parent.id, child.id],
+    find: [child.id, sibling.id],
+    children: [child.id, sibling.id],
+    counts: { parent: { success: 1 }, child: { success: 1, registered: 1 } },
+    history: [4, 4],
+  };
+}
+
+/** {@linkcode familyReads} once the finished parent and child are gone: only the sibling is left. */
+function familyGone({ sibling }: { sibling: Invocation }): Record<string, unknown> {
+  return {
+    get: [undefined, undefined],
+    getMany: [],
+    find: [sibling.id],
+    children: [sibling.id],
+    counts: { child: { registered: 1 } },
+    history: [0, 0],
+  };
 }
 
 async function captureWarnings(fn: () => Promise<void>): Promise<unknown[][]> {
@@ -1648,6 +1716,28 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await o.getInvocation(done.id), undefined);
     assert.equal(await o.getInvocation(finalised.id), undefined);
     assert.equal(await running.status(), "running");
+  });
+
+  test(`[${backend}] autoFinalInvocationPurgeHours 0: a finished invocation reads as gone at once, before any sweep (get, getMany, find, children, counts, history)`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { autoFinalInvocationPurgeHours: 0 } });
+    const family = await finishedFamily(app);
+    assert.deepEqual(await familyReads(app, family), familyGone(family));
+    assert.equal(await app.orchestrator.autoPurge(), 2);
+    assert.deepEqual(await familyReads(app, family), familyGone(family));
+  });
+
+  test(`[${backend}] autoFinalInvocationPurgeHours 1: a finished invocation is readable at 59 min and reads as gone at 61 min, before any sweep`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { autoFinalInvocationPurgeHours: 1 } });
+    const family = await finishedFamily(app);
+    assert.deepEqual(await familyReads(app, family), familyVisible(family));
+    clock.advance(59 * 60_000);
+    assert.deepEqual(await familyReads(app, family), familyVisible(family));
+    clock.advance(2 * 60_000);
+    assert.deepEqual(await familyReads(app, family), familyGone(family));
+    assert.equal(await app.orchestrator.autoPurge(), 2);
+    assert.deepEqual(await familyReads(app, family), familyGone(family));
   });
 
   test(`[${backend}] setUpInvocationAutoPurge() restarts a final invocation's purge horizon from now`, async () => {

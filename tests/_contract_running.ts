@@ -375,6 +375,52 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.equal(statuses(await invocation.history()).filter((s) => s === "retry").length, 2);
   });
 
+  test(`[${backend}] retries: a child's exhausted RetryError that reaches the parent through result() does not retry the parent (one run, retries() 0)`, async () => {
+    const app = await makeApp();
+    let childRuns = 0;
+    const child = app.task("child", (): never => {
+      throw new RetryError(`Cannot run: child attempt ${++childRuns}`);
+    }, { maxRetries: 0 });
+    let parentRuns = 0;
+    const parent = app.task("parent", async (): Promise<string> => {
+      parentRuns++;
+      return await (await child.call()).result();
+    }, { maxRetries: 2 });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const invocation = await parent.call();
+    const error = await within(rejection(invocation.result()), 20_000);
+    assert.ok(error instanceof RetryError, `got ${String(error)}`);
+    assert.equal(error.message, "Cannot run: child attempt 1");
+    assert.equal(await invocation.status(), "failed");
+    assert.equal(await invocation.retries(), 0);
+    assert.equal(parentRuns, 1);
+    assert.equal(childRuns, 1);
+    assert.ok(!statuses(await invocation.history()).includes("retry"));
+  });
+
+  test(`[${backend}] retries: a parent whose own retryFor lists RetryError is retried for a child's exhausted RetryError`, async () => {
+    const app = await makeApp();
+    let childRuns = 0;
+    const child = app.task("child", (): never => {
+      throw new RetryError(`Cannot run: child attempt ${++childRuns}`);
+    }, { maxRetries: 0 });
+    let parentRuns = 0;
+    const parent = app.task("parent", async (): Promise<string> => {
+      parentRuns++;
+      return await (await child.call()).result();
+    }, { maxRetries: 2, retryFor: [RetryError] });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const invocation = await parent.call();
+    const error = await within(rejection(invocation.result()), 20_000);
+    assert.ok(error instanceof RetryError, `got ${String(error)}`);
+    assert.equal(error.message, "Cannot run: child attempt 3");
+    assert.equal(await invocation.retries(), 2);
+    assert.equal(parentRuns, 3);
+    assert.equal(statuses(await invocation.history()).filter((s) => s === "retry").length, 2);
+  });
+
   test(`[${backend}] retryFor: a listed custom error is retried, an unlisted one fails at once`, async () => {
     const app = await makeApp();
     let flakyRuns = 0;

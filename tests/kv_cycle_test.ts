@@ -1,5 +1,6 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { Keys } from "../kv/keys.ts";
@@ -76,6 +77,17 @@ function gate(): { wait(): Promise<void>; open(): void; reached: Promise<void> }
     open,
     reached,
   };
+}
+
+/** `promise`, or a failure naming `what` after `ms` of real time: a hang becomes a failure. */
+function withDeadline<T>(promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
+    }),
+  ]);
 }
 
 const call = (callId: string, invocationId: string) => ({ callId, invocationId, label: callId });
@@ -316,4 +328,43 @@ test("KV cycle control: an invocation that reuses an edge older than the edge cl
   stages.zVerify.open();
   await assert.rejects(closing, CycleDetectedError); // Z withdraws B → A
   assert.deepEqual((await X.graphs()).calls.edges, [["A", "B"]], "x1 and y1 run B: A → B is live");
+});
+
+test("KV cycle control: a caller that becomes final while its call edge is being added (its clean-up ran before the holder was written) leaves no holder of its call behind", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const appId = "final-caller-race";
+  const keys = new Keys(appId);
+  // The commit that writes the caller's holder stops until the caller has finished.
+  const holderWrite = gate();
+  let holderKey: KvKey | undefined;
+  const app = new Nenc({
+    appId,
+    kv: interceptKv(kv, {
+      beforeCommit: async (_values, setKeys) => {
+        if (holderKey !== undefined && setKeys.some((key) => String(key) === String(holderKey))) {
+          holderKey = undefined;
+          await holderWrite.wait();
+        }
+      },
+    }),
+  });
+  const o = app.orchestrator;
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const caller = await job.call({ n: 0 });
+  const callee = await job.call({ n: 1 });
+  const actor = { runnerId: "r0" };
+  assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
+  await o.setInvocationRun(undefined, caller, actor);
+  holderKey = keys.callHolder(caller.callId, caller.id);
+  const run = o.setInvocationRun(caller, callee, actor);
+  await withDeadline(holderWrite.reached, "the caller's holder commit");
+  // The caller finishes now: its clean-up finds no holder of its call yet.
+  await o.setInvocationResult(caller, 0, actor);
+  holderWrite.open();
+  await withDeadline(run, "setInvocationRun()");
+  assert.deepEqual(await keysUnder(kv, keys.callHolder(caller.callId)), []);
+  assert.deepEqual((await o.store.graphs()).calls.edges, []);
+  await o.setInvocationResult(callee, 1, actor);
+  assert.deepEqual(await o.store.graphs(), { calls: { calls: [], edges: [] }, waits: [] });
 });

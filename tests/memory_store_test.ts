@@ -1,4 +1,5 @@
 import { Nenc } from "../core/app.ts";
+import { systemClock } from "../core/clock.ts";
 import { MemoryStore } from "../core/memory_store.ts";
 import { storeContract } from "./store_contract.ts";
 
@@ -12,7 +13,9 @@ storeContract("memory", (options = {}, shareWith) => {
     : backends.get(shareWith)!;
   const appId = options.appId ?? "nenc";
   let store = stores.get(appId);
-  if (store === undefined) stores.set(appId, store = new MemoryStore());
+  // The store reads purge deadlines on the app's clock, as the one `new Nenc()` builds does.
+  const clock = options.clock ?? systemClock;
+  if (store === undefined) stores.set(appId, store = new MemoryStore({ clock }));
   const app = new Nenc({ ...options, store });
   backends.set(app, stores);
   return app;

@@ -61,7 +61,7 @@ function storeWith(store: MemoryStore, overrides: Partial<Store>): Store {
 
 test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow claim pass does not make a live runner look dead", async () => {
   const clock = new FakeClock();
-  const memory = new MemoryStore();
+  const memory = new MemoryStore({ clock });
   let claims = 0;
   let release!: () => void;
   const stuck = new Promise<void>((resolve) => release = resolve);
@@ -99,7 +99,7 @@ test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow cl
 
 test("a runner whose resume write fails (a store error) tries it again: the paused invocation does not stay PAUSED on a live runner", async () => {
   const clock = new FakeClock();
-  const memory = new MemoryStore();
+  const memory = new MemoryStore({ clock });
   let resumes = 0;
   const store = storeWith(memory, {
     change: (id, change) => {

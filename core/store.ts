@@ -489,9 +489,15 @@ export interface Store {
   /** Known runners and their last heartbeats. */
   runners(): Promise<RunnerInfo[]>;
 
-  /** Resolves when the invocation is final (or gone), or when `signal` aborts. */
+  /**
+   * Resolves when the invocation is final (or gone), or when `signal` aborts; rejects with
+   * {@linkcode StoreClosedError} once the store is found closed.
+   */
   waitFinal(id: string, signal?: AbortSignal): Promise<void>;
-  /** Resolves when new work may be available, or when `signal` aborts. */
+  /**
+   * Resolves when new work may be available, or when `signal` aborts; rejects with
+   * {@linkcode StoreClosedError} once the store is found closed.
+   */
   waitWork(signal?: AbortSignal): Promise<void>;
 
   /** Sets the purge time of a final invocation. */

@@ -10,10 +10,15 @@
  */
 
 import { encodeTime } from "ulid";
-import { listen, listenFor, notify } from "../core/_listeners.ts";
+import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
-import { CycleDetectedError, NencError, SerializationError } from "../core/errors.ts";
+import {
+  CycleDetectedError,
+  NencError,
+  SerializationError,
+  StoreClosedError,
+} from "../core/errors.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   type HistoryEntry,
@@ -41,6 +46,7 @@ import {
   type Store,
 } from "../core/store.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
+import { closeAware } from "./_closed.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -115,16 +121,39 @@ interface WaitNode {
  */
 interface LocalSignals {
   /** Waiters for an invocation to be final. */
-  readonly finals: Map<string, Set<() => void>>;
+  readonly finals: Map<string, Set<Listener>>;
   /** Idle runners waiting for work. */
-  readonly work: Set<() => void>;
+  readonly work: Set<Listener>;
   /** Work was announced since the last claim: a runner about to wait does not miss it. */
   newWork: boolean;
   /** The running poller of awaited invocations, if any. */
   poller?: Promise<void> | undefined;
+  /** Ends the poller's pause at once (set while it pauses). */
+  wakePoller?: (() => void) | undefined;
+  /** Set once a call found the KV handle closed: it never opens again. */
+  closed?: StoreClosedError | undefined;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
+
+/**
+ * A call found `kv` closed: every waiter of every app on it in this process rejects with a
+ * {@linkcode StoreClosedError}, and the pollers stop instead of keeping the process alive.
+ */
+function closeSignals(kv: KvLike, error: StoreClosedError): void {
+  const cause = { cause: error.cause };
+  for (const local of localSignals.get(kv)?.values() ?? []) {
+    local.closed ??= error;
+    for (const [id, waiters] of [...local.finals]) {
+      notify(
+        waiters,
+        new StoreClosedError(`Cannot wait for invocation ${id}: the KV store is closed`, cause),
+      );
+    }
+    notify(local.work, new StoreClosedError("Cannot wait for work: the KV store is closed", cause));
+    local.wakePoller?.();
+  }
+}
 
 /**
  * Options of {@linkcode KvStore}.
@@ -179,11 +208,12 @@ export class KvStore implements Store {
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
     this.appId = options.appId;
-    this.#kv = kv;
+    // Every KV call goes through this view: a closed handle rejects with StoreClosedError.
+    this.#kv = closeAware(kv, (error) => closeSignals(kv, error));
     this.#keys = new Keys(options.appId);
     this.#clock = options.clock;
-    this.#group = new GroupCommitter(kv);
-    this.#reads = new ReadCoalescer(kv);
+    this.#group = new GroupCommitter(this.#kv);
+    this.#reads = new ReadCoalescer(this.#kv);
     let perApp = localSignals.get(kv);
     if (perApp === undefined) localSignals.set(kv, perApp = new Map());
     let local = perApp.get(options.appId);
@@ -423,7 +453,8 @@ export class KvStore implements Store {
           runnerId,
           nowMs: this.#clock.now(),
         }), available);
-      } catch {
+      } catch (error) {
+        if (error instanceof StoreClosedError) throw error;
         return; // Another runner moved it first (the re-planned transition is refused).
       }
       if (outcome.ok) return void claimed.push(outcome.record);
@@ -440,7 +471,8 @@ export class KvStore implements Store {
           controlled++;
           (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);
         }
-      } catch {
+      } catch (error) {
+        if (error instanceof StoreClosedError) throw error;
         // Moved by another runner meanwhile.
       }
     };
@@ -931,6 +963,12 @@ export class KvStore implements Store {
   async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
     const record = await this.get(id);
     if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
+    const closed = this.#local.closed;
+    if (closed !== undefined) {
+      throw new StoreClosedError(`Cannot wait for invocation ${id}: the KV store is closed`, {
+        cause: closed.cause,
+      });
+    }
     // This process's own changes wake the waiter at once; other processes' are found by one
     // poller per app and KV handle that reads every awaited invocation in batches, so a
     // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
@@ -947,16 +985,28 @@ export class KvStore implements Store {
    * waiters (most of which this process's own changes wake anyway), and an end made elsewhere is
    * seen within about a sweep. Its cadence is I/O pacing, not app time, so it runs on real timers
    * like the commit back-off: with a fake app clock, in-process changes still wake waiters at once.
+   * A read that finds the KV closed has rejected every waiter (see `closeSignals`): the poller
+   * stops, and a pause it is in ends at once, so no timer of it outlives the store.
    */
   async #pollFinals(): Promise<void> {
-    const finals = this.#local.finals;
+    const local = this.#local;
+    const finals = local.finals;
     // The poller steps down in the same step that finds no waiter left (not a tick later, when a
     // waiter may have joined and found it still there).
     try {
       for (let idle = 0, cursor = 0; finals.size > 0;) {
         const slices = Math.ceil(finals.size / POLL_SLICE);
         const roundMs = Math.max(MIN_POLL_ROUND_MS, pollDelayMs(idle) / slices);
-        await new Promise((resolve) => setTimeout(resolve, roundMs));
+        await new Promise<void>((resolve) => {
+          const wake = (): void => {
+            clearTimeout(timer);
+            local.wakePoller = undefined;
+            resolve();
+          };
+          const timer = setTimeout(wake, roundMs);
+          local.wakePoller = wake;
+        });
+        if (local.closed !== undefined) return;
         const awaited = [...finals.keys()];
         if (cursor >= awaited.length) cursor = 0;
         const ids = awaited.slice(cursor, cursor + POLL_SLICE);
@@ -965,7 +1015,8 @@ export class KvStore implements Store {
         let read: (StoredInvocation | undefined)[];
         try {
           read = await this.#readMany(ids);
-        } catch {
+        } catch (error) {
+          if (error instanceof StoreClosedError) return;
           // A failed read (the network, a bad record) is tried again next round, backing off.
           idle++;
           continue;
@@ -985,23 +1036,33 @@ export class KvStore implements Store {
         else if (cursor >= awaited.length) idle++;
       }
     } finally {
-      this.#local.poller = undefined;
+      local.poller = undefined;
     }
   }
 
   async waitWork(signal?: AbortSignal): Promise<void> {
     // New work from this process wakes the runner at once; work from other processes is found
     // by polling, backing off while claims come back empty.
+    // A closed store rejects at once, and a store found closed meanwhile ends the wait.
+    const closed = this.#local.closed;
+    if (closed !== undefined) {
+      throw new StoreClosedError("Cannot wait for work: the KV store is closed", {
+        cause: closed.cause,
+      });
+    }
     if (signal?.aborted || this.#local.newWork) return;
     const wake = new AbortController();
     const stop = (): void => wake.abort();
     signal?.addEventListener("abort", stop, { once: true });
-    await Promise.race([
-      listen(this.#local.work, wake.signal),
-      this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal),
-    ]);
-    wake.abort();
-    signal?.removeEventListener("abort", stop);
+    try {
+      await Promise.race([
+        listen(this.#local.work, wake.signal),
+        this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal),
+      ]);
+    } finally {
+      wake.abort();
+      signal?.removeEventListener("abort", stop);
+    }
   }
 
   #announceWork(): void {

@@ -506,6 +506,13 @@ export interface Store {
   purgeDue(nowMs: number): Promise<number>;
   /** Deletes everything of this app. */
   purgeAll(): Promise<void>;
+
+  /**
+   * Throws a {@linkcode NencError} naming both versions when the stored data has a newer layout
+   * than this code; reads, never creates. Always reads anew: a runner calls it at start and on
+   * every heartbeat, and stops on its error.
+   */
+  checkSchema(): Promise<void>;
 }
 
 /**

@@ -199,7 +199,11 @@ export class KvStore implements Store {
   readonly #kv: KvLike;
   readonly #keys: Keys;
   readonly #clock: Clock;
-  #schemaChecked: Promise<void> | undefined;
+  /** When the schema key was last read (store clock), and whether it was there (or written). */
+  #schemaCheckedAtMs = -Infinity;
+  #schemaPresent = false;
+  /** The schema read in flight, shared by the entry points that need one meanwhile. */
+  #schemaRead: { readonly create: boolean; readonly done: Promise<void> } | undefined;
   readonly #local: LocalSignals;
   readonly #group: GroupCommitter;
   readonly #reads: ReadCoalescer;
@@ -228,7 +232,7 @@ export class KvStore implements Store {
   // reads: reg/<key>, inv/<existing>; checks: reg/<key>;
   // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, status/registered/<id>, q/<pos>, reg/<key>
   async register(invocation: NewInvocation): Promise<RegisterOutcome> {
-    await this.#ensureSchema();
+    await this.#ensureSchema(true);
     const key = invocation.registrationKey;
     for (let attempt = 0;; attempt++) {
       let holder: KvEntryMaybeLike | undefined;
@@ -260,7 +264,7 @@ export class KvStore implements Store {
   // (and a record over the value limit refused) before the first commit; the group committer
   // packs the drafts into commits by count and by bytes, so large arguments split into more.
   async registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
-    await this.#ensureSchema();
+    await this.#ensureSchema(true);
     if (invocations.some((invocation) => invocation.registrationKey !== null)) {
       throw new RangeError("Cannot register in batch: registration keys need register()");
     }
@@ -436,6 +440,7 @@ export class KvStore implements Store {
   // PENDING and moves on. A runner that dies after a claim leaves a PENDING invocation that
   // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
+    await this.#ensureSchema(false);
     const { runnerId, nowMs, max } = request;
     this.#local.newWork = false;
     const claimed: InvocationRecord[] = [];
@@ -1158,6 +1163,7 @@ export class KvStore implements Store {
   }
 
   async purgeDue(nowMs: number): Promise<number> {
+    await this.checkSchema();
     const due: { id: string; key: KvKey }[] = [];
     const end = this.#keys.purge(purgePosition(nowMs + 1, ""));
     for await (const entry of this.#kv.list({ start: this.#keys.purge(""), end })) {
@@ -1168,10 +1174,12 @@ export class KvStore implements Store {
   }
 
   async purgeAll(): Promise<void> {
+    await this.checkSchema();
     const keys: KvKey[] = [];
     for await (const entry of this.#kv.list({ prefix: this.#keys.app })) keys.push(entry.key);
     await this.#deleteKeys(keys);
-    this.#schemaChecked = undefined;
+    // The schema key is gone too: the next registration writes it again.
+    this.#schemaPresent = false;
   }
 
   /**
@@ -1267,29 +1275,70 @@ export class KvStore implements Store {
     }
   }
 
-  #ensureSchema(): Promise<void> {
-    this.#schemaChecked ??= (async () => {
-      const key = this.#keys.schema();
-      for (let attempt = 0;; attempt++) {
-        const entry = await this.#reads.get(key);
-        if (entry.versionstamp !== null) {
-          const version = Number(decode(entry.value, "the schema version"));
-          if (version > KV_SCHEMA_VERSION) {
-            throw new NencError(
-              `Cannot use the KV store: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
-            );
-          }
-          return;
+  // reads: schema
+  checkSchema(): Promise<void> {
+    return this.#readSchema(false);
+  }
+
+  /**
+   * The schema check of the entry points that write: `claim` (never creates the key) and
+   * `register*` (create it, the first write of an app). It re-reads the key once the last read is
+   * `SCHEMA_RECHECK_MS` old on the store's clock, so a process that checked once still notices,
+   * within about a second, data that a newer nenc has upgraded since; between re-reads it costs
+   * nothing. `checkSchema`, `purgeDue` and `purgeAll` read it every time.
+   */
+  #ensureSchema(create: boolean): Promise<void> {
+    if (
+      this.#clock.now() - this.#schemaCheckedAtMs < SCHEMA_RECHECK_MS &&
+      (this.#schemaPresent || !create)
+    ) {
+      return Promise.resolve();
+    }
+    const pending = this.#schemaRead;
+    if (pending !== undefined && (pending.create || !create)) return pending.done;
+    const read = { create, done: this.#readSchema(create) };
+    this.#schemaRead = read;
+    const settled = (): void => {
+      if (this.#schemaRead === read) this.#schemaRead = undefined;
+    };
+    read.done.then(settled, settled);
+    return read.done;
+  }
+
+  // reads: schema; with `create`, when absent — checks: schema absent; writes: schema
+  /** Reads the schema key: refuses a newer version; with `create`, writes it when absent. */
+  async #readSchema(create: boolean): Promise<void> {
+    const key = this.#keys.schema();
+    for (let attempt = 0;; attempt++) {
+      const startedMs = this.#clock.now();
+      const entry = await this.#reads.get(key);
+      if (entry.versionstamp !== null) {
+        const version = Number(decode(entry.value, "the schema version"));
+        if (version > KV_SCHEMA_VERSION) {
+          throw new NencError(
+            `Cannot use the KV store of app ${this.appId}: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
+          );
         }
-        const op = this.#kv.atomic().check({ key, versionstamp: null }).set(
-          key,
-          encode(KV_SCHEMA_VERSION),
-        );
-        if (await this.#commit(op)) return;
-        await backoff(attempt);
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = true;
+        return;
       }
-    })();
-    return this.#schemaChecked;
+      if (!create) {
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = false;
+        return;
+      }
+      const op = this.#kv.atomic().check({ key, versionstamp: null }).set(
+        key,
+        encode(KV_SCHEMA_VERSION),
+      );
+      if (await this.#commit(op)) {
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = true;
+        return;
+      }
+      await backoff(attempt);
+    }
   }
 
   // --- inspection --------------------------------------------------------------------------------
@@ -1406,6 +1455,8 @@ const CHUNK_MUTATIONS = 500;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;
+/** How old (store clock) the last schema read may be before `claim` or `register` reads again. */
+const SCHEMA_RECHECK_MS = 1_000;
 
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
 function pollDelayMs(polls: number): number {

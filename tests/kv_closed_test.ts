@@ -84,6 +84,7 @@ test("[kv closed] a read, a range read and a commit after close reject with Stor
   );
   // The schema was checked a moment ago: registration goes straight to its (group) commit.
   assertClosed(await rejection(task.call({ n: 2 })), /^Cannot commit: the KV store is closed$/);
+  assertClosed(await rejection(store.checkSchema()), /^Cannot read: the KV store is closed$/);
   assertClosed(await rejection(invocation.result()), /^Cannot read: the KV store is closed$/);
 });
 

@@ -1,6 +1,8 @@
 /**
  * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
- * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. Every command
+ * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. The commands that
+ * write (`worker`, `purge`) first check that the store's data is not of a newer layout than this
+ * nenc's, and `purge --all` refuses while runners are alive unless `--force`. Every command
  * imports an app module (`--app ./app.ts`, which must export exactly one {@linkcode Nenc} app,
  * named or default) and, with `--kv <path|url>`, moves that app onto a Deno KV store
  * (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
@@ -27,6 +29,7 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { renderDot, renderInvocation, renderMermaid, renderStatus } from "./_cli_render.ts";
 import { Nenc } from "./core/app.ts";
+import { StoreClosedError } from "./core/errors.ts";
 import { callLabel } from "./core/ids.ts";
 import { MemoryStore } from "./core/memory_store.ts";
 import type { KvLike } from "./kv/kv_like.ts";
@@ -64,7 +67,9 @@ Commands:
   purge                  Delete the final invocations whose purge time has passed (what the
                          runners' auto-purge deletes), and print how many.
     --all                Delete ALL data of the app instead: invocations, queue, graphs and
-                         runner heartbeats. Stop the workers first.
+                         runner heartbeats. Refused while a runner is alive (a heartbeat
+                         within runnerTimeoutSeconds): stop the workers first.
+    --force              With --all: purge even while runners are alive.
   graph                  The live call graph and wait graph, as text.
     --format <format>    mermaid or dot [mermaid].
     --svg <file>         Render the DOT with Graphviz (dot -Tsvg) into this file.
@@ -78,7 +83,10 @@ Options of every command:
                          one.
   -h, --help             Show this help.
 
-Exit codes: 0 done, 1 failed, 2 bad usage.
+worker and purge refuse a store whose data has a newer schema version than this nenc's.
+
+Exit codes: 0 done, 1 failed (also: the data is of a newer schema version, live runners block
+purge --all, the store is closed), 2 bad usage.
 `;
 
 /** Options each command accepts, besides --app, --kv and --help. */
@@ -86,7 +94,7 @@ const COMMANDS: Readonly<Record<string, readonly string[]>> = {
   worker: ["concurrency"],
   status: [],
   show: [],
-  purge: ["all"],
+  purge: ["all", "force"],
   graph: ["format", "svg"],
 };
 
@@ -134,6 +142,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         kv: { type: "string" },
         concurrency: { type: "string" },
         all: { type: "boolean" },
+        force: { type: "boolean" },
         format: { type: "string" },
         svg: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -166,6 +175,9 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   if (command === "show" ? extra !== undefined : invocationId !== undefined) {
     throw new UsageError(`Cannot run ${command}: unexpected argument ${operands.at(-1)}`);
   }
+  if (values.force === true && values.all !== true) {
+    throw new UsageError("Cannot run purge: --force applies to purge --all only");
+  }
   if (values.app === undefined) {
     throw new UsageError(`Cannot run ${command}: --app <module> is required`);
   }
@@ -194,16 +206,28 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       : app.orchestrator.store instanceof MemoryStore
       ? "memory"
       : "the app's own store";
-    if (command === "worker") return await worker(app, { backend, concurrency }, io);
-    if (backend === "memory") {
+    if (command !== "worker" && backend === "memory") {
       throw new UsageError(
         `Cannot run ${command}: app ${app.appId} keeps its data in this process's memory, and ${command} reads a shared store; pass --kv <path|url> (the Deno KV your workers use)`,
       );
     }
-    if (command === "status") return await status(app, io);
-    if (command === "show") return await show(app, invocationId!, io);
-    if (command === "purge") return await purge(app, values.all === true, io);
-    return await graph(app, { format, svg: values.svg }, io);
+    try {
+      // The commands that write refuse data of a newer layout before they change anything.
+      if (command === "worker" || command === "purge") await app.orchestrator.store.checkSchema();
+      if (command === "worker") return await worker(app, { backend, concurrency }, io);
+      if (command === "status") return await status(app, io);
+      if (command === "show") return await show(app, invocationId!, io);
+      if (command === "purge") {
+        return await purge(app, { all: values.all === true, force: values.force === true }, io);
+      }
+      return await graph(app, { format, svg: values.svg }, io);
+    } catch (error) {
+      if (!(error instanceof StoreClosedError)) throw error;
+      throw new Error(
+        `Cannot run ${command}: the store of app ${app.appId} is closed (${error.message})`,
+        { cause: error },
+      );
+    }
   } finally {
     kv?.close();
   }
@@ -332,8 +356,28 @@ async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
   return 0;
 }
 
-async function purge(app: Nenc, all: boolean, io: CliIo): Promise<number> {
-  if (all) {
+async function purge(
+  app: Nenc,
+  options: { readonly all: boolean; readonly force: boolean },
+  io: CliIo,
+): Promise<number> {
+  if (options.all) {
+    const nowMs = app.clock.now();
+    const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
+    const alive = (await app.orchestrator.store.runners())
+      .filter((runner) => nowMs - runner.lastSeenMs <= timeoutMs);
+    if (alive.length > 0 && !options.force) {
+      const named = alive.map((runner) =>
+        `${runner.runnerId} (${((nowMs - runner.lastSeenMs) / 1000).toFixed(1)} s ago)`
+      );
+      throw new Error(
+        `Cannot purge all data of app ${app.appId}: ${alive.length} runner${
+          alive.length === 1 ? " is" : "s are"
+        } alive (a heartbeat within runnerTimeoutSeconds, ${timeoutMs / 1000} s): ${
+          named.join(", ")
+        }; stop them first, or pass --force`,
+      );
+    }
     await app.orchestrator.purge();
     io.stdout(`Purged all data of app ${app.appId}.\n`);
   } else {

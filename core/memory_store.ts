@@ -379,6 +379,11 @@ export class MemoryStore implements Store {
     return Promise.resolve();
   }
 
+  /** Nothing to check: memory holds only what this process's code wrote. */
+  checkSchema(): Promise<void> {
+    return Promise.resolve();
+  }
+
   #create(invocation: NewInvocation): InvocationRecord {
     const { record, entry } = planRegistration(invocation);
     this.#records.set(record.id, record);

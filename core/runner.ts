@@ -492,6 +492,16 @@ export class Runner implements AsyncDisposable {
     while (!signal.aborted) {
       const nowMs = clock.now();
       try {
+        // Data of a newer layout (another process upgraded nenc): this code must not touch it.
+        await orchestrator.store.checkSchema();
+      } catch (error) {
+        if (!isStoreFault(error)) {
+          console.error(`nenc: runner ${this.id} stops:`, error);
+          void this.stop({ graceMs: 0 });
+          return;
+        }
+      }
+      try {
         await orchestrator.store.heartbeat(this.id, nowMs, taskIds);
         this.#lastBeatMs = Math.max(this.#lastBeatMs, nowMs);
         this.#fenced = false;

@@ -544,9 +544,15 @@ export interface Store {
   /** Known runners and their last heartbeats. */
   runners(): Promise<RunnerInfo[]>;
 
-  /** Resolves when the invocation is final (or gone), or when `signal` aborts. */
+  /**
+   * Resolves when the invocation is final (or gone), or when `signal` aborts; rejects with
+   * {@linkcode StoreClosedError} once the store is found closed.
+   */
   waitFinal(id: string, signal?: AbortSignal): Promise<void>;
-  /** Resolves when new work may be available, or when `signal` aborts. */
+  /**
+   * Resolves when new work may be available, or when `signal` aborts; rejects with
+   * {@linkcode StoreClosedError} once the store is found closed.
+   */
   waitWork(signal?: AbortSignal): Promise<void>;
 
   /** Sets the purge time of a final invocation. */
@@ -555,6 +561,13 @@ export interface Store {
   purgeDue(nowMs: number): Promise<number>;
   /** Deletes everything of this app. */
   purgeAll(): Promise<void>;
+
+  /**
+   * Throws a {@linkcode NencError} naming both versions when the stored data has a newer layout
+   * than this code; reads, never creates. Always reads anew: a runner calls it at start and on
+   * every heartbeat, and stops on its error.
+   */
+  checkSchema(): Promise<void>;
 }
 
 /**

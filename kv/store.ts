@@ -10,10 +10,15 @@
  */
 
 import { decodeTime, encodeTime } from "ulid";
-import { listen, listenFor, notify } from "../core/_listeners.ts";
+import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
-import { CycleDetectedError, NencError, SerializationError } from "../core/errors.ts";
+import {
+  CycleDetectedError,
+  NencError,
+  SerializationError,
+  StoreClosedError,
+} from "../core/errors.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   type HistoryEntry,
@@ -43,6 +48,7 @@ import {
   type Store,
 } from "../core/store.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
+import { closeAware } from "./_closed.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -125,16 +131,39 @@ interface WaitNode {
  */
 interface LocalSignals {
   /** Waiters for an invocation to be final. */
-  readonly finals: Map<string, Set<() => void>>;
+  readonly finals: Map<string, Set<Listener>>;
   /** Idle runners waiting for work. */
-  readonly work: Set<() => void>;
+  readonly work: Set<Listener>;
   /** Work was announced since the last claim: a runner about to wait does not miss it. */
   newWork: boolean;
   /** The running poller of awaited invocations, if any. */
   poller?: Promise<void> | undefined;
+  /** Ends the poller's pause at once (set while it pauses). */
+  wakePoller?: (() => void) | undefined;
+  /** Set once a call found the KV handle closed: it never opens again. */
+  closed?: StoreClosedError | undefined;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
+
+/**
+ * A call found `kv` closed: every waiter of every app on it in this process rejects with a
+ * {@linkcode StoreClosedError}, and the pollers stop instead of keeping the process alive.
+ */
+function closeSignals(kv: KvLike, error: StoreClosedError): void {
+  const cause = { cause: error.cause };
+  for (const local of localSignals.get(kv)?.values() ?? []) {
+    local.closed ??= error;
+    for (const [id, waiters] of [...local.finals]) {
+      notify(
+        waiters,
+        new StoreClosedError(`Cannot wait for invocation ${id}: the KV store is closed`, cause),
+      );
+    }
+    notify(local.work, new StoreClosedError("Cannot wait for work: the KV store is closed", cause));
+    local.wakePoller?.();
+  }
+}
 
 /**
  * Options of {@linkcode KvStore}.
@@ -180,7 +209,11 @@ export class KvStore implements Store {
   readonly #kv: KvLike;
   readonly #keys: Keys;
   readonly #clock: Clock;
-  #schemaChecked: Promise<void> | undefined;
+  /** When the schema key was last read (store clock), and whether it was there (or written). */
+  #schemaCheckedAtMs = -Infinity;
+  #schemaPresent = false;
+  /** The schema read in flight, shared by the entry points that need one meanwhile. */
+  #schemaRead: { readonly create: boolean; readonly done: Promise<void> } | undefined;
   readonly #local: LocalSignals;
   readonly #group: GroupCommitter;
   readonly #reads: ReadCoalescer;
@@ -189,11 +222,12 @@ export class KvStore implements Store {
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
     this.appId = options.appId;
-    this.#kv = kv;
+    // Every KV call goes through this view: a closed handle rejects with StoreClosedError.
+    this.#kv = closeAware(kv, (error) => closeSignals(kv, error));
     this.#keys = new Keys(options.appId);
     this.#clock = options.clock;
-    this.#group = new GroupCommitter(kv);
-    this.#reads = new ReadCoalescer(kv);
+    this.#group = new GroupCommitter(this.#kv);
+    this.#reads = new ReadCoalescer(this.#kv);
     let perApp = localSignals.get(kv);
     if (perApp === undefined) localSignals.set(kv, perApp = new Map());
     let local = perApp.get(options.appId);
@@ -208,7 +242,7 @@ export class KvStore implements Store {
   // reads: reg/<key>, inv/<existing>; checks: reg/<key>;
   // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, status/registered/<id>, q/<pos>, reg/<key>
   async register(invocation: NewInvocation): Promise<RegisterOutcome> {
-    await this.#ensureSchema();
+    await this.#ensureSchema(true);
     const key = invocation.registrationKey;
     for (let attempt = 0;; attempt++) {
       let holder: KvEntryMaybeLike | undefined;
@@ -240,7 +274,7 @@ export class KvStore implements Store {
   // (and a record over the value limit refused) before the first commit; the group committer
   // packs the drafts into commits by count and by bytes, so large arguments split into more.
   async registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
-    await this.#ensureSchema();
+    await this.#ensureSchema(true);
     if (invocations.some((invocation) => invocation.registrationKey !== null)) {
       throw new RangeError("Cannot register in batch: registration keys need register()");
     }
@@ -433,6 +467,7 @@ export class KvStore implements Store {
   // PENDING and moves on. A runner that dies after a claim leaves a PENDING invocation that
   // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
+    await this.#ensureSchema(false);
     const { runnerId, nowMs, max } = request;
     this.#local.newWork = false;
     const claimed: InvocationRecord[] = [];
@@ -452,7 +487,8 @@ export class KvStore implements Store {
           runnerId,
           nowMs: this.#clock.now(),
         }), available);
-      } catch {
+      } catch (error) {
+        if (error instanceof StoreClosedError) throw error;
         return; // Another runner moved it first (the re-planned transition is refused).
       }
       if (outcome.ok) return void claimed.push(outcome.record);
@@ -469,7 +505,8 @@ export class KvStore implements Store {
           controlled++;
           (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);
         }
-      } catch {
+      } catch (error) {
+        if (error instanceof StoreClosedError) throw error;
         // Moved by another runner meanwhile.
       }
     };
@@ -1002,6 +1039,12 @@ export class KvStore implements Store {
   async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
     const record = await this.get(id);
     if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
+    const closed = this.#local.closed;
+    if (closed !== undefined) {
+      throw new StoreClosedError(`Cannot wait for invocation ${id}: the KV store is closed`, {
+        cause: closed.cause,
+      });
+    }
     // This process's own changes wake the waiter at once; other processes' are found by one
     // poller per app and KV handle that reads every awaited invocation in batches, so a
     // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
@@ -1018,16 +1061,28 @@ export class KvStore implements Store {
    * waiters (most of which this process's own changes wake anyway), and an end made elsewhere is
    * seen within about a sweep. Its cadence is I/O pacing, not app time, so it runs on real timers
    * like the commit back-off: with a fake app clock, in-process changes still wake waiters at once.
+   * A read that finds the KV closed has rejected every waiter (see `closeSignals`): the poller
+   * stops, and a pause it is in ends at once, so no timer of it outlives the store.
    */
   async #pollFinals(): Promise<void> {
-    const finals = this.#local.finals;
+    const local = this.#local;
+    const finals = local.finals;
     // The poller steps down in the same step that finds no waiter left (not a tick later, when a
     // waiter may have joined and found it still there).
     try {
       for (let idle = 0, cursor = 0; finals.size > 0;) {
         const slices = Math.ceil(finals.size / POLL_SLICE);
         const roundMs = Math.max(MIN_POLL_ROUND_MS, pollDelayMs(idle) / slices);
-        await new Promise((resolve) => setTimeout(resolve, roundMs));
+        await new Promise<void>((resolve) => {
+          const wake = (): void => {
+            clearTimeout(timer);
+            local.wakePoller = undefined;
+            resolve();
+          };
+          const timer = setTimeout(wake, roundMs);
+          local.wakePoller = wake;
+        });
+        if (local.closed !== undefined) return;
         const awaited = [...finals.keys()];
         if (cursor >= awaited.length) cursor = 0;
         const ids = awaited.slice(cursor, cursor + POLL_SLICE);
@@ -1036,7 +1091,8 @@ export class KvStore implements Store {
         let read: (StoredInvocation | undefined)[];
         try {
           read = await this.#readMany(ids);
-        } catch {
+        } catch (error) {
+          if (error instanceof StoreClosedError) return;
           // A failed read (the network, a bad record) is tried again next round, backing off.
           idle++;
           continue;
@@ -1056,23 +1112,33 @@ export class KvStore implements Store {
         else if (cursor >= awaited.length) idle++;
       }
     } finally {
-      this.#local.poller = undefined;
+      local.poller = undefined;
     }
   }
 
   async waitWork(signal?: AbortSignal): Promise<void> {
     // New work from this process wakes the runner at once; work from other processes is found
     // by polling, backing off while claims come back empty.
+    // A closed store rejects at once, and a store found closed meanwhile ends the wait.
+    const closed = this.#local.closed;
+    if (closed !== undefined) {
+      throw new StoreClosedError("Cannot wait for work: the KV store is closed", {
+        cause: closed.cause,
+      });
+    }
     if (signal?.aborted || this.#local.newWork) return;
     const wake = new AbortController();
     const stop = (): void => wake.abort();
     signal?.addEventListener("abort", stop, { once: true });
-    await Promise.race([
-      listen(this.#local.work, wake.signal),
-      this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal),
-    ]);
-    wake.abort();
-    signal?.removeEventListener("abort", stop);
+    try {
+      await Promise.race([
+        listen(this.#local.work, wake.signal),
+        this.#clock.sleep(pollDelayMs(this.#idlePolls), wake.signal),
+      ]);
+    } finally {
+      wake.abort();
+      signal?.removeEventListener("abort", stop);
+    }
   }
 
   #announceWork(): void {
@@ -1168,6 +1234,7 @@ export class KvStore implements Store {
   }
 
   async purgeDue(nowMs: number): Promise<number> {
+    await this.checkSchema();
     const due: { id: string; key: KvKey }[] = [];
     const end = this.#keys.purge(purgePosition(nowMs + 1, ""));
     for await (const entry of this.#kv.list({ start: this.#keys.purge(""), end })) {
@@ -1178,10 +1245,12 @@ export class KvStore implements Store {
   }
 
   async purgeAll(): Promise<void> {
+    await this.checkSchema();
     const keys: KvKey[] = [];
     for await (const entry of this.#kv.list({ prefix: this.#keys.app })) keys.push(entry.key);
     await this.#deleteKeys(keys);
-    this.#schemaChecked = undefined;
+    // The schema key is gone too: the next registration writes it again.
+    this.#schemaPresent = false;
   }
 
   /**
@@ -1280,29 +1349,70 @@ export class KvStore implements Store {
     }
   }
 
-  #ensureSchema(): Promise<void> {
-    this.#schemaChecked ??= (async () => {
-      const key = this.#keys.schema();
-      for (let attempt = 0;; attempt++) {
-        const entry = await this.#reads.get(key);
-        if (entry.versionstamp !== null) {
-          const version = Number(decode(entry.value, "the schema version"));
-          if (version > KV_SCHEMA_VERSION) {
-            throw new NencError(
-              `Cannot use the KV store: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
-            );
-          }
-          return;
+  // reads: schema
+  checkSchema(): Promise<void> {
+    return this.#readSchema(false);
+  }
+
+  /**
+   * The schema check of the entry points that write: `claim` (never creates the key) and
+   * `register*` (create it, the first write of an app). It re-reads the key once the last read is
+   * `SCHEMA_RECHECK_MS` old on the store's clock, so a process that checked once still notices,
+   * within about a second, data that a newer nenc has upgraded since; between re-reads it costs
+   * nothing. `checkSchema`, `purgeDue` and `purgeAll` read it every time.
+   */
+  #ensureSchema(create: boolean): Promise<void> {
+    if (
+      this.#clock.now() - this.#schemaCheckedAtMs < SCHEMA_RECHECK_MS &&
+      (this.#schemaPresent || !create)
+    ) {
+      return Promise.resolve();
+    }
+    const pending = this.#schemaRead;
+    if (pending !== undefined && (pending.create || !create)) return pending.done;
+    const read = { create, done: this.#readSchema(create) };
+    this.#schemaRead = read;
+    const settled = (): void => {
+      if (this.#schemaRead === read) this.#schemaRead = undefined;
+    };
+    read.done.then(settled, settled);
+    return read.done;
+  }
+
+  // reads: schema; with `create`, when absent — checks: schema absent; writes: schema
+  /** Reads the schema key: refuses a newer version; with `create`, writes it when absent. */
+  async #readSchema(create: boolean): Promise<void> {
+    const key = this.#keys.schema();
+    for (let attempt = 0;; attempt++) {
+      const startedMs = this.#clock.now();
+      const entry = await this.#reads.get(key);
+      if (entry.versionstamp !== null) {
+        const version = Number(decode(entry.value, "the schema version"));
+        if (version > KV_SCHEMA_VERSION) {
+          throw new NencError(
+            `Cannot use the KV store of app ${this.appId}: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
+          );
         }
-        const op = this.#kv.atomic().check({ key, versionstamp: null }).set(
-          key,
-          encode(KV_SCHEMA_VERSION),
-        );
-        if (await this.#commit(op)) return;
-        await backoff(attempt);
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = true;
+        return;
       }
-    })();
-    return this.#schemaChecked;
+      if (!create) {
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = false;
+        return;
+      }
+      const op = this.#kv.atomic().check({ key, versionstamp: null }).set(
+        key,
+        encode(KV_SCHEMA_VERSION),
+      );
+      if (await this.#commit(op)) {
+        this.#schemaCheckedAtMs = startedMs;
+        this.#schemaPresent = true;
+        return;
+      }
+      await backoff(attempt);
+    }
   }
 
   // --- inspection --------------------------------------------------------------------------------
@@ -1434,6 +1544,8 @@ const CHUNK_MUTATIONS = 500;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;
+/** How old (store clock) the last schema read may be before `claim` or `register` reads again. */
+const SCHEMA_RECHECK_MS = 1_000;
 
 /** Poll delays while nothing changes: 5 ms, doubling up to 500 ms. */
 function pollDelayMs(polls: number): number {

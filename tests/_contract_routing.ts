@@ -89,7 +89,12 @@ async function finishedFamily(
   const parent = await parentTask.call();
   await claimOne(app, "r1", parent);
   await o.setInvocationRun(undefined, parent, { runnerId: "r1" });
-  const inParent = { invocationId: parent.id, runnerId: "r1", waitFor: () => Promise.resolve() };
+  const inParent = {
+    invocationId: parent.id,
+    runnerId: "r1",
+    signal: new AbortController().signal,
+    waitFor: () => Promise.resolve(),
+  };
   const child = await runInExecution(inParent, () => childTask.call({ n: 1 }));
   const sibling = await runInExecution(inParent, () => childTask.call({ n: 2 }));
   await claimOne(app, "r1", child);

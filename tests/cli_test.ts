@@ -14,6 +14,8 @@ import { Nenc } from "../core/app.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { openTestKv } from "./_kv.ts";
+import { Keys } from "../kv/keys.ts";
+import { KV_SCHEMA_VERSION } from "../kv/store.ts";
 
 const onlyDeno = (globalThis as { Deno?: unknown }).Deno === undefined
   ? "the CLI runs on Deno: these tests spawn deno"
@@ -231,6 +233,32 @@ test("cli: status, show, purge and graph on an app in this process's memory (no 
         `Cannot run ${command[0]}: app cli-test keeps its data in this process's memory, and ${
           command[0]
         } reads a shared store; pass --kv <path\\|url>`,
+      ),
+    );
+  }
+});
+
+test("cli: purge --force without --all exits 2", async () => {
+  const { code, stderr } = await runMain(["purge", "--force", "--app", fixture("_cli_app.ts")]);
+  assert.equal(code, 2);
+  assert.match(stderr, /Cannot run purge: --force applies to purge --all only/);
+});
+
+test("cli: every command on an app whose own KV store is closed exits 1 saying the store is closed", async () => {
+  for (const command of [["worker"], ["status"], ["show", "01ABC"], ["purge"], ["graph"]]) {
+    const { code, stdout, stderr } = await runMain([
+      ...command,
+      "--app",
+      fixture("_cli_closed_app.ts"),
+    ]);
+    assert.equal(code, 1, `${command[0]}: ${stderr}`);
+    assert.equal(stdout, "", command[0]);
+    assert.match(
+      stderr,
+      new RegExp(
+        `^nenc: Cannot run ${
+          command[0]
+        }: the store of app cli-closed is closed \\(Cannot (read|commit): the KV store is closed\\)\n$`,
       ),
     );
   }
@@ -547,3 +575,69 @@ test("cli graph --svg: without Graphviz on the PATH it exits 1 saying Graphviz i
     }
   });
 });
+
+test(
+  "cli worker and purge on data of a newer schema version exit 1 naming both versions, and change nothing",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, tasks } = await openFixtureApp(path);
+      try {
+        const invocation = await tasks.add.call({ x: 1, y: 2 });
+        const newer = KV_SCHEMA_VERSION + 1;
+        await kv.atomic().set(new Keys(APP_ID).schema(), new TextEncoder().encode(String(newer)))
+          .commit();
+        const refused = new RegExp(
+          `^nenc: Cannot use the KV store of app cli-test: its data has schema version ${newer}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc\n$`,
+        );
+        for (const command of [["worker"], ["purge"], ["purge", "--all", "--force"]]) {
+          const { code, stdout, stderr } = await cli(command, path);
+          assert.equal(code, 1, command.join(" "));
+          assert.equal(stdout, "", command.join(" "));
+          assert.match(stderr, refused, command.join(" "));
+        }
+        assert.equal(await app.orchestrator.getInvocationStatus(invocation), "registered");
+        assert.deepEqual(await app.orchestrator.store.runners(), [], "no worker started");
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli purge --all refuses while a runner's heartbeat is within runnerTimeoutSeconds, naming it (not a silent one), and exits 1; --force purges",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, tasks } = await openFixtureApp(path);
+      try {
+        const invocation = await tasks.add.call({ x: 1, y: 2 });
+        const store = app.orchestrator.store;
+        await store.heartbeat("runner-live", Date.now());
+        // The fixture app's runnerTimeoutSeconds is the default, 10 s: this one is presumed dead.
+        await store.heartbeat("runner-silent", Date.now() - 60_000);
+        const refused = await cli(["purge", "--all"], path);
+        assert.equal(refused.code, 1);
+        assert.equal(refused.stdout, "");
+        assert.match(
+          refused.stderr,
+          /^nenc: Cannot purge all data of app cli-test: 1 runner is alive \(a heartbeat within runnerTimeoutSeconds, 10 s\): runner-live \(\d+\.\d s ago\); stop them first, or pass --force\n$/,
+        );
+        assert.equal((await app.orchestrator.getInvocation(invocation.id))?.id, invocation.id);
+
+        const forced = await cli(["purge", "--all", "--force"], path);
+        assert.equal(forced.code, 0, forced.stderr);
+        assert.equal(forced.stdout, "Purged all data of app cli-test.\n");
+        assert.equal(await app.orchestrator.getInvocation(invocation.id), undefined);
+        assert.deepEqual(await store.runners(), []);
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);

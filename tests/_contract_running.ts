@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import type { Nenc } from "../core/app.ts";
 import {
   ConcurrencyControlledError,
@@ -28,10 +29,10 @@ function deferred<T = void>(): Deferred<T> {
   return { promise, resolve };
 }
 
-/** The error `promise` rejects with; fails the test if it resolves. */
+/** The error `promise` rejects with; fails the test if it resolves (or hangs). */
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {
-    const value = await promise;
+    const value = await within(promise, DEADLINE_MS, "the awaited rejection");
     assert.fail(`expected a rejection, got ${JSON.stringify(value)}`);
   } catch (error) {
     if (error instanceof assert.AssertionError) throw error;
@@ -57,18 +58,6 @@ const statuses = (history: readonly HistoryEntry[]): string[] =>
 /** Lets already-settled promise chains run (in-process work only; no timers). */
 async function flushMicrotasks(rounds = 100): Promise<void> {
   for (let i = 0; i < rounds; i++) await Promise.resolve();
-}
-
-/**
- * Settles with the promise, or with "timeout" after `ms` of real time: a guard that turns a hang
- * into a failure, not a timing assumption (the passing path never waits for it).
- */
-function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), ms)),
-  ]);
 }
 
 /**
@@ -102,7 +91,7 @@ class WatchedClock extends FakeClock {
   /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
   sleeping(ms: number): Promise<void> {
     if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
-    return new Promise((resolve) => {
+    const sleeping = new Promise<void>((resolve) => {
       const done = (slept: number): void => {
         if (slept !== ms) return;
         this.#onSleep.delete(done);
@@ -110,6 +99,7 @@ class WatchedClock extends FakeClock {
       };
       this.#onSleep.add(done);
     });
+    return within(sleeping, DEADLINE_MS, `something to sleep ${ms} ms on the clock`);
   }
 }
 
@@ -148,7 +138,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 1 }); // even with one slot, fib(20) completes
     runner.start();
     const inv = await fib.call({ n: 20 });
-    assert.equal(await inv.result(), 6765);
+    assert.equal(await within(inv.result(), LONG_DEADLINE_MS, "the result of fib(20)"), 6765);
   });
 
   // --- cycle control -----------------------------------------------------------------------------
@@ -226,7 +216,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     // If the edge a({n:3}) → b({n:3}) were still in the call graph, b → a would close a cycle now.
     cyclic = false;
-    assert.equal(await (await b.call({ n: 3 })).result(), "b(a-leaf)");
+    const bInvocation = await b.call({ n: 3 });
+    assert.equal(await within(bInvocation.result(), DEADLINE_MS, "b's result"), "b(a-leaf)");
   });
 
   test(`[${backend}] cycle control off (cycleControl: false): a bounded self-recursion with equal args completes`, async () => {
@@ -241,7 +232,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     await using runner = app.runner({ concurrency: 1 });
     runner.start();
-    assert.equal(await (await recurse.call({ n: 1 })).result(), 3);
+    const outer = await recurse.call({ n: 1 });
+    assert.equal(await within(outer.result(), DEADLINE_MS, "the outer recursion's result"), 3);
     const all = await invocationsOf(app, recurse);
     assert.equal(all.length, 4);
     for (const invocation of all) assert.equal(await invocation.status(), "success");
@@ -264,7 +256,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     app.orchestrator.options.cycleControl = false;
     depth = 0;
-    assert.equal(await (await recurse.call({ n: 1 })).result(), 2);
+    const outer = await recurse.call({ n: 1 });
+    assert.equal(await within(outer.result(), DEADLINE_MS, "the outer recursion's result"), 2);
   });
 
   // --- exceptions --------------------------------------------------------------------------------
@@ -344,7 +337,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner();
     runner.start();
     const invocation = await flaky.call();
-    assert.equal(await invocation.result(), "ok");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "flaky's result"), "ok");
     assert.equal(runs, 3);
     assert.equal(await invocation.retries(), 2);
     const history = await invocation.history();
@@ -396,7 +389,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner();
     runner.start();
     const ok = await flaky.call();
-    assert.equal(await ok.result(), "connected");
+    assert.equal(await within(ok.result(), DEADLINE_MS, "flaky's result"), "connected");
     assert.equal(await ok.retries(), 1);
     assert.equal(flakyRuns, 2);
     const failed = await broken.call();
@@ -420,17 +413,17 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     runner.start();
     const invocation = await flaky.call();
     // With one slot, the probe runs only after the runner handled the failed first run.
-    await (await probe.call()).result();
+    await within((await probe.call()).result(), DEADLINE_MS, "the first probe's result");
     assert.equal(runs, 1);
     assert.equal(await invocation.status(), "retry");
     await clock.sleeping(1);
     clock.advance(999);
-    await (await probe.call()).result();
+    await within((await probe.call()).result(), DEADLINE_MS, "the second probe's result");
     assert.equal(runs, 1, "re-run before the back-off passed");
     assert.equal(await invocation.status(), "retry");
     await clock.sleeping(1);
     clock.advance(1);
-    assert.equal(await invocation.result(), 2);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "flaky's result"), 2);
     assert.equal(await invocation.retries(), 1);
   });
 
@@ -448,7 +441,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     if (claimed.length === 0) {
       // An async backend may have read its queue before the call landed: then the work signal
       // must still be pending, so a runner that waits now wakes without the clock moving.
-      await app.orchestrator.store.waitWork();
+      await within(app.orchestrator.store.waitWork(), DEADLINE_MS, "the work signal of the call");
       claimed = await app.orchestrator.getInvocationsToRun(1, { runnerId: "picker" });
     }
     assert.deepEqual(claimed.map((each) => each.id), [invocation.id]);
@@ -469,7 +462,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 1 });
     runner.start();
     const root = await chain.call({ depth: 30 });
-    assert.equal(await root.result(), 30);
+    assert.equal(await within(root.result(), LONG_DEADLINE_MS, "the result of depth 30"), 30);
     assert.deepEqual(statuses(await root.history()), [
       "registered",
       "pending",
@@ -508,7 +501,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       await using runner = app.runner({ concurrency: slots });
       runner.start();
       const invocation = await parent.call({ n: 200 });
-      assert.equal(await invocation.result(), 199 * 200);
+      assert.equal(
+        await within(invocation.result(), fanOut.timeout, "the parent's result"),
+        199 * 200,
+      );
       const history = statuses(await invocation.history());
       if (slots === 1) {
         // One slot: the children can only run once the parent has paused and freed it.
@@ -542,7 +538,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 4 });
     runner.start();
     const invocation = await single.call({ n: 3 });
-    assert.equal(await invocation.result(), 3);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the result of single(3)"), 3);
     for (const each of await invocationsOf(app, single)) {
       assert.ok(isValidHistory(await each.history()));
       assert.equal(await each.status(), "success");
@@ -569,12 +565,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       { i: 2 },
     ]);
     const results = group.results();
-    await Promise.all(started.map((s) => s.promise));
+    await within(Promise.all(started.map((s) => s.promise)), DEADLINE_MS, "all three to start");
     for (const i of [2, 1, 0]) {
       gates[i]!.resolve();
-      await group.invocations[i]!.result();
+      await within(group.invocations[i]!.result(), DEADLINE_MS, `the result of gated ${i}`);
     }
-    assert.deepEqual(await results, [0, 10, 20]);
+    assert.deepEqual(await within(results, DEADLINE_MS, "the group's results"), [0, 10, 20]);
   });
 
   test(`[${backend}] parallelize: asCompleted() yields every result in completion order`, async () => {
@@ -589,15 +585,16 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 3 });
     runner.start();
     const group = await gated.parallelize([{ i: 0 }, { i: 1 }, { i: 2 }], { commonArgs: {} });
-    await Promise.all(started.map((s) => s.promise));
+    await within(Promise.all(started.map((s) => s.promise)), DEADLINE_MS, "all three to start");
     const iterator = group.asCompleted();
+    const next = () => within(iterator.next(), DEADLINE_MS, "the next result of asCompleted()");
     gates[2]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 20, done: false });
+    assert.deepEqual(await next(), { value: 20, done: false });
     gates[0]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 0, done: false });
+    assert.deepEqual(await next(), { value: 0, done: false });
     gates[1]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 10, done: false });
-    assert.deepEqual(await iterator.next(), { value: undefined, done: true });
+    assert.deepEqual(await next(), { value: 10, done: false });
+    assert.deepEqual(await next(), { value: undefined, done: true });
   });
 
   // --- history -----------------------------------------------------------------------------------
@@ -608,7 +605,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ runnerId: "r-simple" });
     runner.start();
     const invocation = await add.call({ x: 1, y: 2 });
-    assert.equal(await invocation.result(), 3);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "add's result"), 3);
     const history = await invocation.history();
     assert.deepEqual(statuses(history), ["registered", "pending", "running", "success"]);
     assert.deepEqual(history.map((entry) => entry.seq), [1, 2, 3, 4]);
@@ -633,7 +630,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
-    assert.equal(await (await fib.call({ n: 12 })).result(), 144);
+    const root = await fib.call({ n: 12 });
+    assert.equal(await within(root.result(), LONG_DEADLINE_MS, "the result of fib(12)"), 144);
     const all = await invocationsOf(app, fib);
     assert.ok(all.length >= 13, `only ${all.length} invocations`);
     for (const invocation of all) {
@@ -775,7 +773,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     runnerTwo.start();
     const args = Array.from({ length: 60 }, (_, i) => ({ key: `k${i % 3}`, i }));
     const group = await keyed.parallelize(args);
-    assert.deepEqual(await group.results(), args.map(({ i }) => i));
+    assert.deepEqual(
+      await within(group.results(), LONG_DEADLINE_MS, "the 60 keyed results"),
+      args.map(({ i }) => i),
+    );
     assert.equal(overlaps, 0);
     assert.ok(maxActiveAll >= 2, "different keys never ran at the same time");
     assert.equal(runsOf.size, 60);
@@ -804,7 +805,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const holder = await exclusive.call({ key: "k", i: 0 });
-    await started.promise;
+    await within(started.promise, DEADLINE_MS, "the holder to start");
     const refused = await exclusive.call({ key: "k", i: 1 });
     const error = await rejection(refused.result());
     assert.ok(error instanceof ConcurrencyControlledError, `got ${String(error)}`);
@@ -816,9 +817,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       "concurrency_controlled_final",
     ]);
     // Another key is not blocked.
-    assert.equal(await (await exclusive.call({ key: "other", i: 1 })).result(), "other1");
+    const other = await exclusive.call({ key: "other", i: 1 });
+    assert.equal(await within(other.result(), DEADLINE_MS, "the other key's result"), "other1");
     gate.resolve();
-    assert.equal(await holder.result(), "k0");
+    assert.equal(await within(holder.result(), DEADLINE_MS, "the holder's result"), "k0");
   });
 
   // --- results that are not JSON -----------------------------------------------------------------
@@ -860,13 +862,14 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
     // The live runner has been through its first heartbeat and a pick-up: not recovered yet.
-    assert.equal(await (await probe.call()).result(), "alive");
+    const probed = await probe.call();
+    assert.equal(await within(probed.result(), DEADLINE_MS, "the probe's result"), "alive");
     assert.equal(await invocation.status(), "running");
     assert.equal(runs, 0);
 
     await clock.sleeping(100);
     clock.advance(10_001);
-    assert.equal(await invocation.result(), 42);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the recovered result"), 42);
     assert.equal(runs, 1);
     const history = await invocation.history();
     assert.ok(isValidHistory(history));
@@ -911,12 +914,13 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await app.orchestrator.setInvocationRun(undefined, claimed!, { runnerId: "silent" });
     await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
-    assert.equal(await (await probe.call()).result(), "alive");
+    const probed = await probe.call();
+    assert.equal(await within(probed.result(), DEADLINE_MS, "the probe's result"), "alive");
     // No time has passed: "silent" took the invocation a moment ago.
     assert.equal(await invocation.status(), "running");
     await clock.sleeping(100);
     clock.advance(10_001);
-    assert.equal(await invocation.result(), 2);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the recovered result"), 2);
     assert.ok(statuses(await invocation.history()).includes("running_recovery"));
   });
 
@@ -965,10 +969,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       await using runner = app.runner({ runnerId: "r1", concurrency: slots });
       runner.start();
       const invocation = await parent.call({ id: held.id });
-      while (await invocation.status() !== "paused") await new Promise((r) => setTimeout(r, 1));
+      await waitUntil(async () => await invocation.status() === "paused", {
+        message: "the parent never paused",
+      });
       // Blockers take r1's free slots: r1 cannot claim the parent again itself once recovered.
       await blocker.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
-      await blockersStarted.promise;
+      await within(blockersStarted.promise, DEADLINE_MS, "the blockers to start");
 
       // "other" recovers all that r1 owns and claims it.
       await other.orchestrator.store.heartbeat("hand", ahead.now());
@@ -987,25 +993,32 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       blockerGate.resolve();
       await other.orchestrator.setInvocationResult(held, "done", { runnerId: "hand" });
       assert.ok(
-        await parentFailed.promise instanceof InvocationStatusOwnershipError,
+        await within(parentFailed.promise, DEADLINE_MS, "the stale parent to fail") instanceof
+          InvocationStatusOwnershipError,
         "the stale parent resumed an invocation it no longer owns",
       );
 
       // r1 still has all its slots. (The guard awaits no store waiter, which would outlive a
       // failure and keep a KV poller going.)
       const group = await together.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
-      assert.notEqual(
-        await within(allRunning.promise, 20_000),
-        "timeout",
-        `runner r1 lost a slot: ${slots} invocation(s) never ran at once`,
+      await within(
+        allRunning.promise,
+        20_000,
+        `${slots} invocation(s) to run at once (runner r1 lost a slot)`,
       );
-      assert.deepEqual(await group.results(), Array.from({ length: slots }, (_, i) => i));
+      assert.deepEqual(
+        await within(group.results(), DEADLINE_MS, "the results of together"),
+        Array.from({ length: slots }, (_, i) => i),
+      );
       // The parent is intact for its new owner: r1's stale execution wrote nothing to it.
       await other.orchestrator.setInvocationRun(undefined, invocation, { runnerId: "other" });
       await other.orchestrator.setInvocationResult(invocation, ["from other"], {
         runnerId: "other",
       });
-      assert.deepEqual(await invocation.result(), ["from other"]);
+      assert.deepEqual(
+        await within(invocation.result(), DEADLINE_MS, "the parent's result"),
+        ["from other"],
+      );
       const history = await invocation.history();
       assert.ok(isValidHistory(history), JSON.stringify(history));
       assert.ok(!statuses(history).includes("resumed"));
@@ -1025,8 +1038,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     });
     const other = await child.call({ i: 0 });
     const invocation = await parent.call();
-    await app.runner({ concurrency: 2 }).drain();
-    assert.equal(await invocation.result(), 5);
+    await within(app.runner({ concurrency: 2 }).drain(), DEADLINE_MS, "the drain");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 5);
     const children = await app.orchestrator.store.children(invocation.id);
     assert.deepEqual(children.map((record) => record.args), [{ i: "1" }, { i: "2" }, { i: "3" }]);
     assert.ok(children.every((record) => record.parentId === invocation.id));
@@ -1056,7 +1069,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     const outer = await parent.call({ name: "ada" });
     assert.equal(outer.parentId, null);
     assert.deepEqual(outer.args, { name: "ada" });
-    const { id, parentId } = await outer.result();
+    const { id, parentId } = await within(outer.result(), DEADLINE_MS, "the parent's result");
     assert.equal(parentId, outer.id);
     assert.deepEqual(seen, [{ name: "ada", tags: ["x", "y"] }]);
     const [stored, ...others] = await invocationsOf(app, child);
@@ -1076,11 +1089,14 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     });
     const invocations = [await sum.call({ n: 5 }), await leaf.call({ n: 21 })];
     const runner = app.runner({ concurrency: 1 });
-    const report = await runner.drain({ maxMs: 60_000 });
+    const report = await within(runner.drain({ maxMs: 60_000 }), LONG_DEADLINE_MS, "the drain");
     assert.equal(report.timedOut, false);
     assert.equal(report.invocations, 7);
     assert.equal(runner.running, false);
-    assert.deepEqual(await app.orchestrator.waitForResults(invocations), [20, 42]);
+    assert.deepEqual(
+      await within(app.orchestrator.waitForResults(invocations), DEADLINE_MS, "the results"),
+      [20, 42],
+    );
   });
 
   test(`[${backend}] drain() that runs out of time hands back what still runs: nothing is left half-done`, async () => {
@@ -1095,10 +1111,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     });
     const invocation = await slow.call();
     const draining = app.runner({ pollMs: 5_000, heartbeatMs: 4_000 }).drain({ maxMs: 1_000 });
-    await started.promise;
+    await within(started.promise, DEADLINE_MS, "slow to start");
     await clock.sleeping(5_000);
     clock.advance(1_000);
-    const report = await draining;
+    const report = await within(draining, DEADLINE_MS, "the drain to run out of time");
     assert.equal(report.timedOut, true);
     assert.equal(await invocation.status(), "rerouted");
     assert.deepEqual(statuses(await invocation.history()).slice(-3), [
@@ -1109,7 +1125,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     release.resolve();
     await using next = app.runner();
     next.start();
-    assert.equal(await invocation.result(), "late");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "slow's result"), "late");
   });
 
   test(`[${backend}] a paused invocation that cannot resume reserves its running slot: new pick-ups of its key wait until it has resumed`, async () => {

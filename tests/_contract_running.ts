@@ -14,7 +14,12 @@ import {
   TaskNotFoundError,
 } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
-import { type HistoryEntry, isValidHistory } from "../core/status.ts";
+import {
+  AVAILABLE_FOR_RUN_STATUSES,
+  type HistoryEntry,
+  isFinalStatus,
+  isValidHistory,
+} from "../core/status.ts";
 import type { Task } from "../core/task.ts";
 
 /** A promise the test settles by hand. */
@@ -1108,7 +1113,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       started.resolve();
       await release.promise;
       return "late";
-    });
+    }, { runningConcurrency: "task" });
     const invocation = await slow.call();
     const draining = app.runner({ pollMs: 5_000, heartbeatMs: 4_000 }).drain({ maxMs: 1_000 });
     await within(started.promise, DEADLINE_MS, "slow to start");
@@ -1122,6 +1127,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       "killed",
       "rerouted",
     ]);
+    // Nothing half-done: every invocation final or queued again, and no running slot held.
+    for (const each of await invocationsOf(app, slow)) {
+      const record = (await app.orchestrator.store.get(each.id))!;
+      assert.ok(isFinalStatus(record.status) || AVAILABLE_FOR_RUN_STATUSES.has(record.status));
+      assert.equal(await app.orchestrator.store.slotHolder(record.runningKey!), undefined);
+    }
     release.resolve();
     await using next = app.runner();
     next.start();

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import type { LiveGraphs } from "../core/store.ts";
 
 /** The graphs in a stable order: calls by call id, edges sorted. */
@@ -100,15 +101,17 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
     runner.start();
     const invocation = await parent.call();
     // Its second pause, on [quick, slow]: it records its wait edges before it pauses.
-    await quickDone;
-    while (await invocation.status() !== "paused") await new Promise((r) => setTimeout(r, 1));
+    await within(quickDone, DEADLINE_MS, "quick's result inside the parent");
+    await waitUntil(async () => await invocation.status() === "paused", {
+      message: "the parent never paused on [quick, slow]",
+    });
     const waits = (await app.orchestrator.store.graphs()).waits;
     assert.equal(waits.length, 1, JSON.stringify(waits));
     const [waiter, waited] = waits[0]!;
     assert.equal(waiter, invocation.id);
     assert.equal((await app.orchestrator.getInvocation(waited))?.taskId, "slow");
     release();
-    assert.equal(await invocation.result(), 3);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 3);
   });
 
   test(`[${backend}] waitingForResults() on an invocation that ended before its edge was written leaves no wait edge (the race of a waiter and a finisher)`, async () => {

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 import { refusePickUps } from "./_long_history.ts";
 import type { Nenc } from "../core/app.ts";
 import {
@@ -221,7 +222,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 1, runnerId: "runner-a" });
     runner.start();
     const invocation = await parent.call();
-    const seen = await invocation.result();
+    const seen = await within(invocation.result(), DEADLINE_MS, "the parent's result");
     assert.equal(seen.parentId, invocation.id);
     const stored = await app.orchestrator.getInvocation(seen.id);
     assert.equal(stored?.parentId, invocation.id);
@@ -817,7 +818,8 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       assert.deepEqual(ids(await claim(app, 10, "r1")), [first.id]);
       assert.equal(await second.status(), "concurrency_controlled_final");
       assert.deepEqual(await statusPath(second), ["registered", "concurrency_controlled_final"]);
-      await assert.rejects(second.result(), (error: unknown) => {
+      const refusal = within(second.result(), DEADLINE_MS, "the refusal");
+      await assert.rejects(refusal, (error: unknown) => {
         assert.ok(error instanceof ConcurrencyControlledError);
         assert.equal(error.taskId, "job");
         assert.equal(error.invocationId, second.id);
@@ -948,6 +950,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
         assert.ok(got.length <= 7);
         if (got.length === 0) return mine;
         mine.push(...got);
+        assert.ok(mine.length <= 300, `${runnerId} was handed out more than the 300 invocations`);
       }
     }));
     const all = claimedBy.flat();
@@ -1242,8 +1245,8 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       assert.equal(await invocation.status(), status);
       assert.deepEqual(await invocation.history(), history);
     }
-    assert.equal(await done.result(), 42);
-    await assert.rejects(failed.result(), /boom/);
+    assert.equal(await within(done.result(), DEADLINE_MS, "done's result"), 42);
+    await assert.rejects(within(failed.result(), DEADLINE_MS, "failed's result"), /boom/);
   });
 
   test(`[${backend}] a transition not in the table throws InvocationStatusTransitionError (registered → running, registered → rerouted, pending → paused)`, async () => {
@@ -1629,7 +1632,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       InvocationStatusOwnershipError,
     );
     await runToSuccess(app, invocation, "live", 1);
-    assert.equal(await invocation.result(), 1);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the result"), 1);
   });
 
   test(`[${backend}] a fresh PENDING invocation is not recovered, and maxPendingSeconds sets the horizon`, async () => {
@@ -1696,7 +1699,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     clock.advance(23 * HOUR_MS);
     await o.autoPurge();
     assert.equal((await o.getInvocation(done.id))?.id, done.id);
-    assert.equal(await done.result(), 1);
+    assert.equal(await within(done.result(), DEADLINE_MS, "done's result"), 1);
     clock.advance(2 * HOUR_MS);
     await o.autoPurge();
     assert.equal(await o.getInvocation(done.id), undefined);
@@ -1778,7 +1781,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     await refusePickUps(o.store, long.id, 600, clock.now());
     await claimOne(app, "r1", long);
     await runToSuccess(app, long, "r1", 1);
-    assert.equal(await long.result(), 1);
+    assert.equal(await within(long.result(), DEADLINE_MS, "the long one's result"), 1);
     const history = await long.history();
     assert.equal(history.length, 1_204);
     assert.ok(isValidHistory(history));
@@ -1869,6 +1872,6 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       runnerId: "r1",
       claimSeq: second!.claimSeq,
     });
-    assert.equal(await invocation.result(), "fresh");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the result"), "fresh");
   });
 }

@@ -2,17 +2,22 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import type { Nenc } from "../core/app.ts";
 import {
   ConcurrencyControlledError,
   CycleDetectedError,
-  InvocationStatusOwnershipError,
   NencError,
   RetryError,
   SerializationError,
 } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
-import { type HistoryEntry, isValidHistory } from "../core/status.ts";
+import {
+  AVAILABLE_FOR_RUN_STATUSES,
+  type HistoryEntry,
+  isFinalStatus,
+  isValidHistory,
+} from "../core/status.ts";
 import type { Task } from "../core/task.ts";
 
 /** A promise the test settles by hand. */
@@ -27,10 +32,10 @@ function deferred<T = void>(): Deferred<T> {
   return { promise, resolve };
 }
 
-/** The error `promise` rejects with; fails the test if it resolves. */
+/** The error `promise` rejects with; fails the test if it resolves (or hangs). */
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {
-    const value = await promise;
+    const value = await within(promise, DEADLINE_MS, "the awaited rejection");
     assert.fail(`expected a rejection, got ${JSON.stringify(value)}`);
   } catch (error) {
     if (error instanceof assert.AssertionError) throw error;
@@ -52,18 +57,6 @@ async function invocationsOf<Args, Result>(
 
 const statuses = (history: readonly HistoryEntry[]): string[] =>
   history.map((entry) => entry.status);
-
-/**
- * Settles with the promise, or with "timeout" after `ms` of real time: a guard that turns a hang
- * into a failure, not a timing assumption (the passing path never waits for it).
- */
-function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), ms)),
-  ]);
-}
 
 /**
  * A {@linkcode FakeClock} that also tells when something sleeps on it for a given time: an idle
@@ -96,7 +89,7 @@ class WatchedClock extends FakeClock {
   /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
   sleeping(ms: number): Promise<void> {
     if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
-    return new Promise((resolve) => {
+    const sleeping = new Promise<void>((resolve) => {
       const done = (slept: number): void => {
         if (slept !== ms) return;
         this.#onSleep.delete(done);
@@ -104,6 +97,7 @@ class WatchedClock extends FakeClock {
       };
       this.#onSleep.add(done);
     });
+    return within(sleeping, DEADLINE_MS, `something to sleep ${ms} ms on the clock`);
   }
 }
 
@@ -142,7 +136,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 1 }); // even with one slot, fib(20) completes
     runner.start();
     const inv = await fib.call({ n: 20 });
-    assert.equal(await inv.result(), 6765);
+    assert.equal(await within(inv.result(), LONG_DEADLINE_MS, "the result of fib(20)"), 6765);
   });
 
   // --- cycle control -----------------------------------------------------------------------------
@@ -220,7 +214,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     // If the edge a({n:3}) → b({n:3}) were still in the call graph, b → a would close a cycle now.
     cyclic = false;
-    assert.equal(await (await b.call({ n: 3 })).result(), "b(a-leaf)");
+    const bInvocation = await b.call({ n: 3 });
+    assert.equal(await within(bInvocation.result(), DEADLINE_MS, "b's result"), "b(a-leaf)");
   });
 
   test(`[${backend}] cycle control off (cycleControl: false): a bounded self-recursion with equal args completes`, async () => {
@@ -235,7 +230,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     await using runner = app.runner({ concurrency: 1 });
     runner.start();
-    assert.equal(await (await recurse.call({ n: 1 })).result(), 3);
+    const outer = await recurse.call({ n: 1 });
+    assert.equal(await within(outer.result(), DEADLINE_MS, "the outer recursion's result"), 3);
     const all = await invocationsOf(app, recurse);
     assert.equal(all.length, 4);
     for (const invocation of all) assert.equal(await invocation.status(), "success");
@@ -258,7 +254,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     app.orchestrator.options.cycleControl = false;
     depth = 0;
-    assert.equal(await (await recurse.call({ n: 1 })).result(), 2);
+    const outer = await recurse.call({ n: 1 });
+    assert.equal(await within(outer.result(), DEADLINE_MS, "the outer recursion's result"), 2);
   });
 
   // --- exceptions --------------------------------------------------------------------------------
@@ -338,7 +335,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner();
     runner.start();
     const invocation = await flaky.call();
-    assert.equal(await invocation.result(), "ok");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "flaky's result"), "ok");
     assert.equal(runs, 3);
     assert.equal(await invocation.retries(), 2);
     const history = await invocation.history();
@@ -389,7 +386,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const invocation = await parent.call();
-    const error = await within(rejection(invocation.result()), 20_000);
+    const error = await within(rejection(invocation.result()), DEADLINE_MS, "the parent to fail");
     assert.ok(error instanceof RetryError, `got ${String(error)}`);
     assert.equal(error.message, "Cannot run: child attempt 1");
     assert.equal(await invocation.status(), "failed");
@@ -413,7 +410,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const invocation = await parent.call();
-    const error = await within(rejection(invocation.result()), 20_000);
+    const error = await within(rejection(invocation.result()), DEADLINE_MS, "the parent to fail");
     assert.ok(error instanceof RetryError, `got ${String(error)}`);
     assert.equal(error.message, "Cannot run: child attempt 3");
     assert.equal(await invocation.retries(), 2);
@@ -436,7 +433,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner();
     runner.start();
     const ok = await flaky.call();
-    assert.equal(await ok.result(), "connected");
+    assert.equal(await within(ok.result(), DEADLINE_MS, "flaky's result"), "connected");
     assert.equal(await ok.retries(), 1);
     assert.equal(flakyRuns, 2);
     const failed = await broken.call();
@@ -460,17 +457,17 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     runner.start();
     const invocation = await flaky.call();
     // With one slot, the probe runs only after the runner handled the failed first run.
-    await (await probe.call()).result();
+    await within((await probe.call()).result(), DEADLINE_MS, "the first probe's result");
     assert.equal(runs, 1);
     assert.equal(await invocation.status(), "retry");
     await clock.sleeping(1);
     clock.advance(999);
-    await (await probe.call()).result();
+    await within((await probe.call()).result(), DEADLINE_MS, "the second probe's result");
     assert.equal(runs, 1, "re-run before the back-off passed");
     assert.equal(await invocation.status(), "retry");
     await clock.sleeping(1);
     clock.advance(1);
-    assert.equal(await invocation.result(), 2);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "flaky's result"), 2);
     assert.equal(await invocation.retries(), 1);
   });
 
@@ -488,7 +485,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     if (claimed.length === 0) {
       // An async backend may have read its queue before the call landed: then the work signal
       // must still be pending, so a runner that waits now wakes without the clock moving.
-      await app.orchestrator.store.waitWork();
+      await within(app.orchestrator.store.waitWork(), DEADLINE_MS, "the work signal of the call");
       claimed = await app.orchestrator.getInvocationsToRun(1, { runnerId: "picker" });
     }
     assert.deepEqual(claimed.map((each) => each.id), [invocation.id]);
@@ -509,7 +506,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 1 });
     runner.start();
     const root = await chain.call({ depth: 30 });
-    assert.equal(await root.result(), 30);
+    assert.equal(await within(root.result(), LONG_DEADLINE_MS, "the result of depth 30"), 30);
     assert.deepEqual(statuses(await root.history()), [
       "registered",
       "pending",
@@ -548,7 +545,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       await using runner = app.runner({ concurrency: slots });
       runner.start();
       const invocation = await parent.call({ n: 200 });
-      assert.equal(await invocation.result(), 199 * 200);
+      assert.equal(
+        await within(invocation.result(), fanOut.timeout, "the parent's result"),
+        199 * 200,
+      );
       const history = statuses(await invocation.history());
       if (slots === 1) {
         // One slot: the children can only run once the parent has paused and freed it.
@@ -582,7 +582,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 4 });
     runner.start();
     const invocation = await single.call({ n: 3 });
-    assert.equal(await invocation.result(), 3);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the result of single(3)"), 3);
     for (const each of await invocationsOf(app, single)) {
       assert.ok(isValidHistory(await each.history()));
       assert.equal(await each.status(), "success");
@@ -609,12 +609,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       { i: 2 },
     ]);
     const results = group.results();
-    await Promise.all(started.map((s) => s.promise));
+    await within(Promise.all(started.map((s) => s.promise)), DEADLINE_MS, "all three to start");
     for (const i of [2, 1, 0]) {
       gates[i]!.resolve();
-      await group.invocations[i]!.result();
+      await within(group.invocations[i]!.result(), DEADLINE_MS, `the result of gated ${i}`);
     }
-    assert.deepEqual(await results, [0, 10, 20]);
+    assert.deepEqual(await within(results, DEADLINE_MS, "the group's results"), [0, 10, 20]);
   });
 
   test(`[${backend}] parallelize: asCompleted() yields every result in completion order`, async () => {
@@ -629,15 +629,16 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 3 });
     runner.start();
     const group = await gated.parallelize([{ i: 0 }, { i: 1 }, { i: 2 }], { commonArgs: {} });
-    await Promise.all(started.map((s) => s.promise));
+    await within(Promise.all(started.map((s) => s.promise)), DEADLINE_MS, "all three to start");
     const iterator = group.asCompleted();
+    const next = () => within(iterator.next(), DEADLINE_MS, "the next result of asCompleted()");
     gates[2]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 20, done: false });
+    assert.deepEqual(await next(), { value: 20, done: false });
     gates[0]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 0, done: false });
+    assert.deepEqual(await next(), { value: 0, done: false });
     gates[1]!.resolve();
-    assert.deepEqual(await iterator.next(), { value: 10, done: false });
-    assert.deepEqual(await iterator.next(), { value: undefined, done: true });
+    assert.deepEqual(await next(), { value: 10, done: false });
+    assert.deepEqual(await next(), { value: undefined, done: true });
   });
 
   // --- history -----------------------------------------------------------------------------------
@@ -648,7 +649,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ runnerId: "r-simple" });
     runner.start();
     const invocation = await add.call({ x: 1, y: 2 });
-    assert.equal(await invocation.result(), 3);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "add's result"), 3);
     const history = await invocation.history();
     assert.deepEqual(statuses(history), ["registered", "pending", "running", "success"]);
     assert.deepEqual(history.map((entry) => entry.seq), [1, 2, 3, 4]);
@@ -673,7 +674,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     );
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
-    assert.equal(await (await fib.call({ n: 12 })).result(), 144);
+    const root = await fib.call({ n: 12 });
+    assert.equal(await within(root.result(), LONG_DEADLINE_MS, "the result of fib(12)"), 144);
     const all = await invocationsOf(app, fib);
     assert.ok(all.length >= 13, `only ${all.length} invocations`);
     for (const invocation of all) {
@@ -718,7 +720,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     runnerTwo.start();
     const args = Array.from({ length: 60 }, (_, i) => ({ key: `k${i % 3}`, i }));
     const group = await keyed.parallelize(args);
-    assert.deepEqual(await group.results(), args.map(({ i }) => i));
+    assert.deepEqual(
+      await within(group.results(), LONG_DEADLINE_MS, "the 60 keyed results"),
+      args.map(({ i }) => i),
+    );
     assert.equal(overlaps, 0);
     assert.ok(maxActiveAll >= 2, "different keys never ran at the same time");
     assert.equal(runsOf.size, 60);
@@ -747,7 +752,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const holder = await exclusive.call({ key: "k", i: 0 });
-    await started.promise;
+    await within(started.promise, DEADLINE_MS, "the holder to start");
     const refused = await exclusive.call({ key: "k", i: 1 });
     const error = await rejection(refused.result());
     assert.ok(error instanceof ConcurrencyControlledError, `got ${String(error)}`);
@@ -759,9 +764,10 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       "concurrency_controlled_final",
     ]);
     // Another key is not blocked.
-    assert.equal(await (await exclusive.call({ key: "other", i: 1 })).result(), "other1");
+    const other = await exclusive.call({ key: "other", i: 1 });
+    assert.equal(await within(other.result(), DEADLINE_MS, "the other key's result"), "other1");
     gate.resolve();
-    assert.equal(await holder.result(), "k0");
+    assert.equal(await within(holder.result(), DEADLINE_MS, "the holder's result"), "k0");
   });
 
   // --- results that are not JSON -----------------------------------------------------------------
@@ -803,13 +809,14 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
     // The live runner has been through its first heartbeat and a pick-up: not recovered yet.
-    assert.equal(await (await probe.call()).result(), "alive");
+    const probed = await probe.call();
+    assert.equal(await within(probed.result(), DEADLINE_MS, "the probe's result"), "alive");
     assert.equal(await invocation.status(), "running");
     assert.equal(runs, 0);
 
     await clock.sleeping(100);
     clock.advance(10_001);
-    assert.equal(await invocation.result(), 42);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the recovered result"), 42);
     assert.equal(runs, 1);
     const history = await invocation.history();
     assert.ok(isValidHistory(history));
@@ -854,12 +861,13 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     await app.orchestrator.setInvocationRun(undefined, claimed!, { runnerId: "silent" });
     await using runner = app.runner({ runnerId: "live", heartbeatMs: 1000, pollMs: 100 });
     runner.start();
-    assert.equal(await (await probe.call()).result(), "alive");
+    const probed = await probe.call();
+    assert.equal(await within(probed.result(), DEADLINE_MS, "the probe's result"), "alive");
     // No time has passed: "silent" took the invocation a moment ago.
     assert.equal(await invocation.status(), "running");
     await clock.sleeping(100);
     clock.advance(10_001);
-    assert.equal(await invocation.result(), 2);
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the recovered result"), 2);
     assert.ok(statuses(await invocation.history()).includes("running_recovery"));
   });
 
@@ -908,10 +916,12 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       await using runner = app.runner({ runnerId: "r1", concurrency: slots });
       runner.start();
       const invocation = await parent.call({ id: held.id });
-      while (await invocation.status() !== "paused") await new Promise((r) => setTimeout(r, 1));
+      await waitUntil(async () => await invocation.status() === "paused", {
+        message: "the parent never paused",
+      });
       // Blockers take r1's free slots: r1 cannot claim the parent again itself once recovered.
       await blocker.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
-      await blockersStarted.promise;
+      await within(blockersStarted.promise, DEADLINE_MS, "the blockers to start");
 
       // "other" recovers all that r1 owns and claims it.
       await other.orchestrator.store.heartbeat("hand", ahead.now());
@@ -929,7 +939,11 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       // finishes, and r1's stale execution of the parent tries to resume: refused, it is other's.
       blockerGate.resolve();
       await other.orchestrator.setInvocationResult(held, "done", { runnerId: "hand" });
-      const staleError = await parentFailed.promise;
+      const staleError = await within(
+        parentFailed.promise,
+        DEADLINE_MS,
+        "the stale parent to fail",
+      );
       assert.ok(
         staleError instanceof NencError && /not runner r1's any more/.test(staleError.message),
         `the stale parent resumed an invocation it no longer owns: ${String(staleError)}`,
@@ -938,18 +952,24 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       // r1 still has all its slots. (The guard awaits no store waiter, which would outlive a
       // failure and keep a KV poller going.)
       const group = await together.parallelize(Array.from({ length: slots }, (_, i) => ({ i })));
-      assert.notEqual(
-        await within(allRunning.promise, 20_000),
-        "timeout",
-        `runner r1 lost a slot: ${slots} invocation(s) never ran at once`,
+      await within(
+        allRunning.promise,
+        20_000,
+        `${slots} invocation(s) to run at once (runner r1 lost a slot)`,
       );
-      assert.deepEqual(await group.results(), Array.from({ length: slots }, (_, i) => i));
+      assert.deepEqual(
+        await within(group.results(), DEADLINE_MS, "the results of together"),
+        Array.from({ length: slots }, (_, i) => i),
+      );
       // The parent is intact for its new owner: r1's stale execution wrote nothing to it.
       await other.orchestrator.setInvocationRun(undefined, invocation, { runnerId: "other" });
       await other.orchestrator.setInvocationResult(invocation, ["from other"], {
         runnerId: "other",
       });
-      assert.deepEqual(await invocation.result(), ["from other"]);
+      assert.deepEqual(
+        await within(invocation.result(), DEADLINE_MS, "the parent's result"),
+        ["from other"],
+      );
       const history = await invocation.history();
       assert.ok(isValidHistory(history), JSON.stringify(history));
       assert.ok(!statuses(history).includes("resumed"));
@@ -969,8 +989,8 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     });
     const other = await child.call({ i: 0 });
     const invocation = await parent.call();
-    await app.runner({ concurrency: 2 }).drain();
-    assert.equal(await invocation.result(), 5);
+    await within(app.runner({ concurrency: 2 }).drain(), DEADLINE_MS, "the drain");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 5);
     const children = await app.orchestrator.store.children(invocation.id);
     assert.deepEqual(children.map((record) => record.args), [{ i: "1" }, { i: "2" }, { i: "3" }]);
     assert.ok(children.every((record) => record.parentId === invocation.id));
@@ -1000,7 +1020,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     const outer = await parent.call({ name: "ada" });
     assert.equal(outer.parentId, null);
     assert.deepEqual(outer.args, { name: "ada" });
-    const { id, parentId } = await outer.result();
+    const { id, parentId } = await within(outer.result(), DEADLINE_MS, "the parent's result");
     assert.equal(parentId, outer.id);
     assert.deepEqual(seen, [{ name: "ada", tags: ["x", "y"] }]);
     const [stored, ...others] = await invocationsOf(app, child);
@@ -1020,11 +1040,14 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     });
     const invocations = [await sum.call({ n: 5 }), await leaf.call({ n: 21 })];
     const runner = app.runner({ concurrency: 1 });
-    const report = await runner.drain({ maxMs: 60_000 });
+    const report = await within(runner.drain({ maxMs: 60_000 }), LONG_DEADLINE_MS, "the drain");
     assert.equal(report.timedOut, false);
     assert.equal(report.invocations, 7);
     assert.equal(runner.running, false);
-    assert.deepEqual(await app.orchestrator.waitForResults(invocations), [20, 42]);
+    assert.deepEqual(
+      await within(app.orchestrator.waitForResults(invocations), DEADLINE_MS, "the results"),
+      [20, 42],
+    );
   });
 
   test(`[${backend}] drain() that runs out of time hands back what still runs: nothing is left half-done`, async () => {
@@ -1036,16 +1059,16 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       started.resolve();
       await release.promise;
       return "late";
-    });
+    }, { runningConcurrency: "task" });
     const invocation = await slow.call();
     const draining = app.runner({ pollMs: 5_000, heartbeatMs: 4_000 }).drain({
       maxMs: 1_000,
       graceMs: 0,
     });
-    await started.promise;
+    await within(started.promise, DEADLINE_MS, "slow to start");
     await clock.sleeping(5_000);
     clock.advance(1_000);
-    const report = await draining;
+    const report = await within(draining, DEADLINE_MS, "the drain to run out of time");
     assert.equal(report.timedOut, true);
     assert.equal(await invocation.status(), "rerouted");
     assert.deepEqual(statuses(await invocation.history()).slice(-3), [
@@ -1053,10 +1076,16 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       "killed",
       "rerouted",
     ]);
+    // Nothing half-done: every invocation final or queued again, and no running slot held.
+    for (const each of await invocationsOf(app, slow)) {
+      const record = (await app.orchestrator.store.get(each.id))!;
+      assert.ok(isFinalStatus(record.status) || AVAILABLE_FOR_RUN_STATUSES.has(record.status));
+      assert.equal(await app.orchestrator.store.slotHolder(record.runningKey!), undefined);
+    }
     release.resolve();
     await using next = app.runner();
     next.start();
-    assert.equal(await invocation.result(), "late");
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "slow's result"), "late");
   });
 
   test(`[${backend}] a paused invocation that cannot resume reserves its running slot: new pick-ups of its key wait until it has resumed`, async () => {

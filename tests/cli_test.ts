@@ -14,6 +14,7 @@ import { Nenc } from "../core/app.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { openTestKv } from "./_kv.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { Keys } from "../kv/keys.ts";
 import { KV_SCHEMA_VERSION } from "../kv/store.ts";
 
@@ -289,7 +290,11 @@ test(
         );
         const invocations = await Promise.all([1, 2, 3].map((x) => tasks.add.call({ x, y: 10 })));
         assert.deepEqual(
-          await Promise.all(invocations.map((invocation) => invocation.result())),
+          await within(
+            Promise.all(invocations.map((invocation) => invocation.result())),
+            DEADLINE_MS,
+            "the worker's results",
+          ),
           [11, 12, 13],
         );
         for (const invocation of invocations) {
@@ -358,7 +363,8 @@ test(
         await tasks.add.call({ x: 1, y: 2 });
         await tasks.pay.call({ card: "4242" });
         await tasks.add.call({ x: 3, y: 4 });
-        assert.equal((await app.runner().drain({ maxMs: 30_000 })).invocations, 3);
+        const drained = await within(app.runner().drain({ maxMs: 30_000 }), 60_000, "the drain");
+        assert.equal(drained.invocations, 3);
         await tasks.add.call({ x: 5, y: 6 });
         await app.orchestrator.store.heartbeat("runner-live", Date.now());
         const { code, stdout, stderr } = await cli(["status"], path);
@@ -389,8 +395,8 @@ test(
       try {
         const parent = await tasks.parent.call({ n: 2 });
         const pay = await tasks.pay.call({ card: "4242" });
-        await app.runner({ concurrency: 2 }).drain({ maxMs: 30_000 });
-        assert.equal(await parent.result(), 1);
+        await within(app.runner({ concurrency: 2 }).drain({ maxMs: 30_000 }), 60_000, "the drain");
+        assert.equal(await within(parent.result(), DEADLINE_MS, "the parent's result"), 1);
         const children: string[] = [];
         for await (const child of app.orchestrator.getExistingInvocations(tasks.child)) {
           children.push(child.id);
@@ -503,12 +509,10 @@ test(
       try {
         const parent = await tasks.parent.call({ n: 2 });
         // Wait until the parent waits on both running children (a hang guard, not a time limit).
-        for (const deadline = Date.now() + 30_000;;) {
+        await waitUntil(async () => {
           const graphs = await app.orchestrator.store.graphs();
-          if (graphs.waits.length === 2 && graphs.calls.edges.length === 2) break;
-          assert.ok(Date.now() < deadline, "the parent never waited on both children");
-          await new Promise((resolve) => setTimeout(resolve, 10));
-        }
+          return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
+        }, { intervalMs: 10, message: "the parent never waited on both children" });
         const mermaid = await cli(["graph"], path);
         assert.equal(mermaid.code, 0, mermaid.stderr);
         assert.match(
@@ -544,12 +548,12 @@ test(
         ]);
 
         open();
-        assert.equal(await parent.result(), 1);
+        assert.equal(await within(parent.result(), DEADLINE_MS, "the parent's result"), 1);
         const empty = await cli(["graph"], path);
         assert.equal(empty.stdout, "flowchart LR\n  %% no live calls, no waits\n");
       } finally {
         open();
-        await runner.stop();
+        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
         kv.close();
       }
     });

@@ -11,9 +11,10 @@ import { join } from "node:path";
 import process from "node:process";
 import { MIRROR_COLD_REQUESTS, workspace } from "../examples/demo/app.ts";
 import { runDemo } from "../examples/demo/scenario.ts";
+import { LONG_DEADLINE_MS, within } from "./_deadline.ts";
 
 test("the demo builds 48 packages on one slot with one invocation each, deploys one at a time per environment, retries the flaky download and names the plugin cycle", async () => {
-  const summary = await runDemo();
+  const summary = await within(runDemo(), LONG_DEADLINE_MS, "the demo");
 
   const packages = Object.keys(workspace);
   const dependencyCalls = Object.values(workspace).reduce((sum, deps) => sum + deps.length, 0);

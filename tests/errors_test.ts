@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   BatchProcessingError,
+  CanceledError,
   ConcurrencyControlledError,
   CycleDetectedError,
   InvocationConcurrencyWithDifferentArgumentsError,
@@ -10,7 +11,9 @@ import {
   NencError,
   RetryError,
   SerializationError,
+  StoreClosedError,
   TaskNotFoundError,
+  TaskTimeoutError,
 } from "../core/errors.ts";
 
 test("every nenc error sets its name, extends NencError and chains its cause", () => {
@@ -35,6 +38,9 @@ test("every nenc error sets its name, extends NencError and chains its cause", (
     [new RetryError("Cannot x: y", { cause }), "RetryError"],
     [new TaskNotFoundError("t", { cause }), "TaskNotFoundError"],
     [new SerializationError("Cannot x: y", { cause, path: "args.x" }), "SerializationError"],
+    [new CanceledError("i", "the customer left", { cause }), "CanceledError"],
+    [new TaskTimeoutError("t", "i", 5_000, { cause }), "TaskTimeoutError"],
+    [new StoreClosedError("Cannot x: y", { cause }), "StoreClosedError"],
   ];
   for (const [error, name] of errors) {
     assert.equal(error.name, name);

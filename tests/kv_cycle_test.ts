@@ -7,6 +7,7 @@ import { Keys } from "../kv/keys.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
@@ -44,10 +45,10 @@ test("KV cycle control: in 20 races where A→B and B→A both pass the check be
     // Let both reach their gated commit (their pre-commit checks see no edge yet). Wait for both,
     // not for a number of turns: a racer still reading when the gate opens sees the other's edge
     // in its pre-commit check, and the post-commit verification under test is never exercised.
-    for (const deadline = Date.now() + 10_000; arrived.count < 2;) {
-      assert.ok(Date.now() < deadline, `race ${race}: the racers never both reached their commit`);
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
+    await waitUntil(() => arrived.count >= 2, {
+      timeoutMs: 10_000,
+      message: `race ${race}: the racers never both reached their commit`,
+    });
     open();
     const outcomes = await Promise.allSettled([first, second]);
     const rejected = outcomes.filter((outcome) => outcome.status === "rejected");
@@ -63,8 +64,11 @@ test("KV cycle control: in 20 races where A→B and B→A both pass the check be
   }
 });
 
-/** A gate: `wait()` blocks until `open()`; `reached` resolves when something first waits. */
-function gate(): { wait(): Promise<void>; open(): void; reached: Promise<void> } {
+/**
+ * A gate: `wait()` blocks until `open()`; `reached` resolves when something first waits (each
+ * read of it rejects once {@linkcode DEADLINE_MS} passed before).
+ */
+function gate(): { wait(): Promise<void>; open(): void; readonly reached: Promise<void> } {
   let open!: () => void;
   let reach!: () => void;
   const opened = new Promise<void>((resolve) => open = resolve);
@@ -75,7 +79,9 @@ function gate(): { wait(): Promise<void>; open(): void; reached: Promise<void> }
       return opened;
     },
     open,
-    reached,
+    get reached() {
+      return within(reached, DEADLINE_MS, "a gated store to reach its gate");
+    },
   };
 }
 

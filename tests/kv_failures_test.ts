@@ -4,6 +4,7 @@ import { AtomicDraft, GroupCommitter } from "../kv/_batching.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { Nenc } from "../core/app.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
@@ -19,15 +20,6 @@ async function open(): Promise<TestKv> {
 /** The values an atomic operation sets, as text. */
 const texts = (values: readonly unknown[]): string[] =>
   values.map((value) => new TextDecoder().decode(value as Uint8Array));
-
-/** Settles with the promise, or with "timeout" after `ms`. */
-function within<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), ms)),
-  ]);
-}
 
 test("group commit: when the read after a failed batch throws, every draft of the batch still settles", async () => {
   const kv = await open();
@@ -47,8 +39,7 @@ test("group commit: when the read after a failed batch throws, every draft of th
   const valid = committer.commit(new AtomicDraft().set(["y"], bytes("y")))
     .catch((error: unknown) => error);
   assert.equal(await first, true);
-  const outcomes = await within(Promise.all([stale, valid]), 2_000);
-  assert.notEqual(outcomes, "timeout", "the drafts of the batch were never resolved nor rejected");
+  await within(Promise.all([stale, valid]), DEADLINE_MS, "the drafts of the batch to settle");
 });
 
 test("group commit: a valid draft is not re-queued forever behind drafts that keep arriving stale", async () => {
@@ -96,8 +87,8 @@ test('KV: a finishing write that meets "database is locked" is retried as a conf
   const app = new Nenc({ appId: "locked", kv: view });
   const add = app.task("add", ({ a, b }: { a: number; b: number }) => a + b);
   const invocation = await add.call({ a: 1, b: 2 });
-  await app.runner().drain();
-  assert.equal(await invocation.result(), 3);
+  await within(app.runner().drain(), DEADLINE_MS, "the drain");
+  assert.equal(await within(invocation.result(), DEADLINE_MS, "add's result"), 3);
 });
 
 test("KV: register under a lock held past the batch retries still registers (a lock is a conflict, not an error)", async () => {
@@ -158,15 +149,18 @@ test("KV final poller: a waiter whose first read resolves with the poller's last
   // Hold reads only once the waiter's own first read is through (and a timer turn has let it
   // join the waiters): held, that read would leave `await waitingX` on nothing but a promise
   // no timer or I/O can settle, and the runtime ends the test.
-  while (passed === before) await new Promise((resolve) => setTimeout(resolve, 0));
+  await waitUntil(() => passed !== before, {
+    intervalMs: 0,
+    message: "the waiter's first read never went through",
+  });
   await new Promise((resolve) => setTimeout(resolve, 0));
   gate = true;
-  while (held.length === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+  await waitUntil(() => held.length > 0, { intervalMs: 0, message: "no read was held" });
   // The poller is reading X when X's only waiter leaves: that read is its last round.
   leave.abort();
-  await waitingX;
+  await within(waitingX, DEADLINE_MS, "the waiter on X to leave");
   const waitingY = store.waitFinal(y.id);
-  while (held.length < 2) await new Promise((resolve) => setTimeout(resolve, 0));
+  await waitUntil(() => held.length >= 2, { intervalMs: 0, message: "no second read was held" });
   gate = false;
   held[0]!();
   held[1]!();
@@ -175,11 +169,7 @@ test("KV final poller: a waiter whose first read resolves with the poller's last
   await there.orchestrator.setInvocationStatus(y, "concurrency_controlled_final", {
     runnerId: "ops",
   });
-  assert.notEqual(
-    await within(waitingY.then(() => "ended"), 2_000),
-    "timeout",
-    "the waiter on Y was left without a poller and never saw the end",
-  );
+  await within(waitingY, DEADLINE_MS, "the end of Y (was its waiter left without a poller?)");
 });
 
 test("KV final poller: a read that fails once neither crashes the process nor loses the waiter", async () => {
@@ -196,12 +186,13 @@ test("KV final poller: a read that fails once neither crashes the process nor lo
   failAt = reads + 2; // the waiter's own read passes; the poller's first read fails
   const waiting = here.orchestrator.store.waitFinal(x.id);
   // The poller's first round comes after 5 ms; allow a loaded machine far longer.
-  for (const deadline = Date.now() + 10_000; reads < failAt && Date.now() < deadline;) {
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  assert.ok(reads >= failAt, "the poller's read was not reached");
+  await waitUntil(() => reads >= failAt, {
+    timeoutMs: 10_000,
+    intervalMs: 5,
+    message: "the poller's read was not reached",
+  });
   await there.orchestrator.setInvocationStatus(x, "concurrency_controlled_final", {
     runnerId: "ops",
   });
-  assert.notEqual(await within(waiting.then(() => "ended"), 2_000), "timeout");
+  await within(waiting, DEADLINE_MS, "the end of X (was its waiter lost?)");
 });

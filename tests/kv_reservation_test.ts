@@ -8,6 +8,7 @@ import { Keys } from "../kv/keys.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
 const fixtures: KvConnectFixture[] = [];
@@ -31,7 +32,7 @@ async function openFresh(where: ":memory:" | "file" | "remote"): Promise<TestKv>
   return kv;
 }
 
-/** A commit held until `open()`: `reached` resolves when it is. */
+/** A commit held until `open()`: `reached` resolves when it is (rejects after DEADLINE_MS). */
 interface HeldCommit {
   readonly reached: Promise<void>;
   open(): void;
@@ -60,7 +61,12 @@ function holdingCommits(kv: KvLike): { kv: KvLike; hold(key: KvKey): HeldCommit 
     const reached = new Promise<void>((resolve) => reach = resolve);
     const opened = new Promise<void>((resolve) => open = resolve);
     held.set(JSON.stringify(key), { reach, opened });
-    return { reached, open };
+    return {
+      get reached() {
+        return within(reached, DEADLINE_MS, `the commit that sets ${JSON.stringify(key)}`);
+      },
+      open,
+    };
   };
   return { kv: view, hold };
 }

@@ -13,6 +13,7 @@ import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixt
 import { storeContract } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { refusePickUps } from "./_long_history.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 
 /** Whether `error` is the refusal of a record over Deno KV's value limit, naming the limit. */
 const overValueLimit = (error: unknown): boolean =>
@@ -66,7 +67,7 @@ test("[kv] a result over the 64 KiB value limit fails the invocation with a Seri
   runner.start();
   const invocation = await big.call();
   await assert.rejects(
-    invocation.result(),
+    within(invocation.result(), DEADLINE_MS, "big's result"),
     overValueLimit,
   );
   assert.equal(await invocation.status(), "failed");
@@ -153,16 +154,13 @@ test("[kv] a caller awaiting more invocations than one poll slice sees every end
   const held = await caller.hold.parallelize(Array.from({ length: 100 }, (_, i) => ({ i })));
   const heldResults = held.results();
   const quick = await caller.quick.parallelize(Array.from({ length: 50 }, (_, i) => ({ i })));
-  const timeout = AbortSignal.timeout(20_000);
-  const quickResults = await Promise.race([
-    quick.results(),
-    new Promise<never>((_, reject) =>
-      timeout.addEventListener("abort", () => reject(new Error("quick results never seen")))
-    ),
-  ]);
+  const quickResults = await within(quick.results(), 20_000, "the quick results");
   assert.deepEqual(quickResults, Array.from({ length: 50 }, (_, i) => i));
   release();
-  assert.deepEqual(await heldResults, Array.from({ length: 100 }, (_, i) => i));
+  assert.deepEqual(
+    await within(heldResults, DEADLINE_MS, "the held results"),
+    Array.from({ length: 100 }, (_, i) => i),
+  );
 });
 
 test("[kv] data written by a newer schema version is refused with a clear error", async () => {
@@ -251,9 +249,9 @@ test("[kv] every key of a final invocation gets expireIn, with a long history to
   const long = await job.call({ n: 2 });
   await refusePickUps(o.store, long.id, 600, clock.now());
   const parent = await parentTask.call();
-  await app.runner({ concurrency: 2 }).drain();
-  assert.equal(await parent.result(), 2);
-  assert.equal(await long.result(), 2);
+  await within(app.runner({ concurrency: 2 }).drain(), DEADLINE_MS, "the drain");
+  assert.equal(await within(parent.result(), DEADLINE_MS, "the parent's result"), 2);
+  assert.equal(await within(long.result(), DEADLINE_MS, "the long one's result"), 2);
   const [child] = await o.store.children(parent.id);
   assert.ok(child !== undefined);
   /** The keys of `id` in the store, each with the expireIn of its last set. */
@@ -317,7 +315,8 @@ test("[kv] a late re-expiry of a long history yields to a setUpInvocationAutoPur
   const [claimed] = await o.getInvocationsToRun(1, { runnerId: "r1" });
   await o.setInvocationRun(undefined, claimed!, { runnerId: "r1" });
   const finishing = o.setInvocationResult(claimed!, 1, { runnerId: "r1" });
-  await atHold; // final commit done, its history re-expiry (24 h from the finish) waits
+  // final commit done, its history re-expiry (24 h from the finish) waits
+  await within(atHold, DEADLINE_MS, "the held re-expiry");
   clock.advance(3_600_000);
   await o.setUpInvocationAutoPurge(long); // 24 h from now: 25 h from the finish
   expiries.clear();

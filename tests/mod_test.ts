@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import * as nenc from "../mod.ts";
 import { CallGraph, CycleDetectedError, MemoryStore, Nenc, type Store, WaitGraph } from "../mod.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 test("mod.ts exports the graph core and the errors on this runtime", () => {
   const calls = new CallGraph();
@@ -76,24 +77,20 @@ test("a runner keeps writing its heartbeat while its pick-up is stuck: a slow cl
   const app = new Nenc({ clock, store });
   const runner = app.runner({ runnerId: "slow", heartbeatMs: 1_000 });
   runner.start();
-  /** Lets timers and I/O run until `done()`, for at most 5 s of real time. */
-  const until = async (done: () => boolean | Promise<boolean>): Promise<void> => {
-    for (const deadline = Date.now() + 5_000; !await done() && Date.now() < deadline;) {
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    }
-  };
   const lastSeen = async (): Promise<number | undefined> =>
     (await store.runners()).find(({ runnerId }) => runnerId === "slow")?.lastSeenMs;
-  await until(() => claims > 0);
+  await waitUntil(() => claims > 0, { intervalMs: 0, message: "no pick-up started" });
   assert.equal(claims, 1);
   for (let second = 1; second <= 5; second++) {
     clock.advance(1_000);
-    await until(async () => await lastSeen() === clock.now());
-    assert.equal(await lastSeen(), clock.now(), `no heartbeat at ${second} s`);
+    await waitUntil(async () => await lastSeen() === clock.now(), {
+      intervalMs: 0,
+      message: `no heartbeat at ${second} s`,
+    });
   }
   assert.equal(claims, 1, "the pick-up was stuck all along");
   release();
-  await runner.stop();
+  await within(runner.stop(), DEADLINE_MS, "the runner to stop");
   assert.equal(await lastSeen(), undefined);
 });
 
@@ -125,5 +122,5 @@ test("a runner whose resume write fails (a store error) tries it again: the paus
   assert.ok(settled, `the parent is still ${await invocation.status()}`);
   assert.equal(await result, 2);
   assert.equal(resumes, 2, "one failed resume, then one that went through");
-  await runner.stop();
+  await within(runner.stop(), DEADLINE_MS, "the runner to stop");
 });

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { isValidHistory } from "../core/status.ts";
 import { openTestKv } from "./_kv.ts";
+import { waitUntil } from "./_deadline.ts";
 
 const deno = (globalThis as { Deno?: { execPath(): string } }).Deno;
 const onlyDeno = deno === undefined ? "multi-process tests run under deno test" : false;
@@ -168,12 +169,10 @@ test(
         const slow = app.task("slow", ({ i }: { i: number }) => i);
         const group = await slow.parallelize([{ i: 0 }, { i: 1 }, { i: 2 }]);
         const doomed = start("deno", ["hang", path]);
-        const until = Date.now() + 30_000;
-        while (Date.now() < until) {
+        await waitUntil(async () => {
           const started = await Promise.all([0, 1, 2].map((i) => counter("started", String(i))));
-          if (started.every((count) => count === 1)) break;
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
+          return started.every((count) => count === 1);
+        }, { intervalMs: 20, message: "the doomed runner never started all three invocations" });
         doomed.kill("SIGKILL");
         await doomed.exit;
         for (const invocation of group.invocations) {

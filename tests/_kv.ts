@@ -37,8 +37,17 @@ export interface KvHooks {
   beforeCommit?(values: readonly unknown[], keys: readonly KvKey[]): Promise<void> | void;
   /** Sees every set of an atomic operation. */
   onSet?(value: unknown, key: KvKey, options?: { expireIn?: number }): void;
-  /** Runs after every commit that returned, with its verdict and the keys it set (and expiry). */
-  afterCommit?(ok: boolean, sets: readonly { key: KvKey; expireIn?: number }[]): void;
+  /**
+   * Runs after every commit that returned, with its verdict, the keys it set (and expiry) and
+   * the values it set; a throw here rejects a commit that was applied.
+   */
+  afterCommit?(
+    ok: boolean,
+    sets: readonly { key: KvKey; expireIn?: number }[],
+    values: readonly unknown[],
+  ): void;
+  /** Runs before every `get`. */
+  beforeGet?(key: KvKey): Promise<void> | void;
   /** Runs before every `getMany`. */
   beforeGetMany?(): Promise<void> | void;
   /** Runs before every `list` reads its first entry (may delay the read). */
@@ -51,7 +60,14 @@ export interface KvHooks {
  */
 export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
   return {
-    get: (key) => kv.get(key),
+    get: (key) => {
+      if (hooks.beforeGet === undefined) return kv.get(key);
+      const before = hooks.beforeGet.bind(hooks);
+      return (async () => {
+        await before(key);
+        return await kv.get(key);
+      })();
+    },
     getMany: async (keys) => {
       await hooks.beforeGetMany?.();
       return await kv.getMany(keys);
@@ -81,7 +97,7 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       op.commit = async () => {
         await hooks.beforeCommit?.(values, keys);
         const result = await commit();
-        hooks.afterCommit?.(result.ok, sets);
+        hooks.afterCommit?.(result.ok, sets, values);
         return result;
       };
       return op;

@@ -1,0 +1,838 @@
+/**
+ * The fault-injection contract (issue #9): every write a runner makes — PENDING, RUNNING, PAUSED,
+ * RESUMED, SUCCESS, FAILED, RETRY, and the KILLED → REROUTED hand-back — meets each of three
+ * faults: refused and not applied; applied, then reported failed; the store down for 2 s. In every
+ * case, with a deadline on every wait: the invocation ends in the final status its function
+ * earned, `result()` never rejects with a store error, nothing hangs, and no key ever runs above
+ * its limit.
+ *
+ * A backend test file calls {@linkcode faultContract} once per backend, with a factory that builds
+ * an app whose store injects the faults a {@linkcode FaultPlan} describes: memory through
+ * {@linkcode faultyStore} (a `Proxy`, so methods added to the port later are covered too), Deno KV
+ * through {@linkcode kvFaultHooks} on `interceptKv`.
+ *
+ * The scenarios of one backend run concurrently (each on its own app and store), on the real clock
+ * (the outage is 2 s of wall time): the first test of a backend starts them all, and each test
+ * awaits and judges its own.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { isDeepStrictEqual } from "node:util";
+import type { Nenc, NencOptions } from "../core/app.ts";
+import { RetryError } from "../core/errors.ts";
+import type { Invocation } from "../core/invocation.ts";
+import type { Runner } from "../core/runner.ts";
+import { isValidHistory } from "../core/status.ts";
+import type { Store } from "../core/store.ts";
+import type { Task } from "../core/task.ts";
+import type { KvHooks } from "./_kv.ts";
+
+// --- deadlines ---------------------------------------------------------------------------------
+
+/**
+ * The error {@linkcode within} rejects with: names what did not settle in time. (The `gaps`
+ * branch adds a shared `tests/_deadline.ts` with the same `within(promise, ms, what)`; once it is
+ * on main, use it here — {@linkcode isDeadline} already knows its message.)
+ */
+export class DeadlineError extends Error {
+  constructor(what: string, ms: number) {
+    super(`${what} did not settle within ${ms} ms (it hangs)`);
+    this.name = "DeadlineError";
+  }
+}
+
+/**
+ * Settles as `promise` does, or rejects with a {@linkcode DeadlineError} naming `what` after `ms`
+ * of real time: a hang becomes a failure that says what hung. The timer is cleared either way.
+ */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DeadlineError(what, ms)), ms);
+    }),
+  ]);
+}
+
+/** Whether `error` is a deadline that passed: ours, or the shared `tests/_deadline.ts` one. */
+function isDeadline(error: unknown): error is Error {
+  return error instanceof DeadlineError ||
+    (error instanceof Error && /^Timed out after \d+ ms waiting for /.test(error.message));
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+// --- faults --------------------------------------------------------------------------------------
+
+/** The error a faulty store throws: a store error, never the task's. */
+export class InjectedStoreFault extends Error {
+  constructor(what: string) {
+    super(`injected store fault (${what})`);
+    this.name = "InjectedStoreFault";
+  }
+}
+
+/** The runner writes under test; `killed` is the KILLED → REROUTED hand-back of a stop. */
+export type RunnerWrite =
+  | "pending"
+  | "running"
+  | "paused"
+  | "resumed"
+  | "success"
+  | "failed"
+  | "retry"
+  | "killed";
+
+/**
+ * `refuse`: the write throws and is not applied. `applied`: the write is applied, then throws.
+ * `down`: from the matching write on, every store call throws for {@linkcode OUTAGE_MS}. `none`:
+ * no fault (the control run of a scenario).
+ */
+export type FaultKind = "refuse" | "applied" | "down" | "none";
+
+/** How long the store stays down. */
+export const OUTAGE_MS = 2_000;
+
+/**
+ * One fault for one write, fired at most once: on the first matching write after
+ * {@linkcode FaultPlan.arm} (for `applied`: the first that was actually applied).
+ */
+export class FaultPlan {
+  readonly write: RunnerWrite;
+  readonly kind: FaultKind;
+  #armed = false;
+  /** When the fault fired (epoch ms), or `undefined`. */
+  firedAtMs: number | undefined;
+  /** What the fault hit, for the report. */
+  firedOn: string | undefined;
+  #downUntilMs = 0;
+
+  constructor(write: RunnerWrite, kind: FaultKind) {
+    this.write = write;
+    this.kind = kind;
+  }
+
+  /** From now on the fault fires on the first matching write. */
+  arm(): void {
+    this.#armed = true;
+  }
+
+  /** Whether the store is down right now. */
+  get down(): boolean {
+    return Date.now() < this.#downUntilMs;
+  }
+
+  /** Resolves once the outage (if any) is over. */
+  async outageOver(): Promise<void> {
+    const left = this.#downUntilMs - Date.now();
+    if (left > 0) await sleep(left + 10);
+  }
+
+  /** Throws if the store is down: every call, reads included. */
+  throwIfDown(what: string): void {
+    if (this.down) throw new InjectedStoreFault(`store down: ${what}`);
+  }
+
+  /** Whether a write matching this plan should fault now (armed, not fired yet). */
+  #pending(matches: boolean): boolean {
+    return this.kind !== "none" && this.#armed && this.firedAtMs === undefined && matches;
+  }
+
+  /**
+   * Before a write is applied: `refuse` and `down` fire here (and throw); `applied` only says
+   * whether to check again after the write.
+   */
+  before(matches: boolean, what: string): boolean {
+    if (!this.#pending(matches)) return false;
+    if (this.kind === "applied") return true;
+    this.#fire(what);
+    if (this.kind === "down") this.#downUntilMs = Date.now() + OUTAGE_MS;
+    throw new InjectedStoreFault(`${this.kind} ${what}`);
+  }
+
+  /** After a write was applied: `applied` fires here (and throws). */
+  after(applied: boolean, what: string): void {
+    if (this.kind !== "applied" || !applied || !this.#pending(true)) return;
+    this.#fire(what);
+    throw new InjectedStoreFault(`applied, then reported failed: ${what}`);
+  }
+
+  #fire(what: string): void {
+    this.firedAtMs = Date.now();
+    this.firedOn = what;
+  }
+}
+
+/**
+ * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING on
+ * `claim()` (which may also go straight on to RUNNING), every other write on `change()` by the
+ * last status of its path (the hand-back by its first, KILLED). Built with a `Proxy`, so methods
+ * the port gains later are delegated, and faulted while the store is down, without a change here.
+ */
+export function faultyStore(inner: Store, plan: FaultPlan): Store {
+  const wrapped = new Map<PropertyKey, unknown>();
+  return new Proxy(inner, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target);
+      if (typeof value !== "function" || typeof property !== "string") return value;
+      if (property === "constructor") return value;
+      let wrapper = wrapped.get(property);
+      if (wrapper === undefined) {
+        const method = value as (...args: unknown[]) => unknown;
+        wrapper = property === "find"
+          ? (...args: unknown[]) =>
+            faultyIterable(plan, () => method.apply(target, args) as AsyncIterable<unknown>)
+          : async (...args: unknown[]) => {
+            plan.throwIfDown(property);
+            if (property === "claim") {
+              const check = plan.before(plan.write === "pending", "claim");
+              const outcome = await method.apply(target, args) as { claimed: readonly unknown[] };
+              if (check) plan.after(outcome.claimed.length > 0, "claim");
+              return outcome;
+            }
+            if (property === "change") {
+              const change = args[1] as { path: readonly string[] };
+              const what = `change [${change.path.join(", ")}]`;
+              const check = plan.before(
+                plan.write !== "pending" && pathMatches(plan.write, change.path),
+                what,
+              );
+              const outcome = await method.apply(target, args) as { ok: boolean };
+              if (check) plan.after(outcome.ok, what);
+              return outcome;
+            }
+            return await method.apply(target, args);
+          };
+        wrapped.set(property, wrapper);
+      }
+      return wrapper;
+    },
+  });
+}
+
+/** `find()` is an async iterable, not a promise: it throws when first read while down. */
+function faultyIterable<T>(plan: FaultPlan, open: () => AsyncIterable<T>): AsyncIterable<T> {
+  return {
+    async *[Symbol.asyncIterator]() {
+      plan.throwIfDown("find");
+      yield* open();
+    },
+  };
+}
+
+/** Parses one of nenc's KV values (JSON bytes), or `undefined`. */
+function decodeValue(value: unknown): unknown {
+  if (!(value instanceof Uint8Array)) return undefined;
+  try {
+    return JSON.parse(new TextDecoder().decode(value));
+  } catch {
+    return undefined;
+  }
+}
+
+/** One invocation's transition in a KV commit: its new record, and the statuses it entered. */
+interface CommittedTransition {
+  readonly id: string;
+  readonly seq: number;
+  readonly path: readonly string[];
+}
+
+/**
+ * The transitions a KV commit writes, one per invocation record it sets (`[…, "inv", id]`). Its
+ * path is the history entries it sets (`[…, "hist", id, seq]`) past the last sequence number seen
+ * committed for that invocation (`lastSeq`): a final commit re-sets the older entries (with their
+ * expiry), which are not part of its transition.
+ */
+function committedTransitions(
+  keys: readonly (readonly unknown[])[],
+  values: readonly unknown[],
+  lastSeq: ReadonlyMap<string, number>,
+): CommittedTransition[] {
+  const records = new Map<string, number>();
+  const entries = new Map<string, { seq: number; status: string }[]>();
+  keys.forEach((key, i) => {
+    const decoded = decodeValue(values[i]) as
+      | { record?: { seq?: unknown }; status?: unknown }
+      | undefined;
+    if (key[key.length - 2] === "inv" && typeof decoded?.record?.seq === "number") {
+      records.set(String(key[key.length - 1]), decoded.record.seq);
+    } else if (key[key.length - 3] === "hist" && typeof decoded?.status === "string") {
+      const id = String(key[key.length - 2]);
+      const list = entries.get(id) ?? [];
+      list.push({ seq: Number(key[key.length - 1]), status: decoded.status });
+      entries.set(id, list);
+    }
+  });
+  return [...records].map(([id, seq]) => ({
+    id,
+    seq,
+    path: (entries.get(id) ?? [])
+      .filter((entry) => entry.seq > (lastSeq.get(id) ?? 0))
+      .sort((x, y) => x.seq - y.seq)
+      .map((entry) => entry.status),
+  }));
+}
+
+/**
+ * Whether a transition is the runner write `write`: PENDING is a claim (which may go straight on
+ * to RUNNING), RUNNING a change to RUNNING alone, the hand-back starts with KILLED, and every other
+ * write ends in its status.
+ */
+function pathMatches(write: RunnerWrite, path: readonly string[]): boolean {
+  if (write === "pending") return path.includes("pending");
+  if (write === "killed") return path[0] === "killed";
+  if (write === "running") return path.length === 1 && path[0] === "running";
+  return path[path.length - 1] === write;
+}
+
+/**
+ * `interceptKv` hooks that inject the fault of `plan`: a throw in `beforeCommit` refuses a commit
+ * (not applied), a throw in `afterCommit` reports an applied one failed, and while down every
+ * `get`, `getMany`, `list` and commit throws. A commit matches when one of the transitions it
+ * carries is the write (a group commit may carry other drafts too).
+ */
+export function kvFaultHooks(plan: FaultPlan): KvHooks {
+  const lastSeq = new Map<string, number>();
+  const describe = (transitions: readonly CommittedTransition[]): string =>
+    `commit of ${transitions.map((t) => `[${t.path.join(", ")}]`).join(" ")}`;
+  return {
+    beforeGet: () => plan.throwIfDown("get"),
+    beforeGetMany: () => plan.throwIfDown("getMany"),
+    beforeList: () => plan.throwIfDown("list"),
+    beforeCommit: (values, keys) => {
+      plan.throwIfDown("commit");
+      const transitions = committedTransitions(keys, values, lastSeq);
+      const matches = transitions.some(({ path }) => pathMatches(plan.write, path));
+      plan.before(matches, describe(transitions));
+    },
+    afterCommit: (ok, sets, values) => {
+      const transitions = committedTransitions(sets.map(({ key }) => key), values, lastSeq);
+      if (!ok) return;
+      for (const { id, seq } of transitions) lastSeq.set(id, seq);
+      const matches = transitions.some(({ path }) => pathMatches(plan.write, path));
+      if (matches) plan.after(ok, describe(transitions));
+    },
+  };
+}
+
+// --- scenarios -----------------------------------------------------------------------------------
+
+/**
+ * Makes a fresh app whose store injects `plan`'s fault (`options` never holds `store` or `kv`).
+ */
+export type FaultyAppFactory = (
+  plan: FaultPlan,
+  options: Omit<NencOptions, "store" | "kv">,
+) => Nenc | Promise<Nenc>;
+
+/** The task context of the 0.2 API, as far as these tasks use it (absent before it lands). */
+interface Ctx {
+  readonly signal?: AbortSignal;
+}
+
+/** `runner.stop({ graceMs })` of the 0.2 API, callable (and type-checked) before it lands. */
+function stopWith(runner: Runner, graceMs: number): Promise<void> {
+  const stop = runner.stop.bind(runner) as (options?: { graceMs?: number }) => Promise<void>;
+  return stop({ graceMs });
+}
+
+/**
+ * `invocation.result({ signal })` of the 0.2 API, callable (and type-checked) before it lands: a
+ * wait the test gives up on must not keep polling, nor the process alive, after the scenario.
+ */
+function resultOf<T>(invocation: Invocation<T>, signal: AbortSignal): Promise<T> {
+  const result = invocation.result.bind(invocation) as (
+    options?: { signal?: AbortSignal },
+  ) => Promise<T>;
+  return result({ signal });
+}
+
+/**
+ * Counts executions per key as the functions see them: entered at start, left in `finally`, and
+ * left while paused (see {@linkcode Overlap.paused}).
+ */
+class Overlap {
+  readonly #now = new Map<string, number>();
+  readonly max = new Map<string, number>();
+
+  enter(key: string): void {
+    const now = (this.#now.get(key) ?? 0) + 1;
+    this.#now.set(key, now);
+    this.max.set(key, Math.max(this.max.get(key) ?? 0, now));
+  }
+
+  leave(key: string): void {
+    this.#now.set(key, (this.#now.get(key) ?? 1) - 1);
+  }
+
+  /**
+   * While an execution waits on results it is PAUSED and gives its slot back: it leaves its key
+   * for the wait, and enters it again when the wait returns (after RESUMED took the slot).
+   */
+  async paused<T>(key: string, wait: Promise<T>): Promise<T> {
+    this.leave(key);
+    try {
+      return await wait;
+    } finally {
+      this.enter(key);
+    }
+  }
+
+  async run<T>(key: string, body: () => Promise<T>): Promise<T> {
+    this.enter(key);
+    try {
+      return await body();
+    } finally {
+      this.leave(key);
+    }
+  }
+}
+
+/** The error every invocation of the throwing task fails with. */
+export class Boom extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "Boom";
+  }
+}
+
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+
+/** Never rejects: a handler is attached at once, so no rejection goes unhandled meanwhile. */
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then((value) => ({ ok: true, value }), (error) => ({ ok: false, error }));
+}
+
+/** What one invocation earned, and what it got. */
+interface Observed {
+  readonly label: string;
+  readonly expect: { status: "success"; value: unknown; retries?: number } | {
+    status: "failed";
+    errorName: string;
+    message: string;
+  };
+  readonly result: Settled<unknown>;
+  readonly status: string;
+  readonly retries: number;
+  readonly historyValid: boolean;
+  readonly history: string[];
+}
+
+/** The facts a scenario gathered, judged by its test. */
+interface Facts {
+  readonly observed: readonly Observed[];
+  readonly maxPerKey: ReadonlyMap<string, number>;
+  readonly plan: FaultPlan;
+  readonly stopProblems: readonly string[];
+}
+
+/** The scenario each runner write is reached by. */
+type ScenarioKind = "plain" | "throwing" | "retry" | "parent" | "killed";
+
+const SCENARIO_OF: Record<RunnerWrite, ScenarioKind> = {
+  pending: "plain",
+  success: "plain",
+  failed: "throwing",
+  retry: "retry",
+  running: "parent",
+  paused: "parent",
+  resumed: "parent",
+  killed: "killed",
+};
+
+const RESULT_DEADLINE_MS = 20_000;
+const STEP_DEADLINE_MS = 8_000;
+
+/** Runner options: fast polls and heartbeats, so recovery paths finish within seconds. */
+const RUNNER = { concurrency: 2, pollMs: 20, heartbeatMs: 200 } as const;
+/**
+ * Orchestrator options: PENDING recovered after 1 s; a silent runner dead after 6 s — well above
+ * the 2 s outage, so a runner whose heartbeat the outage held up is not fenced (§7.1) nor taken
+ * for dead: the down cases test writes retried until they land, not recovery.
+ */
+const ORCHESTRATOR = { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 } as const;
+
+/**
+ * Runs one scenario against one fault. Two invocations of the task under test share one key
+ * (`"k"`, limit 1): the subject (`n: 0`) and a sibling (`n: 1`).
+ */
+async function runScenario(
+  makeApp: FaultyAppFactory,
+  appId: string,
+  plan: FaultPlan,
+): Promise<Facts> {
+  const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR });
+  const overlap = new Overlap();
+  const runs = new Map<string, number>();
+  /** How many times the function ran for these args, this run included. */
+  const attempt = (name: string): number => {
+    const count = (runs.get(name) ?? 0) + 1;
+    runs.set(name, count);
+    return count;
+  };
+  const keyed = { runningConcurrency: "keys", keyArguments: ["key"] } as const;
+  type Args = { key: string; n: number };
+  const scenario = SCENARIO_OF[plan.write];
+  const top: {
+    label: string;
+    invocation: Invocation<number>;
+    result: Promise<Settled<number>>;
+    expect: Observed["expect"];
+  }[] = [];
+  const runners: Runner[] = [];
+  let child: Task<Args, number> | undefined;
+  let markStarted!: () => void;
+  const started = new Promise<void>((resolve) => markStarted = resolve);
+
+  let task: Task<Args, number>;
+  switch (scenario) {
+    case "plain":
+      task = app.task(
+        "work",
+        (args: Args, _ctx?: Ctx) =>
+          overlap.run(`work:${args.key}`, async () => {
+            await sleep(30);
+            return args.n * 10;
+          }),
+        keyed,
+      );
+      break;
+    case "throwing":
+      task = app.task(
+        "work",
+        (args: Args, _ctx?: Ctx) =>
+          overlap.run(`work:${args.key}`, async (): Promise<number> => {
+            await sleep(30);
+            throw new Boom(`boom ${args.n}`);
+          }),
+        keyed,
+      );
+      break;
+    case "retry":
+      task = app.task(
+        "work",
+        (args: Args, _ctx?: Ctx) =>
+          overlap.run(`work:${args.key}`, async () => {
+            await sleep(30);
+            if (attempt(`work ${args.n}`) === 1) throw new RetryError(`once more ${args.n}`);
+            return args.n * 10;
+          }),
+        { ...keyed, maxRetries: 1 },
+      );
+      break;
+    case "parent": {
+      const childTask = app.task(
+        "child",
+        (args: Args, _ctx?: Ctx) =>
+          overlap.run(`child:${args.key}`, async () => {
+            await sleep(30);
+            return args.n * 10;
+          }),
+        keyed,
+      );
+      child = childTask;
+      task = app.task(
+        "work",
+        (args: Args, _ctx?: Ctx) =>
+          overlap.run(`work:${args.key}`, async () => {
+            const called = await childTask.call({ key: `c${args.n}`, n: args.n });
+            return (await overlap.paused(`work:${args.key}`, called.result())) + 1;
+          }),
+        keyed,
+      );
+      break;
+    }
+    case "killed":
+      task = app.task(
+        "work",
+        (args: Args, ctx?: Ctx) =>
+          overlap.run(`work:${args.key}`, async () => {
+            if (args.n === 0 && attempt("work 0") === 1) {
+              markStarted();
+              // Runs until its runner stops and aborts it (3 s at most, so nothing is left behind).
+              await new Promise<void>((resolve) => {
+                const timer = setTimeout(resolve, 3_000);
+                ctx?.signal?.addEventListener("abort", () => {
+                  clearTimeout(timer);
+                  resolve();
+                }, { once: true });
+              });
+            } else {
+              await sleep(30);
+            }
+            return args.n * 10;
+          }),
+        keyed,
+      );
+      break;
+  }
+  const expectFor = (n: number): Observed["expect"] => {
+    switch (scenario) {
+      case "throwing":
+        return { status: "failed", errorName: "Boom", message: `boom ${n}` };
+      case "retry":
+        return { status: "success", value: n * 10, retries: 1 };
+      case "parent":
+        return { status: "success", value: n * 10 + 1, retries: 0 };
+      default:
+        return { status: "success", value: n * 10, retries: 0 };
+    }
+  };
+  /** Ends the test's own waits at the end, so none outlives the scenario (0.2 API). */
+  const waits = new AbortController();
+  for (const n of [0, 1]) {
+    const invocation = await within(task.call({ key: "k", n }), STEP_DEADLINE_MS, `call n=${n}`);
+    top.push({
+      label: `${task.id}(n=${n})`,
+      invocation,
+      result: settle(
+        within(resultOf(invocation, waits.signal), RESULT_DEADLINE_MS, `result() of n=${n}`),
+      ),
+      expect: expectFor(n),
+    });
+  }
+  plan.arm();
+  /** What went wrong stopping the runners: a rejection, or a hang. */
+  const stopProblems: string[] = [];
+  const stopping = async (promise: Promise<unknown>, what: string): Promise<void> => {
+    try {
+      await within(promise, STEP_DEADLINE_MS, what);
+    } catch (error) {
+      stopProblems.push(
+        `${what} ${isDeadline(error) ? "hung" : "rejected"}: ${describeError(error)}`,
+      );
+    }
+  };
+  const observe = async (
+    label: string,
+    invocation: Invocation<number>,
+    result: Settled<unknown>,
+    expect: Observed["expect"],
+  ): Promise<Observed> => {
+    const history = await within(invocation.history(), STEP_DEADLINE_MS, `history() of ${label}`);
+    return {
+      label,
+      expect,
+      result,
+      status: await within(invocation.status(), STEP_DEADLINE_MS, `status() of ${label}`),
+      retries: await within(invocation.retries(), STEP_DEADLINE_MS, `retries() of ${label}`),
+      historyValid: isValidHistory(history),
+      history: history.map((entry) => entry.status),
+    };
+  };
+  const observed: Observed[] = [];
+  try {
+    const first = app.runner(RUNNER);
+    runners.push(first);
+    first.start();
+    if (scenario === "killed") {
+      await within(started, STEP_DEADLINE_MS, "the first execution's start");
+      await stopping(stopWith(first, 0), "runner.stop({ graceMs: 0 })");
+      const second = app.runner(RUNNER);
+      runners.push(second);
+      second.start();
+    }
+    await Promise.all(top.map(({ result }) => result));
+    // Observed while the runners still run: a hung invocation shows the status it hangs in.
+    await plan.outageOver();
+    for (const { label, invocation, result, expect } of top) {
+      observed.push(await observe(label, invocation, await result, expect));
+    }
+    if (child !== undefined) {
+      for await (const invocation of app.orchestrator.getExistingInvocations(child)) {
+        const n = invocation.args.n as number;
+        const label = `child(n=${n})`;
+        // The parents settled: a child that is not final by now hangs.
+        const result = await settle(
+          within(resultOf(invocation, waits.signal), 2_000, `result() of ${label}`),
+        );
+        observed.push(
+          await observe(label, invocation, result, {
+            status: "success",
+            value: n * 10,
+            retries: 0,
+          }),
+        );
+      }
+    }
+  } finally {
+    waits.abort();
+    // The first runner of the stop scenario was stopped (and judged) already.
+    const live = scenario === "killed" ? runners.slice(1) : runners;
+    await stopping(Promise.all(live.map((runner) => runner.stop())), "runner.stop() at the end");
+  }
+  return { observed, maxPerKey: overlap.max, plan, stopProblems };
+}
+
+/** Whether `error`, or any error in its `cause` chain, is a store fault rather than the task's. */
+function isStoreFault(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 10; depth++) {
+    if (e.name === "InjectedStoreFault" || /injected store fault/.test(e.message)) return true;
+    e = e.cause;
+  }
+  return false;
+}
+
+/** A history as text, a run of repeated pick-up refusals written once with its count. */
+function compactHistory(history: readonly string[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < history.length;) {
+    const pair = history.slice(i, i + 2).join(" → ");
+    let repeats = 0;
+    while (
+      history[i + 2 * repeats] === "concurrency_controlled" &&
+      history[i + 2 * repeats + 1] === "rerouted"
+    ) repeats++;
+    if (repeats > 1) {
+      parts.push(`(${pair}) ×${repeats}`);
+      i += 2 * repeats;
+    } else {
+      parts.push(history[i]!);
+      i++;
+    }
+  }
+  return parts.join(" → ");
+}
+
+const describeError = (error: unknown): string =>
+  error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+
+/**
+ * Judges the facts of one scenario: every broken promise is listed (one line each, per
+ * invocation), so a failure tells the whole story, not only its first symptom.
+ */
+function judge(facts: Facts): void {
+  const { plan } = facts;
+  assert.ok(
+    plan.kind === "none" || plan.firedAtMs !== undefined,
+    `the fault was never injected: no ${plan.write} write reached the store after arming`,
+  );
+  const problems: string[] = [];
+  for (const seen of facts.observed) {
+    const where = `${seen.label} [${compactHistory(seen.history)}]`;
+    const { result, expect } = seen;
+    if (!result.ok && isStoreFault(result.error)) {
+      problems.push(
+        `${where}: result() rejected with a store error: ${describeError(result.error)}`,
+      );
+    } else if (!result.ok && isDeadline(result.error)) {
+      problems.push(`${where}: hangs ${seen.status}: ${result.error.message}`);
+    } else if (expect.status === "success") {
+      if (!result.ok) {
+        problems.push(`${where}: result() rejected: ${describeError(result.error)}`);
+      } else if (!isDeepStrictEqual(result.value, expect.value)) {
+        problems.push(
+          `${where}: result() is ${JSON.stringify(result.value)}, earned ${expect.value}`,
+        );
+      }
+    } else if (result.ok) {
+      problems.push(`${where}: result() resolved, earned a rejection with ${expect.errorName}`);
+    } else {
+      const error = result.error as Error;
+      if (error.name !== expect.errorName || error.message !== expect.message) {
+        problems.push(
+          `${where}: rejected with ${
+            describeError(error)
+          }, earned ${expect.errorName}: ${expect.message}`,
+        );
+      }
+    }
+    if (seen.status !== expect.status) {
+      problems.push(`${where}: status ${seen.status}, earned ${expect.status}`);
+    }
+    if (expect.status === "success" && expect.retries !== undefined) {
+      // A recovery re-runs an attempt whose outcome never landed: it may count one retry less.
+      const recovered = seen.history.some((status) => status.endsWith("_recovery"));
+      if (
+        recovered ? seen.retries > expect.retries : seen.retries !== expect.retries
+      ) problems.push(`${where}: ${seen.retries} retries, earned ${expect.retries}`);
+    }
+    if (!seen.historyValid) problems.push(`${where}: the history is not a valid path`);
+  }
+  for (const problem of facts.stopProblems) problems.push(problem);
+  for (const [key, max] of facts.maxPerKey) {
+    if (max > 1) problems.push(`key ${key} ran ${max} executions at once (limit 1)`);
+  }
+  if (problems.length > 0) {
+    assert.fail(
+      `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
+        problems.join("\n  ")
+      }`,
+    );
+  }
+}
+
+const WRITES: readonly { write: RunnerWrite; label: string; earned: string }[] = [
+  { write: "pending", label: "PENDING (claim)", earned: "ends success" },
+  { write: "running", label: "RUNNING (child)", earned: "parent and child end success" },
+  { write: "paused", label: "PAUSED (parent)", earned: "parent and child end success" },
+  { write: "resumed", label: "RESUMED (parent)", earned: "parent and child end success" },
+  { write: "success", label: "SUCCESS", earned: "ends success" },
+  { write: "failed", label: "FAILED", earned: "ends failed with the task's error" },
+  { write: "retry", label: "RETRY", earned: "retries once, then ends success" },
+  {
+    write: "killed",
+    label: "KILLED/REROUTED hand-back on stop({ graceMs: 0 })",
+    earned: "a second runner finishes it: success",
+  },
+];
+
+const KINDS: readonly { kind: FaultKind; fault: string }[] = [
+  { kind: "refuse", fault: "refused and not applied" },
+  { kind: "applied", fault: "applied then reported failed" },
+  { kind: "down", fault: "with the store down for 2 s" },
+];
+
+/**
+ * Registers the fault-injection contract for one backend: every runner write × every fault, one
+ * test each. The first test starts every scenario of the backend at once.
+ */
+export function faultContract(backend: string, makeApp: FaultyAppFactory): void {
+  const ending = "result() never rejects with a store error, nothing hangs, no key over its limit";
+  // Control runs: each scenario without a fault, so a failing fault case can be told from a
+  // failing scenario.
+  const controls = [
+    { write: "success", label: "a task that returns", earned: "ends success" },
+    { write: "failed", label: "a task that throws", earned: "ends failed with the task's error" },
+    {
+      write: "retry",
+      label: "a task that throws RetryError once",
+      earned: "retries once, then ends success",
+    },
+    { write: "paused", label: "a parent awaiting a child", earned: "parent and child end success" },
+    {
+      write: "killed",
+      label: "a task whose runner stops with graceMs 0",
+      earned: "a second runner finishes it: success",
+    },
+  ] as const;
+  const cases = [
+    ...controls.map(({ write, label, earned }) => ({
+      write,
+      kind: "none" as FaultKind,
+      name: `[${backend}] control without a fault, ${label}: the invocation ${earned}, ${ending}`,
+    })),
+    ...WRITES.flatMap(({ write, label, earned }) =>
+      KINDS.map(({ kind, fault }) => ({
+        write,
+        kind,
+        name: `[${backend}] ${label} write ${fault}: the invocation ${earned}, ${ending}`,
+      }))
+    ),
+  ];
+  let all: Map<string, Promise<Settled<Facts>>> | undefined;
+  const start = (): Map<string, Promise<Settled<Facts>>> =>
+    new Map(cases.map(({ write, kind }, i) => [
+      `${write}/${kind}`,
+      settle(runScenario(makeApp, `faults-${i}-${write}-${kind}`, new FaultPlan(write, kind))),
+    ]));
+  for (const { write, kind, name } of cases) {
+    test(name, async () => {
+      all ??= start();
+      const facts = await all.get(`${write}/${kind}`)!;
+      if (!facts.ok) throw facts.error;
+      judge(facts.value);
+    });
+  }
+}

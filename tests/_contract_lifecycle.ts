@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
+import { DEADLINE_MS, waitUntil, within as withinMs } from "./_deadline.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { CanceledError, RetryError, TaskTimeoutError } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
@@ -25,29 +26,13 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
   }
 }
 
-/** Settles with `promise`, or fails naming `what` after `ms` of real time (a hang guard). */
-async function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+/** Waits for `promise` with the shared deadline. */
+const within = <T>(promise: Promise<T>, what: string): Promise<T> =>
+  withinMs(promise, DEADLINE_MS, what);
 
-/** Polls `predicate` every few ms of real time until it holds; fails naming `what` after `ms`. */
-async function until(predicate: () => Promise<boolean> | boolean, what: string, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  while (!await predicate()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
+/** Waits until `predicate` holds, with the shared deadline. */
+const until = (predicate: () => boolean | Promise<boolean>, what: string): Promise<void> =>
+  waitUntil(predicate, { message: `never ${what}`, intervalMs: 2 });
 
 const statuses = (history: readonly HistoryEntry[]): string[] =>
   history.map((entry) => entry.status);

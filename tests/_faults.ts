@@ -24,41 +24,15 @@ import type { Invocation } from "../core/invocation.ts";
 import type { Runner } from "../core/runner.ts";
 import { isValidHistory } from "../core/status.ts";
 import type { Store } from "../core/store.ts";
-import type { Task } from "../core/task.ts";
+import type { Task, TaskContext } from "../core/task.ts";
+import { within } from "./_deadline.ts";
 import type { KvHooks } from "./_kv.ts";
 
 // --- deadlines ---------------------------------------------------------------------------------
 
-/**
- * The error {@linkcode within} rejects with: names what did not settle in time. (The `gaps`
- * branch adds a shared `tests/_deadline.ts` with the same `within(promise, ms, what)`; once it is
- * on main, use it here — {@linkcode isDeadline} already knows its message.)
- */
-export class DeadlineError extends Error {
-  constructor(what: string, ms: number) {
-    super(`${what} did not settle within ${ms} ms (it hangs)`);
-    this.name = "DeadlineError";
-  }
-}
-
-/**
- * Settles as `promise` does, or rejects with a {@linkcode DeadlineError} naming `what` after `ms`
- * of real time: a hang becomes a failure that says what hung. The timer is cleared either way.
- */
-export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DeadlineError(what, ms)), ms);
-    }),
-  ]);
-}
-
-/** Whether `error` is a deadline that passed: ours, or the shared `tests/_deadline.ts` one. */
+/** Whether `error` is a deadline of `tests/_deadline.ts` that passed. */
 function isDeadline(error: unknown): error is Error {
-  return error instanceof DeadlineError ||
-    (error instanceof Error && /^Timed out after \d+ ms waiting for /.test(error.message));
+  return error instanceof Error && /^Timed out after \d+ ms waiting for /.test(error.message);
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -326,28 +300,6 @@ export type FaultyAppFactory = (
   options: Omit<NencOptions, "store" | "kv">,
 ) => Nenc | Promise<Nenc>;
 
-/** The task context of the 0.2 API, as far as these tasks use it (absent before it lands). */
-interface Ctx {
-  readonly signal?: AbortSignal;
-}
-
-/** `runner.stop({ graceMs })` of the 0.2 API, callable (and type-checked) before it lands. */
-function stopWith(runner: Runner, graceMs: number): Promise<void> {
-  const stop = runner.stop.bind(runner) as (options?: { graceMs?: number }) => Promise<void>;
-  return stop({ graceMs });
-}
-
-/**
- * `invocation.result({ signal })` of the 0.2 API, callable (and type-checked) before it lands: a
- * wait the test gives up on must not keep polling, nor the process alive, after the scenario.
- */
-function resultOf<T>(invocation: Invocation<T>, signal: AbortSignal): Promise<T> {
-  const result = invocation.result.bind(invocation) as (
-    options?: { signal?: AbortSignal },
-  ) => Promise<T>;
-  return result({ signal });
-}
-
 /**
  * Counts executions per key as the functions see them: entered at start, left in `finally`, and
  * left while paused (see {@linkcode Overlap.paused}).
@@ -490,7 +442,7 @@ async function runScenario(
     case "plain":
       task = app.task(
         "work",
-        (args: Args, _ctx?: Ctx) =>
+        (args: Args, _ctx: TaskContext) =>
           overlap.run(`work:${args.key}`, async () => {
             await sleep(30);
             return args.n * 10;
@@ -501,7 +453,7 @@ async function runScenario(
     case "throwing":
       task = app.task(
         "work",
-        (args: Args, _ctx?: Ctx) =>
+        (args: Args, _ctx: TaskContext) =>
           overlap.run(`work:${args.key}`, async (): Promise<number> => {
             await sleep(30);
             throw new Boom(`boom ${args.n}`);
@@ -512,7 +464,7 @@ async function runScenario(
     case "retry":
       task = app.task(
         "work",
-        (args: Args, _ctx?: Ctx) =>
+        (args: Args, _ctx: TaskContext) =>
           overlap.run(`work:${args.key}`, async () => {
             await sleep(30);
             if (attempt(`work ${args.n}`) === 1) throw new RetryError(`once more ${args.n}`);
@@ -524,7 +476,7 @@ async function runScenario(
     case "parent": {
       const childTask = app.task(
         "child",
-        (args: Args, _ctx?: Ctx) =>
+        (args: Args, _ctx: TaskContext) =>
           overlap.run(`child:${args.key}`, async () => {
             await sleep(30);
             return args.n * 10;
@@ -534,7 +486,7 @@ async function runScenario(
       child = childTask;
       task = app.task(
         "work",
-        (args: Args, _ctx?: Ctx) =>
+        (args: Args, _ctx: TaskContext) =>
           overlap.run(`work:${args.key}`, async () => {
             const called = await childTask.call({ key: `c${args.n}`, n: args.n });
             return (await overlap.paused(`work:${args.key}`, called.result())) + 1;
@@ -546,14 +498,14 @@ async function runScenario(
     case "killed":
       task = app.task(
         "work",
-        (args: Args, ctx?: Ctx) =>
+        (args: Args, ctx: TaskContext) =>
           overlap.run(`work:${args.key}`, async () => {
             if (args.n === 0 && attempt("work 0") === 1) {
               markStarted();
               // Runs until its runner stops and aborts it (3 s at most, so nothing is left behind).
               await new Promise<void>((resolve) => {
                 const timer = setTimeout(resolve, 3_000);
-                ctx?.signal?.addEventListener("abort", () => {
+                ctx.signal.addEventListener("abort", () => {
                   clearTimeout(timer);
                   resolve();
                 }, { once: true });
@@ -587,7 +539,11 @@ async function runScenario(
       label: `${task.id}(n=${n})`,
       invocation,
       result: settle(
-        within(resultOf(invocation, waits.signal), RESULT_DEADLINE_MS, `result() of n=${n}`),
+        within(
+          invocation.result({ signal: waits.signal }),
+          RESULT_DEADLINE_MS,
+          `result() of n=${n}`,
+        ),
       ),
       expect: expectFor(n),
     });
@@ -628,7 +584,7 @@ async function runScenario(
     first.start();
     if (scenario === "killed") {
       await within(started, STEP_DEADLINE_MS, "the first execution's start");
-      await stopping(stopWith(first, 0), "runner.stop({ graceMs: 0 })");
+      await stopping(first.stop({ graceMs: 0 }), "runner.stop({ graceMs: 0 })");
       const second = app.runner(RUNNER);
       runners.push(second);
       second.start();
@@ -645,7 +601,7 @@ async function runScenario(
         const label = `child(n=${n})`;
         // The parents settled: a child that is not final by now hangs.
         const result = await settle(
-          within(resultOf(invocation, waits.signal), 2_000, `result() of ${label}`),
+          within(invocation.result({ signal: waits.signal }), 2_000, `result() of ${label}`),
         );
         observed.push(
           await observe(label, invocation, result, {

@@ -192,6 +192,11 @@ export class Runner implements AsyncDisposable {
   readonly #stop = new AbortController();
   /** Aborted when the runner gives up on writes still being tried (the end of a stop). */
   readonly #abandon = new AbortController();
+  /**
+   * Aborted when the runner has ended (after its stop handed everything back): its heartbeat,
+   * its fence watch and its cancel watch run until then, through the stop's grace.
+   */
+  readonly #alive = new AbortController();
   readonly #executions = new Map<string, Execution>();
   /** Called when the last execution ends. */
   #onEmpty: (() => void) | undefined;
@@ -327,7 +332,8 @@ export class Runner implements AsyncDisposable {
     }
     this.#lastBeatMs = this.#host.clock.now();
     this.#loop = this.#run();
-    this.#beats = Promise.all([this.#beat(), this.#watchHeartbeat()]).then(() => {});
+    this.#beats = Promise.all([this.#beat(), this.#watchHeartbeat(), this.#watchCancels()])
+      .then(() => {});
   }
 
   /**
@@ -380,6 +386,7 @@ export class Runner implements AsyncDisposable {
     this.#abandon.abort();
     for (const resume of this.#resumeQueue.splice(0)) resume();
     await this.#untilEmpty(Infinity);
+    this.#alive.abort();
     await this.#beats; // no heartbeat lands after the entry is removed below
     try {
       await orchestrator.store.removeRunner(this.id);
@@ -487,7 +494,7 @@ export class Runner implements AsyncDisposable {
    */
   async #beat(): Promise<void> {
     const { orchestrator, clock } = this.#host;
-    const signal = this.#stop.signal;
+    const signal = this.#alive.signal;
     const taskIds = this.#host.tasks?.().map((task) => task.id);
     while (!signal.aborted) {
       const nowMs = clock.now();
@@ -521,7 +528,7 @@ export class Runner implements AsyncDisposable {
    */
   async #watchHeartbeat(): Promise<void> {
     const { orchestrator, clock } = this.#host;
-    const signal = this.#stop.signal;
+    const signal = this.#alive.signal;
     const fenceAfterMs = orchestrator.options.runnerTimeoutSeconds * 1000 * FENCE_SHARE;
     while (!signal.aborted) {
       const dueMs = this.#lastBeatMs + fenceAfterMs;
@@ -547,6 +554,9 @@ export class Runner implements AsyncDisposable {
   }
 
   async #maintain(): Promise<void> {
+    // A fenced runner may be the one whose clock or link is wrong: it writes nothing until a
+    // heartbeat lands again (then its dropped executions are orphans it recovers itself).
+    if (this.#fenced) return;
     const { orchestrator, clock } = this.#host;
     const nowMs = clock.now();
     if (nowMs >= this.#nextRecoveryMs) {
@@ -558,7 +568,6 @@ export class Runner implements AsyncDisposable {
       this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
       await orchestrator.autoPurge();
     }
-    await this.#takeCancels();
   }
 
   /**
@@ -573,6 +582,26 @@ export class Runner implements AsyncDisposable {
     );
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
+    }
+  }
+
+  /**
+   * Looks for cancels every `pollMs`, for the runner's whole life (a stop's grace included): a
+   * cancel made in any process aborts the function within one poll.
+   */
+  async #watchCancels(): Promise<void> {
+    const { clock } = this.#host;
+    const signal = this.#alive.signal;
+    for (let failures = 0; !signal.aborted;) {
+      try {
+        if (!this.#fenced && this.#executions.size > 0) await this.#takeCancels();
+        failures = 0;
+        await clock.sleep(this.#pollMs, signal);
+      } catch (error) {
+        if (error instanceof StoreClosedError) return;
+        console.error(`nenc: runner ${this.id} could not read its cancel requests:`, error);
+        await clock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
+      }
     }
   }
 

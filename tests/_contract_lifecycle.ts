@@ -455,3 +455,74 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await first.status(), "canceled");
   });
 }
+
+/** Lifecycle under a failing heartbeat: a runner that cannot prove it is alive fences itself. */
+export function fencingContract(backend: string, makeApp: AppFactory): void {
+  test(`[${backend}] a runner whose heartbeat has not landed for 3/4 of runnerTimeoutSeconds aborts its functions and writes nothing more; recovery re-runs the invocation elsewhere`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });
+    // The store as this process sees it, with heartbeats that can be made to fail.
+    let beatsFail = false;
+    const store = app.orchestrator.store;
+    const faulty = new Proxy(store, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (name === "heartbeat") {
+          return (...args: Parameters<typeof store.heartbeat>) =>
+            beatsFail ? Promise.reject(new Error("heartbeat lost")) : store.heartbeat(...args);
+        }
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    Object.defineProperty(app.orchestrator, "store", { get: () => faulty });
+    const aborted = deferred<unknown>();
+    const finish = deferred();
+    let runs = 0;
+    const job = app.task("job", async (_args: undefined, ctx: TaskContext) => {
+      if (++runs === 1) {
+        ctx.signal.addEventListener("abort", () => aborted.resolve(ctx.signal.reason));
+        await finish.promise;
+        return "stale";
+      }
+      return "fresh";
+    });
+    const invocation = await job.call();
+    const fenced = app.runner({ runnerId: "fenced", heartbeatMs: 1_000 });
+    fenced.start();
+    await until(isStatus(invocation, "running"), "it runs");
+    beatsFail = true;
+    for (let ms = 0; ms < 7_000; ms += 500) {
+      clock.advance(500);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(runs, 1);
+    let reason: unknown;
+    void aborted.promise.then((value) => reason = value);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(reason, undefined, "fenced before 3/4 of runnerTimeoutSeconds");
+    clock.advance(600);
+    reason = await within(aborted.promise, "the fence");
+    assert.match(String((reason as Error).message), /runner fenced lost its heartbeat/);
+    const historyBefore = (await invocation.history()).length;
+    finish.resolve();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal((await invocation.history()).length, historyBefore, "a fenced runner wrote");
+    assert.equal(await invocation.status(), "running");
+    // Past the timeout, a live runner elsewhere recovers it and runs it again.
+    const other = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } }, app);
+    other.task("job", () => "fresh");
+    clock.advance(3_000);
+    await within(other.runner({ runnerId: "other" }).drain(), "the other runner");
+    assert.equal(await invocation.result(), "fresh");
+    assert.deepEqual(statuses(await invocation.history()).slice(2), [
+      "running",
+      "running_recovery",
+      "rerouted",
+      "pending",
+      "running",
+      "success",
+    ]);
+    await fenced.stop({ graceMs: 0 });
+  });
+}

@@ -3,7 +3,7 @@
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
 import { graphsContract } from "./_contract_graphs.ts";
-import { lifecycleContract } from "./_contract_lifecycle.ts";
+import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -23,4 +23,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   runningContract(backend, makeApp);
   graphsContract(backend, makeApp);
   lifecycleContract(backend, makeApp);
+  fencingContract(backend, makeApp);
 }

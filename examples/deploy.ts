@@ -1,8 +1,12 @@
 /**
  * nenc on Deno Deploy: isolates live only while they serve a request or a cron tick, and Deno
  * Deploy KV is the shared store. Work is drained in bounded slices — from `Deno.cron` every
- * minute, and right after a request that adds work — and each slice stops by itself, handing back
- * whatever still runs, so nothing is left half-done when the isolate goes away.
+ * minute, and right after a request that adds work. Each slice stops by itself: it picks up work
+ * for at most `maxMs`, then lets what runs finish for `graceMs`, then aborts what still runs
+ * through its task's signal and hands it back (re-queued for the next slice) once its function
+ * has returned, or `graceMs` after the abort. So a slice ends within about `maxMs + 2 × graceMs`,
+ * and its work is finished or re-queued, not lost; if the isolate is killed mid-slice anyway,
+ * another runner recovers what it held after the orchestrator's `runnerTimeoutSeconds`.
  *
  * Deploy: `deployctl deploy --project=<name> examples/deploy.ts` (from a copy that imports
  * `jsr:@nenc/nenc` instead of `../mod.ts`). Locally: `deno run -A --unstable-cron examples/deploy.ts`.
@@ -18,24 +22,30 @@ export const app = new Nenc({ appId: "deploy-demo", kv });
 export const wordCount = app.task(
   "wordCount",
   ({ text }: { text: string }) => text.split(/\s+/).filter(Boolean).length,
-  { registrationConcurrency: "arguments" }, // the same text counted twice is one invocation
+  // Calls of the same text while one is still queued share that invocation.
+  { registrationConcurrency: "arguments" },
 );
 
-/** One bounded slice of work: at most 8 at once, for at most `maxMs`. */
-function drain(maxMs: number) {
-  return app.runner({ concurrency: 8 }).drain({ maxMs });
+/**
+ * One bounded slice of work: at most 8 at once, picking up for at most `maxMs`, then a graceful
+ * stop with `graceMs`. Keep `2 × graceMs` under `runnerTimeoutSeconds` (10 s by default): a runner
+ * that is stopping writes no heartbeat.
+ */
+function drain(maxMs: number, graceMs: number) {
+  return app.runner({ concurrency: 8 }).drain({ maxMs, graceMs });
 }
 
-// A cron tick has about a minute: leave a margin.
+// A tick comes every minute: end the slice well before the next one (about 40 s + 2 × 3 s).
 Deno.cron("nenc drain", "* * * * *", async () => {
-  await drain(50_000);
+  await drain(40_000, 3_000);
 });
 
 Deno.serve(async (request) => {
   const url = new URL(request.url);
   if (request.method === "POST" && url.pathname === "/count") {
     const invocation = await wordCount.call({ text: await request.text() });
-    await drain(5_000); // run it now if the isolate can; the cron picks up what is left
+    // Run what is queued now, for a few seconds at most; the cron picks up what is left.
+    await drain(5_000, 1_000);
     return Response.json({ id: invocation.id, status: await invocation.status() });
   }
   if (url.pathname.startsWith("/invocations/")) {

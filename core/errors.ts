@@ -300,7 +300,8 @@ export class ConcurrencyControlledError extends NencError {
 export class RetryError extends NencError {}
 
 /**
- * A runner received an invocation of a task it does not define.
+ * A task this app does not define. (A runner never fails an invocation of a task it does not
+ * define: it leaves it queued for a runner that does.)
  *
  * @example
  * ```ts

@@ -28,8 +28,7 @@ export const wordCount = app.task(
 
 /**
  * One bounded slice of work: at most 8 at once, picking up for at most `maxMs`, then a graceful
- * stop with `graceMs`. Keep `2 × graceMs` under `runnerTimeoutSeconds` (10 s by default): a runner
- * that is stopping writes no heartbeat.
+ * stop with `graceMs`.
  */
 function drain(maxMs: number, graceMs: number) {
   return app.runner({ concurrency: 8 }).drain({ maxMs, graceMs });

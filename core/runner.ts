@@ -200,6 +200,8 @@ export class Runner implements AsyncDisposable {
   readonly #executions = new Map<string, Execution>();
   /** Called when the last execution ends. */
   #onEmpty: (() => void) | undefined;
+  /** Called when an execution starts (the cancel watch waits for one). */
+  #onExecution: (() => void) | undefined;
   /** Resumes waiting for a slot; they get freed slots before new work. */
   readonly #resumeQueue: (() => void)[] = [];
   #free: number;
@@ -217,6 +219,11 @@ export class Runner implements AsyncDisposable {
   #lastBeatMs = -Infinity;
   /** Its heartbeat did not land in time: it picks up nothing until one does. */
   #fenced = false;
+  /**
+   * A heartbeat write is under way, or the last one failed: only then can a late heartbeat fence
+   * the runner (a clock that jumps ahead alone must not).
+   */
+  #beatInTrouble = false;
 
   /** Use `app.runner()`. */
   constructor(host: RunnerHost, options: RunnerOptions = {}) {
@@ -435,6 +442,7 @@ export class Runner implements AsyncDisposable {
               attempt,
             });
             this.#executions.set(invocation.id, execution);
+            this.#onExecution?.();
             void this.#execute(execution, running);
           }
           failures = 0;
@@ -509,8 +517,10 @@ export class Runner implements AsyncDisposable {
         }
       }
       try {
+        this.#beatInTrouble = true;
         await orchestrator.store.heartbeat(this.id, nowMs, taskIds);
         this.#lastBeatMs = Math.max(this.#lastBeatMs, nowMs);
+        this.#beatInTrouble = false;
         this.#fenced = false;
       } catch (error) {
         if (error instanceof StoreClosedError) return;
@@ -532,7 +542,7 @@ export class Runner implements AsyncDisposable {
     const fenceAfterMs = orchestrator.options.runnerTimeoutSeconds * 1000 * FENCE_SHARE;
     while (!signal.aborted) {
       const dueMs = this.#lastBeatMs + fenceAfterMs;
-      if (clock.now() >= dueMs && !this.#fenced) this.#fence();
+      if (clock.now() >= dueMs && this.#beatInTrouble && !this.#fenced) this.#fence();
       await clock.sleep(Math.max(this.#heartbeatMs / 4, dueMs - clock.now()), signal);
     }
   }
@@ -586,21 +596,34 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
-   * Looks for cancels every `pollMs`, for the runner's whole life (a stop's grace included): a
-   * cancel made in any process aborts the function within one poll.
+   * Looks for cancels every `pollMs` while something runs, for the runner's whole life (a stop's
+   * grace included): a cancel made in any process aborts the function within one poll. Its
+   * cadence is I/O pacing, not app time, so it sleeps on real timers, like the KV poller.
    */
   async #watchCancels(): Promise<void> {
-    const { clock } = this.#host;
     const signal = this.#alive.signal;
     for (let failures = 0; !signal.aborted;) {
       try {
-        if (!this.#fenced && this.#executions.size > 0) await this.#takeCancels();
+        if (this.#executions.size === 0) {
+          // Nothing to cancel: no read, no timer, until something runs.
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              signal.removeEventListener("abort", done);
+              this.#onExecution = undefined;
+              resolve();
+            };
+            this.#onExecution = done;
+            signal.addEventListener("abort", done, { once: true });
+          });
+          continue;
+        }
+        if (!this.#fenced) await this.#takeCancels();
         failures = 0;
-        await clock.sleep(this.#pollMs, signal);
+        await realSleep(this.#pollMs, signal);
       } catch (error) {
         if (error instanceof StoreClosedError) return;
         console.error(`nenc: runner ${this.id} could not read its cancel requests:`, error);
-        await clock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
+        await realSleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
   }
@@ -748,10 +771,16 @@ export class Runner implements AsyncDisposable {
     } finally {
       execution.end();
       if (end === "canceled") {
+        // Not named by a sequence number: the cancel moved it past the one this execution saw.
+        // Ending is idempotent (a second end gives nothing back), and the claim still fences it.
         await this.persist(
           execution,
           0,
-          (actor) => orchestrator.endExecution(invocation, actor),
+          ({ runnerId, claimSeq }) =>
+            orchestrator.endExecution(invocation, {
+              runnerId: runnerId ?? this.id,
+              ...(claimSeq !== undefined ? { claimSeq } : {}),
+            }),
         ).catch((error) => {
           console.error(
             `nenc: runner ${this.id} could not end invocation ${invocation.id}:`,
@@ -839,6 +868,20 @@ export class Runner implements AsyncDisposable {
     if (verdict === "done") this.#finished++;
     return verdict;
   }
+}
+
+/** Sleeps `ms` of real time, or until `signal` aborts (the timer is cleared then). */
+function realSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 /** A task's back-off function may throw: then the attempt fails instead of retrying. */

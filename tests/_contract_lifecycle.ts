@@ -109,7 +109,7 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
       }
       return n;
     }, { runningConcurrency: "task" });
-    await using runner = app.runner({ concurrency: 2, pollMs: 5 });
+    await using runner = app.runner({ runnerId: "r-cancel", concurrency: 2, pollMs: 5 });
     runner.start();
     const first = await job.call({ n: 1 });
     await until(isStatus(first, "running"), "the first invocation runs");
@@ -129,6 +129,9 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     const history = await first.history();
     assert.ok(isValidHistory(history));
     assert.deepEqual(statuses(history).slice(-2), ["running", "canceled"]);
+    // Its end was recorded: no slot held, no cancel request left for the runner.
+    assert.equal((await app.orchestrator.store.get(first.id))?.holdsSlots, false);
+    assert.deepEqual(await app.orchestrator.store.cancelRequests("r-cancel"), []);
   });
 
   test(`[${backend}] cancel() cascades to the children nothing else waits on (cascade false leaves them), and a call from a canceled context rejects with CanceledError`, async () => {

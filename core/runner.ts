@@ -429,6 +429,9 @@ export class Runner implements AsyncDisposable {
       try {
         await this.#maintain();
         if (!this.#fenced && this.#free > 0 && this.#resumeQueue.length === 0) {
+          // Read before the claim: a retry not yet due then is still "later" for drain() below,
+          // however far the clock moves during the claim.
+          const beforeClaimMs = clock.now();
           const claimed = await orchestrator.startInvocations(this.#free, {
             runnerId: this.id,
             accepts,
@@ -450,7 +453,7 @@ export class Runner implements AsyncDisposable {
           if (
             this.#onIdle !== undefined && this.#executions.size === 0 &&
             this.#resumeQueue.length === 0 &&
-            await orchestrator.store.nextAvailableMs(clock.now()) === undefined
+            await orchestrator.store.nextAvailableMs(beforeClaimMs) === undefined
           ) this.#onIdle();
         }
         await this.#idle();

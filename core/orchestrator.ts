@@ -11,6 +11,7 @@ import { markRehydrated } from "./_rehydrated.ts";
 import type { CallRef } from "./call_graph.ts";
 import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
+import { setMaxListeners } from "node:events";
 import { retryFaults } from "./_faults.ts";
 import {
   BatchProcessingError,
@@ -1042,6 +1043,8 @@ export class Orchestrator {
     signal?: AbortSignal,
   ): Promise<void> {
     const done = new AbortController();
+    // One listener per awaited invocation (a fan-out of hundreds is ordinary), not a leak.
+    setMaxListeners(0, done.signal);
     const stop = (): void => done.abort();
     signal?.addEventListener("abort", stop, { once: true });
     try {

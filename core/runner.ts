@@ -8,6 +8,7 @@
  * @module
  */
 
+import { setMaxListeners } from "node:events";
 import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
 import type { Clock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
@@ -439,10 +440,12 @@ export class Runner implements AsyncDisposable {
           for (const { invocation, running, claimSeq, seq, attempt } of claimed) {
             this.#free--;
             // Registered before any await, so a stop() from now on sees it.
-            const execution = new Execution(this, this.#host, invocation, {
+            const execution: Execution = new Execution(this, this.#host, invocation, {
               claimSeq,
               seq,
               attempt,
+              persist: (steps, write): Promise<WriteVerdict> =>
+                this.#persist(execution, steps, write),
             });
             this.#executions.set(invocation.id, execution);
             this.#onExecution?.();
@@ -681,7 +684,7 @@ export class Runner implements AsyncDisposable {
    * invocation was canceled, or it is not this execution's any more (recovered, claimed
    * elsewhere, gone). Any other error is the write's own (a result over a value limit): thrown.
    */
-  async persist(
+  async #persist(
     execution: Execution,
     steps: number,
     write: (actor: ActorOptions) => Promise<boolean | void>,
@@ -734,7 +737,7 @@ export class Runner implements AsyncDisposable {
       const task = this.#host.getTask(invocation.taskId);
       if (task === undefined) {
         // Claimed through the public pick-up by a runner that lacks the task: back to the queue.
-        end = await this.persist(
+        end = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.rerouteInvocations([invocation], actor),
@@ -743,7 +746,7 @@ export class Runner implements AsyncDisposable {
       }
       if (!running) {
         const parent = invocation.parentId === null ? undefined : { id: invocation.parentId };
-        end = await this.persist(
+        end = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.setInvocationRun(parent, invocation, actor),
@@ -776,7 +779,7 @@ export class Runner implements AsyncDisposable {
       if (end === "canceled") {
         // Not named by a sequence number: the cancel moved it past the one this execution saw.
         // Ending is idempotent (a second end gives nothing back), and the claim still fences it.
-        await this.persist(
+        await this.#persist(
           execution,
           0,
           ({ runnerId, claimSeq }) =>
@@ -810,7 +813,7 @@ export class Runner implements AsyncDisposable {
     if (kind === "cancel") return "canceled";
     if (kind === "stop") {
       // Discarded: handed back for another runner, from wherever it is (PAUSED included).
-      return await this.persist(
+      return await this.#persist(
         execution,
         2,
         (actor) =>
@@ -838,7 +841,7 @@ export class Runner implements AsyncDisposable {
     let verdict: WriteVerdict;
     try {
       if (result.ok) {
-        verdict = await this.persist(
+        verdict = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.setInvocationResult(invocation, result.value, actor),
@@ -847,13 +850,13 @@ export class Runner implements AsyncDisposable {
         task.isRetriable(result.error) && execution.attempt < task.options.maxRetries &&
         retryDelayIsValid(task, execution.attempt)
       ) {
-        verdict = await this.persist(
+        verdict = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.setInvocationRetry(invocation, result.error, actor),
         );
       } else {
-        verdict = await this.persist(
+        verdict = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.setInvocationException(invocation, result.error, actor),
@@ -862,7 +865,7 @@ export class Runner implements AsyncDisposable {
     } catch (error) {
       // The write itself failed (a result over a store's value limit, …): fail the invocation
       // with that error rather than leave it RUNNING on a live runner.
-      verdict = await this.persist(
+      verdict = await this.#persist(
         execution,
         1,
         (actor) => orchestrator.setInvocationException(invocation, error, actor),
@@ -911,6 +914,12 @@ function graceOf(value: number | undefined, fallback: number, what: string): num
  */
 type WriteVerdict = "done" | "busy" | "canceled" | "gone";
 
+/** One of the runner's writes for an execution: how many statuses it enters, and the write. */
+type Persist = (
+  steps: number,
+  write: (actor: ActorOptions) => Promise<boolean | void>,
+) => Promise<WriteVerdict>;
+
 /** How a task function ended: a value, an error, or still running past its grace. */
 type ExecutionOutcome = { ok: true; value: unknown } | { ok: false; error: unknown } | "ignored";
 
@@ -932,6 +941,8 @@ class Execution implements ExecutionContext {
   graceMs = 0;
   readonly #runner: Runner;
   readonly #host: RunnerHost;
+  /** The runner's fault-tolerant write for this execution (see the runner's `#persist`). */
+  readonly #persist: Persist;
   readonly #abort = new AbortController();
   readonly #ended = new AbortController();
   #abortKind: AbortKind | undefined;
@@ -951,9 +962,12 @@ class Execution implements ExecutionContext {
     runner: Runner,
     host: RunnerHost,
     invocation: Invocation,
-    claim: { claimSeq: number; seq: number; attempt: number },
+    claim: { claimSeq: number; seq: number; attempt: number; persist: Persist },
   ) {
+    // Each pending result() of the task listens to its signal: many at once is ordinary.
+    setMaxListeners(0, this.#abort.signal);
     this.claimSeq = claim.claimSeq;
+    this.#persist = claim.persist;
     this.seq = claim.seq;
     this.attempt = claim.attempt;
     this.#runner = runner;
@@ -1115,8 +1129,7 @@ class Execution implements ExecutionContext {
    * refused the slot (RESUMED). A cancel or a lost claim aborts and throws.
    */
   async #setStatus(status: InvocationStatus): Promise<boolean> {
-    const verdict = await this.#runner.persist(
-      this,
+    const verdict = await this.#persist(
       1,
       (actor) => this.#host.orchestrator.setInvocationStatus(this.invocation, status, actor),
     );

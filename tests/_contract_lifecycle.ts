@@ -225,10 +225,11 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
   test(`[${backend}] timeoutMs: at the deadline ctx.signal aborts with TaskTimeoutError and the invocation fails with it when the function returns; retried when retryFor lists it`, async () => {
     const clock = new FakeClock();
     const app = await makeApp({ clock });
-    const reasons: unknown[] = [];
+    const aborts: { reason: unknown; afterMs: number }[] = [];
     const slow = app.task("slow", async (_args: undefined, ctx: TaskContext) => {
+      const startedMs = clock.now();
       await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
-      reasons.push(ctx.signal.reason);
+      aborts.push({ reason: ctx.signal.reason, afterMs: clock.now() - startedMs });
       return "too late";
     }, { timeoutMs: 1_000 });
     let attempts = 0;
@@ -240,24 +241,21 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     }, { timeoutMs: 1_000, maxRetries: 1, retryFor: [TaskTimeoutError] });
     const timedOut = await slow.call();
     const retried = await flaky.call();
-    await using runner = app.runner({ concurrency: 2 });
+    // No grace: disposing the runner never waits on this clock.
+    await using runner = app.runner({ concurrency: 2, graceMs: 0 });
     runner.start();
-    await until(
-      async () => await timedOut.status() === "running" && await retried.status() === "running",
-      "both run",
-    );
-    clock.advance(999);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    assert.equal(await timedOut.status(), "running");
-    clock.advance(1);
-    const error = await within(rejection(timedOut.result()), "the timeout");
-    assert.ok(error instanceof TaskTimeoutError, `got ${String(error)}`);
-    assert.equal(error.timeoutMs, 1_000);
-    assert.ok(reasons[0] instanceof TaskTimeoutError);
+    // Time moves in steps of 100 ms until both are done: the deadline is met whenever the
+    // runner's timers were set.
     await until(async () => {
       clock.advance(100);
-      return await retried.status() === "success";
-    }, "the retry succeeds");
+      return await timedOut.status() === "failed" && await retried.status() === "success";
+    }, "both end");
+    const error = await rejection(timedOut.result());
+    assert.ok(error instanceof TaskTimeoutError, `got ${String(error)}`);
+    assert.equal(error.timeoutMs, 1_000);
+    assert.equal(aborts.length, 1);
+    assert.ok(aborts[0]!.reason instanceof TaskTimeoutError);
+    assert.ok(aborts[0]!.afterMs >= 1_000, `aborted after ${aborts[0]!.afterMs} ms`);
     assert.equal(await retried.result(), 2);
     assert.deepEqual(statuses(await retried.history()).slice(2, 4), ["running", "retry"]);
   });
@@ -273,14 +271,16 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     const invocation = await stuck.call();
     await using runner = app.runner({ graceMs: 500 });
     runner.start();
-    await until(isStatus(invocation, "running"), "it runs");
-    clock.advance(100);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    assert.equal(await invocation.status(), "running");
-    clock.advance(500);
-    assert.ok(
-      (await within(rejection(invocation.result()), "the grace")) instanceof TaskTimeoutError,
-    );
+    await until(async () => {
+      clock.advance(50);
+      return await invocation.status() === "failed";
+    }, "it fails");
+    assert.ok((await rejection(invocation.result())) instanceof TaskTimeoutError);
+    // Failed no earlier than the deadline plus the grace, by the app's clock.
+    const history = await invocation.history();
+    const runningMs = history.find((entry) => entry.status === "running")!.timestampMs;
+    const failedMs = history.at(-1)!.timestampMs;
+    assert.ok(failedMs - runningMs >= 600, `failed ${failedMs - runningMs} ms after it started`);
     const next = await app.task("next", () => "ok").call();
     assert.equal(await within(next.result(), "the runner carries on"), "ok");
     never.resolve();
@@ -356,8 +356,13 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     const stopping = first.stop({ graceMs: 1_000 });
     await new Promise((resolve) => setTimeout(resolve, 5));
     assert.deepEqual(log, ["start 1"], "aborted before the grace");
-    clock.advance(1_000);
-    await until(() => log.length === 2, "the first run is aborted");
+    // A second of grace at a time, looking before each step: the abort comes at the first step
+    // after the stop began to wait, and no step follows it (its function's own grace stays open).
+    await until(() => {
+      if (log.length === 2) return true;
+      clock.advance(1_000);
+      return false;
+    }, "the first run is aborted");
     assert.match(log[1]!, /runner first is stopping/);
     // Aborted, still running (its grace has not passed): not handed back.
     for (let i = 0; i < 10; i++) await new Promise((resolve) => setTimeout(resolve, 2));

@@ -11,11 +11,14 @@ import { NencError } from "./errors.ts";
 /**
  * Whether `error`, thrown by a store step, is a fault of the store to try again after a pause:
  * anything but nenc's own verdicts (`NencError`: a refused transition, a value over a limit, a
- * closed store) and bad input (`TypeError`, `RangeError`, `SyntaxError`), and but an abort.
+ * closed store), a `RangeError` or `SyntaxError` (a bug, or corrupt data), and an abort.
  */
 export function isStoreFault(error: unknown): boolean {
-  return !(error instanceof NencError || error instanceof TypeError ||
-    error instanceof RangeError || error instanceof SyntaxError ||
+  // A TypeError is a fault: the network fails with one ("fetch failed" over KV Connect); the
+  // store steps take no input a caller could get wrong (that is checked before, and is a
+  // RangeError or a NencError).
+  return !(error instanceof NencError || error instanceof RangeError ||
+    error instanceof SyntaxError ||
     (error instanceof DOMException &&
       (error.name === "AbortError" || error.name === "TimeoutError")));
 }

@@ -440,10 +440,8 @@ export class MemoryStore implements Store {
     } else if (plan.queue === "enqueue") {
       this.#enqueue(next);
     }
-    if (plan.final) {
-      if (next.purgeAtMs !== null) this.#purgeDue.insert(id, next.purgeAtMs);
-      notify(this.#finalWaiters.get(id));
-    }
+    if (plan.startsPurge) this.#purgeDue.insert(id, next.purgeAtMs!);
+    if (plan.final) notify(this.#finalWaiters.get(id));
     return { ok: true, record: next, entries: plan.entries };
   }
 

@@ -439,6 +439,7 @@ export class Orchestrator {
   async routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>> {
     const { task, args } = call;
     const invocation = this.#newInvocation(task, args);
+    await this.#refuseIfCanceled(invocation.parentId);
     const outcome = await this.store.register(invocation);
     if (outcome.created !== undefined) return new Invocation<Result>(this, outcome.created);
     const existing = outcome.existing;
@@ -475,9 +476,9 @@ export class Orchestrator {
         );
       }
     }
-    const records = await this.store.registerMany(
-      calls.map(({ task, args }) => this.#newInvocation(task, args)),
-    );
+    const invocations = calls.map(({ task, args }) => this.#newInvocation(task, args));
+    await this.#refuseIfCanceled(invocations[0]?.parentId ?? null);
+    const records = await this.store.registerMany(invocations);
     return records.map((record) => new Invocation<Result>(this, record));
   }
 
@@ -500,6 +501,20 @@ export class Orchestrator {
       for (const args of argsList) invocations.push(await this.routeCall({ task, args }));
     }
     return new InvocationGroup(this, invocations);
+  }
+
+  /**
+   * A canceled invocation calls nothing more: a call from its context is refused once the cancel
+   * is recorded, even before its runner has aborted its signal (in another process, a poll away).
+   */
+  async #refuseIfCanceled(parentId: string | null): Promise<void> {
+    if (parentId === null) return;
+    const parent = await this.store.get(parentId);
+    if (parent?.status === InvocationStatus.CANCELED) {
+      throw parent.error === undefined
+        ? new CanceledError(parentId)
+        : deserializeError(parent.error, this.#host.errorClasses);
+    }
   }
 
   #newInvocation<Args, Result>(task: Task<Args, Result>, args: Args): NewInvocation {
@@ -756,7 +771,7 @@ export class Orchestrator {
       });
       canceled = true;
     } catch (failure) {
-      const record = await this.store.get(id);
+      const record = await this.#read(() => this.store.get(id));
       if (record !== undefined && !isFinalStatus(record.status)) throw failure;
     }
     if (options.cascade ?? true) {
@@ -776,7 +791,14 @@ export class Orchestrator {
    * executed it (`claimSeq`); recovery does it for a runner that died.
    */
   async endExecution(invocation: InvocationRef, options: ActorOptions = {}): Promise<void> {
-    await this.#change(invocation, { path: [], endExecution: true, ...this.#actor(options) });
+    const actor = this.#actor(options);
+    // The purge clock of a canceled invocation starts when its execution ends.
+    await this.#change(invocation, {
+      path: [],
+      endExecution: true,
+      ...actor,
+      purgeAtMs: this.#purgeAtMs(actor.nowMs),
+    });
   }
 
   // --- concurrency and pick-up -----------------------------------------------------------------
@@ -940,6 +962,13 @@ export class Orchestrator {
       });
     const recovered: Invocation[] = [];
     for (const record of candidates) {
+      // A runner never takes its own work for dead by its heartbeat (it fences itself first);
+      // what it owns but does not run, it names in `ids`.
+      if (
+        options.ids === undefined && record.ownerId !== null && record.ownerId === actor.runnerId
+      ) {
+        continue;
+      }
       if (record.status === InvocationStatus.CANCELED) {
         // Canceled, and its runner died before the function returned: give its slots back.
         if (holdsSlots(record)) {
@@ -948,6 +977,7 @@ export class Orchestrator {
             endExecution: true,
             ...actor,
             expectSeq: record.seq,
+            purgeAtMs: this.#purgeAtMs(actor.nowMs),
           });
         }
         continue;
@@ -1111,7 +1141,7 @@ export class Orchestrator {
       case InvocationStatus.CANCELED:
         throw record.error === undefined
           ? new CanceledError(id)
-          : deserializeError(record.error, this.#host.errorClasses);
+          : markRehydrated(deserializeError(record.error, this.#host.errorClasses));
       default:
         throw new NencError(
           `Cannot get the result of invocation ${id}: it is ${record.status}, not final`,

@@ -512,6 +512,8 @@ export class Runner implements AsyncDisposable {
     const taskIds = this.#host.tasks?.().map((task) => task.id);
     while (!signal.aborted) {
       const nowMs = clock.now();
+      // Until a heartbeat lands, a late one may fence: whichever call of this round hangs.
+      this.#beatInTrouble = true;
       try {
         // Data of a newer layout (another process upgraded nenc): this code must not touch it.
         await orchestrator.store.checkSchema();
@@ -523,7 +525,6 @@ export class Runner implements AsyncDisposable {
         }
       }
       try {
-        this.#beatInTrouble = true;
         await orchestrator.store.heartbeat(this.id, nowMs, taskIds);
         this.#lastBeatMs = Math.max(this.#lastBeatMs, nowMs);
         this.#beatInTrouble = false;
@@ -648,19 +649,20 @@ export class Runner implements AsyncDisposable {
             : deserializeError(record.error, BUILT_IN_ERRORS),
           "cancel",
         );
-      } else {
-        // Nothing of it runs here (its claim's answer was lost, or its end was not recorded):
-        // end it now, giving its slots back.
-        await orchestrator.endExecution({ id }, { runnerId: this.id }).catch((error) => {
-          console.error(`nenc: runner ${this.id} could not end canceled invocation ${id}:`, error);
-        });
       }
+      // Not (yet) an execution here: a claim still in flight registers it, and the next look
+      // aborts it; one whose claim answer was lost is ended by the orphan recovery of the
+      // pick-up loop, in step with the claims.
     }
   }
 
   /** Takes a slot for a resuming invocation: before any new work. */
   acquireSlot(): Promise<void> {
-    if (this.#stop.signal.aborted) return Promise.resolve();
+    if (this.#stop.signal.aborted) {
+      // Stopping: what still runs winds down at once, its slot counted all the same.
+      this.#free--;
+      return Promise.resolve();
+    }
     if (this.#free > 0 && this.#resumeQueue.length === 0) {
       this.#free--;
       return Promise.resolve();
@@ -764,7 +766,7 @@ export class Runner implements AsyncDisposable {
         });
       }
       const outcome = await execution.run(task);
-      if (outcome === "ignored") {
+      if (outcome === "ignored" && execution.graceMs > 0) {
         console.warn(
           `nenc: invocation ${invocation.id} (task ${task.id}) ignored its aborted signal (${
             String((execution.signal.reason as Error)?.message ?? execution.signal.reason)
@@ -812,22 +814,25 @@ export class Runner implements AsyncDisposable {
     if (kind === "fence") return "gone";
     if (kind === "cancel") return "canceled";
     if (kind === "stop") {
-      // Discarded: handed back for another runner, from wherever it is (PAUSED included).
-      return await this.#persist(
-        execution,
-        2,
-        (actor) =>
-          orchestrator.store.change(invocation.id, {
-            path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
-            runnerId: actor.runnerId ?? this.id,
-            nowMs: this.#host.clock.now(),
-            claimSeq: execution.claimSeq,
-            expectSeq: execution.seq,
-          }).then((outcome) => {
-            if (!outcome.ok) {
-              throw new NencError(`Cannot hand back ${invocation.id}: ${outcome.reason}`);
-            }
-          }),
+      // Discarded: handed back for another runner, from wherever it is (PAUSED included), after
+      // any pause or resume of its still in flight.
+      return await execution.inOrder(() =>
+        this.#persist(
+          execution,
+          2,
+          (actor) =>
+            orchestrator.store.change(invocation.id, {
+              path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
+              runnerId: actor.runnerId ?? this.id,
+              nowMs: this.#host.clock.now(),
+              claimSeq: execution.claimSeq,
+              expectSeq: execution.seq,
+            }).then((outcome) => {
+              if (!outcome.ok) {
+                throw new NencError(`Cannot hand back ${invocation.id}: ${outcome.reason}`);
+              }
+            }),
+        )
       );
     }
     // A timeout fails the attempt whatever the function returned.
@@ -1070,7 +1075,7 @@ class Execution implements ExecutionContext {
     );
     if (++this.#waits === 1) {
       try {
-        await this.#inOrder(() => this.#pause());
+        await this.inOrder(() => this.#pause());
       } catch (error) {
         this.#waits--;
         throw error;
@@ -1081,7 +1086,7 @@ class Execution implements ExecutionContext {
     } finally {
       // An aborted execution does not resume for its waits: settle() decides what it needs.
       if (--this.#waits === 0 && !this.#settled && !this.signal.aborted) {
-        await this.#inOrder(() => this.#resume());
+        await this.inOrder(() => this.#resume());
       }
     }
   }
@@ -1092,7 +1097,7 @@ class Execution implements ExecutionContext {
    */
   settle(): Promise<WriteVerdict> {
     this.#settled = true;
-    return this.#inOrder(async () => {
+    return this.inOrder(async () => {
       if (this.#gone) return "gone";
       if (!this.#paused) return "done";
       try {
@@ -1112,7 +1117,8 @@ class Execution implements ExecutionContext {
     this.#runner.releaseSlot();
   }
 
-  #inOrder<T>(step: () => Promise<T>): Promise<T> {
+  /** Runs `step` after the pauses and resumes already under way, in call order. */
+  inOrder<T>(step: () => Promise<T>): Promise<T> {
     const next = this.#serial.then(step);
     this.#serial = next.catch(() => {});
     return next;

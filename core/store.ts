@@ -646,6 +646,11 @@ export interface ChangePlan {
   /** The invocation reached a final status. */
   readonly final: boolean;
   /**
+   * Its purge clock starts now: a final invocation whose execution holds no slot any more got its
+   * purge time (at its final status, or when a canceled execution ended).
+   */
+  readonly startsPurge: boolean;
+  /**
    * The per-runner index of executions ({@linkcode Store.executions}): the runner whose entry
    * goes, and the one whose entry comes (`null`: none).
    */
@@ -662,8 +667,8 @@ export interface ChangePlan {
  * `change.expectSeq`, at the last status of the path, under the same claim. A runner's write that
  * was applied but answered with an error (a lost reply over the network) is retried with the same
  * `expectSeq`; backends return it as done instead of a conflict. Only the claim's owner moves an
- * owned invocation, and cancel and recovery end in statuses of their own, so nobody else can
- * produce that record.
+ * owned invocation to the statuses it writes, except that a hand-back and a recovery both end in
+ * REROUTED two steps on: either way the invocation is re-queued, the state the write wanted.
  *
  * @example A SUCCESS write whose reply was lost
  * ```ts
@@ -681,7 +686,6 @@ export interface ChangePlan {
 export function isAppliedChange(record: InvocationRecord, change: StatusChange): boolean {
   if (change.expectSeq === undefined) return false;
   if (change.claimSeq !== undefined && change.claimSeq !== record.claimSeq) return false;
-  if (change.endExecution) return record.seq === change.expectSeq && !holdsSlots(record);
   return change.path.length > 0 && record.seq === change.expectSeq + change.path.length &&
     record.status === change.path[change.path.length - 1];
 }
@@ -831,7 +835,9 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     retries: record.retries + (change.incrementRetries ? 1 : 0),
     availableAtMs: queued ? change.availableAtMs ?? change.nowMs : record.availableAtMs,
     finishedAtMs: change.endExecution ? record.finishedAtMs : final ? change.nowMs : null,
-    purgeAtMs: change.endExecution ? record.purgeAtMs : final ? change.purgeAtMs ?? null : null,
+    // A canceled invocation whose execution still holds its slots is not purged before its end
+    // is recorded (endExecution starts its purge clock): a purge would free its slots early.
+    purgeAtMs: !final || holds ? null : change.purgeAtMs ?? record.purgeAtMs ?? null,
     ...(change.result !== undefined ? { result: change.result } : {}),
     ...(change.error !== undefined ? { error: change.error } : {}),
   };
@@ -845,6 +851,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
     // The final status of a path already entered: only endExecution changes nothing else.
     final: final && !change.endExecution,
+    startsPurge: final && !holds && record.purgeAtMs === null &&
+      (change.purgeAtMs ?? null) !== null,
     executions: {
       remove: record.ownerId !== null && record.ownerId !== ownerId ? record.ownerId : null,
       add: ownerId !== null && ownerId !== record.ownerId ? ownerId : null,

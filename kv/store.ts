@@ -419,7 +419,13 @@ export class KvStore implements Store {
         op.set(keys.execution(plan.executions.add, id), encode(null));
       }
       if (plan.cancelRequest.set !== null) {
-        op.set(keys.cancelRequest(plan.cancelRequest.set, id), encode(null), options);
+        // Cleared when the execution ends; it outlives a short purge horizon all the same, so the
+        // runner of a paused invocation sees it (a held one has no expiry yet).
+        op.set(
+          keys.cancelRequest(plan.cancelRequest.set, id),
+          encode(null),
+          options && { expireIn: Math.max(options.expireIn, PURGE_ENTRY_GRACE_MS) },
+        );
       }
       if (plan.cancelRequest.clear !== null) {
         op.delete(keys.cancelRequest(plan.cancelRequest.clear, id));
@@ -427,7 +433,7 @@ export class KvStore implements Store {
       for (const historyEntry of plan.entries) {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
-      const expireLater = plan.final && options !== undefined &&
+      const expireLater = plan.startsPurge && options !== undefined &&
         await this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq);
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
       if (await this.#group.commit(op)) {

@@ -82,7 +82,8 @@ export class MemoryStore implements Store {
   readonly #byParent = new Map<string, Set<string>>();
   readonly #byStatus = new Map<InvocationStatus, Set<string>>();
   readonly #registrationKeys = new Map<string, string>();
-  readonly #slots = new Map<string, string>();
+  /** The holders of each running key's slots (at most its limit). */
+  readonly #slots = new Map<string, Set<string>>();
   /** Running slots reserved by a paused invocation waiting to resume. */
   readonly #reservations = new Map<string, string>();
   /** Available now, in queue order (a Set keeps insertion order; re-queue = delete + add). */
@@ -233,8 +234,8 @@ export class MemoryStore implements Store {
     return Promise.resolve(ids.flatMap((id) => this.#visible(id) ?? []));
   }
 
-  slotHolder(runningKey: string): Promise<string | undefined> {
-    return Promise.resolve(this.#slots.get(runningKey));
+  slotHolders(runningKey: string): Promise<string[]> {
+    return Promise.resolve([...this.#slots.get(runningKey) ?? []]);
   }
 
   recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
@@ -408,13 +409,14 @@ export class MemoryStore implements Store {
     const plan = planChange(record, change);
     const key = record.runningKey;
     if (key !== null) {
-      const slot = decideSlot(plan, id, this.#slots.get(key), this.#reservations.get(key));
+      const holders = [...this.#slots.get(key) ?? []];
+      const slot = decideSlot(plan, id, holders, this.#reservations.get(key));
       if (slot.reserve) this.#reservations.set(key, id);
       if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
       if (slot.dropReservation) this.#reservations.delete(key);
-      if (slot.slot === "take") this.#slots.set(key, id);
+      if (slot.slot === "take") addTo(this.#slots, key, id);
       if (slot.slot === "release") {
-        this.#slots.delete(key);
+        removeFrom(this.#slots, key, id);
         this.#announceWork(); // what the slot blocked may run now
       }
     }
@@ -499,9 +501,7 @@ export class MemoryStore implements Store {
     ) {
       this.#registrationKeys.delete(record.registrationKey);
     }
-    if (record.runningKey !== null && this.#slots.get(record.runningKey) === id) {
-      this.#slots.delete(record.runningKey);
-    }
+    if (record.runningKey !== null) removeFrom(this.#slots, record.runningKey, id);
     if (record.runningKey !== null && this.#reservations.get(record.runningKey) === id) {
       this.#reservations.delete(record.runningKey);
     }

@@ -534,6 +534,7 @@ export class Orchestrator {
       parentId: execution?.invocationId ?? null,
       registrationKey: task.registrationKey(serialized, id),
       runningKey: task.runningKey(serialized, id),
+      runningLimit: task.options.runningLimit,
       nowMs,
       runnerId: execution?.runnerId ?? null,
     };
@@ -803,19 +804,19 @@ export class Orchestrator {
 
   // --- concurrency and pick-up -----------------------------------------------------------------
 
-  /** Whether running concurrency lets the invocation be picked up now (its slot is free or its own). */
+  /** Whether running concurrency lets the invocation be picked up now (a free slot of its key, or its own). */
   async isCandidateToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
     const record = await this.#record(invocation);
     if (record.runningKey === null) return true;
-    const holder = await this.store.slotHolder(record.runningKey);
-    return holder === undefined || holder === record.id;
+    const holders = await this.store.slotHolders(record.runningKey);
+    return holders.includes(record.id) || holders.length < (record.runningLimit ?? 1);
   }
 
   /** Whether running concurrency lets the invocation start: it holds its slot (or needs none). */
   async isAuthorizedToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
     const record = await this.#record(invocation);
     return record.runningKey === null ||
-      await this.store.slotHolder(record.runningKey) === record.id;
+      (await this.store.slotHolders(record.runningKey)).includes(record.id);
   }
 
   /**

@@ -1181,18 +1181,18 @@ class Execution implements ExecutionContext {
         this.#paused = false;
         return;
       }
-      // Running concurrency: another invocation of the same key holds the slot (the store has
-      // reserved it for this one meanwhile). The runner slot went back above; try again when the
-      // holder finishes, or after a poll interval (the holder may pause instead).
+      // Running concurrency: other invocations of the same key hold its slots (the store has
+      // reserved the next free one for this one meanwhile). The runner slot went back above; try
+      // again when a holder finishes, or after a poll interval (a holder may pause instead).
       const record = await retryFaults(() => orchestrator.store.get(this.invocationId), { clock });
-      const holder = record === undefined || record.runningKey === null
-        ? undefined
-        : await retryFaults(() => orchestrator.store.slotHolder(record.runningKey!), { clock });
+      const holders = record === undefined || record.runningKey === null
+        ? []
+        : await retryFaults(() => orchestrator.store.slotHolders(record.runningKey!), { clock });
       const wait = new AbortController();
       await Promise.race([
-        holder === undefined
-          ? Promise.resolve()
-          : orchestrator.waitForFinal({ id: holder }, wait.signal).catch(() => {}),
+        ...(holders.length === 0
+          ? [Promise.resolve()]
+          : holders.map((id) => orchestrator.waitForFinal({ id }, wait.signal).catch(() => {}))),
         clock.sleep(this.#runner.pollMs, wait.signal),
       ]);
       wait.abort();

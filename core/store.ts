@@ -80,6 +80,11 @@ export interface InvocationRecord {
   readonly registrationKey: string | null;
   /** The running-concurrency slot key taken while PENDING / RUNNING / RESUMED, or `null`. */
   readonly runningKey: string | null;
+  /**
+   * How many executions may hold `runningKey` at once (the task's `runningConcurrency` limit);
+   * records written before 0.2 lack it: 1.
+   */
+  readonly runningLimit?: number;
   /** The current status. */
   readonly status: InvocationStatus;
   /** The runner that owns the invocation, or `null`. */
@@ -158,6 +163,8 @@ export interface NewInvocation extends
     InvocationRecord,
     "id" | "taskId" | "callId" | "args" | "parentId" | "registrationKey" | "runningKey"
   > {
+  /** How many executions may hold `runningKey` at once [`1`]. */
+  readonly runningLimit?: number;
   /** Registration time, epoch ms. */
   readonly nowMs: number;
   /** The runner registering it (a task calling a task), or `null`. */
@@ -503,8 +510,8 @@ export interface Store {
   find(query: FindQuery): AsyncIterable<InvocationRecord>;
   /** The invocations called by `parentId` that still exist, oldest first (an index read). */
   children(parentId: string): Promise<InvocationRecord[]>;
-  /** The invocation holding a running slot, or `undefined`. */
-  slotHolder(runningKey: string): Promise<string | undefined>;
+  /** The invocations holding a running key's slots (at most its limit). */
+  slotHolders(runningKey: string): Promise<string[]>;
   /**
    * Invocations due for recovery: stale PENDING, or owned by dead runners (including CANCELED
    * ones whose execution still holds its slots).
@@ -601,6 +608,7 @@ export function planRegistration(
     parentId: invocation.parentId,
     registrationKey: invocation.registrationKey,
     runningKey: invocation.runningKey,
+    runningLimit: invocation.runningLimit ?? 1,
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
@@ -701,8 +709,8 @@ export function isAppliedChange(record: InvocationRecord, change: StatusChange):
  * const sync = app.task("sync", () => "ok", { runningConcurrency: "task" });
  * const record = (await app.orchestrator.store.get((await sync.call()).id))!;
  * const plan = planChange(record, { path: ["pending"], runnerId: "r1", nowMs: Date.now() });
- * const free: SlotDecision = decideSlot(plan, record.id, undefined, undefined);
- * const held: SlotDecision = decideSlot(plan, record.id, "another-invocation", undefined);
+ * const free: SlotDecision = decideSlot(plan, record.id, [], undefined);
+ * const held: SlotDecision = decideSlot(plan, record.id, ["another-invocation"], undefined);
  * console.log(free.slot, held.slot); // "take" "busy"
  * ```
  */
@@ -716,10 +724,12 @@ export interface SlotDecision {
 }
 
 /**
- * Decides what a planned change does to its running slot, given who holds it and who reserved
- * it. A paused invocation whose resume is refused reserves the slot, and then gets it before any
- * new pick-up of its key, so a stream of new work cannot hold it off; the reservation ends when
- * it resumes, or leaves PAUSED otherwise. Backends apply the decision in the change's atomic step.
+ * Decides what a planned change does to its running key, given who holds its slots (at most the
+ * record's `runningLimit`) and who reserved one. A paused invocation whose resume is refused
+ * reserves the next free slot, and then gets it before any new pick-up of its key, so a stream
+ * of new work cannot hold it off: a pick-up never takes the last free slot of a reserved key. The
+ * reservation ends when it resumes, or leaves PAUSED otherwise. Backends apply the decision in the
+ * change's atomic step.
  *
  * @example
  * ```ts
@@ -731,27 +741,35 @@ export interface SlotDecision {
  *   retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: 2,
  * };
  * const plan = planChange(paused, { path: ["resumed"], runnerId: "r1", nowMs: 1 });
- * console.log(decideSlot(plan, "p", "q", undefined)); // { slot: "busy", reserve: true, dropReservation: false }
+ * console.log(decideSlot(plan, "p", ["q"], undefined)); // { slot: "busy", reserve: true, dropReservation: false }
  * ```
  */
 export function decideSlot(
   plan: ChangePlan,
   id: string,
-  holder: string | undefined,
+  holders: readonly string[],
   reserved: string | undefined,
 ): SlotDecision {
   if (plan.slot === "acquire") {
-    if (holder !== undefined && holder !== id) {
-      const resuming = plan.record.status === InvocationStatus.RESUMED;
-      return { slot: "busy", reserve: resuming && reserved === undefined, dropReservation: false };
-    }
-    if (reserved !== undefined && reserved !== id) {
-      return { slot: "busy", reserve: false, dropReservation: false };
+    const free = (plan.record.runningLimit ?? 1) - holders.length;
+    if (!holders.includes(id)) {
+      if (free <= 0) {
+        const resuming = plan.record.status === InvocationStatus.RESUMED;
+        return {
+          slot: "busy",
+          reserve: resuming && reserved === undefined,
+          dropReservation: false,
+        };
+      }
+      // The last free slot of a reserved key is the reserver's.
+      if (reserved !== undefined && reserved !== id && free <= 1) {
+        return { slot: "busy", reserve: false, dropReservation: false };
+      }
     }
     return { slot: "take", reserve: false, dropReservation: reserved === id };
   }
   return {
-    slot: plan.slot === "release" && holder === id ? "release" : "none",
+    slot: plan.slot === "release" && holders.includes(id) ? "release" : "none",
     reserve: false,
     dropReservation: plan.releaseReservation && reserved === id,
   };

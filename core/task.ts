@@ -32,6 +32,33 @@ export type ConcurrencyMode = "disabled" | "task" | "arguments" | "keys";
 
 const MODES: readonly ConcurrencyMode[] = ["disabled", "task", "arguments", "keys"];
 
+/** The largest `limit` of {@linkcode RunningConcurrency}. */
+const MAX_RUNNING_LIMIT = 1_000;
+
+/**
+ * Running concurrency with a limit: at most `limit` executions of one task / arguments / key
+ * value hold its slot at once (the string modes mean `limit: 1`).
+ *
+ * @example Two deploys per environment at once
+ * ```ts
+ * import { Nenc, type RunningConcurrency } from "@nenc/nenc";
+ *
+ * const perEnvironment: RunningConcurrency = { by: "keys", limit: 2 };
+ * const app = new Nenc();
+ * const deploy = app.task("deploy", ({ env }: { env: string }) => env, {
+ *   runningConcurrency: perEnvironment,
+ *   keyArguments: ["env"],
+ * });
+ * console.log(deploy.options.runningConcurrency, deploy.options.runningLimit); // "keys" 2
+ * ```
+ */
+export interface RunningConcurrency {
+  /** What shares one limit: the task, equal arguments, or equal key arguments. */
+  readonly by: Exclude<ConcurrencyMode, "disabled">;
+  /** How many executions of one key may hold its slots at once (1 to 1,000). */
+  readonly limit: number;
+}
+
 /**
  * What a running task knows about its own run: the second argument of its function.
  *
@@ -111,8 +138,12 @@ export type TaskFunction<Args, Result> = (
 export interface TaskOptions<Args = unknown> {
   /** Reuse a REGISTERED invocation of the same task / arguments / key [`"disabled"`]. */
   registrationConcurrency?: ConcurrencyMode;
-  /** One PENDING / RUNNING / RESUMED invocation per task / arguments / key [`"disabled"`]. */
-  runningConcurrency?: ConcurrencyMode;
+  /**
+   * At most one execution per task / arguments / key at once (PENDING, RUNNING, RESUMED; a
+   * PAUSED one gives its slot back), or at most `limit` of them with `{ by, limit }`
+   * [`"disabled"`].
+   */
+  runningConcurrency?: ConcurrencyMode | RunningConcurrency;
   /** The arguments that form the key of the `"keys"` modes [`[]`]. */
   keyArguments?: readonly (keyof Args & string)[];
   /** Registration reuse with different non-key arguments throws instead of reusing [`false`]. */
@@ -156,8 +187,10 @@ export interface TaskOptions<Args = unknown> {
 export interface ResolvedTaskOptions {
   /** See {@linkcode TaskOptions.registrationConcurrency}. */
   readonly registrationConcurrency: ConcurrencyMode;
-  /** See {@linkcode TaskOptions.runningConcurrency}. */
+  /** See {@linkcode TaskOptions.runningConcurrency}: the mode (`by` for the object form). */
   readonly runningConcurrency: ConcurrencyMode;
+  /** See {@linkcode RunningConcurrency.limit}: 1 for the string modes. */
+  readonly runningLimit: number;
   /** See {@linkcode TaskOptions.keyArguments}. */
   readonly keyArguments: readonly string[];
   /** See {@linkcode TaskOptions.onDiffNonKeyArgsRaise}. */
@@ -219,14 +252,37 @@ export function resolveTaskOptions(
     if (!OPTION_NAMES.has(name)) fail(`unknown option "${name}"`);
   }
   const mode = (name: "registrationConcurrency" | "runningConcurrency"): ConcurrencyMode => {
-    const value = options[name] ?? "disabled";
+    const value = (options[name] ?? "disabled") as ConcurrencyMode;
     if (!MODES.includes(value)) {
       fail(`${name} must be one of ${MODES.join(", ")}, got ${String(value)}`);
     }
     return value;
   };
   const registrationConcurrency = mode("registrationConcurrency");
-  const runningConcurrency = mode("runningConcurrency");
+  const running = options.runningConcurrency;
+  let runningLimit = 1;
+  let runningConcurrency: ConcurrencyMode;
+  if (typeof running === "object" && running !== null) {
+    for (const name of Object.keys(running)) {
+      if (name !== "by" && name !== "limit") {
+        fail(`runningConcurrency has an unknown field "${name}"`);
+      }
+    }
+    if (!(["task", "arguments", "keys"] as string[]).includes(running.by)) {
+      fail(`runningConcurrency.by must be one of task, arguments, keys, got ${String(running.by)}`);
+    }
+    if (
+      !Number.isInteger(running.limit) || running.limit < 1 || running.limit > MAX_RUNNING_LIMIT
+    ) {
+      throw new RangeError(
+        `Cannot define task ${taskId}: runningConcurrency.limit must be an integer from 1 to ${MAX_RUNNING_LIMIT}, got ${running.limit}`,
+      );
+    }
+    runningConcurrency = running.by;
+    runningLimit = running.limit;
+  } else {
+    runningConcurrency = mode("runningConcurrency");
+  }
   const keyArguments: readonly string[] = options.keyArguments ?? [];
   if (
     !Array.isArray(keyArguments) ||
@@ -285,6 +341,7 @@ export function resolveTaskOptions(
   return {
     registrationConcurrency,
     runningConcurrency,
+    runningLimit,
     keyArguments,
     onDiffNonKeyArgsRaise: flag("onDiffNonKeyArgsRaise", false),
     rerouteOnConcurrencyControl: flag("rerouteOnConcurrencyControl", true),

@@ -73,7 +73,7 @@ export class Keys {
   registration(key: string): KvKey {
     return [...this.app, "reg", key];
   }
-  /** Running concurrency: the invocation holding a slot. */
+  /** Running concurrency: the invocations holding a key's slots (at most its limit), one value. */
   slot(key: string): KvKey {
     return [...this.app, "slot", key];
   }

@@ -348,7 +348,8 @@ export class KvStore implements Store {
           keys.slot(slotKey),
           keys.reservation(slotKey),
         ]);
-        const slot = decideSlot(plan, id, idOf(slotEntry!), idOf(reservation!));
+        const holders = decodeHolders(slotEntry!);
+        const slot = decideSlot(plan, id, holders, idOf(reservation!));
         if (slot.reserve) {
           await this.#commit(
             this.#kv.atomic()
@@ -358,8 +359,9 @@ export class KvStore implements Store {
         }
         if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
         if (slot.slot === "take") {
+          // The key's holders in one value, checked: a limit of N costs one check, not N.
           op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
-            .set(keys.slot(slotKey), encode(id));
+            .set(keys.slot(slotKey), encode(holders.includes(id) ? holders : [...holders, id]));
           // A take decided on "no reservation" checks that none was made since the read: a paused
           // invocation that read the slot held may reserve it after its holder released it, and
           // then resumes first. (Its own reservation is checked below, as it drops it.) A take
@@ -368,8 +370,10 @@ export class KvStore implements Store {
             op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp });
           }
         } else if (slot.slot === "release") {
-          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
-            .delete(keys.slot(slotKey));
+          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp });
+          const rest = holders.filter((holder) => holder !== id);
+          if (rest.length === 0) op.delete(keys.slot(slotKey));
+          else op.set(keys.slot(slotKey), encode(rest));
         }
         if (slot.dropReservation) {
           op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp })
@@ -617,9 +621,8 @@ export class KvStore implements Store {
     return this.getMany(ids);
   }
 
-  async slotHolder(runningKey: string): Promise<string | undefined> {
-    const entry = await this.#reads.get(this.#keys.slot(runningKey));
-    return idOf(entry);
+  async slotHolders(runningKey: string): Promise<string[]> {
+    return decodeHolders(await this.#reads.get(this.#keys.slot(runningKey)));
   }
 
   async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
@@ -1490,6 +1493,20 @@ function decodeHeartbeat(value: unknown): { lastSeenMs: number; taskIds?: readon
     };
   }
   return { lastSeenMs: Number(decoded) };
+}
+
+/**
+ * The holders of a running key's slots, as stored under slot/<key>: an array of invocation ids
+ * (one id, a string, before 0.2).
+ */
+function decodeHolders(entry: KvEntryMaybeLike): string[] {
+  if (entry.versionstamp === null) return [];
+  const value = decode(entry.value, "a running slot");
+  if (typeof value === "string") return [value];
+  if (!Array.isArray(value) || value.some((id) => typeof id !== "string")) {
+    throw new SerializationError("Cannot read a running slot: not a list of invocation ids");
+  }
+  return value as string[];
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */

@@ -55,11 +55,22 @@ function defineTasks(app: Nenc) {
     await add(["active", key], -1);
     return i;
   }, { runningConcurrency: "keys", keyArguments: ["key"] });
+  // The same with two of a key at once: a third concurrent run is a violation; a second one
+  // shows the limit lets two in.
+  const pairs = app.task("pairs", async ({ key, i }: { key: string; i: number }) => {
+    const before = await add(["active", key], 1);
+    if (before >= 2) await add(["violations"], 1);
+    if (before === 1) await add(["pairs"], 1);
+    await add(["runs", String(i)], 1);
+    await sleep(2 + Math.random() * 5);
+    await add(["active", key], -1);
+    return i;
+  }, { runningConcurrency: { by: "keys", limit: 2 }, keyArguments: ["key"] });
   const slow = app.task("slow", async ({ i }: { i: number }) => {
     if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
     return i;
   });
-  return { dedup, keyed, slow };
+  return { dedup, keyed, pairs, slow };
 }
 
 // A runner is presumed dead after 2 s without a heartbeat, so that the kill -9 test sees its

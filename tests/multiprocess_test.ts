@@ -158,6 +158,51 @@ test(
 );
 
 test(
+  "4 runner processes × 4 slots run 200 invocations of a keys task with limit 2 over 5 keys: two of a key run at once, never three (0 violations), each exactly once",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, counter } = await parentApp(path);
+      try {
+        const keyed = app.task("pairs", ({ i }: { key: string; i: number }) => i, {
+          runningConcurrency: { by: "keys", limit: 2 },
+          keyArguments: ["key"],
+        });
+        const group = await keyed.parallelize(
+          Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
+        );
+        // A runner timeout of 60 s, not the workers' 2 s: under load a live worker can go 2 s
+        // without a heartbeat, and another would recover its running invocations and run them
+        // again (2 runs of one invocation), which is recovery, not what this test is about.
+        const workers = Array.from(
+          { length: 4 },
+          () => start("deno", ["run", path, "200", "pairs", "60"]),
+        );
+        await Promise.all(workers.map((w) => output(w)));
+        assert.equal(await counter("violations"), 0, "three runs of one key overlapped");
+        assert.ok(await counter("pairs") > 0, "two runs of one key never overlapped");
+        for (let i = 0; i < 200; i++) {
+          assert.equal(await counter("runs", String(i)), 1, `runs of ${i}`);
+        }
+        for (const invocation of group.invocations) {
+          const history = await invocation.history();
+          assert.equal(await invocation.status(), "success");
+          assert.ok(isValidHistory(history));
+          assert.equal(
+            history.filter((entry) => entry.status === "success").length,
+            1,
+          );
+        }
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
   "kill -9 of a runner mid-task loses nothing: another runner recovers its invocations and finishes them",
   {
     skip: onlyDeno,

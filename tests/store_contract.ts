@@ -4,6 +4,7 @@
  */
 import { graphsContract } from "./_contract_graphs.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
+import { limitsContract } from "./_contract_limits.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -24,4 +25,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   graphsContract(backend, makeApp);
   lifecycleContract(backend, makeApp);
   fencingContract(backend, makeApp);
+  limitsContract(backend, makeApp);
 }

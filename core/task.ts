@@ -110,7 +110,10 @@ export type TaskFunction<Args, Result> = (
  * ```
  */
 export interface TaskOptions<Args = unknown> {
-  /** Reuse a REGISTERED invocation of the same task / arguments / key [`"disabled"`]. */
+  /**
+   * Reuse an invocation of the same task / arguments / key that has not started running
+   * (REGISTERED, REROUTED, CONCURRENCY_CONTROLLED, PENDING) [`"disabled"`].
+   */
   registrationConcurrency?: ConcurrencyMode;
   /** One PENDING / RUNNING / RESUMED invocation per task / arguments / key [`"disabled"`]. */
   runningConcurrency?: ConcurrencyMode;

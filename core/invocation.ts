@@ -125,8 +125,9 @@ export class Invocation<Result = unknown> {
 }
 
 /**
- * An invocation that registration concurrency reused instead of creating a new one. `diffArgs`
- * holds the arguments of the call when they differ from the reused invocation's.
+ * An invocation that a call reused instead of creating a new one: found by its idempotency key,
+ * or by registration concurrency (it has not run yet). `diffArgs` holds the arguments of the call
+ * when they differ from the reused invocation's.
  *
  * @example
  * ```ts

@@ -27,6 +27,7 @@ import {
   holdsSlots,
   type InvocationRecord,
   isAppliedChange,
+  keptPurgeAtMs,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -82,6 +83,10 @@ export class MemoryStore implements Store {
   readonly #byParent = new Map<string, Set<string>>();
   readonly #byStatus = new Map<InvocationStatus, Set<string>>();
   readonly #registrationKeys = new Map<string, string>();
+  /** Idempotency keys (see {@linkcode idempotencySlot}): the invocation named, until when. */
+  readonly #idempotencyKeys = new Map<string, { id: string; expiresAtMs: number }>();
+  /** Idempotency keys by expiry, for the sweep. */
+  readonly #idempotencyDue = new IndexedHeap();
   /** The holders of each running key's slots (at most its limit). */
   readonly #slots = new Map<string, Set<string>>();
   /** Running slots reserved by a paused invocation waiting to resume. */
@@ -113,19 +118,53 @@ export class MemoryStore implements Store {
     this.#clock = options.clock ?? systemClock;
   }
 
+  // One synchronous step: the idempotency key first, then the registration key, then creation;
+  // an idempotency key is written for the invocation returned.
   register(invocation: NewInvocation): Promise<RegisterOutcome> {
+    const idempotency = invocation.idempotency;
+    const slot = idempotency && idempotencySlot(invocation.taskId, idempotency.key);
+    if (slot !== undefined) {
+      const named = this.#idempotencyKeys.get(slot);
+      const existing = named !== undefined && named.expiresAtMs > invocation.nowMs
+        ? this.#visible(named.id)
+        : undefined;
+      if (existing !== undefined) return Promise.resolve({ existing });
+    }
     const key = invocation.registrationKey;
     const holder = key === null ? undefined : this.#registrationKeys.get(key);
+    let outcome: RegisterOutcome;
     if (holder !== undefined) {
-      return Promise.resolve({ existing: this.#records.get(holder)! });
+      let existing = this.#records.get(holder)!;
+      if (idempotency !== undefined) {
+        existing = { ...existing, keepUntilMs: keptPurgeAtMs(existing, idempotency.expiresAtMs) };
+        this.#records.set(holder, existing);
+      }
+      outcome = { existing };
+    } else {
+      outcome = { created: this.#create(invocation) };
     }
-    return Promise.resolve({ created: this.#create(invocation) });
+    if (slot !== undefined) {
+      const expiresAtMs = idempotency!.expiresAtMs;
+      this.#idempotencyKeys.set(slot, {
+        id: (outcome.created ?? outcome.existing).id,
+        expiresAtMs,
+      });
+      this.#idempotencyDue.remove(slot);
+      this.#idempotencyDue.insert(slot, expiresAtMs);
+    }
+    return Promise.resolve(outcome);
   }
 
   registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
-    if (invocations.some((invocation) => invocation.registrationKey !== null)) {
+    if (
+      invocations.some((invocation) =>
+        invocation.registrationKey !== null || invocation.idempotency !== undefined
+      )
+    ) {
       return Promise.reject(
-        new RangeError("Cannot register in batch: registration keys need register()"),
+        new RangeError(
+          "Cannot register in batch: registration and idempotency keys need register()",
+        ),
       );
     }
     return Promise.resolve(invocations.map((invocation) => this.#create(invocation)));
@@ -357,9 +396,10 @@ export class MemoryStore implements Store {
   schedulePurge(id: string, purgeAtMs: number): Promise<void> {
     const record = this.#visible(id);
     if (record !== undefined && isFinalStatus(record.status)) {
-      this.#records.set(id, { ...record, purgeAtMs });
+      const kept = keptPurgeAtMs(record, purgeAtMs);
+      this.#records.set(id, { ...record, purgeAtMs: kept });
       this.#purgeDue.remove(id);
-      this.#purgeDue.insert(id, purgeAtMs);
+      this.#purgeDue.insert(id, kept);
     }
     return Promise.resolve();
   }
@@ -371,11 +411,23 @@ export class MemoryStore implements Store {
       purged++;
       key = this.#purgeDue.peekKey();
     }
+    // Expired idempotency keys go too (a key lives no longer than its invocation: see keepUntilMs).
+    for (let key = this.#idempotencyDue.peekKey(); key !== undefined && key <= nowMs;) {
+      const slot = this.#idempotencyDue.peek()!;
+      this.#idempotencyDue.remove(slot);
+      this.#idempotencyKeys.delete(slot);
+      key = this.#idempotencyDue.peekKey();
+    }
     return Promise.resolve(purged);
   }
 
   purgeAll(): Promise<void> {
     for (const id of [...this.#records.keys()]) this.#delete(id);
+    this.#idempotencyKeys.clear();
+    for (let slot = this.#idempotencyDue.peek(); slot !== undefined;) {
+      this.#idempotencyDue.remove(slot);
+      slot = this.#idempotencyDue.peek();
+    }
     this.#runners.clear();
     return Promise.resolve();
   }
@@ -509,6 +561,11 @@ export class MemoryStore implements Store {
     this.#waits.release(id);
     notify(this.#finalWaiters.get(id));
   }
+}
+
+/** The memory store's key of an idempotency key: task and key, unambiguous. */
+function idempotencySlot(taskId: string, key: string): string {
+  return JSON.stringify([taskId, key]);
 }
 
 /** Whether a final record's purge time has passed. */

@@ -24,6 +24,11 @@ import {
 } from "./errors.ts";
 import { callId, callLabel, canonicalJson, newInvocationId } from "./ids.ts";
 import { Invocation, InvocationGroup, ReusedInvocation } from "./invocation.ts";
+import {
+  refuseIdempotencyInBatch,
+  resolveCallOptions,
+  type ResolvedCallOptions,
+} from "./_call_options.ts";
 import { deserializeError, type ErrorClass, serializeError } from "./serializer.ts";
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
 import {
@@ -428,17 +433,20 @@ export class Orchestrator {
   // --- routing ---------------------------------------------------------------------------------
 
   /**
-   * Routes one call. Registration concurrency: with a mode other than `"disabled"`, a REGISTERED
-   * invocation with the same key is reused (found and created in one atomic step of the store);
-   * otherwise a new invocation is registered and queued.
+   * Routes one call. An idempotency key (`call.options.idempotencyKey`) comes first: within its
+   * time to live, the invocation it names is returned, final or not. Then registration
+   * concurrency: with a mode other than `"disabled"`, an invocation with the same key that has
+   * not run yet (REGISTERED, REROUTED, CONCURRENCY_CONTROLLED, PENDING) is reused. Otherwise a
+   * new invocation is registered and queued. Lookup and creation are one atomic step of the store.
    *
-   * @throws {TypeError} when an argument is not serializable.
+   * @throws {TypeError} when an argument is not serializable, or for a bad call option.
    * @throws {InvocationConcurrencyWithDifferentArgumentsError} when the reused invocation has
    * different arguments and the task sets `onDiffNonKeyArgsRaise`.
    */
   async routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>> {
     const { task, args } = call;
-    const invocation = this.#newInvocation(task, args);
+    const { idempotency } = resolveCallOptions(task.id, call.options);
+    const invocation = this.#newInvocation(task, args, idempotency);
     await this.#refuseIfCanceled(invocation.parentId);
     const outcome = await this.store.register(invocation);
     if (outcome.created !== undefined) return new Invocation<Result>(this, outcome.created);
@@ -469,7 +477,8 @@ export class Orchestrator {
   async routeCalls<Args, Result>(
     calls: readonly Call<Args, Result>[],
   ): Promise<Invocation<Result>[]> {
-    for (const { task } of calls) {
+    for (const { task, options } of calls) {
+      refuseIdempotencyInBatch(`route calls of task ${task.id} in batch`, options);
       if (task.options.registrationConcurrency !== "disabled") {
         throw new BatchProcessingError(
           `Cannot route calls of task ${task.id} in batch: its registration concurrency is "${task.options.registrationConcurrency}"`,
@@ -517,7 +526,11 @@ export class Orchestrator {
     }
   }
 
-  #newInvocation<Args, Result>(task: Task<Args, Result>, args: Args): NewInvocation {
+  #newInvocation<Args, Result>(
+    task: Task<Args, Result>,
+    args: Args,
+    idempotency?: ResolvedCallOptions["idempotency"],
+  ): NewInvocation {
     const serialized = task.serializeArgs(args);
     const id = callId(task.id, serialized);
     const execution = currentExecution();
@@ -537,6 +550,9 @@ export class Orchestrator {
       runningLimit: task.options.runningLimit,
       nowMs,
       runnerId: execution?.runnerId ?? null,
+      ...(idempotency !== undefined
+        ? { idempotency: { key: idempotency.key, expiresAtMs: nowMs + idempotency.ttlMs } }
+        : {}),
     };
   }
 

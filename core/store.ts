@@ -76,7 +76,11 @@ export interface InvocationRecord {
   readonly args: SerializedArguments;
   /** The invocation that made the call, or `null` for a call from outside any task. */
   readonly parentId: string | null;
-  /** The registration-concurrency key held while REGISTERED, or `null`. */
+  /**
+   * The registration-concurrency key, held until the invocation first runs: from its
+   * registration, through REROUTED, CONCURRENCY_CONTROLLED and PENDING, to the step that enters
+   * RUNNING or a final status, which releases it and sets this to `null`. `null` without one.
+   */
   readonly registrationKey: string | null;
   /** The running-concurrency slot key taken while PENDING / RUNNING / RESUMED, or `null`. */
   readonly runningKey: string | null;
@@ -113,6 +117,11 @@ export interface InvocationRecord {
   readonly finishedAtMs: number | null;
   /** When a final invocation is purged, or `null`. */
   readonly purgeAtMs: number | null;
+  /**
+   * An idempotency key names this invocation until then, epoch ms: it is not purged before (its
+   * `purgeAtMs` is at least this). Absent or `null`: no key names it.
+   */
+  readonly keepUntilMs?: number | null;
   /**
    * Whether an execution holds the invocation's slots (its running key): from its pick-up to the
    * commit that records the execution's end, except while PAUSED (SPEC §7.1). A CANCELED
@@ -169,6 +178,12 @@ export interface NewInvocation extends
   readonly nowMs: number;
   /** The runner registering it (a task calling a task), or `null`. */
   readonly runnerId: string | null;
+  /**
+   * The call's idempotency key and when it expires (epoch ms): a live key of the task names the
+   * invocation to return; otherwise the key is written, in the same atomic step, for the
+   * invocation this registration returns (new, or reused by registration concurrency).
+   */
+  readonly idempotency?: { readonly key: string; readonly expiresAtMs: number };
 }
 
 /**
@@ -489,9 +504,14 @@ export interface LiveGraphs {
  * ```
  */
 export interface Store {
-  /** Creates an invocation (REGISTERED, queued, one history entry) unless a REGISTERED one holds its registration key. */
+  /**
+   * Creates an invocation (REGISTERED, queued, one history entry), in one atomic step, unless a
+   * live idempotency key of the task names one (returned as it is, final or not), or another
+   * invocation holds its registration key (it has not run yet). With an idempotency key, the key
+   * is written for the invocation returned, in the same step, and keeps it from being purged.
+   */
   register(invocation: NewInvocation): Promise<RegisterOutcome>;
-  /** Creates many invocations without registration keys. */
+  /** Creates many invocations without registration or idempotency keys. */
   registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]>;
   /** Applies a status change planned by {@linkcode planChange}. */
   change(id: string, change: StatusChange): Promise<ChangeOutcome>;
@@ -617,6 +637,9 @@ export function planRegistration(
     purgeAtMs: null,
     claimSeq: null,
     holdsSlots: false,
+    ...(invocation.idempotency !== undefined
+      ? { keepUntilMs: invocation.idempotency.expiresAtMs }
+      : {}),
   };
   return { record, entry };
 }
@@ -642,7 +665,10 @@ export interface ChangePlan {
   readonly entries: readonly HistoryEntry[];
   /** The running slot: take it, free it, or leave it. */
   readonly slot: "acquire" | "release" | "none";
-  /** Free the registration key (the invocation leaves REGISTERED). */
+  /**
+   * Free the registration key: the invocation first enters RUNNING, or a final status, while it
+   * holds one (`record.registrationKey` is `null` afterwards).
+   */
   readonly releaseRegistrationKey: boolean;
   /**
    * Drop the invocation's reservation of its running slot, if it holds one: it leaves PAUSED
@@ -845,8 +871,14 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   // A canceled invocation stays owned only while its execution holds slots: the owner is the
   // runner that must still end it (or, dead, whose work recovery ends).
   const ownerId = to === InvocationStatus.CANCELED && !holds ? null : status.ownerId;
+  // Registration concurrency reuses an invocation until it first runs (SPEC §7.2): its key is
+  // held through REROUTED, CONCURRENCY_CONTROLLED and PENDING, and freed by the step that enters
+  // RUNNING or a final status.
+  const releaseRegistrationKey = record.registrationKey !== null &&
+    (final || change.path.includes(InvocationStatus.RUNNING));
   const next: InvocationRecord = {
     ...status,
+    registrationKey: releaseRegistrationKey ? null : record.registrationKey,
     ownerId,
     holdsSlots: holds,
     claimSeq,
@@ -854,8 +886,13 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     availableAtMs: queued ? change.availableAtMs ?? change.nowMs : record.availableAtMs,
     finishedAtMs: change.endExecution ? record.finishedAtMs : final ? change.nowMs : null,
     // A canceled invocation whose execution still holds its slots is not purged before its end
-    // is recorded (endExecution starts its purge clock): a purge would free its slots early.
-    purgeAtMs: !final || holds ? null : change.purgeAtMs ?? record.purgeAtMs ?? null,
+    // is recorded (endExecution starts its purge clock): a purge would free its slots early. A
+    // live idempotency key keeps it longer (keptPurgeAtMs).
+    purgeAtMs: !final || holds
+      ? null
+      : change.purgeAtMs !== undefined
+      ? keptPurgeAtMs(record, change.purgeAtMs)
+      : record.purgeAtMs ?? null,
     ...(change.result !== undefined ? { result: change.result } : {}),
     ...(change.error !== undefined ? { error: change.error } : {}),
   };
@@ -863,7 +900,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     record: next,
     entries,
     slot: record.runningKey === null || held === holds ? "none" : holds ? "acquire" : "release",
-    releaseRegistrationKey: from === InvocationStatus.REGISTERED && record.registrationKey !== null,
+    releaseRegistrationKey,
     releaseReservation: from === InvocationStatus.PAUSED && to !== InvocationStatus.RESUMED &&
       record.runningKey !== null,
     queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
@@ -882,4 +919,28 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
       clear: change.endExecution ? record.ownerId ?? change.runnerId : null,
     },
   };
+}
+
+/**
+ * The purge time of a final invocation asked to be purged at `purgeAtMs`: no earlier than its
+ * {@linkcode InvocationRecord.keepUntilMs} (an idempotency key still names it). Backends use it
+ * wherever they set a purge time.
+ *
+ * @example A key that lives 48 h keeps its invocation past the 24 h purge horizon
+ * ```ts
+ * import { type InvocationRecord, keptPurgeAtMs } from "@nenc/nenc";
+ *
+ * const done: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: null, status: "success", ownerId: null, seq: 4, updatedAtMs: 0, createdAtMs: 0,
+ *   retries: 0, availableAtMs: 0, finishedAtMs: 0, purgeAtMs: null, claimSeq: 2,
+ *   keepUntilMs: 48 * 3_600_000,
+ * };
+ * console.log(keptPurgeAtMs(done, 24 * 3_600_000) / 3_600_000); // 48
+ * console.log(keptPurgeAtMs({ ...done, keepUntilMs: null }, 24 * 3_600_000) / 3_600_000); // 24
+ * ```
+ */
+export function keptPurgeAtMs(record: InvocationRecord, purgeAtMs: number): number {
+  const keep = record.keepUntilMs;
+  return keep === undefined || keep === null ? purgeAtMs : Math.max(purgeAtMs, keep);
 }

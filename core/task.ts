@@ -4,6 +4,7 @@
  * @module
  */
 
+import { refuseIdempotencyInBatch } from "./_call_options.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import { assertTaskId, callId, serializeArguments, type SerializedArguments } from "./ids.ts";
@@ -136,7 +137,10 @@ export type TaskFunction<Args, Result> = (
  * ```
  */
 export interface TaskOptions<Args = unknown> {
-  /** Reuse a REGISTERED invocation of the same task / arguments / key [`"disabled"`]. */
+  /**
+   * Reuse an invocation of the same task / arguments / key that has not started running
+   * (REGISTERED, REROUTED, CONCURRENCY_CONTROLLED, PENDING) [`"disabled"`].
+   */
   registrationConcurrency?: ConcurrencyMode;
   /**
    * At most one execution per task / arguments / key at once (PENDING, RUNNING, RESUMED; a
@@ -354,7 +358,43 @@ export function resolveTaskOptions(
 }
 
 /**
- * The arguments of `call()`: optional when the task's arguments may be `undefined`.
+ * Options of one call: `task.call(args, options)`.
+ *
+ * - `idempotencyKey`: within `idempotencyTtlMs` [24 h] of the first call with a key, every call
+ *   of the same task with the same key returns that call's invocation, final or not, as a
+ *   `ReusedInvocation` (with `diffArgs` when its arguments differ, or an
+ *   `InvocationConcurrencyWithDifferentArgumentsError` when the task sets
+ *   `onDiffNonKeyArgsRaise`). The lookup and the registration are one atomic step of the store,
+ *   so concurrent calls from any number of processes get one invocation. The key is consulted
+ *   before registration concurrency; while it lives, its invocation is not purged.
+ * - `idempotencyTtlMs`: how long the key lives, in ms [`86_400_000`]; needs `idempotencyKey`.
+ *
+ * An unknown option, an empty key or a TTL that is not a positive finite number is a `TypeError`
+ * at call time, and nothing is routed. `parallelize()` refuses idempotency keys.
+ *
+ * @example A client's retry of one request gets the same invocation, even after it ran
+ * ```ts
+ * import { type CallOptions, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const charge = app.task("charge", ({ cents }: { cents: number }) => `charged ${cents}`);
+ * const options: CallOptions = { idempotencyKey: "order-42", idempotencyTtlMs: 3_600_000 };
+ * const first = await charge.call({ cents: 250 }, options);
+ * await app.runner().drain();
+ * const retry = await charge.call({ cents: 250 }, options);
+ * console.log(retry.id === first.id, await retry.result()); // true "charged 250"
+ * ```
+ */
+export interface CallOptions {
+  /** Calls of this task with the same key within its time to live share one invocation [none]. */
+  readonly idempotencyKey?: string;
+  /** How long the idempotency key lives, in ms [`86_400_000`: 24 h]. */
+  readonly idempotencyTtlMs?: number;
+}
+
+/**
+ * The arguments of `call()`: the task's arguments (optional when they may be `undefined`), then
+ * the {@linkcode CallOptions}.
  *
  * @example A helper that calls any task and waits for its result
  * ```ts
@@ -370,7 +410,8 @@ export function resolveTaskOptions(
  * console.log(await run(ping), await run(add, { x: 1, y: 2 })); // "pong" 3
  * ```
  */
-export type CallArguments<Args> = undefined extends Args ? [args?: Args] : [args: Args];
+export type CallArguments<Args> = undefined extends Args ? [args?: Args, options?: CallOptions]
+  : [args: Args, options?: CallOptions];
 
 /**
  * What a {@linkcode Task} needs from its app: routing calls. The app's orchestrator is one; a
@@ -402,7 +443,7 @@ export interface TaskRouter {
 }
 
 /**
- * One call of a task: the task and its arguments.
+ * One call of a task: the task, its arguments and its options.
  *
  * @example Routing a batch of calls
  * ```ts
@@ -420,6 +461,8 @@ export interface Call<Args = unknown, Result = unknown> {
   readonly task: Task<Args, Result>;
   /** The arguments. */
   readonly args: Args;
+  /** The options of the call (see {@linkcode CallOptions}). */
+  readonly options?: CallOptions;
 }
 
 /**
@@ -469,9 +512,11 @@ export class Task<Args = unknown, Result = unknown> {
 
   /**
    * Routes a call of this task and resolves to its invocation as soon as it is registered. The
-   * task never runs in the caller.
+   * task never runs in the caller. `options` are the {@linkcode CallOptions}, e.g. an
+   * idempotency key.
    *
-   * @throws {TypeError} when an argument is not serializable, naming the task and the argument.
+   * @throws {TypeError} when an argument is not serializable, naming the task and the argument,
+   * or for a bad option; nothing is routed.
    *
    * @example
    * ```ts
@@ -481,15 +526,23 @@ export class Task<Args = unknown, Result = unknown> {
    * const hello = app.task("hello", ({ name }: { name: string }) => `hello ${name}`);
    * const invocation = await hello.call({ name: "ada" });
    * console.log(await invocation.status()); // "registered"
+   * const again = await hello.call({ name: "ada" }, { idempotencyKey: "greet-ada" });
+   * console.log((await hello.call({ name: "ada" }, { idempotencyKey: "greet-ada" })).id === again.id); // true
    * ```
    */
   call(...args: CallArguments<Args>): Promise<Invocation<Result>> {
-    return this.#router.routeCall({ task: this, args: args[0] as Args });
+    const options = args[1];
+    return this.#router.routeCall({
+      task: this,
+      args: args[0] as Args,
+      ...(options !== undefined ? { options } : {}),
+    });
   }
 
   /**
    * Routes many calls in batches of `parallelBatchSize` and returns them as a group;
-   * `commonArgs` are merged into every call's arguments.
+   * `commonArgs` are merged into every call's arguments. An idempotency key names one call:
+   * `parallelize` refuses `idempotencyKey` (and any other unknown option) with a `TypeError`.
    *
    * @example
    * ```ts
@@ -507,6 +560,16 @@ export class Task<Args = unknown, Result = unknown> {
     argsList: readonly Partial<Args>[],
     options: { commonArgs?: Partial<Args> } = {},
   ): Promise<InvocationGroup<Result>> {
+    try {
+      refuseIdempotencyInBatch(`parallelize task ${this.id}`, options);
+      for (const name of Object.keys(options)) {
+        if (name !== "commonArgs") {
+          throw new TypeError(`Cannot parallelize task ${this.id}: unknown option "${name}"`);
+        }
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const list = options.commonArgs === undefined
       ? argsList as readonly Args[]
       : argsList.map((args) => ({ ...options.commonArgs, ...args }) as Args);

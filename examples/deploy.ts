@@ -22,7 +22,9 @@ export const app = new Nenc({ appId: "deploy-demo", kv });
 export const wordCount = app.task(
   "wordCount",
   ({ text }: { text: string }) => text.split(/\s+/).filter(Boolean).length,
-  // Calls of the same text while one is still queued share that invocation.
+  // Calls of the same text share one invocation until it starts running (queued, re-routed or
+  // claimed but not started); once it runs, the same text is counted again. A client retrying one
+  // request sends the same Idempotency-Key header and gets the same invocation, even after it ran.
   { registrationConcurrency: "arguments" },
 );
 
@@ -42,7 +44,11 @@ Deno.cron("nenc drain", "* * * * *", async () => {
 Deno.serve(async (request) => {
   const url = new URL(request.url);
   if (request.method === "POST" && url.pathname === "/count") {
-    const invocation = await wordCount.call({ text: await request.text() });
+    const key = request.headers.get("Idempotency-Key");
+    const invocation = await wordCount.call(
+      { text: await request.text() },
+      key ? { idempotencyKey: key } : {},
+    );
     // Run what is queued now, for a few seconds at most; the cron picks up what is left.
     await drain(5_000, 1_000);
     return Response.json({ id: invocation.id, status: await invocation.status() });

@@ -69,9 +69,16 @@ export class Keys {
   byStatus(status: string, id?: string): KvKey {
     return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];
   }
-  /** Registration concurrency: the REGISTERED invocation holding a key. */
+  /** Registration concurrency: the invocation holding a key (it has not run yet). */
   registration(key: string): KvKey {
     return [...this.app, "reg", key];
+  }
+  /**
+   * An idempotency key of a task: the invocation it names and its deadline, written with
+   * `expireIn` = its time to live (expiry is lazy: readers compare the deadline).
+   */
+  idempotency(taskId: string, key: string): KvKey {
+    return [...this.app, "idem", taskId, key];
   }
   /** Running concurrency: the invocations holding a key's slots (at most its limit), one value. */
   slot(key: string): KvKey {

@@ -37,6 +37,7 @@ import {
   holdsSlots,
   type InvocationRecord,
   isAppliedChange,
+  keptPurgeAtMs,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -239,32 +240,84 @@ export class KvStore implements Store {
 
   // --- registration ------------------------------------------------------------------------------
 
-  // reads: reg/<key>, inv/<existing>; checks: reg/<key>;
-  // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, status/registered/<id>, q/<pos>, reg/<key>
+  // reads: idem/<task>/<key>, reg/<key>, inv/<existing>; checks: idem/<task>/<key>, reg/<key>,
+  // and inv/<existing> when an idempotency key is written for a reused invocation (≤ 3);
+  // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, parent index, q/<pos>, reg/<key>,
+  // idem/<task>/<key> (expireIn = its TTL) — or, for a reused invocation, inv/<existing> (its
+  // keepUntilMs) and idem/<task>/<key>.
   async register(invocation: NewInvocation): Promise<RegisterOutcome> {
     await this.#ensureSchema(true);
+    const keys = this.#keys;
     const key = invocation.registrationKey;
+    const idempotency = invocation.idempotency;
+    const idemKey = idempotency && keys.idempotency(invocation.taskId, idempotency.key);
     for (let attempt = 0;; attempt++) {
+      // The idempotency key first: a live one names the invocation to return, final or not.
+      let named: KvEntryMaybeLike | undefined;
+      if (idemKey !== undefined) {
+        named = await this.#reads.get(idemKey);
+        const value = decodeIdempotency(named);
+        if (value !== undefined && value.expiresAtMs > invocation.nowMs) {
+          const existing = await this.#read(value.id);
+          // Our own write, committed by an earlier try whose answer was lost.
+          if (value.id === invocation.id && existing !== undefined) {
+            return { created: existing.record };
+          }
+          if (existing !== undefined) return { existing: existing.record };
+          // Named invocation gone (a purge() reset): the key is free again.
+        }
+      }
       let holder: KvEntryMaybeLike | undefined;
+      let reused:
+        | { readonly entry: KvEntryMaybeLike; readonly stored: StoredInvocation }
+        | undefined;
       if (key !== null) {
-        holder = await this.#reads.get(this.#keys.registration(key));
+        holder = await this.#reads.get(keys.registration(key));
         const holderId = idOf(holder);
         if (holderId !== undefined) {
-          const existing = await this.#read(holderId);
-          if (existing?.record.status === InvocationStatus.REGISTERED) {
-            return { existing: existing.record };
+          const entry = await this.#reads.get(keys.invocation(holderId));
+          const stored = this.#decodeInvocation(entry);
+          // The key is released in the step that first enters RUNNING or a final status; a
+          // holder found otherwise (data of an older version) no longer holds it.
+          if (
+            stored !== undefined && stored.record.registrationKey === key &&
+            !isFinalStatus(stored.record.status)
+          ) {
+            if (idemKey === undefined) return { existing: stored.record };
+            reused = { entry, stored };
           }
         }
       }
       const op = new AtomicDraft();
-      if (holder !== undefined && key !== null) {
-        op.check({ key: this.#keys.registration(key), versionstamp: holder.versionstamp });
-        op.set(this.#keys.registration(key), encode(invocation.id));
+      if (idemKey !== undefined) {
+        const { expiresAtMs } = idempotency!;
+        op.check({ key: idemKey, versionstamp: named!.versionstamp });
+        op.set(idemKey, encode({ id: reused?.stored.record.id ?? invocation.id, expiresAtMs }), {
+          expireIn: Math.max(1, Math.ceil(expiresAtMs - invocation.nowMs)),
+        });
       }
-      const record = this.#stage(op, invocation);
-      if (await this.#group.commit(op)) {
-        this.#announceWork();
-        return { created: record };
+      if (reused !== undefined) {
+        // The registration key still held, the record unchanged: the reuse and the idempotency
+        // key are one step, and the record keeps the key's deadline (no purge before it).
+        const { entry, stored } = reused;
+        const record: InvocationRecord = {
+          ...stored.record,
+          keepUntilMs: keptPurgeAtMs(stored.record, idempotency!.expiresAtMs),
+        };
+        op.check({ key: keys.registration(key!), versionstamp: holder!.versionstamp });
+        op.check({ key: keys.invocation(record.id), versionstamp: entry.versionstamp });
+        op.set(keys.invocation(record.id), this.#encode({ ...stored, record }, record.id));
+        if (await this.#group.commit(op)) return { existing: record };
+      } else {
+        if (holder !== undefined && key !== null) {
+          op.check({ key: keys.registration(key), versionstamp: holder.versionstamp });
+          op.set(keys.registration(key), encode(invocation.id));
+        }
+        const record = this.#stage(op, invocation);
+        if (await this.#group.commit(op)) {
+          this.#announceWork();
+          return { created: record };
+        }
       }
       await backoff(attempt);
     }
@@ -275,8 +328,14 @@ export class KvStore implements Store {
   // packs the drafts into commits by count and by bytes, so large arguments split into more.
   async registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]> {
     await this.#ensureSchema(true);
-    if (invocations.some((invocation) => invocation.registrationKey !== null)) {
-      throw new RangeError("Cannot register in batch: registration keys need register()");
+    if (
+      invocations.some((invocation) =>
+        invocation.registrationKey !== null || invocation.idempotency !== undefined
+      )
+    ) {
+      throw new RangeError(
+        "Cannot register in batch: registration and idempotency keys need register()",
+      );
     }
     const staged = invocations.map((invocation) => {
       const op = new AtomicDraft();
@@ -1165,6 +1224,8 @@ export class KvStore implements Store {
       const entry = await this.#reads.get(this.#keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isFinalStatus(stored.record.status)) return;
+      // Not before an idempotency key naming the invocation expires.
+      purgeAtMs = keptPurgeAtMs(stored.record, purgeAtMs);
       const record = { ...stored.record, purgeAtMs };
       const options = { expireIn: Math.max(1, purgeAtMs - this.#clock.now()) };
       const op = new AtomicDraft()
@@ -1512,6 +1573,27 @@ function decodeHolders(entry: KvEntryMaybeLike): string[] {
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
 function idOf(entry: KvEntryMaybeLike): string | undefined {
   return entry.versionstamp === null ? undefined : decodeString(entry.value);
+}
+
+/**
+ * An idempotency key as stored under idem/<task>/<key>: the invocation it names and its deadline
+ * (epoch ms); `undefined` when the key is absent.
+ */
+function decodeIdempotency(
+  entry: KvEntryMaybeLike,
+): { readonly id: string; readonly expiresAtMs: number } | undefined {
+  if (entry.versionstamp === null) return undefined;
+  const value = decode(entry.value, "an idempotency key") as {
+    id?: unknown;
+    expiresAtMs?: unknown;
+  };
+  if (
+    typeof value !== "object" || value === null || typeof value.id !== "string" ||
+    typeof value.expiresAtMs !== "number"
+  ) {
+    throw new SerializationError("Cannot read an idempotency key: not a nenc idempotency key");
+  }
+  return { id: value.id, expiresAtMs: value.expiresAtMs };
 }
 
 function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {

@@ -358,25 +358,33 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await countOf(app, sync), 1);
   });
 
-  test(`[${backend}] registration reuse holds only while REGISTERED: once claimed (PENDING), an equal call creates a new invocation, which later calls reuse`, async () => {
+  test(`[${backend}] registration reuse holds until the invocation first runs: a PENDING one is reused; once RUNNING, an equal call creates a new invocation, which later calls reuse`, async () => {
     const app = await makeApp();
+    const o = app.orchestrator;
     const job = app.task("job", ({ n }: { n: number }) => n, {
       registrationConcurrency: "arguments",
     });
     const first = await job.call({ n: 1 });
     await claimOne(app, "r1", first);
     assert.equal(await first.status(), "pending");
+    const whilePending = await job.call({ n: 1 });
+    assert.ok(whilePending instanceof ReusedInvocation);
+    assert.equal(whilePending.id, first.id);
+    await o.setInvocationRun(undefined, first, { runnerId: "r1" });
     const second = await job.call({ n: 1 });
     assert.equal(second instanceof ReusedInvocation, false);
     assert.notEqual(second.id, first.id);
     const third = await job.call({ n: 1 });
     assert.ok(third instanceof ReusedInvocation);
     assert.equal(third.id, second.id);
+    await o.setInvocationResult(first, 1, { runnerId: "r1" });
     assert.equal(await countOf(app, job), 2);
   });
 
-  test(`[${backend}] registration reuse ends when running concurrency reroutes the invocation (it is no longer REGISTERED)`, async () => {
-    const app = await makeApp();
+  test(`[${backend}] registration reuse: a never-run invocation re-routed by running concurrency or by recovery is reused by an equal call`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const o = app.orchestrator;
     const job = app.task("job", ({ n }: { n: number }) => n, {
       registrationConcurrency: "arguments",
       runningConcurrency: "task",
@@ -386,8 +394,58 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(ids(await claim(app, 10, "r1")), [holder.id]);
     assert.equal(await blocked.status(), "rerouted");
     const again = await job.call({ n: 1 });
-    assert.equal(again instanceof ReusedInvocation, false);
-    assert.notEqual(again.id, blocked.id);
+    assert.ok(again instanceof ReusedInvocation);
+    assert.equal(again.id, blocked.id);
+    // Recovery re-routes a claim that never ran (pending → pending_recovery → rerouted): still
+    // reused.
+    await runToSuccess(app, holder, "r1");
+    await claimOne(app, "dead", blocked);
+    clock.advance(5_001);
+    assert.deepEqual(ids(await o.recoverInvocations({ runnerId: "live" })), [blocked.id]);
+    assert.deepEqual(await statusPath(blocked), [
+      "registered",
+      "concurrency_controlled",
+      "rerouted",
+      "pending",
+      "pending_recovery",
+      "rerouted",
+    ]);
+    const afterRecovery = await job.call({ n: 1 });
+    assert.ok(afterRecovery instanceof ReusedInvocation);
+    assert.equal(afterRecovery.id, blocked.id);
+    // Once it runs, the key is free: the next equal call registers a new invocation.
+    await claimOne(app, "live", blocked);
+    await o.setInvocationRun(undefined, blocked, { runnerId: "live" });
+    const fresh = await job.call({ n: 1 });
+    assert.equal(fresh instanceof ReusedInvocation, false);
+    assert.notEqual(fresh.id, blocked.id);
+  });
+
+  test(`[${backend}] 10 identical calls with registrationConcurrency "arguments" and runningConcurrency "task", made while the running key is held and every pick-up re-routes, give 1 invocation and 1 run`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const runs: number[] = [];
+    const job = app.task("job", ({ n }: { n: number }) => void runs.push(n), {
+      registrationConcurrency: "arguments",
+      runningConcurrency: "task",
+    });
+    const holder = await job.call({ n: 0 });
+    await claimOne(app, "r1", holder);
+    await o.setInvocationRun(undefined, holder, { runnerId: "r1" });
+    const calls: Invocation[] = [];
+    for (let i = 0; i < 10; i++) {
+      calls.push(await job.call({ n: 1 }));
+      assert.deepEqual(await claim(app, 10, "r2"), []); // re-routes the one waiting
+    }
+    assert.equal(new Set(ids(calls)).size, 1);
+    assert.equal(calls.filter((call) => !(call instanceof ReusedInvocation)).length, 1);
+    assert.equal(await calls[0]!.status(), "rerouted");
+    assert.equal(await countOf(app, job), 2);
+    await o.setInvocationResult(holder, null, { runnerId: "r1" });
+    await within(app.runner().drain(), DEADLINE_MS, "the drain");
+    assert.equal(await calls[0]!.status(), "success");
+    assert.deepEqual(runs, [1]);
+    assert.equal(await countOf(app, job), 2);
   });
 
   test(`[${backend}] 200 concurrent identical calls with registrationConcurrency "arguments", from two apps on one backend, produce exactly one invocation`, async () => {
@@ -1802,9 +1860,10 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     const claimed = await job.call({ n: 1 });
     const done = await job.call({ n: 2 });
     await claimOne(app, "r1", claimed);
+    await o.setInvocationRun(undefined, claimed, { runnerId: "r1" });
     await claimOne(app, "r1", done);
     await runToSuccess(app, done, "r1");
-    // A new REGISTERED invocation of the claimed one's arguments now holds the registration key.
+    // A new REGISTERED invocation of the running one's arguments now holds the registration key.
     const holder = await job.call({ n: 1 });
     assert.notEqual(holder.id, claimed.id);
     assert.ok((await job.call({ n: 1 })) instanceof ReusedInvocation);

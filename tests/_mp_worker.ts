@@ -70,7 +70,9 @@ function defineTasks(app: Nenc) {
     if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
     return i;
   });
-  return { dedup, keyed, pairs, slow };
+  // No registration concurrency: only idempotency keys dedup its calls.
+  const pay = app.task("pay", ({ cents }: { cents: number }) => cents);
+  return { dedup, keyed, pairs, slow, pay };
 }
 
 // A runner is presumed dead after 2 s without a heartbeat, so that the kill -9 test sees its
@@ -93,6 +95,19 @@ switch (mode) {
     const ids = new Set<string>();
     for (let call = 0; call < 500; call++) ids.add((await tasks.dedup.call({ k: call % 50 })).id);
     output = { ids: [...ids] };
+    break;
+  }
+  case "idempotent": {
+    // 200 calls over 20 idempotency keys, 10 at once; prints the invocation ids it got per key.
+    const ids: Record<string, string[]> = {};
+    for (let call = 0; call < 200; call += 10) {
+      const batch = Array.from({ length: 10 }, (_, i) => `key-${(call + i) % 20}`);
+      const got = await Promise.all(
+        batch.map((key) => tasks.pay.call({ cents: 100 }, { idempotencyKey: key })),
+      );
+      batch.forEach((key, i) => (ids[key] ??= []).push(got[i]!.id));
+    }
+    output = { ids };
     break;
   }
   case "run": {

@@ -81,6 +81,49 @@ async function parentApp(path: string) {
 }
 
 test(
+  "6 processes (one of them Bun) × 200 calls over 20 idempotency keys create exactly 20 invocations, one per key, and every call of a key got that one",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      const runtimes = Array.from({ length: 6 }, (_, i) => i === 0 ? "bun" : "deno");
+      const workers = runtimes.map((runtime) =>
+        start(runtime as "deno" | "bun", ["idempotent", path])
+      );
+      const results = await Promise.all(
+        workers.map((w) => output<{ ids: Record<string, string[]> }>(w)),
+      );
+      const perKey = new Map<string, Set<string>>();
+      for (const result of results) {
+        for (const [key, ids] of Object.entries(result.ids)) {
+          const set = perKey.get(key) ?? new Set<string>();
+          for (const id of ids) set.add(id);
+          perKey.set(key, set);
+        }
+      }
+      assert.equal(perKey.size, 20);
+      for (const [key, ids] of perKey) assert.equal(ids.size, 1, `key ${key}: ${[...ids]}`);
+      const { kv, app } = await parentApp(path);
+      try {
+        const pay = app.task("pay", ({ cents }: { cents: number }) => cents);
+        const invocations = [];
+        for await (const invocation of app.orchestrator.getExistingInvocations(pay)) {
+          invocations.push(invocation.id);
+        }
+        assert.equal(invocations.length, 20, "violations: duplicate invocations were created");
+        assert.deepEqual(
+          new Set(invocations),
+          new Set([...perKey.values()].flatMap((ids) => [...ids])),
+        );
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
   "8 processes (one of them Bun) × 500 calls over 50 argument sets with registration concurrency create exactly 50 invocations",
   {
     skip: onlyDeno,

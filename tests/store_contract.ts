@@ -3,6 +3,7 @@
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
 import { graphsContract } from "./_contract_graphs.ts";
+import { idempotencyContract } from "./_contract_idempotency.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
 import { limitsContract } from "./_contract_limits.ts";
 import { routingContract } from "./_contract_routing.ts";
@@ -21,6 +22,7 @@ export type AppFactory = (
 /** Registers the whole contract suite for one backend. */
 export function storeContract(backend: string, makeApp: AppFactory): void {
   routingContract(backend, makeApp);
+  idempotencyContract(backend, makeApp);
   runningContract(backend, makeApp);
   graphsContract(backend, makeApp);
   lifecycleContract(backend, makeApp);

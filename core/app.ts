@@ -91,6 +91,8 @@ export class Nenc {
   /** Error classes rehydrated by name. */
   readonly errorClasses: ReadonlyMap<string, ErrorClass>;
   readonly #tasks = new Map<string, Task<never, unknown>>();
+  /** The limit of each concurrency group its tasks name. */
+  readonly #groupLimits = new Map<string, number>();
 
   /** Creates an app; without a `store`, on the in-memory backend. */
   constructor(options: NencOptions = {}) {
@@ -175,13 +177,26 @@ export class Nenc {
     if (this.#tasks.has(name)) {
       throw new TypeError(`Cannot define task ${name}: the app already has a task with that name`);
     }
+
     const task = new Task<Args, Awaited<Result>>(
       this.orchestrator,
       name,
       fn as TaskFunction<Args, Awaited<Result>>,
       options,
     );
+    // One limit per group name in an app: a second task naming it must agree.
+    for (const group of task.options.concurrencyGroups) {
+      const limit = this.#groupLimits.get(group.name);
+      if (limit !== undefined && limit !== group.limit) {
+        throw new TypeError(
+          `Cannot define task ${name}: concurrency group ${group.name} has limit ${limit} in this app, not ${group.limit}`,
+        );
+      }
+    }
     this.#tasks.set(name, task as Task<never, unknown>);
+    for (const group of task.options.concurrencyGroups) {
+      this.#groupLimits.set(group.name, group.limit);
+    }
     return task;
   }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { groupLimitMismatch } from "./_group_limits.ts";
 import { IndexedHeap } from "./_indexed_heap.ts";
 import { listen, listenFor, notify } from "./_listeners.ts";
 import { CallGraph, type CallRef } from "./call_graph.ts";
@@ -35,6 +36,7 @@ import {
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
+  slotsOf,
   type StatusChange,
   type Store,
 } from "./store.ts";
@@ -87,6 +89,8 @@ export class MemoryStore implements Store {
   readonly #idempotencyKeys = new Map<string, { id: string; expiresAtMs: number }>();
   /** Idempotency keys by expiry, for the sweep. */
   readonly #idempotencyDue = new IndexedHeap();
+  /** The limit of each concurrency group, as the runners defined it. */
+  readonly #groupLimits = new Map<string, number>();
   /** The holders of each running key's slots (at most its limit). */
   readonly #slots = new Map<string, Set<string>>();
   /** Running slots reserved by a paused invocation waiting to resume. */
@@ -437,6 +441,17 @@ export class MemoryStore implements Store {
     return Promise.resolve();
   }
 
+  defineGroups(limits: ReadonlyMap<string, number>): Promise<void> {
+    for (const [name, limit] of limits) {
+      const stored = this.#groupLimits.get(name);
+      if (stored !== undefined && stored !== limit) {
+        return Promise.reject(groupLimitMismatch(name, stored, limit));
+      }
+    }
+    for (const [name, limit] of limits) this.#groupLimits.set(name, limit);
+    return Promise.resolve();
+  }
+
   #create(invocation: NewInvocation): InvocationRecord {
     const { record, entry } = planRegistration(invocation);
     this.#records.set(record.id, record);
@@ -459,12 +474,18 @@ export class MemoryStore implements Store {
       return { ok: false, reason: "conflict", record };
     }
     const plan = planChange(record, change);
-    const key = record.runningKey;
-    if (key !== null) {
+    // Every slot of the invocation (its running key, its groups'), all taken or none. Only the
+    // running key is reserved by a refused resume.
+    const decisions = slotsOf(record).map(({ key, limit }) => {
+      const reserved = key === record.runningKey ? this.#reservations.get(key) : undefined;
       const holders = [...this.#slots.get(key) ?? []];
-      const slot = decideSlot(plan, id, holders, this.#reservations.get(key));
-      if (slot.reserve) this.#reservations.set(key, id);
-      if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
+      return { key, slot: decideSlot(plan, id, holders, reserved, limit) };
+    });
+    for (const { key, slot } of decisions) if (slot.reserve) this.#reservations.set(key, id);
+    if (decisions.some(({ slot }) => slot.slot === "busy")) {
+      return { ok: false, reason: "slot-busy", record };
+    }
+    for (const { key, slot } of decisions) {
       if (slot.dropReservation) this.#reservations.delete(key);
       if (slot.slot === "take") addTo(this.#slots, key, id);
       if (slot.slot === "release") {
@@ -553,7 +574,7 @@ export class MemoryStore implements Store {
     ) {
       this.#registrationKeys.delete(record.registrationKey);
     }
-    if (record.runningKey !== null) removeFrom(this.#slots, record.runningKey, id);
+    for (const { key } of slotsOf(record)) removeFrom(this.#slots, key, id);
     if (record.runningKey !== null && this.#reservations.get(record.runningKey) === id) {
       this.#reservations.delete(record.runningKey);
     }

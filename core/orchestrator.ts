@@ -12,7 +12,7 @@ import type { CallRef } from "./call_graph.ts";
 import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
 import { setMaxListeners } from "node:events";
-import { retryFaults } from "./_faults.ts";
+import { isStoreFault, retryFaults } from "./_faults.ts";
 import {
   BatchProcessingError,
   CanceledError,
@@ -35,6 +35,7 @@ import {
   holdsSlots,
   type InvocationRecord,
   type NewInvocation,
+  slotsOf,
   type StatusChange,
   type Store,
 } from "./store.ts";
@@ -448,7 +449,11 @@ export class Orchestrator {
     const { idempotency } = resolveCallOptions(task.id, call.options);
     const invocation = this.#newInvocation(task, args, idempotency);
     await this.#refuseIfCanceled(invocation.parentId);
-    const outcome = await this.store.register(invocation);
+    const outcome = await this.#registering(
+      [invocation.id],
+      () => this.store.register(invocation),
+      ([record]) => ({ created: record! }),
+    );
     if (outcome.created !== undefined) return new Invocation<Result>(this, outcome.created);
     const existing = outcome.existing;
     if (existing.callId === invocation.callId) {
@@ -487,7 +492,16 @@ export class Orchestrator {
     }
     const invocations = calls.map(({ task, args }) => this.#newInvocation(task, args));
     await this.#refuseIfCanceled(invocations[0]?.parentId ?? null);
-    const records = await this.store.registerMany(invocations);
+    const ids = invocations.map(({ id }) => id);
+    let tries = 0;
+    const records = await this.#registering(ids, async () => {
+      if (tries++ === 0) return await this.store.registerMany(invocations);
+      // A retry registers only what the failed try did not (those ids are new, so absent).
+      const present = new Map((await this.store.getMany(ids)).map((record) => [record.id, record]));
+      const made = await this.store.registerMany(invocations.filter(({ id }) => !present.has(id)));
+      for (const record of made) present.set(record.id, record);
+      return ids.map((id) => present.get(id)!);
+    }, (found) => found);
     return records.map((record) => new Invocation<Result>(this, record));
   }
 
@@ -513,12 +527,39 @@ export class Orchestrator {
   }
 
   /**
+   * Registers (`step`) the invocations `ids`; inside a task, through store faults: a store outage
+   * must not become the task's error. A try that fails is followed by a read of its ids: when they
+   * are all there, it was applied (its answer lost) and `found` makes its outcome; else it is tried
+   * again — with the same ids, so nothing is registered twice. Outside a task, a fault is the
+   * caller's to handle, as with any store client.
+   */
+  async #registering<T>(
+    ids: readonly string[],
+    step: () => Promise<T>,
+    found: (records: InvocationRecord[]) => T,
+  ): Promise<T> {
+    const execution = currentExecution();
+    if (execution === undefined) return await step();
+    return await retryFaults(async () => {
+      try {
+        return await step();
+      } catch (error) {
+        if (!isStoreFault(error)) throw error;
+        const records = await this.store.getMany(ids).catch(() => []);
+        if (records.length === ids.length) return found(records);
+        throw error;
+      }
+    }, { clock: this.#host.clock, signal: execution.signal });
+  }
+
+  /**
    * A canceled invocation calls nothing more: a call from its context is refused once the cancel
    * is recorded, even before its runner has aborted its signal (in another process, a poll away).
    */
   async #refuseIfCanceled(parentId: string | null): Promise<void> {
     if (parentId === null) return;
-    const parent = await this.store.get(parentId);
+    // Read through store faults: inside a task, a store outage must not become its error.
+    const parent = await this.#read(() => this.store.get(parentId), currentExecution()?.signal);
     if (parent?.status === InvocationStatus.CANCELED) {
       throw parent.error === undefined
         ? new CanceledError(parentId)
@@ -548,6 +589,7 @@ export class Orchestrator {
       registrationKey: task.registrationKey(serialized, id),
       runningKey: task.runningKey(serialized, id),
       runningLimit: task.options.runningLimit,
+      groupSlots: task.groupSlots(args, serialized),
       nowMs,
       runnerId: execution?.runnerId ?? null,
       ...(idempotency !== undefined
@@ -820,19 +862,26 @@ export class Orchestrator {
 
   // --- concurrency and pick-up -----------------------------------------------------------------
 
-  /** Whether running concurrency lets the invocation be picked up now (a free slot of its key, or its own). */
+  /**
+   * Whether running concurrency lets the invocation be picked up now: each of its slot keys (its
+   * running key, its concurrency groups') has a free slot, or holds it already.
+   */
   async isCandidateToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
     const record = await this.#record(invocation);
-    if (record.runningKey === null) return true;
-    const holders = await this.store.slotHolders(record.runningKey);
-    return holders.includes(record.id) || holders.length < (record.runningLimit ?? 1);
+    for (const { key, limit } of slotsOf(record)) {
+      const holders = await this.store.slotHolders(key);
+      if (!holders.includes(record.id) && holders.length >= limit) return false;
+    }
+    return true;
   }
 
-  /** Whether running concurrency lets the invocation start: it holds its slot (or needs none). */
+  /** Whether running concurrency lets the invocation start: it holds all its slots (or needs none). */
   async isAuthorizedToRunByConcurrencyControl(invocation: InvocationRef): Promise<boolean> {
     const record = await this.#record(invocation);
-    return record.runningKey === null ||
-      (await this.store.slotHolders(record.runningKey)).includes(record.id);
+    for (const { key } of slotsOf(record)) {
+      if (!(await this.store.slotHolders(key)).includes(record.id)) return false;
+    }
+    return true;
   }
 
   /**

@@ -10,6 +10,7 @@
 
 import { setMaxListeners } from "node:events";
 import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
+import { isGroupLimitMismatch } from "./_group_limits.ts";
 import type { Clock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
 import { CanceledError, NencError, StoreClosedError, TaskTimeoutError } from "./errors.ts";
@@ -17,6 +18,7 @@ import type { Invocation } from "./invocation.ts";
 import type { ActorOptions, Orchestrator } from "./orchestrator.ts";
 import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap } from "./serializer.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
+import { slotsOf } from "./store.ts";
 import type { Task, TaskContext } from "./task.ts";
 
 /**
@@ -216,6 +218,8 @@ export class Runner implements AsyncDisposable {
   /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
   #onIdle: (() => void) | undefined;
   #finished = 0;
+  /** Why the runner stopped by itself before it could run anything (`drain()` rejects with it). */
+  #fatal: unknown;
   /** The time of the last heartbeat that landed. */
   #lastBeatMs = -Infinity;
   /** Its heartbeat did not land in time: it picks up nothing until one does. */
@@ -316,6 +320,7 @@ export class Runner implements AsyncDisposable {
       throw new RangeError(`Cannot drain: maxMs must be a positive number, got ${maxMs}`);
     }
     const graceMs = graceOf(options.graceMs, this.graceMs, "drain");
+    // Idle, or stopped by itself (a closed store, another group limit in the store).
     const idle = new Promise<void>((resolve) => this.#onIdle = resolve);
     const deadline = new AbortController();
     if (this.#loop === undefined) this.start();
@@ -330,6 +335,7 @@ export class Runner implements AsyncDisposable {
     deadline.abort();
     this.#onIdle = undefined;
     await this.stop({ graceMs });
+    if (this.#fatal !== undefined) throw this.#fatal;
     return { invocations: this.#finished, timedOut };
   }
 
@@ -405,6 +411,12 @@ export class Runner implements AsyncDisposable {
     }
   }
 
+  /** Stops on its own account (the store refused it for good): a drain waiting ends too. */
+  #stopItself(): void {
+    void this.stop({ graceMs: 0 });
+    this.#onIdle?.();
+  }
+
   /** Resolves when no execution is left, or after `ms` (never, for Infinity). */
   async #untilEmpty(ms: number): Promise<void> {
     if (this.#executions.size === 0 || ms <= 0) return;
@@ -426,6 +438,7 @@ export class Runner implements AsyncDisposable {
     const { orchestrator, clock } = this.#host;
     const signal = this.#stop.signal;
     const accepts = (taskId: string): boolean => this.#host.getTask(taskId) !== undefined;
+    if (!await this.#defineGroups()) return;
     for (let failures = 0; !signal.aborted;) {
       try {
         await this.#maintain();
@@ -463,7 +476,7 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         if (error instanceof StoreClosedError) {
           console.error(`nenc: runner ${this.id} stops: its store is closed`);
-          void this.stop({ graceMs: 0 });
+          this.#stopItself();
           return;
         }
         // A failing store (a network error, a locked database) must not crash the process:
@@ -472,6 +485,36 @@ export class Runner implements AsyncDisposable {
         await clock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
+  }
+
+  /**
+   * Stores the limits of the app's concurrency groups before the first pick-up; `false` (and the
+   * runner stops) when the store holds another limit for one of them: a process with another
+   * definition must not take slots under it.
+   */
+  async #defineGroups(): Promise<boolean> {
+    const { orchestrator, clock } = this.#host;
+    const limits = new Map<string, number>();
+    for (const task of this.#host.tasks?.() ?? []) {
+      for (const group of task.options.concurrencyGroups) limits.set(group.name, group.limit);
+    }
+    if (limits.size === 0) return true;
+    for (let failures = 0; !this.#stop.signal.aborted; failures++) {
+      try {
+        await orchestrator.store.defineGroups(limits);
+        return true;
+      } catch (error) {
+        if (isGroupLimitMismatch(error) || error instanceof StoreClosedError) {
+          this.#fatal = error;
+          console.error(`nenc: runner ${this.id} stops:`, error);
+          this.#stopItself();
+          return false;
+        }
+        console.error(`nenc: runner ${this.id} could not store its groups, retrying:`, error);
+        await clock.sleep(faultPauseMs(this.#pollMs, failures), this.#stop.signal);
+      }
+    }
+    return false;
   }
 
   /** Waits for new work, a freed slot, or the poll interval, whichever comes first. */
@@ -520,7 +563,7 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         if (!isStoreFault(error)) {
           console.error(`nenc: runner ${this.id} stops:`, error);
-          void this.stop({ graceMs: 0 });
+          this.#stopItself();
           return;
         }
       }
@@ -1185,9 +1228,11 @@ class Execution implements ExecutionContext {
       // reserved the next free one for this one meanwhile). The runner slot went back above; try
       // again when a holder finishes, or after a poll interval (a holder may pause instead).
       const record = await retryFaults(() => orchestrator.store.get(this.invocationId), { clock });
-      const holders = record === undefined || record.runningKey === null
-        ? []
-        : await retryFaults(() => orchestrator.store.slotHolders(record.runningKey!), { clock });
+      const holders = record === undefined ? [] : (await Promise.all(
+        slotsOf(record).map(({ key }) =>
+          retryFaults(() => orchestrator.store.slotHolders(key), { clock })
+        ),
+      )).flat();
       const wait = new AbortController();
       await Promise.race([
         ...(holders.length === 0

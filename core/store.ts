@@ -89,6 +89,11 @@ export interface InvocationRecord {
    * records written before 0.2 lack it: 1.
    */
   readonly runningLimit?: number;
+  /**
+   * The slots of its concurrency groups, taken and freed with the running slot (in the same
+   * atomic step, all or none); absent: none.
+   */
+  readonly groupSlots?: readonly GroupSlot[];
   /** The current status. */
   readonly status: InvocationStatus;
   /** The runner that owns the invocation, or `null`. */
@@ -129,6 +134,55 @@ export interface InvocationRecord {
    * records written before 0.2 lack it.
    */
   readonly holdsSlots?: boolean;
+}
+
+/**
+ * One slot of a concurrency group an invocation needs: the group's key for its arguments, and how
+ * many invocations may hold it at once.
+ *
+ * @example
+ * ```ts
+ * import { type GroupSlot, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const deploy = app.task("deploy", ({ env }: { env: string }) => env, {
+ *   concurrencyGroups: [{ name: "deploys", limit: 5 }],
+ * });
+ * const record = await app.orchestrator.store.get((await deploy.call({ env: "prod" })).id);
+ * const slots: readonly GroupSlot[] = record?.groupSlots ?? [];
+ * console.log(slots.map((slot) => slot.limit)); // [5]
+ * ```
+ */
+export interface GroupSlot {
+  /** The slot key: the group's name and group key, hashed (it starts with `#`). */
+  readonly key: string;
+  /** How many invocations may hold it at once. */
+  readonly limit: number;
+}
+
+/**
+ * The slot keys of an invocation with their limits: its running key (if any), then its groups'.
+ *
+ * @example
+ * ```ts
+ * import { type InvocationRecord, slotsOf } from "@nenc/nenc";
+ *
+ * const record: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t", runningLimit: 2, groupSlots: [{ key: "#group#g", limit: 5 }],
+ *   status: "registered", ownerId: null, seq: 1, updatedAtMs: 0, createdAtMs: 0, retries: 0,
+ *   availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: null,
+ * };
+ * console.log(slotsOf(record)); // [{ key: "t", limit: 2 }, { key: "#group#g", limit: 5 }]
+ * ```
+ */
+export function slotsOf(record: InvocationRecord): GroupSlot[] {
+  return [
+    ...(record.runningKey === null
+      ? []
+      : [{ key: record.runningKey, limit: record.runningLimit ?? 1 }]),
+    ...record.groupSlots ?? [],
+  ];
 }
 
 /**
@@ -174,6 +228,8 @@ export interface NewInvocation extends
   > {
   /** How many executions may hold `runningKey` at once [`1`]. */
   readonly runningLimit?: number;
+  /** The slots of its concurrency groups [none]. */
+  readonly groupSlots?: readonly GroupSlot[];
   /** Registration time, epoch ms. */
   readonly nowMs: number;
   /** The runner registering it (a task calling a task), or `null`. */
@@ -595,6 +651,12 @@ export interface Store {
    * every heartbeat, and stops on its error.
    */
   checkSchema(): Promise<void>;
+  /**
+   * Stores the limit of each concurrency group with the app's data, or throws a `TypeError`
+   * naming a group whose stored limit differs (a process defines the group otherwise). A runner
+   * calls it when it starts.
+   */
+  defineGroups(limits: ReadonlyMap<string, number>): Promise<void>;
 }
 
 /**
@@ -629,6 +691,7 @@ export function planRegistration(
     registrationKey: invocation.registrationKey,
     runningKey: invocation.runningKey,
     runningLimit: invocation.runningLimit ?? 1,
+    ...(invocation.groupSlots?.length ? { groupSlots: invocation.groupSlots } : {}),
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
@@ -775,9 +838,10 @@ export function decideSlot(
   id: string,
   holders: readonly string[],
   reserved: string | undefined,
+  limit: number = plan.record.runningLimit ?? 1,
 ): SlotDecision {
   if (plan.slot === "acquire") {
-    const free = (plan.record.runningLimit ?? 1) - holders.length;
+    const free = limit - holders.length;
     if (!holders.includes(id)) {
       if (free <= 0) {
         const resuming = plan.record.status === InvocationStatus.RESUMED;
@@ -899,7 +963,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   return {
     record: next,
     entries,
-    slot: record.runningKey === null || held === holds ? "none" : holds ? "acquire" : "release",
+    slot: slotsOf(record).length === 0 || held === holds ? "none" : holds ? "acquire" : "release",
     releaseRegistrationKey,
     releaseReservation: from === InvocationStatus.PAUSED && to !== InvocationStatus.RESUMED &&
       record.runningKey !== null,

@@ -7,7 +7,13 @@
 import { refuseIdempotencyInBatch } from "./_call_options.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
-import { assertTaskId, callId, serializeArguments, type SerializedArguments } from "./ids.ts";
+import {
+  assertTaskId,
+  callId,
+  KEY_SEPARATOR,
+  serializeArguments,
+  type SerializedArguments,
+} from "./ids.ts";
 import type { InvocationGroup } from "./invocation.ts";
 import type { Invocation } from "./invocation.ts";
 import type { ErrorClass } from "./serializer.ts";
@@ -120,6 +126,47 @@ export type TaskFunction<Args, Result> = (
   ctx: TaskContext,
 ) => Result | Promise<Result>;
 
+/** At most this many concurrency groups per task: their slots are checked in one KV atomic step. */
+const MAX_GROUPS = 4;
+
+/**
+ * A concurrency group: a limit shared by every invocation whose group key is equal, across every
+ * task of the app that names the group. The group key is `key(args)` when given (so tasks whose
+ * arguments are named differently share one key space), else the values of `keyArguments`, else
+ * the whole group.
+ *
+ * @example One deploy per environment and five in all, shared by two tasks
+ * ```ts
+ * import { type ConcurrencyGroup, Nenc } from "@nenc/nenc";
+ *
+ * const perEnvironment: ConcurrencyGroup<{ env: string }> = {
+ *   name: "deploys-per-env",
+ *   limit: 1,
+ *   keyArguments: ["env"],
+ * };
+ * const app = new Nenc();
+ * app.task("deploy", ({ env }: { env: string }) => env, {
+ *   concurrencyGroups: [perEnvironment, { name: "deploys", limit: 5 }],
+ * });
+ * app.task("rollback", ({ target }: { target: string }) => target, {
+ *   concurrencyGroups: [
+ *     { name: "deploys-per-env", limit: 1, key: ({ target }) => target },
+ *     { name: "deploys", limit: 5 },
+ *   ],
+ * });
+ * ```
+ */
+export interface ConcurrencyGroup<Args = unknown> {
+  /** The group's name: one limit per name in an app. */
+  readonly name: string;
+  /** How many invocations of one group key may hold its slot at once (1 to 1,000,000). */
+  readonly limit: number;
+  /** The arguments whose values form the group key (not with `key`). */
+  readonly keyArguments?: readonly (keyof Args & string)[];
+  /** The group key of a call's arguments (not with `keyArguments`). */
+  readonly key?: (args: Args) => string | number;
+}
+
 /**
  * Options of a task; every option has a default (in brackets).
  *
@@ -172,6 +219,11 @@ export interface TaskOptions<Args = unknown> {
    * returns, or the runner's `graceMs` later if it has not (retried when `retryFor` lists it).
    */
   timeoutMs?: number;
+  /**
+   * Up to 4 {@linkcode ConcurrencyGroup}s: an invocation starts only when every group of its task
+   * has a free slot for its key, all taken in one atomic step [`[]`].
+   */
+  concurrencyGroups?: readonly ConcurrencyGroup<Args>[];
 }
 
 /**
@@ -211,6 +263,8 @@ export interface ResolvedTaskOptions {
   readonly parallelBatchSize: number;
   /** See {@linkcode TaskOptions.timeoutMs}; `undefined`: none. */
   readonly timeoutMs: number | undefined;
+  /** See {@linkcode TaskOptions.concurrencyGroups}. */
+  readonly concurrencyGroups: readonly ConcurrencyGroup<never>[];
 }
 
 const OPTION_NAMES = new Set([
@@ -224,6 +278,7 @@ const OPTION_NAMES = new Set([
   "retryBackoffMs",
   "parallelBatchSize",
   "timeoutMs",
+  "concurrencyGroups",
 ]);
 
 /**
@@ -354,6 +409,7 @@ export function resolveTaskOptions(
     retryBackoffMs,
     parallelBatchSize: count("parallelBatchSize", 100, 1),
     timeoutMs,
+    concurrencyGroups: resolveGroups(taskId, options.concurrencyGroups ?? []),
   };
 }
 
@@ -390,6 +446,50 @@ export interface CallOptions {
   readonly idempotencyKey?: string;
   /** How long the idempotency key lives, in ms [`86_400_000`: 24 h]. */
   readonly idempotencyTtlMs?: number;
+}
+
+function resolveGroups(
+  taskId: string,
+  groups: readonly ConcurrencyGroup<never>[],
+): readonly ConcurrencyGroup<never>[] {
+  const fail = (message: string): never => {
+    throw new TypeError(`Cannot define task ${taskId}: ${message}`);
+  };
+  if (!Array.isArray(groups)) fail("concurrencyGroups must be an array");
+  if (groups.length > MAX_GROUPS) fail(`concurrencyGroups has more than ${MAX_GROUPS} groups`);
+  const names = new Set<string>();
+  for (const group of groups) {
+    if (typeof group !== "object" || group === null) fail("a concurrency group must be an object");
+    for (const field of Object.keys(group)) {
+      if (!["name", "limit", "keyArguments", "key"].includes(field)) {
+        fail(`concurrency group ${String(group.name)} has an unknown field "${field}"`);
+      }
+    }
+    if (typeof group.name !== "string" || group.name === "") {
+      fail("a concurrency group needs a non-empty name");
+    }
+    if (names.has(group.name)) fail(`concurrency group ${group.name} is named twice`);
+    names.add(group.name);
+    if (!Number.isInteger(group.limit) || group.limit < 1 || group.limit > 1_000_000) {
+      throw new RangeError(
+        `Cannot define task ${taskId}: concurrency group ${group.name} needs a limit from 1 to 1000000, got ${group.limit}`,
+      );
+    }
+    if (group.key !== undefined && group.keyArguments !== undefined) {
+      fail(`concurrency group ${group.name} takes key or keyArguments, not both`);
+    }
+    if (group.key !== undefined && typeof group.key !== "function") {
+      fail(`concurrency group ${group.name}: key must be a function of the arguments`);
+    }
+    const keyArguments: readonly unknown[] = group.keyArguments ?? [];
+    if (
+      !Array.isArray(keyArguments) ||
+      keyArguments.some((name) => typeof name !== "string" || name === "")
+    ) {
+      fail(`concurrency group ${group.name}: keyArguments must be an array of argument names`);
+    }
+  }
+  return groups;
 }
 
 /**
@@ -595,6 +695,45 @@ export class Task<Args = unknown, Result = unknown> {
   /** The registration-concurrency key of a call, or `null` when disabled. */
   registrationKey(args: SerializedArguments, callIdOfArgs: string): string | null {
     return this.#concurrencyKey(this.options.registrationConcurrency, args, callIdOfArgs);
+  }
+
+  /**
+   * The slots of a call in the task's concurrency groups: one key per group (its name and the
+   * group key of these arguments) with the group's limit. Keys start with the key separator, which
+   * task ids cannot contain: they never meet a running-concurrency key.
+   *
+   * @throws {TypeError} when a group's key argument is missing, or its `key` fails.
+   */
+  groupSlots(args: Args, serialized: SerializedArguments): { key: string; limit: number }[] {
+    return this.options.concurrencyGroups.map((group) => {
+      let keyValue: Record<string, string> = {};
+      if (group.key !== undefined) {
+        let value: unknown;
+        try {
+          value = (group.key as (args: Args) => unknown)(args);
+        } catch (error) {
+          throw new TypeError(
+            `Cannot call task ${this.id}: the key of concurrency group ${group.name} failed`,
+            { cause: error },
+          );
+        }
+        keyValue = serializeArguments({ key: value });
+      } else {
+        for (const name of group.keyArguments ?? []) {
+          const value = serialized[name];
+          if (value === undefined) {
+            throw new TypeError(
+              `Cannot call task ${this.id}: the key argument "${name}" of concurrency group ${group.name} is missing from the call`,
+            );
+          }
+          keyValue[name] = value;
+        }
+      }
+      return {
+        key: `${KEY_SEPARATOR}group${KEY_SEPARATOR}${callId(group.name, keyValue)}`,
+        limit: group.limit,
+      };
+    });
   }
 
   /** The running-concurrency slot key of a call, or `null` when disabled. */

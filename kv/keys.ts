@@ -36,6 +36,10 @@ export class Keys {
   schema(): KvKey {
     return [...this.app, "schema"];
   }
+  /** The limit of a concurrency group, as the runners defined it. */
+  group(name: string): KvKey {
+    return [...this.app, "group", name];
+  }
   /** One invocation: its record and its queue position. */
   invocation(id: string): KvKey {
     return [...this.app, "inv", id];

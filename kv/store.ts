@@ -10,6 +10,7 @@
  */
 
 import { decodeTime, encodeTime } from "ulid";
+import { groupLimitMismatch } from "../core/_group_limits.ts";
 import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
@@ -45,6 +46,7 @@ import {
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
+  slotsOf,
   type StatusChange,
   type Store,
 } from "../core/store.ts";
@@ -372,8 +374,9 @@ export class KvStore implements Store {
     return this.#apply(id, change);
   }
 
-  // reads: inv/<id>, slot/<key> + reserve/<key>, reg/<key>; checks: inv/<id>, and slot, reserve
-  // and reg when touched (never more than 4 at once); writes: inv/<id>, hist/<id>/<seq>…, status
+  // reads: inv/<id>, slot/<key>… (running key and groups) + reserve/<key>, reg/<key>; checks:
+  // inv/<id>, and the slots, reserve and reg when touched (never more than 8 at once: 1 + 5 + 1 +
+  // 1, within Deno KV's 10); writes: inv/<id>, hist/<id>/<seq>…, status
   // index, q/<pos>, slot, reserve, reg, and on a final status expireIn on every key of the
   // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
   async #apply(
@@ -401,42 +404,61 @@ export class KvStore implements Store {
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
       });
-      const slotKey = record.runningKey;
-      if ((plan.slot !== "none" || plan.releaseReservation) && slotKey !== null) {
-        const [slotEntry, reservation] = await this.#kv.getMany([
-          keys.slot(slotKey),
-          keys.reservation(slotKey),
+      const slots = slotsOf(record);
+      const runningKey = record.runningKey;
+      if ((plan.slot !== "none" || plan.releaseReservation) && slots.length > 0) {
+        // Every slot key of the invocation (its running key, its groups', at most 5) and the
+        // running key's reservation in one read; all taken in this commit, or none.
+        const entries = await this.#kv.getMany([
+          ...slots.map(({ key }) => keys.slot(key)),
+          ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
         ]);
-        const holders = decodeHolders(slotEntry!);
-        const slot = decideSlot(plan, id, holders, idOf(reservation!));
-        if (slot.reserve) {
+        const reservation = runningKey !== null ? entries[slots.length]! : undefined;
+        const decisions = slots.map(({ key, limit }, i) => {
+          const entry = entries[i]!;
+          const holders = decodeHolders(entry);
+          const running = key === runningKey;
+          const reserved = running ? idOf(reservation!) : undefined;
+          return {
+            key,
+            entry,
+            holders,
+            running,
+            slot: decideSlot(plan, id, holders, reserved, limit),
+          };
+        });
+        if (runningKey !== null && decisions.some(({ slot }) => slot.reserve)) {
           await this.#commit(
             this.#kv.atomic()
-              .check({ key: keys.reservation(slotKey), versionstamp: null })
-              .set(keys.reservation(slotKey), encode(id)),
+              .check({ key: keys.reservation(runningKey), versionstamp: null })
+              .set(keys.reservation(runningKey), encode(id)),
           );
         }
-        if (slot.slot === "busy") return { ok: false, reason: "slot-busy", record };
-        if (slot.slot === "take") {
-          // The key's holders in one value, checked: a limit of N costs one check, not N.
-          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp })
-            .set(keys.slot(slotKey), encode(holders.includes(id) ? holders : [...holders, id]));
-          // A take decided on "no reservation" checks that none was made since the read: a paused
-          // invocation that read the slot held may reserve it after its holder released it, and
-          // then resumes first. (Its own reservation is checked below, as it drops it.) A take
-          // checks at most 4 keys: inv, slot, reserve, reg.
-          if (!slot.dropReservation) {
-            op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp });
-          }
-        } else if (slot.slot === "release") {
-          op.check({ key: keys.slot(slotKey), versionstamp: slotEntry!.versionstamp });
-          const rest = holders.filter((holder) => holder !== id);
-          if (rest.length === 0) op.delete(keys.slot(slotKey));
-          else op.set(keys.slot(slotKey), encode(rest));
+        if (decisions.some(({ slot }) => slot.slot === "busy")) {
+          return { ok: false, reason: "slot-busy", record };
         }
-        if (slot.dropReservation) {
-          op.check({ key: keys.reservation(slotKey), versionstamp: reservation!.versionstamp })
-            .delete(keys.reservation(slotKey));
+        for (const { key, entry: slotEntry, holders, running, slot } of decisions) {
+          if (slot.slot === "take") {
+            // The key's holders in one value, checked: a limit of N costs one check, not N.
+            op.check({ key: keys.slot(key), versionstamp: slotEntry.versionstamp })
+              .set(keys.slot(key), encode(holders.includes(id) ? holders : [...holders, id]));
+            // A take decided on "no reservation" checks that none was made since the read: a
+            // paused invocation that read the slot held may reserve it after its holder released
+            // it, and then resumes first. (Its own reservation is checked below, as it drops it.)
+            // A take checks at most 8 keys: inv, 5 slots, reserve, reg.
+            if (running && !slot.dropReservation) {
+              op.check({ key: keys.reservation(key), versionstamp: reservation!.versionstamp });
+            }
+          } else if (slot.slot === "release") {
+            op.check({ key: keys.slot(key), versionstamp: slotEntry.versionstamp });
+            const rest = holders.filter((holder) => holder !== id);
+            if (rest.length === 0) op.delete(keys.slot(key));
+            else op.set(keys.slot(key), encode(rest));
+          }
+          if (slot.dropReservation) {
+            op.check({ key: keys.reservation(key), versionstamp: reservation!.versionstamp })
+              .delete(keys.reservation(key));
+          }
         }
       }
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
@@ -1424,6 +1446,25 @@ export class KvStore implements Store {
     return this.#readSchema(false);
   }
 
+  // Per group — reads: group/<name>; checks: its absence; writes: its limit. (Once per runner
+  // start: a commit per group keeps any number of groups within Deno KV's 10 checks.)
+  async defineGroups(limits: ReadonlyMap<string, number>): Promise<void> {
+    for (const [name, limit] of limits) {
+      const key = this.#keys.group(name);
+      for (let attempt = 0;; attempt++) {
+        const entry = await this.#reads.get(key);
+        if (entry.versionstamp !== null) {
+          const stored = Number(decode(entry.value, `the limit of concurrency group ${name}`));
+          if (stored !== limit) throw groupLimitMismatch(name, stored, limit);
+          break;
+        }
+        const op = this.#kv.atomic().check({ key, versionstamp: null }).set(key, encode(limit));
+        if (await this.#commit(op)) break;
+        await backoff(attempt);
+      }
+    }
+  }
+
   /**
    * The schema check of the entry points that write: `claim` (never creates the key) and
    * `register*` (create it, the first write of an app). It re-reads the key once the last read is
@@ -1610,7 +1651,7 @@ interface QueueValue {
 }
 
 function queueValue(record: InvocationRecord): QueueValue {
-  return { id: record.id, key: record.runningKey, task: record.taskId };
+  return { id: record.id, key: slotsOf(record)[0]?.key ?? null, task: record.taskId };
 }
 
 function decodeQueueValue(value: unknown): QueueValue {

@@ -5,7 +5,7 @@
 import { graphsContract } from "./_contract_graphs.ts";
 import { idempotencyContract } from "./_contract_idempotency.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
-import { limitsContract } from "./_contract_limits.ts";
+import { groupsContract, limitsContract } from "./_contract_limits.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -28,4 +28,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   lifecycleContract(backend, makeApp);
   fencingContract(backend, makeApp);
   limitsContract(backend, makeApp);
+  groupsContract(backend, makeApp);
 }

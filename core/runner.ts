@@ -218,7 +218,7 @@ export class Runner implements AsyncDisposable {
   /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
   #onIdle: (() => void) | undefined;
   #finished = 0;
-  /** Why the runner stopped by itself before it could run anything (`drain()` rejects with it). */
+  /** Why the runner stopped by itself (newer data, another group limit): `drain()` rejects with it. */
   #fatal: unknown;
   /** The time of the last heartbeat that landed. */
   #lastBeatMs = -Infinity;
@@ -562,6 +562,7 @@ export class Runner implements AsyncDisposable {
         await orchestrator.store.checkSchema();
       } catch (error) {
         if (!isStoreFault(error)) {
+          this.#fatal ??= error;
           console.error(`nenc: runner ${this.id} stops:`, error);
           this.#stopItself();
           return;

@@ -9,11 +9,16 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { MIRROR_COLD_REQUESTS, workspace } from "../examples/demo/app.ts";
-import { runDemo } from "../examples/demo/scenario.ts";
+import {
+  DEPLOYS_IN_ALL,
+  DEPLOYS_PER_ENV,
+  MIRROR_COLD_REQUESTS,
+  workspace,
+} from "../examples/demo/app.ts";
+import { ENVIRONMENTS, runDemo } from "../examples/demo/scenario.ts";
 import { LONG_DEADLINE_MS, within } from "./_deadline.ts";
 
-test("the demo builds 48 packages on one slot with one invocation each, deploys one at a time per environment, retries the flaky download and names the plugin cycle", async () => {
+test("the demo builds 48 packages on one slot with one invocation each, deploys two at a time per environment and five with rollbacks in all, retries the flaky download and names the plugin cycle", async () => {
   const summary = await within(runDemo(), LONG_DEADLINE_MS, "the demo");
 
   const packages = Object.keys(workspace);
@@ -24,6 +29,7 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
     // The plugin cycle: mdx-plugin, remark-plugin, and the second mdx-plugin that closed it.
     build: { success: packages.length, failed: 3 },
     deploy: { success: 12 },
+    rollback: { success: 3 },
   });
   // main's call of mdx-plugin, release's call of every package, every dependency of every
   // package, and the two plugins' calls of each other: one invocation per package.
@@ -33,7 +39,17 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
   });
   assert.equal(summary.release.packages, 48);
   assert.equal(summary.release.toolchain, "node-v22.11.0-linux-x64.tar.xz");
-  assert.deepEqual(summary.deploys.maxAtOncePerEnv, { staging: 1, "prod-eu": 1, "prod-us": 1 });
+  // From the histories in the store: the limits held, and were reached. The 15 deploys and
+  // rollbacks are queued before the runner's 8 slots start, so its first pick-up fills the group
+  // (5), which puts 2 deploys in at least one environment.
+  const { maxAtOncePerEnv, maxInGroup, rollbacks } = summary.deploys;
+  assert.deepEqual(Object.keys(maxAtOncePerEnv).sort(), [...ENVIRONMENTS].sort());
+  for (const [env, most] of Object.entries(maxAtOncePerEnv)) {
+    assert.ok(most >= 1 && most <= DEPLOYS_PER_ENV, `${env}: ${most} at once`);
+  }
+  assert.equal(Math.max(...Object.values(maxAtOncePerEnv)), DEPLOYS_PER_ENV);
+  assert.ok(maxInGroup > 2 && maxInGroup <= DEPLOYS_IN_ALL, `${maxInGroup} at once in the group`);
+  assert.equal(rollbacks, 3);
   assert.equal(summary.fetchRetries, MIRROR_COLD_REQUESTS);
   assert.equal(
     summary.cycleMessage,
@@ -45,7 +61,7 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
     ].join("\n"),
   );
   assert.deepEqual(summary.finishedBy, {
-    thisProcess: 1 + 1 + packages.length + 3 + 12,
+    thisProcess: 1 + 1 + packages.length + 3 + 12 + 3,
     otherProcesses: 0,
   });
 });
@@ -86,11 +102,17 @@ test(
       assert.deepEqual(row("release"), ["release", "1", "0", "1"]);
       assert.deepEqual(row("fetchToolchain"), ["fetchToolchain", "1", "0", "1"]);
       assert.deepEqual(row("deploy"), ["deploy", "12", "0", "12"]);
+      assert.deepEqual(row("rollback"), ["rollback", "3", "0", "3"]);
       assert.equal(row("build")[2], "3");
-      assert.match(
-        stdout,
-        /at most 1 at once per environment \(staging 1, prod-eu 1, prod-us 1\)/,
-      );
+      // The limits hold across the two processes (read back from the histories in the file).
+      const [, mostPerEnv, ...perEnv] = stdout.match(
+        /limit 2 per environment: at most (\d+) at once \(staging (\d+), prod-eu (\d+), prod-us (\d+)\)/,
+      )!;
+      for (const most of [mostPerEnv, ...perEnv]) {
+        assert.ok(Number(most) >= 1 && Number(most) <= DEPLOYS_PER_ENV, stdout);
+      }
+      const [, mostInGroup] = stdout.match(/limit 5: at most (\d+) at once/)!;
+      assert.ok(Number(mostInGroup) >= 1 && Number(mostInGroup) <= DEPLOYS_IN_ALL, stdout);
       assert.match(
         stdout,
         /- build\(\{"pkg":"remark-plugin"\}\)\n.*- build\(\{"pkg":"mdx-plugin"\}\)/,

@@ -2,8 +2,9 @@
  * The demo app: the release pipeline of a monorepo with 48 packages. `release` fetches the
  * toolchain from a flaky mirror (retries), then builds every package; each `build` first builds
  * its dependencies (calls and awaits them: a fan-out/fan-in six levels deep); `deploy` ships a
- * service to an environment, never two at once to one environment. A pull request adds two
- * plugins that depend on each other: building them fails with a `CycleDetectedError`.
+ * service to an environment, at most two at once to one environment, and `rollback` puts one
+ * back: at most five deploys and rollbacks at once in all. A pull request adds two plugins that
+ * depend on each other: building them fails with a `CycleDetectedError`.
  *
  * The app is created without a KV store, so a worker can move it onto one with `app.useKv(kv)`
  * (`deno run -A cli.ts worker --app examples/demo/app.ts --kv demo.db`).
@@ -185,23 +186,41 @@ export const release = app.task(
   },
 );
 
-/** A service live on an environment, with the deploy's own clock readings. */
+/** A service live on an environment. */
 export interface Deployment {
   /** Where it is live. */
   readonly url: string;
-  /** When the deploy started, epoch ms: after its invocation took its running slot. */
-  readonly startedAtMs: number;
-  /** When it finished, epoch ms: before its invocation gave the slot back. */
-  readonly finishedAtMs: number;
 }
 
-/** Ships a service to an environment: at most one deploy per environment at a time. */
+/** Deploys at once per environment: `deploy`'s running concurrency by its `env` key. */
+export const DEPLOYS_PER_ENV = 2;
+/** Deploys and rollbacks at once in all: the `deploys` concurrency group they share. */
+export const DEPLOYS_IN_ALL = 5;
+const deploysGroup = { name: "deploys", limit: DEPLOYS_IN_ALL } as const;
+
+/**
+ * Ships a service to an environment: at most {@linkcode DEPLOYS_PER_ENV} deploys per environment
+ * at a time, and at most {@linkcode DEPLOYS_IN_ALL} deploys and rollbacks in all.
+ */
 export const deploy = app.task(
   "deploy",
   async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
-    const startedAtMs = Date.now();
     await sleep(40); // upload, switch traffic, health check
-    return { url: `https://${env}.shop.example/${pkg}`, startedAtMs, finishedAtMs: Date.now() };
+    return { url: `https://${env}.shop.example/${pkg}` };
   },
-  { runningConcurrency: "keys", keyArguments: ["env"] },
+  {
+    runningConcurrency: { by: "keys", limit: DEPLOYS_PER_ENV },
+    keyArguments: ["env"],
+    concurrencyGroups: [deploysGroup],
+  },
+);
+
+/** Puts a service back on its previous release: shares the `deploys` group with `deploy`. */
+export const rollback = app.task(
+  "rollback",
+  async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
+    await sleep(40); // switch traffic back, health check
+    return { url: `https://${env}.shop.example/${pkg}` };
+  },
+  { concurrencyGroups: [deploysGroup] },
 );

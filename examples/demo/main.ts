@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { isFinalStatus } from "../../mod.ts";
-import { app, dependenciesOf, workspace } from "./app.ts";
+import { app, dependenciesOf, DEPLOYS_IN_ALL, DEPLOYS_PER_ENV, workspace } from "./app.ts";
 import {
   BUILD_SLOTS,
   type DemoSummary,
@@ -162,9 +162,15 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
       "running concurrency",
       `${SERVICES.length * ENVIRONMENTS.length} deploys (${SERVICES.length} services × ` +
       `${ENVIRONMENTS.length} environments) on ${slots(DEPLOY_SLOTS)}\n` +
-      `at most ${Math.max(...Object.values(deploys.maxAtOncePerEnv))} at once per environment ` +
-      `(${perEnv}), ${deploys.maxAtOnce} overall\n` +
-      `${deploys.requeued} pick-ups refused by running concurrency and re-queued`,
+      `limit ${DEPLOYS_PER_ENV} per environment: at most ` +
+      `${Math.max(...Object.values(deploys.maxAtOncePerEnv))} at once (${perEnv})`,
+    ],
+    [
+      "concurrency group",
+      `${SERVICES.length * ENVIRONMENTS.length} deploys and ${deploys.rollbacks} rollbacks ` +
+      `share the group "deploys"\n` +
+      `limit ${DEPLOYS_IN_ALL}: at most ${deploys.maxInGroup} at once\n` +
+      `${deploys.parked} pick-ups refused by a full environment or group, parked until it had room`,
     ],
     ["retries", `fetchToolchain succeeded after ${summary.fetchRetries} retries`],
     ["cycle control", `build({"pkg":"mdx-plugin"}) failed:\n${summary.cycleMessage}`],

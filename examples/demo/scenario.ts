@@ -1,8 +1,8 @@
 /**
  * The demo's scenario, and its facts read back from the store: {@linkcode runDemo} runs a
  * release on a runner with one slot, builds a pull request with a dependency cycle, deploys
- * services to three environments, and summarizes what the store recorded — so the summary stays
- * true when another process ran part of the work.
+ * services to three environments while rolling one back, and summarizes what the store recorded —
+ * so the summary stays true when another process ran part of the work.
  *
  * @module
  */
@@ -12,16 +12,17 @@ import {
   type HistoryEntry,
   type Invocation,
   type InvocationStatus,
+  isFinalStatus,
 } from "../../mod.ts";
 import {
   app,
   build,
   dependenciesOf,
   deploy,
-  type Deployment,
   fetchToolchain,
   release,
   type ReleaseReport,
+  rollback,
   workspace,
 } from "./app.ts";
 
@@ -29,10 +30,12 @@ import {
 export const ENVIRONMENTS = ["staging", "prod-eu", "prod-us"] as const;
 /** The services deployed to every environment. */
 export const SERVICES = ["cart-api", "checkout-api", "search-api", "email-worker"] as const;
+/** The service rolled back in every environment while the others deploy. */
+export const ROLLED_BACK = "reviews-api";
 /** Slots of the runner that builds: one is enough for any depth and width. */
 export const BUILD_SLOTS = 1;
-/** Slots of the runner that deploys: more than one, so that deploys could collide. */
-export const DEPLOY_SLOTS = 4;
+/** Slots of the runner that deploys: more than the limits, so that only the limits hold it back. */
+export const DEPLOY_SLOTS = 8;
 
 /** What the demo did, from the store. */
 export interface DemoSummary {
@@ -42,11 +45,16 @@ export interface DemoSummary {
   readonly builds: { readonly calls: number; readonly invocations: number };
   /** What `release` returned: the fan-out/fan-in result. */
   readonly release: ReleaseReport;
-  /** Deploys: the most that ran at once per environment and overall, and refused pick-ups. */
+  /**
+   * Deploys and rollbacks: the most deploys of one environment that held its running slots at
+   * once, the most deploys and rollbacks that held the `deploys` group's slots at once, how many
+   * rollbacks ran, and the pick-ups refused because a key was full (parked).
+   */
   readonly deploys: {
     readonly maxAtOncePerEnv: Readonly<Record<string, number>>;
-    readonly maxAtOnce: number;
-    readonly requeued: number;
+    readonly maxInGroup: number;
+    readonly rollbacks: number;
+    readonly parked: number;
   };
   /** Retries of `fetchToolchain` before it succeeded. */
   readonly fetchRetries: number;
@@ -86,13 +94,18 @@ export async function runDemo(): Promise<DemoSummary> {
     );
   }
 
-  // 2. Deploys: every service to every environment, with more slots than environments.
+  // 2. Deploys: every service to every environment, and a rollback in every environment, all
+  //    queued before the runner starts, on more slots than the limits let run.
   {
     await using runner = app.runner({ concurrency: DEPLOY_SLOTS });
     ownRunners.add(runner.id);
-    runner.start();
     const plan = SERVICES.flatMap((pkg) => ENVIRONMENTS.map((env) => ({ env, pkg })));
-    await (await deploy.parallelize(plan)).results();
+    const deploys = await deploy.parallelize(plan);
+    const rollbacks = await rollback.parallelize(
+      ENVIRONMENTS.map((env) => ({ env, pkg: ROLLED_BACK })),
+    );
+    runner.start();
+    await Promise.all([deploys.results(), rollbacks.results()]);
   }
   const wallMs = performance.now() - startedMs;
 
@@ -101,7 +114,7 @@ export async function runDemo(): Promise<DemoSummary> {
     statuses: statusCounts(histories),
     builds: buildCalls(histories),
     release: report,
-    deploys: await deployOverlaps(histories),
+    deploys: deployOverlaps(histories),
     fetchRetries: retries(histories, fetchToolchain.id),
     cycleMessage,
     finishedBy: finishedBy(histories, ownRunners),
@@ -158,33 +171,60 @@ function buildCalls(recorded: readonly Recorded[]): DemoSummary["builds"] {
 }
 
 /**
- * The most deploys that ran at once, per environment and overall, from the times each deploy
- * stored in its result. They are read inside the task: after its invocation took the running
- * slot, before it gave it back — so, unlike history timestamps (taken before each commit), they
- * cannot show an overlap that did not happen. Refused pick-ups are counted from the histories.
+ * The most deploys of one environment, and of deploys and rollbacks, that held slots at once,
+ * from the histories in the store: an execution holds its slots from the pick-up that took them
+ * (PENDING, then RUNNING) to the entry that gave them back (here, its final status). Each entry
+ * is stamped when its change is planned on the state it changes, so a pick-up that took a slot
+ * another execution gave back is stamped after that one's final entry: history times cannot show
+ * an overlap that did not happen. Refused pick-ups (a full environment or group: the invocation
+ * is parked) are counted from the histories too.
  */
-async function deployOverlaps(recorded: readonly Recorded[]): Promise<DemoSummary["deploys"]> {
-  const intervals: { env: string; startMs: number; endMs: number }[] = [];
-  let requeued = 0;
-  for (const { invocation, history } of recorded) {
-    if (invocation.taskId !== deploy.id) continue;
-    requeued += history.filter((entry) => entry.status === "concurrency_controlled").length;
-    const { startedAtMs, finishedAtMs } = await (invocation as Invocation<Deployment>).result();
-    intervals.push({
-      env: invocation.args.env as string,
-      startMs: startedAtMs,
-      endMs: finishedAtMs,
-    });
+function deployOverlaps(recorded: readonly Recorded[]): DemoSummary["deploys"] {
+  const perEnv = new Map<string, Interval[]>();
+  const inGroup: Interval[] = [];
+  let rollbacks = 0;
+  let parked = 0;
+  for (const { invocation: { taskId, args }, history } of recorded) {
+    if (taskId !== deploy.id && taskId !== rollback.id) continue;
+    if (taskId === rollback.id) rollbacks++;
+    parked += history.filter((entry) => entry.status === "concurrency_controlled").length;
+    const held = heldIntervals(history);
+    inGroup.push(...held);
+    if (taskId === deploy.id) {
+      const env = args.env as string;
+      perEnv.set(env, [...perEnv.get(env) ?? [], ...held]);
+    }
   }
   const maxAtOncePerEnv: Record<string, number> = {};
-  for (const env of new Set(intervals.map((interval) => interval.env))) {
-    maxAtOncePerEnv[env] = maxOverlap(intervals.filter((interval) => interval.env === env));
+  for (const [env, intervals] of perEnv) maxAtOncePerEnv[env] = maxOverlap(intervals);
+  return { maxAtOncePerEnv, maxInGroup: maxOverlap(inGroup), rollbacks, parked };
+}
+
+/** A span of time, epoch ms. */
+interface Interval {
+  readonly startMs: number;
+  readonly endMs: number;
+}
+
+/** The entries that give an execution's slots back: its end, a retry, a pause, a hand-back. */
+const RELEASES: ReadonlySet<InvocationStatus> = new Set(["paused", "retry", "rerouted"]);
+
+/** When an invocation held its slots: from a pick-up (or a resume) to the entry that gave them back. */
+function heldIntervals(history: readonly HistoryEntry[]): Interval[] {
+  const intervals: Interval[] = [];
+  let startMs: number | undefined;
+  for (const { status, timestampMs } of history) {
+    if (status === "pending" || status === "resumed") startMs ??= timestampMs;
+    else if (startMs !== undefined && (isFinalStatus(status) || RELEASES.has(status))) {
+      intervals.push({ startMs, endMs: timestampMs });
+      startMs = undefined;
+    }
   }
-  return { maxAtOncePerEnv, maxAtOnce: maxOverlap(intervals), requeued };
+  return intervals;
 }
 
 /** The most intervals [start, end) that share one moment. */
-function maxOverlap(intervals: readonly { startMs: number; endMs: number }[]): number {
+function maxOverlap(intervals: readonly Interval[]): number {
   // At equal times an end comes before a start: back to back is not at once.
   const events = intervals
     .flatMap(({ startMs, endMs }) => [[startMs, 1], [endMs, -1]] as const)

@@ -48,13 +48,13 @@ export interface DemoSummary {
   /**
    * Deploys and rollbacks: the most deploys of one environment that held its running slots at
    * once, the most deploys and rollbacks that held the `deploys` group's slots at once, how many
-   * rollbacks ran, and the pick-ups refused because a key was full (parked).
+   * rollbacks ran, and the pick-ups refused because a key was full (re-queued).
    */
   readonly deploys: {
     readonly maxAtOncePerEnv: Readonly<Record<string, number>>;
     readonly maxInGroup: number;
     readonly rollbacks: number;
-    readonly parked: number;
+    readonly refused: number;
   };
   /** Retries of `fetchToolchain` before it succeeded. */
   readonly fetchRetries: number;
@@ -177,17 +177,17 @@ function buildCalls(recorded: readonly Recorded[]): DemoSummary["builds"] {
  * is stamped when its change is planned on the state it changes, so a pick-up that took a slot
  * another execution gave back is stamped after that one's final entry: history times cannot show
  * an overlap that did not happen. Refused pick-ups (a full environment or group: the invocation
- * is parked) are counted from the histories too.
+ * is re-queued) are counted from the histories too.
  */
 function deployOverlaps(recorded: readonly Recorded[]): DemoSummary["deploys"] {
   const perEnv = new Map<string, Interval[]>();
   const inGroup: Interval[] = [];
   let rollbacks = 0;
-  let parked = 0;
+  let refused = 0;
   for (const { invocation: { taskId, args }, history } of recorded) {
     if (taskId !== deploy.id && taskId !== rollback.id) continue;
     if (taskId === rollback.id) rollbacks++;
-    parked += history.filter((entry) => entry.status === "concurrency_controlled").length;
+    refused += history.filter((entry) => entry.status === "concurrency_controlled").length;
     const held = heldIntervals(history);
     inGroup.push(...held);
     if (taskId === deploy.id) {
@@ -197,7 +197,7 @@ function deployOverlaps(recorded: readonly Recorded[]): DemoSummary["deploys"] {
   }
   const maxAtOncePerEnv: Record<string, number> = {};
   for (const [env, intervals] of perEnv) maxAtOncePerEnv[env] = maxOverlap(intervals);
-  return { maxAtOncePerEnv, maxInGroup: maxOverlap(inGroup), rollbacks, parked };
+  return { maxAtOncePerEnv, maxInGroup: maxOverlap(inGroup), rollbacks, refused };
 }
 
 /** A span of time, epoch ms. */

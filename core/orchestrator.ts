@@ -1138,6 +1138,11 @@ export class Orchestrator {
     mode: "all" | "any",
     signal?: AbortSignal,
   ): Promise<void> {
+    if (mode === "all" && signal === undefined) {
+      // Nothing to stop early: the plain wait (the common one: a caller's result()).
+      await Promise.all(ids.map((id) => this.#read(() => this.waitForFinal({ id }))));
+      return;
+    }
     const done = new AbortController();
     // One listener per awaited invocation (a fan-out of hundreds is ordinary), not a leak.
     setMaxListeners(0, done.signal);
@@ -1166,10 +1171,10 @@ export class Orchestrator {
       throw new RangeError(`Cannot wait: timeoutMs must be a number ≥ 0, got ${timeoutMs}`);
     }
     let signal = options.signal;
-    const timer = new AbortController();
-    if (timeoutMs !== undefined) {
+    const timer = timeoutMs === undefined ? undefined : new AbortController();
+    if (timer !== undefined) {
       const timeout = new AbortController();
-      void this.#host.clock.sleep(timeoutMs, timer.signal).then(() => {
+      void this.#host.clock.sleep(timeoutMs!, timer.signal).then(() => {
         if (!timer.signal.aborted) {
           timeout.abort(
             new DOMException(`Cannot wait: ${timeoutMs} ms passed`, "TimeoutError"),
@@ -1185,7 +1190,7 @@ export class Orchestrator {
         ? execution.waitFor(ids, mode, signal)
         : this.waitForFinals(ids, mode, signal));
     } finally {
-      timer.abort();
+      timer?.abort();
     }
   }
 

@@ -685,7 +685,7 @@ export class Runner implements AsyncDisposable {
     for (const id of await orchestrator.store.cancelRequests(this.id)) {
       const execution = this.#executions.get(id);
       if (execution !== undefined) {
-        if (execution.signal.aborted) continue;
+        if (execution.aborted) continue;
         const record = await orchestrator.store.get(id);
         execution.abort(
           record?.error === undefined
@@ -813,7 +813,7 @@ export class Runner implements AsyncDisposable {
       if (outcome === "ignored" && execution.graceMs > 0) {
         console.warn(
           `nenc: invocation ${invocation.id} (task ${task.id}) ignored its aborted signal (${
-            String((execution.signal.reason as Error)?.message ?? execution.signal.reason)
+            String((execution.abortReason as Error)?.message ?? execution.abortReason)
           }) for ${execution.graceMs} ms; the runner records its end without waiting for it`,
         );
       }
@@ -881,7 +881,7 @@ export class Runner implements AsyncDisposable {
     }
     // A timeout fails the attempt whatever the function returned.
     const result: ExecutionOutcome = kind === "timeout"
-      ? { ok: false, error: execution.signal.reason }
+      ? { ok: false, error: execution.abortReason }
       : outcome;
     if (result === "ignored") throw new Error("unreachable: an ignored abort has a kind");
     // A final status is written from RUNNING or RESUMED: a paused invocation takes a slot again.
@@ -992,11 +992,19 @@ class Execution implements ExecutionContext {
   readonly #host: RunnerHost;
   /** The runner's fault-tolerant write for this execution (see the runner's `#persist`). */
   readonly #persist: Persist;
-  readonly #abort = new AbortController();
-  readonly #ended = new AbortController();
+  /**
+   * The function's signal, made when something asks for it (most tasks never do: an
+   * AbortController per run is a measurable share of a no-op's cost).
+   */
+  #abort: AbortController | undefined;
+  #aborted = false;
+  #abortReason: unknown;
+  /** Aborted when the execution ends; made only for what waits on it (a timeout, a grace). */
+  #ended: AbortController | undefined;
+  #isOver = false;
+  /** Called when the grace after an abort is over (the function ignored its signal). */
+  #onGraceOver: (() => void) | undefined;
   #abortKind: AbortKind | undefined;
-  /** Resolves `graceMs` after the abort. */
-  #graceOver: Promise<void> | undefined;
   #waits = 0;
   #paused = false;
   /** Whether it holds one of its runner's slots: it starts with the one its pick-up took. */
@@ -1013,8 +1021,6 @@ class Execution implements ExecutionContext {
     invocation: Invocation,
     claim: { claimSeq: number; seq: number; attempt: number; persist: Persist },
   ) {
-    // Each pending result() of the task listens to its signal: many at once is ordinary.
-    setMaxListeners(0, this.#abort.signal);
     this.claimSeq = claim.claimSeq;
     this.#persist = claim.persist;
     this.seq = claim.seq;
@@ -1028,11 +1034,29 @@ class Execution implements ExecutionContext {
 
   /** Aborted on cancel, timeout, stop and fence, with the cause as its reason. */
   get signal(): AbortSignal {
+    if (this.#abort === undefined) {
+      this.#abort = new AbortController();
+      // Each pending result() of the task listens to it: many at once is ordinary.
+      setMaxListeners(0, this.#abort.signal);
+      if (this.#aborted) this.#abort.abort(this.#abortReason);
+    }
     return this.#abort.signal;
+  }
+
+  /** Whether the signal was aborted (without making it). */
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  /** Why the signal was aborted. */
+  get abortReason(): unknown {
+    return this.#abortReason;
   }
 
   /** Aborted when the execution has ended (its end recorded or given up). */
   get ended(): AbortSignal {
+    this.#ended ??= new AbortController();
+    if (this.#isOver) this.#ended.abort();
     return this.#ended.signal;
   }
 
@@ -1051,32 +1075,39 @@ class Execution implements ExecutionContext {
    * `graceMs`].
    */
   abort(reason: unknown, kind: AbortKind, graceMs: number = this.#runner.graceMs): void {
-    if (this.#abort.signal.aborted) return;
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#abortReason = reason;
     this.#abortKind = kind;
     this.graceMs = graceMs;
     // Before the abort: its listeners run at once and wait for the grace. No grace is no sleep
     // at all (a test clock may never move).
-    this.#graceOver = graceMs === 0
+    const graceOver = graceMs === 0
       ? Promise.resolve()
-      : this.#host.clock.sleep(graceMs, this.#ended.signal);
-    this.#abort.abort(reason);
+      : this.#host.clock.sleep(graceMs, this.ended);
+    void graceOver.then(() => this.#onGraceOver?.());
+    this.#abort?.abort(reason);
   }
 
   /** The execution is over: timers stop. */
   end(): void {
-    this.#ended.abort();
+    this.#isOver = true;
+    this.#ended?.abort();
   }
 
   /** Runs the task's function in this execution's context, until it returns or its grace ends. */
   async run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
     const invocation = this.invocation;
+    const signalOf = (): AbortSignal => this.signal; // made on demand
     const ctx: TaskContext = {
       invocationId: invocation.id,
       taskId: invocation.taskId,
       parentId: invocation.parentId,
       runnerId: this.runnerId,
       attempt: this.attempt,
-      signal: this.signal,
+      get signal(): AbortSignal {
+        return signalOf();
+      },
       scheduledAt: null,
     };
     const returned = (async (): Promise<ExecutionOutcome> => {
@@ -1089,11 +1120,10 @@ class Execution implements ExecutionContext {
         return { ok: false, error };
       }
     })();
-    const ignored = new Promise<"ignored">((resolve) => {
-      const onAbort = (): void => void this.#graceOver!.then(() => resolve("ignored"));
-      if (this.signal.aborted) onAbort();
-      else this.signal.addEventListener("abort", onAbort, { once: true });
-    });
+    // Settles only if an abort's grace runs out before the function returns.
+    const ignored = new Promise<"ignored">((resolve) =>
+      this.#onGraceOver = () => resolve("ignored")
+    );
     return await Promise.race([returned, ignored]);
   }
 
@@ -1129,7 +1159,7 @@ class Execution implements ExecutionContext {
       await orchestrator.waitForFinals(ids, mode, stop);
     } finally {
       // An aborted execution does not resume for its waits: settle() decides what it needs.
-      if (--this.#waits === 0 && !this.#settled && !this.signal.aborted) {
+      if (--this.#waits === 0 && !this.#settled && !this.#aborted) {
         await this.inOrder(() => this.#resume());
       }
     }

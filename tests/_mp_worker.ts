@@ -57,15 +57,23 @@ function defineTasks(app: Nenc) {
   }, { runningConcurrency: "keys", keyArguments: ["key"] });
   // The same with two of a key at once: a third concurrent run is a violation; a second one
   // shows the limit lets two in.
+  // ... and at most 6 of all keys at once, a concurrency group: a seventh is a violation too.
   const pairs = app.task("pairs", async ({ key, i }: { key: string; i: number }) => {
     const before = await add(["active", key], 1);
-    if (before >= 2) await add(["violations"], 1);
+    const all = await add(["active-all"], 1);
+    if (before >= 2 || all >= 6) await add(["violations"], 1);
     if (before === 1) await add(["pairs"], 1);
+    if (all === 5) await add(["capped"], 1);
     await add(["runs", String(i)], 1);
-    await sleep(2 + Math.random() * 5);
+    await sleep(20 + Math.random() * 10); // long enough for the group to fill up
+    await add(["active-all"], -1);
     await add(["active", key], -1);
     return i;
-  }, { runningConcurrency: { by: "keys", limit: 2 }, keyArguments: ["key"] });
+  }, {
+    runningConcurrency: { by: "keys", limit: 2 },
+    keyArguments: ["key"],
+    concurrencyGroups: [{ name: "cap", limit: 6 }],
+  });
   const slow = app.task("slow", async ({ i }: { i: number }) => {
     if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
     return i;

@@ -201,7 +201,7 @@ test(
 );
 
 test(
-  "4 runner processes × 4 slots run 200 invocations of a keys task with limit 2 over 5 keys: two of a key run at once, never three (0 violations), each exactly once",
+  "4 runner processes (one of them Bun) × 4 slots run 200 invocations of a keys task with limit 2 over 5 keys and a group cap of 6: two of a key and six in all run at once, never more (0 violations), each exactly once",
   {
     skip: onlyDeno,
   },
@@ -212,6 +212,7 @@ test(
         const keyed = app.task("pairs", ({ i }: { key: string; i: number }) => i, {
           runningConcurrency: { by: "keys", limit: 2 },
           keyArguments: ["key"],
+          concurrencyGroups: [{ name: "cap", limit: 6 }],
         });
         const group = await keyed.parallelize(
           Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
@@ -221,11 +222,12 @@ test(
         // again (2 runs of one invocation), which is recovery, not what this test is about.
         const workers = Array.from(
           { length: 4 },
-          () => start("deno", ["run", path, "200", "pairs", "60"]),
+          (_, i) => start(i === 0 ? "bun" : "deno", ["run", path, "200", "pairs", "60"]),
         );
         await Promise.all(workers.map((w) => output(w)));
-        assert.equal(await counter("violations"), 0, "three runs of one key overlapped");
+        assert.equal(await counter("violations"), 0, "a key or the group ran over its limit");
         assert.ok(await counter("pairs") > 0, "two runs of one key never overlapped");
+        assert.ok(await counter("capped") > 0, "the group never had six at once");
         for (let i = 0; i < 200; i++) {
           assert.equal(await counter("runs", String(i)), 1, `runs of ${i}`);
         }

@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
+import type { TaskOptions } from "../core/task.ts";
 import { isValidHistory } from "../core/status.ts";
 import { openTestKv } from "./_kv.ts";
 import { waitUntil } from "./_deadline.ts";
@@ -156,94 +157,81 @@ test(
   },
 );
 
+/**
+ * 4 runner processes run 200 invocations of the worker's task `taskId` (over 5 keys) on one KV
+ * file; the task counts what overlaps in its own atomic counters. Checks no violation, every
+ * invocation run and succeeded exactly once, and returns the counter reader for more.
+ */
+async function runKeyed(
+  path: string,
+  taskId: string,
+  options: TaskOptions<{ key: string; i: number }>,
+  runtimes: readonly ("deno" | "bun")[],
+  check: (counter: (...key: string[]) => Promise<number>) => Promise<void>,
+): Promise<void> {
+  const { kv, app, counter } = await parentApp(path);
+  try {
+    const keyed = app.task(taskId, ({ i }: { key: string; i: number }) => i, options);
+    const group = await keyed.parallelize(
+      Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
+    );
+    // A runner timeout of 60 s, not the workers' 2 s: under load a live worker can go 2 s
+    // without a heartbeat, and another would recover its running invocations and run them
+    // again (2 runs of one invocation), which is recovery, not what this test is about.
+    const workers = runtimes.map((runtime) => start(runtime, ["run", path, "200", taskId, "60"]));
+    await Promise.all(workers.map((w) => output(w)));
+    assert.equal(await counter("violations"), 0, "a key or a group ran over its limit");
+    for (let i = 0; i < 200; i++) {
+      assert.equal(await counter("runs", String(i)), 1, `runs of ${i}`);
+    }
+    for (const invocation of group.invocations) {
+      const history = await invocation.history();
+      assert.equal(await invocation.status(), "success");
+      assert.ok(isValidHistory(history));
+      assert.equal(history.filter((entry) => entry.status === "success").length, 1);
+    }
+    await check(counter);
+  } finally {
+    kv.close();
+  }
+}
+
 test(
   "4 runner processes × 4 slots run 200 invocations of a keys-concurrency task over 5 keys with 0 overlapping runs of a key, each exactly once",
-  {
-    skip: onlyDeno,
-  },
+  { skip: onlyDeno },
   async () => {
-    await withKvFile(async (path) => {
-      const { kv, app, counter } = await parentApp(path);
-      try {
-        const keyed = app.task("keyed", ({ i }: { key: string; i: number }) => i, {
-          runningConcurrency: "keys",
-          keyArguments: ["key"],
-        });
-        const group = await keyed.parallelize(
-          Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
-        );
-        // A runner timeout of 60 s, not the workers' 2 s: under load a live worker can go 2 s
-        // without a heartbeat, and another would recover its running invocations and run them
-        // again (2 runs of one invocation), which is recovery, not what this test is about.
-        const workers = Array.from(
-          { length: 4 },
-          () => start("deno", ["run", path, "200", "keyed", "60"]),
-        );
-        await Promise.all(workers.map((w) => output(w)));
-        assert.equal(await counter("violations"), 0, "two runs of one key overlapped");
-        for (let i = 0; i < 200; i++) {
-          assert.equal(await counter("runs", String(i)), 1, `runs of ${i}`);
-        }
-        for (const invocation of group.invocations) {
-          const history = await invocation.history();
-          assert.equal(await invocation.status(), "success");
-          assert.ok(isValidHistory(history));
-          assert.equal(
-            history.filter((entry) => entry.status === "success").length,
-            1,
-          );
-        }
-      } finally {
-        kv.close();
-      }
-    });
+    await withKvFile((path) =>
+      runKeyed(
+        path,
+        "keyed",
+        { runningConcurrency: "keys", keyArguments: ["key"] },
+        ["deno", "deno", "deno", "deno"],
+        async () => {},
+      )
+    );
   },
 );
 
 test(
   "4 runner processes (one of them Bun) × 4 slots run 200 invocations of a keys task with limit 2 over 5 keys and a group cap of 6: two of a key and six in all run at once, never more (0 violations), each exactly once",
-  {
-    skip: onlyDeno,
-  },
+  { skip: onlyDeno },
   async () => {
-    await withKvFile(async (path) => {
-      const { kv, app, counter } = await parentApp(path);
-      try {
-        const keyed = app.task("pairs", ({ i }: { key: string; i: number }) => i, {
+    await withKvFile((path) =>
+      runKeyed(
+        path,
+        "pairs",
+        {
           runningConcurrency: { by: "keys", limit: 2 },
           keyArguments: ["key"],
           concurrencyGroups: [{ name: "cap", limit: 6 }],
-        });
-        const group = await keyed.parallelize(
-          Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 5}`, i })),
-        );
-        // A runner timeout of 60 s, not the workers' 2 s: under load a live worker can go 2 s
-        // without a heartbeat, and another would recover its running invocations and run them
-        // again (2 runs of one invocation), which is recovery, not what this test is about.
-        const workers = Array.from(
-          { length: 4 },
-          (_, i) => start(i === 0 ? "bun" : "deno", ["run", path, "200", "pairs", "60"]),
-        );
-        await Promise.all(workers.map((w) => output(w)));
-        assert.equal(await counter("violations"), 0, "a key or the group ran over its limit");
-        assert.ok(await counter("pairs") > 0, "two runs of one key never overlapped");
-        assert.ok(await counter("capped") > 0, "the group never had six at once");
-        for (let i = 0; i < 200; i++) {
-          assert.equal(await counter("runs", String(i)), 1, `runs of ${i}`);
-        }
-        for (const invocation of group.invocations) {
-          const history = await invocation.history();
-          assert.equal(await invocation.status(), "success");
-          assert.ok(isValidHistory(history));
-          assert.equal(
-            history.filter((entry) => entry.status === "success").length,
-            1,
-          );
-        }
-      } finally {
-        kv.close();
-      }
-    });
+        },
+        ["bun", "deno", "deno", "deno"],
+        async (counter) => {
+          assert.ok(await counter("pairs") > 0, "two runs of one key never overlapped");
+          assert.ok(await counter("capped") > 0, "the group never had six at once");
+        },
+      )
+    );
   },
 );
 

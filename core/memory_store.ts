@@ -481,7 +481,10 @@ export class MemoryStore implements Store {
       const holders = [...this.#slots.get(key) ?? []];
       return { key, slot: decideSlot(plan, id, holders, reserved, limit) };
     });
-    for (const { key, slot } of decisions) if (slot.reserve) this.#reservations.set(key, id);
+    // Only the running key is reserved by a refused resume.
+    for (const { key, slot } of decisions) {
+      if (slot.reserve && key === record.runningKey) this.#reservations.set(key, id);
+    }
     if (decisions.some(({ slot }) => slot.slot === "busy")) {
       return { ok: false, reason: "slot-busy", record };
     }

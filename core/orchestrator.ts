@@ -376,6 +376,8 @@ export class Orchestrator {
   /** Blocking control. */
   readonly blockingControl: BlockingControl;
   readonly #host: OrchestratorHost;
+  /** The tasks whose concurrency groups this process stored or checked. */
+  readonly #groupsDefined = new WeakMap<object, Promise<void>>();
 
   /** Created by `new Nenc()`. */
   constructor(host: OrchestratorHost, store: Store, options: OrchestratorOptions = {}) {
@@ -449,6 +451,7 @@ export class Orchestrator {
     const { idempotency } = resolveCallOptions(task.id, call.options);
     const invocation = this.#newInvocation(task, args, idempotency);
     await this.#refuseIfCanceled(invocation.parentId);
+    await this.#defineGroupsOf(task);
     const outcome = await this.#registering(
       [invocation.id],
       () => this.store.register(invocation),
@@ -492,6 +495,7 @@ export class Orchestrator {
     }
     const invocations = calls.map(({ task, args }) => this.#newInvocation(task, args));
     await this.#refuseIfCanceled(invocations[0]?.parentId ?? null);
+    for (const task of new Set(calls.map(({ task }) => task))) await this.#defineGroupsOf(task);
     const ids = invocations.map(({ id }) => id);
     let tries = 0;
     const records = await this.#registering(ids, async () => {
@@ -550,6 +554,24 @@ export class Orchestrator {
         throw error;
       }
     }, { clock: this.#host.clock, signal: execution.signal });
+  }
+
+  /**
+   * Stores (or checks) the limits of a task's concurrency groups with the app's data before its
+   * first call in this process: every invocation then carries the limits the store holds, and a
+   * process that defines a group otherwise gets the `TypeError` at its call, not a limit run over.
+   */
+  #defineGroupsOf(task: Task<never, unknown>): Promise<void> {
+    const groups = task.options.concurrencyGroups;
+    if (groups.length === 0) return Promise.resolve();
+    let defined = this.#groupsDefined.get(task);
+    if (defined === undefined) {
+      defined = this.store.defineGroups(new Map(groups.map(({ name, limit }) => [name, limit])));
+      // A failed try (a store fault, another limit) is tried again at the next call.
+      defined.catch(() => this.#groupsDefined.delete(task));
+      this.#groupsDefined.set(task, defined);
+    }
+    return defined;
   }
 
   /**

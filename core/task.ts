@@ -159,7 +159,7 @@ const MAX_GROUPS = 4;
 export interface ConcurrencyGroup<Args = unknown> {
   /** The group's name: one limit per name in an app. */
   readonly name: string;
-  /** How many invocations of one group key may hold its slot at once (1 to 1,000,000). */
+  /** How many invocations of one group key may hold its slot at once (1 to 1,000). */
   readonly limit: number;
   /** The arguments whose values form the group key (not with `key`). */
   readonly keyArguments?: readonly (keyof Args & string)[];
@@ -470,9 +470,13 @@ function resolveGroups(
     }
     if (names.has(group.name)) fail(`concurrency group ${group.name} is named twice`);
     names.add(group.name);
-    if (!Number.isInteger(group.limit) || group.limit < 1 || group.limit > 1_000_000) {
+    if (group.name.includes(KEY_SEPARATOR)) {
+      fail(`concurrency group ${group.name}: a name cannot contain "${KEY_SEPARATOR}"`);
+    }
+    // The holders of a slot are one KV value (64 KiB): a thousand ids fit.
+    if (!Number.isInteger(group.limit) || group.limit < 1 || group.limit > MAX_RUNNING_LIMIT) {
       throw new RangeError(
-        `Cannot define task ${taskId}: concurrency group ${group.name} needs a limit from 1 to 1000000, got ${group.limit}`,
+        `Cannot define task ${taskId}: concurrency group ${group.name} needs a limit from 1 to ${MAX_RUNNING_LIMIT}, got ${group.limit}`,
       );
     }
     if (group.key !== undefined && group.keyArguments !== undefined) {
@@ -717,17 +721,25 @@ export class Task<Args = unknown, Result = unknown> {
             { cause: error },
           );
         }
+        if (value === undefined) {
+          throw new TypeError(
+            `Cannot call task ${this.id}: the key of concurrency group ${group.name} returned undefined`,
+          );
+        }
         keyValue = serializeArguments({ key: value });
-      } else {
-        for (const name of group.keyArguments ?? []) {
+      } else if ((group.keyArguments ?? []).length > 0) {
+        // The same form as key(): one value as itself, several as the list of their values, so
+        // a task with keyArguments and one with key() share a key space.
+        const values = (group.keyArguments ?? []).map((name) => {
           const value = serialized[name];
           if (value === undefined) {
             throw new TypeError(
               `Cannot call task ${this.id}: the key argument "${name}" of concurrency group ${group.name} is missing from the call`,
             );
           }
-          keyValue[name] = value;
-        }
+          return value;
+        });
+        keyValue = { key: values.length === 1 ? values[0]! : `[${values.join(",")}]` };
       }
       return {
         key: `${KEY_SEPARATOR}group${KEY_SEPARATOR}${callId(group.name, keyValue)}`,

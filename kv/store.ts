@@ -427,11 +427,15 @@ export class KvStore implements Store {
             slot: decideSlot(plan, id, holders, reserved, limit),
           };
         });
-        if (runningKey !== null && decisions.some(({ slot }) => slot.reserve)) {
+        // Only a refused resume reserves, and only the running key (when that key is the one
+        // full): checked against the record read, so a cancel or recovery that moved it since
+        // leaves no reservation for an invocation that is not PAUSED any more.
+        if (decisions.some(({ running, slot }) => running && slot.reserve)) {
           await this.#commit(
             this.#kv.atomic()
-              .check({ key: keys.reservation(runningKey), versionstamp: null })
-              .set(keys.reservation(runningKey), encode(id)),
+              .check({ key: keys.invocation(id), versionstamp: entry.versionstamp })
+              .check({ key: keys.reservation(runningKey!), versionstamp: null })
+              .set(keys.reservation(runningKey!), encode(id)),
           );
         }
         if (decisions.some(({ slot }) => slot.slot === "busy")) {
@@ -1449,6 +1453,15 @@ export class KvStore implements Store {
   // Per group — reads: group/<name>; checks: its absence; writes: its limit. (Once per runner
   // start: a commit per group keeps any number of groups within Deno KV's 10 checks.)
   async defineGroups(limits: ReadonlyMap<string, number>): Promise<void> {
+    // Refuse before writing anything: a process with one wrong limit stores none of its groups.
+    const names = [...limits.keys()];
+    const stored = await this.#getEntries(names.map((name) => this.#keys.group(name)));
+    stored.forEach((entry, i) => {
+      const name = names[i]!;
+      if (entry.versionstamp === null) return;
+      const limit = Number(decode(entry.value, `the limit of concurrency group ${name}`));
+      if (limit !== limits.get(name)) throw groupLimitMismatch(name, limit, limits.get(name)!);
+    });
     for (const [name, limit] of limits) {
       const key = this.#keys.group(name);
       for (let attempt = 0;; attempt++) {

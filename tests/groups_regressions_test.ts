@@ -1,0 +1,164 @@
+/**
+ * Regressions found by review of the running-concurrency limits and concurrency groups: each test
+ * failed before its fix and states the behaviour SPEC §7.2 asks for.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { Nenc } from "../core/app.ts";
+import { serializeArguments } from "../core/ids.ts";
+import { MemoryStore } from "../core/memory_store.ts";
+import { Keys } from "../kv/keys.ts";
+import type { KvKey, KvLike } from "../kv/kv_like.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
+
+const opened: TestKv[] = [];
+after(() => {
+  for (const kv of opened) kv.close();
+});
+
+async function freshKv(): Promise<TestKv> {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  return kv;
+}
+
+/** A view of `kv` whose next commit that sets `key` waits until `open()`. */
+function holdingCommits(kv: KvLike) {
+  const held = new Map<string, { reach(): void; opened: Promise<void> }>();
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, keys) => {
+      for (const key of keys) {
+        const hold = held.get(JSON.stringify(key));
+        if (hold === undefined) continue;
+        held.delete(JSON.stringify(key));
+        hold.reach();
+        await hold.opened;
+      }
+    },
+  });
+  const hold = (key: KvKey) => {
+    let reach!: () => void;
+    let open!: () => void;
+    const reached = new Promise<void>((resolve) => reach = resolve);
+    const opened = new Promise<void>((resolve) => open = resolve);
+    held.set(JSON.stringify(key), { reach, opened });
+    return { reached: within(reached, DEADLINE_MS, "the held commit"), open };
+  };
+  return { kv: view, hold };
+}
+
+// Was: the group key of `key: ({ target }) => target` is the hash of {key: "prod"}, the group
+// key of `keyArguments: ["env"]` the hash of {env: "prod"}: the two never meet, although the
+// ConcurrencyGroup JSDoc example shares "deploys-per-env" between exactly these two tasks.
+test("a group with keyArguments in one task and key() in another shares one key space (the ConcurrencyGroup example)", () => {
+  const app = new Nenc();
+  const deploy = app.task("deploy", ({ env }: { env: string }) => env, {
+    concurrencyGroups: [{ name: "deploys-per-env", limit: 1, keyArguments: ["env"] }],
+  });
+  const rollback = app.task("rollback", ({ target }: { target: string }) => target, {
+    concurrencyGroups: [{ name: "deploys-per-env", limit: 1, key: ({ target }) => target }],
+  });
+  const a = { env: "prod" };
+  const b = { target: "prod" };
+  assert.equal(
+    rollback.groupSlots(b, serializeArguments(b))[0]!.key,
+    deploy.groupSlots(a, serializeArguments(a))[0]!.key,
+    "a deploy and a rollback of prod may run at once: the per-env limit is not shared",
+  );
+});
+
+// Was: a slot decision uses the limit written into the record by the *calling* process, not
+// the group limit stored with the app's data (defineGroups guards runners only).
+test("a process that defines a group with another limit than the store holds gets a TypeError at its call, and registers nothing", async () => {
+  const store = new MemoryStore();
+  const caller = new Nenc({ store });
+  const worker = new Nenc({ store });
+  const define = (app: Nenc, limit: number) =>
+    app.task("job", ({ n }: { n: number }) => n, { concurrencyGroups: [{ name: "g", limit }] });
+  define(worker, 1);
+  // The runner stores limit 1 first.
+  await within(worker.runner().drain(), DEADLINE_MS, "storing the limits");
+  // A web process (never a runner) still has limit 3 in its definition.
+  const job = define(caller, 3);
+  const error = await job.parallelize([{ n: 1 }, { n: 2 }]).then(() => undefined, (e) => e);
+  assert.ok(error instanceof TypeError, `got ${String(error)}`);
+  assert.match(error.message, /group g has limit 1 in the store, not 3/);
+  assert.equal((await store.counts()).size, 0);
+  const one = await job.call({ n: 1 }).then(() => undefined, (e) => e);
+  assert.ok(one instanceof TypeError);
+});
+
+// Was: the reservation of a refused resume is a commit of its own,
+// with no check on the invocation's record. A cancel that lands between the resume's read and that
+// commit leaves the running key reserved by a CANCELED invocation: no pick-up of the key (limit 1)
+// ever takes its slot again.
+test("[kv] a cancel racing a refused resume leaves no reservation behind: the key still runs", async () => {
+  const { kv, hold } = holdingCommits(await freshKv());
+  const app = new Nenc({ appId: "leak", kv });
+  const o = app.orchestrator;
+  const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+  const claim = async (runnerId: string) =>
+    (await o.getInvocationsToRun(10, { runnerId })).map(({ id }) => id);
+  const p = await sync.call({ n: 1 });
+  assert.deepEqual(await claim("r1"), [p.id]);
+  await o.setInvocationRun(undefined, p, { runnerId: "r1" });
+  await o.setInvocationStatus(p, "paused", { runnerId: "r1" });
+  const h = await sync.call({ n: 2 });
+  assert.deepEqual(await claim("r2"), [h.id]);
+  await o.setInvocationRun(undefined, h, { runnerId: "r2" });
+  const runningKey = (await o.store.get(p.id))!.runningKey!;
+  const keys = new Keys("leak");
+
+  // P's resume reads the slot held by H; its reservation commit waits…
+  const reservation = hold(keys.reservation(runningKey));
+  const resume = o.setInvocationStatus(p, "resumed", { runnerId: "r1" });
+  await reservation.reached;
+  // …P is canceled meanwhile (PAUSED → CANCELED drops a reservation: there is none yet)…
+  assert.equal(await p.cancel(), true);
+  // …and then the reservation lands, for a canceled invocation.
+  reservation.open();
+  assert.equal(await resume, false);
+  await o.setInvocationResult(h, 2, { runnerId: "r2" });
+  const n = await sync.call({ n: 3 });
+  assert.deepEqual(
+    await claim("r3"),
+    [n.id],
+    "the key's only slot stays reserved by canceled invocation P: nothing of it runs again",
+  );
+});
+
+// Was: all holders of a slot key are one KV value, capped at 64 KiB (~2,200 ULIDs in JSON),
+// while a group limit may be up to 1,000,000: past ~2,200 holders every take throws (value too
+// large), which claim() swallows as "moved by another runner" — the limit is silently capped.
+test("a concurrency group limit over 1,000 is refused at definition (its holders are one KV value)", () => {
+  const app = new Nenc();
+  assert.throws(
+    () => app.task("t", () => 1, { concurrencyGroups: [{ name: "big", limit: 5_000 }] }),
+    (error: unknown) => error instanceof RangeError && /from 1 to 1000/.test(error.message),
+  );
+  assert.throws(
+    () => app.task("u", () => 1, { concurrencyGroups: [{ name: "a#b", limit: 1 }] }),
+    TypeError,
+  );
+});
+
+// Was: KvStore.defineGroups() stores group by group and throws at the first mismatch, so a
+// refused process has already stored the groups listed before it (MemoryStore checks all first).
+// A wrongly configured process then locks the right limit out of every later runner.
+test("[kv] a runner refused for one group's limit stores none of its other groups", async () => {
+  const kv = await freshKv();
+  const right = new Nenc({ appId: "defs", kv });
+  right.task("a", () => 1, { concurrencyGroups: [{ name: "g", limit: 2 }] });
+  await within(right.runner().drain(), DEADLINE_MS, "the first runner");
+  // A misconfigured process: a new group x (limit 9) before g with another limit.
+  const wrong = new Nenc({ appId: "defs", kv });
+  wrong.task("b", () => 1, { concurrencyGroups: [{ name: "x", limit: 9 }] });
+  wrong.task("a", () => 1, { concurrencyGroups: [{ name: "g", limit: 5 }] });
+  await assert.rejects(within(wrong.runner().drain(), DEADLINE_MS, "the wrong runner"), TypeError);
+  // The right deployment adds x with limit 3: it must be able to start.
+  const next = new Nenc({ appId: "defs", kv });
+  next.task("a", () => 1, { concurrencyGroups: [{ name: "g", limit: 2 }] });
+  next.task("b", () => 1, { concurrencyGroups: [{ name: "x", limit: 3 }] });
+  await within(next.runner().drain(), DEADLINE_MS, "a runner of the right definition");
+});

@@ -951,12 +951,10 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     finishedAtMs: change.endExecution ? record.finishedAtMs : final ? change.nowMs : null,
     // A canceled invocation whose execution still holds its slots is not purged before its end
     // is recorded (endExecution starts its purge clock): a purge would free its slots early. A
+    // purge time once set stays (ending a paused canceled one only clears its cancel request). A
     // live idempotency key keeps it longer (keptPurgeAtMs).
-    purgeAtMs: !final || holds
-      ? null
-      : change.purgeAtMs !== undefined
-      ? keptPurgeAtMs(record, change.purgeAtMs)
-      : record.purgeAtMs ?? null,
+    purgeAtMs: !final || holds ? null : record.purgeAtMs ??
+      (change.purgeAtMs !== undefined ? keptPurgeAtMs(record, change.purgeAtMs) : null),
     ...(change.result !== undefined ? { result: change.result } : {}),
     ...(change.error !== undefined ? { error: change.error } : {}),
   };

@@ -4,7 +4,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import { MemoryStore } from "../core/memory_store.ts";
-import type { ClaimOutcome, ClaimRequest } from "../core/store.ts";
+import {
+  type ClaimOutcome,
+  type ClaimRequest,
+  type InvocationRecord,
+  planChange,
+} from "../core/store.ts";
 import { FakeClock } from "./_fake_clock.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -254,4 +259,38 @@ test("a network TypeError (undici 'fetch failed', KV Connect on Node) on the SUC
   } finally {
     await runner.stop({ graceMs: 0 });
   }
+});
+
+test("ending the execution of a canceled paused invocation keeps its purge time; ending a canceled running one starts it", () => {
+  const base: InvocationRecord = {
+    id: "i",
+    taskId: "t",
+    callId: "t#0",
+    args: {},
+    parentId: null,
+    registrationKey: null,
+    runningKey: "t",
+    status: "canceled",
+    ownerId: null,
+    seq: 5,
+    updatedAtMs: 0,
+    createdAtMs: 0,
+    retries: 0,
+    availableAtMs: 0,
+    finishedAtMs: 10,
+    purgeAtMs: 100,
+    claimSeq: 2,
+    holdsSlots: false,
+  };
+  const end = { path: [], endExecution: true, runnerId: "r1", nowMs: 50, purgeAtMs: 999 };
+  const paused = planChange(base, end);
+  assert.equal(paused.record.purgeAtMs, 100);
+  assert.equal(paused.startsPurge, false);
+  assert.equal(paused.slot, "none");
+  const running = planChange({ ...base, ownerId: "r1", holdsSlots: true, purgeAtMs: null }, end);
+  assert.equal(running.record.purgeAtMs, 999);
+  assert.equal(running.startsPurge, true);
+  assert.equal(running.slot, "release");
+  assert.equal(running.record.ownerId, null);
+  assert.deepEqual(running.executions, { remove: "r1", add: null });
 });

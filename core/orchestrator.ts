@@ -582,11 +582,7 @@ export class Orchestrator {
     if (parentId === null) return;
     // Read through store faults: inside a task, a store outage must not become its error.
     const parent = await this.#read(() => this.store.get(parentId), currentExecution()?.signal);
-    if (parent?.status === InvocationStatus.CANCELED) {
-      throw parent.error === undefined
-        ? new CanceledError(parentId)
-        : deserializeError(parent.error, this.#host.errorClasses);
-    }
+    if (parent?.status === InvocationStatus.CANCELED) this.#outcome(parentId, parent); // throws
   }
 
   #newInvocation<Args, Result>(

@@ -11,7 +11,7 @@
 import { setMaxListeners } from "node:events";
 import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
 import { isGroupLimitMismatch } from "./_group_limits.ts";
-import type { Clock } from "./clock.ts";
+import { type Clock, systemClock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
 import { CanceledError, NencError, StoreClosedError, TaskTimeoutError } from "./errors.ts";
 import type { Invocation } from "./invocation.ts";
@@ -649,7 +649,7 @@ export class Runner implements AsyncDisposable {
   /**
    * Looks for cancels every `pollMs` while something runs, for the runner's whole life (a stop's
    * grace included): a cancel made in any process aborts the function within one poll. Its
-   * cadence is I/O pacing, not app time, so it sleeps on real timers, like the KV poller.
+   * cadence is I/O pacing, not app time, so it sleeps on the system clock, like the KV poller.
    */
   async #watchCancels(): Promise<void> {
     const signal = this.#alive.signal;
@@ -670,11 +670,11 @@ export class Runner implements AsyncDisposable {
         }
         if (!this.#fenced) await this.#takeCancels();
         failures = 0;
-        await realSleep(this.#pollMs, signal);
+        await systemClock.sleep(this.#pollMs, signal);
       } catch (error) {
         if (error instanceof StoreClosedError) return;
         console.error(`nenc: runner ${this.id} could not read its cancel requests:`, error);
-        await realSleep(faultPauseMs(this.#pollMs, failures++), signal);
+        await systemClock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
   }
@@ -923,20 +923,6 @@ export class Runner implements AsyncDisposable {
     if (verdict === "done") this.#finished++;
     return verdict;
   }
-}
-
-/** Sleeps `ms` of real time, or until `signal` aborts (the timer is cleared then). */
-function realSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** A task's back-off function may throw: then the attempt fails instead of retrying. */

@@ -687,10 +687,7 @@ export class KvStore implements Store {
 
   async *find(query: FindQuery): AsyncIterable<InvocationRecord> {
     const filters = Object.entries(query.args ?? {});
-    const ids: string[] = [];
-    for await (const entry of this.#kv.list({ prefix: this.#keys.byTask(query.taskId) })) {
-      ids.push(String(entry.key[entry.key.length - 1]));
-    }
+    const ids = await this.#listIds(this.#keys.byTask(query.taskId));
     for (const record of await this.getMany(ids)) {
       if (query.statuses !== undefined && !query.statuses.has(record.status)) continue;
       if (filters.every(([name, value]) => record.args[name] === value)) yield record;
@@ -699,11 +696,7 @@ export class KvStore implements Store {
 
   // reads: child/<parent>/… (one range read), then the records.
   async children(parentId: string): Promise<InvocationRecord[]> {
-    const ids: string[] = [];
-    for await (const entry of this.#kv.list({ prefix: this.#keys.byParent(parentId) })) {
-      ids.push(String(entry.key[entry.key.length - 1]));
-    }
-    return this.getMany(ids);
+    return this.getMany(await this.#listIds(this.#keys.byParent(parentId)));
   }
 
   async slotHolders(runningKey: string): Promise<string[]> {
@@ -714,10 +707,7 @@ export class KvStore implements Store {
     const heartbeats = new Map((await this.runners()).map((r) => [r.runnerId, r.lastSeenMs]));
     const found: InvocationRecord[] = [];
     for (const status of [...RECOVERABLE, CANCELED]) {
-      const ids: string[] = [];
-      for await (const entry of this.#kv.list({ prefix: this.#keys.byStatus(status) })) {
-        ids.push(String(entry.key[entry.key.length - 1]));
-      }
+      const ids = await this.#listIds(this.#keys.byStatus(status));
       for (const record of await this.getMany(ids)) {
         if (found.length >= query.max) return found;
         if (record.status !== status || !inStatusIndex(record)) continue;

@@ -2,7 +2,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
+import type { Nenc } from "../core/app.ts";
+import type { Invocation } from "../core/invocation.ts";
+import type { Orchestrator } from "../core/orchestrator.ts";
 import type { LiveGraphs } from "../core/store.ts";
+import { captureWarnings } from "./_contract_routing.ts";
 
 /** The graphs in a stable order: calls by call id, edges sorted. */
 function sorted(graphs: LiveGraphs): LiveGraphs {
@@ -19,17 +23,24 @@ function sorted(graphs: LiveGraphs): LiveGraphs {
   };
 }
 
-/** The warnings `fn` writes with `console.warn`. */
-async function captureWarnings(fn: () => Promise<void>): Promise<unknown[][]> {
-  const original = console.warn;
-  const warnings: unknown[][] = [];
-  console.warn = (...args: unknown[]) => void warnings.push(args);
-  try {
-    await fn();
-  } finally {
-    console.warn = original;
-  }
-  return warnings;
+/**
+ * Two invocations of one task, both claimed by runner "r0", the first (the caller) RUNNING: what
+ * the tests of a caller, its callee and their edges start from.
+ */
+export async function claimedCallerAndCallee(app: Nenc): Promise<{
+  o: Orchestrator;
+  caller: Invocation;
+  callee: Invocation;
+  actor: { runnerId: string };
+}> {
+  const o = app.orchestrator;
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const caller = await job.call({ n: 0 });
+  const callee = await job.call({ n: 1 });
+  const actor = { runnerId: "r0" };
+  assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
+  await o.setInvocationRun(undefined, caller, actor);
+  return { o, caller, callee, actor };
 }
 
 const ids = (invocations: readonly { id: string }[]): string[] => invocations.map(({ id }) => id);
@@ -115,14 +126,7 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
   });
 
   test(`[${backend}] waitingForResults() on an invocation that ended before its edge was written leaves no wait edge (the race of a waiter and a finisher)`, async () => {
-    const app = await makeApp();
-    const o = app.orchestrator;
-    const job = app.task("job", ({ n }: { n: number }) => n);
-    const caller = await job.call({ n: 0 });
-    const callee = await job.call({ n: 1 });
-    const actor = { runnerId: "r0" };
-    assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
-    await o.setInvocationRun(undefined, caller, actor);
+    const { o, caller, callee, actor } = await claimedCallerAndCallee(await makeApp());
     await o.setInvocationRun(caller, callee, actor);
     // The callee ends and releases its waiters — none yet — before the caller's edge is written.
     await o.setInvocationResult(callee, 1, actor);
@@ -161,14 +165,7 @@ export function graphsContract(backend: string, makeApp: AppFactory): void {
   // --- cycle control with a final caller ---------------------------------------------------------
 
   test(`[${backend}] a callee started after its caller finished adds no call edge and no hold for the caller: the call graph is empty throughout`, async () => {
-    const app = await makeApp();
-    const o = app.orchestrator;
-    const job = app.task("job", ({ n }: { n: number }) => n);
-    const caller = await job.call({ n: 0 });
-    const callee = await job.call({ n: 1 });
-    const actor = { runnerId: "r0" };
-    assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
-    await o.setInvocationRun(undefined, caller, actor);
+    const { o, caller, callee, actor } = await claimedCallerAndCallee(await makeApp());
     // The caller returns without awaiting its callee; the callee starts afterwards.
     await o.setInvocationResult(caller, 0, actor);
     await o.setInvocationRun(caller, callee, actor);

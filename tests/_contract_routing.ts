@@ -149,7 +149,8 @@ function familyGone({ sibling }: { sibling: Invocation }): Record<string, unknow
   };
 }
 
-async function captureWarnings(fn: () => Promise<void>): Promise<unknown[][]> {
+/** The warnings `fn` writes with `console.warn`. */
+export async function captureWarnings(fn: () => Promise<void>): Promise<unknown[][]> {
   const original = console.warn;
   const warnings: unknown[][] = [];
   console.warn = (...args: unknown[]) => void warnings.push(args);

@@ -18,6 +18,7 @@ import {
   isFinalStatus,
   isValidHistory,
 } from "../core/status.ts";
+import type { ErrorClass } from "../core/serializer.ts";
 import type { Task } from "../core/task.ts";
 
 /** A promise the test settles by hand. */
@@ -372,7 +373,11 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.equal(statuses(await invocation.history()).filter((s) => s === "retry").length, 2);
   });
 
-  test(`[${backend}] retries: a child's exhausted RetryError that reaches the parent through result() does not retry the parent (one run, retries() 0)`, async () => {
+  /**
+   * A parent (maxRetries 2, `retryFor` as given) awaits a child that throws RetryError with no
+   * retries of its own; runs it to the parent's failure and returns what the tests check.
+   */
+  const parentOfSpentChild = async (retryFor: ErrorClass[] | undefined) => {
     const app = await makeApp();
     let childRuns = 0;
     const child = app.task("child", (): never => {
@@ -382,12 +387,17 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     const parent = app.task("parent", async (): Promise<string> => {
       parentRuns++;
       return await (await child.call()).result();
-    }, { maxRetries: 2 });
+    }, { maxRetries: 2, ...(retryFor !== undefined ? { retryFor } : {}) });
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const invocation = await parent.call();
     const error = await within(rejection(invocation.result()), DEADLINE_MS, "the parent to fail");
     assert.ok(error instanceof RetryError, `got ${String(error)}`);
+    return { invocation, error, parentRuns, childRuns };
+  };
+
+  test(`[${backend}] retries: a child's exhausted RetryError that reaches the parent through result() does not retry the parent (one run, retries() 0)`, async () => {
+    const { invocation, error, parentRuns, childRuns } = await parentOfSpentChild(undefined);
     assert.equal(error.message, "Cannot run: child attempt 1");
     assert.equal(await invocation.status(), "failed");
     assert.equal(await invocation.retries(), 0);
@@ -397,21 +407,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
   });
 
   test(`[${backend}] retries: a parent whose own retryFor lists RetryError is retried for a child's exhausted RetryError`, async () => {
-    const app = await makeApp();
-    let childRuns = 0;
-    const child = app.task("child", (): never => {
-      throw new RetryError(`Cannot run: child attempt ${++childRuns}`);
-    }, { maxRetries: 0 });
-    let parentRuns = 0;
-    const parent = app.task("parent", async (): Promise<string> => {
-      parentRuns++;
-      return await (await child.call()).result();
-    }, { maxRetries: 2, retryFor: [RetryError] });
-    await using runner = app.runner({ concurrency: 2 });
-    runner.start();
-    const invocation = await parent.call();
-    const error = await within(rejection(invocation.result()), DEADLINE_MS, "the parent to fail");
-    assert.ok(error instanceof RetryError, `got ${String(error)}`);
+    const { invocation, error, parentRuns } = await parentOfSpentChild([RetryError]);
     assert.equal(error.message, "Cannot run: child attempt 3");
     assert.equal(await invocation.retries(), 2);
     assert.equal(parentRuns, 3);

@@ -1,4 +1,5 @@
 import type { KvEntryLike, KvKey, KvLike, KvListSelectorLike } from "../kv/kv_like.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 
 /** A KV handle and its close(). */
 export type TestKv = KvLike & { close(): void };
@@ -103,4 +104,43 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       return op;
     },
   };
+}
+
+/** A commit held until `open()`: `reached` resolves when it is (rejects after DEADLINE_MS). */
+export interface HeldCommit {
+  readonly reached: Promise<void>;
+  open(): void;
+}
+
+/**
+ * A view of `kv` whose next commit that sets a given key waits until the test opens it: the
+ * transition has done its reads and built its checks, and stays between read and commit.
+ */
+export function holdingCommits(kv: KvLike): { kv: KvLike; hold(key: KvKey): HeldCommit } {
+  const held = new Map<string, { reach(): void; opened: Promise<void> }>();
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, keys) => {
+      for (const key of keys) {
+        const hold = held.get(JSON.stringify(key));
+        if (hold === undefined) continue;
+        held.delete(JSON.stringify(key)); // once
+        hold.reach();
+        await hold.opened;
+      }
+    },
+  });
+  const hold = (key: KvKey): HeldCommit => {
+    let reach!: () => void;
+    let open!: () => void;
+    const reached = new Promise<void>((resolve) => reach = resolve);
+    const opened = new Promise<void>((resolve) => open = resolve);
+    held.set(JSON.stringify(key), { reach, opened });
+    return {
+      get reached() {
+        return within(reached, DEADLINE_MS, `the commit that sets ${JSON.stringify(key)}`);
+      },
+      open,
+    };
+  };
+  return { kv: view, hold };
 }

@@ -8,8 +8,7 @@ import { Nenc } from "../core/app.ts";
 import { serializeArguments } from "../core/ids.ts";
 import { MemoryStore } from "../core/memory_store.ts";
 import { Keys } from "../kv/keys.ts";
-import type { KvKey, KvLike } from "../kv/kv_like.ts";
-import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { holdingCommits, openTestKv, type TestKv } from "./_kv.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
@@ -21,31 +20,6 @@ async function freshKv(): Promise<TestKv> {
   const kv = await openTestKv(":memory:");
   opened.push(kv);
   return kv;
-}
-
-/** A view of `kv` whose next commit that sets `key` waits until `open()`. */
-function holdingCommits(kv: KvLike) {
-  const held = new Map<string, { reach(): void; opened: Promise<void> }>();
-  const view = interceptKv(kv, {
-    beforeCommit: async (_values, keys) => {
-      for (const key of keys) {
-        const hold = held.get(JSON.stringify(key));
-        if (hold === undefined) continue;
-        held.delete(JSON.stringify(key));
-        hold.reach();
-        await hold.opened;
-      }
-    },
-  });
-  const hold = (key: KvKey) => {
-    let reach!: () => void;
-    let open!: () => void;
-    const reached = new Promise<void>((resolve) => reach = resolve);
-    const opened = new Promise<void>((resolve) => open = resolve);
-    held.set(JSON.stringify(key), { reach, opened });
-    return { reached: within(reached, DEADLINE_MS, "the held commit"), open };
-  };
-  return { kv: view, hold };
 }
 
 // Was: the group key of `key: ({ target }) => target` is the hash of {key: "prod"}, the group

@@ -1,3 +1,4 @@
+import { claimedCallerAndCallee } from "./_contract_graphs.ts";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
@@ -355,13 +356,7 @@ test("KV cycle control: a caller that becomes final while its call edge is being
       },
     }),
   });
-  const o = app.orchestrator;
-  const job = app.task("job", ({ n }: { n: number }) => n);
-  const caller = await job.call({ n: 0 });
-  const callee = await job.call({ n: 1 });
-  const actor = { runnerId: "r0" };
-  assert.equal((await o.getInvocationsToRun(2, actor)).length, 2);
-  await o.setInvocationRun(undefined, caller, actor);
+  const { o, caller, callee, actor } = await claimedCallerAndCallee(app);
   holderKey = keys.callHolder(caller.callId, caller.id);
   const run = o.setInvocationRun(caller, callee, actor);
   await withDeadline(holderWrite.reached, "the caller's holder commit");

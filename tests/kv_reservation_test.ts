@@ -5,10 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { Keys } from "../kv/keys.ts";
-import type { KvKey, KvLike } from "../kv/kv_like.ts";
-import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { holdingCommits, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
-import { DEADLINE_MS, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
 const fixtures: KvConnectFixture[] = [];
@@ -30,45 +28,6 @@ async function openFresh(where: ":memory:" | "file" | "remote"): Promise<TestKv>
   }
   opened.push(kv);
   return kv;
-}
-
-/** A commit held until `open()`: `reached` resolves when it is (rejects after DEADLINE_MS). */
-interface HeldCommit {
-  readonly reached: Promise<void>;
-  open(): void;
-}
-
-/**
- * A view of `kv` whose next commit that sets a given key waits until the test opens it: the
- * transition has done its reads and built its checks, and stays between read and commit.
- */
-function holdingCommits(kv: KvLike): { kv: KvLike; hold(key: KvKey): HeldCommit } {
-  const held = new Map<string, { reach(): void; opened: Promise<void> }>();
-  const view = interceptKv(kv, {
-    beforeCommit: async (_values, keys) => {
-      for (const key of keys) {
-        const hold = held.get(JSON.stringify(key));
-        if (hold === undefined) continue;
-        held.delete(JSON.stringify(key)); // once
-        hold.reach();
-        await hold.opened;
-      }
-    },
-  });
-  const hold = (key: KvKey): HeldCommit => {
-    let reach!: () => void;
-    let open!: () => void;
-    const reached = new Promise<void>((resolve) => reach = resolve);
-    const opened = new Promise<void>((resolve) => open = resolve);
-    held.set(JSON.stringify(key), { reach, opened });
-    return {
-      get reached() {
-        return within(reached, DEADLINE_MS, `the commit that sets ${JSON.stringify(key)}`);
-      },
-      open,
-    };
-  };
-  return { kv: view, hold };
 }
 
 for (const where of [":memory:", "file", "remote"] as const) {

@@ -11,15 +11,12 @@ import {
   planChange,
 } from "../core/store.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { waitUntil } from "./_deadline.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, fn: () => Promise<boolean> | boolean, ms = 3000) {
-  const end = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+/** Waits until `fn` holds, for at most `ms` (the shared deadline helper). */
+const until = (what: string, fn: () => Promise<boolean> | boolean, ms = 3000): Promise<void> =>
+  waitUntil(fn, { message: `timed out waiting for ${what}`, timeoutMs: ms, intervalMs: 5 });
 
 test("a call from a canceled invocation's context after cancel() resolved is refused with CanceledError, before its runner saw the cancel", async () => {
   const app = new Nenc();

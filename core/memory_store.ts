@@ -23,7 +23,7 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
-  decideSlot,
+  decideSlots,
   type FindQuery,
   holdsSlots,
   type InvocationRecord,
@@ -36,9 +36,12 @@ import {
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
+  type SlotEffect,
   slotsOf,
+  type SlotState,
   type StatusChange,
   type Store,
+  wakeChange,
 } from "./store.ts";
 import { WaitGraph } from "./wait_graph.ts";
 
@@ -91,12 +94,16 @@ export class MemoryStore implements Store {
   readonly #idempotencyDue = new IndexedHeap();
   /** The limit of each concurrency group, as the runners defined it. */
   readonly #groupLimits = new Map<string, number>();
-  /** The holders of each running key's slots (at most its limit). */
+  /** The holders of each slot key's slots (at most its limit). */
   readonly #slots = new Map<string, Set<string>>();
+  /** The invocations parked on each slot key, first available first. */
+  readonly #parked = new Map<string, IndexedHeap>();
+  /** How many invocations were woken from each slot key and not picked up yet. */
+  readonly #woken = new Map<string, number>();
   /** Running slots reserved by a paused invocation waiting to resume. */
   readonly #reservations = new Map<string, string>();
-  /** Available now, in queue order (a Set keeps insertion order; re-queue = delete + add). */
-  readonly #queue = new Set<string>();
+  /** Available now, by the time each became available (then id). */
+  readonly #queue = new IndexedHeap();
   /** Re-queued for later (retry back-off), by available time. */
   readonly #delayed = new IndexedHeap();
   readonly #purgeDue = new IndexedHeap();
@@ -207,7 +214,7 @@ export class MemoryStore implements Store {
     const { runnerId, nowMs, max } = request;
     this.#promoteDelayed(nowMs);
     const claimed: InvocationRecord[] = [];
-    const rerouted: InvocationRecord[] = [];
+    const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
     const tryClaim = (id: string): void => {
       const record = this.#records.get(id);
@@ -219,29 +226,42 @@ export class MemoryStore implements Store {
       ) return;
       const path = request.runAtOnce?.(record) ? [PENDING, InvocationStatus.RUNNING] : [PENDING];
       const outcome = this.#apply(id, { path, runnerId, nowMs });
-      if (outcome.ok) return void claimed.push(outcome.record);
-      // Blocked by running concurrency: re-queue behind the others, or finalise.
-      const controlled = this.#apply(id, controlChange(request, record.taskId));
+      if (outcome.ok || outcome.reason !== "slot-busy") {
+        if (outcome.ok) claimed.push(outcome.record);
+        return;
+      }
+      // Refused a slot: park on the key that refused it, or finalise.
+      const controlled = this.#apply(
+        id,
+        controlChange(request, record.taskId, outcome.busyKey!),
+      );
       if (!controlled.ok) return;
-      (isFinalStatus(controlled.record.status) ? finalised : rerouted).push(controlled.record);
+      (isFinalStatus(controlled.record.status) ? finalised : parked).push(controlled.record);
     };
     for (const id of request.preferredIds) {
       if (claimed.length >= max) break;
       tryClaim(id);
     }
-    // Each queued invocation is examined at most once per claim (a re-queued one goes to the
-    // back), and at most CONTROL_LIMIT of them are controlled, so a backlog blocked by one running
-    // slot costs bounded work per claim instead of a pass over the whole queue.
-    const controlledBefore = rerouted.length + finalised.length;
-    let budget = this.#queue.size;
-    for (const id of this.#queue) {
-      if (
-        claimed.length >= max || budget-- <= 0 ||
-        rerouted.length + finalised.length - controlledBefore >= CONTROL_LIMIT
-      ) break;
-      tryClaim(id);
+    // The queue in order. Each queued invocation is examined at most once per claim, and at most
+    // CONTROL_LIMIT of them are parked or finalised, so a backlog refused by one full key costs
+    // bounded work per claim (and, parked, nothing afterwards).
+    const controlledBefore = parked.length + finalised.length;
+    const examined = new Set<string>();
+    const candidate = (id: string): boolean =>
+      !examined.has(id) && request.accepts?.(this.#records.get(id)!.taskId) !== false;
+    const full = (): boolean =>
+      claimed.length >= max ||
+      parked.length + finalised.length - controlledBefore >= CONTROL_LIMIT;
+    while (!full()) {
+      const batch = this.#queue.smallest(max - claimed.length, candidate);
+      if (batch.length === 0) break;
+      for (const id of batch) {
+        if (full()) break;
+        examined.add(id);
+        tryClaim(id);
+      }
     }
-    return { claimed, rerouted, finalised };
+    return { claimed, parked, finalised };
   }
 
   get(id: string): Promise<InvocationRecord | undefined> {
@@ -466,7 +486,11 @@ export class MemoryStore implements Store {
     return record;
   }
 
-  #apply(id: string, change: StatusChange): ChangeOutcome {
+  /**
+   * Applies a change in one synchronous step; then, unless `wakeParked` is off (a wake itself),
+   * wakes the invocations parked on each key the change left with room, first available first.
+   */
+  #apply(id: string, change: StatusChange, wakeParked = true): ChangeOutcome {
     const record = this.#visible(id);
     if (record === undefined) return { ok: false, reason: "missing" };
     if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
@@ -476,25 +500,39 @@ export class MemoryStore implements Store {
     const plan = planChange(record, change);
     // Every slot of the invocation (its running key, its groups'), all taken or none. Only the
     // running key is reserved by a refused resume.
-    const decisions = slotsOf(record).map(({ key, limit }) => {
-      const reserved = key === record.runningKey ? this.#reservations.get(key) : undefined;
-      const holders = [...this.#slots.get(key) ?? []];
-      return { key, slot: decideSlot(plan, id, holders, reserved, limit) };
-    });
-    // Only the running key is reserved by a refused resume.
-    for (const { key, slot } of decisions) {
-      if (slot.reserve && key === record.runningKey) this.#reservations.set(key, id);
+    let effects: readonly SlotEffect[] = [];
+    if (plan.touchesSlots) {
+      const decision = decideSlots(
+        plan,
+        id,
+        slotsOf(record).map(({ key, limit }) => ({
+          key,
+          limit,
+          state: this.#slotState(key),
+          ...(key === record.runningKey ? { reserved: this.#reservations.get(key) ?? null } : {}),
+        })),
+      );
+      if (decision.busy !== undefined) {
+        if (decision.reserve) this.#reservations.set(record.runningKey!, id);
+        return { ok: false, reason: "slot-busy", record, busyKey: decision.busy };
+      }
+      effects = decision.effects;
     }
-    if (decisions.some(({ slot }) => slot.slot === "busy")) {
-      return { ok: false, reason: "slot-busy", record };
-    }
-    for (const { key, slot } of decisions) {
-      if (slot.dropReservation) this.#reservations.delete(key);
-      if (slot.slot === "take") addTo(this.#slots, key, id);
-      if (slot.slot === "release") {
+    for (const { key, state, took, released, dropReservation } of effects) {
+      if (dropReservation) this.#reservations.delete(key);
+      if (took) addTo(this.#slots, key, id);
+      if (released) {
         removeFrom(this.#slots, key, id);
         this.#announceWork(); // what the slot blocked may run now
       }
+      if (state.woken > 0) this.#woken.set(key, state.woken);
+      else this.#woken.delete(key);
+    }
+    if (plan.parking.leave !== null) this.#unpark(plan.parking.leave, id);
+    if (plan.parking.enter !== null) {
+      let parked = this.#parked.get(plan.parking.enter);
+      if (parked === undefined) this.#parked.set(plan.parking.enter, parked = new IndexedHeap());
+      parked.insert(id, record.availableAtMs);
     }
     if (plan.releaseRegistrationKey && this.#registrationKeys.get(record.registrationKey!) === id) {
       this.#registrationKeys.delete(record.registrationKey!);
@@ -513,14 +551,40 @@ export class MemoryStore implements Store {
       removeFrom(this.#cancelRequests, plan.cancelRequest.clear, id);
     }
     if (plan.queue === "dequeue") {
-      this.#queue.delete(id);
+      this.#queue.remove(id);
       this.#delayed.remove(id);
     } else if (plan.queue === "enqueue") {
       this.#enqueue(next);
     }
     if (plan.startsPurge) this.#purgeDue.insert(id, next.purgeAtMs!);
     if (plan.final) notify(this.#finalWaiters.get(id));
+    if (wakeParked) {
+      for (const { key, wake } of effects) if (wake) this.#wake(key, change.runnerId, change.nowMs);
+    }
     return { ok: true, record: next, entries: plan.entries };
+  }
+
+  /** The state of a slot key, for {@linkcode decideSlots}. */
+  #slotState(key: string): SlotState {
+    return {
+      holders: [...this.#slots.get(key) ?? []],
+      parked: this.#parked.get(key)?.size ?? 0,
+      woken: this.#woken.get(key) ?? 0,
+    };
+  }
+
+  /** Wakes the invocations parked on `key`, first available first, while it has room. */
+  #wake(key: string, runnerId: string | null, nowMs: number): void {
+    for (let id = this.#parked.get(key)?.peek(); id !== undefined;) {
+      if (!this.#apply(id, wakeChange(this.#records.get(id)!, runnerId, nowMs), false).ok) return;
+      id = this.#parked.get(key)?.peek();
+    }
+  }
+
+  #unpark(key: string, id: string): void {
+    const parked = this.#parked.get(key);
+    parked?.remove(id);
+    if (parked?.size === 0) this.#parked.delete(key);
   }
 
   /**
@@ -533,12 +597,12 @@ export class MemoryStore implements Store {
   }
 
   #enqueue(record: InvocationRecord): void {
-    this.#queue.delete(record.id);
+    this.#queue.remove(record.id);
     this.#delayed.remove(record.id);
     if (record.availableAtMs > record.updatedAtMs) {
       this.#delayed.insert(record.id, record.availableAtMs);
     } else {
-      this.#queue.add(record.id);
+      this.#queue.insert(record.id, record.availableAtMs);
     }
     if (!this.#claiming) this.#announceWork();
   }
@@ -552,7 +616,7 @@ export class MemoryStore implements Store {
     for (let key = this.#delayed.peekKey(); key !== undefined && key <= nowMs;) {
       const id = this.#delayed.peek()!;
       this.#delayed.remove(id);
-      this.#queue.add(id);
+      this.#queue.insert(id, key);
       key = this.#delayed.peekKey();
     }
   }
@@ -569,9 +633,15 @@ export class MemoryStore implements Store {
     for (const runnerId of [...this.#cancelRequests.keys()]) {
       removeFrom(this.#cancelRequests, runnerId, id);
     }
-    this.#queue.delete(id);
+    this.#queue.remove(id);
     this.#delayed.remove(id);
     this.#purgeDue.remove(id);
+    if (record.parkedOn) this.#unpark(record.parkedOn, id);
+    if (record.wokenOn) {
+      const woken = (this.#woken.get(record.wokenOn) ?? 1) - 1;
+      if (woken > 0) this.#woken.set(record.wokenOn, woken);
+      else this.#woken.delete(record.wokenOn);
+    }
     if (
       record.registrationKey !== null && this.#registrationKeys.get(record.registrationKey) === id
     ) {

@@ -134,6 +134,18 @@ export interface InvocationRecord {
    * records written before 0.2 lack it.
    */
   readonly holdsSlots?: boolean;
+  /**
+   * The slot key it is parked on: refused a slot at pick-up because that key was full (or had
+   * others parked), it waits CONCURRENCY_CONTROLLED, out of the queue, until the key has room
+   * (SPEC §7.2). Absent or `null`: not parked.
+   */
+  readonly parkedOn?: string | null;
+  /**
+   * The slot key it was woken from: back in the queue (REROUTED) because that key had room, until
+   * its next change (its pick-up, mostly). While woken it counts against the key's room, so a
+   * newcomer cannot take the slot it was woken for. Absent or `null`: not woken.
+   */
+  readonly wokenOn?: string | null;
 }
 
 /**
@@ -305,6 +317,11 @@ export interface StatusChange {
    * died): gives its slots back, with an empty `path`.
    */
   readonly endExecution?: boolean;
+  /**
+   * Parks the invocation on this slot key (one of its own): with a `path` that ends at
+   * CONCURRENCY_CONTROLLED, it leaves the queue and waits for the key to have room.
+   */
+  readonly parkOn?: string;
 }
 
 /**
@@ -335,9 +352,14 @@ export type ChangeOutcome =
   }
   | {
     readonly ok: false;
-    /** `missing`: no such invocation; `conflict`: `expectSeq` did not match; `slot-busy`: another invocation holds the running slot. */
+    /**
+     * `missing`: no such invocation; `conflict`: `expectSeq` did not match; `slot-busy`: a slot
+     * key of the invocation has no room for it (`busyKey`).
+     */
     readonly reason: "missing" | "conflict" | "slot-busy";
     readonly record?: InvocationRecord;
+    /** The slot key that refused a `slot-busy` change: where a refused pick-up parks. */
+    readonly busyKey?: string;
   };
 
 /**
@@ -385,7 +407,7 @@ export interface ClaimRequest {
 /**
  * The outcome of a {@linkcode ClaimRequest}.
  *
- * @example One running slot per task: the second candidate is re-queued
+ * @example One running slot per task: the second candidate is parked
  * ```ts
  * import { type ClaimOutcome, Nenc } from "@nenc/nenc";
  *
@@ -396,22 +418,22 @@ export interface ClaimRequest {
  *   runnerId: "r1", nowMs: Date.now(), max: 2, preferredIds: [],
  *   rerouteOnConcurrencyControl: () => true, purgeAtMs: 0,
  * });
- * console.log(outcome.claimed.length, outcome.rerouted.length, outcome.finalised.length); // 1 1 0
+ * console.log(outcome.claimed.length, outcome.parked.length, outcome.finalised.length); // 1 1 0
  * ```
  */
 export interface ClaimOutcome {
   /** Moved to PENDING (or on to RUNNING, see `runAtOnce`), owned by the runner, with their running slots. */
   readonly claimed: readonly InvocationRecord[];
-  /** Blocked by running concurrency and re-queued (CONCURRENCY_CONTROLLED → REROUTED). */
-  readonly rerouted: readonly InvocationRecord[];
-  /** Blocked by running concurrency and finalised (CONCURRENCY_CONTROLLED_FINAL). */
+  /** Refused a slot and parked on its key (CONCURRENCY_CONTROLLED), out of the queue until woken. */
+  readonly parked: readonly InvocationRecord[];
+  /** Refused a slot and finalised (CONCURRENCY_CONTROLLED_FINAL). */
   readonly finalised: readonly InvocationRecord[];
 }
 
 /**
- * At most this many queued invocations are controlled (re-queued or finalised) per claim.
+ * At most this many queued invocations are controlled (parked or finalised) per claim.
  *
- * @example A backlog behind one running slot costs bounded work per claim
+ * @example A backlog behind one running slot is parked, at most this many per claim
  * ```ts
  * import { CONTROL_LIMIT, Nenc } from "@nenc/nenc";
  *
@@ -421,35 +443,71 @@ export interface ClaimOutcome {
  * await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" }); // takes the task's one slot
  * await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" }); // 149 are blocked
  * console.log(CONTROL_LIMIT, (await app.orchestrator.store.counts()).get("sync"));
- * // 100 Map(3) { "pending" => 1, "rerouted" => 100, "registered" => 49 }
+ * // 100 Map(3) { "pending" => 1, "concurrency_controlled" => 100, "registered" => 49 }
  * ```
  */
 export const CONTROL_LIMIT = 100;
 
 /**
- * The change for a candidate that running concurrency refused during `request`: re-queued
- * behind the others (CONCURRENCY_CONTROLLED → REROUTED), or finalised
- * (CONCURRENCY_CONTROLLED_FINAL), as its task says.
+ * The change for a candidate that a full slot key (`busyKey`) refused during `request`: parked on
+ * that key (CONCURRENCY_CONTROLLED, one history entry, out of the queue until the key has room),
+ * or finalised (CONCURRENCY_CONTROLLED_FINAL), as its task says.
  *
  * @example
  * ```ts
  * import { controlChange } from "@nenc/nenc";
  *
- * const change = controlChange({
+ * const request = {
  *   runnerId: "r1", nowMs: 0, max: 1, preferredIds: [], purgeAtMs: 0,
- *   rerouteOnConcurrencyControl: () => true,
- * }, "task");
- * console.log(change.path); // ["concurrency_controlled", "rerouted"]
+ *   rerouteOnConcurrencyControl: (taskId: string) => taskId !== "strict",
+ * };
+ * console.log(controlChange(request, "task", "task").path); // ["concurrency_controlled"]
+ * console.log(controlChange(request, "strict", "strict").path); // ["concurrency_controlled_final"]
  * ```
  */
-export function controlChange(request: ClaimRequest, taskId: string): StatusChange {
+export function controlChange(
+  request: ClaimRequest,
+  taskId: string,
+  busyKey: string,
+): StatusChange {
+  const base = { runnerId: request.runnerId, nowMs: request.nowMs };
+  return request.rerouteOnConcurrencyControl(taskId)
+    ? { ...base, path: [InvocationStatus.CONCURRENCY_CONTROLLED], parkOn: busyKey }
+    : {
+      ...base,
+      path: [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
+      purgeAtMs: request.purgeAtMs,
+    };
+}
+
+/**
+ * The change that wakes an invocation parked on a key with room: back in the queue (REROUTED) at
+ * the place it first became available, so it goes before the key's newcomers.
+ *
+ * @example
+ * ```ts
+ * import { type InvocationRecord, wakeChange } from "@nenc/nenc";
+ *
+ * const parked: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t", status: "concurrency_controlled", ownerId: null, seq: 2, updatedAtMs: 9,
+ *   createdAtMs: 5, retries: 0, availableAtMs: 5, finishedAtMs: null, purgeAtMs: null,
+ *   claimSeq: null, parkedOn: "t",
+ * };
+ * console.log(wakeChange(parked, "r1", 20)); // { path: ["rerouted"], runnerId: "r1", nowMs: 20, availableAtMs: 5, expectSeq: 2 }
+ * ```
+ */
+export function wakeChange(
+  record: InvocationRecord,
+  runnerId: string | null,
+  nowMs: number,
+): StatusChange {
   return {
-    path: request.rerouteOnConcurrencyControl(taskId)
-      ? [InvocationStatus.CONCURRENCY_CONTROLLED, InvocationStatus.REROUTED]
-      : [InvocationStatus.CONCURRENCY_CONTROLLED_FINAL],
-    runnerId: request.runnerId,
-    nowMs: request.nowMs,
-    purgeAtMs: request.purgeAtMs,
+    path: [InvocationStatus.REROUTED],
+    runnerId,
+    nowMs,
+    availableAtMs: record.availableAtMs,
+    expectSeq: record.seq,
   };
 }
 
@@ -757,6 +815,21 @@ export interface ChangePlan {
    * runner that executes an invocation being canceled, cleared when that execution ends.
    */
   readonly cancelRequest: { readonly set: string | null; readonly clear: string | null };
+  /**
+   * Parking ({@linkcode InvocationRecord.parkedOn}): the key the invocation leaves (any change
+   * of a parked invocation), and the key it parks on.
+   */
+  readonly parking: { readonly leave: string | null; readonly enter: string | null };
+  /**
+   * The change reads its slot keys' states ({@linkcode decideSlots}): it takes or frees slots,
+   * drops a reservation, parks, wakes, or ends a parked or woken state.
+   */
+  readonly touchesSlots: boolean;
+  /**
+   * Waking ({@linkcode InvocationRecord.wokenOn}): the key it stops counting against (any change
+   * of a woken invocation), and the key it is woken from (a parked invocation re-queued).
+   */
+  readonly waking: { readonly leave: string | null; readonly enter: string | null };
 }
 
 /**
@@ -788,81 +861,234 @@ export function isAppliedChange(record: InvocationRecord, change: StatusChange):
 }
 
 /**
- * What a change does to its running slot, decided by {@linkcode decideSlot}.
- *
- * @example The slot is free, or held by another invocation
- * ```ts
- * import { decideSlot, Nenc, planChange, type SlotDecision } from "@nenc/nenc";
- *
- * const app = new Nenc();
- * const sync = app.task("sync", () => "ok", { runningConcurrency: "task" });
- * const record = (await app.orchestrator.store.get((await sync.call()).id))!;
- * const plan = planChange(record, { path: ["pending"], runnerId: "r1", nowMs: Date.now() });
- * const free: SlotDecision = decideSlot(plan, record.id, [], undefined);
- * const held: SlotDecision = decideSlot(plan, record.id, ["another-invocation"], undefined);
- * console.log(free.slot, held.slot); // "take" "busy"
- * ```
- */
-export interface SlotDecision {
-  /** Take the slot, refuse the change (`busy`), free the slot, or leave it. */
-  readonly slot: "take" | "busy" | "release" | "none";
-  /** Reserve the slot for this invocation: a resume refused because another holds it. */
-  readonly reserve: boolean;
-  /** Drop this invocation's reservation of the slot. */
-  readonly dropReservation: boolean;
-}
-
-/**
- * Decides what a planned change does to its running key, given who holds its slots (at most the
- * record's `runningLimit`) and who reserved one. A paused invocation whose resume is refused
- * reserves the next free slot, and then gets it before any new pick-up of its key, so a stream
- * of new work cannot hold it off: a pick-up never takes the last free slot of a reserved key. The
- * reservation ends when it resumes, or leaves PAUSED otherwise. Backends apply the decision in the
- * change's atomic step.
+ * The state of one slot key: the invocations holding its slots (at most its limit), how many are
+ * parked on it, and how many were woken from it and have not been picked up yet.
  *
  * @example
  * ```ts
- * import { decideSlot, planChange, type InvocationRecord } from "@nenc/nenc";
+ * import { type SlotState, slotRoom } from "@nenc/nenc";
  *
- * const paused: InvocationRecord = {
- *   id: "p", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
- *   runningKey: "t", status: "paused", ownerId: "r1", seq: 4, updatedAtMs: 0, createdAtMs: 0,
- *   retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null, claimSeq: 2,
- * };
- * const plan = planChange(paused, { path: ["resumed"], runnerId: "r1", nowMs: 1 });
- * console.log(decideSlot(plan, "p", ["q"], undefined)); // { slot: "busy", reserve: true, dropReservation: false }
+ * const state: SlotState = { holders: ["a"], parked: 3, woken: 1 };
+ * console.log(slotRoom(state, 2, undefined)); // 0: the free slot is the woken one's
  * ```
  */
-export function decideSlot(
+export interface SlotState {
+  /** The invocations holding the key's slots. */
+  readonly holders: readonly string[];
+  /** Invocations parked on the key (CONCURRENCY_CONTROLLED), waiting for room. */
+  readonly parked: number;
+  /** Invocations woken from the key, in the queue, not picked up yet. */
+  readonly woken: number;
+}
+
+/**
+ * The state of a key nobody holds, waits on or was woken from.
+ *
+ * @example
+ * ```ts
+ * import { EMPTY_SLOT } from "@nenc/nenc";
+ *
+ * console.log(EMPTY_SLOT); // { holders: [], parked: 0, woken: 0 }
+ * ```
+ */
+export const EMPTY_SLOT: SlotState = Object.freeze({
+  holders: Object.freeze([]) as readonly string[],
+  parked: 0,
+  woken: 0,
+});
+
+/**
+ * The slots of a key a newcomer may take: its limit less its holders, the invocations woken for
+ * it, and the slot a paused invocation `reserved` to resume.
+ *
+ * @example
+ * ```ts
+ * import { slotRoom } from "@nenc/nenc";
+ *
+ * console.log(slotRoom({ holders: ["a"], parked: 0, woken: 0 }, 3, "p")); // 1
+ * ```
+ */
+export function slotRoom(state: SlotState, limit: number, reserved: string | undefined): number {
+  return limit - state.holders.length - state.woken - (reserved !== undefined ? 1 : 0);
+}
+
+/**
+ * One slot key of an invocation as a backend read it, for {@linkcode decideSlots}.
+ *
+ * @example
+ * ```ts
+ * import { EMPTY_SLOT, type SlotInput } from "@nenc/nenc";
+ *
+ * const input: SlotInput = { key: "deploy#prod", limit: 2, state: EMPTY_SLOT, reserved: null };
+ * console.log(input.reserved); // null
+ * ```
+ */
+export interface SlotInput {
+  /** The slot key. */
+  readonly key: string;
+  /** How many may hold it at once. */
+  readonly limit: number;
+  /** Its state. */
+  readonly state: SlotState;
+  /**
+   * The paused invocation that reserved the key's next slot, or `null` for none. Only a running
+   * key takes reservations: absent for a group's key.
+   */
+  readonly reserved?: string | null;
+}
+
+/**
+ * What a change does to one of its slot keys, decided by {@linkcode decideSlots}.
+ *
+ * @example
+ * ```ts
+ * import { EMPTY_SLOT, type SlotEffect } from "@nenc/nenc";
+ *
+ * const effect: SlotEffect = {
+ *   key: "t", state: { ...EMPTY_SLOT, holders: ["i"] }, changed: true, took: true,
+ *   released: false, dropReservation: false, wake: false,
+ * };
+ * console.log(effect.state.holders); // ["i"]
+ * ```
+ */
+export interface SlotEffect {
+  /** The slot key. */
+  readonly key: string;
+  /** Its state after the change. */
+  readonly state: SlotState;
+  /** The state differs from the one read: write it (checked against the read). */
+  readonly changed: boolean;
+  /** The invocation took one of its slots. */
+  readonly took: boolean;
+  /** The invocation gave its slot back. */
+  readonly released: boolean;
+  /** Drop the key's reservation: its reserver resumes, or leaves PAUSED otherwise. */
+  readonly dropReservation: boolean;
+  /**
+   * Invocations are parked on the key and it has room after the change: wake the first parked
+   * (on Deno KV, a wake marker for the next pick-up; in memory, at once).
+   */
+  readonly wake: boolean;
+}
+
+/**
+ * What a change does to the slot keys of its invocation, decided by {@linkcode decideSlots}: it
+ * is refused on `busy` (nothing of it is written), or applies `effects` in its atomic step.
+ *
+ * @example
+ * ```ts
+ * import { type SlotsDecision } from "@nenc/nenc";
+ *
+ * const refused: SlotsDecision = { busy: "t", reserve: false };
+ * console.log(refused.busy); // "t"
+ * ```
+ */
+export type SlotsDecision =
+  | {
+    /** The key without room for the invocation. */
+    readonly busy: string;
+    /** Reserve the running key's next slot: a resume refused because the key is full. */
+    readonly reserve: boolean;
+    readonly effects?: undefined;
+  }
+  | { readonly busy?: undefined; readonly effects: readonly SlotEffect[] };
+
+/**
+ * Decides what a planned change does to the slot keys of invocation `id` (its running key and its
+ * groups', in {@linkcode slotsOf} order), given their states: all taken, or refused on the first
+ * key without room. The rules of SPEC §7.1–§7.2, once for every backend:
+ *
+ * - A resume takes a slot whenever one is free (it goes before any pick-up); refused, it reserves
+ *   the running key's next free slot, and a pick-up never takes the last free slot of a reserved
+ *   key, so a stream of new work cannot hold it off.
+ * - A pick-up woken from a key takes a slot there whenever one is free, and needs
+ *   {@linkcode slotRoom} on its other keys.
+ * - Any other pick-up (a newcomer) needs {@linkcode slotRoom} and nobody parked on the key: it
+ *   parks behind them, and cannot take a slot an invocation was woken for.
+ * - A wake needs room: never more woken than the key can start.
+ * - A key with parked invocations and room after the change is flagged `wake`.
+ *
+ * @example A newcomer parks behind the invocations parked on its key
+ * ```ts
+ * import { decideSlots, EMPTY_SLOT, type InvocationRecord, planChange } from "@nenc/nenc";
+ *
+ * const record: InvocationRecord = {
+ *   id: "n", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t", runningLimit: 2, status: "registered", ownerId: null, seq: 1,
+ *   updatedAtMs: 0, createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null,
+ *   purgeAtMs: null, claimSeq: null,
+ * };
+ * const plan = planChange(record, { path: ["pending"], runnerId: "r1", nowMs: 1 });
+ * const free = { key: "t", limit: 2, state: EMPTY_SLOT };
+ * console.log(decideSlots(plan, "n", [free]).effects?.[0]?.state.holders); // ["n"]
+ * console.log(decideSlots(plan, "n", [{ ...free, state: { ...EMPTY_SLOT, parked: 1 } }]));
+ * // { busy: "t", reserve: false }
+ * ```
+ */
+export function decideSlots(
   plan: ChangePlan,
   id: string,
-  holders: readonly string[],
-  reserved: string | undefined,
-  limit: number = plan.record.runningLimit ?? 1,
-): SlotDecision {
-  if (plan.slot === "acquire") {
-    const free = limit - holders.length;
-    if (!holders.includes(id)) {
-      if (free <= 0) {
-        const resuming = plan.record.status === InvocationStatus.RESUMED;
-        return {
-          slot: "busy",
-          reserve: resuming && reserved === undefined,
-          dropReservation: false,
-        };
+  slots: readonly SlotInput[],
+): SlotsDecision {
+  const resuming = plan.record.status === InvocationStatus.RESUMED;
+  let busy: string | undefined;
+  let reserve = false;
+  const effects: SlotEffect[] = [];
+  for (const { key, limit, state, reserved: reservedBy } of slots) {
+    const reserved = reservedBy ?? undefined;
+    const holds = state.holders.includes(id);
+    const free = limit - state.holders.length;
+    // The last free slot of a key reserved by another paused invocation is the reserver's.
+    const freeForOthers = reserved !== undefined && reserved !== id ? free - 1 : free;
+    let took = false;
+    const released = plan.slot === "release" && holds;
+    let holders = state.holders;
+    if (plan.slot === "acquire" && !holds) {
+      // Woken from this key: its room was kept for it. Woken from another key: any room will do,
+      // however many are parked here — it waited its turn once; were it to queue behind this
+      // key's parked too, two keys' woken could each wait on the other's parked for ever.
+      const fits = resuming || plan.waking.leave === key
+        ? freeForOthers > 0
+        : slotRoom(state, limit, reserved) > 0 &&
+          (state.parked === 0 || plan.waking.leave !== null);
+      if (!fits) {
+        busy ??= key;
+        reserve ||= resuming && free <= 0 && reservedBy === null;
+        continue;
       }
-      // The last free slot of a reserved key is the reserver's.
-      if (reserved !== undefined && reserved !== id && free <= 1) {
-        return { slot: "busy", reserve: false, dropReservation: false };
-      }
+      took = true;
+      holders = [...holders, id];
+    } else if (released) {
+      holders = holders.filter((holder) => holder !== id);
     }
-    return { slot: "take", reserve: false, dropReservation: reserved === id };
+    if (plan.waking.enter === key && slotRoom(state, limit, reserved) <= 0) {
+      busy ??= key;
+      continue;
+    }
+    const next: SlotState = {
+      holders,
+      parked: Math.max(
+        0,
+        state.parked + (plan.parking.enter === key ? 1 : 0) - (plan.parking.leave === key ? 1 : 0),
+      ),
+      woken: Math.max(
+        0,
+        state.woken + (plan.waking.enter === key ? 1 : 0) - (plan.waking.leave === key ? 1 : 0),
+      ),
+    };
+    const dropReservation = reserved === id && (took || plan.releaseReservation);
+    effects.push({
+      key,
+      state: next,
+      changed: holders !== state.holders || next.parked !== state.parked ||
+        next.woken !== state.woken,
+      took,
+      released,
+      dropReservation,
+      wake: next.parked > 0 && slotRoom(next, limit, dropReservation ? undefined : reserved) > 0,
+    });
   }
-  return {
-    slot: plan.slot === "release" && holders.includes(id) ? "release" : "none",
-    reserve: false,
-    dropReservation: plan.releaseReservation && reserved === id,
-  };
+  return busy !== undefined ? { busy, reserve } : { effects };
 }
 
 /**
@@ -895,6 +1121,15 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   if (change.endExecution && record.status !== InvocationStatus.CANCELED) {
     throw new RangeError(
       `Cannot end the execution of invocation ${record.id}: it is ${record.status}, not canceled`,
+    );
+  }
+  if (
+    change.parkOn !== undefined &&
+    (change.path.at(-1) !== InvocationStatus.CONCURRENCY_CONTROLLED ||
+      !slotsOf(record).some(({ key }) => key === change.parkOn))
+  ) {
+    throw new RangeError(
+      `Cannot park invocation ${record.id} on ${change.parkOn}: it parks on a slot key of its own, entering concurrency_controlled`,
     );
   }
   if (change.claimSeq !== undefined && change.claimSeq !== record.claimSeq) {
@@ -940,8 +1175,15 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   // RUNNING or a final status.
   const releaseRegistrationKey = record.registrationKey !== null &&
     (final || change.path.includes(InvocationStatus.RUNNING));
+  const parkedOn = change.parkOn ?? null;
+  // A parked invocation re-queued is woken from its key (it never leaves CONCURRENCY_CONTROLLED
+  // otherwise, but for CANCELED).
+  const wokenOn = record.parkedOn && to === InvocationStatus.REROUTED ? record.parkedOn : null;
+  const { parkedOn: _parked, wokenOn: _woken, ...rest } = status;
   const next: InvocationRecord = {
-    ...status,
+    ...rest,
+    ...(parkedOn !== null ? { parkedOn } : {}),
+    ...(wokenOn !== null ? { wokenOn } : {}),
     registrationKey: releaseRegistrationKey ? null : record.registrationKey,
     ownerId,
     holdsSlots: holds,
@@ -958,13 +1200,19 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     ...(change.result !== undefined ? { result: change.result } : {}),
     ...(change.error !== undefined ? { error: change.error } : {}),
   };
+  const slot = slotsOf(record).length === 0 || held === holds
+    ? "none"
+    : holds
+    ? "acquire"
+    : "release";
+  const releaseReservation = from === InvocationStatus.PAUSED &&
+    to !== InvocationStatus.RESUMED && record.runningKey !== null;
   return {
     record: next,
     entries,
-    slot: slotsOf(record).length === 0 || held === holds ? "none" : holds ? "acquire" : "release",
+    slot,
     releaseRegistrationKey,
-    releaseReservation: from === InvocationStatus.PAUSED && to !== InvocationStatus.RESUMED &&
-      record.runningKey !== null,
+    releaseReservation,
     queue: queued ? "enqueue" : wasQueued ? "dequeue" : "none",
     // The final status of a path already entered: only endExecution changes nothing else.
     final: final && !change.endExecution,
@@ -980,6 +1228,10 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
         : null,
       clear: change.endExecution ? record.ownerId ?? change.runnerId : null,
     },
+    parking: { leave: record.parkedOn ?? null, enter: parkedOn },
+    touchesSlots: slot !== "none" || releaseReservation || parkedOn !== null ||
+      wokenOn !== null || (record.parkedOn ?? null) !== null || (record.wokenOn ?? null) !== null,
+    waking: { leave: record.wokenOn ?? null, enter: wokenOn },
   };
 }
 

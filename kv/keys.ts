@@ -84,7 +84,10 @@ export class Keys {
   idempotency(taskId: string, key: string): KvKey {
     return [...this.app, "idem", taskId, key];
   }
-  /** Running concurrency: the invocations holding a key's slots (at most its limit), one value. */
+  /**
+   * A slot key's state, one value: the invocations holding its slots (at most its limit), and how
+   * many are parked on it and woken from it.
+   */
   slot(key: string): KvKey {
     return [...this.app, "slot", key];
   }
@@ -93,12 +96,24 @@ export class Keys {
     return [...this.app, "reserve", key];
   }
   /**
-   * The broker: one entry per queued invocation, in the ready queue (`q`) or the delayed queue
-   * (`qd`, retry back-off), ordered by a ULID position.
+   * The broker: one entry per queued invocation, in the ready queue (`q`), the delayed queue
+   * (`qd`, retry back-off), or parked on a slot key (`park/<key>`), ordered by a ULID position.
    */
-  queue(entry: { readonly delayed: boolean; readonly position?: string }): KvKey {
-    const prefix = [...this.app, entry.delayed ? "qd" : "q"];
+  queue(
+    entry: { readonly delayed: boolean; readonly position?: string; readonly parkedOn?: string },
+  ): KvKey {
+    const prefix = entry.parkedOn !== undefined
+      ? [...this.app, "park", entry.parkedOn]
+      : [...this.app, entry.delayed ? "qd" : "q"];
     return entry.position === undefined ? prefix : [...prefix, entry.position];
+  }
+  /**
+   * A wake marker: the slot key has invocations parked on it and room; the next pick-up wakes
+   * them. Written without a check by the commit that leaves the key so, deleted (checked) by the
+   * pick-up that finds nothing more to wake.
+   */
+  wake(key?: string): KvKey {
+    return key === undefined ? [...this.app, "wake"] : [...this.app, "wake", key];
   }
   /** Index: final invocations by purge time. */
   purge(position?: string): KvKey {

@@ -33,7 +33,8 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
-  decideSlot,
+  decideSlots,
+  EMPTY_SLOT,
   type FindQuery,
   holdsSlots,
   type InvocationRecord,
@@ -47,8 +48,10 @@ import {
   type RegisterOutcome,
   type RunnerInfo,
   slotsOf,
+  type SlotState,
   type StatusChange,
   type Store,
+  wakeChange,
 } from "../core/store.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
@@ -69,7 +72,7 @@ import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts
  * kv.close();
  * ```
  */
-export const KV_SCHEMA_VERSION = 1;
+export const KV_SCHEMA_VERSION = 2;
 
 /**
  * The largest value Deno KV stores (64 KiB).
@@ -102,12 +105,15 @@ function inStatusIndex(record: InvocationRecord): boolean {
 }
 
 /**
- * The broker entry of a queued invocation: in the ready queue (FIFO, taken in key order), or in
- * the delayed queue (retry back-off, taken once its time has come). Positions are ULIDs.
+ * The broker entry of a queued invocation: in the ready queue (taken in position order), in the
+ * delayed queue (retry back-off, taken once its time has come), or parked on a slot key (woken in
+ * position order). Positions are the time it became available, then its id.
  */
 interface QueueEntry {
   readonly delayed: boolean;
   readonly position: string;
+  /** Parked on this slot key. */
+  readonly parkedOn?: string;
 }
 
 /** An invocation as stored: the record, and its queue entry (or `null`). */
@@ -376,9 +382,10 @@ export class KvStore implements Store {
 
   // reads: inv/<id>, slot/<key>… (running key and groups) + reserve/<key>, reg/<key>; checks:
   // inv/<id>, and the slots, reserve and reg when touched (never more than 8 at once: 1 + 5 + 1 +
-  // 1, within Deno KV's 10); writes: inv/<id>, hist/<id>/<seq>…, status
-  // index, q/<pos>, slot, reserve, reg, and on a final status expireIn on every key of the
-  // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
+  // 1, within Deno KV's 10); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos> or
+  // park/<key>/<pos>, slot, reserve, reg, wake/<key>, and on a final status expireIn on every key
+  // of the invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after
+  // it).
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
@@ -406,7 +413,8 @@ export class KvStore implements Store {
       });
       const slots = slotsOf(record);
       const runningKey = record.runningKey;
-      if ((plan.slot !== "none" || plan.releaseReservation) && slots.length > 0) {
+      let wakes = false;
+      if (plan.touchesSlots && slots.length > 0) {
         // Every slot key of the invocation (its running key, its groups', at most 5) and the
         // running key's reservation in one read; all taken in this commit, or none.
         const entries = await this.#kv.getMany([
@@ -414,56 +422,56 @@ export class KvStore implements Store {
           ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
         ]);
         const reservation = runningKey !== null ? entries[slots.length]! : undefined;
-        const decisions = slots.map(({ key, limit }, i) => {
-          const entry = entries[i]!;
-          const holders = decodeHolders(entry);
-          const running = key === runningKey;
-          const reserved = running ? idOf(reservation!) : undefined;
-          return {
+        const decision = decideSlots(
+          plan,
+          id,
+          slots.map(({ key, limit }, i) => ({
             key,
-            entry,
-            holders,
-            running,
-            slot: decideSlot(plan, id, holders, reserved, limit),
-          };
-        });
-        // Only a refused resume reserves, and only the running key (when that key is the one
-        // full): checked against the record read, so a cancel or recovery that moved it since
-        // leaves no reservation for an invocation that is not PAUSED any more.
-        if (decisions.some(({ running, slot }) => running && slot.reserve)) {
-          await this.#commit(
-            this.#kv.atomic()
-              .check({ key: keys.invocation(id), versionstamp: entry.versionstamp })
-              .check({ key: keys.reservation(runningKey!), versionstamp: null })
-              .set(keys.reservation(runningKey!), encode(id)),
-          );
-        }
-        if (decisions.some(({ slot }) => slot.slot === "busy")) {
-          return { ok: false, reason: "slot-busy", record };
-        }
-        for (const { key, entry: slotEntry, holders, running, slot } of decisions) {
-          if (slot.slot === "take") {
-            // The key's holders in one value, checked: a limit of N costs one check, not N.
-            op.check({ key: keys.slot(key), versionstamp: slotEntry.versionstamp })
-              .set(keys.slot(key), encode(holders.includes(id) ? holders : [...holders, id]));
-            // A take decided on "no reservation" checks that none was made since the read: a
-            // paused invocation that read the slot held may reserve it after its holder released
-            // it, and then resumes first. (Its own reservation is checked below, as it drops it.)
-            // A take checks at most 8 keys: inv, 5 slots, reserve, reg.
-            if (running && !slot.dropReservation) {
-              op.check({ key: keys.reservation(key), versionstamp: reservation!.versionstamp });
-            }
-          } else if (slot.slot === "release") {
-            op.check({ key: keys.slot(key), versionstamp: slotEntry.versionstamp });
-            const rest = holders.filter((holder) => holder !== id);
-            if (rest.length === 0) op.delete(keys.slot(key));
-            else op.set(keys.slot(key), encode(rest));
+            limit,
+            state: decodeSlot(entries[i]!),
+            ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
+          })),
+        );
+        if (decision.busy !== undefined) {
+          // Only a refused resume reserves, and only the running key: checked against the record
+          // read, so a cancel or recovery that moved it since leaves no reservation for an
+          // invocation that is not PAUSED any more.
+          if (decision.reserve) {
+            await this.#commit(
+              this.#kv.atomic()
+                .check({ key: keys.invocation(id), versionstamp: entry.versionstamp })
+                .check({ key: keys.reservation(runningKey!), versionstamp: null })
+                .set(keys.reservation(runningKey!), encode(id)),
+            );
           }
-          if (slot.dropReservation) {
+          return { ok: false, reason: "slot-busy", record, busyKey: decision.busy };
+        }
+        // Checks: inv, at most 5 slot values, reserve, reg — at most 8, within Deno KV's 10. The
+        // wake marker is written blind: a marker too many costs a pick-up one empty look.
+        decision.effects.forEach((effect, i) => {
+          const { key } = effect;
+          if (effect.changed) {
+            // The key's state in one value, checked: a limit of N costs one check, not N.
+            op.check({ key: keys.slot(key), versionstamp: entries[i]!.versionstamp });
+            const value = encodeSlot(effect.state);
+            if (value === undefined) op.delete(keys.slot(key));
+            else op.set(keys.slot(key), value);
+          }
+          // A take decided on "no reservation" checks that none was made since the read: a
+          // paused invocation that read the slot held may reserve it after its holder released
+          // it, and then resumes first. (Its own reservation is checked below, as it drops it.)
+          if (effect.took && key === runningKey && !effect.dropReservation) {
+            op.check({ key: keys.reservation(key), versionstamp: reservation!.versionstamp });
+          }
+          if (effect.dropReservation) {
             op.check({ key: keys.reservation(key), versionstamp: reservation!.versionstamp })
               .delete(keys.reservation(key));
           }
-        }
+          if (effect.wake) {
+            op.set(keys.wake(key), encode(null));
+            wakes = true;
+          }
+        });
       }
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
         const holder = await this.#reads.get(keys.registration(record.registrationKey));
@@ -476,16 +484,17 @@ export class KvStore implements Store {
         }
       }
       let queue = stored.queue;
-      if (plan.queue !== "none" && queue !== null) {
+      if ((plan.queue !== "none" || plan.parking.leave !== null) && queue !== null) {
         op.delete(keys.queue(queue));
         queue = null;
       }
+      // Queued and parked by the time it became available (a woken invocation keeps its place).
+      const position = timePosition(next.availableAtMs, id);
       if (plan.queue === "enqueue") {
-        const delayed = next.availableAtMs > change.nowMs;
-        queue = {
-          delayed,
-          position: timePosition(delayed ? next.availableAtMs : change.nowMs, id),
-        };
+        queue = { delayed: next.availableAtMs > change.nowMs, position };
+        op.set(keys.queue(queue), encode(queueValue(next)));
+      } else if (plan.parking.enter !== null) {
+        queue = { delayed: false, position, parkedOn: plan.parking.enter };
         op.set(keys.queue(queue), encode(queueValue(next)));
       }
       // A final invocation and all its keys expire at its purge time. Expiry is lazy (an expired
@@ -533,7 +542,7 @@ export class KvStore implements Store {
           });
         }
         if (plan.final) notify(this.#local.finals.get(id));
-        if (plan.slot === "release") this.#announceWork();
+        if (plan.slot === "release" || wakes) this.#announceWork();
         return { ok: true, record: next, entries: plan.entries };
       }
       await backoff(attempt);
@@ -562,13 +571,14 @@ export class KvStore implements Store {
   // PENDING and moves on. A runner that dies after a claim leaves a PENDING invocation that
   // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
-    await this.#ensureSchema(false);
+    await this.#ensureSchema(true);
     const { runnerId, nowMs, max } = request;
     this.#local.newWork = false;
     const claimed: InvocationRecord[] = [];
-    const rerouted: InvocationRecord[] = [];
+    const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
     let controlled = 0;
+    await this.#wakeMarked(runnerId);
     // Not available (taken by another runner, back-off not passed), or a task this runner does
     // not run: not wanted, no write.
     const available = (stored: StoredInvocation): boolean =>
@@ -589,16 +599,20 @@ export class KvStore implements Store {
       if (outcome.ok) return void claimed.push(outcome.record);
       if (outcome.reason !== "slot-busy") return;
       try {
+        // Refused a slot: park on the key that refused it (or finalise), unless it moved since.
+        const seq = outcome.record!.seq;
         const control = await this.#apply(
           id,
           controlChange(
             { ...request, nowMs: this.#clock.now() },
             outcome.record!.taskId,
+            outcome.busyKey!,
           ),
+          (stored) => stored.record.seq === seq,
         );
         if (control.ok) {
           controlled++;
-          (isFinalStatus(control.record.status) ? finalised : rerouted).push(control.record);
+          (isFinalStatus(control.record.status) ? finalised : parked).push(control.record);
         }
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
@@ -661,7 +675,47 @@ export class KvStore implements Store {
     const position = (record: InvocationRecord): number => order.get(record.id) ?? -1;
     claimed.sort((a, b) => position(a) - position(b));
     this.#idlePolls = claimed.length > 0 ? 0 : this.#idlePolls + 1;
-    return { claimed, rerouted, finalised };
+    return { claimed, parked, finalised };
+  }
+
+  // reads: wake/… (one range read, empty unless a key with parked invocations got room), then per
+  // marked key the first park/<key>/… entry per wake; each wake is one #apply.
+  /**
+   * Wakes the invocations parked on the keys a wake marker names, first available first, while
+   * each key has room; a key with no room left (or nobody parked) loses its marker, checked, so a
+   * commit that gave it room meanwhile keeps it. A runner that dies midway leaves the marker for
+   * the next pick-up anywhere: parked work is never stranded.
+   */
+  async #wakeMarked(runnerId: string): Promise<void> {
+    const markers: KvEntryMaybeLike[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.wake() }, { limit: WAKE_KEYS })) {
+      markers.push(entry);
+    }
+    for (const marker of markers) {
+      const key = String(marker.key[marker.key.length - 1]);
+      const parkedHere = (stored: StoredInvocation): boolean =>
+        stored.record.parkedOn === key &&
+        stored.record.status === InvocationStatus.CONCURRENCY_CONTROLLED;
+      const parkedOn = this.#keys.queue({ delayed: false, parkedOn: key });
+      let woken = 0;
+      for (; woken < WAKES_PER_KEY; woken++) {
+        let first: string | undefined;
+        for await (const entry of this.#kv.list({ prefix: parkedOn }, { limit: 1 })) {
+          first = decodeQueueValue(entry.value).id;
+        }
+        if (first === undefined) break;
+        const outcome = await this.#apply(
+          first,
+          (record) => wakeChange(record, runnerId, this.#clock.now()),
+          parkedHere,
+        );
+        // Refused: the key has no room left. Missing: woken or canceled meanwhile; look again.
+        if (!outcome.ok && outcome.reason !== "missing") break;
+      }
+      if (woken < WAKES_PER_KEY) {
+        await this.#commit(this.#kv.atomic().check(marker).delete(marker.key));
+      }
+    }
   }
 
   // --- reads -------------------------------------------------------------------------------------
@@ -700,7 +754,7 @@ export class KvStore implements Store {
   }
 
   async slotHolders(runningKey: string): Promise<string[]> {
-    return decodeHolders(await this.#reads.get(this.#keys.slot(runningKey)));
+    return [...decodeSlot(await this.#reads.get(this.#keys.slot(runningKey))).holders];
   }
 
   async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
@@ -1507,6 +1561,16 @@ export class KvStore implements Store {
             `Cannot use the KV store of app ${this.appId}: its data has schema version ${version}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc`,
           );
         }
+        // Data of an older layout is read as it is; the first write stamps this layout on it,
+        // so an older nenc stops before it misreads what this one writes (parked invocations,
+        // slot states).
+        if (version < KV_SCHEMA_VERSION && create) {
+          const op = this.#kv.atomic().check(entry).set(key, encode(KV_SCHEMA_VERSION));
+          if (!await this.#commit(op)) {
+            await backoff(attempt);
+            continue;
+          }
+        }
         this.#schemaCheckedAtMs = startedMs;
         this.#schemaPresent = true;
         return;
@@ -1601,17 +1665,32 @@ function decodeHeartbeat(value: unknown): { lastSeenMs: number; taskIds?: readon
 }
 
 /**
- * The holders of a running key's slots, as stored under slot/<key>: an array of invocation ids
- * (one id, a string, before 0.2).
+ * A slot key's state as stored under slot/<key>: `{ holders, parked, woken }`, or the holders'
+ * ids alone while nobody is parked or woken (one id, a string, before 0.2).
  */
-function decodeHolders(entry: KvEntryMaybeLike): string[] {
-  if (entry.versionstamp === null) return [];
-  const value = decode(entry.value, "a running slot");
-  if (typeof value === "string") return [value];
-  if (!Array.isArray(value) || value.some((id) => typeof id !== "string")) {
-    throw new SerializationError("Cannot read a running slot: not a list of invocation ids");
+function decodeSlot(entry: KvEntryMaybeLike): SlotState {
+  if (entry.versionstamp === null) return EMPTY_SLOT;
+  const value = decode(entry.value, "a slot key");
+  const ids = (holders: unknown): holders is string[] =>
+    Array.isArray(holders) && holders.every((id) => typeof id === "string");
+  if (typeof value === "string") return { ...EMPTY_SLOT, holders: [value] };
+  if (ids(value)) return { ...EMPTY_SLOT, holders: value };
+  const state = value as Partial<Record<keyof SlotState, unknown>> | null;
+  if (
+    typeof state !== "object" || state === null || !ids(state.holders) ||
+    typeof state.parked !== "number" || typeof state.woken !== "number"
+  ) {
+    throw new SerializationError("Cannot read a slot key: not a nenc slot state");
   }
-  return value as string[];
+  return { holders: state.holders, parked: state.parked, woken: state.woken };
+}
+
+/** The stored value of a slot key's state, or `undefined` for an empty one (the key goes). */
+function encodeSlot(state: SlotState): Uint8Array | undefined {
+  if (state.parked === 0 && state.woken === 0) {
+    return state.holders.length === 0 ? undefined : encode(state.holders);
+  }
+  return encode(state);
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
@@ -1679,6 +1758,9 @@ function timePosition(ms: number, id: string): string {
 const readyPosition = timePosition;
 const purgePosition = timePosition;
 
+/** Wake markers one pick-up reads, and invocations it wakes per marked key at most. */
+const WAKE_KEYS = 16;
+const WAKES_PER_KEY = 100;
 /** Queue entries of tasks a runner does not run that one claim reads past. */
 const SKIP_LIMIT = 1_000;
 /** Awaited invocations read per round of the final poller, and the shortest round. */

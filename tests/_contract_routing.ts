@@ -382,7 +382,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await countOf(app, job), 2);
   });
 
-  test(`[${backend}] registration reuse: a never-run invocation re-routed by running concurrency or by recovery is reused by an equal call`, async () => {
+  test(`[${backend}] registration reuse: a never-run invocation parked by running concurrency, woken, or re-routed by recovery is reused by an equal call`, async () => {
     const clock = new FakeClock();
     const app = await makeApp({ clock });
     const o = app.orchestrator;
@@ -393,13 +393,15 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     const holder = await job.call({ n: 0 });
     const blocked = await job.call({ n: 1 });
     assert.deepEqual(ids(await claim(app, 10, "r1")), [holder.id]);
-    assert.equal(await blocked.status(), "rerouted");
+    assert.equal(await blocked.status(), "concurrency_controlled");
     const again = await job.call({ n: 1 });
     assert.ok(again instanceof ReusedInvocation);
     assert.equal(again.id, blocked.id);
+    // The holder done, it is woken (at once in memory, by the next pick-up on KV): still reused.
+    await runToSuccess(app, holder, "r1");
+    assert.equal((await job.call({ n: 1 })).id, blocked.id);
     // Recovery re-routes a claim that never ran (pending → pending_recovery → rerouted): still
     // reused.
-    await runToSuccess(app, holder, "r1");
     await claimOne(app, "dead", blocked);
     clock.advance(5_001);
     assert.deepEqual(ids(await o.recoverInvocations({ runnerId: "live" })), [blocked.id]);
@@ -422,7 +424,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.notEqual(fresh.id, blocked.id);
   });
 
-  test(`[${backend}] 10 identical calls with registrationConcurrency "arguments" and runningConcurrency "task", made while the running key is held and every pick-up re-routes, give 1 invocation and 1 run`, async () => {
+  test(`[${backend}] 10 identical calls with registrationConcurrency "arguments" and runningConcurrency "task", made while the running key is held and pick-ups keep coming, give 1 invocation (parked once: 2 history entries) and 1 run`, async () => {
     const app = await makeApp();
     const o = app.orchestrator;
     const runs: number[] = [];
@@ -436,11 +438,11 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     const calls: Invocation[] = [];
     for (let i = 0; i < 10; i++) {
       calls.push(await job.call({ n: 1 }));
-      assert.deepEqual(await claim(app, 10, "r2"), []); // re-routes the one waiting
+      assert.deepEqual(await claim(app, 10, "r2"), []); // parks the one waiting, once
     }
     assert.equal(new Set(ids(calls)).size, 1);
     assert.equal(calls.filter((call) => !(call instanceof ReusedInvocation)).length, 1);
-    assert.equal(await calls[0]!.status(), "rerouted");
+    assert.deepEqual(await statusPath(calls[0]!), ["registered", "concurrency_controlled"]);
     assert.equal(await countOf(app, job), 2);
     await o.setInvocationResult(holder, null, { runnerId: "r1" });
     await within(app.runner().drain(), DEADLINE_MS, "the drain");
@@ -838,7 +840,7 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
   } as const;
 
   for (const mode of ["task", "arguments", "keys"] as const) {
-    test(`[${backend}] runningConcurrency "${mode}": of two REGISTERED invocations with the same key, getInvocationsToRun(10) claims the older; the other is REROUTED (registered → concurrency_controlled → rerouted)`, async () => {
+    test(`[${backend}] runningConcurrency "${mode}": of two REGISTERED invocations with the same key, getInvocationsToRun(10) claims the older; the other is parked (registered → concurrency_controlled), and later pick-ups write nothing for it`, async () => {
       const app = await makeApp();
       const job = app.task("job", ({ v }: { k: string; v: number }) => v, {
         runningConcurrency: mode,
@@ -851,17 +853,13 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
       const claimed = await claim(app, 10, "r1");
       assert.deepEqual(ids(claimed), [first.id]);
       assert.equal(await first.status(), "pending");
-      assert.equal(await second.status(), "rerouted");
-      assert.deepEqual(await statusPath(second), [
-        "registered",
-        "concurrency_controlled",
-        "rerouted",
-      ]);
+      assert.deepEqual(await statusPath(second), ["registered", "concurrency_controlled"]);
       assert.equal(await app.orchestrator.isCandidateToRunByConcurrencyControl(second), false);
-      // While the slot is held, every pick-up reroutes it again.
+      // While the slot is held, pick-ups leave it parked: no history entry, no write.
+      const history = await second.history();
       assert.deepEqual(await claim(app, 10, "r2"), []);
-      assert.equal(await second.status(), "rerouted");
-      assert.ok(isValidHistory(await second.history()));
+      assert.deepEqual(await second.history(), history);
+      assert.ok(isValidHistory(history));
     });
 
     test(`[${backend}] runningConcurrency "${mode}" with rerouteOnConcurrencyControl false: the blocked invocation becomes CONCURRENCY_CONTROLLED_FINAL and result() rejects with ConcurrencyControlledError`, async () => {
@@ -936,14 +934,22 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await o.isAuthorizedToRunByConcurrencyControl(a), true);
     assert.equal(await o.isCandidateToRunByConcurrencyControl(b), false);
     assert.equal(await o.isAuthorizedToRunByConcurrencyControl(b), false);
-    // A PENDING set by hand is refused too: false, and nothing recorded.
+    // A PENDING set by hand is refused too: false for a queued one, a transition error for the
+    // parked one, and nothing recorded.
+    const c = await sync.call({ n: 3 });
+    const historyOfC = await c.history();
+    assert.equal(await o.setInvocationStatus(c, "pending", { runnerId: "r2" }), false);
+    assert.deepEqual(await c.history(), historyOfC);
     const historyOfB = await b.history();
-    assert.equal(await o.setInvocationStatus(b, "pending", { runnerId: "r2" }), false);
+    await assert.rejects(
+      o.setInvocationStatus(b, "pending", { runnerId: "r2" }),
+      InvocationStatusTransitionError,
+    );
     assert.deepEqual(await b.history(), historyOfB);
     await runToSuccess(app, a, "r1");
     assert.equal(await o.isAuthorizedToRunByConcurrencyControl(a), false, "released when final");
     assert.equal(await o.isCandidateToRunByConcurrencyControl(b), true);
-    // The rerouted invocation is picked up once the slot is free.
+    // The parked invocation is woken and picked up first once the slot is free.
     assert.deepEqual(ids(await claim(app, 10, "r2")), [b.id]);
     assert.equal(await o.isAuthorizedToRunByConcurrencyControl(b), true);
     assert.deepEqual(await statusPath(b), [
@@ -975,10 +981,10 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await o.setInvocationStatus(a, "resumed", { runnerId: "r1" }), true);
     assert.equal(await a.status(), "resumed");
     assert.equal(await o.isAuthorizedToRunByConcurrencyControl(a), true);
-    // RESUMED holds the slot again: a third invocation is rerouted.
+    // RESUMED holds the slot again: a third invocation is parked.
     const c = await sync.call({ n: 3 });
     assert.deepEqual(await claim(app, 10, "r2"), []);
-    assert.equal(await c.status(), "rerouted");
+    assert.equal(await c.status(), "concurrency_controlled");
     await o.setInvocationResult(a, 1, { runnerId: "r1" });
     assert.deepEqual(await statusPath(a), [
       "registered",

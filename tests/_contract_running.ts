@@ -1100,9 +1100,9 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       false,
     );
     await app.orchestrator.setInvocationResult(q1, 1, { runnerId: "r2" });
-    // The slot is free, but reserved: a new pick-up of the key is refused (re-queued)…
+    // The slot is free, but reserved: a new pick-up of the key is refused (parked)…
     assert.deepEqual(await claim("r3"), []);
-    assert.equal(await q2.status(), "rerouted");
+    assert.equal(await q2.status(), "concurrency_controlled");
     // …until P has resumed and finished.
     assert.equal(
       await app.orchestrator.setInvocationStatus(p, "resumed", { runnerId: "r1" }),

@@ -1,6 +1,7 @@
 /**
- * The fault-injection contract (issue #9): every write a runner makes — PENDING, RUNNING, PAUSED,
- * RESUMED, SUCCESS, FAILED, RETRY, and the KILLED → REROUTED hand-back — meets each of three
+ * The fault-injection contract (issues #9, #10): every write a runner makes — PENDING, RUNNING,
+ * PAUSED, RESUMED, SUCCESS, FAILED, RETRY, the KILLED → REROUTED hand-back, the park of a refused
+ * pick-up and the wake of a parked invocation — meets each of three
  * faults: refused and not applied; applied, then reported failed; the store down for 2 s. In every
  * case, with a deadline on every wait: the invocation ends in the final status its function
  * earned, `result()` never rejects with a store error, nothing hangs, and no key ever runs above
@@ -47,7 +48,11 @@ export class InjectedStoreFault extends Error {
   }
 }
 
-/** The runner writes under test; `killed` is the KILLED → REROUTED hand-back of a stop. */
+/**
+ * The runner writes under test; `killed` is the KILLED → REROUTED hand-back of a stop, `parked`
+ * a refused pick-up parked (CONCURRENCY_CONTROLLED), `woken` a parked invocation re-queued
+ * (REROUTED) when its key has room.
+ */
 export type RunnerWrite =
   | "pending"
   | "running"
@@ -56,7 +61,9 @@ export type RunnerWrite =
   | "success"
   | "failed"
   | "retry"
-  | "killed";
+  | "killed"
+  | "parked"
+  | "woken";
 
 /**
  * `refuse`: the write throws and is not applied. `applied`: the write is applied, then throws.
@@ -139,10 +146,12 @@ export class FaultPlan {
 }
 
 /**
- * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING on
- * `claim()` (which may also go straight on to RUNNING), every other write on `change()` by the
- * last status of its path (the hand-back by its first, KILLED). Built with a `Proxy`, so methods
- * the port gains later are delegated, and faulted while the store is down, without a change here.
+ * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING and the
+ * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), every other
+ * write on `change()` by the last status of its path (the hand-back by its first, KILLED). The
+ * memory store wakes parked invocations in the step that gives their key room: a wake's fault is
+ * that step's. Built with a `Proxy`, so methods the port gains later are delegated, and faulted
+ * while the store is down, without a change here.
  */
 export function faultyStore(inner: Store, plan: FaultPlan): Store {
   const wrapped = new Map<PropertyKey, unknown>();
@@ -160,18 +169,23 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
           : async (...args: unknown[]) => {
             plan.throwIfDown(property);
             if (property === "claim") {
-              const check = plan.before(plan.write === "pending", "claim");
-              const outcome = await method.apply(target, args) as { claimed: readonly unknown[] };
-              if (check) plan.after(outcome.claimed.length > 0, "claim");
+              const parks = plan.write === "parked";
+              const check = plan.before(parks || plan.write === "pending", "claim");
+              const outcome = await method.apply(target, args) as {
+                claimed: readonly unknown[];
+                parked: readonly unknown[];
+              };
+              if (check) plan.after((parks ? outcome.parked : outcome.claimed).length > 0, "claim");
               return outcome;
             }
             if (property === "change") {
               const change = args[1] as { path: readonly string[] };
               const what = `change [${change.path.join(", ")}]`;
-              const check = plan.before(
-                plan.write !== "pending" && pathMatches(plan.write, change.path),
-                what,
-              );
+              const matches = plan.write === "woken"
+                ? GIVES_ROOM.has(change.path[change.path.length - 1]!)
+                : plan.write !== "pending" && plan.write !== "parked" &&
+                  pathMatches(plan.write, change.path);
+              const check = plan.before(matches, what);
               const outcome = await method.apply(target, args) as { ok: boolean };
               if (check) plan.after(outcome.ok, what);
               return outcome;
@@ -257,8 +271,13 @@ function pathMatches(write: RunnerWrite, path: readonly string[]): boolean {
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
   if (write === "running") return path.length === 1 && path[0] === "running";
+  if (write === "parked") return path[path.length - 1] === "concurrency_controlled";
+  if (write === "woken") return path.length === 1 && path[0] === "rerouted";
   return path[path.length - 1] === write;
 }
+
+/** The runner writes that give a running slot back: in memory, they wake the key's parked. */
+const GIVES_ROOM: ReadonlySet<string> = new Set(["success", "failed", "retry", "paused"]);
 
 /**
  * `interceptKv` hooks that inject the fault of `plan`: a throw in `beforeCommit` refuses a commit
@@ -387,6 +406,8 @@ const SCENARIO_OF: Record<RunnerWrite, ScenarioKind> = {
   success: "plain",
   failed: "throwing",
   retry: "retry",
+  parked: "plain",
+  woken: "plain",
   running: "parent",
   paused: "parent",
   resumed: "parent",
@@ -727,6 +748,12 @@ const WRITES: readonly { write: RunnerWrite; label: string; earned: string }[] =
   { write: "success", label: "SUCCESS", earned: "ends success" },
   { write: "failed", label: "FAILED", earned: "ends failed with the task's error" },
   { write: "retry", label: "RETRY", earned: "retries once, then ends success" },
+  {
+    write: "parked",
+    label: "CONCURRENCY_CONTROLLED park of a refused pick-up",
+    earned: "ends success",
+  },
+  { write: "woken", label: "REROUTED wake of a parked invocation", earned: "ends success" },
   {
     write: "killed",
     label: "KILLED/REROUTED hand-back on stop({ graceMs: 0 })",

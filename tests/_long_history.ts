@@ -2,9 +2,9 @@ import type { Store } from "../core/store.ts";
 import type { InvocationStatus } from "../core/status.ts";
 
 /**
- * Records on invocation `id` what `pickUps` pick-ups refused by running concurrency record while
- * a key is held: a PENDING and a REROUTED entry each, 50 pick-ups per change. It leaves the
- * invocation REROUTED, available for run.
+ * Gives invocation `id` a long history: `pickUps` pick-ups handed back (a runner stopping, say),
+ * a PENDING and a REROUTED entry each, 50 pick-ups per change. It leaves the invocation REROUTED,
+ * available for run.
  */
 export async function refusePickUps(
   store: Store,

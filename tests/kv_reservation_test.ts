@@ -64,10 +64,10 @@ for (const where of [":memory:", "file", "remote"] as const) {
     assert.equal(await resume, false);
     const reserved = await kv.get(keys.reservation(runningKey));
     assert.equal(JSON.parse(new TextDecoder().decode(reserved.value as Uint8Array)), p.id);
-    // …then N's take: the slot is reserved for P, so N is refused (re-queued), not run first.
+    // …then N's take: the slot is reserved for P, so N is refused (parked), not run first.
     take.open();
     assert.deepEqual(await pickUp, [], "a new pick-up took a slot reserved for a resume");
-    assert.equal(await n.status(), "rerouted");
+    assert.equal(await n.status(), "concurrency_controlled");
     assert.equal(await o.setInvocationStatus(p, "resumed", { runnerId: "r1" }), true);
     assert.equal((await kv.get(keys.reservation(runningKey))).versionstamp, null);
     await o.setInvocationResult(p, 1, { runnerId: "r1" });

@@ -113,3 +113,30 @@ test("[kv schema] a register after purgeAll writes the schema key again", async 
 test("[memory] checkSchema() resolves: memory holds only what this code wrote", async () => {
   await new MemoryStore().checkSchema();
 });
+
+test("[kv schema] data of the 0.1 layout (version 1, a running slot held as one id) is read, and the first write stamps this layout on it", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const keys = new Keys("schema-old");
+  const app = new Nenc({ appId: "schema-old", kv });
+  const task = app.task("t", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+  const held = await task.call({ n: 1 });
+  await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" });
+  // As 0.1 stored them: version 1, and the slot's holder as a bare string.
+  const encoder = new TextEncoder();
+  await kv.atomic()
+    .set(keys.schema(), encoder.encode("1"))
+    .set(keys.slot("t"), encoder.encode(JSON.stringify(held.id)))
+    .commit();
+  // A process started on that data (its store has not read the schema yet).
+  const later = new Nenc({ appId: "schema-old", kv });
+  const again = later.task("t", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+  assert.deepEqual(await later.orchestrator.store.slotHolders("t"), [held.id]);
+  // Its first pick-up is a write: it stamps version 2 and parks the newcomer behind the holder.
+  const newcomer = await again.call({ n: 2 });
+  assert.deepEqual(await later.orchestrator.getInvocationsToRun(1, { runnerId: "r2" }), []);
+  assert.equal(await newcomer.status(), "concurrency_controlled");
+  const stored = await kv.get(keys.schema());
+  assert.equal(new TextDecoder().decode(stored.value as Uint8Array), String(KV_SCHEMA_VERSION));
+  assert.equal(KV_SCHEMA_VERSION, 2);
+});

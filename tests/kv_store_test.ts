@@ -7,7 +7,7 @@ import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvLike } from "../kv/kv_like.ts";
-import { KvStore } from "../kv/store.ts";
+import { KV_SCHEMA_VERSION, KvStore } from "../kv/store.ts";
 import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
@@ -169,7 +169,10 @@ test("[kv] data written by a newer schema version is refused with a clear error"
   await kv.atomic().set(["nenc", "future", "schema"], new TextEncoder().encode("99")).commit();
   const app = new Nenc({ appId: "future", kv });
   const task = app.task("t", () => 1);
-  await assert.rejects(task.call(), /schema version 99, newer than this nenc's 1/);
+  await assert.rejects(
+    task.call(),
+    new RegExp(`schema version 99, newer than this nenc's ${KV_SCHEMA_VERSION}`),
+  );
 });
 
 test("[kv] foreign data under an invocation key is reported, not evaluated", async () => {
@@ -325,4 +328,52 @@ test("[kv] a late re-expiry of a long history yields to a setUpInvocationAutoPur
   // The held re-expiry, planned for the old deadline, did not land on the new one.
   const late = [...expiries.keys()].filter((key) => key.includes('"hist"'));
   assert.deepEqual(late, [], "a late re-expiry overwrote the history's new deadline");
+});
+
+test("[kv] parking costs one commit per refused invocation: 100 polls while its key is held commit nothing, and waking one is one commit", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let commits = 0;
+  let parkCommits = 0;
+  const view = interceptKv(kv, {
+    afterCommit: (ok, written) => {
+      if (!ok) return;
+      commits++;
+      if (written.some(({ key }) => key[2] === "park")) parkCommits++;
+    },
+  });
+  const app = new Nenc({ appId: "parking-writes", kv: view });
+  const task = app.task("t", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+  const claim = (runnerId: string) => app.orchestrator.getInvocationsToRun(5, { runnerId });
+  const holder = await task.call({ n: -1 });
+  const parked = await task.parallelize(Array.from({ length: 200 }, (_, n) => ({ n })));
+  assert.deepEqual((await claim("r1")).map(({ id }) => id), [holder.id]);
+  await app.orchestrator.setInvocationRun(undefined, holder, { runnerId: "r1" });
+  // Polls park the 200 as they reach them, one commit each (with its one history entry).
+  const registered = async () =>
+    (await app.orchestrator.store.counts()).get("t")?.get("registered");
+  for (let poll = 0; poll < 50 && await registered() !== undefined; poll++) {
+    assert.deepEqual(await claim("r2"), []);
+  }
+  assert.equal(await registered(), undefined, "every invocation parked within 50 polls");
+  assert.equal(parkCommits, 200);
+  const quiet = commits;
+  for (let poll = 0; poll < 100; poll++) assert.deepEqual(await claim("r2"), []);
+  assert.equal(commits - quiet, 0, "polls while the key is held commit nothing");
+  // Freed: the next pick-up wakes the first parked (one commit) and claims it (one more); the
+  // wake marker goes with a third.
+  await app.orchestrator.setInvocationResult(holder, null, { runnerId: "r1" });
+  const freed = commits;
+  assert.deepEqual((await claim("r2")).map(({ id }) => id), [parked.invocations[0]!.id]);
+  assert.equal(commits - freed, 3);
+  assert.deepEqual(
+    (await parked.invocations[0]!.history()).map(({ status }) => status),
+    ["registered", "concurrency_controlled", "rerouted", "pending"],
+  );
+  for (const invocation of parked.invocations.slice(1)) {
+    assert.deepEqual(
+      (await invocation.history()).map(({ status }) => status),
+      ["registered", "concurrency_controlled"],
+    );
+  }
 });

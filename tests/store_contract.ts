@@ -6,6 +6,7 @@ import { graphsContract } from "./_contract_graphs.ts";
 import { idempotencyContract } from "./_contract_idempotency.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
 import { groupsContract, limitsContract } from "./_contract_limits.ts";
+import { parkingContract } from "./_contract_parking.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
@@ -29,4 +30,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   fencingContract(backend, makeApp);
   limitsContract(backend, makeApp);
   groupsContract(backend, makeApp);
+  parkingContract(backend, makeApp);
 }

@@ -170,7 +170,8 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
       `${SERVICES.length * ENVIRONMENTS.length} deploys and ${deploys.rollbacks} rollbacks ` +
       `share the group "deploys"\n` +
       `limit ${DEPLOYS_IN_ALL}: at most ${deploys.maxInGroup} at once\n` +
-      `${deploys.refused} pick-ups refused by a full environment or group, re-queued behind the others`,
+      `${deploys.refused} pick-ups refused by a full environment or group: parked (one entry each), ` +
+      `woken when it had room`,
     ],
     ["retries", `fetchToolchain succeeded after ${summary.fetchRetries} retries`],
     ["cycle control", `build({"pkg":"mdx-plugin"}) failed:\n${summary.cycleMessage}`],

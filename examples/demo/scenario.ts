@@ -48,7 +48,7 @@ export interface DemoSummary {
   /**
    * Deploys and rollbacks: the most deploys of one environment that held its running slots at
    * once, the most deploys and rollbacks that held the `deploys` group's slots at once, how many
-   * rollbacks ran, and the pick-ups refused because a key was full (re-queued).
+   * rollbacks ran, and the pick-ups refused because a key was full (parked until it had room).
    */
   readonly deploys: {
     readonly maxAtOncePerEnv: Readonly<Record<string, number>>;
@@ -177,7 +177,7 @@ function buildCalls(recorded: readonly Recorded[]): DemoSummary["builds"] {
  * is stamped when its change is planned on the state it changes, so a pick-up that took a slot
  * another execution gave back is stamped after that one's final entry: history times cannot show
  * an overlap that did not happen. Refused pick-ups (a full environment or group: the invocation
- * is re-queued) are counted from the histories too.
+ * is parked until the key has room) are counted from the histories too.
  */
 function deployOverlaps(recorded: readonly Recorded[]): DemoSummary["deploys"] {
   const perEnv = new Map<string, Interval[]>();

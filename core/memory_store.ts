@@ -26,9 +26,12 @@ import {
   decideSlots,
   type FindQuery,
   holdsSlots,
+  inLane,
   type InvocationRecord,
   isAppliedChange,
+  joinLane,
   keptPurgeAtMs,
+  type LaneTurn,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -36,6 +39,7 @@ import {
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
+  sameTurn,
   type SlotEffect,
   slotsOf,
   type SlotState,
@@ -102,8 +106,15 @@ export class MemoryStore implements Store {
   readonly #woken = new Map<string, number>();
   /** Running slots reserved by a paused invocation waiting to resume. */
   readonly #reservations = new Map<string, string>();
-  /** Available now, by the time each became available (then id). */
+  /**
+   * Available now, by the time each became available (then id) — and one token per non-empty
+   * fairness lane, at its turn (see {@linkcode laneToken}).
+   */
   readonly #queue = new IndexedHeap();
+  /** The invocations waiting in each fairness lane, first available first. */
+  readonly #lanes = new Map<string, IndexedHeap>();
+  /** The turn of each non-empty lane: where its token is in the queue. */
+  readonly #turns = new Map<string, LaneTurn>();
   /** Re-queued for later (retry back-off), by available time. */
   readonly #delayed = new IndexedHeap();
   readonly #purgeDue = new IndexedHeap();
@@ -247,16 +258,27 @@ export class MemoryStore implements Store {
     // bounded work per claim (and, parked, nothing afterwards).
     const controlledBefore = parked.length + finalised.length;
     const examined = new Set<string>();
-    const candidate = (id: string): boolean =>
-      !examined.has(id) && request.accepts?.(this.#records.get(id)!.taskId) !== false;
+    // A lane's token stands for the lane's first invocation. A pick-up from a lane moves its
+    // token behind the other lanes, so the next round of this loop finds the next lane first.
+    const invocationOf = (entry: string): string | undefined => {
+      const lane = laneOfToken(entry);
+      return lane === undefined ? entry : this.#lanes.get(lane)?.peek();
+    };
+    const candidate = (entry: string): boolean => {
+      const id = invocationOf(entry);
+      return id !== undefined && !examined.has(id) &&
+        request.accepts?.(this.#records.get(id)!.taskId) !== false;
+    };
     const full = (): boolean =>
       claimed.length >= max ||
       parked.length + finalised.length - controlledBefore >= CONTROL_LIMIT;
     while (!full()) {
       const batch = this.#queue.smallest(max - claimed.length, candidate);
       if (batch.length === 0) break;
-      for (const id of batch) {
+      for (const entry of batch) {
         if (full()) break;
+        const id = invocationOf(entry);
+        if (id === undefined || examined.has(id)) continue;
         examined.add(id);
         tryClaim(id);
       }
@@ -482,6 +504,10 @@ export class MemoryStore implements Store {
     if (record.registrationKey !== null) {
       this.#registrationKeys.set(record.registrationKey, record.id);
     }
+    if (record.lane !== undefined) {
+      const turn = { atMs: record.availableAtMs, id: record.id };
+      this.#setTurn(record.lane, joinLane(this.#slotState(record.lane), turn, 1).turn);
+    }
     this.#enqueue(record);
     return record;
   }
@@ -527,6 +553,7 @@ export class MemoryStore implements Store {
       }
       if (state.woken > 0) this.#woken.set(key, state.woken);
       else this.#woken.delete(key);
+      this.#setTurn(key, state.turn);
     }
     if (plan.parking.leave !== null) this.#unpark(plan.parking.leave, id);
     if (plan.parking.enter !== null) {
@@ -551,8 +578,7 @@ export class MemoryStore implements Store {
       removeFrom(this.#cancelRequests, plan.cancelRequest.clear, id);
     }
     if (plan.queue === "dequeue") {
-      this.#queue.remove(id);
-      this.#delayed.remove(id);
+      this.#dequeue(record);
     } else if (plan.queue === "enqueue") {
       this.#enqueue(next);
     }
@@ -570,7 +596,22 @@ export class MemoryStore implements Store {
       holders: [...this.#slots.get(key) ?? []],
       parked: this.#parked.get(key)?.size ?? 0,
       woken: this.#woken.get(key) ?? 0,
+      queued: this.#lanes.get(key)?.size ?? 0,
+      turn: this.#turns.get(key) ?? null,
     };
+  }
+
+  /** Moves a lane's token to its new turn (`null`: the lane is empty, no token). */
+  #setTurn(lane: string, turn: LaneTurn | null): void {
+    const before = this.#turns.get(lane) ?? null;
+    if (sameTurn(before, turn)) return;
+    if (before !== null) this.#queue.remove(laneToken(before, lane));
+    if (turn === null) {
+      this.#turns.delete(lane);
+    } else {
+      this.#turns.set(lane, turn);
+      this.#queue.insert(laneToken(turn, lane), turn.atMs);
+    }
   }
 
   /** Wakes the invocations parked on `key`, first available first, while it has room. */
@@ -597,14 +638,27 @@ export class MemoryStore implements Store {
   }
 
   #enqueue(record: InvocationRecord): void {
-    this.#queue.remove(record.id);
-    this.#delayed.remove(record.id);
-    if (record.availableAtMs > record.updatedAtMs) {
+    this.#dequeue(record);
+    if (inLane(record)) {
+      let lane = this.#lanes.get(record.lane!);
+      if (lane === undefined) this.#lanes.set(record.lane!, lane = new IndexedHeap());
+      lane.insert(record.id, record.availableAtMs);
+    } else if (record.availableAtMs > record.updatedAtMs) {
       this.#delayed.insert(record.id, record.availableAtMs);
     } else {
       this.#queue.insert(record.id, record.availableAtMs);
     }
     if (!this.#claiming) this.#announceWork();
+  }
+
+  /** Takes an invocation out of the queue: ready, delayed or its lane. */
+  #dequeue(record: InvocationRecord): void {
+    this.#queue.remove(record.id);
+    this.#delayed.remove(record.id);
+    if (record.lane === undefined) return;
+    const lane = this.#lanes.get(record.lane);
+    lane?.remove(record.id);
+    if (lane?.size === 0) this.#lanes.delete(record.lane);
   }
 
   #announceWork(): void {
@@ -633,8 +687,10 @@ export class MemoryStore implements Store {
     for (const runnerId of [...this.#cancelRequests.keys()]) {
       removeFrom(this.#cancelRequests, runnerId, id);
     }
-    this.#queue.remove(id);
-    this.#delayed.remove(id);
+    this.#dequeue(record);
+    if (record.lane !== undefined && !this.#lanes.has(record.lane)) {
+      this.#setTurn(record.lane, null);
+    }
     this.#purgeDue.remove(id);
     if (record.parkedOn) this.#unpark(record.parkedOn, id);
     if (record.wokenOn) {
@@ -655,6 +711,23 @@ export class MemoryStore implements Store {
     this.#waits.release(id);
     notify(this.#finalWaiters.get(id));
   }
+}
+
+/**
+ * The queue entry of a fairness lane: its token, keyed by its turn's time, and named by its
+ * turn's id then the lane, so that it sorts where an invocation of that id would (ids never hold
+ * the separator).
+ */
+const LANE_TOKEN = "\u0000lane:";
+
+function laneToken(turn: LaneTurn, lane: string): string {
+  return `${turn.id}${LANE_TOKEN}${lane}`;
+}
+
+/** The lane a queue entry is the token of, or `undefined` for an invocation. */
+function laneOfToken(entry: string): string | undefined {
+  const at = entry.indexOf(LANE_TOKEN);
+  return at < 0 ? undefined : entry.slice(at + LANE_TOKEN.length);
 }
 
 /** The memory store's key of an idempotency key: task and key, unambiguous. */

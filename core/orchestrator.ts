@@ -598,6 +598,8 @@ export class Orchestrator {
       throw execution.signal.reason;
     }
     const nowMs = this.#host.clock.now();
+    const runningKey = task.runningKey(serialized, id);
+    const groupSlots = task.groupSlots(args, serialized);
     return {
       id: newInvocationId(nowMs),
       taskId: task.id,
@@ -605,9 +607,10 @@ export class Orchestrator {
       args: serialized,
       parentId: execution?.invocationId ?? null,
       registrationKey: task.registrationKey(serialized, id),
-      runningKey: task.runningKey(serialized, id),
+      runningKey,
       runningLimit: task.options.runningLimit,
-      groupSlots: task.groupSlots(args, serialized),
+      groupSlots,
+      lane: task.lane(runningKey, groupSlots),
       nowMs,
       runnerId: execution?.runnerId ?? null,
       ...(idempotency !== undefined

@@ -9,7 +9,7 @@
 
 import type { CallGraphSnapshot, CallRef } from "./call_graph.ts";
 import { InvocationStatusOwnershipError } from "./errors.ts";
-import type { SerializedArguments } from "./ids.ts";
+import { newInvocationId, type SerializedArguments } from "./ids.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   FINAL_STATUSES,
@@ -146,6 +146,12 @@ export interface InvocationRecord {
    * newcomer cannot take the slot it was woken for. Absent or `null`: not woken.
    */
   readonly wokenOn?: string | null;
+  /**
+   * Its fairness lane: the first keyed slot key of its task (a `"keys"` running key, else the key
+   * of its first group with `keyArguments` or `key`). While queued and not in back-off it waits in
+   * that lane, and the lanes of a key space take turns (SPEC §7.2). Absent: no lane.
+   */
+  readonly lane?: string;
 }
 
 /**
@@ -242,6 +248,8 @@ export interface NewInvocation extends
   readonly runningLimit?: number;
   /** The slots of its concurrency groups [none]. */
   readonly groupSlots?: readonly GroupSlot[];
+  /** Its fairness lane, one of its slot keys ({@linkcode InvocationRecord.lane}) [none]. */
+  readonly lane?: string | null;
   /** Registration time, epoch ms. */
   readonly nowMs: number;
   /** The runner registering it (a task calling a task), or `null`. */
@@ -750,6 +758,7 @@ export function planRegistration(
     runningKey: invocation.runningKey,
     runningLimit: invocation.runningLimit ?? 1,
     ...(invocation.groupSlots?.length ? { groupSlots: invocation.groupSlots } : {}),
+    ...(invocation.lane ? { lane: invocation.lane } : {}),
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
@@ -821,6 +830,11 @@ export interface ChangePlan {
    */
   readonly parking: { readonly leave: string | null; readonly enter: string | null };
   /**
+   * Its fairness lane ({@linkcode InvocationRecord.lane}): the invocation joins it (queued), leaves
+   * it (canceled, parked, delayed), or starts from it (picked up); `null`: no lane change.
+   */
+  readonly lane: { readonly key: string; readonly move: "join" | "leave" | "start" } | null;
+  /**
    * The change reads its slot keys' states ({@linkcode decideSlots}): it takes or frees slots,
    * drops a reservation, parks, wakes, or ends a parked or woken state.
    */
@@ -868,7 +882,7 @@ export function isAppliedChange(record: InvocationRecord, change: StatusChange):
  * ```ts
  * import { type SlotState, slotRoom } from "@nenc/nenc";
  *
- * const state: SlotState = { holders: ["a"], parked: 3, woken: 1 };
+ * const state: SlotState = { holders: ["a"], parked: 3, woken: 1, queued: 0, turn: null };
  * console.log(slotRoom(state, 2, undefined)); // 0: the free slot is the woken one's
  * ```
  */
@@ -879,6 +893,47 @@ export interface SlotState {
   readonly parked: number;
   /** Invocations woken from the key, in the queue, not picked up yet. */
   readonly woken: number;
+  /** Invocations waiting in the key's fairness lane ({@linkcode InvocationRecord.lane}). */
+  readonly queued: number;
+  /**
+   * When the lane's turn comes: the place of its token in the queue, set when the lane gets its
+   * first invocation (where that one would stand: when it became available, and its id) and moved
+   * behind everything available at each pick-up from it; `null` while the lane is empty.
+   */
+  readonly turn: LaneTurn | null;
+}
+
+/**
+ * The place of a fairness lane's token in the queue: a time (epoch ms), then an invocation id,
+ * ordered as the queue orders invocations.
+ *
+ * @example
+ * ```ts
+ * import { type LaneTurn, sameTurn } from "@nenc/nenc";
+ *
+ * const turn: LaneTurn = { atMs: 5, id: "01J" };
+ * console.log(sameTurn(turn, { atMs: 5, id: "01J" }), sameTurn(turn, null)); // true false
+ * ```
+ */
+export interface LaneTurn {
+  /** The time, epoch ms. */
+  readonly atMs: number;
+  /** The invocation id that breaks ties at that time. */
+  readonly id: string;
+}
+
+/**
+ * Whether two lane turns are the same place (`null`: no token).
+ *
+ * @example
+ * ```ts
+ * import { sameTurn } from "@nenc/nenc";
+ *
+ * console.log(sameTurn(null, null), sameTurn({ atMs: 1, id: "a" }, { atMs: 1, id: "b" })); // true false
+ * ```
+ */
+export function sameTurn(a: LaneTurn | null, b: LaneTurn | null): boolean {
+  return a === b || (a !== null && b !== null && a.atMs === b.atMs && a.id === b.id);
 }
 
 /**
@@ -888,14 +943,54 @@ export interface SlotState {
  * ```ts
  * import { EMPTY_SLOT } from "@nenc/nenc";
  *
- * console.log(EMPTY_SLOT); // { holders: [], parked: 0, woken: 0 }
+ * console.log(EMPTY_SLOT); // { holders: [], parked: 0, woken: 0, queued: 0, turn: null }
  * ```
  */
 export const EMPTY_SLOT: SlotState = Object.freeze({
   holders: Object.freeze([]) as readonly string[],
   parked: 0,
   woken: 0,
+  queued: 0,
+  turn: null,
 });
+
+/**
+ * Whether an invocation waits in its fairness lane: it has one, is queued, and is not in retry
+ * back-off (a back-off ends in the queue of due retries, which goes first, outside the lanes).
+ *
+ * @example
+ * ```ts
+ * import { inLane, type InvocationRecord } from "@nenc/nenc";
+ *
+ * const queued: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t#k", status: "registered", ownerId: null, seq: 1, updatedAtMs: 5, createdAtMs: 5,
+ *   retries: 0, availableAtMs: 5, finishedAtMs: null, purgeAtMs: null, claimSeq: null, lane: "t#k",
+ * };
+ * console.log(inLane(queued), inLane({ ...queued, availableAtMs: 9 })); // true false
+ * ```
+ */
+export function inLane(record: InvocationRecord): boolean {
+  return record.lane !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(record.status) &&
+    record.availableAtMs <= record.updatedAtMs;
+}
+
+/**
+ * The state of a lane key after `count` invocations join its lane (registrations), the first of
+ * them `first`: an empty lane gets its turn where that one would stand in the queue.
+ *
+ * @example
+ * ```ts
+ * import { EMPTY_SLOT, joinLane } from "@nenc/nenc";
+ *
+ * const first = joinLane(EMPTY_SLOT, { atMs: 100, id: "a" }, 1);
+ * console.log(first.queued, first.turn, joinLane(first, { atMs: 200, id: "b" }, 3).turn);
+ * // 1 { atMs: 100, id: "a" } { atMs: 100, id: "a" }
+ * ```
+ */
+export function joinLane(state: SlotState, first: LaneTurn, count: number): SlotState {
+  return { ...state, queued: state.queued + count, turn: state.turn ?? first };
+}
 
 /**
  * The slots of a key a newcomer may take: its limit less its holders, the invocations woken for
@@ -903,9 +998,9 @@ export const EMPTY_SLOT: SlotState = Object.freeze({
  *
  * @example
  * ```ts
- * import { slotRoom } from "@nenc/nenc";
+ * import { EMPTY_SLOT, slotRoom } from "@nenc/nenc";
  *
- * console.log(slotRoom({ holders: ["a"], parked: 0, woken: 0 }, 3, "p")); // 1
+ * console.log(slotRoom({ ...EMPTY_SLOT, holders: ["a"] }, 3, "p")); // 1
  * ```
  */
 export function slotRoom(state: SlotState, limit: number, reserved: string | undefined): number {
@@ -1075,13 +1170,15 @@ export function decideSlots(
         0,
         state.woken + (plan.waking.enter === key ? 1 : 0) - (plan.waking.leave === key ? 1 : 0),
       ),
+      ...laneAfter(plan, key, state),
     };
     const dropReservation = reserved === id && (took || plan.releaseReservation);
     effects.push({
       key,
       state: next,
       changed: holders !== state.holders || next.parked !== state.parked ||
-        next.woken !== state.woken,
+        next.woken !== state.woken || next.queued !== state.queued ||
+        !sameTurn(next.turn, state.turn),
       took,
       released,
       dropReservation,
@@ -1089,6 +1186,38 @@ export function decideSlots(
     });
   }
   return busy !== undefined ? { busy, reserve } : { effects };
+}
+
+/**
+ * The lane part of a slot key's state after a change: an invocation joining the lane counts in
+ * (an empty lane gets its turn at the time it became available); one leaving counts out (the last
+ * ends the turn); a pick-up from the lane moves the lane's turn to its time, behind every other
+ * lane that waits — so the lanes of a key space take turns, least recently started first.
+ */
+function laneAfter(
+  plan: ChangePlan,
+  key: string,
+  state: SlotState,
+): Pick<SlotState, "queued" | "turn"> {
+  if (plan.lane?.key !== key) return { queued: state.queued, turn: state.turn };
+  const { record } = plan;
+  if (plan.lane.move === "join") {
+    const { queued, turn } = joinLane(state, { atMs: record.availableAtMs, id: record.id }, 1);
+    return { queued, turn };
+  }
+  const queued = Math.max(0, state.queued - 1);
+  if (queued === 0) return { queued, turn: null };
+  return { queued, turn: plan.lane.move === "start" ? startTurn(record.updatedAtMs) : state.turn };
+}
+
+/**
+ * The turn of a lane after a pick-up at `nowMs`: behind everything that became available up to
+ * that millisecond (`~` sorts after every character of a ULID), and behind the lanes that started
+ * earlier in it — a fresh monotonic ULID orders pick-ups within one millisecond of one process
+ * (the one impure step of the slot rules: two pick-ups in one millisecond need an order).
+ */
+function startTurn(nowMs: number): LaneTurn {
+  return { atMs: nowMs, id: `~${newInvocationId(nowMs)}` };
 }
 
 /**
@@ -1207,6 +1336,16 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     : "release";
   const releaseReservation = from === InvocationStatus.PAUSED &&
     to !== InvocationStatus.RESUMED && record.runningKey !== null;
+  const wasInLane = inLane(record);
+  const isInLane = inLane(next);
+  const lane = wasInLane === isInLane ? null : {
+    key: record.lane!,
+    move: isInLane
+      ? "join" as const
+      : change.path.includes(InvocationStatus.PENDING)
+      ? "start" as const
+      : "leave" as const,
+  };
   return {
     record: next,
     entries,
@@ -1229,7 +1368,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
       clear: change.endExecution ? record.ownerId ?? change.runnerId : null,
     },
     parking: { leave: record.parkedOn ?? null, enter: parkedOn },
-    touchesSlots: slot !== "none" || releaseReservation || parkedOn !== null ||
+    lane,
+    touchesSlots: slot !== "none" || releaseReservation || lane !== null || parkedOn !== null ||
       wokenOn !== null || (record.parkedOn ?? null) !== null || (record.wokenOn ?? null) !== null,
     waking: { leave: record.wokenOn ?? null, enter: wokenOn },
   };

@@ -748,6 +748,20 @@ export class Task<Args = unknown, Result = unknown> {
     });
   }
 
+  /**
+   * The fairness lane of a call (SPEC §7.2): its first keyed slot key — the running key of a
+   * `"keys"` mode, else the key of the first group with `keyArguments` or `key` — or `null`. (A
+   * lane per argument set, for `"arguments"`, would cost two writes per invocation for nothing:
+   * argument sets seldom queue behind each other.)
+   */
+  lane(runningKey: string | null, groupSlots: readonly { key: string }[]): string | null {
+    if (this.options.runningConcurrency === "keys") return runningKey;
+    const keyed = this.options.concurrencyGroups.findIndex((group) =>
+      group.key !== undefined || (group.keyArguments ?? []).length > 0
+    );
+    return keyed < 0 ? null : groupSlots[keyed]!.key;
+  }
+
   /** The running-concurrency slot key of a call, or `null` when disabled. */
   runningKey(args: SerializedArguments, callIdOfArgs: string): string | null {
     return this.#concurrencyKey(this.options.runningConcurrency, args, callIdOfArgs);

@@ -97,13 +97,21 @@ export class Keys {
   }
   /**
    * The broker: one entry per queued invocation, in the ready queue (`q`), the delayed queue
-   * (`qd`, retry back-off), or parked on a slot key (`park/<key>`), ordered by a ULID position.
+   * (`qd`, retry back-off), its fairness lane (`lane/<key>`, whose token is in the ready queue at
+   * the lane's turn), or parked on a slot key (`park/<key>`), ordered by a ULID position.
    */
   queue(
-    entry: { readonly delayed: boolean; readonly position?: string; readonly parkedOn?: string },
+    entry: {
+      readonly delayed: boolean;
+      readonly position?: string;
+      readonly parkedOn?: string;
+      readonly lane?: string;
+    },
   ): KvKey {
     const prefix = entry.parkedOn !== undefined
       ? [...this.app, "park", entry.parkedOn]
+      : entry.lane !== undefined
+      ? [...this.app, "lane", entry.lane]
       : [...this.app, entry.delayed ? "qd" : "q"];
     return entry.position === undefined ? prefix : [...prefix, entry.position];
   }

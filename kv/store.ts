@@ -37,9 +37,12 @@ import {
   EMPTY_SLOT,
   type FindQuery,
   holdsSlots,
+  inLane,
   type InvocationRecord,
   isAppliedChange,
+  joinLane,
   keptPurgeAtMs,
+  type LaneTurn,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -47,6 +50,7 @@ import {
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
+  sameTurn,
   slotsOf,
   type SlotState,
   type StatusChange,
@@ -114,6 +118,8 @@ interface QueueEntry {
   readonly position: string;
   /** Parked on this slot key. */
   readonly parkedOn?: string;
+  /** Waiting in this fairness lane. */
+  readonly lane?: string;
 }
 
 /** An invocation as stored: the record, and its queue entry (or `null`). */
@@ -227,6 +233,8 @@ export class KvStore implements Store {
   readonly #group: GroupCommitter;
   readonly #reads: ReadCoalescer;
   #idlePolls = 0;
+  /** Wake markers this store wrote: a pick-up that wrote one wakes at once (see `claim`). */
+  #wakesWritten = 0;
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -321,6 +329,10 @@ export class KvStore implements Store {
           op.check({ key: keys.registration(key), versionstamp: holder.versionstamp });
           op.set(keys.registration(key), encode(invocation.id));
         }
+        if (invocation.lane) {
+          const slot = await this.#reads.get(keys.slot(invocation.lane));
+          this.#stageLaneJoin(op, invocation.lane, slot, invocation, 1);
+        }
         const record = this.#stage(op, invocation);
         if (await this.#group.commit(op)) {
           this.#announceWork();
@@ -345,16 +357,82 @@ export class KvStore implements Store {
         "Cannot register in batch: registration and idempotency keys need register()",
       );
     }
+    // Every record is staged (so encoded, and checked against the value limit) before any commit.
     const staged = invocations.map((invocation) => {
       const op = new AtomicDraft();
       return { op, record: this.#stage(op, invocation) };
     });
-    await Promise.all(staged.map(async ({ op }) => {
-      // No checks: only a file locked past every try fails it.
-      for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
-    }));
+    // The invocations of one lane join it in chunks (by count and by bytes), each one commit
+    // checked against the lane's state: its count and its token move with them.
+    const lanes = new Map<string, { members: NewInvocation[]; bytes: number }[]>();
+    invocations.forEach((invocation, i) => {
+      if (!invocation.lane) return;
+      const chunks = lanes.get(invocation.lane) ?? [];
+      const bytes = staged[i]!.op.bytes;
+      const last = chunks[chunks.length - 1];
+      if (
+        last === undefined || last.members.length >= LANE_JOIN_CHUNK ||
+        last.bytes + bytes > LANE_JOIN_BYTES
+      ) {
+        chunks.push({ members: [invocation], bytes });
+      } else {
+        last.members.push(invocation);
+        last.bytes += bytes;
+      }
+      lanes.set(invocation.lane, chunks);
+    });
+    await Promise.all([
+      ...staged.filter(({ record }) => record.lane === undefined).map(async ({ op }) => {
+        // No checks: only a file locked past every try fails it.
+        for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
+      }),
+      ...[...lanes].map(async ([lane, chunks]) => {
+        for (const { members: chunk } of chunks) {
+          for (let attempt = 0;; attempt++) {
+            const op = new AtomicDraft();
+            const slot = await this.#reads.get(this.#keys.slot(lane));
+            this.#stageLaneJoin(op, lane, slot, chunk[0]!, chunk.length);
+            for (const invocation of chunk) this.#stage(op, invocation);
+            if (await this.#group.commit(op)) break;
+            await backoff(attempt);
+          }
+        }
+      }),
+    ]);
     this.#announceWork();
     return staged.map(({ record }) => record);
+  }
+
+  /**
+   * Stages `count` registrations joining fairness lane `lane` on `op`: its state (read as
+   * `slot`), checked and rewritten, and its token when the lane was empty.
+   */
+  #stageLaneJoin(
+    op: AtomicDraft,
+    lane: string,
+    slot: KvEntryMaybeLike,
+    first: NewInvocation,
+    count: number,
+  ): void {
+    const before = decodeSlot(slot);
+    const after = joinLane(before, { atMs: first.nowMs, id: first.id }, count);
+    op.check({ key: this.#keys.slot(lane), versionstamp: slot.versionstamp });
+    op.set(this.#keys.slot(lane), encodeSlot(after)!);
+    this.#stageTurn(op, lane, before.turn, after.turn);
+  }
+
+  /** Moves a lane's token from one turn to another on `op` (`null`: no token). */
+  #stageTurn(op: AtomicDraft, lane: string, from: LaneTurn | null, to: LaneTurn | null): void {
+    if (sameTurn(from, to)) return;
+    if (from !== null) {
+      op.delete(this.#keys.queue({ delayed: false, position: laneTokenPosition(from, lane) }));
+    }
+    if (to !== null) {
+      op.set(
+        this.#keys.queue({ delayed: false, position: laneTokenPosition(to, lane) }),
+        encode({ lane }),
+      );
+    }
   }
 
   /** Stages the creation of an invocation on `op` and returns its record. */
@@ -363,6 +441,7 @@ export class KvStore implements Store {
     const queue: QueueEntry = {
       delayed: false,
       position: timePosition(invocation.nowMs, record.id),
+      ...(record.lane !== undefined ? { lane: record.lane } : {}),
     };
     const keys = this.#keys;
     // No check that the id is free: ULIDs are unique, and a batch may hold only 10 checks.
@@ -422,13 +501,14 @@ export class KvStore implements Store {
           ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
         ]);
         const reservation = runningKey !== null ? entries[slots.length]! : undefined;
+        const states = slots.map((_, i) => decodeSlot(entries[i]!));
         const decision = decideSlots(
           plan,
           id,
           slots.map(({ key, limit }, i) => ({
             key,
             limit,
-            state: decodeSlot(entries[i]!),
+            state: states[i]!,
             ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
           })),
         );
@@ -471,6 +551,7 @@ export class KvStore implements Store {
             op.set(keys.wake(key), encode(null));
             wakes = true;
           }
+          this.#stageTurn(op, key, states[i]!.turn, effect.state.turn);
         });
       }
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
@@ -491,7 +572,9 @@ export class KvStore implements Store {
       // Queued and parked by the time it became available (a woken invocation keeps its place).
       const position = timePosition(next.availableAtMs, id);
       if (plan.queue === "enqueue") {
-        queue = { delayed: next.availableAtMs > change.nowMs, position };
+        queue = inLane(next)
+          ? { delayed: false, position, lane: next.lane! }
+          : { delayed: next.availableAtMs > change.nowMs, position };
         op.set(keys.queue(queue), encode(queueValue(next)));
       } else if (plan.parking.enter !== null) {
         queue = { delayed: false, position, parkedOn: plan.parking.enter };
@@ -542,6 +625,7 @@ export class KvStore implements Store {
           });
         }
         if (plan.final) notify(this.#local.finals.get(id));
+        if (wakes) this.#wakesWritten++;
         if (plan.slot === "release" || wakes) this.#announceWork();
         return { ok: true, record: next, entries: plan.entries };
       }
@@ -632,11 +716,13 @@ export class KvStore implements Store {
     // Entries of tasks this runner does not run are skipped without a read, and read past (up to
     // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
     const listOptions = { limit: limit + SKIP_LIMIT, batchSize: Math.min(limit, 500) };
-    const delayed = this.#kv.list({
-      start: this.#keys.queue({ delayed: true, position: "" }),
-      end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
-    }, listOptions);
-    const ready = this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, listOptions);
+    const delayed = () =>
+      this.#kv.list({
+        start: this.#keys.queue({ delayed: true, position: "" }),
+        end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
+      }, listOptions);
+    const ready = () =>
+      this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, listOptions);
     // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
     // own atomic step, and overlapping them keeps a file or a remote store busy instead of
     // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
@@ -659,23 +745,73 @@ export class KvStore implements Store {
       for (const candidate of later) if (!full()) await tryClaim(candidate.id);
       batch = [];
     };
-    for (const entries of [delayed, ready]) {
-      let listed = 0;
-      for await (const entry of entries) {
-        if (claimed.length + batch.length >= max) await flush();
-        if (full()) break;
-        const candidate = decodeQueueValue(entry.value);
-        if (candidate.task !== undefined && request.accepts?.(candidate.task) === false) continue;
-        if (++listed > limit) break;
-        order.set(candidate.id, order.size);
-        batch.push(candidate);
+    // A lane's token in the ready queue stands for the lane's first invocation (one range read).
+    // A pick-up from a lane moves its token behind the other lanes, so another pass over the
+    // queue serves the next lane first while slots are open: the lanes take turns.
+    // A newcomer parked behind a key's parked invocations while the key had room leaves a wake
+    // marker: they are woken, and the queue read again, in this pick-up — a draining runner that
+    // found nothing would not make another.
+    for (let pass = 0, wakes = this.#wakesWritten;; pass++) {
+      const claimedBefore = claimed.length;
+      let fromLanes = 0;
+      const lists = pass === 0 ? [delayed(), ready()] : [ready()];
+      // One candidate once per pass (a lane's token may be read again after it moved); a later
+      // pass may see it again, woken since it was refused.
+      const seen = new Set<string>();
+      for (const entries of lists) {
+        let listed = 0;
+        const wanted = (candidate: QueueValue | undefined): candidate is QueueValue =>
+          candidate !== undefined && !seen.has(candidate.id) &&
+          (candidate.task === undefined || request.accepts?.(candidate.task) !== false);
+        for await (const entry of entries) {
+          if (claimed.length + batch.length >= max) await flush();
+          if (full()) break;
+          const item = decodeQueueItem(entry.value);
+          if ("lane" in item) {
+            // The lane's first invocation, claimed now (after the older candidates): claimed, its
+            // lane's turn moves behind the others; parked, the next one takes its place at once.
+            await flush();
+            while (!full()) {
+              const head = await this.#laneHead(item.lane);
+              if (!wanted(head) || ++listed > limit) break;
+              seen.add(head.id);
+              order.set(head.id, order.size);
+              const parkedBefore = controlled;
+              await tryClaim(head.id);
+              fromLanes++;
+              if (controlled === parkedBefore) break;
+            }
+            continue;
+          }
+          if (!wanted(item)) continue;
+          if (++listed > limit) break;
+          seen.add(item.id);
+          order.set(item.id, order.size);
+          batch.push(item);
+        }
+        await flush();
       }
-      await flush();
+      const woke = this.#wakesWritten !== wakes;
+      if (woke) {
+        wakes = this.#wakesWritten;
+        await this.#wakeMarked(runnerId);
+      }
+      const lanesTurned = fromLanes > 0 && claimed.length > claimedBefore;
+      if (full() || !(woke || lanesTurned) || pass + 1 >= Math.max(max, 3)) break;
     }
     const position = (record: InvocationRecord): number => order.get(record.id) ?? -1;
     claimed.sort((a, b) => position(a) - position(b));
     this.#idlePolls = claimed.length > 0 ? 0 : this.#idlePolls + 1;
     return { claimed, parked, finalised };
+  }
+
+  /** The first invocation waiting in a fairness lane, if any (one range read). */
+  async #laneHead(lane: string): Promise<QueueValue | undefined> {
+    const prefix = this.#keys.queue({ delayed: false, lane });
+    for await (const entry of this.#kv.list({ prefix }, { limit: 1 })) {
+      return decodeQueueValue(entry.value);
+    }
+    return undefined;
   }
 
   // reads: wake/… (one range read, empty unless a key with parked invocations got room), then per
@@ -1676,21 +1812,45 @@ function decodeSlot(entry: KvEntryMaybeLike): SlotState {
   if (typeof value === "string") return { ...EMPTY_SLOT, holders: [value] };
   if (ids(value)) return { ...EMPTY_SLOT, holders: value };
   const state = value as Partial<Record<keyof SlotState, unknown>> | null;
+  const count = (n: unknown): n is number | undefined => n === undefined || typeof n === "number";
   if (
     typeof state !== "object" || state === null || !ids(state.holders) ||
-    typeof state.parked !== "number" || typeof state.woken !== "number"
+    !count(state.parked) || !count(state.woken) || !count(state.queued) ||
+    !(state.turn === undefined || state.turn === null || isTurn(state.turn))
   ) {
     throw new SerializationError("Cannot read a slot key: not a nenc slot state");
   }
-  return { holders: state.holders, parked: state.parked, woken: state.woken };
+  return {
+    holders: state.holders,
+    parked: state.parked ?? 0,
+    woken: state.woken ?? 0,
+    queued: state.queued ?? 0,
+    turn: state.turn ?? null,
+  };
 }
 
-/** The stored value of a slot key's state, or `undefined` for an empty one (the key goes). */
+/**
+ * The stored value of a slot key's state: the holders' ids alone when that is all there is,
+ * `undefined` for an empty one (the key goes).
+ */
 function encodeSlot(state: SlotState): Uint8Array | undefined {
-  if (state.parked === 0 && state.woken === 0) {
+  if (state.parked === 0 && state.woken === 0 && state.queued === 0 && state.turn === null) {
     return state.holders.length === 0 ? undefined : encode(state.holders);
   }
   return encode(state);
+}
+
+function isTurn(turn: unknown): turn is LaneTurn {
+  const { atMs, id } = turn as Partial<LaneTurn>;
+  return typeof turn === "object" && typeof atMs === "number" && typeof id === "string";
+}
+
+/**
+ * Where a fairness lane's token is in the ready queue: at its turn, where an invocation of the
+ * turn's id would stand (`~` sorts after every ULID character), then named by the lane.
+ */
+function laneTokenPosition(turn: LaneTurn, lane: string): string {
+  return timePosition(turn.atMs, `${turn.id}~${lane}`);
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
@@ -1737,11 +1897,23 @@ function queueValue(record: InvocationRecord): QueueValue {
 }
 
 function decodeQueueValue(value: unknown): QueueValue {
-  const decoded = decode(value, "a queue entry") as QueueValue;
+  const decoded = decodeQueueItem(value);
+  if ("lane" in decoded) {
+    throw new SerializationError("Cannot read a queue entry: a lane token, not an invocation");
+  }
+  return decoded;
+}
+
+/** An entry of the ready queue: an invocation, or the token of a fairness lane. */
+function decodeQueueItem(value: unknown): QueueValue | { readonly lane: string } {
+  const decoded = decode(value, "a queue entry") as Partial<QueueValue> & { lane?: unknown };
+  if (typeof decoded === "object" && decoded !== null && typeof decoded.lane === "string") {
+    return { lane: decoded.lane };
+  }
   if (typeof decoded !== "object" || decoded === null || typeof decoded.id !== "string") {
     throw new SerializationError("Cannot read a queue entry: not a nenc queue entry");
   }
-  return decoded;
+  return decoded as QueueValue;
 }
 
 /** Whether a stored invocation may be picked up now: available status, back-off passed. */
@@ -1758,6 +1930,12 @@ function timePosition(ms: number, id: string): string {
 const readyPosition = timePosition;
 const purgePosition = timePosition;
 
+/**
+ * Invocations of one lane registered per commit by registerMany (each about 5 mutations), and
+ * the bytes of one such commit: within Deno KV's limits per atomic operation.
+ */
+const LANE_JOIN_CHUNK = 50;
+const LANE_JOIN_BYTES = 256 * 1024;
 /** Wake markers one pick-up reads, and invocations it wakes per marked key at most. */
 const WAKE_KEYS = 16;
 const WAKES_PER_KEY = 100;

@@ -377,3 +377,34 @@ test("[kv] parking costs one commit per refused invocation: 100 polls while its 
     );
   }
 });
+
+test("[kv] lanes, parking and wake markers leave no key behind: after 3 keys × 8 invocations with limit 1 per key and 2 in all, some canceled, drain to the end, no slot, lane, park or wake key and no lane token remain", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "lanes-clean", kv });
+  const task = app.task("sync", async ({ n }: { tenant: string; n: number }) => {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    return n;
+  }, {
+    runningConcurrency: { by: "keys", limit: 1 },
+    keyArguments: ["tenant"],
+    concurrencyGroups: [{ name: "all", limit: 2 }],
+  });
+  const groups = await Promise.all(
+    ["a", "b", "c"].map((tenant) =>
+      task.parallelize(Array.from({ length: 8 }, (_, n) => ({ tenant, n })))
+    ),
+  );
+  for (const group of groups) await group.invocations[4]!.cancel();
+  await within(app.runner({ concurrency: 4 }).drain(), DEADLINE_MS, "the drain");
+  assert.equal((await app.orchestrator.store.counts()).get("sync")?.get("success"), 21);
+  const left: string[] = [];
+  for await (const entry of kv.list({ prefix: ["nenc", "lanes-clean"] })) {
+    const [kind] = entry.key.slice(2).map(String);
+    const lane = kind === "q" && String(entry.key[3]).includes("~");
+    if (["slot", "lane", "park", "wake", "reserve"].includes(kind!) || lane) {
+      left.push(entry.key.map(String).join("/"));
+    }
+  }
+  assert.deepEqual(left, []);
+});

@@ -2,6 +2,7 @@
  * The storage contract: the behaviour every backend must show through the public API and the
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
+import { fairnessContract } from "./_contract_fairness.ts";
 import { graphsContract } from "./_contract_graphs.ts";
 import { idempotencyContract } from "./_contract_idempotency.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
@@ -31,4 +32,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   limitsContract(backend, makeApp);
   groupsContract(backend, makeApp);
   parkingContract(backend, makeApp);
+  fairnessContract(backend, makeApp);
 }

@@ -283,6 +283,11 @@ export class MemoryStore implements Store {
         tryClaim(id);
       }
     }
+    // Parked or finalised some with slots left: the runner looks again at once, for what the
+    // limit left unread.
+    if (claimed.length < max && parked.length + finalised.length > controlledBefore) {
+      this.#newWork = true;
+    }
     return { claimed, parked, finalised };
   }
 

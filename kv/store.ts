@@ -801,7 +801,11 @@ export class KvStore implements Store {
     }
     const position = (record: InvocationRecord): number => order.get(record.id) ?? -1;
     claimed.sort((a, b) => position(a) - position(b));
-    this.#idlePolls = claimed.length > 0 ? 0 : this.#idlePolls + 1;
+    // Parked or finalised some and slots left: what the window did not reach (a backlog behind a
+    // full key, and work behind it) is read at once, not after a poll.
+    const progressed = claimed.length > 0 || controlled > 0;
+    if (controlled > 0 && claimed.length < max) this.#local.newWork = true;
+    this.#idlePolls = progressed ? 0 : this.#idlePolls + 1;
     return { claimed, parked, finalised };
   }
 

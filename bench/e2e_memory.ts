@@ -5,15 +5,26 @@
  * - noop cN: 10,000 no-op invocations through a runner with N slots (1, 10, 32);
  * - fan-out: one parent calls 1,000 children and waits for all of them (10 slots);
  * - dedup: 10,000 calls over 100 argument sets with registration concurrency "arguments"
- *   → 100 invocations.
+ *   → 100 invocations;
+ * - parked: one running-concurrency key held (a task with `runningConcurrency: "task"` whose first
+ *   invocation runs until the bench ends), 10,000 more of it parked behind it
+ *   (CONCURRENCY_CONTROLLED), then N unrelated no-ops at 32 slots through the same app and runner,
+ *   next to the same no-ops on a fresh app with the same key held and nothing parked, in the same
+ *   run (rounds alternate, median of each; the goal is at least 0.8×). Also how long parking took
+ *   (a pick-up parks at most CONTROL_LIMIT, 100, and a runner whose pick-up claimed nothing waits
+ *   its pollMs, 100 ms, before the next: about 10 s for 10,000), the history entries per parked
+ *   invocation (the memory store's writes), and how many parked invocations changed while the
+ *   unrelated no-ops ran (0 expected).
  *
- * Usage: deno run -A bench/e2e_memory.ts [--invocations N]
+ * Usage: deno run -A bench/e2e_memory.ts [--invocations N] [--parked N] [--rounds N]
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { Nenc } from "../core/app.ts";
+import type { Invocation } from "../core/invocation.ts";
+import { InvocationStatus } from "../core/status.ts";
 
 interface Row {
   readonly scenario: string;
@@ -21,22 +32,47 @@ interface Row {
   readonly seconds: number;
   readonly perSecond: number;
   readonly note: string;
+  /** The parked row: the rate of the same no-ops with nothing parked, and what parking cost. */
+  readonly parked?: number;
+  readonly parkSeconds?: number;
+  readonly historyEntriesPerParked?: number;
+  readonly noBacklogPerSecond?: number;
+  readonly ratio?: number;
+  readonly parkedChangedWhileWaiting?: number;
 }
 
-const { values } = parseArgs({ options: { invocations: { type: "string", default: "10000" } } });
+const { values } = parseArgs({
+  options: {
+    invocations: { type: "string", default: "10000" },
+    parked: { type: "string", default: "10000" },
+    rounds: { type: "string", default: "5" },
+  },
+});
 const INVOCATIONS = Number(values.invocations);
+const PARKED = Number(values.parked);
+const ROUNDS = Number(values.rounds);
 
-async function noop(concurrency: number): Promise<Row> {
-  const app = new Nenc({ appId: "bench" });
-  const task = app.task("noop", ({ i }: { i: number }) => i);
-  await using runner = app.runner({ concurrency });
-  runner.start();
+/** `INVOCATIONS` no-ops of `task` called one after the other, then every result: the seconds. */
+async function runNoops(task: ReturnType<typeof defineNoop>): Promise<number> {
   const start = performance.now();
   const invocations = [];
   for (let i = 0; i < INVOCATIONS; i++) invocations.push(await task.call({ i }));
   const results = await Promise.all(invocations.map((invocation) => invocation.result()));
   const seconds = (performance.now() - start) / 1000;
   if (results.some((result, i) => result !== i)) throw new Error("Cannot bench: wrong results");
+  return seconds;
+}
+
+function defineNoop(app: Nenc) {
+  return app.task("noop", ({ i }: { i: number }) => i);
+}
+
+async function noop(concurrency: number): Promise<Row> {
+  const app = new Nenc({ appId: "bench" });
+  const task = defineNoop(app);
+  await using runner = app.runner({ concurrency });
+  runner.start();
+  const seconds = await runNoops(task);
   return row(`noop c${concurrency}`, INVOCATIONS, seconds, "call → run → result");
 }
 
@@ -75,6 +111,114 @@ async function dedup(calls: number, argumentSets: number): Promise<Row> {
   return row(`dedup ${calls}→${argumentSets}`, calls, seconds, `${ids.size} invocations created`);
 }
 
+/** Polls `check` every 20 ms until it holds; throws after `ms`, so a stuck bench fails, not hangs. */
+async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!await check()) {
+    if (performance.now() > deadline) throw new Error(`Cannot bench: ${what} within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * An app whose task "held" has one running slot, taken by an invocation that runs (on a runner of
+ * its own, 1 slot) until disposed of; and the no-op task with a 32-slot runner.
+ */
+async function heldKeyApp() {
+  const app = new Nenc({ appId: "bench" });
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const held = app.task("held", async ({ i }: { i: number }) => {
+    await released;
+    return i;
+  }, { runningConcurrency: "task" });
+  const task = defineNoop(app);
+  const holderRunner = app.runner({ concurrency: 1 });
+  holderRunner.start();
+  const holder = await held.call({ i: -1 });
+  const runner = app.runner({ concurrency: 32 });
+  const stop = async (): Promise<void> => {
+    // The parked stay parked: the no-op runner stops before the key is released.
+    await runner.stop();
+    release();
+    await holderRunner.stop();
+  };
+  try {
+    await until(
+      "the holder runs",
+      10_000,
+      async () => await holder.status() === InvocationStatus.RUNNING,
+    );
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { app, held, task, runner, [Symbol.asyncDispose]: stop };
+}
+
+/** The `seq` of each of `invocations` still parked, -1 for any other: unchanged while parked. */
+async function seqs(app: Nenc, invocations: readonly Invocation[]): Promise<number[]> {
+  const records = await app.orchestrator.store.getMany(invocations.map(({ id }) => id));
+  return records.map((record) =>
+    record.status === InvocationStatus.CONCURRENCY_CONTROLLED ? record.seq : -1
+  );
+}
+
+async function parkedBacklog(parked: number): Promise<Row> {
+  await using fresh = await heldKeyApp();
+  await using backlog = await heldKeyApp();
+  fresh.runner.start();
+  const group = await backlog.held.parallelize(Array.from({ length: parked }, (_, i) => ({ i })));
+  // Registered with the key held and no free runner: the 32-slot runner parks them.
+  const parkStart = performance.now();
+  backlog.runner.start();
+  const controlled = async (): Promise<number> =>
+    (await backlog.app.orchestrator.store.counts()).get("held")
+      ?.get(InvocationStatus.CONCURRENCY_CONTROLLED) ?? 0;
+  await until(`${parked} parked`, 60_000 + parked * 20, async () => await controlled() === parked);
+  const parkSeconds = (performance.now() - parkStart) / 1000;
+  let entries = 0;
+  for (const invocation of group.invocations) entries += (await invocation.history()).length;
+  const before = await seqs(backlog.app, group.invocations);
+  // Rounds alternate (ABBA), so both apps see the same warm-up, the same load from elsewhere on
+  // the machine and the same growing count of finished no-ops; the median of each is reported.
+  const withBacklog: number[] = [];
+  const without: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    if (round % 2 === 0) without.push(await runNoops(fresh.task));
+    withBacklog.push(await runNoops(backlog.task));
+    if (round % 2 === 1) without.push(await runNoops(fresh.task));
+  }
+  const after = await seqs(backlog.app, group.invocations);
+  const moved = before.filter((seq, i) => seq === -1 || seq !== after[i]).length;
+  const seconds = median(withBacklog);
+  const noBacklogPerSecond = Math.round(INVOCATIONS / median(without));
+  const r = row(
+    `noop c32, ${parked} parked`,
+    INVOCATIONS,
+    seconds,
+    `vs ${noBacklogPerSecond}/s with nothing parked, same run: ${
+      (Math.round(INVOCATIONS / seconds) / noBacklogPerSecond).toFixed(2)
+    }×; parked in ${parkSeconds.toFixed(1)} s, ${
+      entries / Math.max(parked, 1)
+    } history entries each, ${moved} changed meanwhile`,
+  );
+  return {
+    ...r,
+    parked,
+    parkSeconds,
+    historyEntriesPerParked: entries / Math.max(parked, 1),
+    noBacklogPerSecond,
+    ratio: r.perSecond / noBacklogPerSecond,
+    parkedChangedWhileWaiting: moved,
+  };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
 function row(scenario: string, invocations: number, seconds: number, note: string): Row {
   return { scenario, invocations, seconds, perSecond: Math.round(invocations / seconds), note };
 }
@@ -83,6 +227,7 @@ const rows: Row[] = [];
 for (const concurrency of [1, 10, 32]) rows.push(await noop(concurrency));
 rows.push(await fanOut(1_000));
 rows.push(await dedup(INVOCATIONS, 100));
+rows.push(await parkedBacklog(PARKED));
 
 console.log("| scenario | invocations | seconds | invocations/s | note |");
 console.log("| --- | ---: | ---: | ---: | --- |");

@@ -906,10 +906,10 @@ export class Orchestrator {
   }
 
   /**
-   * The pick-up for a runner: blocking invocations first (oldest first), then the queue. Each
-   * returned invocation was moved to PENDING, owned by the runner, together with its running
-   * slot, in one atomic step; candidates refused by running concurrency were re-queued or
-   * finalised. Nothing is handed out twice; a runner that dies before running what it got is
+   * The pick-up for a runner: blocking invocations first (oldest first), then the queue, whose
+   * fairness lanes take turns. Each returned invocation was moved to PENDING, owned by the runner,
+   * together with all its slots, in one atomic step; candidates refused by a full key were parked
+   * on it or finalised. Nothing is handed out twice; a runner that dies before running what it got is
    * recovered after `maxPendingSeconds`.
    */
   async getInvocationsToRun(max: number, options: { runnerId: string }): Promise<Invocation[]> {

@@ -396,7 +396,7 @@ export interface ClaimRequest {
   readonly max: number;
   /** Invocation ids tried first, in order (blocking invocations), before the queue. */
   readonly preferredIds: readonly string[];
-  /** Whether a candidate blocked by running concurrency is re-queued (`true`) or finalised. */
+  /** Whether a candidate refused by a full key is parked (`true`) or finalised. */
   readonly rerouteOnConcurrencyControl: (taskId: string) => boolean;
   /** Purge time for candidates finalised by concurrency control. */
   readonly purgeAtMs: number;

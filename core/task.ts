@@ -199,7 +199,10 @@ export interface TaskOptions<Args = unknown> {
   keyArguments?: readonly (keyof Args & string)[];
   /** Registration reuse with different non-key arguments throws instead of reusing [`false`]. */
   onDiffNonKeyArgsRaise?: boolean;
-  /** A pick-up blocked by running concurrency is re-queued (`true`) or finalised [`true`]. */
+  /**
+   * A pick-up refused by a full key (running concurrency or a group) parks the invocation until
+   * the key has room (`true`), or finalises it as CONCURRENCY_CONTROLLED_FINAL [`true`].
+   */
   rerouteOnConcurrencyControl?: boolean;
   /** Retry while `retries < maxRetries` [`0`]. */
   maxRetries?: number;

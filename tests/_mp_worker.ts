@@ -2,8 +2,10 @@
  * A worker process for the multi-process tests: `<runtime> tests/_mp_worker.ts <mode> <kv file>
  * [args]`. Every mode stops by itself (a deadline bounds each one); results go to stdout as one
  * JSON line, and observations that must hold across processes go to the KV file under
- * `["mp", …]`, next to nenc's own keys.
+ * `["mp", …]`, next to nenc's own keys, or (the `spans` task) to a log file of the process.
  */
+import { appendFileSync } from "node:fs";
+import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { KvStore } from "../kv/store.ts";
@@ -13,11 +15,28 @@ import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 const [mode, path, ...rest] = (globalThis as { Deno?: { args: string[] } }).Deno?.args ??
   (await import("node:process")).argv.slice(2);
 if (mode === undefined || path === undefined) throw new Error("usage: _mp_worker.ts <mode> <kv>");
-const kv = await openTestKv(path);
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Opens the KV file, again (a while) when the open itself says "database is locked": processes
+ * starting together on one file can meet in Deno's own open of it, which does not wait for the
+ * lock (about one start in 40 of the cycle test's pair failed so) — before any nenc code runs.
+ */
+async function openShared(path: string): Promise<TestKv> {
+  for (let tries = 0;; tries++) {
+    try {
+      return await openTestKv(path);
+    } catch (error) {
+      if (!/database is locked/i.test(String(error)) || tries >= 50) throw error;
+      await sleep(5 + Math.random() * 20);
+    }
+  }
+}
+
+const kv = await openShared(path);
 const deadline = Date.now() + 60_000;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Adds `delta` to a counter under ["mp", …] atomically; returns the value before. */
 async function add(key: string[], delta: number, db: TestKv = kv): Promise<number> {
@@ -40,6 +59,35 @@ async function add(key: string[], delta: number, db: TestKv = kv): Promise<numbe
 async function read(key: string[]): Promise<number> {
   const entry = await kv.get(["mp", ...key]);
   return entry.versionstamp === null ? 0 : Number(decoder.decode(entry.value as Uint8Array));
+}
+
+/**
+ * `run` with a tag and a log dir (its fourth and fifth arguments): the runner's id is the tag,
+ * and `spans` logs to `<log dir>/<tag>.jsonl`.
+ */
+const [tag, logDir] = mode === "run" ? [rest[3], rest[4]] : [];
+
+/**
+ * Appends one line to this process's log: one `write`, before the function goes on, so a process
+ * killed with SIGKILL leaves every line it logged (a run's start without its end).
+ */
+function log(entry: Record<string, unknown>): void {
+  if (tag === undefined || logDir === undefined) {
+    throw new Error("spans runs need a tag and a log dir");
+  }
+  appendFileSync(join(logDir, `${tag}.jsonl`), JSON.stringify(entry) + "\n");
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts: to whether it aborted. */
+function sleepUnlessAborted(ms: number, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve(true);
+    const timer = setTimeout(() => resolve(false), ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve(true);
+    }, { once: true });
+  });
 }
 
 function defineTasks(app: Nenc) {
@@ -74,13 +122,32 @@ function defineTasks(app: Nenc) {
     keyArguments: ["key"],
     concurrencyGroups: [{ name: "cap", limit: 6 }],
   });
+  // The limits of `pairs`, each execution logged (its start, then its end: `Date.now()`, one
+  // clock for every process of the machine) instead of counted, for a test that kills a process
+  // mid-run: its unfinished runs are the starts without an end. It takes `ms` and honours its
+  // signal (a fenced execution ends early, marked aborted).
+  const spans = app.task(
+    "spans",
+    async ({ key, i, ms }: { key: string; i: number; ms: number }, ctx) => {
+      log({ event: "start", key, i, at: Date.now() });
+      const aborted = await sleepUnlessAborted(ms, ctx.signal);
+      log({ event: "end", key, i, at: Date.now(), aborted });
+      ctx.signal.throwIfAborted();
+      return i;
+    },
+    {
+      runningConcurrency: { by: "keys", limit: 2 },
+      keyArguments: ["key"],
+      concurrencyGroups: [{ name: "cap", limit: 6 }],
+    },
+  );
   const slow = app.task("slow", async ({ i }: { i: number }) => {
     if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
     return i;
   });
   // No registration concurrency: only idempotency keys dedup its calls.
   const pay = app.task("pay", ({ cents }: { cents: number }) => cents);
-  return { dedup, keyed, pairs, slow, pay };
+  return { dedup, keyed, pairs, spans, slow, pay };
 }
 
 // A runner is presumed dead after 2 s without a heartbeat, so that the kill -9 test sees its
@@ -120,9 +187,14 @@ switch (mode) {
   }
   case "run": {
     // A runner until `rest[0]` invocations of `rest[1]` are final, or the deadline (`rest[2]`:
-    // its runner timeout in seconds, see above).
+    // its runner timeout in seconds, see above; `rest[3]`: its runner id, see `tag`).
     const [count, taskId] = [Number(rest[0]), rest[1]!];
-    await using runner = app.runner({ concurrency: 4, heartbeatMs: 200, pollMs: 20 });
+    await using runner = app.runner({
+      concurrency: 4,
+      heartbeatMs: 200,
+      pollMs: 20,
+      ...(tag !== undefined ? { runnerId: tag } : {}),
+    });
     runner.start();
     while (Date.now() < deadline) {
       const finals = (await app.orchestrator.store.counts()).get(taskId)?.get("success") ?? 0;

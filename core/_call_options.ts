@@ -9,12 +9,22 @@
 /** The default time to live of an idempotency key: 24 h. */
 export const DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3_600_000;
 
-const CALL_OPTION_NAMES: ReadonlySet<string> = new Set(["idempotencyKey", "idempotencyTtlMs"]);
+const CALL_OPTION_NAMES: ReadonlySet<string> = new Set([
+  "idempotencyKey",
+  "idempotencyTtlMs",
+  "delayMs",
+  "runAt",
+]);
 
 /** Call options checked and with defaults filled in. */
 export interface ResolvedCallOptions {
   /** The idempotency key and its time to live, when the call gives a key. */
   readonly idempotency?: { readonly key: string; readonly ttlMs: number };
+  /**
+   * When the invocation may first be picked up, epoch ms: `runAt`, or `delayMs` after `nowMs`;
+   * absent: at once.
+   */
+  readonly availableAtMs?: number;
 }
 
 /**
@@ -24,7 +34,11 @@ export interface ResolvedCallOptions {
  * non-string `idempotencyKey`, a non-positive or non-finite `idempotencyTtlMs`, or a TTL without
  * a key.
  */
-export function resolveCallOptions(taskId: string, options: unknown): ResolvedCallOptions {
+export function resolveCallOptions(
+  taskId: string,
+  options: unknown,
+  nowMs: number,
+): ResolvedCallOptions {
   const fail = (message: string): never => {
     throw new TypeError(`Cannot call task ${taskId}: ${message}`);
   };
@@ -36,10 +50,11 @@ export function resolveCallOptions(taskId: string, options: unknown): ResolvedCa
   for (const name of Object.keys(given)) {
     if (!CALL_OPTION_NAMES.has(name)) fail(`unknown call option "${name}"`);
   }
+  const time = resolveTime(given, nowMs, fail);
   const { idempotencyKey: key, idempotencyTtlMs: ttlMs } = given;
   if (key === undefined) {
     if (ttlMs !== undefined) fail("idempotencyTtlMs needs an idempotencyKey");
-    return {};
+    return time;
   }
   if (typeof key !== "string" || key.length === 0) {
     fail(`idempotencyKey must be a non-empty string, got ${JSON.stringify(key) ?? String(key)}`);
@@ -50,11 +65,39 @@ export function resolveCallOptions(taskId: string, options: unknown): ResolvedCa
     fail(`idempotencyTtlMs must be a positive finite number of ms, got ${String(ttlMs)}`);
   }
   return {
+    ...time,
     idempotency: {
       key: key as string,
       ttlMs: (ttlMs as number | undefined) ?? DEFAULT_IDEMPOTENCY_TTL_MS,
     },
   };
+}
+
+/**
+ * The time fields of call options: `delayMs` (a finite number ≥ 0) or `runAt` (a valid `Date` or
+ * finite epoch ms; one in the past means at once), not both.
+ */
+function resolveTime(
+  given: Record<string, unknown>,
+  nowMs: number,
+  fail: (message: string) => never,
+): Pick<ResolvedCallOptions, "availableAtMs"> {
+  const { delayMs, runAt } = given;
+  if (delayMs !== undefined && runAt !== undefined) fail("give delayMs or runAt, not both");
+  if (delayMs !== undefined) {
+    if (typeof delayMs !== "number" || !Number.isFinite(delayMs) || delayMs < 0) {
+      fail(`delayMs must be a finite number of ms ≥ 0, got ${String(delayMs)}`);
+    }
+    return delayMs === 0 ? {} : { availableAtMs: nowMs + (delayMs as number) };
+  }
+  if (runAt !== undefined) {
+    const atMs = runAt instanceof Date ? runAt.getTime() : runAt;
+    if (typeof atMs !== "number" || !Number.isFinite(atMs)) {
+      fail(`runAt must be a Date or epoch ms, got ${String(runAt)}`);
+    }
+    return (atMs as number) > nowMs ? { availableAtMs: atMs as number } : {};
+  }
+  return {};
 }
 
 /**

@@ -509,9 +509,9 @@ export class MemoryStore implements Store {
     if (record.registrationKey !== null) {
       this.#registrationKeys.set(record.registrationKey, record.id);
     }
-    if (record.lane !== undefined) {
+    if (inLane(record)) {
       const turn = { atMs: record.availableAtMs, id: record.id };
-      this.#setTurn(record.lane, joinLane(this.#slotState(record.lane), turn, 1).turn);
+      this.#setTurn(record.lane!, joinLane(this.#slotState(record.lane!), turn, 1).turn);
     }
     this.#enqueue(record);
     return record;

@@ -24,11 +24,7 @@ import {
 } from "./errors.ts";
 import { callId, callLabel, canonicalJson, newInvocationId } from "./ids.ts";
 import { Invocation, InvocationGroup, ReusedInvocation } from "./invocation.ts";
-import {
-  refuseIdempotencyInBatch,
-  resolveCallOptions,
-  type ResolvedCallOptions,
-} from "./_call_options.ts";
+import { refuseIdempotencyInBatch, resolveCallOptions } from "./_call_options.ts";
 import { deserializeError, type ErrorClass, serializeError } from "./serializer.ts";
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
 import {
@@ -39,7 +35,7 @@ import {
   type StatusChange,
   type Store,
 } from "./store.ts";
-import type { Call, Task } from "./task.ts";
+import type { Call, CallOptions, Task } from "./task.ts";
 
 /**
  * Options of the orchestrator (`new Nenc({ orchestrator: { … } })`); defaults in brackets.
@@ -448,8 +444,7 @@ export class Orchestrator {
    */
   async routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>> {
     const { task, args } = call;
-    const { idempotency } = resolveCallOptions(task.id, call.options);
-    const invocation = this.#newInvocation(task, args, idempotency);
+    const invocation = this.#newInvocation(task, args, call.options);
     await this.#refuseIfCanceled(invocation.parentId);
     await this.#defineGroupsOf(task);
     const outcome = await this.#registering(
@@ -493,7 +488,9 @@ export class Orchestrator {
         );
       }
     }
-    const invocations = calls.map(({ task, args }) => this.#newInvocation(task, args));
+    const invocations = calls.map(({ task, args, options }) =>
+      this.#newInvocation(task, args, options)
+    );
     await this.#refuseIfCanceled(invocations[0]?.parentId ?? null);
     for (const task of new Set(calls.map(({ task }) => task))) await this.#defineGroupsOf(task);
     const ids = invocations.map(({ id }) => id);
@@ -509,23 +506,35 @@ export class Orchestrator {
     return records.map((record) => new Invocation<Result>(this, record));
   }
 
-  /** Routes `argsList` as calls of `task` in batches of its `parallelBatchSize`. */
+  /**
+   * Routes `argsList` as calls of `task` with the same `options` (no idempotency key), in
+   * batches of its `parallelBatchSize`.
+   */
   async parallelize<Args, Result>(
     task: Task<Args, Result>,
     argsList: readonly Args[],
+    options?: CallOptions,
   ): Promise<InvocationGroup<Result>> {
+    refuseIdempotencyInBatch(`parallelize task ${task.id}`, options);
+    const withOptions = options === undefined ? {} : { options };
     // Every argument is checked before the first batch is routed, so a bad call in a later batch
     // leaves nothing registered (routeCalls is all-or-nothing only within its batch).
-    for (const args of argsList) this.#newInvocation(task, args);
+    for (const args of argsList) this.#newInvocation(task, args, options);
     const invocations: Invocation<Result>[] = [];
     if (task.options.registrationConcurrency === "disabled") {
       const batch = task.options.parallelBatchSize;
       for (let start = 0; start < argsList.length; start += batch) {
-        const calls = argsList.slice(start, start + batch).map((args) => ({ task, args }));
+        const calls = argsList.slice(start, start + batch).map((args) => ({
+          task,
+          args,
+          ...withOptions,
+        }));
         invocations.push(...await this.routeCalls(calls));
       }
     } else {
-      for (const args of argsList) invocations.push(await this.routeCall({ task, args }));
+      for (const args of argsList) {
+        invocations.push(await this.routeCall({ task, args, ...withOptions }));
+      }
     }
     return new InvocationGroup(this, invocations);
   }
@@ -585,11 +594,14 @@ export class Orchestrator {
     if (parent?.status === InvocationStatus.CANCELED) this.#outcome(parentId, parent); // throws
   }
 
+  /** @throws {TypeError} for arguments that are not plain JSON, or for bad call options. */
   #newInvocation<Args, Result>(
     task: Task<Args, Result>,
     args: Args,
-    idempotency?: ResolvedCallOptions["idempotency"],
+    options?: CallOptions,
   ): NewInvocation {
+    const nowMs = this.#host.clock.now();
+    const { idempotency, availableAtMs } = resolveCallOptions(task.id, options, nowMs);
     const serialized = task.serializeArgs(args);
     const id = callId(task.id, serialized);
     const execution = currentExecution();
@@ -597,7 +609,6 @@ export class Orchestrator {
     if (execution?.signal.aborted && execution.signal.reason instanceof CanceledError) {
       throw execution.signal.reason;
     }
-    const nowMs = this.#host.clock.now();
     const runningKey = task.runningKey(serialized, id);
     const groupSlots = task.groupSlots(args, serialized);
     return {
@@ -612,6 +623,7 @@ export class Orchestrator {
       groupSlots,
       lane: task.lane(runningKey, groupSlots),
       nowMs,
+      ...(availableAtMs !== undefined ? { availableAtMs } : {}),
       runnerId: execution?.runnerId ?? null,
       ...(idempotency !== undefined
         ? { idempotency: { key: idempotency.key, expiresAtMs: nowMs + idempotency.ttlMs } }

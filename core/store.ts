@@ -252,6 +252,8 @@ export interface NewInvocation extends
   readonly lane?: string | null;
   /** Registration time, epoch ms. */
   readonly nowMs: number;
+  /** Not picked up before this time (a delayed call), epoch ms [`nowMs`]. */
+  readonly availableAtMs?: number;
   /** The runner registering it (a task calling a task), or `null`. */
   readonly runnerId: string | null;
   /**
@@ -762,7 +764,7 @@ export function planRegistration(
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
-    availableAtMs: invocation.nowMs,
+    availableAtMs: Math.max(invocation.nowMs, invocation.availableAtMs ?? invocation.nowMs),
     finishedAtMs: null,
     purgeAtMs: null,
     claimSeq: null,

@@ -4,7 +4,6 @@
  * @module
  */
 
-import { refuseIdempotencyInBatch } from "./_call_options.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import {
@@ -449,6 +448,35 @@ export interface CallOptions {
   readonly idempotencyKey?: string;
   /** How long the idempotency key lives, in ms [`86_400_000`: 24 h]. */
   readonly idempotencyTtlMs?: number;
+  /** Not picked up before this many ms from the call [`0`]; not with `runAt`. */
+  readonly delayMs?: number;
+  /** Not picked up before this time: a `Date` or epoch ms (a past one: at once); not with `delayMs`. */
+  readonly runAt?: Date | number;
+}
+
+/**
+ * Options of `task.parallelize(argsList, options)`: the arguments every call shares, and the
+ * {@linkcode CallOptions} of every call but an idempotency key (which names one call).
+ *
+ * @example Twelve reminders, all due in an hour
+ * ```ts
+ * import { Nenc, type ParallelizeOptions } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const remind = app.task("remind", ({ to, text }: { to: string; text: string }) => `${to}: ${text}`);
+ * const options: ParallelizeOptions<{ to: string; text: string }> = {
+ *   commonArgs: { text: "standup" },
+ *   delayMs: 3_600_000,
+ * };
+ * const group = await remind.parallelize([{ to: "ada" }, { to: "bob" }], options);
+ * const record = await app.orchestrator.store.get(group.invocations[0]!.id);
+ * console.log(record!.availableAtMs - record!.createdAtMs); // 3600000
+ * ```
+ */
+export interface ParallelizeOptions<Args>
+  extends Omit<CallOptions, "idempotencyKey" | "idempotencyTtlMs"> {
+  /** Arguments merged into every call's (a call's own win). */
+  readonly commonArgs?: Partial<Args>;
 }
 
 function resolveGroups(
@@ -532,7 +560,7 @@ export type CallArguments<Args> = undefined extends Args ? [args?: Args, options
  * const routed: unknown[] = [];
  * const router: TaskRouter = {
  *   routeCall: (call) => (routed.push(call.args), app.orchestrator.routeCall(call)),
- *   parallelize: (task, argsList) => app.orchestrator.parallelize(task, argsList),
+ *   parallelize: (task, argsList, options) => app.orchestrator.parallelize(task, argsList, options),
  * };
  * const send = new Task(router, "send", ({ to }: { to: string }) => to);
  * await send.call({ to: "ada" });
@@ -546,6 +574,7 @@ export interface TaskRouter {
   parallelize<Args, Result>(
     task: Task<Args, Result>,
     argsList: readonly Args[],
+    options?: CallOptions,
   ): Promise<InvocationGroup<Result>>;
 }
 
@@ -648,8 +677,9 @@ export class Task<Args = unknown, Result = unknown> {
 
   /**
    * Routes many calls in batches of `parallelBatchSize` and returns them as a group;
-   * `commonArgs` are merged into every call's arguments. An idempotency key names one call:
-   * `parallelize` refuses `idempotencyKey` (and any other unknown option) with a `TypeError`.
+   * `commonArgs` are merged into every call's arguments, and the other {@linkcode
+   * ParallelizeOptions} apply to every call. An idempotency key names one call: `parallelize`
+   * refuses `idempotencyKey` (and any other unknown option) with a `TypeError`.
    *
    * @example
    * ```ts
@@ -665,22 +695,13 @@ export class Task<Args = unknown, Result = unknown> {
    */
   parallelize(
     argsList: readonly Partial<Args>[],
-    options: { commonArgs?: Partial<Args> } = {},
+    options: ParallelizeOptions<Args> = {},
   ): Promise<InvocationGroup<Result>> {
-    try {
-      refuseIdempotencyInBatch(`parallelize task ${this.id}`, options);
-      for (const name of Object.keys(options)) {
-        if (name !== "commonArgs") {
-          throw new TypeError(`Cannot parallelize task ${this.id}: unknown option "${name}"`);
-        }
-      }
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const list = options.commonArgs === undefined
+    const { commonArgs, ...callOptions } = options;
+    const list = commonArgs === undefined
       ? argsList as readonly Args[]
-      : argsList.map((args) => ({ ...options.commonArgs, ...args }) as Args);
-    return this.#router.parallelize(this, list);
+      : argsList.map((args) => ({ ...commonArgs, ...args }) as Args);
+    return this.#router.parallelize(this, list, callOptions);
   }
 
   /**

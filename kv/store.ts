@@ -329,7 +329,7 @@ export class KvStore implements Store {
           op.check({ key: keys.registration(key), versionstamp: holder.versionstamp });
           op.set(keys.registration(key), encode(invocation.id));
         }
-        if (invocation.lane) {
+        if (joinsLane(invocation)) {
           const slot = await this.#reads.get(keys.slot(invocation.lane));
           this.#stageLaneJoin(op, invocation.lane, slot, invocation, 1);
         }
@@ -366,7 +366,7 @@ export class KvStore implements Store {
     // checked against the lane's state: its count and its token move with them.
     const lanes = new Map<string, { members: NewInvocation[]; bytes: number }[]>();
     invocations.forEach((invocation, i) => {
-      if (!invocation.lane) return;
+      if (!joinsLane(invocation)) return;
       const chunks = lanes.get(invocation.lane) ?? [];
       const bytes = staged[i]!.op.bytes;
       const last = chunks[chunks.length - 1];
@@ -382,7 +382,7 @@ export class KvStore implements Store {
       lanes.set(invocation.lane, chunks);
     });
     await Promise.all([
-      ...staged.filter(({ record }) => record.lane === undefined).map(async ({ op }) => {
+      ...staged.filter(({ record }) => !inLane(record)).map(async ({ op }) => {
         // No checks: only a file locked past every try fails it.
         for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
       }),
@@ -438,10 +438,11 @@ export class KvStore implements Store {
   /** Stages the creation of an invocation on `op` and returns its record. */
   #stage(op: AtomicDraft, invocation: NewInvocation): InvocationRecord {
     const { record, entry } = planRegistration(invocation);
+    // A delayed call waits in the delayed queue, by its time; else in its lane, or the queue.
     const queue: QueueEntry = {
-      delayed: false,
-      position: timePosition(invocation.nowMs, record.id),
-      ...(record.lane !== undefined ? { lane: record.lane } : {}),
+      delayed: record.availableAtMs > invocation.nowMs,
+      position: timePosition(record.availableAtMs, record.id),
+      ...(inLane(record) ? { lane: record.lane! } : {}),
     };
     const keys = this.#keys;
     // No check that the id is free: ULIDs are unique, and a batch may hold only 10 checks.
@@ -1918,6 +1919,12 @@ function decodeQueueItem(value: unknown): QueueValue | { readonly lane: string }
     throw new SerializationError("Cannot read a queue entry: not a nenc queue entry");
   }
   return decoded as QueueValue;
+}
+
+/** Whether a new invocation waits in its lane: it has one, and is not delayed. */
+function joinsLane(invocation: NewInvocation): invocation is NewInvocation & { lane: string } {
+  return Boolean(invocation.lane) &&
+    (invocation.availableAtMs === undefined || invocation.availableAtMs <= invocation.nowMs);
 }
 
 /** Whether a stored invocation may be picked up now: available status, back-off passed. */

@@ -164,19 +164,19 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(await claimIds(app, 1, "r2"), [q2.id]);
   });
 
-  test(`[${backend}] parking: a pick-up that parked some and has slots left looks again at once — an unrelated call behind 250 refused invocations runs with no poll (the clock never moves)`, async () => {
+  test(`[${backend}] parking: a pick-up that parked some and has slots left looks again at once — an unrelated call behind 120 refused invocations runs with no poll (the clock never moves)`, async () => {
     const clock = new FakeClock();
     const app = await makeApp({ clock });
     const task = app.task("t", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
     const holder = await task.call({ n: -1 });
     assert.deepEqual(await claimIds(app, 1, "r0"), [holder.id]);
     await app.orchestrator.setInvocationRun(undefined, holder, { runnerId: "r0" });
-    await task.parallelize(Array.from({ length: 250 }, (_, n) => ({ n })));
+    await task.parallelize(Array.from({ length: 120 }, (_, n) => ({ n })));
     const unrelated = await app.task("other", () => "done").call();
     await using runner = app.runner({ concurrency: 2, pollMs: 3_600_000, graceMs: 0 });
     runner.start();
     assert.equal(await within(unrelated.result(), DEADLINE_MS, "the unrelated call"), "done");
     const parked = (await app.orchestrator.store.counts()).get("t")?.get("concurrency_controlled");
-    assert.equal(parked, 250);
+    assert.equal(parked, 120);
   });
 }

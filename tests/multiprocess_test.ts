@@ -496,6 +496,7 @@ test(
         assert.deepEqual(await slotStates(kv), [], "slot keys left");
         assert.deepEqual(await keysUnder(kv, "wake"), [], "wake markers left");
         assert.deepEqual(await keysUnder(kv, "park"), [], "parked entries left");
+        assert.deepEqual(await keysUnder(kv, "lane"), [], "lane entries left");
         assert.deepEqual(await keysUnder(kv, "q"), [], "ready queue entries left");
         assert.deepEqual(await keysUnder(kv, "qd"), [], "delayed queue entries left");
         assert.deepEqual(await keysUnder(kv, "exec"), [], "executions left");

@@ -839,18 +839,20 @@ export class KvStore implements Store {
         stored.record.status === InvocationStatus.CONCURRENCY_CONTROLLED;
       const parkedOn = this.#keys.queue({ delayed: false, parkedOn: key });
       let woken = 0;
-      for (; woken < WAKES_PER_KEY; woken++) {
+      for (let previous: string | undefined; woken < WAKES_PER_KEY; woken++) {
         let first: string | undefined;
         for await (const entry of this.#kv.list({ prefix: parkedOn }, { limit: 1 })) {
           first = decodeQueueValue(entry.value).id;
         }
-        if (first === undefined) break;
+        if (first === undefined || first === previous) break;
+        previous = first;
         const outcome = await this.#apply(
           first,
           (record) => wakeChange(record, runnerId, this.#clock.now()),
           parkedHere,
         );
-        // Refused: the key has no room left. Missing: woken or canceled meanwhile; look again.
+        // Refused: the key has no room left. Missing: woken or canceled meanwhile (its entry
+        // went with it, so the next look finds another); look again.
         if (!outcome.ok && outcome.reason !== "missing") break;
       }
       if (woken < WAKES_PER_KEY) {

@@ -381,7 +381,9 @@ export class KvStore implements Store {
       }
       lanes.set(invocation.lane, chunks);
     });
-    await Promise.all([
+    // Every draft settles before this returns, even when one fails: a caller that retries what
+    // is missing must not race a chunk still in flight (its lane would count it twice).
+    const settled = await Promise.allSettled([
       ...staged.filter(({ record }) => !inLane(record)).map(async ({ op }) => {
         // No checks: only a file locked past every try fails it.
         for (let attempt = 0; !await this.#group.commit(op); attempt++) await backoff(attempt);
@@ -399,6 +401,8 @@ export class KvStore implements Store {
         }
       }),
     ]);
+    const failed = settled.find((result) => result.status === "rejected");
+    if (failed !== undefined) throw failed.reason;
     this.#announceWork();
     return staged.map(({ record }) => record);
   }
@@ -470,6 +474,7 @@ export class KvStore implements Store {
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
     isWanted: (stored: StoredInvocation) => boolean = () => true,
+    onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     for (let attempt = 0;; attempt++) {
@@ -477,7 +482,7 @@ export class KvStore implements Store {
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
       const { record } = stored;
-      const change = typeof changeOf === "function" ? changeOf(record) : changeOf;
+      let change = typeof changeOf === "function" ? changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
         // A retried write whose earlier try committed (its answer lost) is done, not a conflict.
         if (isAppliedChange(record, change)) {
@@ -485,8 +490,7 @@ export class KvStore implements Store {
         }
         return { ok: false, reason: "conflict", record };
       }
-      const plan = planChange(record, change);
-      const next = plan.record;
+      let plan = planChange(record, change);
       const op = new AtomicDraft().check({
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
@@ -503,16 +507,23 @@ export class KvStore implements Store {
         ]);
         const reservation = runningKey !== null ? entries[slots.length]! : undefined;
         const states = slots.map((_, i) => decodeSlot(entries[i]!));
-        const decision = decideSlots(
-          plan,
-          id,
-          slots.map(({ key, limit }, i) => ({
-            key,
-            limit,
-            state: states[i]!,
-            ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
-          })),
-        );
+        const inputs = slots.map(({ key, limit }, i) => ({
+          key,
+          limit,
+          state: states[i]!,
+          ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
+        }));
+        let decision = decideSlots(plan, id, inputs);
+        if (decision.busy !== undefined && onBusy !== undefined && !decision.reserve) {
+          // Refused, and parked (or finalised) in the same step, from the same reads: the park
+          // writes the refusing key's state (and the state of the key it was woken from), checked,
+          // so a refusal that a concurrent commit made stale fails and is planned again. Two
+          // woken invocations that each saw the other holding the room they need cannot both
+          // park on each other's key, round after round.
+          change = onBusy(record, decision.busy);
+          plan = planChange(record, change);
+          decision = decideSlots(plan, id, inputs);
+        }
         if (decision.busy !== undefined) {
           // Only a refused resume reserves, and only the running key: checked against the record
           // read, so a cancel or recovery that moved it since leaves no reservation for an
@@ -555,6 +566,7 @@ export class KvStore implements Store {
           this.#stageTurn(op, key, states[i]!.turn, effect.state.turn);
         });
       }
+      const next = plan.record;
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
         const holder = await this.#reads.get(keys.registration(record.registrationKey));
         if (idOf(holder) === id) {
@@ -672,37 +684,27 @@ export class KvStore implements Store {
       let outcome: ChangeOutcome;
       try {
         // Stamped when planned (each attempt), not when the pass began: a pass takes a while.
-        outcome = await this.#apply(id, (record) => ({
-          path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
-          runnerId,
-          nowMs: this.#clock.now(),
-        }), available);
+        // Refused a slot: parked on the key that refused it (or finalised), in the same step.
+        outcome = await this.#apply(
+          id,
+          (record) => ({
+            path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
+            runnerId,
+            nowMs: this.#clock.now(),
+          }),
+          available,
+          (record, busyKey) =>
+            controlChange({ ...request, nowMs: this.#clock.now() }, record.taskId, busyKey),
+        );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
         return; // Another runner moved it first (the re-planned transition is refused).
       }
-      if (outcome.ok) return void claimed.push(outcome.record);
-      if (outcome.reason !== "slot-busy") return;
-      try {
-        // Refused a slot: park on the key that refused it (or finalise), unless it moved since.
-        const seq = outcome.record!.seq;
-        const control = await this.#apply(
-          id,
-          controlChange(
-            { ...request, nowMs: this.#clock.now() },
-            outcome.record!.taskId,
-            outcome.busyKey!,
-          ),
-          (stored) => stored.record.seq === seq,
-        );
-        if (control.ok) {
-          controlled++;
-          (isFinalStatus(control.record.status) ? finalised : parked).push(control.record);
-        }
-      } catch (error) {
-        if (error instanceof StoreClosedError) throw error;
-        // Moved by another runner meanwhile.
-      }
+      if (!outcome.ok) return;
+      const { record } = outcome;
+      if (record.status === PENDING || record.status === RUNNING) return void claimed.push(record);
+      controlled++;
+      (isFinalStatus(record.status) ? finalised : parked).push(record);
     };
     for (const id of request.preferredIds) {
       if (claimed.length >= max) break;

@@ -179,4 +179,42 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     const parked = (await app.orchestrator.store.counts()).get("t")?.get("concurrency_controlled");
     assert.equal(parked, 120);
   });
+
+  test(`[${backend}] parking: two woken invocations that each need the other's key (groups A and B, limit 1) do not park on each other round after round: the next pick-up runs one, then the other`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const [a, b] = [{ name: "A", limit: 1 }, { name: "B", limit: 1 }];
+    const both = { runningConcurrency: "task", concurrencyGroups: [a, b] } as const;
+    const x = app.task("x", () => "x", both);
+    const y = app.task("y", () => "y", both);
+    const holdA = app.task("holdA", () => 0, { concurrencyGroups: [a] });
+    const holdB = app.task("holdB", () => 0, { concurrencyGroups: [b] });
+    const runClaimed = async () => {
+      const claimed = await o.getInvocationsToRun(10, { runnerId: "r1" });
+      for (const invocation of claimed) {
+        await o.setInvocationRun(undefined, invocation, { runnerId: "r1" });
+      }
+      return claimed.map(({ id }) => id);
+    };
+    const heldB = await holdB.call();
+    await runClaimed();
+    const waitingY = await y.call();
+    await runClaimed(); // y parks on B
+    const heldA = await holdA.call();
+    await runClaimed();
+    const waitingX = await x.call();
+    await runClaimed(); // x parks on A
+    assert.equal(await waitingX.status(), "concurrency_controlled");
+    assert.equal(await waitingY.status(), "concurrency_controlled");
+    await o.setInvocationResult(heldA, 0, { runnerId: "r1" });
+    await o.setInvocationResult(heldB, 0, { runnerId: "r1" });
+    const first = await runClaimed();
+    assert.equal(first.length, 1, "one of the two runs at once");
+    const [done, other] = first[0] === waitingX.id ? [waitingX, waitingY] : [waitingY, waitingX];
+    await o.setInvocationResult(done, "done", { runnerId: "r1" });
+    assert.deepEqual(await runClaimed(), [other.id]);
+    for (const invocation of [waitingX, waitingY]) {
+      assert.ok((await invocation.history()).length <= 8, "no round after round of parking");
+    }
+  });
 }

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
-import type { KvLike } from "../kv/kv_like.ts";
+import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { KV_SCHEMA_VERSION, KvStore } from "../kv/store.ts";
 import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
@@ -407,4 +407,34 @@ test("[kv] lanes, parking and wake markers leave no key behind: after 3 keys × 
     }
   }
   assert.deepEqual(left, []);
+});
+
+test("[kv] registerMany settles every lane's commit before it rejects: a caller that retries what is missing cannot race a chunk still in flight", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const laneOf = (keys: readonly KvKey[], task: string) =>
+    keys.some((key) => key[2] === "lane" && String(key[3]).startsWith(task));
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, keys) => {
+      if (laneOf(keys, "child-a")) throw new Error("injected: lane a's commit refused");
+      if (laneOf(keys, "child-b")) await new Promise((resolve) => setTimeout(resolve, 200));
+    },
+  });
+  const app = new Nenc({ appId: "register-many-settles", kv: view });
+  const keyed = { runningConcurrency: "keys", keyArguments: ["k"] } as const;
+  const a = app.task("child-a", ({ n }: { k: string; n: number }) => n, keyed);
+  const b = app.task("child-b", ({ n }: { k: string; n: number }) => n, keyed);
+  await assert.rejects(
+    app.orchestrator.routeCalls<{ k: string; n: number }, number>([
+      ...[0, 1].map((n) => ({ task: a, args: { k: "x", n } })),
+      ...[0, 1].map((n) => ({ task: b, args: { k: "x", n } })),
+    ]),
+    /lane a's commit refused/,
+  );
+  // Lane b's chunk had landed by then: its two invocations are counted, once.
+  const slots: unknown[] = [];
+  for await (const entry of kv.list({ prefix: ["nenc", "register-many-settles", "slot"] })) {
+    slots.push(JSON.parse(new TextDecoder().decode(entry.value as Uint8Array)));
+  }
+  assert.deepEqual(slots.map((slot) => (slot as { queued: number }).queued), [2]);
 });

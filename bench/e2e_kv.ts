@@ -16,9 +16,23 @@
  * bytes columns; registering them is not counted), and the commits that touched a parked
  * invocation (or a park/, wake/ or slot/ key) while the unrelated no-ops ran: 0 expected.
  *
+ * The delayed row: N no-op invocations (10,000) called with `runAt` spread evenly over S ms
+ * (10,000: one due every ms), all registered before the first is due, run by a 32-slot runner at
+ * its default pollMs (100): the lateness of each start (`Date.now()` in the function minus its
+ * `runAt`, whole ms), p50, p99 and max; an invocation started before its time fails the bench.
+ * Its rate is theirs from the first `runAt` to the last start (set by the spread), and its commits
+ * and bytes columns count registering and running them. Then the store reads
+ * (`get`, `getMany` and `list` calls, and the entries the lists read) per idle poll of a 32-slot
+ * runner with nothing due, on a file with no delayed invocation and on one with N due in an hour:
+ * they must be the same (the bench fails otherwise). A poll is one pick-up (`store.claim`); its
+ * reads are all those from its start to the next one's, so the polls that also ran the recovery
+ * scan (once per heartbeatMs, 1 s) count more: the typical poll (median) is compared, and the
+ * mean over the window reported.
+ *
  * Prints a table and one JSON line per row.
  *
- * Usage: deno run -A bench/e2e_kv.ts [--invocations N] [--parked N] [--rounds N]
+ * Usage: deno run -A bench/e2e_kv.ts [--invocations N] [--parked N] [--rounds N] [--delayed N]
+ *   [--spread-ms MS] [--lead-ms MS] [--idle-ms MS]
  *
  * @module
  */
@@ -39,6 +53,10 @@ const { values } = parseArgs({
     invocations: { type: "string", default: "2000" },
     parked: { type: "string", default: "10000" },
     rounds: { type: "string", default: "5" },
+    delayed: { type: "string", default: "10000" },
+    "spread-ms": { type: "string", default: "10000" },
+    "lead-ms": { type: "string", default: "2000" },
+    "idle-ms": { type: "string", default: "2000" },
     worker: { type: "string" },
     "raw-worker": { type: "string" },
   },
@@ -46,6 +64,10 @@ const { values } = parseArgs({
 const INVOCATIONS = Number(values.invocations);
 const PARKED = Number(values.parked);
 const ROUNDS = Number(values.rounds);
+const DELAYED = Number(values.delayed);
+const SPREAD_MS = Number(values["spread-ms"]);
+const LEAD_MS = Number(values["lead-ms"]);
+const IDLE_MS = Number(values["idle-ms"]);
 const directory = mkdtempSync(join(tmpdir(), "nenc-bench-kv-"));
 let files = 0;
 const newFile = (): string => join(directory, `${++files}.db`);
@@ -175,6 +197,36 @@ interface Row {
   readonly noBacklogPerSecond?: number;
   readonly ratio?: number;
   readonly commitsTouchingParkedWhileWaiting?: number;
+  /**
+   * The delayed row: how the starts of invocations called with `runAt` fell after their time,
+   * and the reads of an idle poll with none and with `delayed` delayed far ahead.
+   */
+  readonly delayed?: number;
+  readonly spreadMs?: number;
+  readonly pollMs?: number;
+  readonly registerSeconds?: number;
+  readonly latenessP50Ms?: number;
+  readonly latenessP99Ms?: number;
+  readonly latenessMaxMs?: number;
+  readonly latenessMinMs?: number;
+  readonly early?: number;
+  readonly idleNoneDelayed?: IdleReads;
+  readonly idleDelayedAhead?: IdleReads;
+}
+
+/** The reads of the idle polls of a runner in a window. */
+interface IdleReads {
+  readonly delayedAhead: number;
+  readonly polls: number;
+  /** Reads (`get`, `getMany`, `list` calls) of the typical (median) poll, and the fewest/most. */
+  readonly readsPerPoll: number;
+  readonly readsPerPollMin: number;
+  readonly readsPerPollMax: number;
+  /** All reads in the window over its polls. */
+  readonly readsPerPollMean: number;
+  /** The entries the lists of the typical (median) poll read, and the most. */
+  readonly listedPerPoll: number;
+  readonly listedPerPollMax: number;
 }
 
 async function rawCommits(writers: number): Promise<Row> {
@@ -411,6 +463,216 @@ async function parkedBacklog(parked: number): Promise<Row> {
   };
 }
 
+/** A KV view that counts the entries its `list` calls read. */
+function listing(kv: KvLike): { kv: KvLike; listed: () => number } {
+  let listed = 0;
+  return {
+    listed: () => listed,
+    kv: {
+      get: (key) => kv.get(key),
+      getMany: (keys) => kv.getMany(keys),
+      list: (selector, options) =>
+        (async function* () {
+          for await (const entry of kv.list(selector, options)) {
+            listed++;
+            yield entry;
+          }
+        })(),
+      atomic: () => kv.atomic(),
+    },
+  };
+}
+
+/** Calls `task` with each of `runAt`, from 32 concurrent callers. */
+async function callAt(task: ReturnType<typeof define>, runAt: readonly number[]): Promise<void> {
+  await Promise.all(Array.from({ length: 32 }, async (_, caller) => {
+    for (let i = caller; i < runAt.length; i += 32) await task.call({ i }, { runAt: runAt[i]! });
+  }));
+}
+
+/**
+ * `delayed` no-ops called with `runAt` = t0 + i·spreadMs/delayed, t0 being `leadMs` after the
+ * bench starts registering (every call must be made by then), run by a 32-slot runner started
+ * before them, at the default pollMs; then the reads of idle polls.
+ */
+async function delayedStarts(delayed: number, spreadMs: number, leadMs: number): Promise<Row> {
+  const handle = await Deno.openKv(newFile());
+  const counter = counting(handle);
+  const app = new Nenc({ appId: "bench", kv: counter.kv });
+  // Date.now() in the function: the clock the store compares `runAt` with.
+  const startedAt = new Float64Array(delayed).fill(NaN);
+  let runs = 0;
+  let allRan!: () => void;
+  const ran = new Promise<void>((resolve) => allRan = resolve);
+  const task = app.task("noop", ({ i }: { i: number }) => {
+    startedAt[i] = Date.now();
+    if (++runs === delayed) allRan();
+    return i;
+  });
+  const runner = app.runner({ concurrency: 32 });
+  let registerSeconds: number;
+  let t0: number;
+  let runAt: number[];
+  try {
+    runner.start();
+    const registerStart = Date.now();
+    t0 = registerStart + leadMs;
+    runAt = Array.from({ length: delayed }, (_, i) => t0 + Math.floor(i * spreadMs / delayed));
+    await callAt(task, runAt);
+    const registered = Date.now();
+    registerSeconds = (registered - registerStart) / 1000;
+    if (registered >= t0) {
+      throw new Error(
+        `Cannot bench: registering took ${
+          registered - registerStart
+        } ms, not within --lead-ms ${leadMs}`,
+      );
+    }
+    await deadline(`${delayed} delayed invocations run`, leadMs + spreadMs + 30_000, ran);
+  } finally {
+    await runner.stop();
+    handle.close();
+  }
+  // As many runs as invocations and none without a start: each ran once.
+  if (runs !== delayed || startedAt.some(Number.isNaN)) {
+    throw new Error(`Cannot bench: ${runs} runs of ${delayed} invocations, not one each`);
+  }
+  const lateness = Array.from(startedAt, (started, i) => started - runAt[i]!);
+  const sorted = [...lateness].sort((a, b) => a - b);
+  const early = sorted.filter((ms) => ms < 0).length;
+  const lastStart = Math.max(...startedAt);
+  const stats = {
+    delayed,
+    spreadMs,
+    pollMs: runner.pollMs,
+    registerSeconds,
+    latenessP50Ms: percentile(sorted, 0.5),
+    latenessP99Ms: percentile(sorted, 0.99),
+    latenessMaxMs: sorted[sorted.length - 1]!,
+    latenessMinMs: sorted[0]!,
+    early,
+  };
+  if (early > 0) {
+    console.log(JSON.stringify({ bench: "e2e_kv", ...stats }));
+    throw new Error(`Cannot bench: ${early} delayed invocations started before their runAt`);
+  }
+  const none = await idleReads(0);
+  const ahead = await idleReads(delayed);
+  const r: Row = {
+    scenario: `nenc on a KV file, delayed ${delayed} over ${spreadMs / 1000} s, concurrency 32`,
+    perSecond: Math.round(delayed / ((lastStart - t0) / 1000)),
+    seconds: (lastStart - t0) / 1000,
+    commitsPerInvocation: counter.commits() / delayed,
+    bytesPerInvocation: Math.round(counter.bytes() / delayed),
+    note: `lateness of the starts p50 ${stats.latenessP50Ms} ms, p99 ${stats.latenessP99Ms} ms, ` +
+      `max ${stats.latenessMaxMs} ms, ${early} early (pollMs ${runner.pollMs}); registered in ${
+        registerSeconds.toFixed(1)
+      } s; reads per idle poll ${none.readsPerPoll} with none delayed, ${ahead.readsPerPoll} ` +
+      `with ${delayed} due in 1 h (${none.listedPerPoll} and ${ahead.listedPerPoll} entries ` +
+      `listed; ${none.polls} and ${ahead.polls} polls in ${IDLE_MS / 1000} s, mean ${
+        none.readsPerPollMean.toFixed(2)
+      } and ${ahead.readsPerPollMean.toFixed(2)} with the recovery scan and heartbeat once a s)`,
+    ...stats,
+    idleNoneDelayed: none,
+    idleDelayedAhead: ahead,
+  };
+  if (none.readsPerPoll !== ahead.readsPerPoll || none.listedPerPoll !== ahead.listedPerPoll) {
+    console.log(JSON.stringify({ bench: "e2e_kv", ...r }));
+    throw new Error(
+      `Cannot bench: an idle poll reads more with ${delayed} delayed (${ahead.readsPerPoll} ` +
+        `reads, ${ahead.listedPerPoll} entries) than with none (${none.readsPerPoll}, ` +
+        `${none.listedPerPoll})`,
+    );
+  }
+  return r;
+}
+
+/**
+ * The reads of each idle poll (pick-up) of a 32-slot runner at the default pollMs, in a window of
+ * IDLE_MS after it settled, on a new file where `delayedAhead` invocations are due in an hour.
+ */
+async function idleReads(delayedAhead: number): Promise<IdleReads> {
+  const handle = await Deno.openKv(newFile());
+  const lists = listing(handle);
+  let reads = 0;
+  const kv = interceptKv(lists.kv, {
+    beforeGet: () => void reads++,
+    beforeGetMany: () => void reads++,
+    beforeList: () => void reads++,
+  });
+  const app = new Nenc({ appId: "bench", kv });
+  const task = define(app);
+  const inAnHour = Date.now() + 3_600_000;
+  await callAt(
+    task,
+    Array.from(
+      { length: delayedAhead },
+      (_, i) => inAnHour + Math.floor(i * SPREAD_MS / delayedAhead),
+    ),
+  );
+  // Each pick-up marks the reads and entries so far: a poll's are those up to the next mark.
+  const store = app.orchestrator.store;
+  const claim = store.claim.bind(store);
+  const marks: [number, number][] = [];
+  store.claim = (request) => {
+    marks.push([reads, lists.listed()]);
+    return claim(request);
+  };
+  const runner = app.runner({ concurrency: 32 });
+  let from: number;
+  let to: number;
+  try {
+    runner.start();
+    // Settled: the first heartbeat and recovery scan made, KV's empty-claim back-off (5, 10, 20,
+    // 40, 80 ms) past pollMs.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    from = marks.length;
+    await new Promise((resolve) => setTimeout(resolve, IDLE_MS));
+    to = marks.length;
+  } finally {
+    await runner.stop();
+    handle.close();
+  }
+  if (from === 0) throw new Error("Cannot bench: no pick-up within 500 ms of the runner's start");
+  const window = marks.slice(from - 1, to);
+  const perPoll = window.slice(1).map(([r], i) => r - window[i]![0]);
+  const listed = window.slice(1).map(([, l], i) => l - window[i]![1]);
+  if (perPoll.length === 0) throw new Error(`Cannot bench: no idle poll within ${IDLE_MS} ms`);
+  return {
+    delayedAhead,
+    polls: perPoll.length,
+    readsPerPoll: median(perPoll),
+    readsPerPollMin: Math.min(...perPoll),
+    readsPerPollMax: Math.max(...perPoll),
+    readsPerPollMean: perPoll.reduce((sum, n) => sum + n, 0) / perPoll.length,
+    listedPerPoll: median(listed),
+    listedPerPollMax: Math.max(...listed),
+  };
+}
+
+/** The nearest-rank percentile `p` (0–1] of `sorted` (ascending). */
+function percentile(sorted: readonly number[], p: number): number {
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
+}
+
+/** `promise`, or a throw after `ms`: a stuck bench fails, not hangs. */
+async function deadline<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`Cannot bench: ${what} within ${ms} ms`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)]!;
@@ -419,9 +681,11 @@ function median(values: readonly number[]): number {
 // Each nenc row is compared with the raw rate of the same process layout, measured in this run.
 const raw = await rawCommits(32);
 const rawFour = await rawCommitsFourProcesses();
-const rows: [Row, Row][] = [[raw, raw]];
+const rows: [Row, Row | undefined][] = [[raw, raw]];
 for (const concurrency of [1, 10, 32]) rows.push([await oneProcess(concurrency), raw]);
 rows.push([await parkedBacklog(PARKED), raw]);
+// The delayed row's rate is set by its runAt times: no raw baseline.
+rows.push([await delayedStarts(DELAYED, SPREAD_MS, LEAD_MS), undefined]);
 rows.push([rawFour, rawFour], [await fourProcesses(), rawFour]);
 
 console.log(
@@ -429,13 +693,18 @@ console.log(
 );
 console.log("| --- | ---: | ---: | ---: | ---: |");
 for (const [r, baseline] of rows) {
-  // The parked row's table line carries its note: the rate with nothing parked, and what the
-  // commits and bytes columns count there.
-  const label = r.ratio === undefined ? r.scenario : `${r.scenario}: ${r.note}`;
+  // The parked and delayed rows' table lines carry their notes: the rate with nothing parked, the
+  // lateness and the idle reads, and what the commits and bytes columns count there.
+  const label = r.ratio === undefined && r.delayed === undefined
+    ? r.scenario
+    : `${r.scenario}: ${r.note}`;
+  const percent = baseline === undefined
+    ? ""
+    : `${(100 * r.perSecond / baseline.perSecond).toFixed(1)} %`;
   console.log(
-    `| ${label} | ${r.perSecond} | ${(100 * r.perSecond / baseline.perSecond).toFixed(1)} % | ${
-      r.commitsPerInvocation?.toFixed(1) ?? ""
-    } | ${r.bytesPerInvocation ?? ""} |`,
+    `| ${label} | ${r.perSecond} | ${percent} | ${r.commitsPerInvocation?.toFixed(1) ?? ""} | ${
+      r.bytesPerInvocation ?? ""
+    } |`,
   );
 }
 for (const [r, baseline] of rows) {
@@ -443,8 +712,10 @@ for (const [r, baseline] of rows) {
     JSON.stringify({
       bench: "e2e_kv",
       ...r,
-      baseline: baseline.scenario,
-      percentOfRaw: 100 * r.perSecond / baseline.perSecond,
+      ...(baseline === undefined ? {} : {
+        baseline: baseline.scenario,
+        percentOfRaw: 100 * r.perSecond / baseline.perSecond,
+      }),
     }),
   );
 }

@@ -15,8 +15,15 @@
  *   its pollMs, 100 ms, before the next: about 10 s for 10,000), the history entries per parked
  *   invocation (the memory store's writes), and how many parked invocations changed while the
  *   unrelated no-ops ran (0 expected).
+ * - delayed: N no-op invocations (10,000) called with `runAt` spread evenly over S ms (10,000:
+ *   one due every ms), all registered before the first is due, run by a 32-slot runner at its
+ *   default pollMs (100): the lateness of each start (`Date.now()` in the function minus its
+ *   `runAt`, whole ms), p50, p99 and max; an invocation started before its time fails the bench.
+ *   Its seconds run from the first `runAt` to the last start (about S). The memory store has no reads to count per idle poll (the delayed heap is in the process,
+ *   its earliest entry looked at by each pick-up); the KV bench counts them.
  *
  * Usage: deno run -A bench/e2e_memory.ts [--invocations N] [--parked N] [--rounds N]
+ *   [--delayed N] [--spread-ms MS] [--lead-ms MS]
  *
  * @module
  */
@@ -39,6 +46,16 @@ interface Row {
   readonly noBacklogPerSecond?: number;
   readonly ratio?: number;
   readonly parkedChangedWhileWaiting?: number;
+  /** The delayed row: how the starts of invocations called with `runAt` fell after their time. */
+  readonly delayed?: number;
+  readonly spreadMs?: number;
+  readonly pollMs?: number;
+  readonly registerSeconds?: number;
+  readonly latenessP50Ms?: number;
+  readonly latenessP99Ms?: number;
+  readonly latenessMaxMs?: number;
+  readonly latenessMinMs?: number;
+  readonly early?: number;
 }
 
 const { values } = parseArgs({
@@ -46,11 +63,17 @@ const { values } = parseArgs({
     invocations: { type: "string", default: "10000" },
     parked: { type: "string", default: "10000" },
     rounds: { type: "string", default: "5" },
+    delayed: { type: "string", default: "10000" },
+    "spread-ms": { type: "string", default: "10000" },
+    "lead-ms": { type: "string", default: "2000" },
   },
 });
 const INVOCATIONS = Number(values.invocations);
 const PARKED = Number(values.parked);
 const ROUNDS = Number(values.rounds);
+const DELAYED = Number(values.delayed);
+const SPREAD_MS = Number(values["spread-ms"]);
+const LEAD_MS = Number(values["lead-ms"]);
 
 /** `INVOCATIONS` no-ops of `task` called one after the other, then every result: the seconds. */
 async function runNoops(task: ReturnType<typeof defineNoop>): Promise<number> {
@@ -214,6 +237,117 @@ async function parkedBacklog(parked: number): Promise<Row> {
   };
 }
 
+/**
+ * `delayed` no-ops called with `runAt` = t0 + i·spreadMs/delayed, t0 being `leadMs` after the
+ * bench starts registering (every call must be made by then), run by a 32-slot runner started
+ * before them, at the default pollMs.
+ */
+async function delayedStarts(delayed: number, spreadMs: number, leadMs: number): Promise<Row> {
+  const app = new Nenc({ appId: "bench" });
+  // Date.now() in the function: the clock the store compares `runAt` with.
+  const startedAt = new Float64Array(delayed).fill(NaN);
+  let runs = 0;
+  let allRan!: () => void;
+  const ran = new Promise<void>((resolve) => allRan = resolve);
+  const task = app.task("delayed", ({ i }: { i: number }) => {
+    startedAt[i] = Date.now();
+    if (++runs === delayed) allRan();
+    return i;
+  });
+  await using runner = app.runner({ concurrency: 32 });
+  runner.start();
+  const registerStart = Date.now();
+  const t0 = registerStart + leadMs;
+  const runAt = Array.from({ length: delayed }, (_, i) => t0 + Math.floor(i * spreadMs / delayed));
+  for (let i = 0; i < delayed; i++) await task.call({ i }, { runAt: runAt[i]! });
+  const registered = Date.now();
+  if (registered >= t0) {
+    throw new Error(
+      `Cannot bench: registering took ${
+        registered - registerStart
+      } ms, not within --lead-ms ${leadMs}`,
+    );
+  }
+  await deadline(`${delayed} delayed invocations run`, leadMs + spreadMs + 30_000, ran);
+  const lastStart = Math.max(...startedAt);
+  await runner.stop();
+  // As many runs as invocations and none without a start: each ran once.
+  if (runs !== delayed || startedAt.some(Number.isNaN)) {
+    throw new Error(`Cannot bench: ${runs} runs of ${delayed} invocations, not one each`);
+  }
+  return delayedRow(
+    delayed,
+    spreadMs,
+    runner.pollMs,
+    (registered - registerStart) / 1000,
+    (lastStart - t0) / 1000,
+    Array.from(startedAt, (started, i) => started - runAt[i]!),
+  );
+}
+
+function delayedRow(
+  delayed: number,
+  spreadMs: number,
+  pollMs: number,
+  registerSeconds: number,
+  seconds: number,
+  lateness: readonly number[],
+): Row {
+  const sorted = [...lateness].sort((a, b) => a - b);
+  const early = sorted.filter((ms) => ms < 0).length;
+  const stats = {
+    delayed,
+    spreadMs,
+    pollMs,
+    registerSeconds,
+    latenessP50Ms: percentile(sorted, 0.5),
+    latenessP99Ms: percentile(sorted, 0.99),
+    latenessMaxMs: sorted[sorted.length - 1]!,
+    latenessMinMs: sorted[0]!,
+    early,
+  };
+  const r: Row = {
+    ...row(
+      `delayed ${delayed} over ${spreadMs / 1000} s, c32`,
+      delayed,
+      seconds,
+      `lateness of the starts p50 ${stats.latenessP50Ms} ms, p99 ${stats.latenessP99Ms} ms, ` +
+        `max ${stats.latenessMaxMs} ms, ${early} early (pollMs ${pollMs}); registered in ${
+          registerSeconds.toFixed(1)
+        } s; no store reads to count on memory (in-process heap)`,
+    ),
+    ...stats,
+  };
+  if (early > 0) {
+    console.log(JSON.stringify({ bench: "e2e_memory", ...r }));
+    throw new Error(`Cannot bench: ${early} delayed invocations started before their runAt`);
+  }
+  return r;
+}
+
+/** The nearest-rank percentile `p` (0–1] of `sorted` (ascending). */
+function percentile(sorted: readonly number[], p: number): number {
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
+}
+
+/** `promise`, or a throw after `ms`: a stuck bench fails, not hangs. */
+async function deadline<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`Cannot bench: ${what} within ${ms} ms`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)]!;
@@ -228,6 +362,7 @@ for (const concurrency of [1, 10, 32]) rows.push(await noop(concurrency));
 rows.push(await fanOut(1_000));
 rows.push(await dedup(INVOCATIONS, 100));
 rows.push(await parkedBacklog(PARKED));
+rows.push(await delayedStarts(DELAYED, SPREAD_MS, LEAD_MS));
 
 console.log("| scenario | invocations | seconds | invocations/s | note |");
 console.log("| --- | ---: | ---: | ---: | --- |");

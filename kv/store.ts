@@ -841,7 +841,8 @@ export class KvStore implements Store {
         stored.record.status === InvocationStatus.CONCURRENCY_CONTROLLED;
       const parkedOn = this.#keys.queue({ delayed: false, parkedOn: key });
       let woken = 0;
-      for (let previous: string | undefined; woken < WAKES_PER_KEY; woken++) {
+      let previous: string | undefined;
+      for (; woken < WAKES_PER_KEY; woken++) {
         let first: string | undefined;
         for await (const entry of this.#kv.list({ prefix: parkedOn }, { limit: 1 })) {
           first = decodeQueueValue(entry.value).id;

@@ -68,9 +68,12 @@ const DELAYED = Number(values.delayed);
 const SPREAD_MS = Number(values["spread-ms"]);
 const LEAD_MS = Number(values["lead-ms"]);
 const IDLE_MS = Number(values["idle-ms"]);
-const directory = mkdtempSync(join(tmpdir(), "nenc-bench-kv-"));
+// The main process's files, in a folder made on first use: a worker process (this file with
+// --worker or --raw-worker) opens the file it is given and makes none.
+let directory: string | undefined;
 let files = 0;
-const newFile = (): string => join(directory, `${++files}.db`);
+const newFile = (): string =>
+  join(directory ??= mkdtempSync(join(tmpdir(), "nenc-bench-kv-")), `${++files}.db`);
 
 /** A KV view that counts commits and the bytes of the values they set. */
 function counting(kv: KvLike): { kv: KvLike; commits: () => number; bytes: () => number } {
@@ -719,4 +722,4 @@ for (const [r, baseline] of rows) {
     }),
   );
 }
-rmSync(directory, { recursive: true, force: true });
+if (directory !== undefined) rmSync(directory, { recursive: true, force: true });

@@ -11,8 +11,8 @@
  *   (CONCURRENCY_CONTROLLED), then N unrelated no-ops at 32 slots through the same app and runner,
  *   next to the same no-ops on a fresh app with the same key held and nothing parked, in the same
  *   run (rounds alternate, median of each; the goal is at least 0.8×). Also how long parking took
- *   (a pick-up parks at most CONTROL_LIMIT, 100, and a runner whose pick-up claimed nothing waits
- *   its pollMs, 100 ms, before the next: about 10 s for 10,000), the history entries per parked
+ *   (a pick-up parks at most CONTROL_LIMIT, 100, and a pick-up that parked some looks again at
+ *   once: about 0.1 s for 10,000), the history entries per parked
  *   invocation (the memory store's writes), and how many parked invocations changed while the
  *   unrelated no-ops ran (0 expected).
  * - delayed: N no-op invocations (10,000) called with `runAt` spread evenly over S ms (10,000:

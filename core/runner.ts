@@ -439,6 +439,7 @@ export class Runner implements AsyncDisposable {
     const signal = this.#stop.signal;
     const accepts = (taskId: string): boolean => this.#host.getTask(taskId) !== undefined;
     if (!await this.#defineGroups()) return;
+    let nextDueMs: number | undefined;
     for (let failures = 0; !signal.aborted;) {
       try {
         await this.#maintain();
@@ -466,13 +467,15 @@ export class Runner implements AsyncDisposable {
           }
           failures = 0;
           if (claimed.length > 0) continue;
+          // The next delayed call or retry that falls due: the wait ends then, not a poll later.
+          nextDueMs = await orchestrator.store.nextAvailableMs(beforeClaimMs);
           if (
             this.#onIdle !== undefined && this.#executions.size === 0 &&
-            this.#resumeQueue.length === 0 &&
-            await orchestrator.store.nextAvailableMs(beforeClaimMs) === undefined
+            this.#resumeQueue.length === 0 && nextDueMs === undefined
           ) this.#onIdle();
         }
-        await this.#idle();
+        await this.#idle(nextDueMs);
+        nextDueMs = undefined;
       } catch (error) {
         if (error instanceof StoreClosedError) {
           console.error(`nenc: runner ${this.id} stops: its store is closed`);
@@ -517,8 +520,11 @@ export class Runner implements AsyncDisposable {
     return false;
   }
 
-  /** Waits for new work, a freed slot, or the poll interval, whichever comes first. */
-  async #idle(): Promise<void> {
+  /**
+   * Waits for new work, a freed slot, the poll interval, or the time `nextDueMs` when something
+   * delayed falls due, whichever comes first.
+   */
+  async #idle(nextDueMs: number | undefined): Promise<void> {
     if (this.#woken) {
       this.#woken = false;
       return;
@@ -530,7 +536,12 @@ export class Runner implements AsyncDisposable {
     await Promise.race([
       // New work matters only with a free slot; a freed slot wakes the loop itself.
       ...(this.#free > 0 ? [orchestrator.store.waitWork(idle.signal)] : []),
-      clock.sleep(this.#pollMs, idle.signal),
+      clock.sleep(
+        nextDueMs === undefined
+          ? this.#pollMs
+          : Math.min(this.#pollMs, Math.max(1, nextDueMs - clock.now())),
+        idle.signal,
+      ),
       new Promise<void>((resolve) => this.#wake = resolve),
     ]);
     this.#stop.signal.removeEventListener("abort", stop);

@@ -4,6 +4,7 @@ import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import type { Nenc } from "../core/app.ts";
 import { ReusedInvocation } from "../core/invocation.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 
 async function claimIds(app: Nenc, max: number): Promise<string[]> {
   return (await app.orchestrator.getInvocationsToRun(max, { runnerId: "r1" })).map(({ id }) => id);
@@ -96,5 +97,16 @@ export function timeContract(backend: string, makeApp: AppFactory): void {
     assert.equal(again.id, first.id);
     assert.equal((await app.orchestrator.store.get(first.id))!.availableAtMs, clock.now() + 5_000);
     assert.deepEqual(await claimIds(app, 10), []);
+  });
+
+  test(`[${backend}] an idle runner starts a delayed call when it falls due, not a poll later (pollMs one hour)`, async () => {
+    const app = await makeApp();
+    const task = app.task("t", () => Date.now());
+    const calledAt = Date.now();
+    const delayed = await task.call(undefined, { delayMs: 50 });
+    await using runner = app.runner({ pollMs: 3_600_000, graceMs: 0 });
+    runner.start();
+    const startedAt = await within(delayed.result(), DEADLINE_MS, "the delayed call");
+    assert.ok(startedAt - calledAt >= 50, `started ${startedAt - calledAt} ms after the call`);
   });
 }

@@ -45,7 +45,9 @@ import { parseArgs } from "node:util";
 import { Nenc } from "../core/app.ts";
 import { InvocationStatus } from "../core/status.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
+import { waitUntil, within } from "../tests/_deadline.ts";
 import { interceptKv } from "../tests/_kv.ts";
+import { median, percentile } from "./_stats.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -353,15 +355,6 @@ async function fourProcesses(): Promise<Row> {
   };
 }
 
-/** Polls `check` every 20 ms until it holds; throws after `ms`, so a stuck bench fails, not hangs. */
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!await check()) {
-    if (performance.now() > deadline) throw new Error(`Cannot bench: ${what} within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
 /**
  * An app on a new KV file whose task "held" has one running slot, taken by an invocation that runs
  * (on a runner of its own, 1 slot) until disposed of; and the no-op task with a 32-slot runner.
@@ -398,11 +391,11 @@ async function heldKeyApp(parkedIds: ReadonlySet<string>) {
     handle.close();
   };
   try {
-    await until(
-      "the holder runs",
-      10_000,
-      async () => await holder.status() === InvocationStatus.RUNNING,
-    );
+    await waitUntil(async () => await holder.status() === InvocationStatus.RUNNING, {
+      message: "Cannot bench: the holder does not run",
+      timeoutMs: 10_000,
+      intervalMs: 20,
+    });
   } catch (error) {
     await stop();
     throw error;
@@ -423,15 +416,15 @@ async function parkedBacklog(parked: number): Promise<Row> {
   const bytes = backlog.counter.bytes();
   const parkStart = performance.now();
   backlog.runner.start();
-  await until(
-    `${parked} parked`,
-    60_000 + parked * 20,
-    async () => {
-      if (backlog.watch.parkKeys() < parked) return false;
-      const counts = await backlog.app.orchestrator.store.counts();
-      return (counts.get("held")?.get(InvocationStatus.CONCURRENCY_CONTROLLED) ?? 0) === parked;
-    },
-  );
+  await waitUntil(async () => {
+    if (backlog.watch.parkKeys() < parked) return false;
+    const counts = await backlog.app.orchestrator.store.counts();
+    return (counts.get("held")?.get(InvocationStatus.CONCURRENCY_CONTROLLED) ?? 0) === parked;
+  }, {
+    message: `Cannot bench: ${parked} not parked`,
+    timeoutMs: 60_000 + parked * 20,
+    intervalMs: 20,
+  });
   const parkSeconds = (performance.now() - parkStart) / 1000;
   const parkCommits = backlog.counter.commits() - commits;
   const parkBytes = backlog.counter.bytes() - bytes;
@@ -531,7 +524,7 @@ async function delayedStarts(delayed: number, spreadMs: number, leadMs: number):
         } ms, not within --lead-ms ${leadMs}`,
       );
     }
-    await deadline(`${delayed} delayed invocations run`, leadMs + spreadMs + 30_000, ran);
+    await within(ran, leadMs + spreadMs + 30_000, `${delayed} delayed invocations to run`);
   } finally {
     await runner.stop();
     handle.close();
@@ -653,34 +646,6 @@ async function idleReads(delayedAhead: number): Promise<IdleReads> {
     listedPerPoll: median(listed),
     listedPerPollMax: Math.max(...listed),
   };
-}
-
-/** The nearest-rank percentile `p` (0–1] of `sorted` (ascending). */
-function percentile(sorted: readonly number[], p: number): number {
-  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
-}
-
-/** `promise`, or a throw after `ms`: a stuck bench fails, not hangs. */
-async function deadline<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`Cannot bench: ${what} within ${ms} ms`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
 }
 
 // Each nenc row is compared with the raw rate of the same process layout, measured in this run.

@@ -32,6 +32,8 @@ import { parseArgs } from "node:util";
 import { Nenc } from "../core/app.ts";
 import type { Invocation } from "../core/invocation.ts";
 import { InvocationStatus } from "../core/status.ts";
+import { waitUntil, within } from "../tests/_deadline.ts";
+import { median, percentile } from "./_stats.ts";
 
 interface Row {
   readonly scenario: string;
@@ -134,15 +136,6 @@ async function dedup(calls: number, argumentSets: number): Promise<Row> {
   return row(`dedup ${calls}→${argumentSets}`, calls, seconds, `${ids.size} invocations created`);
 }
 
-/** Polls `check` every 20 ms until it holds; throws after `ms`, so a stuck bench fails, not hangs. */
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!await check()) {
-    if (performance.now() > deadline) throw new Error(`Cannot bench: ${what} within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
 /**
  * An app whose task "held" has one running slot, taken by an invocation that runs (on a runner of
  * its own, 1 slot) until disposed of; and the no-op task with a 32-slot runner.
@@ -167,11 +160,11 @@ async function heldKeyApp() {
     await holderRunner.stop();
   };
   try {
-    await until(
-      "the holder runs",
-      10_000,
-      async () => await holder.status() === InvocationStatus.RUNNING,
-    );
+    await waitUntil(async () => await holder.status() === InvocationStatus.RUNNING, {
+      message: "Cannot bench: the holder does not run",
+      timeoutMs: 10_000,
+      intervalMs: 20,
+    });
   } catch (error) {
     await stop();
     throw error;
@@ -198,7 +191,11 @@ async function parkedBacklog(parked: number): Promise<Row> {
   const controlled = async (): Promise<number> =>
     (await backlog.app.orchestrator.store.counts()).get("held")
       ?.get(InvocationStatus.CONCURRENCY_CONTROLLED) ?? 0;
-  await until(`${parked} parked`, 60_000 + parked * 20, async () => await controlled() === parked);
+  await waitUntil(async () => await controlled() === parked, {
+    message: `Cannot bench: ${parked} not parked`,
+    timeoutMs: 60_000 + parked * 20,
+    intervalMs: 20,
+  });
   const parkSeconds = (performance.now() - parkStart) / 1000;
   let entries = 0;
   for (const invocation of group.invocations) entries += (await invocation.history()).length;
@@ -268,7 +265,7 @@ async function delayedStarts(delayed: number, spreadMs: number, leadMs: number):
       } ms, not within --lead-ms ${leadMs}`,
     );
   }
-  await deadline(`${delayed} delayed invocations run`, leadMs + spreadMs + 30_000, ran);
+  await within(ran, leadMs + spreadMs + 30_000, `${delayed} delayed invocations to run`);
   const lastStart = Math.max(...startedAt);
   await runner.stop();
   // As many runs as invocations and none without a start: each ran once.
@@ -323,34 +320,6 @@ function delayedRow(
     throw new Error(`Cannot bench: ${early} delayed invocations started before their runAt`);
   }
   return r;
-}
-
-/** The nearest-rank percentile `p` (0–1] of `sorted` (ascending). */
-function percentile(sorted: readonly number[], p: number): number {
-  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
-}
-
-/** `promise`, or a throw after `ms`: a stuck bench fails, not hangs. */
-async function deadline<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`Cannot bench: ${what} within ${ms} ms`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
 }
 
 function row(scenario: string, invocations: number, seconds: number, note: string): Row {

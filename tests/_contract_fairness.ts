@@ -35,6 +35,35 @@ async function pickUpOrder(app: Nenc, count: number): Promise<string[]> {
 }
 
 /**
+ * Three keys × 8 invocations of a task with limit 1 per key and 2 in all (lanes, parking and
+ * waking all at work), the invocations at `canceledAt` of each key canceled while queued, drained
+ * by a 4-slot runner: the groups, and how many times each `tenant` + `n` ran.
+ */
+export async function drainLanes(app: Nenc, canceledAt: readonly number[]) {
+  const runs = new Map<string, number>();
+  const task = app.task("sync", async ({ tenant, n }: Tenant) => {
+    runs.set(`${tenant}${n}`, (runs.get(`${tenant}${n}`) ?? 0) + 1);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    return n;
+  }, {
+    runningConcurrency: { by: "keys", limit: 1 },
+    keyArguments: ["tenant"],
+    concurrencyGroups: [{ name: "all", limit: 2 }],
+  });
+  const groups = await Promise.all(
+    ["a", "b", "c"].map((tenant) =>
+      task.parallelize(Array.from({ length: 8 }, (_, n) => ({ tenant, n })))
+    ),
+  );
+  // Some queued members of each lane leave it before their turn.
+  for (const group of groups) {
+    for (const n of canceledAt) assert.equal(await group.invocations[n]!.cancel(), true);
+  }
+  await within(app.runner({ concurrency: 4 }).drain(), DEADLINE_MS, "the drain");
+  return { groups, runs };
+}
+
+/**
  * Fairness between keys (SPEC §7.2): the keys of a task or group take turns, the key that started
  * least recently first, even behind a backlog of thousands of another key and on one slot.
  */
@@ -90,26 +119,7 @@ export function fairnessContract(backend: string, makeApp: AppFactory): void {
   });
 
   test(`[${backend}] fairness with parking and cancels: keys with limit 1, lanes with parked and canceled members, every other invocation runs once`, async () => {
-    const app = await makeApp();
-    const runs = new Map<string, number>();
-    const task = app.task("sync", async ({ tenant, n }: Tenant) => {
-      runs.set(`${tenant}${n}`, (runs.get(`${tenant}${n}`) ?? 0) + 1);
-      await new Promise((resolve) => setTimeout(resolve, 1));
-      return n;
-    }, {
-      runningConcurrency: { by: "keys", limit: 1 },
-      keyArguments: ["tenant"],
-      concurrencyGroups: [{ name: "all", limit: 2 }],
-    });
-    const groups = await Promise.all(
-      ["a", "b", "c"].map((tenant) =>
-        task.parallelize(Array.from({ length: 8 }, (_, n) => ({ tenant, n })))
-      ),
-    );
-    // Some queued members of each lane leave it before their turn.
-    const canceled = groups.flatMap((group) => [group.invocations[3]!, group.invocations[6]!]);
-    for (const invocation of canceled) assert.equal(await invocation.cancel(), true);
-    await within(app.runner({ concurrency: 4 }).drain(), DEADLINE_MS, "the drain");
+    const { groups, runs } = await drainLanes(await makeApp(), [3, 6]);
     for (const group of groups) {
       for (const [n, invocation] of group.invocations.entries()) {
         assert.equal(await invocation.status(), n === 3 || n === 6 ? "canceled" : "success");

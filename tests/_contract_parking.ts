@@ -2,24 +2,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
-import type { Nenc } from "../core/app.ts";
-import type { Invocation } from "../core/invocation.ts";
 import type { InvocationStatus } from "../core/status.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
-
-async function statusPath(invocation: Invocation<unknown>): Promise<InvocationStatus[]> {
-  return (await invocation.history()).map((entry) => entry.status);
-}
-
-async function claimIds(app: Nenc, max: number, runnerId: string): Promise<string[]> {
-  return (await app.orchestrator.getInvocationsToRun(max, { runnerId })).map(({ id }) => id);
-}
-
-/** Runs a claimed (PENDING) invocation to SUCCESS by hand, as its runner would. */
-async function finish(app: Nenc, invocation: Invocation<unknown>, runnerId: string) {
-  await app.orchestrator.setInvocationRun(undefined, invocation, { runnerId });
-  await app.orchestrator.setInvocationResult(invocation, null, { runnerId });
-}
+import { claimIds, runToSuccess, statusPath } from "./_pickups.ts";
 
 /** The statuses of one refused pick-up, parked then woken, and its run. */
 const PARKED_ONCE_THEN_RUN: readonly InvocationStatus[] = [
@@ -50,7 +35,7 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     await app.orchestrator.setInvocationResult(holder, null, { runnerId: "r1" });
     for (const invocation of parked) {
       assert.deepEqual(await claimIds(app, 5, "r2"), [invocation.id]);
-      await finish(app, invocation, "r2");
+      await runToSuccess(app, invocation, "r2");
     }
     for (const invocation of parked) {
       assert.deepEqual(await statusPath(invocation), PARKED_ONCE_THEN_RUN);
@@ -71,11 +56,11 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     ];
     assert.deepEqual(await claimIds(app, 10, "r1"), [h1.id, h2.id]);
     assert.equal(await p1.status(), "concurrency_controlled");
-    await finish(app, h1, "r1"); // one slot free: p1's
+    await runToSuccess(app, h1, "r1"); // one slot free: p1's
     const newcomer = await task.call({ n: 4 });
     assert.deepEqual(await claimIds(app, 10, "r2"), [p1.id]);
     assert.deepEqual(await statusPath(newcomer), ["registered", "concurrency_controlled"]);
-    await finish(app, h2, "r1");
+    await runToSuccess(app, h2, "r1");
     assert.deepEqual(await claimIds(app, 10, "r2"), [newcomer.id]);
   });
 
@@ -93,11 +78,11 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(await claimIds(app, 10, "r1"), [holder.id]);
     assert.equal(await p2.cancel(), true);
     assert.deepEqual(await statusPath(p2), ["registered", "concurrency_controlled", "canceled"]);
-    await finish(app, holder, "r1");
+    await runToSuccess(app, holder, "r1");
     assert.deepEqual(await claimIds(app, 10, "r1"), [p1.id]);
-    await finish(app, p1, "r1");
+    await runToSuccess(app, p1, "r1");
     assert.deepEqual(await claimIds(app, 10, "r1"), [p3.id]);
-    await finish(app, p3, "r1");
+    await runToSuccess(app, p3, "r1");
     assert.deepEqual(await claimIds(app, 10, "r1"), []);
   });
 
@@ -113,9 +98,9 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(await claimIds(app, 10, "r1"), [holder.id]);
     assert.equal(await waiting.status(), "concurrency_controlled");
     assert.deepEqual(await claimIds(app, 10, "r2"), []);
-    await finish(app, holder, "r1");
+    await runToSuccess(app, holder, "r1");
     assert.deepEqual(await claimIds(app, 10, "r2"), [waiting.id]);
-    await finish(app, waiting, "r2");
+    await runToSuccess(app, waiting, "r2");
     assert.deepEqual(await statusPath(waiting), PARKED_ONCE_THEN_RUN);
   });
 
@@ -135,7 +120,7 @@ export function parkingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(recovered.map(({ id }) => id), [holder.id]);
     // The parked one first became available before the recovered holder was re-queued.
     assert.deepEqual(await claimIds(app, 10, "live"), [parked.id]);
-    await finish(app, parked, "live");
+    await runToSuccess(app, parked, "live");
     assert.deepEqual(await statusPath(parked), PARKED_ONCE_THEN_RUN);
     assert.deepEqual(await claimIds(app, 10, "live"), [holder.id]);
   });

@@ -4,6 +4,7 @@ import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
 import { refusePickUps } from "./_long_history.ts";
+import { claimOne, runToSuccess, statusPath } from "./_pickups.ts";
 import type { Nenc } from "../core/app.ts";
 import {
   BatchProcessingError,
@@ -44,29 +45,9 @@ function ids(invocations: readonly { id: string }[]): string[] {
   return invocations.map(({ id }) => id);
 }
 
-async function statusPath(invocation: Invocation<unknown>): Promise<InvocationStatus[]> {
-  return (await invocation.history()).map((entry) => entry.status);
-}
-
 /** The pick-up, by hand. */
 function claim(app: Nenc, max: number, runnerId: string): Promise<Invocation[]> {
   return app.orchestrator.getInvocationsToRun(max, { runnerId });
-}
-
-/** Claims exactly one invocation and checks it is `expected`. */
-async function claimOne(app: Nenc, runnerId: string, expected: { id: string }): Promise<void> {
-  assert.deepEqual(ids(await claim(app, 1, runnerId)), [expected.id]);
-}
-
-/** PENDING (owned by `runnerId`) → RUNNING → SUCCESS. */
-async function runToSuccess(
-  app: Nenc,
-  invocation: { id: string },
-  runnerId: string,
-  result: unknown = null,
-): Promise<void> {
-  await app.orchestrator.setInvocationRun(undefined, invocation, { runnerId });
-  await app.orchestrator.setInvocationResult(invocation, result, { runnerId });
 }
 
 /** Calls of `task` for `routeCalls()`. */

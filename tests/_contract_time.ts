@@ -2,13 +2,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { FakeClock } from "./_fake_clock.ts";
-import type { Nenc } from "../core/app.ts";
 import { ReusedInvocation } from "../core/invocation.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
-
-async function claimIds(app: Nenc, max: number): Promise<string[]> {
-  return (await app.orchestrator.getInvocationsToRun(max, { runnerId: "r1" })).map(({ id }) => id);
-}
+import { claimIds } from "./_pickups.ts";
 
 /** Delayed calls (SPEC §7.3): `delayMs` and `runAt`, on the injected clock. */
 export function timeContract(backend: string, makeApp: AppFactory): void {
@@ -24,10 +20,10 @@ export function timeContract(backend: string, makeApp: AppFactory): void {
     const past = await task.call({ n: 5 }, { runAt: start - 60_000 });
     assert.equal(await late.status(), "registered");
     assert.equal((await app.orchestrator.store.get(late.id))!.availableAtMs, start + 5_000);
-    assert.deepEqual(await claimIds(app, 10), [now.id, past.id]);
+    assert.deepEqual(await claimIds(app, 10, "r1"), [now.id, past.id]);
     const order: string[] = [];
     for (let waited = 0; waited <= 6_000; waited += 250) {
-      const claimed = await claimIds(app, 10);
+      const claimed = await claimIds(app, 10, "r1");
       for (const id of claimed) {
         order.push(id);
         const offset = clock.now() - start;
@@ -51,9 +47,9 @@ export function timeContract(backend: string, makeApp: AppFactory): void {
       commonArgs: { text: "hi" },
       delayMs: 1_000,
     });
-    assert.deepEqual(await claimIds(app, 10), []);
+    assert.deepEqual(await claimIds(app, 10, "r1"), []);
     clock.advance(1_000);
-    assert.deepEqual(await claimIds(app, 10), group.invocations.map(({ id }) => id));
+    assert.deepEqual(await claimIds(app, 10, "r1"), group.invocations.map(({ id }) => id));
     const records = await app.orchestrator.store.getMany(group.invocations.map(({ id }) => id));
     assert.deepEqual(records.map(({ args }) => args.text), ['"hi"', '"hi"']);
   });
@@ -96,7 +92,7 @@ export function timeContract(backend: string, makeApp: AppFactory): void {
     assert.ok(again instanceof ReusedInvocation);
     assert.equal(again.id, first.id);
     assert.equal((await app.orchestrator.store.get(first.id))!.availableAtMs, clock.now() + 5_000);
-    assert.deepEqual(await claimIds(app, 10), []);
+    assert.deepEqual(await claimIds(app, 10, "r1"), []);
   });
 
   test(`[${backend}] an idle runner starts a delayed call when it falls due, not a poll later (pollMs one hour)`, async () => {

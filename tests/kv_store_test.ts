@@ -11,6 +11,7 @@ import { KV_SCHEMA_VERSION, KvStore } from "../kv/store.ts";
 import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
+import { drainLanes } from "./_contract_fairness.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { refusePickUps } from "./_long_history.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
@@ -382,21 +383,7 @@ test("[kv] lanes, parking and wake markers leave no key behind: after 3 keys × 
   const kv = await openTestKv(":memory:");
   opened.push(kv);
   const app = new Nenc({ appId: "lanes-clean", kv });
-  const task = app.task("sync", async ({ n }: { tenant: string; n: number }) => {
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    return n;
-  }, {
-    runningConcurrency: { by: "keys", limit: 1 },
-    keyArguments: ["tenant"],
-    concurrencyGroups: [{ name: "all", limit: 2 }],
-  });
-  const groups = await Promise.all(
-    ["a", "b", "c"].map((tenant) =>
-      task.parallelize(Array.from({ length: 8 }, (_, n) => ({ tenant, n })))
-    ),
-  );
-  for (const group of groups) await group.invocations[4]!.cancel();
-  await within(app.runner({ concurrency: 4 }).drain(), DEADLINE_MS, "the drain");
+  await drainLanes(app, [4]);
   assert.equal((await app.orchestrator.store.counts()).get("sync")?.get("success"), 21);
   const left: string[] = [];
   for await (const entry of kv.list({ prefix: ["nenc", "lanes-clean"] })) {

@@ -47,7 +47,7 @@ import { InvocationStatus } from "../core/status.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { waitUntil, within } from "../tests/_deadline.ts";
 import { interceptKv } from "../tests/_kv.ts";
-import { median, percentile } from "./_stats.ts";
+import { type Lateness, lateness, latenessNote, median } from "./_stats.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -189,7 +189,7 @@ if (values["raw-worker"] !== undefined) {
   Deno.exit(0);
 }
 
-interface Row {
+interface Row extends Partial<Lateness> {
   readonly scenario: string;
   readonly perSecond: number;
   readonly seconds: number;
@@ -210,11 +210,6 @@ interface Row {
   readonly spreadMs?: number;
   readonly pollMs?: number;
   readonly registerSeconds?: number;
-  readonly latenessP50Ms?: number;
-  readonly latenessP99Ms?: number;
-  readonly latenessMaxMs?: number;
-  readonly latenessMinMs?: number;
-  readonly early?: number;
   readonly idleOneDelayed?: IdleReads;
   readonly idleDelayedAhead?: IdleReads;
 }
@@ -533,24 +528,12 @@ async function delayedStarts(delayed: number, spreadMs: number, leadMs: number):
   if (runs !== delayed || startedAt.some(Number.isNaN)) {
     throw new Error(`Cannot bench: ${runs} runs of ${delayed} invocations, not one each`);
   }
-  const lateness = Array.from(startedAt, (started, i) => started - runAt[i]!);
-  const sorted = [...lateness].sort((a, b) => a - b);
-  const early = sorted.filter((ms) => ms < 0).length;
+  const late = lateness(Array.from(startedAt, (started, i) => started - runAt[i]!));
   const lastStart = Math.max(...startedAt);
-  const stats = {
-    delayed,
-    spreadMs,
-    pollMs: runner.pollMs,
-    registerSeconds,
-    latenessP50Ms: percentile(sorted, 0.5),
-    latenessP99Ms: percentile(sorted, 0.99),
-    latenessMaxMs: sorted[sorted.length - 1]!,
-    latenessMinMs: sorted[0]!,
-    early,
-  };
-  if (early > 0) {
+  const stats = { delayed, spreadMs, pollMs: runner.pollMs, registerSeconds, ...late };
+  if (late.early > 0) {
     console.log(JSON.stringify({ bench: "e2e_kv", ...stats }));
-    throw new Error(`Cannot bench: ${early} delayed invocations started before their runAt`);
+    throw new Error(`Cannot bench: ${late.early} delayed invocations started before their runAt`);
   }
   // One delayed invocation ahead against all of them: an idle runner reads the next due time
   // (one entry) either way; what must not grow is the reading with their number.
@@ -562,8 +545,8 @@ async function delayedStarts(delayed: number, spreadMs: number, leadMs: number):
     seconds: (lastStart - t0) / 1000,
     commitsPerInvocation: counter.commits() / delayed,
     bytesPerInvocation: Math.round(counter.bytes() / delayed),
-    note: `lateness of the starts p50 ${stats.latenessP50Ms} ms, p99 ${stats.latenessP99Ms} ms, ` +
-      `max ${stats.latenessMaxMs} ms, ${early} early (pollMs ${runner.pollMs}); registered in ${
+    note:
+      `${latenessNote(late, runner.pollMs)}; registered in ${
         registerSeconds.toFixed(1)
       } s; reads per idle poll ${none.readsPerPoll} with 1 delayed, ${ahead.readsPerPoll} ` +
       `with ${delayed} due in 1 h (${none.listedPerPoll} and ${ahead.listedPerPoll} entries ` +

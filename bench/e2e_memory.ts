@@ -33,9 +33,9 @@ import { Nenc } from "../core/app.ts";
 import type { Invocation } from "../core/invocation.ts";
 import { InvocationStatus } from "../core/status.ts";
 import { waitUntil, within } from "../tests/_deadline.ts";
-import { median, percentile } from "./_stats.ts";
+import { type Lateness, lateness, latenessNote, median } from "./_stats.ts";
 
-interface Row {
+interface Row extends Partial<Lateness> {
   readonly scenario: string;
   readonly invocations: number;
   readonly seconds: number;
@@ -53,11 +53,6 @@ interface Row {
   readonly spreadMs?: number;
   readonly pollMs?: number;
   readonly registerSeconds?: number;
-  readonly latenessP50Ms?: number;
-  readonly latenessP99Ms?: number;
-  readonly latenessMaxMs?: number;
-  readonly latenessMinMs?: number;
-  readonly early?: number;
 }
 
 const { values } = parseArgs({
@@ -288,36 +283,23 @@ function delayedRow(
   pollMs: number,
   registerSeconds: number,
   seconds: number,
-  lateness: readonly number[],
+  latenessMs: readonly number[],
 ): Row {
-  const sorted = [...lateness].sort((a, b) => a - b);
-  const early = sorted.filter((ms) => ms < 0).length;
-  const stats = {
-    delayed,
-    spreadMs,
-    pollMs,
-    registerSeconds,
-    latenessP50Ms: percentile(sorted, 0.5),
-    latenessP99Ms: percentile(sorted, 0.99),
-    latenessMaxMs: sorted[sorted.length - 1]!,
-    latenessMinMs: sorted[0]!,
-    early,
-  };
+  const late = lateness(latenessMs);
+  const stats = { delayed, spreadMs, pollMs, registerSeconds, ...late };
   const r: Row = {
     ...row(
       `delayed ${delayed} over ${spreadMs / 1000} s, c32`,
       delayed,
       seconds,
-      `lateness of the starts p50 ${stats.latenessP50Ms} ms, p99 ${stats.latenessP99Ms} ms, ` +
-        `max ${stats.latenessMaxMs} ms, ${early} early (pollMs ${pollMs}); registered in ${
-          registerSeconds.toFixed(1)
-        } s; no store reads to count on memory (in-process heap)`,
+      `${latenessNote(late, pollMs)}; registered in ${registerSeconds.toFixed(1)} s; ` +
+        "no store reads to count on memory (in-process heap)",
     ),
     ...stats,
   };
-  if (early > 0) {
+  if (late.early > 0) {
     console.log(JSON.stringify({ bench: "e2e_memory", ...r }));
-    throw new Error(`Cannot bench: ${early} delayed invocations started before their runAt`);
+    throw new Error(`Cannot bench: ${late.early} delayed invocations started before their runAt`);
   }
   return r;
 }

@@ -1336,6 +1336,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     : holds
     ? "acquire"
     : "release";
+  const parking = { leave: record.parkedOn ?? null, enter: parkedOn };
+  const waking = { leave: record.wokenOn ?? null, enter: wokenOn };
   const releaseReservation = from === InvocationStatus.PAUSED &&
     to !== InvocationStatus.RESUMED && record.runningKey !== null;
   const wasInLane = inLane(record);
@@ -1369,11 +1371,11 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
         : null,
       clear: change.endExecution ? record.ownerId ?? change.runnerId : null,
     },
-    parking: { leave: record.parkedOn ?? null, enter: parkedOn },
+    parking,
     lane,
-    touchesSlots: slot !== "none" || releaseReservation || lane !== null || parkedOn !== null ||
-      wokenOn !== null || (record.parkedOn ?? null) !== null || (record.wokenOn ?? null) !== null,
-    waking: { leave: record.wokenOn ?? null, enter: wokenOn },
+    touchesSlots: slot !== "none" || releaseReservation || lane !== null ||
+      [parking.leave, parking.enter, waking.leave, waking.enter].some((key) => key !== null),
+    waking,
   };
 }
 

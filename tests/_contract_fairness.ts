@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
 import type { Nenc } from "../core/app.ts";
+import type { InvocationGroup } from "../core/invocation.ts";
 import type { ConcurrencyGroup } from "../core/task.ts";
 
 type Tenant = { tenant: string; n: number };
@@ -39,7 +40,10 @@ async function pickUpOrder(app: Nenc, count: number): Promise<string[]> {
  * waking all at work), the invocations at `canceledAt` of each key canceled while queued, drained
  * by a 4-slot runner: the groups, and how many times each `tenant` + `n` ran.
  */
-export async function drainLanes(app: Nenc, canceledAt: readonly number[]) {
+export async function drainLanes(
+  app: Nenc,
+  canceledAt: readonly number[],
+): Promise<{ groups: InvocationGroup<number>[]; runs: Map<string, number> }> {
   const runs = new Map<string, number>();
   const task = app.task("sync", async ({ tenant, n }: Tenant) => {
     runs.set(`${tenant}${n}`, (runs.get(`${tenant}${n}`) ?? 0) + 1);

@@ -14,7 +14,33 @@ const CALL_OPTION_NAMES: ReadonlySet<string> = new Set([
   "idempotencyTtlMs",
   "delayMs",
   "runAt",
+  "priority",
 ]);
+
+/**
+ * Priorities are integers from `-PRIORITY_LIMIT` to `PRIORITY_LIMIT`: the memory queue orders by
+ * one number, the time less the priority times 2^42 ms (about 139 years), and a priority this
+ * bounded keeps that number exact.
+ */
+export const PRIORITY_LIMIT = 1_000;
+
+/**
+ * Checks a priority (of a call, or a task's default) for the message "Cannot `what`: ...": an
+ * integer within ±{@linkcode PRIORITY_LIMIT}.
+ *
+ * @throws {TypeError} for a value that is not an integer; {RangeError} for one out of range.
+ */
+export function checkPriority(value: unknown, what: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new TypeError(`Cannot ${what}: priority must be an integer, got ${String(value)}`);
+  }
+  if (Math.abs(value) > PRIORITY_LIMIT) {
+    throw new RangeError(
+      `Cannot ${what}: priority must be from -${PRIORITY_LIMIT} to ${PRIORITY_LIMIT}, got ${value}`,
+    );
+  }
+  return value;
+}
 
 /** Call options checked and with defaults filled in. */
 export interface ResolvedCallOptions {
@@ -25,14 +51,16 @@ export interface ResolvedCallOptions {
    * absent: at once.
    */
   readonly availableAtMs?: number;
+  /** The call's priority, when it gives one. */
+  readonly priority?: number;
 }
 
 /**
  * Checks the options of a call of `taskId`.
  *
  * @throws {TypeError} for options that are not an object, an unknown option, an empty or
- * non-string `idempotencyKey`, a non-positive or non-finite `idempotencyTtlMs`, or a TTL without
- * a key.
+ * non-string `idempotencyKey`, a non-positive or non-finite `idempotencyTtlMs`, a TTL without
+ * a key, a bad time, or a priority that is not an integer ({RangeError}: out of range).
  */
 export function resolveCallOptions(
   taskId: string,
@@ -50,11 +78,17 @@ export function resolveCallOptions(
   for (const name of Object.keys(given)) {
     if (!CALL_OPTION_NAMES.has(name)) fail(`unknown call option "${name}"`);
   }
-  const time = resolveTime(given, nowMs, fail);
+  const priority = given.priority === undefined
+    ? {}
+    : { priority: checkPriority(given.priority, `call task ${taskId}`) };
+  const timeAndPriority = {
+    ...resolveTime(given, nowMs, fail),
+    ...priority,
+  };
   const { idempotencyKey: key, idempotencyTtlMs: ttlMs } = given;
   if (key === undefined) {
     if (ttlMs !== undefined) fail("idempotencyTtlMs needs an idempotencyKey");
-    return time;
+    return timeAndPriority;
   }
   if (typeof key !== "string" || key.length === 0) {
     fail(`idempotencyKey must be a non-empty string, got ${JSON.stringify(key) ?? String(key)}`);
@@ -65,7 +99,7 @@ export function resolveCallOptions(
     fail(`idempotencyTtlMs must be a positive finite number of ms, got ${String(ttlMs)}`);
   }
   return {
-    ...time,
+    ...timeAndPriority,
     idempotency: {
       key: key as string,
       ttlMs: (ttlMs as number | undefined) ?? DEFAULT_IDEMPOTENCY_TTL_MS,

@@ -43,8 +43,10 @@ import {
   type SlotEffect,
   slotsOf,
   type SlotState,
+  stateKeysOf,
   type StatusChange,
   type Store,
+  turnOf,
   wakeChange,
 } from "./store.ts";
 import { WaitGraph } from "./wait_graph.ts";
@@ -510,7 +512,7 @@ export class MemoryStore implements Store {
       this.#registrationKeys.set(record.registrationKey, record.id);
     }
     if (inLane(record)) {
-      const turn = { atMs: record.availableAtMs, id: record.id };
+      const turn = turnOf(record, record.availableAtMs, record.id);
       this.#setTurn(record.lane!, joinLane(this.#slotState(record.lane!), turn, 1).turn);
     }
     this.#enqueue(record);
@@ -536,9 +538,10 @@ export class MemoryStore implements Store {
       const decision = decideSlots(
         plan,
         id,
-        slotsOf(record).map(({ key, limit }) => ({
+        stateKeysOf(record).map(({ key, limit, laneOnly }) => ({
           key,
           limit,
+          ...(laneOnly ? { laneOnly } : {}),
           state: this.#slotState(key),
           ...(key === record.runningKey ? { reserved: this.#reservations.get(key) ?? null } : {}),
         })),
@@ -564,7 +567,7 @@ export class MemoryStore implements Store {
     if (plan.parking.enter !== null) {
       let parked = this.#parked.get(plan.parking.enter);
       if (parked === undefined) this.#parked.set(plan.parking.enter, parked = new IndexedHeap());
-      parked.insert(id, record.availableAtMs);
+      parked.insert(id, queueKey(record));
     }
     if (plan.releaseRegistrationKey && this.#registrationKeys.get(record.registrationKey!) === id) {
       this.#registrationKeys.delete(record.registrationKey!);
@@ -615,7 +618,7 @@ export class MemoryStore implements Store {
       this.#turns.delete(lane);
     } else {
       this.#turns.set(lane, turn);
-      this.#queue.insert(laneToken(turn, lane), turn.atMs);
+      this.#queue.insert(laneToken(turn, lane), queueKey({ ...turn, availableAtMs: turn.atMs }));
     }
   }
 
@@ -647,11 +650,11 @@ export class MemoryStore implements Store {
     if (inLane(record)) {
       let lane = this.#lanes.get(record.lane!);
       if (lane === undefined) this.#lanes.set(record.lane!, lane = new IndexedHeap());
-      lane.insert(record.id, record.availableAtMs);
+      lane.insert(record.id, queueKey(record));
     } else if (record.availableAtMs > record.updatedAtMs) {
       this.#delayed.insert(record.id, record.availableAtMs);
     } else {
-      this.#queue.insert(record.id, record.availableAtMs);
+      this.#queue.insert(record.id, queueKey(record));
     }
     if (!this.#claiming) this.#announceWork();
   }
@@ -675,7 +678,7 @@ export class MemoryStore implements Store {
     for (let key = this.#delayed.peekKey(); key !== undefined && key <= nowMs;) {
       const id = this.#delayed.peek()!;
       this.#delayed.remove(id);
-      this.#queue.insert(id, key);
+      this.#queue.insert(id, queueKey(this.#records.get(id)!));
       key = this.#delayed.peekKey();
     }
   }
@@ -727,6 +730,15 @@ const LANE_TOKEN = "\u0000lane:";
 
 function laneToken(turn: LaneTurn, lane: string): string {
   return `${turn.id}${LANE_TOKEN}${lane}`;
+}
+
+/**
+ * The place of a queued invocation (or a lane's token) in the memory store's heaps: priority
+ * first, then the time it became available — one number, the time less the priority times 2^42 ms
+ * (about 139 years), exact for priorities within ±PRIORITY_LIMIT (1,000: ±2^52 at most).
+ */
+function queueKey(entry: { readonly priority?: number; readonly availableAtMs: number }): number {
+  return entry.availableAtMs - (entry.priority ?? 0) * 2 ** 42;
 }
 
 /** The lane a queue entry is the token of, or `undefined` for an invocation. */

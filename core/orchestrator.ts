@@ -601,7 +601,11 @@ export class Orchestrator {
     options?: CallOptions,
   ): NewInvocation {
     const nowMs = this.#host.clock.now();
-    const { idempotency, availableAtMs } = resolveCallOptions(task.id, options, nowMs);
+    const { idempotency, availableAtMs, priority = task.options.priority } = resolveCallOptions(
+      task.id,
+      options,
+      nowMs,
+    );
     const serialized = task.serializeArgs(args);
     const id = callId(task.id, serialized);
     const execution = currentExecution();
@@ -621,9 +625,10 @@ export class Orchestrator {
       runningKey,
       runningLimit: task.options.runningLimit,
       groupSlots,
-      lane: task.lane(runningKey, groupSlots),
+      lane: task.lane(runningKey, groupSlots, priority),
       nowMs,
       ...(availableAtMs !== undefined ? { availableAtMs } : {}),
+      ...(priority !== 0 ? { priority } : {}),
       runnerId: execution?.runnerId ?? null,
       ...(idempotency !== undefined
         ? { idempotency: { key: idempotency.key, expiresAtMs: nowMs + idempotency.ttlMs } }

@@ -152,6 +152,11 @@ export interface InvocationRecord {
    * that lane, and the lanes of a key space take turns (SPEC §7.2). Absent: no lane.
    */
   readonly lane?: string;
+  /**
+   * Its priority (SPEC §7.3): queued invocations of higher priority are picked up first. Absent:
+   * `0`.
+   */
+  readonly priority?: number;
 }
 
 /**
@@ -254,6 +259,8 @@ export interface NewInvocation extends
   readonly nowMs: number;
   /** Not picked up before this time (a delayed call), epoch ms [`nowMs`]. */
   readonly availableAtMs?: number;
+  /** Its priority, higher first [`0`]. */
+  readonly priority?: number;
   /** The runner registering it (a task calling a task), or `null`. */
   readonly runnerId: string | null;
   /**
@@ -761,6 +768,7 @@ export function planRegistration(
     runningLimit: invocation.runningLimit ?? 1,
     ...(invocation.groupSlots?.length ? { groupSlots: invocation.groupSlots } : {}),
     ...(invocation.lane ? { lane: invocation.lane } : {}),
+    ...(invocation.priority ? { priority: invocation.priority } : {}),
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
@@ -922,6 +930,8 @@ export interface LaneTurn {
   readonly atMs: number;
   /** The invocation id that breaks ties at that time. */
   readonly id: string;
+  /** The lane's priority, before the time in queue order ({@linkcode laneOf}); absent: `0`. */
+  readonly priority?: number;
 }
 
 /**
@@ -935,7 +945,68 @@ export interface LaneTurn {
  * ```
  */
 export function sameTurn(a: LaneTurn | null, b: LaneTurn | null): boolean {
-  return a === b || (a !== null && b !== null && a.atMs === b.atMs && a.id === b.id);
+  return a === b ||
+    (a !== null && b !== null && a.atMs === b.atMs && a.id === b.id &&
+      (a.priority ?? 0) === (b.priority ?? 0));
+}
+
+/**
+ * The fairness lane of slot key `key` for invocations of `priority`: the key itself at priority
+ * 0, else a lane of its own. A lane is one priority, so its token stands at that priority in the
+ * queue and the lanes of one priority take turns (SPEC §7.3: priority, then fairness).
+ *
+ * @example
+ * ```ts
+ * import { laneOf } from "@nenc/nenc";
+ *
+ * console.log(laneOf("send#ada", 0), laneOf("send#ada", 5) === laneOf("send#ada", 0)); // "send#ada" false
+ * ```
+ */
+export function laneOf(key: string, priority: number): string {
+  return priority === 0 ? key : `${key}\0p${priority}`;
+}
+
+/**
+ * A key whose state a change of an invocation reads and writes ({@linkcode decideSlots}): one of
+ * its slot keys, or its fairness lane when that is no slot key (`laneOnly`: a lane of a priority
+ * other than 0, {@linkcode laneOf}).
+ *
+ * @example
+ * ```ts
+ * import { type StateKey } from "@nenc/nenc";
+ *
+ * const lane: StateKey = { key: "send#ada\0p5", limit: 0, laneOnly: true };
+ * console.log(lane.laneOnly); // true
+ * ```
+ */
+export interface StateKey extends GroupSlot {
+  /** A fairness lane only: nobody holds it, nobody parks on it. */
+  readonly laneOnly?: true;
+}
+
+/**
+ * The keys whose state a change of `record` reads and writes, in {@linkcode decideSlots} order:
+ * its slot keys ({@linkcode slotsOf}), then its lane when that is not one of them.
+ *
+ * @example
+ * ```ts
+ * import { type InvocationRecord, stateKeysOf } from "@nenc/nenc";
+ *
+ * const record: InvocationRecord = {
+ *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
+ *   runningKey: "t#k", status: "registered", ownerId: null, seq: 1, updatedAtMs: 0,
+ *   createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null, purgeAtMs: null,
+ *   claimSeq: null, lane: "t#k\0p5", priority: 5,
+ * };
+ * console.log(stateKeysOf(record).map(({ key, laneOnly }) => [key, laneOnly ?? false]));
+ * // [["t#k", false], ["t#k\0p5", true]]
+ * ```
+ */
+export function stateKeysOf(record: InvocationRecord): StateKey[] {
+  const keys: StateKey[] = slotsOf(record);
+  const { lane } = record;
+  if (lane === undefined || keys.some(({ key }) => key === lane)) return keys;
+  return [...keys, { key: lane, limit: 0, laneOnly: true }];
 }
 
 /**
@@ -1032,6 +1103,8 @@ export interface SlotInput {
    * key takes reservations: absent for a group's key.
    */
   readonly reserved?: string | null;
+  /** A fairness lane only ({@linkcode StateKey.laneOnly}): only its lane state changes. */
+  readonly laneOnly?: boolean;
 }
 
 /**
@@ -1131,7 +1204,20 @@ export function decideSlots(
   let busy: string | undefined;
   let reserve = false;
   const effects: SlotEffect[] = [];
-  for (const { key, limit, state, reserved: reservedBy } of slots) {
+  for (const { key, limit, state, reserved: reservedBy, laneOnly } of slots) {
+    if (laneOnly) {
+      const next = { ...state, ...laneAfter(plan, key, state) };
+      effects.push({
+        key,
+        state: next,
+        changed: next.queued !== state.queued || !sameTurn(next.turn, state.turn),
+        took: false,
+        released: false,
+        dropReservation: false,
+        wake: false,
+      });
+      continue;
+    }
     const reserved = reservedBy ?? undefined;
     const holds = state.holders.includes(id);
     const free = limit - state.holders.length;
@@ -1204,12 +1290,35 @@ function laneAfter(
   if (plan.lane?.key !== key) return { queued: state.queued, turn: state.turn };
   const { record } = plan;
   if (plan.lane.move === "join") {
-    const { queued, turn } = joinLane(state, { atMs: record.availableAtMs, id: record.id }, 1);
+    const { queued, turn } = joinLane(state, turnOf(record, record.availableAtMs, record.id), 1);
     return { queued, turn };
   }
   const queued = Math.max(0, state.queued - 1);
   if (queued === 0) return { queued, turn: null };
-  return { queued, turn: plan.lane.move === "start" ? startTurn(record.updatedAtMs) : state.turn };
+  return {
+    queued,
+    turn: plan.lane.move === "start" ? startTurn(record, record.updatedAtMs) : state.turn,
+  };
+}
+
+/**
+ * A lane turn at `atMs` and `id` for the lane of `record`, at its priority.
+ *
+ * @example
+ * ```ts
+ * import { type InvocationRecord, turnOf } from "@nenc/nenc";
+ *
+ * const record = { priority: 5 } as InvocationRecord;
+ * console.log(turnOf(record, 100, "a"), turnOf({ ...record, priority: 0 }, 100, "a"));
+ * // { atMs: 100, id: "a", priority: 5 } { atMs: 100, id: "a" }
+ * ```
+ */
+export function turnOf(
+  record: Pick<InvocationRecord, "priority">,
+  atMs: number,
+  id: string,
+): LaneTurn {
+  return record.priority ? { atMs, id, priority: record.priority } : { atMs, id };
 }
 
 /**
@@ -1218,8 +1327,8 @@ function laneAfter(
  * earlier in it — a fresh monotonic ULID orders pick-ups within one millisecond of one process
  * (the one impure step of the slot rules: two pick-ups in one millisecond need an order).
  */
-function startTurn(nowMs: number): LaneTurn {
-  return { atMs: nowMs, id: `~${newInvocationId(nowMs)}` };
+function startTurn(record: InvocationRecord, nowMs: number): LaneTurn {
+  return turnOf(record, nowMs, `~${newInvocationId(nowMs)}`);
 }
 
 /**

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { checkPriority } from "./_call_options.ts";
+import { laneOf } from "./store.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import {
@@ -226,6 +228,11 @@ export interface TaskOptions<Args = unknown> {
    * has a free slot for its key, all taken in one atomic step [`[]`].
    */
   concurrencyGroups?: readonly ConcurrencyGroup<Args>[];
+  /**
+   * The priority of its calls, an integer from -1,000 to 1,000, higher first; a call's own
+   * `priority` wins [`0`]. What others wait on still goes first (blocking control).
+   */
+  priority?: number;
 }
 
 /**
@@ -267,6 +274,8 @@ export interface ResolvedTaskOptions {
   readonly timeoutMs: number | undefined;
   /** See {@linkcode TaskOptions.concurrencyGroups}. */
   readonly concurrencyGroups: readonly ConcurrencyGroup<never>[];
+  /** See {@linkcode TaskOptions.priority}. */
+  readonly priority: number;
 }
 
 const OPTION_NAMES = new Set([
@@ -281,6 +290,7 @@ const OPTION_NAMES = new Set([
   "parallelBatchSize",
   "timeoutMs",
   "concurrencyGroups",
+  "priority",
 ]);
 
 /**
@@ -412,6 +422,7 @@ export function resolveTaskOptions(
     parallelBatchSize: count("parallelBatchSize", 100, 1),
     timeoutMs,
     concurrencyGroups: resolveGroups(taskId, options.concurrencyGroups ?? []),
+    priority: checkPriority(options.priority ?? 0, `define task ${taskId}`),
   };
 }
 
@@ -452,6 +463,11 @@ export interface CallOptions {
   readonly delayMs?: number;
   /** Not picked up before this time: a `Date` or epoch ms (a past one: at once); not with `delayMs`. */
   readonly runAt?: Date | number;
+  /**
+   * Picked up before queued invocations of lower priority: an integer from -1,000 to 1,000,
+   * higher first [the task's `priority`, `0`]. What others wait on still goes first.
+   */
+  readonly priority?: number;
 }
 
 /**
@@ -773,17 +789,26 @@ export class Task<Args = unknown, Result = unknown> {
   }
 
   /**
-   * The fairness lane of a call (SPEC §7.2): its first keyed slot key — the running key of a
-   * `"keys"` mode, else the key of the first group with `keyArguments` or `key` — or `null`. (A
-   * lane per argument set, for `"arguments"`, would cost two writes per invocation for nothing:
-   * argument sets seldom queue behind each other.)
+   * The fairness lane of a call (SPEC §7.2) at `priority`: its first keyed slot key — the running
+   * key of a `"keys"` mode, else the key of the first group with `keyArguments` or `key` — or
+   * `null`; one lane per key and priority ({@linkcode laneOf}). (A lane per argument set, for
+   * `"arguments"`, would cost two writes per invocation for nothing: argument sets seldom queue
+   * behind each other.)
    */
-  lane(runningKey: string | null, groupSlots: readonly { key: string }[]): string | null {
-    if (this.options.runningConcurrency === "keys") return runningKey;
+  lane(
+    runningKey: string | null,
+    groupSlots: readonly { key: string }[],
+    priority: number,
+  ): string | null {
     const keyed = this.options.concurrencyGroups.findIndex((group) =>
       group.key !== undefined || (group.keyArguments ?? []).length > 0
     );
-    return keyed < 0 ? null : groupSlots[keyed]!.key;
+    const key = this.options.runningConcurrency === "keys"
+      ? runningKey
+      : keyed < 0
+      ? null
+      : groupSlots[keyed]!.key;
+    return key === null ? null : laneOf(key, priority);
   }
 
   /** The running-concurrency slot key of a call, or `null` when disabled. */

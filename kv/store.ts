@@ -10,6 +10,7 @@
  */
 
 import { decodeTime, encodeTime } from "ulid";
+import { PRIORITY_LIMIT } from "../core/_call_options.ts";
 import { groupLimitMismatch } from "../core/_group_limits.ts";
 import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
 import { CallGraph, type CallRef } from "../core/call_graph.ts";
@@ -53,14 +54,16 @@ import {
   sameTurn,
   slotsOf,
   type SlotState,
+  stateKeysOf,
   type StatusChange,
   type Store,
+  turnOf,
   wakeChange,
 } from "../core/store.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { Keys } from "./keys.ts";
-import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
+import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
 /**
  * The layout version of the data this code writes; it refuses to run on a newer one.
@@ -419,7 +422,7 @@ export class KvStore implements Store {
     count: number,
   ): void {
     const before = decodeSlot(slot);
-    const after = joinLane(before, { atMs: first.nowMs, id: first.id }, count);
+    const after = joinLane(before, turnOf(first, first.nowMs, first.id), count);
     op.check({ key: this.#keys.slot(lane), versionstamp: slot.versionstamp });
     op.set(this.#keys.slot(lane), encodeSlot(after)!);
     this.#stageTurn(op, lane, before.turn, after.turn);
@@ -443,9 +446,10 @@ export class KvStore implements Store {
   #stage(op: AtomicDraft, invocation: NewInvocation): InvocationRecord {
     const { record, entry } = planRegistration(invocation);
     // A delayed call waits in the delayed queue, by its time; else in its lane, or the queue.
+    const delayed = record.availableAtMs > invocation.nowMs;
     const queue: QueueEntry = {
-      delayed: record.availableAtMs > invocation.nowMs,
-      position: timePosition(record.availableAtMs, record.id),
+      delayed,
+      position: delayed ? timePosition(record.availableAtMs, record.id) : queuePosition(record),
       ...(inLane(record) ? { lane: record.lane! } : {}),
     };
     const keys = this.#keys;
@@ -495,21 +499,23 @@ export class KvStore implements Store {
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
       });
-      const slots = slotsOf(record);
+      const slots = stateKeysOf(record);
       const runningKey = record.runningKey;
       let wakes = false;
       if (plan.touchesSlots && slots.length > 0) {
-        // Every slot key of the invocation (its running key, its groups', at most 5) and the
-        // running key's reservation in one read; all taken in this commit, or none.
+        // Every slot key of the invocation (its running key, its groups', at most 5), its lane
+        // when that is no slot key (a priority other than 0), and the running key's reservation
+        // in one read; all taken in this commit, or none.
         const entries = await this.#kv.getMany([
           ...slots.map(({ key }) => keys.slot(key)),
           ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
         ]);
         const reservation = runningKey !== null ? entries[slots.length]! : undefined;
         const states = slots.map((_, i) => decodeSlot(entries[i]!));
-        const inputs = slots.map(({ key, limit }, i) => ({
+        const inputs = slots.map(({ key, limit, laneOnly }, i) => ({
           key,
           limit,
+          ...(laneOnly ? { laneOnly } : {}),
           state: states[i]!,
           ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
         }));
@@ -538,7 +544,7 @@ export class KvStore implements Store {
           }
           return { ok: false, reason: "slot-busy", record, busyKey: decision.busy };
         }
-        // Checks: inv, at most 5 slot values, reserve, reg — at most 8, within Deno KV's 10. The
+        // Checks: inv, at most 5 slot values, a lane, reserve, reg — at most 9, within Deno KV's 10. The
         // wake marker is written blind: a marker too many costs a pick-up one empty look.
         decision.effects.forEach((effect, i) => {
           const { key } = effect;
@@ -582,12 +588,16 @@ export class KvStore implements Store {
         op.delete(keys.queue(queue));
         queue = null;
       }
-      // Queued and parked by the time it became available (a woken invocation keeps its place).
-      const position = timePosition(next.availableAtMs, id);
+      // Queued and parked by priority, then the time it became available (a woken invocation
+      // keeps its place); delayed by that time alone (a range read finds what is due).
+      const position = queuePosition(next);
       if (plan.queue === "enqueue") {
+        const delayed = !inLane(next) && next.availableAtMs > change.nowMs;
         queue = inLane(next)
           ? { delayed: false, position, lane: next.lane! }
-          : { delayed: next.availableAtMs > change.nowMs, position };
+          : delayed
+          ? { delayed, position: timePosition(next.availableAtMs, id) }
+          : { delayed, position };
         op.set(keys.queue(queue), encode(queueValue(next)));
       } else if (plan.parking.enter !== null) {
         queue = { delayed: false, position, parkedOn: plan.parking.enter };
@@ -710,8 +720,9 @@ export class KvStore implements Store {
       if (claimed.length >= max) break;
       await tryClaim(id);
     }
-    // Due retries first (their back-off has passed), then the ready queue in order. The ready
-    // queue has no time bound: an entry registered by a process whose clock runs ahead is due.
+    // The ready queue in order, with the due delayed entries (their time or back-off has passed)
+    // merged in. The ready queue has no time bound: an entry registered by a process whose clock
+    // runs ahead is due.
     const preferredControlled = controlled;
     // Read a few more entries than slots: some may be taken by other runners meanwhile, or
     // blocked by running concurrency.
@@ -757,7 +768,8 @@ export class KvStore implements Store {
     for (let pass = 0, wakes = this.#wakesWritten;; pass++) {
       const claimedBefore = claimed.length;
       let fromLanes = 0;
-      const lists = pass === 0 ? [delayed(), ready()] : [ready()];
+      // Due delayed entries (first pass) where each stands in the ready queue's order.
+      const lists = [pass === 0 ? withDue(delayed(), ready()) : ready()];
       // One candidate once per pass (a lane's token may be read again after it moved); a later
       // pass may see it again, woken since it was refused.
       const seen = new Set<string>();
@@ -1860,7 +1872,7 @@ function isTurn(turn: unknown): turn is LaneTurn {
  * turn's id would stand (`~` sorts after every ULID character), then named by the lane.
  */
 function laneTokenPosition(turn: LaneTurn, lane: string): string {
-  return timePosition(turn.atMs, `${turn.id}~${lane}`);
+  return `${priorityPrefix(turn.priority ?? 0)}${timePosition(turn.atMs, `${turn.id}~${lane}`)}`;
 }
 
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
@@ -1900,10 +1912,17 @@ interface QueueValue {
   readonly key: string | null;
   /** The task (entries written before 0.2 lack it). */
   readonly task?: string;
+  /** Its priority (absent: 0): a due delayed entry is claimed where it would stand in `q`. */
+  readonly priority?: number;
 }
 
 function queueValue(record: InvocationRecord): QueueValue {
-  return { id: record.id, key: slotsOf(record)[0]?.key ?? null, task: record.taskId };
+  return {
+    id: record.id,
+    key: slotsOf(record)[0]?.key ?? null,
+    task: record.taskId,
+    ...(record.priority ? { priority: record.priority } : {}),
+  };
 }
 
 function decodeQueueValue(value: unknown): QueueValue {
@@ -1926,6 +1945,30 @@ function decodeQueueItem(value: unknown): QueueValue | { readonly lane: string }
   return decoded as QueueValue;
 }
 
+/**
+ * The entries of the ready queue with the due delayed ones merged in where each would stand (by
+ * priority, then time, then id): the delayed queue is ordered by time alone, for its range reads.
+ */
+async function* withDue(
+  due: AsyncIterable<KvEntryLike>,
+  ready: AsyncIterable<KvEntryLike>,
+): AsyncIterable<{ readonly value: unknown }> {
+  const merged: { readonly position: string; readonly value: unknown }[] = [];
+  for await (const entry of due) {
+    const { priority = 0 } = decodeQueueValue(entry.value);
+    const position = `${priorityPrefix(priority)}${String(entry.key[entry.key.length - 1])}`;
+    merged.push({ position, value: entry.value });
+  }
+  merged.sort((a, b) => a.position < b.position ? -1 : a.position > b.position ? 1 : 0);
+  let next = 0;
+  for await (const entry of ready) {
+    const position = String(entry.key[entry.key.length - 1]);
+    while (next < merged.length && merged[next]!.position < position) yield merged[next++]!;
+    yield entry;
+  }
+  yield* merged.slice(next);
+}
+
 /** Whether a new invocation waits in its lane: it has one, and is not delayed. */
 function joinsLane(invocation: NewInvocation): invocation is NewInvocation & { lane: string } {
   return Boolean(invocation.lane) &&
@@ -1941,6 +1984,25 @@ function isAvailable(stored: StoredInvocation, nowMs: number): boolean {
 /** A position ordered by time, then id. */
 function timePosition(ms: number, id: string): string {
   return `${encodeTime(Math.max(0, Math.floor(ms)), 10)}${id}`;
+}
+
+/**
+ * A position in the ready queue, a lane or a parked list: by priority, then time, then id. At
+ * priority 0 it is the time position itself (so entries written before priorities sort as they
+ * did); a higher priority gets a prefix that sorts before every time ("!", then 1,000 less the
+ * priority in 4 digits), a lower one a prefix that sorts after them ("~", then minus the priority).
+ */
+function queuePosition(
+  record: Pick<InvocationRecord, "priority" | "availableAtMs" | "id">,
+): string {
+  return `${priorityPrefix(record.priority ?? 0)}${timePosition(record.availableAtMs, record.id)}`;
+}
+
+function priorityPrefix(priority: number): string {
+  if (priority === 0) return "";
+  return priority > 0
+    ? `!${String(PRIORITY_LIMIT - priority).padStart(4, "0")}`
+    : `~${String(-priority).padStart(4, "0")}`;
 }
 
 const readyPosition = timePosition;

@@ -396,6 +396,30 @@ test("[kv] lanes, parking and wake markers leave no key behind: after 3 keys × 
   assert.deepEqual(left, []);
 });
 
+test("[kv] lanes of priorities other than 0 leave no key behind: 3 keys × 3 priorities (-5, 0, 5) drained with limit 1 per key, and no slot, lane or queue key remains", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "priority-lanes", kv });
+  const send = app.task("send", ({ to, n }: { to: string; n: number }) => `${to}${n}`, {
+    runningConcurrency: "keys",
+    keyArguments: ["to"],
+  });
+  for (const priority of [-5, 0, 5]) {
+    await send.parallelize(["a", "b", "c"].flatMap((to) => [{ to, n: 1 }, { to, n: 2 }]), {
+      priority,
+    });
+  }
+  await within(app.runner({ concurrency: 3 }).drain(), DEADLINE_MS, "the drain");
+  assert.equal((await app.orchestrator.store.counts()).get("send")?.get("success"), 18);
+  const left: string[] = [];
+  for await (const entry of kv.list({ prefix: ["nenc", "priority-lanes"] })) {
+    if (["slot", "lane", "park", "wake", "q", "qd"].includes(String(entry.key[2]))) {
+      left.push(entry.key.map(String).join("/"));
+    }
+  }
+  assert.deepEqual(left, []);
+});
+
 test("[kv] registerMany settles every lane's commit before it rejects: a caller that retries what is missing cannot race a chunk still in flight", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);

@@ -7,7 +7,13 @@
 
 import { callLabel } from "./core/ids.ts";
 import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "./core/status.ts";
-import type { InvocationRecord, LiveGraphs, RunnerInfo, SerializedError } from "./core/store.ts";
+import type {
+  DelayedCount,
+  InvocationRecord,
+  LiveGraphs,
+  RunnerInfo,
+  SerializedError,
+} from "./core/store.ts";
 
 /**
  * Aligns rows into columns two spaces apart; columns from index `rightFrom` on are aligned to
@@ -28,6 +34,8 @@ export function table(rows: readonly (readonly string[])[], rightFrom = Infinity
 export interface StatusReport {
   /** Invocations per task and status, from `Store.counts()`. */
   readonly counts: ReadonlyMap<string, ReadonlyMap<InvocationStatus, number>>;
+  /** Per task, the invocations waiting for their time, from `Store.delayedCounts()`. */
+  readonly delayed: ReadonlyMap<string, DelayedCount>;
   /** The runners' last heartbeats. */
   readonly runners: readonly RunnerInfo[];
   /** Now, epoch ms. */
@@ -36,7 +44,10 @@ export interface StatusReport {
   readonly runnerTimeoutMs: number;
 }
 
-/** The status report: a table of tasks × statuses (only statuses present), then the runners. */
+/**
+ * The status report: a table of tasks × statuses (only statuses present), the tasks with
+ * invocations waiting for their time (delayed calls, retries in back-off), then the runners.
+ */
 export function renderStatus(report: StatusReport): string {
   const tasks = [...report.counts.keys()].sort();
   const statuses = ALL_STATUSES.filter((status) =>
@@ -54,6 +65,17 @@ export function renderStatus(report: StatusReport): string {
     text += table([["task", ...statuses, "total"], ...rows], 1);
   }
   text += "\n";
+  if (report.delayed.size > 0) {
+    const delayed = [...report.delayed].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+    text += table([
+      ["delayed", "waiting", "next due"],
+      ...delayed.map(([task, { count, nextMs }]) => [
+        task,
+        String(count),
+        `in ${duration(nextMs - report.nowMs)}`,
+      ]),
+    ], 1) + "\n";
+  }
   if (report.runners.length === 0) return text + "No runners.\n";
   const runners = [...report.runners].sort((a, b) => b.lastSeenMs - a.lastSeenMs);
   return text + table([
@@ -64,6 +86,14 @@ export function renderStatus(report: StatusReport): string {
       return [runner.runnerId, `${(ageMs / 1000).toFixed(1)} s ago${dead}`];
     }),
   ]);
+}
+
+/** A duration for people: seconds under 100 s, then minutes under 100 min, then hours. */
+function duration(ms: number): string {
+  const seconds = Math.max(0, ms) / 1000;
+  if (seconds < 100) return `${seconds.toFixed(1)} s`;
+  if (seconds < 6_000) return `${(seconds / 60).toFixed(1)} min`;
+  return `${(seconds / 3_600).toFixed(1)} h`;
 }
 
 /** What `show` reports about one invocation. */

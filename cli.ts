@@ -61,7 +61,8 @@ Commands:
   worker                 Run the app's invocations until SIGINT or SIGTERM, then stop cleanly:
                          what still runs is handed back (re-queued) for another worker.
     --concurrency <n>    Invocations run at once [1].
-  status                 Invocations per task and status, and the runners' last heartbeats.
+  status                 Invocations per task and status, delayed ones, and the runners' last
+                         heartbeats.
   show <invocationId>    One invocation: record, history, result or error (with its cause
                          chain), parent and children.
   purge                  Delete the final invocations whose purge time has passed (what the
@@ -329,11 +330,17 @@ async function worker(
 
 async function status(app: Nenc, io: CliIo): Promise<number> {
   const store = app.orchestrator.store;
-  const [counts, runners] = await Promise.all([store.counts(), store.runners()]);
+  const nowMs = app.clock.now();
+  const [counts, delayed, runners] = await Promise.all([
+    store.counts(),
+    store.delayedCounts(nowMs),
+    store.runners(),
+  ]);
   io.stdout(renderStatus({
     counts,
+    delayed,
     runners,
-    nowMs: app.clock.now(),
+    nowMs,
     runnerTimeoutMs: app.orchestrator.options.runnerTimeoutSeconds * 1000,
   }));
   return 0;

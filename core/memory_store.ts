@@ -24,6 +24,7 @@ import {
   CONTROL_LIMIT,
   controlChange,
   decideSlots,
+  type DelayedCount,
   type FindQuery,
   holdsSlots,
   inLane,
@@ -362,6 +363,18 @@ export class MemoryStore implements Store {
   nextAvailableMs(nowMs: number): Promise<number | undefined> {
     this.#promoteDelayed(nowMs);
     return Promise.resolve(this.#delayed.peekKey());
+  }
+
+  delayedCounts(nowMs: number): Promise<Map<string, DelayedCount>> {
+    this.#promoteDelayed(nowMs);
+    const counts = new Map<string, DelayedCount>();
+    // Smallest first: a task's first entry holds its earliest time.
+    for (const id of this.#delayed.smallest(this.#delayed.size, undefined)) {
+      const { taskId, availableAtMs } = this.#records.get(id)!;
+      const { count = 0, nextMs = availableAtMs } = counts.get(taskId) ?? {};
+      counts.set(taskId, { count: count + 1, nextMs });
+    }
+    return Promise.resolve(counts);
   }
 
   counts(): Promise<Map<string, Map<InvocationStatus, number>>> {

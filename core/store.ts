@@ -599,6 +599,28 @@ export interface RunnerInfo {
 }
 
 /**
+ * The invocations of one task that wait for their time, see {@linkcode Store.delayedCounts}.
+ *
+ * @example
+ * ```ts
+ * import { type DelayedCount, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const remind = app.task("remind", ({ to }: { to: string }) => to);
+ * const nowMs = Date.now();
+ * await remind.call({ to: "ada" }, { runAt: nowMs + 60_000 });
+ * const counts: Map<string, DelayedCount> = await app.orchestrator.store.delayedCounts(nowMs);
+ * console.log(counts.get("remind")?.count, counts.get("remind")!.nextMs - nowMs); // 1 60000
+ * ```
+ */
+export interface DelayedCount {
+  /** How many wait. */
+  readonly count: number;
+  /** The earliest time one of them becomes available, epoch ms. */
+  readonly nextMs: number;
+}
+
+/**
  * The live graphs of an app, read by {@linkcode Store.graphs}: what cycle control and blocking
  * control hold right now.
  *
@@ -674,6 +696,11 @@ export interface Store {
   cancelRequests(runnerId: string): Promise<string[]>;
   /** The earliest time after `nowMs` at which a queued invocation becomes available, if any. */
   nextAvailableMs(nowMs: number): Promise<number | undefined>;
+  /**
+   * Per task, the queued invocations not available before a time after `nowMs` (delayed calls,
+   * retries in back-off), and the earliest of those times (the CLI's `status`).
+   */
+  delayedCounts(nowMs: number): Promise<Map<string, DelayedCount>>;
   /** Counts per task and status. */
   counts(): Promise<Map<string, Map<InvocationStatus, number>>>;
 

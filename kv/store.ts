@@ -35,6 +35,7 @@ import {
   CONTROL_LIMIT,
   controlChange,
   decideSlots,
+  type DelayedCount,
   EMPTY_SLOT,
   type FindQuery,
   holdsSlots,
@@ -948,10 +949,23 @@ export class KvStore implements Store {
     const start = this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) });
     const end = this.#keys.queue({ delayed: true, position: "\uffff" });
     for await (const entry of this.#kv.list({ start, end }, { limit: 1 })) {
-      // A position is a ULID's 10 time characters then an id: read them as a ULID's time.
-      return decodeTime(`${String(entry.key[entry.key.length - 1]).slice(0, 10)}${"0".repeat(16)}`);
+      return positionTime(entry.key);
     }
     return undefined;
+  }
+
+  // reads: qd/… after nowMs (one range read of every delayed entry: for the CLI, not a hot path).
+  async delayedCounts(nowMs: number): Promise<Map<string, DelayedCount>> {
+    const start = this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) });
+    const end = this.#keys.queue({ delayed: true, position: "\uffff" });
+    const counts = new Map<string, DelayedCount>();
+    for await (const entry of this.#kv.list({ start, end })) {
+      // Time order: a task's first entry holds its earliest time.
+      const task = decodeQueueValue(entry.value).task ?? "(unknown)";
+      const { count = 0, nextMs = positionTime(entry.key) } = counts.get(task) ?? {};
+      counts.set(task, { count: count + 1, nextMs });
+    }
+    return counts;
   }
 
   /** The last key part (an id) of every key under `prefix`. */
@@ -1979,6 +1993,11 @@ function joinsLane(invocation: NewInvocation): invocation is NewInvocation & { l
 function isAvailable(stored: StoredInvocation, nowMs: number): boolean {
   return AVAILABLE_FOR_RUN_STATUSES.has(stored.record.status) &&
     !(stored.queue?.delayed && stored.record.availableAtMs > nowMs);
+}
+
+/** The time of a delayed queue entry's key: a position is a ULID's 10 time characters, then an id. */
+function positionTime(key: KvKey): number {
+  return decodeTime(`${String(key[key.length - 1]).slice(0, 10)}${"0".repeat(16)}`);
 }
 
 /** A position ordered by time, then id. */

@@ -195,6 +195,33 @@ export function timeContract(backend: string, makeApp: AppFactory): void {
     assert.equal((await app.orchestrator.store.counts()).get("t"), undefined);
   });
 
+  test(`[${backend}] delayedCounts() counts per task the invocations waiting for their time, with the earliest, and none once they are due`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const remind = app.task("remind", ({ n }: { n: number }) => n);
+    const other = app.task("other", ({ n }: { n: number }) => n);
+    const start = clock.now();
+    await remind.call({ n: 1 }, { delayMs: 9_000 });
+    await remind.call({ n: 2 }, { delayMs: 4_000 });
+    await other.call({ n: 3 }, { runAt: start + 6_000 });
+    await other.call({ n: 4 });
+    const store = app.orchestrator.store;
+    assert.deepEqual(
+      await store.delayedCounts(clock.now()),
+      new Map([["remind", { count: 2, nextMs: start + 4_000 }], ["other", {
+        count: 1,
+        nextMs: start + 6_000,
+      }]]),
+    );
+    clock.advance(6_000);
+    assert.deepEqual(
+      await store.delayedCounts(clock.now()),
+      new Map([["remind", { count: 1, nextMs: start + 9_000 }]]),
+    );
+    clock.advance(3_000);
+    assert.deepEqual(await store.delayedCounts(clock.now()), new Map());
+  });
+
   test(`[${backend}] an idle runner starts a delayed call when it falls due, not a poll later (pollMs one hour)`, async () => {
     const app = await makeApp();
     const task = app.task("t", () => Date.now());

@@ -38,13 +38,17 @@ test("table() aligns columns two spaces apart, right-aligns from the given colum
   assert.equal(table([["a", ""], ["bb", "c"]]), "a\nbb  c\n");
 });
 
-test("renderStatus() shows a task × status table of the statuses present with totals, then runners by last heartbeat, marking silent ones", () => {
+test("renderStatus() shows a task × status table of the statuses present with totals, the delayed invocations per task with the next due, then runners by last heartbeat, marking silent ones", () => {
   const counts = new Map<string, Map<InvocationStatus, number>>([
     ["pay", new Map<InvocationStatus, number>([["failed", 1]])],
     ["add", new Map<InvocationStatus, number>([["success", 12], ["registered", 2]])],
   ]);
   const text = renderStatus({
     counts,
+    delayed: new Map([["pay", { count: 1, nextMs: T0 + 2_500 }], ["add", {
+      count: 12,
+      nextMs: T0 + 120_000,
+    }]]),
     runners: [
       { runnerId: "runner-old", lastSeenMs: T0 - 30_000 },
       { runnerId: "runner-new", lastSeenMs: T0 - 400 },
@@ -58,6 +62,10 @@ test("renderStatus() shows a task × status table of the statuses present with t
       "add            2       12       0     14\n" +
       "pay            0        0       1      1\n" +
       "\n" +
+      "delayed  waiting    next due\n" +
+      "add           12  in 2.0 min\n" +
+      "pay            1    in 2.5 s\n" +
+      "\n" +
       "runner      last heartbeat\n" +
       "runner-new  0.4 s ago\n" +
       "runner-old  30.0 s ago (silent: presumed dead)\n",
@@ -66,7 +74,13 @@ test("renderStatus() shows a task × status table of the statuses present with t
 
 test("renderStatus() says so when there are no invocations and no runners", () => {
   assert.equal(
-    renderStatus({ counts: new Map(), runners: [], nowMs: T0, runnerTimeoutMs: 10_000 }),
+    renderStatus({
+      counts: new Map(),
+      delayed: new Map(),
+      runners: [],
+      nowMs: T0,
+      runnerTimeoutMs: 10_000,
+    }),
     "No invocations.\n\nNo runners.\n",
   );
 });

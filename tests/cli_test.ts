@@ -352,7 +352,7 @@ test(
 // --- inspection ----------------------------------------------------------------------------------
 
 test(
-  "cli status: prints invocations per task and status, and the runners with their heartbeat age",
+  "cli status: prints invocations per task and status, the delayed ones with the next due, and the runners with their heartbeat age",
   {
     skip: onlyDeno,
   },
@@ -366,15 +366,20 @@ test(
         const drained = await within(app.runner().drain({ maxMs: 30_000 }), 60_000, "the drain");
         assert.equal(drained.invocations, 3);
         await tasks.add.call({ x: 5, y: 6 });
+        await tasks.add.call({ x: 7, y: 8 }, { delayMs: 3_600_000 });
         await app.orchestrator.store.heartbeat("runner-live", Date.now());
         const { code, stdout, stderr } = await cli(["status"], path);
         assert.equal(code, 0, stderr);
-        const [counts, runners] = stdout.split("\n\n");
+        const [counts, delayed, runners] = stdout.split("\n\n");
         assert.equal(
           counts,
           "task  registered  success  failed  total\n" +
-            "add            1        2       0      3\n" +
+            "add            2        2       0      4\n" +
             "pay            0        0       1      1",
+        );
+        assert.match(
+          delayed!,
+          /^delayed {2}waiting {5}next due\nadd {12}1 {2}in (59\.9|60\.0) min$/,
         );
         assert.match(runners!, /^runner {6,}last heartbeat\nrunner-live {2}\d+\.\d s ago\n$/);
       } finally {

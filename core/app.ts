@@ -13,6 +13,7 @@ import type { Store } from "./store.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
 import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
+import type { Schedule, ScheduleOptions } from "./schedules.ts";
 
 /**
  * Options of `new Nenc()`; defaults in brackets.
@@ -208,6 +209,52 @@ export class Nenc {
   /** Every task of the app. */
   tasks(): Task<never, unknown>[] {
     return [...this.#tasks.values()];
+  }
+
+  /**
+   * Stores a cron schedule (SPEC §7.3): every tick of `options.cron` calls `options.task` with
+   * `options.args` — exactly once, however many runners and processes run, fired by a runner that
+   * defines the task and sees the tick within `misfireMs` of its time (missed ticks follow
+   * `catchUp`). The task sees the tick as `ctx.scheduledAt`. An idempotent upsert: every process
+   * may call it at start-up; the same definition again changes nothing, another one replaces it
+   * and holds from now on (no tick before it fires). Resolves to the schedule as stored.
+   *
+   * @throws {TypeError} naming the schedule, for a bad name or option, a cron expression or
+   * timezone croner refuses, a task the app does not define, or arguments its task refuses;
+   * nothing is stored.
+   *
+   * @example Every second; the task sees its tick
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const ticks: number[] = [];
+   * const beat = app.task("beat", (_args: undefined, ctx) => ticks.push(ctx.scheduledAt!));
+   * await app.schedule("every-second", { cron: "* * * * * *", task: beat });
+   * await using runner = app.runner();
+   * runner.start();
+   * while (ticks.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+   * console.log(ticks[0]! % 1_000); // 0: a whole second
+   * ```
+   */
+  schedule<Args>(name: string, options: ScheduleOptions<Args>): Promise<Schedule> {
+    return this.orchestrator.schedule(name, options);
+  }
+
+  /**
+   * Deletes a schedule: none of its ticks fires afterwards. Resolves to whether there was one.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * await app.schedule("nightly", { cron: "0 3 * * *", task: app.task("report", () => "pdf") });
+   * console.log(await app.unschedule("nightly"), await app.unschedule("nightly")); // true false
+   * ```
+   */
+  unschedule(name: string): Promise<boolean> {
+    return this.orchestrator.unschedule(name);
   }
 
   /**

@@ -51,6 +51,13 @@ import {
   wakeChange,
 } from "./store.ts";
 import { WaitGraph } from "./wait_graph.ts";
+import {
+  type FiredTick,
+  planTick,
+  type Schedule,
+  tickClaimMs,
+  upsertSchedule,
+} from "./schedules.ts";
 
 const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
 
@@ -99,6 +106,12 @@ export class MemoryStore implements Store {
   readonly #idempotencyKeys = new Map<string, { id: string; expiresAtMs: number }>();
   /** Idempotency keys by expiry, for the sweep. */
   readonly #idempotencyDue = new IndexedHeap();
+  /** The schedules, by name. */
+  readonly #schedules = new Map<string, Schedule>();
+  /** Claimed ticks (see {@linkcode tickSlot}): the invocation each fired. */
+  readonly #ticks = new Map<string, string>();
+  /** Tick claims by expiry, for the sweep. */
+  readonly #ticksDue = new IndexedHeap();
   /** The limit of each concurrency group, as the runners defined it. */
   readonly #groupLimits = new Map<string, number>();
   /** The holders of each slot key's slots (at most its limit). */
@@ -477,23 +490,18 @@ export class MemoryStore implements Store {
       purged++;
       key = this.#purgeDue.peekKey();
     }
-    // Expired idempotency keys go too (a key lives no longer than its invocation: see keepUntilMs).
-    for (let key = this.#idempotencyDue.peekKey(); key !== undefined && key <= nowMs;) {
-      const slot = this.#idempotencyDue.peek()!;
-      this.#idempotencyDue.remove(slot);
-      this.#idempotencyKeys.delete(slot);
-      key = this.#idempotencyDue.peekKey();
-    }
+    // Expired idempotency keys go too (a key lives no longer than its invocation: see keepUntilMs),
+    // and expired tick claims.
+    sweep(this.#idempotencyDue, this.#idempotencyKeys, nowMs);
+    sweep(this.#ticksDue, this.#ticks, nowMs);
     return Promise.resolve(purged);
   }
 
   purgeAll(): Promise<void> {
     for (const id of [...this.#records.keys()]) this.#delete(id);
-    this.#idempotencyKeys.clear();
-    for (let slot = this.#idempotencyDue.peek(); slot !== undefined;) {
-      this.#idempotencyDue.remove(slot);
-      slot = this.#idempotencyDue.peek();
-    }
+    sweep(this.#idempotencyDue, this.#idempotencyKeys, Infinity);
+    sweep(this.#ticksDue, this.#ticks, Infinity);
+    this.#schedules.clear();
     this.#runners.clear();
     return Promise.resolve();
   }
@@ -512,6 +520,47 @@ export class MemoryStore implements Store {
     }
     for (const [name, limit] of limits) this.#groupLimits.set(name, limit);
     return Promise.resolve();
+  }
+
+  putSchedule(schedule: Schedule): Promise<Schedule> {
+    const stored = upsertSchedule(this.#schedules.get(schedule.name), schedule);
+    this.#schedules.set(schedule.name, stored);
+    return Promise.resolve(stored);
+  }
+
+  deleteSchedule(name: string): Promise<boolean> {
+    return Promise.resolve(this.#schedules.delete(name));
+  }
+
+  schedules(): Promise<Schedule[]> {
+    return Promise.resolve(
+      [...this.#schedules.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+    );
+  }
+
+  // One synchronous step: the claim of the tick, the schedule's last tick, the registration.
+  fireTick(
+    schedule: Schedule,
+    invocation: NewInvocation & { readonly scheduledAtMs: number },
+  ): Promise<FiredTick | undefined> {
+    const slot = tickSlot(schedule.name, invocation.scheduledAtMs);
+    const stored = this.#schedules.get(schedule.name);
+    const claimedBy = this.#ticks.get(slot);
+    if (claimedBy !== undefined) {
+      // Our own claim, applied by an earlier try whose answer was lost: done.
+      const record = claimedBy === invocation.id ? this.#visible(claimedBy) : undefined;
+      return Promise.resolve(
+        record !== undefined && stored !== undefined
+          ? { invocation: record, schedule: stored }
+          : undefined,
+      );
+    }
+    const next = planTick(stored, schedule, invocation);
+    if (next === undefined) return Promise.resolve(undefined);
+    this.#ticks.set(slot, invocation.id);
+    this.#ticksDue.insert(slot, invocation.nowMs + tickClaimMs(next));
+    this.#schedules.set(next.name, next);
+    return Promise.resolve({ invocation: this.#create(invocation), schedule: next });
   }
 
   #create(invocation: NewInvocation): InvocationRecord {
@@ -763,6 +812,21 @@ function laneOfToken(entry: string): string | undefined {
 /** The memory store's key of an idempotency key: task and key, unambiguous. */
 function idempotencySlot(taskId: string, key: string): string {
   return JSON.stringify([taskId, key]);
+}
+
+/** The memory store's key of a tick's claim: schedule and tick, unambiguous. */
+function tickSlot(name: string, tickMs: number): string {
+  return JSON.stringify([name, tickMs]);
+}
+
+/** Deletes the entries of `map` whose expiry in `due` is at or before `nowMs`. */
+function sweep(due: IndexedHeap, map: Map<string, unknown>, nowMs: number): void {
+  for (let key = due.peekKey(); key !== undefined && key <= nowMs;) {
+    const slot = due.peek()!;
+    due.remove(slot);
+    map.delete(slot);
+    key = due.peekKey();
+  }
 }
 
 /** Whether a final record's purge time has passed. */

@@ -1,6 +1,6 @@
 /**
  * The core of nenc: the app, tasks, invocations, the orchestrator written once over the storage
- * port, the runner, the in-memory backend, the status state machine, identity (ULIDs, canonical
+ * port, the runner, cron schedules, the in-memory backend, the status state machine, identity (ULIDs, canonical
  * JSON, call ids), the errors, and the graph core — {@linkcode CallGraph} for cycle control and
  * {@linkcode WaitGraph} for blocking control. No `Deno.*`, no `Bun.*`: it runs on Deno, Bun,
  * Node and Deno Deploy.
@@ -31,6 +31,7 @@ export * from "./invocation.ts";
 export * from "./memory_store.ts";
 export * from "./orchestrator.ts";
 export * from "./runner.ts";
+export * from "./schedules.ts";
 export * from "./serializer.ts";
 export * from "./store.ts";
 export * from "./task.ts";

@@ -36,6 +36,8 @@ import {
   type Store,
 } from "./store.ts";
 import type { Call, CallOptions, Task } from "./task.ts";
+import { resolveSchedule } from "./_schedule_options.ts";
+import type { FiredTick, Schedule, ScheduleOptions } from "./schedules.ts";
 
 /**
  * Options of the orchestrator (`new Nenc({ orchestrator: { … } })`); defaults in brackets.
@@ -636,6 +638,95 @@ export class Orchestrator {
     };
   }
 
+  // --- schedules -------------------------------------------------------------------------------
+
+  /**
+   * Stores schedule `name` (SPEC §7.3), an idempotent upsert: the same definition again changes
+   * nothing (every process may call it at start-up); another one replaces it and holds from now
+   * on. `app.schedule()` calls it.
+   *
+   * @throws {TypeError} naming the schedule, for a bad name or option, a cron expression or
+   * timezone croner refuses, a task the app does not define, or arguments its task refuses (not
+   * plain JSON, a key argument missing); nothing is stored.
+   */
+  async schedule<Args>(name: string, options: ScheduleOptions<Args>): Promise<Schedule> {
+    const nowMs = this.#host.clock.now();
+    const { schedule, task } = resolveSchedule(name, options, {
+      nowMs,
+      getTask: (taskId) => this.#host.getTask(taskId),
+    });
+    try {
+      this.#tickInvocation(task, schedule, nowMs, null); // what a tick's call would refuse
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      throw new TypeError(`Cannot schedule ${name}: ${error.message}`, { cause: error });
+    }
+    return await this.store.putSchedule(schedule);
+  }
+
+  /**
+   * Deletes schedule `name`: none of its ticks fires afterwards. Resolves to whether there was one.
+   * `app.unschedule()` calls it.
+   */
+  async unschedule(name: string): Promise<boolean> {
+    if (typeof name !== "string") {
+      throw new TypeError(`Cannot unschedule: the name must be a string, got ${String(name)}`);
+    }
+    return await this.store.deleteSchedule(name);
+  }
+
+  /**
+   * Fires tick `tickMs` of `schedule` (a runner's step; see {@linkcode Store.fireTick}): registers
+   * its invocation, with `scheduledAtMs` = the tick, in the step that claims the tick. Resolves to
+   * `undefined` when the tick was fired already or the schedule is gone or changed. A store fault
+   * is tried again (with the same invocation, so an applied try is recognised) until `signal`
+   * aborts.
+   *
+   * @throws {TypeError} when the app does not define the schedule's task.
+   */
+  async fireTick(
+    schedule: Schedule,
+    tickMs: number,
+    options: { readonly runnerId: string; readonly signal?: AbortSignal },
+  ): Promise<FiredTick | undefined> {
+    const task = this.#host.getTask(schedule.taskId);
+    if (task === undefined) {
+      throw new TypeError(
+        `Cannot fire a tick of schedule ${schedule.name}: this app does not define task ${schedule.taskId}`,
+      );
+    }
+    await this.#defineGroupsOf(task);
+    const invocation = this.#tickInvocation(task, schedule, tickMs, options.runnerId);
+    return await retryFaults(() => this.store.fireTick(schedule, invocation), {
+      clock: this.#host.clock,
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * The invocation of a tick: the schedule's call of its task, with no parent, no registration
+   * key (a tick bypasses registration reuse) and the tick as `scheduledAtMs`.
+   *
+   * @throws {TypeError} for arguments the task refuses (a key argument missing).
+   */
+  #tickInvocation(
+    task: Task<never, unknown>,
+    schedule: Schedule,
+    tickMs: number,
+    runnerId: string | null,
+  ): NewInvocation & { readonly scheduledAtMs: number } {
+    const args = Object.fromEntries(
+      Object.entries(schedule.args).map(([name, json]) => [name, JSON.parse(json)]),
+    );
+    return {
+      ...this.#newInvocation(task, args as never),
+      parentId: null,
+      registrationKey: null,
+      runnerId,
+      scheduledAtMs: tickMs,
+    };
+  }
+
   // --- reads -----------------------------------------------------------------------------------
 
   /**
@@ -954,6 +1045,8 @@ export class Orchestrator {
       readonly seq: number;
       /** Retries so far: the attempt this run is. */
       readonly attempt: number;
+      /** The tick of the schedule that fired it (epoch ms), or `null`. */
+      readonly scheduledAt: number | null;
     }[]
   > {
     return (await this.#claim(max, options.runnerId, true, options.accepts)).map((record) => ({
@@ -962,6 +1055,7 @@ export class Orchestrator {
       claimSeq: record.claimSeq!,
       seq: record.seq,
       attempt: record.retries,
+      scheduledAt: record.scheduledAtMs ?? null,
     }));
   }
 

@@ -20,6 +20,7 @@ import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap } from "./serial
 import { InvocationStatus, isFinalStatus } from "./status.ts";
 import { slotsOf } from "./store.ts";
 import type { Task, TaskContext } from "./task.ts";
+import { dueTicks, isSameSchedule, nextTickMs, type Schedule } from "./schedules.ts";
 
 /**
  * Options of `app.runner()`; defaults in brackets.
@@ -214,6 +215,10 @@ export class Runner implements AsyncDisposable {
   #woken = false;
   #nextRecoveryMs = -Infinity;
   #nextPurgeMs = -Infinity;
+  /** The schedules of the tasks this runner defines, by name, as last read (every heartbeat). */
+  #schedules = new Map<string, ScheduleWatch>();
+  /** When the next tick of those schedules is due, epoch ms (`Infinity`: none). */
+  #nextTickMs = Infinity;
   #stopped: Promise<void> | undefined;
   /** Called when a claim finds nothing and nothing runs: what `drain()` waits for. */
   #onIdle: (() => void) | undefined;
@@ -451,13 +456,14 @@ export class Runner implements AsyncDisposable {
             runnerId: this.id,
             accepts,
           });
-          for (const { invocation, running, claimSeq, seq, attempt } of claimed) {
+          for (const { invocation, running, claimSeq, seq, attempt, scheduledAt } of claimed) {
             this.#free--;
             // Registered before any await, so a stop() from now on sees it.
             const execution: Execution = new Execution(this, this.#host, invocation, {
               claimSeq,
               seq,
               attempt,
+              scheduledAt,
               persist: (steps, write): Promise<WriteVerdict> =>
                 this.#persist(execution, steps, write),
             });
@@ -521,8 +527,8 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
-   * Waits for new work, a freed slot, the poll interval, or the time `nextDueMs` when something
-   * delayed falls due, whichever comes first.
+   * Waits for new work, a freed slot, the poll interval, the time `nextDueMs` when something
+   * delayed falls due, or the next tick of a schedule, whichever comes first.
    */
   async #idle(nextDueMs: number | undefined): Promise<void> {
     if (this.#woken) {
@@ -530,18 +536,16 @@ export class Runner implements AsyncDisposable {
       return;
     }
     const { orchestrator, clock } = this.#host;
+    // A tick that fell due while the loop ran is fired now, not a sleep later.
+    if (!this.#fenced && this.#nextTickMs <= clock.now()) return;
     const idle = new AbortController();
     const stop = (): void => idle.abort();
     this.#stop.signal.addEventListener("abort", stop, { once: true });
+    const wakeAtMs = Math.min(nextDueMs ?? Infinity, this.#nextTickMs);
     await Promise.race([
       // New work matters only with a free slot; a freed slot wakes the loop itself.
       ...(this.#free > 0 ? [orchestrator.store.waitWork(idle.signal)] : []),
-      clock.sleep(
-        nextDueMs === undefined
-          ? this.#pollMs
-          : Math.min(this.#pollMs, Math.max(1, nextDueMs - clock.now())),
-        idle.signal,
-      ),
+      clock.sleep(Math.min(this.#pollMs, Math.max(1, wakeAtMs - clock.now())), idle.signal),
       new Promise<void>((resolve) => this.#wake = resolve),
     ]);
     this.#stop.signal.removeEventListener("abort", stop);
@@ -635,11 +639,77 @@ export class Runner implements AsyncDisposable {
       this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
       await orchestrator.recoverInvocations({ runnerId: this.id });
       await this.#recoverOrphans();
+      await this.#readSchedules();
     }
     if (nowMs >= this.#nextPurgeMs) {
       this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
       await orchestrator.autoPurge();
     }
+    if (clock.now() >= this.#nextTickMs) await this.#fireTicks();
+  }
+
+  /**
+   * Reads the schedules of the tasks this runner defines (those another process stored too), and
+   * when their next tick is due. A schedule it knew in the same version keeps how far its ticks
+   * were handled; a new or changed one starts from its cursor.
+   */
+  async #readSchedules(): Promise<void> {
+    const known = this.#schedules;
+    this.#schedules = new Map();
+    for (const schedule of await this.#host.orchestrator.store.schedules()) {
+      if (this.#host.getTask(schedule.taskId) === undefined) continue;
+      const watch = known.get(schedule.name);
+      this.#schedules.set(schedule.name, {
+        schedule,
+        checkedMs: watch !== undefined && isSameSchedule(watch.schedule, schedule)
+          ? watch.checkedMs
+          : -Infinity,
+      });
+    }
+    this.#planTicks();
+  }
+
+  #planTicks(): void {
+    this.#nextTickMs = Math.min(
+      Infinity,
+      ...[...this.#schedules.values()].map(({ schedule, checkedMs }) =>
+        nextTickMs(schedule, checkedMs)
+      ),
+    );
+  }
+
+  /**
+   * Fires the due ticks of the schedules whose next tick has come, oldest first, each in the
+   * atomic step that claims it. A tick it could not fire — fired already (by another runner, or
+   * before its schedule was stored anew), or its schedule changed — is handled: it goes on past
+   * it, from the schedules as they are now.
+   */
+  async #fireTicks(): Promise<void> {
+    const { orchestrator, clock } = this.#host;
+    for (;;) {
+      const nowMs = clock.now();
+      let lost = false;
+      for (const watch of this.#schedules.values()) {
+        if (nextTickMs(watch.schedule, watch.checkedMs) > nowMs) continue;
+        for (const tickMs of dueTicks(watch.schedule, nowMs, watch.checkedMs)) {
+          const fired = await orchestrator.fireTick(watch.schedule, tickMs, {
+            runnerId: this.id,
+            signal: this.#stop.signal,
+          });
+          if (fired === undefined) {
+            watch.checkedMs = tickMs;
+            lost = true;
+            break;
+          }
+          watch.schedule = fired.schedule;
+        }
+        if (lost) break;
+        watch.checkedMs = nowMs;
+      }
+      if (!lost) break;
+      await this.#readSchedules();
+    }
+    this.#planTicks();
   }
 
   /**
@@ -966,6 +1036,15 @@ type Persist = (
   write: (actor: ActorOptions) => Promise<boolean | void>,
 ) => Promise<WriteVerdict>;
 
+/**
+ * A schedule a runner fires, and up to when it handled the schedule's ticks (fired them, saw them
+ * fired, or skipped them as missed), epoch ms.
+ */
+interface ScheduleWatch {
+  schedule: Schedule;
+  checkedMs: number;
+}
+
 /** How a task function ended: a value, an error, or still running past its grace. */
 type ExecutionOutcome = { ok: true; value: unknown } | { ok: false; error: unknown } | "ignored";
 
@@ -980,6 +1059,8 @@ class Execution implements ExecutionContext {
   readonly claimSeq: number;
   /** The retries before this attempt. */
   readonly attempt: number;
+  /** The tick of the schedule that fired the invocation (epoch ms), or `null`. */
+  readonly scheduledAt: number | null;
   readonly runnerId: string;
   /** The sequence number of the record as this execution last wrote it. */
   seq: number;
@@ -1016,12 +1097,19 @@ class Execution implements ExecutionContext {
     runner: Runner,
     host: RunnerHost,
     invocation: Invocation,
-    claim: { claimSeq: number; seq: number; attempt: number; persist: Persist },
+    claim: {
+      claimSeq: number;
+      seq: number;
+      attempt: number;
+      scheduledAt: number | null;
+      persist: Persist;
+    },
   ) {
     this.claimSeq = claim.claimSeq;
     this.#persist = claim.persist;
     this.seq = claim.seq;
     this.attempt = claim.attempt;
+    this.scheduledAt = claim.scheduledAt;
     this.#runner = runner;
     this.#host = host;
     this.invocation = invocation;
@@ -1105,7 +1193,7 @@ class Execution implements ExecutionContext {
       get signal(): AbortSignal {
         return signalOf();
       },
-      scheduledAt: null,
+      scheduledAt: this.scheduledAt,
     };
     const returned = (async (): Promise<ExecutionOutcome> => {
       try {

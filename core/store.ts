@@ -10,6 +10,7 @@
 import type { CallGraphSnapshot, CallRef } from "./call_graph.ts";
 import { InvocationStatusOwnershipError } from "./errors.ts";
 import { newInvocationId, type SerializedArguments } from "./ids.ts";
+import type { FiredTick, Schedule } from "./schedules.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   FINAL_STATUSES,
@@ -157,6 +158,11 @@ export interface InvocationRecord {
    * `0`.
    */
   readonly priority?: number;
+  /**
+   * The tick (epoch ms) of the schedule that fired this invocation: its task sees it as
+   * `ctx.scheduledAt`. Absent: not fired by a schedule.
+   */
+  readonly scheduledAtMs?: number;
 }
 
 /**
@@ -269,6 +275,8 @@ export interface NewInvocation extends
    * invocation this registration returns (new, or reused by registration concurrency).
    */
   readonly idempotency?: { readonly key: string; readonly expiresAtMs: number };
+  /** The tick of the schedule firing it, epoch ms ({@linkcode Store.fireTick}) [none]. */
+  readonly scheduledAtMs?: number;
 }
 
 /**
@@ -759,6 +767,85 @@ export interface Store {
    * calls it when it starts.
    */
   defineGroups(limits: ReadonlyMap<string, number>): Promise<void>;
+
+  /**
+   * Stores a schedule, in one atomic step: an upsert decided by {@linkcode upsertSchedule} — the
+   * same definition as the stored one writes nothing and returns the stored schedule (a retry of
+   * an upsert whose answer was lost finds its own write so); another definition replaces it.
+   * Resolves to the schedule as stored.
+   *
+   * @example
+   * ```ts
+   * import { MemoryStore, type Schedule } from "@nenc/nenc";
+   *
+   * const store = new MemoryStore();
+   * const schedule: Schedule = {
+   *   name: "nightly", cron: "0 3 * * *", taskId: "report", args: {}, timezone: "UTC",
+   *   catchUp: "none", misfireMs: 60_000, sinceMs: 1_000, lastTickMs: null, lastInvocationId: null,
+   * };
+   * await store.putSchedule(schedule);
+   * console.log((await store.putSchedule({ ...schedule, sinceMs: 9_000 })).sinceMs); // 1000
+   * ```
+   */
+  putSchedule(schedule: Schedule): Promise<Schedule>;
+  /**
+   * Deletes a schedule, in one atomic step: no tick of it fires afterwards. Resolves to whether
+   * there was one.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const ping = app.task("ping", () => "pong");
+   * await app.schedule("heartbeat", { cron: "* * * * *", task: ping });
+   * const store = app.orchestrator.store;
+   * console.log(await store.deleteSchedule("heartbeat"), await store.deleteSchedule("heartbeat")); // true false
+   * ```
+   */
+  deleteSchedule(name: string): Promise<boolean>;
+  /**
+   * Every schedule of the app, by name.
+   *
+   * @example
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const ping = app.task("ping", () => "pong");
+   * await app.schedule("b", { cron: "0 * * * *", task: ping });
+   * await app.schedule("a", { cron: "30 * * * *", task: "ping" });
+   * console.log((await app.orchestrator.store.schedules()).map((schedule) => schedule.name)); // ["a", "b"]
+   * ```
+   */
+  schedules(): Promise<Schedule[]>;
+  /**
+   * Fires the tick `invocation.scheduledAtMs` of `schedule`, in one atomic step: claims the tick
+   * (a tick is claimed once, and the claim lives {@linkcode tickClaimMs}), stores the schedule with
+   * it as its last tick ({@linkcode planTick}), and registers the invocation — bypassing
+   * registration reuse (its `registrationKey` is `null`) and idempotency keys. Resolves to
+   * `undefined` when the tick was claimed already, or the schedule is gone or another version of
+   * it is stored. A retry with the same invocation finds its own applied write and resolves to it.
+   *
+   * @example Two runners race for one tick: one invocation
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const ping = app.task("ping", () => "pong");
+   * const schedule = await app.schedule("heartbeat", { cron: "* * * * * *", task: ping });
+   * const tickMs = Math.ceil((Date.now() + 1) / 1000) * 1000;
+   * const [first, second] = await Promise.all([
+   *   app.orchestrator.fireTick(schedule, tickMs, { runnerId: "r1" }),
+   *   app.orchestrator.fireTick(schedule, tickMs, { runnerId: "r2" }),
+   * ]);
+   * console.log(first?.invocation.scheduledAtMs === tickMs, second); // true undefined
+   * ```
+   */
+  fireTick(
+    schedule: Schedule,
+    invocation: NewInvocation & { readonly scheduledAtMs: number },
+  ): Promise<FiredTick | undefined>;
 }
 
 /**
@@ -807,6 +894,7 @@ export function planRegistration(
     ...(invocation.idempotency !== undefined
       ? { keepUntilMs: invocation.idempotency.expiresAtMs }
       : {}),
+    ...(invocation.scheduledAtMs !== undefined ? { scheduledAtMs: invocation.scheduledAtMs } : {}),
   };
   return { record, entry };
 }

@@ -137,6 +137,17 @@ export class Keys {
       ? [...this.app, "cancel", runnerId]
       : [...this.app, "cancel", runnerId, id];
   }
+  /** A cron schedule of the app (every schedule: the prefix). */
+  schedule(name?: string): KvKey {
+    return name === undefined ? [...this.app, "sched"] : [...this.app, "sched", name];
+  }
+  /**
+   * The claim of a schedule's tick (epoch ms): the invocation it fired, written with `expireIn`
+   * (`tickClaimMs`) by the commit that registers it.
+   */
+  tick(name: string, tickMs: number): KvKey {
+    return [...this.app, "tick", name, tickMs];
+  }
   /** A runner's heartbeat. */
   runner(runnerId?: string): KvKey {
     return runnerId === undefined ? [...this.app, "runner"] : [...this.app, "runner", runnerId];

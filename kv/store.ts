@@ -61,6 +61,13 @@ import {
   turnOf,
   wakeChange,
 } from "../core/store.ts";
+import {
+  type FiredTick,
+  planTick,
+  type Schedule,
+  tickClaimMs,
+  upsertSchedule,
+} from "../core/schedules.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { Keys } from "./keys.ts";
@@ -1765,6 +1772,94 @@ export class KvStore implements Store {
     }
   }
 
+  // --- schedules ---------------------------------------------------------------------------------
+
+  // reads: sched/<name>; checks: sched/<name>; writes: sched/<name> — nothing when the stored
+  // definition is the same (upsertSchedule decides): a retry whose earlier try was applied finds
+  // its own write so.
+  async putSchedule(schedule: Schedule): Promise<Schedule> {
+    await this.#ensureSchema(true);
+    const key = this.#keys.schedule(schedule.name);
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#reads.get(key);
+      const stored = decodeSchedule(entry, schedule.name);
+      const next = upsertSchedule(stored, schedule);
+      if (next === stored) return stored;
+      const op = new AtomicDraft().check({ key, versionstamp: entry.versionstamp })
+        .set(key, encode(next));
+      if (await this.#group.commit(op)) return next;
+      await backoff(attempt);
+    }
+  }
+
+  // reads: sched/<name>; checks: sched/<name>; writes: deletes it (its tick claims expire).
+  async deleteSchedule(name: string): Promise<boolean> {
+    const key = this.#keys.schedule(name);
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#reads.get(key);
+      if (entry.versionstamp === null) return false;
+      if (await this.#commit(this.#kv.atomic().check(entry).delete(key))) return true;
+      await backoff(attempt);
+    }
+  }
+
+  // reads: sched/… (one range read).
+  async schedules(): Promise<Schedule[]> {
+    const schedules: Schedule[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.schedule() })) {
+      schedules.push(decodeSchedule(entry, String(entry.key[entry.key.length - 1]))!);
+    }
+    return schedules;
+  }
+
+  // reads: tick/<name>/<tick>, sched/<name>, and slot/<lane> when the invocation joins a lane;
+  // checks: the tick absent, sched/<name>, slot/<lane> (≤ 3); writes: tick/<name>/<tick> (the
+  // invocation's id, expireIn = tickClaimMs), sched/<name> (its last tick), and what register()
+  // writes for a new invocation (inv/<id>, hist/<id>/1, task/<task>/<id>, its queue or lane
+  // entry, the lane's state and token) — no registration or idempotency key.
+  async fireTick(
+    schedule: Schedule,
+    invocation: NewInvocation & { readonly scheduledAtMs: number },
+  ): Promise<FiredTick | undefined> {
+    await this.#ensureSchema(true);
+    const keys = this.#keys;
+    const scheduleKey = keys.schedule(schedule.name);
+    const tickKey = keys.tick(schedule.name, invocation.scheduledAtMs);
+    for (let attempt = 0;; attempt++) {
+      const [claim, entry] = await Promise.all([
+        this.#reads.get(tickKey),
+        this.#reads.get(scheduleKey),
+      ]);
+      const stored = decodeSchedule(entry, schedule.name);
+      if (claim.versionstamp !== null) {
+        // Our own claim, committed by an earlier try whose answer was lost: done.
+        const record = idOf(claim) === invocation.id
+          ? (await this.#read(invocation.id))?.record
+          : undefined;
+        return record !== undefined && stored !== undefined
+          ? { invocation: record, schedule: stored }
+          : undefined;
+      }
+      const next = planTick(stored, schedule, invocation);
+      if (next === undefined) return undefined;
+      const op = new AtomicDraft()
+        .check({ key: tickKey, versionstamp: null })
+        .check({ key: scheduleKey, versionstamp: entry.versionstamp })
+        .set(tickKey, encode(invocation.id), { expireIn: tickClaimMs(next) })
+        .set(scheduleKey, encode(next));
+      if (joinsLane(invocation)) {
+        const slot = await this.#reads.get(keys.slot(invocation.lane));
+        this.#stageLaneJoin(op, invocation.lane, slot, invocation, 1);
+      }
+      const record = this.#stage(op, invocation);
+      if (await this.#group.commit(op)) {
+        this.#announceWork();
+        return { invocation: record, schedule: next };
+      }
+      await backoff(attempt);
+    }
+  }
+
   // --- inspection --------------------------------------------------------------------------------
 
   // reads: holder/…, calls/… and waits/… in full (one range read each): the live graphs.
@@ -1892,6 +1987,24 @@ function laneTokenPosition(turn: LaneTurn, lane: string): string {
 /** The invocation id an index entry holds, or `undefined` when the key is absent. */
 function idOf(entry: KvEntryMaybeLike): string | undefined {
   return entry.versionstamp === null ? undefined : decodeString(entry.value);
+}
+
+/**
+ * A schedule as stored under sched/<name> (see `Schedule`), or `undefined` when the key is absent.
+ */
+function decodeSchedule(entry: KvEntryMaybeLike, name: string): Schedule | undefined {
+  if (entry.versionstamp === null) return undefined;
+  const value = decode(entry.value, `schedule ${name}`) as Partial<Schedule> | null;
+  if (
+    typeof value !== "object" || value === null || value.name !== name ||
+    typeof value.cron !== "string" || typeof value.taskId !== "string" ||
+    typeof value.sinceMs !== "number"
+  ) {
+    throw new SerializationError(
+      `Cannot read schedule ${name}: the stored value is not a nenc schedule`,
+    );
+  }
+  return value as Schedule;
 }
 
 /**

@@ -10,6 +10,7 @@ import { groupsContract, limitsContract } from "./_contract_limits.ts";
 import { parkingContract } from "./_contract_parking.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
+import { schedulesContract } from "./_contract_schedules.ts";
 import { timeContract } from "./_contract_time.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
 
@@ -35,4 +36,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   parkingContract(backend, makeApp);
   fairnessContract(backend, makeApp);
   timeContract(backend, makeApp);
+  schedulesContract(backend, makeApp);
 }

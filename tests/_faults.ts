@@ -28,6 +28,7 @@ import type { Store } from "../core/store.ts";
 import type { Task, TaskContext } from "../core/task.ts";
 import { within } from "./_deadline.ts";
 import type { KvHooks } from "./_kv.ts";
+import type { KvKey } from "../kv/kv_like.ts";
 
 // --- deadlines ---------------------------------------------------------------------------------
 
@@ -66,6 +67,12 @@ export type RunnerWrite =
   | "woken";
 
 /**
+ * The schedule writes under test (see `tests/_faults_schedules.ts`): `tick` a tick fired (its
+ * claim, the schedule's last tick and its invocation, one step), `schedule` a schedule stored.
+ */
+export type ScheduleWrite = "tick" | "schedule";
+
+/**
  * `refuse`: the write throws and is not applied. `applied`: the write is applied, then throws.
  * `down`: from the matching write on, every store call throws for {@linkcode OUTAGE_MS}. `none`:
  * no fault (the control run of a scenario).
@@ -80,7 +87,7 @@ export const OUTAGE_MS = 2_000;
  * {@linkcode FaultPlan.arm} (for `applied`: the first that was actually applied).
  */
 export class FaultPlan {
-  readonly write: RunnerWrite;
+  readonly write: RunnerWrite | ScheduleWrite;
   readonly kind: FaultKind;
   #armed = false;
   /** When the fault fired (epoch ms), or `undefined`. */
@@ -89,7 +96,7 @@ export class FaultPlan {
   firedOn: string | undefined;
   #downUntilMs = 0;
 
-  constructor(write: RunnerWrite, kind: FaultKind) {
+  constructor(write: RunnerWrite | ScheduleWrite, kind: FaultKind) {
     this.write = write;
     this.kind = kind;
   }
@@ -147,8 +154,9 @@ export class FaultPlan {
 
 /**
  * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING and the
- * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), every other
- * write on `change()` by the last status of its path (the hand-back by its first, KILLED). The
+ * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), a tick on
+ * `fireTick()`, a schedule on `putSchedule()`, every other write on `change()` by the last status
+ * of its path (the hand-back by its first, KILLED). The
  * memory store wakes parked invocations in the step that gives their key room: a wake's fault is
  * that step's. Built with a `Proxy`, so methods the port gains later are delegated, and faulted
  * while the store is down, without a change here.
@@ -176,6 +184,13 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
                 parked: readonly unknown[];
               };
               if (check) plan.after((parks ? outcome.parked : outcome.claimed).length > 0, "claim");
+              return outcome;
+            }
+            if (property === "fireTick" || property === "putSchedule") {
+              const write = property === "fireTick" ? "tick" : "schedule";
+              const check = plan.before(plan.write === write, property);
+              const outcome = await method.apply(target, args);
+              if (check) plan.after(outcome !== undefined, property);
               return outcome;
             }
             if (property === "change") {
@@ -267,7 +282,8 @@ function committedTransitions(
  * to RUNNING), RUNNING a change to RUNNING alone, the hand-back starts with KILLED, and every other
  * write ends in its status.
  */
-function pathMatches(write: RunnerWrite, path: readonly string[]): boolean {
+function pathMatches(write: RunnerWrite | ScheduleWrite, path: readonly string[]): boolean {
+  if (write === "tick" || write === "schedule") return false; // matched by their keys
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
   if (write === "running") return path.length === 1 && path[0] === "running";
@@ -283,12 +299,24 @@ const GIVES_ROOM: ReadonlySet<string> = new Set(["success", "failed", "retry", "
  * `interceptKv` hooks that inject the fault of `plan`: a throw in `beforeCommit` refuses a commit
  * (not applied), a throw in `afterCommit` reports an applied one failed, and while down every
  * `get`, `getMany`, `list` and commit throws. A commit matches when one of the transitions it
- * carries is the write (a group commit may carry other drafts too).
+ * carries is the write (a group commit may carry other drafts too); a tick when it sets a tick's
+ * claim, a schedule when it sets a schedule without one.
  */
 export function kvFaultHooks(plan: FaultPlan): KvHooks {
   const lastSeq = new Map<string, number>();
+  // Keys are ["nenc", appId, kind, …].
+  const setsOf = (keys: readonly KvKey[], kind: string): boolean =>
+    keys.some((key) => key[2] === kind);
+  const matches = (keys: readonly KvKey[], transitions: readonly CommittedTransition[]): boolean =>
+    plan.write === "tick"
+      ? setsOf(keys, "tick")
+      : plan.write === "schedule"
+      ? setsOf(keys, "sched") && !setsOf(keys, "tick")
+      : transitions.some(({ path }) => pathMatches(plan.write, path));
   const describe = (transitions: readonly CommittedTransition[]): string =>
-    `commit of ${transitions.map((t) => `[${t.path.join(", ")}]`).join(" ")}`;
+    transitions.length === 0
+      ? "commit of a schedule"
+      : `commit of ${transitions.map((t) => `[${t.path.join(", ")}]`).join(" ")}`;
   return {
     beforeGet: () => plan.throwIfDown("get"),
     beforeGetMany: () => plan.throwIfDown("getMany"),
@@ -296,15 +324,14 @@ export function kvFaultHooks(plan: FaultPlan): KvHooks {
     beforeCommit: (values, keys) => {
       plan.throwIfDown("commit");
       const transitions = committedTransitions(keys, values, lastSeq);
-      const matches = transitions.some(({ path }) => pathMatches(plan.write, path));
-      plan.before(matches, describe(transitions));
+      plan.before(matches(keys, transitions), describe(transitions));
     },
     afterCommit: (ok, sets, values) => {
-      const transitions = committedTransitions(sets.map(({ key }) => key), values, lastSeq);
+      const keys = sets.map(({ key }) => key);
+      const transitions = committedTransitions(keys, values, lastSeq);
       if (!ok) return;
       for (const { id, seq } of transitions) lastSeq.set(id, seq);
-      const matches = transitions.some(({ path }) => pathMatches(plan.write, path));
-      if (matches) plan.after(ok, describe(transitions));
+      if (matches(keys, transitions)) plan.after(ok, describe(transitions));
     },
   };
 }
@@ -418,13 +445,13 @@ const RESULT_DEADLINE_MS = 20_000;
 const STEP_DEADLINE_MS = 8_000;
 
 /** Runner options: fast polls and heartbeats, so recovery paths finish within seconds. */
-const RUNNER = { concurrency: 2, pollMs: 20, heartbeatMs: 200 } as const;
+export const RUNNER = { concurrency: 2, pollMs: 20, heartbeatMs: 200 } as const;
 /**
  * Orchestrator options: PENDING recovered after 1 s; a silent runner dead after 6 s — well above
  * the 2 s outage, so a runner whose heartbeat the outage held up is not fenced (§7.1) nor taken
  * for dead: the down cases test writes retried until they land, not recovery.
  */
-const ORCHESTRATOR = { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 } as const;
+export const ORCHESTRATOR = { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 } as const;
 
 /**
  * Runs one scenario against one fault. Two invocations of the task under test share one key
@@ -434,6 +461,7 @@ async function runScenario(
   makeApp: FaultyAppFactory,
   appId: string,
   plan: FaultPlan,
+  scenario: ScenarioKind,
 ): Promise<Facts> {
   const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR });
   const overlap = new Overlap();
@@ -446,7 +474,6 @@ async function runScenario(
   };
   const keyed = { runningConcurrency: "keys", keyArguments: ["key"] } as const;
   type Args = { key: string; n: number };
-  const scenario = SCENARIO_OF[plan.write];
   const top: {
     label: string;
     invocation: Invocation<number>;
@@ -808,7 +835,14 @@ export function faultContract(backend: string, makeApp: FaultyAppFactory): void 
   const start = (): Map<string, Promise<Settled<Facts>>> =>
     new Map(cases.map(({ write, kind }, i) => [
       `${write}/${kind}`,
-      settle(runScenario(makeApp, `faults-${i}-${write}-${kind}`, new FaultPlan(write, kind))),
+      settle(
+        runScenario(
+          makeApp,
+          `faults-${i}-${write}-${kind}`,
+          new FaultPlan(write, kind),
+          SCENARIO_OF[write],
+        ),
+      ),
     ]));
   for (const { write, kind, name } of cases) {
     test(name, async () => {

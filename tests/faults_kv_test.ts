@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
-import { faultContract, kvFaultHooks } from "./_faults.ts";
+import { faultContract, type FaultyAppFactory, kvFaultHooks } from "./_faults.ts";
+import { scheduleFaultContract } from "./_faults_schedules.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 
 const opened: TestKv[] = [];
@@ -24,12 +25,15 @@ const open = async (path: string): Promise<TestKv> => {
   return kv;
 };
 
-faultContract("kv :memory:", async (plan, options) => {
+const inMemory: FaultyAppFactory = async (plan, options) => {
   const kv = await open(":memory:");
   return new Nenc({ ...options, kv: interceptKv(kv, kvFaultHooks(plan)) });
-});
-
-faultContract("kv file", async (plan, options) => {
+};
+const onFile: FaultyAppFactory = async (plan, options) => {
   const kv = await (file ??= open(join(directory, "faults.db")));
   return new Nenc({ ...options, kv: interceptKv(kv, kvFaultHooks(plan)) });
-});
+};
+faultContract("kv :memory:", inMemory);
+faultContract("kv file", onFile);
+scheduleFaultContract("kv :memory:", inMemory);
+scheduleFaultContract("kv file", onFile);

@@ -10,30 +10,14 @@ import { Nenc } from "../core/app.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { KvStore } from "../kv/store.ts";
 import { systemClock } from "../core/clock.ts";
-import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { interceptKv, openSharedTestKv, type TestKv } from "./_kv.ts";
 
 const [mode, path, ...rest] = (globalThis as { Deno?: { args: string[] } }).Deno?.args ??
   (await import("node:process")).argv.slice(2);
 if (mode === undefined || path === undefined) throw new Error("usage: _mp_worker.ts <mode> <kv>");
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/**
- * Opens the KV file, again (a while) when the open itself says "database is locked": processes
- * starting together on one file can meet in Deno's own open of it, which does not wait for the
- * lock (about one start in 40 of the cycle test's pair failed so) — before any nenc code runs.
- */
-async function openShared(path: string): Promise<TestKv> {
-  for (let tries = 0;; tries++) {
-    try {
-      return await openTestKv(path);
-    } catch (error) {
-      if (!/database is locked/i.test(String(error)) || tries >= 50) throw error;
-      await sleep(5 + Math.random() * 20);
-    }
-  }
-}
-
-const kv = await openShared(path);
+const kv = await openSharedTestKv(path);
 const deadline = Date.now() + 60_000;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

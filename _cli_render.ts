@@ -1,11 +1,13 @@
 /**
  * Text rendering for the command line, as pure functions: aligned tables, the status report,
- * one invocation's report, and the live graphs as Mermaid or DOT. Private to `cli.ts`.
+ * one invocation's report, the schedules, and the live graphs as Mermaid or DOT. Private to
+ * `cli.ts`.
  *
  * @module
  */
 
 import { callLabel } from "./core/ids.ts";
+import { nextTickMs, type Schedule } from "./core/schedules.ts";
 import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "./core/status.ts";
 import type {
   DelayedCount,
@@ -159,6 +161,43 @@ function renderError(error: SerializedError): string {
     level = level.cause;
   }
   return text;
+}
+
+/** What `schedules` reports. */
+export interface SchedulesReport {
+  /** The schedules, by name. */
+  readonly schedules: readonly Schedule[];
+  /** The invocations their last ticks fired that still exist. */
+  readonly lastInvocations: readonly InvocationRecord[];
+  /** Now, epoch ms: the next tick is the first after it. */
+  readonly nowMs: number;
+}
+
+/**
+ * The schedules: name, cron expression and timezone, the task's call, the next tick, and the last
+ * tick fired with its invocation and that invocation's status (`purged` once it is gone).
+ */
+export function renderSchedules(report: SchedulesReport): string {
+  if (report.schedules.length === 0) return "No schedules.\n";
+  const invocations = new Map(report.lastInvocations.map((record) => [record.id, record]));
+  const time = (ms: number | null): string =>
+    ms === null ? "-" : Number.isFinite(ms) ? new Date(ms).toISOString() : "none";
+  return table([
+    ["schedule", "cron", "timezone", "task", "next tick", "last tick", "last invocation", "status"],
+    ...report.schedules.map((schedule) => {
+      const id = schedule.lastInvocationId;
+      return [
+        schedule.name,
+        schedule.cron,
+        schedule.timezone,
+        callLabel(schedule.taskId, schedule.args),
+        time(nextTickMs(schedule, report.nowMs)),
+        time(schedule.lastTickMs),
+        id ?? "-",
+        id === null ? "-" : invocations.get(id)?.status ?? "purged",
+      ];
+    }),
+  ]);
 }
 
 /** Labels of wait-graph nodes by invocation id (for example `task(args) status`). */

@@ -1,6 +1,6 @@
 /**
  * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
- * `status`, `show`, `purge` and `graph` inspect (and reset) the shared store. The commands that
+ * `status`, `show`, `schedules`, `purge` and `graph` inspect (and reset) the shared store. The commands that
  * write (`worker`, `purge`) first check that the store's data is not of a newer layout than this
  * nenc's, and `purge --all` refuses while runners are alive unless `--force`. Every command
  * imports an app module (`--app ./app.ts`, which must export exactly one {@linkcode Nenc} app,
@@ -27,7 +27,13 @@ import { resolve } from "node:path";
 import { cwd } from "node:process";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { renderDot, renderInvocation, renderMermaid, renderStatus } from "./_cli_render.ts";
+import {
+  renderDot,
+  renderInvocation,
+  renderMermaid,
+  renderSchedules,
+  renderStatus,
+} from "./_cli_render.ts";
 import { Nenc } from "./core/app.ts";
 import { StoreClosedError } from "./core/errors.ts";
 import { callLabel } from "./core/ids.ts";
@@ -65,10 +71,12 @@ Commands:
                          heartbeats.
   show <invocationId>    One invocation: record, history, result or error (with its cause
                          chain), parent and children.
+  schedules              The cron schedules: expression, timezone, task and arguments, next
+                         tick, and the last tick fired with its invocation and that one's status.
   purge                  Delete the final invocations whose purge time has passed (what the
                          runners' auto-purge deletes), and print how many.
-    --all                Delete ALL data of the app instead: invocations, queue, graphs and
-                         runner heartbeats. Refused while a runner is alive (a heartbeat
+    --all                Delete ALL data of the app instead: invocations, queue, graphs,
+                         schedules and runner heartbeats. Refused while a runner is alive (a heartbeat
                          within runnerTimeoutSeconds): stop the workers first.
     --force              With --all: purge even while runners are alive.
   graph                  The live call graph and wait graph, as text.
@@ -80,8 +88,8 @@ Options of every command:
                          exactly one Nenc app (named or default).
   --kv <path|url>        Open this Deno KV (a file, or a KV Connect URL with the access token in
                          DENO_KV_ACCESS_TOKEN) and move the app onto it. Without it the app keeps
-                         the store it creates itself; status, show, purge and graph need a shared
-                         one.
+                         the store it creates itself; status, show, schedules, purge and graph need
+                         a shared one.
   -h, --help             Show this help.
 
 worker and purge refuse a store whose data has a newer schema version than this nenc's.
@@ -95,6 +103,7 @@ const COMMANDS: Readonly<Record<string, readonly string[]>> = {
   worker: ["concurrency"],
   status: [],
   show: [],
+  schedules: [],
   purge: ["all", "force"],
   graph: ["format", "svg"],
 };
@@ -115,7 +124,7 @@ class UsageError extends Error {
  * let err = "";
  * const io: CliIo = { stdout: () => {}, stderr: (text) => err += text, isTerminal: false };
  * console.log(await main(["launch"], io)); // 2
- * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker, status, show, purge, graph)"
+ * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker, status, show, schedules, purge, graph)"
  * ```
  */
 export async function main(args: readonly string[], io: CliIo = processIo()): Promise<number> {
@@ -218,6 +227,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       if (command === "worker") return await worker(app, { backend, concurrency }, io);
       if (command === "status") return await status(app, io);
       if (command === "show") return await show(app, invocationId!, io);
+      if (command === "schedules") return await schedules(app, io);
       if (command === "purge") {
         return await purge(app, { all: values.all === true, force: values.force === true }, io);
       }
@@ -360,6 +370,16 @@ async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
     store.children(id),
   ]);
   io.stdout(renderInvocation({ record, history, parent, children }));
+  return 0;
+}
+
+async function schedules(app: Nenc, io: CliIo): Promise<number> {
+  const store = app.orchestrator.store;
+  const list = await store.schedules();
+  const lastInvocations = await store.getMany(
+    list.flatMap((schedule) => schedule.lastInvocationId ?? []),
+  );
+  io.stdout(renderSchedules({ schedules: list, lastInvocations, nowMs: app.clock.now() }));
   return 0;
 }
 

@@ -1,6 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { renderDot, renderInvocation, renderMermaid, renderStatus, table } from "../_cli_render.ts";
+import {
+  renderDot,
+  renderInvocation,
+  renderMermaid,
+  renderSchedules,
+  renderStatus,
+  table,
+} from "../_cli_render.ts";
+import type { Schedule } from "../core/schedules.ts";
 import type { InvocationStatus } from "../core/status.ts";
 import type { InvocationRecord, LiveGraphs } from "../core/store.ts";
 
@@ -82,6 +90,50 @@ test("renderStatus() says so when there are no invocations and no runners", () =
       runnerTimeoutMs: 10_000,
     }),
     "No invocations.\n\nNo runners.\n",
+  );
+});
+
+test("renderSchedules() shows each schedule's cron, timezone, call, next tick and last tick with its invocation's status, purged when gone", () => {
+  const base: Schedule = {
+    name: "nightly",
+    cron: "0 3 * * *",
+    taskId: "report",
+    args: { kind: '"sales"' },
+    timezone: "Europe/Berlin",
+    catchUp: "none",
+    misfireMs: 60_000,
+    sinceMs: T0 - 86_400_000,
+    lastTickMs: T0 - 3_600_000,
+    lastInvocationId: "01A",
+  };
+  const text = renderSchedules({
+    schedules: [
+      base,
+      { ...base, name: "old", lastInvocationId: "01GONE" },
+      {
+        ...base,
+        name: "soon",
+        cron: "*/10 * * * * *",
+        timezone: "UTC",
+        taskId: "ping",
+        args: {},
+        lastTickMs: null,
+        lastInvocationId: null,
+      },
+    ],
+    lastInvocations: [record({ id: "01A", taskId: "report", status: "failed" })],
+    nowMs: T0 + 5_000,
+  });
+  assert.equal(
+    text,
+    "schedule  cron            timezone       task                      next tick                 last tick                 last invocation  status\n" +
+      'nightly   0 3 * * *       Europe/Berlin  report({"kind":"sales"})  2026-01-01T02:00:00.000Z  2025-12-31T23:00:00.000Z  01A              failed\n' +
+      'old       0 3 * * *       Europe/Berlin  report({"kind":"sales"})  2026-01-01T02:00:00.000Z  2025-12-31T23:00:00.000Z  01GONE           purged\n' +
+      "soon      */10 * * * * *  UTC            ping({})                  2026-01-01T00:00:10.000Z  -                         -                -\n",
+  );
+  assert.equal(
+    renderSchedules({ schedules: [], lastInvocations: [], nowMs: T0 }),
+    "No schedules.\n",
   );
 });
 

@@ -223,8 +223,8 @@ test("cli: a module that exports two Nenc apps exits 1 naming them", async () =>
   assert.match(stderr, /exports 2 Nenc apps \(billing, shop\); export exactly one/);
 });
 
-test("cli: status, show, purge and graph on an app in this process's memory (no --kv) exit 2 saying they read a shared store", async () => {
-  for (const command of [["status"], ["show", "01ABC"], ["purge"], ["graph"]]) {
+test("cli: status, show, schedules, purge and graph on an app in this process's memory (no --kv) exit 2 saying they read a shared store", async () => {
+  for (const command of [["status"], ["show", "01ABC"], ["schedules"], ["purge"], ["graph"]]) {
     const { code, stdout, stderr } = await runMain([...command, "--app", fixture("_cli_app.ts")]);
     assert.equal(code, 2, command[0]);
     assert.equal(stdout, "");
@@ -246,7 +246,11 @@ test("cli: purge --force without --all exits 2", async () => {
 });
 
 test("cli: every command on an app whose own KV store is closed exits 1 saying the store is closed", async () => {
-  for (const command of [["worker"], ["status"], ["show", "01ABC"], ["purge"], ["graph"]]) {
+  for (
+    const command of [["worker"], ["status"], ["show", "01ABC"], ["schedules"], ["purge"], [
+      "graph",
+    ]]
+  ) {
     const { code, stdout, stderr } = await runMain([
       ...command,
       "--app",
@@ -451,6 +455,72 @@ test(
           unknown.stderr,
           /Cannot show invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
         );
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli schedules: prints each schedule's cron, timezone, call and next tick, and the last tick fired with its invocation and that one's status",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      // On this app's clock, the tick of a minute a few minutes ago fired and ran.
+      const minuteMs = Math.floor(Date.now() / 60_000) * 60_000 - 5 * 60_000;
+      const clock = new FakeClock(minuteMs + 30_000);
+      const { kv, app, tasks } = await openFixtureApp(path, { clock });
+      try {
+        await app.schedule("minutely", {
+          cron: "* * * * *",
+          task: tasks.add,
+          args: { x: 1, y: 2 },
+        });
+        await app.schedule("new-year", {
+          cron: "0 0 1 1 *",
+          task: "pay",
+          args: { card: "4242" },
+          timezone: "Europe/Berlin",
+        });
+        clock.advance(31_000);
+        await within(app.runner().drain({ maxMs: 30_000 }), 60_000, "the drain");
+        const [minutely] = await app.orchestrator.store.schedules();
+        assert.equal(minutely!.lastTickMs, minuteMs + 60_000);
+        const tick = new Date(minuteMs + 60_000).toISOString().replace(".", "\\.");
+
+        const { code, stdout, stderr } = await cli(["schedules"], path);
+        assert.equal(code, 0, stderr);
+        const [header, first, second, end] = stdout.split("\n");
+        assert.match(
+          header!,
+          /^schedule +cron +timezone +task +next tick +last tick +last invocation +status$/,
+        );
+        assert.match(
+          first!,
+          new RegExp(
+            `^minutely +\\* \\* \\* \\* \\* +UTC +add\\(\\{"x":1,"y":2\\}\\) +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:00\\.000Z +${tick} +${
+              minutely!.lastInvocationId
+            } +success$`,
+          ),
+        );
+        // The next new year in Berlin after now (the CLI's clock): 23:00 UTC on December 31.
+        const now = new Date();
+        const newYear = Date.UTC(now.getUTCFullYear(), 11, 31, 23);
+        const next = new Date(
+          Date.now() < newYear ? newYear : Date.UTC(now.getUTCFullYear() + 1, 11, 31, 23),
+        );
+        assert.match(
+          second!,
+          new RegExp(
+            `^new-year +0 0 1 1 \\* +Europe/Berlin +pay\\(\\{"card":"4242"\\}\\) +${
+              next.toISOString().replace(/\./, "\\.")
+            } +- +- +-$`,
+          ),
+        );
+        assert.equal(end, "");
       } finally {
         kv.close();
       }

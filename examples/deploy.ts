@@ -1,7 +1,8 @@
 /**
  * nenc on Deno Deploy: isolates live only while they serve a request or a cron tick, and Deno
  * Deploy KV is the shared store. Work is drained in bounded slices — from `Deno.cron` every
- * minute, and right after a request that adds work. Each slice stops by itself: it picks up work
+ * minute, and right after a request that adds work. A drain's runner also fires the due ticks of
+ * the app's cron schedules, so the `Deno.cron` drain is what runs nenc's schedules here. Each slice stops by itself: it picks up work
  * for at most `maxMs`, then lets what runs finish for `graceMs`, then aborts what still runs
  * through its task's signal and hands it back (re-queued for the next slice) once its function
  * has returned, or `graceMs` after the abort. So a slice ends within about `maxMs + 2 × graceMs`,
@@ -28,6 +29,17 @@ export const wordCount = app.task(
   { registrationConcurrency: "arguments" },
 );
 
+// Every hour: how many texts were counted by then (those not purged yet).
+export const digest = app.task("digest", async (_args: undefined, ctx) => {
+  const counted = (await app.orchestrator.store.counts()).get("wordCount")?.get("success") ?? 0;
+  return `${counted} texts counted by ${new Date(ctx.scheduledAt!).toISOString()}`;
+});
+
+// Stored with the app's data at every isolate start: an idempotent upsert. The first drain that
+// sees a tick fires it, exactly once, so ticks get a misfire window longer than the minute between
+// two drains.
+await app.schedule("hourly-digest", { cron: "0 * * * *", task: digest, misfireMs: 120_000 });
+
 /**
  * One bounded slice of work: at most 8 at once, picking up for at most `maxMs`, then a graceful
  * stop with `graceMs`.
@@ -36,7 +48,8 @@ function drain(maxMs: number, graceMs: number) {
   return app.runner({ concurrency: 8 }).drain({ maxMs, graceMs });
 }
 
-// A tick comes every minute: end the slice well before the next one (about 40 s + 2 × 3 s).
+// A tick comes every minute: end the slice well before the next one (about 40 s + 2 × 3 s). The
+// slice's runner fires the schedules' due ticks first, then runs them with the rest.
 Deno.cron("nenc drain", "* * * * *", async () => {
   await drain(40_000, 3_000);
 });

@@ -43,7 +43,10 @@ export interface RunnerOptions {
   signal?: AbortSignal;
   /** How often an idle runner looks for work (and for cancels) not announced to it [`100`]. */
   pollMs?: number;
-  /** How often the runner writes its heartbeat and recovers stale invocations [`1000`]. */
+  /**
+   * How often the runner writes its heartbeat, recovers stale invocations and reads the cron
+   * schedules (those another process stored) [`1000`].
+   */
   heartbeatMs?: number;
   /** How often the runner purges final invocations that are due [`60000`]. */
   purgeIntervalMs?: number;

@@ -60,6 +60,13 @@ export class IndexedHeap {
     else this.#siftDown(at);
   }
 
+  /** Removes every id. */
+  clear(): void {
+    this.#ids.length = 0;
+    this.#keys.length = 0;
+    this.#positions.clear();
+  }
+
   /**
    * The `max` smallest ids that `accept` accepts, in order, without changing the heap.
    *

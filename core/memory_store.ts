@@ -120,6 +120,12 @@ export class MemoryStore implements Store {
   readonly #parked = new Map<string, IndexedHeap>();
   /** How many invocations were woken from each slot key and not picked up yet. */
   readonly #woken = new Map<string, number>();
+  /** The log of each rate limit key: its last pick-up times, ascending. */
+  readonly #starts = new Map<string, readonly number[]>();
+  /** Rate limit keys with parked invocations, by when their window opens. */
+  readonly #rateOpens = new IndexedHeap();
+  /** Rate limit keys' logs by when they stop counting (see `SlotEffect.expiresAtMs`). */
+  readonly #startsExpire = new IndexedHeap();
   /** Running slots reserved by a paused invocation waiting to resume. */
   readonly #reservations = new Map<string, string>();
   /**
@@ -240,6 +246,7 @@ export class MemoryStore implements Store {
   #claim(request: ClaimRequest): ClaimOutcome {
     const { runnerId, nowMs, max } = request;
     this.#promoteDelayed(nowMs);
+    this.#wakeRateOpened(runnerId, nowMs);
     const claimed: InvocationRecord[] = [];
     const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
@@ -258,10 +265,7 @@ export class MemoryStore implements Store {
         return;
       }
       // Refused a slot: park on the key that refused it, or finalise.
-      const controlled = this.#apply(
-        id,
-        controlChange(request, record.taskId, outcome.busyKey!),
-      );
+      const controlled = this.#apply(id, controlChange(request, record, outcome.busyKey!));
       if (!controlled.ok) return;
       (isFinalStatus(controlled.record.status) ? finalised : parked).push(controlled.record);
     };
@@ -375,7 +379,10 @@ export class MemoryStore implements Store {
 
   nextAvailableMs(nowMs: number): Promise<number | undefined> {
     this.#promoteDelayed(nowMs);
-    return Promise.resolve(this.#delayed.peekKey());
+    // A delayed invocation falls due, or a rate limit key's window opens for its parked.
+    const times = [this.#delayed.peekKey(), this.#rateOpens.peekKey()];
+    const due = times.filter((time) => time !== undefined);
+    return Promise.resolve(due.length === 0 ? undefined : Math.min(...due));
   }
 
   delayedCounts(nowMs: number): Promise<Map<string, DelayedCount>> {
@@ -491,9 +498,10 @@ export class MemoryStore implements Store {
       key = this.#purgeDue.peekKey();
     }
     // Expired idempotency keys go too (a key lives no longer than its invocation: see keepUntilMs),
-    // and expired tick claims.
+    // expired tick claims, and rate limit logs that no longer count in any window.
     sweep(this.#idempotencyDue, this.#idempotencyKeys, nowMs);
     sweep(this.#ticksDue, this.#ticks, nowMs);
+    sweep(this.#startsExpire, this.#starts, nowMs);
     return Promise.resolve(purged);
   }
 
@@ -502,6 +510,9 @@ export class MemoryStore implements Store {
     sweep(this.#idempotencyDue, this.#idempotencyKeys, Infinity);
     sweep(this.#ticksDue, this.#ticks, Infinity);
     this.#schedules.clear();
+    this.#starts.clear();
+    this.#rateOpens.clear();
+    this.#startsExpire.clear();
     this.#runners.clear();
     return Promise.resolve();
   }
@@ -600,12 +611,12 @@ export class MemoryStore implements Store {
       const decision = decideSlots(
         plan,
         id,
-        stateKeysOf(record).map(({ key, limit, laneOnly }) => ({
-          key,
-          limit,
-          ...(laneOnly ? { laneOnly } : {}),
-          state: this.#slotState(key),
-          ...(key === record.runningKey ? { reserved: this.#reservations.get(key) ?? null } : {}),
+        stateKeysOf(record).map((slot) => ({
+          ...slot,
+          state: this.#slotState(slot.key),
+          ...(slot.key === record.runningKey
+            ? { reserved: this.#reservations.get(slot.key) ?? null }
+            : {}),
         })),
       );
       if (decision.busy !== undefined) {
@@ -614,7 +625,8 @@ export class MemoryStore implements Store {
       }
       effects = decision.effects;
     }
-    for (const { key, state, took, released, dropReservation } of effects) {
+    for (const effect of effects) {
+      const { key, state, took, released, dropReservation } = effect;
       if (dropReservation) this.#reservations.delete(key);
       if (took) addTo(this.#slots, key, id);
       if (released) {
@@ -624,6 +636,7 @@ export class MemoryStore implements Store {
       if (state.woken > 0) this.#woken.set(key, state.woken);
       else this.#woken.delete(key);
       this.#setTurn(key, state.turn);
+      if (state.starts !== undefined && effect.changed) this.#setStarts(effect);
     }
     if (plan.parking.leave !== null) this.#unpark(plan.parking.leave, id);
     if (plan.parking.enter !== null) {
@@ -662,13 +675,28 @@ export class MemoryStore implements Store {
 
   /** The state of a slot key, for {@linkcode decideSlots}. */
   #slotState(key: string): SlotState {
+    const starts = this.#starts.get(key);
     return {
       holders: [...this.#slots.get(key) ?? []],
       parked: this.#parked.get(key)?.size ?? 0,
       woken: this.#woken.get(key) ?? 0,
       queued: this.#lanes.get(key)?.size ?? 0,
       turn: this.#turns.get(key) ?? null,
+      ...(starts !== undefined ? { starts } : {}),
     };
+  }
+
+  /**
+   * Keeps a rate limit key's new state: its log, when its window opens for its parked (the state
+   * is the truth: a later time replaces an earlier one), and when its log stops counting.
+   */
+  #setStarts({ key, state, wakeAtMs, expiresAtMs }: SlotEffect): void {
+    if (state.starts!.length > 0) this.#starts.set(key, state.starts!);
+    else this.#starts.delete(key);
+    this.#rateOpens.remove(key);
+    if (wakeAtMs !== undefined) this.#rateOpens.insert(key, wakeAtMs);
+    this.#startsExpire.remove(key);
+    if (expiresAtMs !== undefined) this.#startsExpire.insert(key, expiresAtMs);
   }
 
   /** Moves a lane's token to its new turn (`null`: the lane is empty, no token). */
@@ -734,6 +762,19 @@ export class MemoryStore implements Store {
   #announceWork(): void {
     this.#newWork = true;
     notify(this.#workWaiters);
+  }
+
+  /**
+   * Wakes the invocations parked on each rate limit key whose window has opened by `nowMs`, first
+   * parked first, while it has room (a wake that leaves some parked marks the key's next opening).
+   */
+  #wakeRateOpened(runnerId: string, nowMs: number): void {
+    for (let at = this.#rateOpens.peekKey(); at !== undefined && at <= nowMs;) {
+      const key = this.#rateOpens.peek()!;
+      this.#rateOpens.remove(key);
+      this.#wake(key, runnerId, nowMs);
+      at = this.#rateOpens.peekKey();
+    }
   }
 
   #promoteDelayed(nowMs: number): void {

@@ -617,6 +617,7 @@ export class Orchestrator {
     }
     const runningKey = task.runningKey(serialized, id);
     const groupSlots = task.groupSlots(args, serialized);
+    const rate = task.rateLimitKey(serialized, id);
     return {
       id: newInvocationId(nowMs),
       taskId: task.id,
@@ -628,6 +629,7 @@ export class Orchestrator {
       runningLimit: task.options.runningLimit,
       groupSlots,
       lane: task.lane(runningKey, groupSlots, priority),
+      ...(rate !== null ? { rate } : {}),
       nowMs,
       ...(availableAtMs !== undefined ? { availableAtMs } : {}),
       ...(priority !== 0 ? { priority } : {}),

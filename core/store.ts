@@ -163,6 +163,11 @@ export interface InvocationRecord {
    * `ctx.scheduledAt`. Absent: not fired by a schedule.
    */
   readonly scheduledAtMs?: number;
+  /**
+   * Its rate limit key (the task's `rateLimit`): each pick-up counts against it, and a pick-up
+   * over the limit parks on it (SPEC §7.3). Absent: no rate limit.
+   */
+  readonly rate?: RateLimitKey;
 }
 
 /**
@@ -215,6 +220,33 @@ export function slotsOf(record: InvocationRecord): GroupSlot[] {
 }
 
 /**
+ * The rate limit an invocation's pick-ups count against (SPEC §7.3): its key, and how many
+ * pick-ups of that key any window of `intervalMs` may hold. Nobody holds a rate limit key: its
+ * state logs the times of its last `limit` pick-ups instead ({@linkcode SlotState.starts}).
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type RateLimitKey } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const fetchPage = app.task("fetchPage", ({ page }: { page: number }) => page, {
+ *   rateLimit: { limit: 5, intervalMs: 1_000 },
+ * });
+ * const record = await app.orchestrator.store.get((await fetchPage.call({ page: 1 })).id);
+ * const rate: RateLimitKey | undefined = record?.rate;
+ * console.log(rate); // { key: "#rate#fetchPage", limit: 5, intervalMs: 1000 }
+ * ```
+ */
+export interface RateLimitKey {
+  /** The key: the task's `rateLimit.by` for the invocation's arguments (it starts with `#`). */
+  readonly key: string;
+  /** How many pick-ups of the key any window of `intervalMs` may hold. */
+  readonly limit: number;
+  /** The window, in ms. */
+  readonly intervalMs: number;
+}
+
+/**
  * Whether an execution of the invocation holds its slots; see
  * {@linkcode InvocationRecord.holdsSlots}.
  *
@@ -261,6 +293,8 @@ export interface NewInvocation extends
   readonly groupSlots?: readonly GroupSlot[];
   /** Its fairness lane, one of its slot keys ({@linkcode InvocationRecord.lane}) [none]. */
   readonly lane?: string | null;
+  /** Its rate limit key ({@linkcode InvocationRecord.rate}) [none]. */
+  readonly rate?: RateLimitKey | null;
   /** Registration time, epoch ms. */
   readonly nowMs: number;
   /** Not picked up before this time (a delayed call), epoch ms [`nowMs`]. */
@@ -413,7 +447,10 @@ export interface ClaimRequest {
   readonly max: number;
   /** Invocation ids tried first, in order (blocking invocations), before the queue. */
   readonly preferredIds: readonly string[];
-  /** Whether a candidate refused by a full key is parked (`true`) or finalised. */
+  /**
+   * Whether a candidate refused by a full key is parked (`true`) or finalised; one refused by its
+   * rate limit key is always parked.
+   */
   readonly rerouteOnConcurrencyControl: (taskId: string) => boolean;
   /** Purge time for candidates finalised by concurrency control. */
   readonly purgeAtMs: number;
@@ -474,9 +511,10 @@ export interface ClaimOutcome {
 export const CONTROL_LIMIT = 100;
 
 /**
- * The change for a candidate that a full slot key (`busyKey`) refused during `request`: parked on
- * that key (CONCURRENCY_CONTROLLED, one history entry, out of the queue until the key has room),
- * or finalised (CONCURRENCY_CONTROLLED_FINAL), as its task says.
+ * The change for a candidate that a full key (`busyKey`) refused during `request`: parked on that
+ * key (CONCURRENCY_CONTROLLED, one history entry, out of the queue until the key has room), or
+ * finalised (CONCURRENCY_CONTROLLED_FINAL), as its task says — except that a refusal by its rate
+ * limit key always parks: the window opens by itself (SPEC §7.3).
  *
  * @example
  * ```ts
@@ -486,17 +524,19 @@ export const CONTROL_LIMIT = 100;
  *   runnerId: "r1", nowMs: 0, max: 1, preferredIds: [], purgeAtMs: 0,
  *   rerouteOnConcurrencyControl: (taskId: string) => taskId !== "strict",
  * };
- * console.log(controlChange(request, "task", "task").path); // ["concurrency_controlled"]
- * console.log(controlChange(request, "strict", "strict").path); // ["concurrency_controlled_final"]
+ * const rate = { key: "#rate#strict", limit: 1, intervalMs: 1_000 };
+ * console.log(controlChange(request, { taskId: "task" }, "task").path); // ["concurrency_controlled"]
+ * console.log(controlChange(request, { taskId: "strict" }, "strict").path); // ["concurrency_controlled_final"]
+ * console.log(controlChange(request, { taskId: "strict", rate }, rate.key).path); // ["concurrency_controlled"]
  * ```
  */
 export function controlChange(
   request: ClaimRequest,
-  taskId: string,
+  record: Pick<InvocationRecord, "taskId" | "rate">,
   busyKey: string,
 ): StatusChange {
   const base = { runnerId: request.runnerId, nowMs: request.nowMs };
-  return request.rerouteOnConcurrencyControl(taskId)
+  return request.rerouteOnConcurrencyControl(record.taskId) || busyKey === record.rate?.key
     ? { ...base, path: [InvocationStatus.CONCURRENCY_CONTROLLED], parkOn: busyKey }
     : {
       ...base,
@@ -883,6 +923,7 @@ export function planRegistration(
     ...(invocation.groupSlots?.length ? { groupSlots: invocation.groupSlots } : {}),
     ...(invocation.lane ? { lane: invocation.lane } : {}),
     ...(invocation.priority ? { priority: invocation.priority } : {}),
+    ...(invocation.rate ? { rate: invocation.rate } : {}),
     ...status,
     createdAtMs: invocation.nowMs,
     retries: 0,
@@ -960,8 +1001,13 @@ export interface ChangePlan {
    */
   readonly lane: { readonly key: string; readonly move: "join" | "leave" | "start" } | null;
   /**
+   * A pick-up (the move to PENDING) of an invocation with a rate limit key: it counts against the
+   * key's window, or is refused (SPEC §7.3). A resume is not a pick-up.
+   */
+  readonly ratePickUp: boolean;
+  /**
    * The change reads its slot keys' states ({@linkcode decideSlots}): it takes or frees slots,
-   * drops a reservation, parks, wakes, or ends a parked or woken state.
+   * drops a reservation, parks, wakes, ends a parked or woken state, or is a rate-limited pick-up.
    */
   readonly touchesSlots: boolean;
   /**
@@ -1026,6 +1072,11 @@ export interface SlotState {
    * behind everything available at each pick-up from it; `null` while the lane is empty.
    */
   readonly turn: LaneTurn | null;
+  /**
+   * A rate limit key's log: the times of its last `limit` pick-ups (epoch ms on the claimers'
+   * clocks), ascending ({@linkcode RateLimitKey}). Absent for a slot key, or before a first one.
+   */
+  readonly starts?: readonly number[];
 }
 
 /**
@@ -1097,11 +1148,17 @@ export function laneOf(key: string, priority: number): string {
 export interface StateKey extends GroupSlot {
   /** A fairness lane only: nobody holds it, nobody parks on it. */
   readonly laneOnly?: true;
+  /**
+   * A rate limit key ({@linkcode RateLimitKey}): its window, in ms; `limit` is the pick-ups any
+   * window may hold. Nobody holds it.
+   */
+  readonly intervalMs?: number;
 }
 
 /**
  * The keys whose state a change of `record` reads and writes, in {@linkcode decideSlots} order:
- * its slot keys ({@linkcode slotsOf}), then its lane when that is not one of them.
+ * its slot keys ({@linkcode slotsOf}), its rate limit key, then its lane when that is not one of
+ * them.
  *
  * @example
  * ```ts
@@ -1118,7 +1175,10 @@ export interface StateKey extends GroupSlot {
  * ```
  */
 export function stateKeysOf(record: InvocationRecord): StateKey[] {
-  const keys: StateKey[] = slotsOf(record);
+  const keys: StateKey[] = [
+    ...slotsOf(record),
+    ...(record.rate === undefined ? [] : [record.rate]),
+  ];
   const { lane } = record;
   if (lane === undefined || keys.some(({ key }) => key === lane)) return keys;
   return [...keys, { key: lane, limit: 0, laneOnly: true }];
@@ -1220,6 +1280,11 @@ export interface SlotInput {
   readonly reserved?: string | null;
   /** A fairness lane only ({@linkcode StateKey.laneOnly}): only its lane state changes. */
   readonly laneOnly?: boolean;
+  /**
+   * Present for a rate limit key ({@linkcode RateLimitKey}): its window, in ms. Its `limit` is
+   * then the pick-ups any window may hold, counted in its state's `starts`, not holders.
+   */
+  readonly intervalMs?: number;
 }
 
 /**
@@ -1254,6 +1319,17 @@ export interface SlotEffect {
    * (on Deno KV, a wake marker for the next pick-up; in memory, at once).
    */
   readonly wake: boolean;
+  /**
+   * A rate limit key left with invocations parked on it and no room: when its window opens by
+   * time alone (epoch ms), to wake them then (on Deno KV, a time-ordered wake marker; in memory,
+   * a heap). Absent otherwise.
+   */
+  readonly wakeAtMs?: number;
+  /**
+   * A rate limit key's state may be forgotten from this time on (epoch ms): its log no longer
+   * counts in any window, and nothing is parked on it or woken from it. Absent otherwise.
+   */
+  readonly expiresAtMs?: number;
 }
 
 /**
@@ -1279,9 +1355,10 @@ export type SlotsDecision =
   | { readonly busy?: undefined; readonly effects: readonly SlotEffect[] };
 
 /**
- * Decides what a planned change does to the slot keys of invocation `id` (its running key and its
- * groups', in {@linkcode slotsOf} order), given their states: all taken, or refused on the first
- * key without room. The rules of SPEC §7.1–§7.2, once for every backend:
+ * Decides what a planned change does to the keys of invocation `id` (its running key, its groups',
+ * its rate limit key and its lane, in {@linkcode stateKeysOf} order), given their states: all
+ * taken, or refused on the first key without room. The rules of SPEC §7.1–§7.3, once for every
+ * backend:
  *
  * - A resume takes a slot whenever one is free (it goes before any pick-up); refused, it reserves
  *   the running key's next free slot, and a pick-up never takes the last free slot of a reserved
@@ -1292,6 +1369,9 @@ export type SlotsDecision =
  *   parks behind them, and cannot take a slot an invocation was woken for.
  * - A wake needs room: never more woken than the key can start.
  * - A key with parked invocations and room after the change is flagged `wake`.
+ * - A rate limit key (an input with `intervalMs`) counts pick-ups in a sliding window instead of
+ *   holders, with the same room rules ({@linkcode rateRoom}); left with parked invocations and no
+ *   room, it is flagged `wakeAtMs`, the time its window opens.
  *
  * @example A newcomer parks behind the invocations parked on its key
  * ```ts
@@ -1319,7 +1399,8 @@ export function decideSlots(
   let busy: string | undefined;
   let reserve = false;
   const effects: SlotEffect[] = [];
-  for (const { key, limit, state, reserved: reservedBy, laneOnly } of slots) {
+  for (const input of slots) {
+    const { key, limit, state, reserved: reservedBy, laneOnly } = input;
     if (laneOnly) {
       const next = { ...state, ...laneAfter(plan, key, state) };
       effects.push({
@@ -1331,6 +1412,12 @@ export function decideSlots(
         dropReservation: false,
         wake: false,
       });
+      continue;
+    }
+    if (input.intervalMs !== undefined) {
+      const effect = decideRate(plan, input, input.intervalMs);
+      if (effect === undefined) busy ??= key;
+      else effects.push(effect);
       continue;
     }
     const reserved = reservedBy ?? undefined;
@@ -1365,14 +1452,7 @@ export function decideSlots(
     }
     const next: SlotState = {
       holders,
-      parked: Math.max(
-        0,
-        state.parked + (plan.parking.enter === key ? 1 : 0) - (plan.parking.leave === key ? 1 : 0),
-      ),
-      woken: Math.max(
-        0,
-        state.woken + (plan.waking.enter === key ? 1 : 0) - (plan.waking.leave === key ? 1 : 0),
-      ),
+      ...parkingAfter(plan, key, state),
       ...laneAfter(plan, key, state),
     };
     const dropReservation = reserved === id && (took || plan.releaseReservation);
@@ -1389,6 +1469,107 @@ export function decideSlots(
     });
   }
   return busy !== undefined ? { busy, reserve } : { effects };
+}
+
+/**
+ * What a change does to its rate limit key (SPEC §7.3), or `undefined` when the key refuses it. A
+ * pick-up at `now` (the change's time, on the claimer's clock) is allowed while fewer than `limit`
+ * logged starts are newer than `now - intervalMs` — windows are half-open, so a start leaves the
+ * window `intervalMs` after it — and logs `now`, keeping the `limit` newest (older ones cannot
+ * count in a window that holds `now` or a later start). The room is shared with the invocations
+ * woken from the key, as a slot's ({@linkcode decideSlots}), so no more are woken than can start.
+ * A resume is no pick-up: neither counted nor refused. A sliding log, not fixed buckets (twice the
+ * limit across a boundary) nor a token bucket (bursts over the limit): any window of `intervalMs`
+ * holds at most `limit` pick-ups.
+ */
+function decideRate(
+  plan: ChangePlan,
+  { key, limit, state }: SlotInput,
+  intervalMs: number,
+): SlotEffect | undefined {
+  const nowMs = plan.record.updatedAtMs;
+  let starts = state.starts ?? [];
+  if (plan.ratePickUp) {
+    // Woken from this key: its room was kept for it. Woken from another: any room will do (see
+    // decideSlots). A newcomer needs room and nobody parked here.
+    const fits = plan.waking.leave === key
+      ? countInWindow(starts, intervalMs, nowMs) < limit
+      : rateRoom(state, limit, intervalMs, nowMs) > 0 &&
+        (state.parked === 0 || plan.waking.leave !== null);
+    if (!fits) return undefined;
+    starts = [...starts, nowMs].sort((a, b) => a - b).slice(-limit);
+  }
+  if (plan.waking.enter === key && rateRoom(state, limit, intervalMs, nowMs) <= 0) return undefined;
+  const next: SlotState = { ...state, ...parkingAfter(plan, key, state), starts };
+  const changed = plan.ratePickUp || next.parked !== state.parked || next.woken !== state.woken;
+  const room = rateRoom(next, limit, intervalMs, nowMs);
+  // Only a change of the state marks it: the commit that made the state wrote the marker it needs.
+  const wakeAtMs = changed && next.parked > 0 && room <= 0
+    ? rateOpensAtMs(next, limit, intervalMs)
+    : undefined;
+  const newest = starts[starts.length - 1];
+  return {
+    key,
+    state: next,
+    changed,
+    took: false,
+    released: false,
+    dropReservation: false,
+    wake: changed && next.parked > 0 && room > 0,
+    ...(wakeAtMs !== undefined ? { wakeAtMs } : {}),
+    ...(changed && next.parked === 0 && next.woken === 0 && newest !== undefined
+      ? { expiresAtMs: newest + intervalMs }
+      : {}),
+  };
+}
+
+/** How many of a rate limit key's logged starts are in the window that ends at `nowMs`. */
+function countInWindow(starts: readonly number[], intervalMs: number, nowMs: number): number {
+  return starts.filter((startMs) => startMs > nowMs - intervalMs).length;
+}
+
+/**
+ * The pick-ups a rate limit key admits at `nowMs` to a newcomer: its limit less the starts in the
+ * window that ends then and the invocations woken for it.
+ *
+ * @example Five per second, four started in the last second, one woken: no room
+ * ```ts
+ * import { EMPTY_SLOT, rateRoom } from "@nenc/nenc";
+ *
+ * const state = { ...EMPTY_SLOT, woken: 1, starts: [0, 100, 200, 300, 400] };
+ * console.log(rateRoom(state, 5, 1_000, 1_050), rateRoom(state, 5, 1_000, 1_100)); // 0 1
+ * ```
+ */
+export function rateRoom(
+  state: SlotState,
+  limit: number,
+  intervalMs: number,
+  nowMs: number,
+): number {
+  return limit - countInWindow(state.starts ?? [], intervalMs, nowMs) - state.woken;
+}
+
+/**
+ * When a rate limit key without room gets room by time alone: once enough of its logged starts
+ * left the window for one more beyond those woken for it; `undefined` when the woken fill its
+ * limit (their pick-ups change the state, and mark it anew).
+ */
+function rateOpensAtMs(state: SlotState, limit: number, intervalMs: number): number | undefined {
+  const stay = limit - state.woken - 1; // starts that may still be in the window then
+  const starts = state.starts ?? [];
+  const leaving = starts[starts.length - 1 - stay];
+  return stay < 0 || leaving === undefined ? undefined : leaving + intervalMs;
+}
+
+/** The parked and woken counts of a key after a change (see {@linkcode SlotState}). */
+function parkingAfter(
+  plan: ChangePlan,
+  key: string,
+  state: SlotState,
+): Pick<SlotState, "parked" | "woken"> {
+  const count = (before: number, moves: { leave: string | null; enter: string | null }) =>
+    Math.max(0, before + (moves.enter === key ? 1 : 0) - (moves.leave === key ? 1 : 0));
+  return { parked: count(state.parked, plan.parking), woken: count(state.woken, plan.waking) };
 }
 
 /**
@@ -1481,7 +1662,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   if (
     change.parkOn !== undefined &&
     (change.path.at(-1) !== InvocationStatus.CONCURRENCY_CONTROLLED ||
-      !slotsOf(record).some(({ key }) => key === change.parkOn))
+      !stateKeysOf(record).some(({ key, laneOnly }) => key === change.parkOn && !laneOnly))
   ) {
     throw new RangeError(
       `Cannot park invocation ${record.id} on ${change.parkOn}: it parks on a slot key of its own, entering concurrency_controlled`,
@@ -1564,6 +1745,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   const waking = { leave: record.wokenOn ?? null, enter: wokenOn };
   const releaseReservation = from === InvocationStatus.PAUSED &&
     to !== InvocationStatus.RESUMED && record.runningKey !== null;
+  const ratePickUp = record.rate !== undefined &&
+    change.path.includes(InvocationStatus.PENDING);
   const wasInLane = inLane(record);
   const isInLane = inLane(next);
   const lane = wasInLane === isInLane ? null : {
@@ -1597,7 +1780,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     },
     parking,
     lane,
-    touchesSlots: slot !== "none" || releaseReservation || lane !== null ||
+    ratePickUp,
+    touchesSlots: slot !== "none" || releaseReservation || lane !== null || ratePickUp ||
       [parking.leave, parking.enter, waking.leave, waking.enter].some((key) => key !== null),
     waking,
   };

@@ -5,7 +5,7 @@
  */
 
 import { checkPriority } from "./_call_options.ts";
-import { laneOf } from "./store.ts";
+import { laneOf, type RateLimitKey } from "./store.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import {
@@ -65,6 +65,37 @@ export interface RunningConcurrency {
   readonly by: Exclude<ConcurrencyMode, "disabled">;
   /** How many executions of one key may hold its slots at once (1 to 1,000). */
   readonly limit: number;
+}
+
+/** The largest `limit` of {@linkcode RateLimit}: its log of starts is one KV value. */
+const MAX_RATE_LIMIT = 1_000;
+
+/**
+ * A rate limit: at most `limit` pick-ups of one key in **any** window of `intervalMs` — a sliding
+ * window, exact across runners and processes. A pick-up is the move to PENDING; a resume is not
+ * one. The key is the task, the arguments, or the key arguments, as `by` says (as for
+ * `runningConcurrency`) [`"task"`]. An invocation over the limit is parked until the window opens
+ * (whatever `rerouteOnConcurrencyControl` says: it never fails for the limit).
+ *
+ * @example At most 2 calls of the API per 100 ms, whatever the runners
+ * ```ts
+ * import { Nenc, type RateLimit } from "@nenc/nenc";
+ *
+ * const twoPer100Ms: RateLimit = { limit: 2, intervalMs: 100 };
+ * const app = new Nenc();
+ * const fetchPage = app.task("fetchPage", ({ page }: { page: number }) => page, {
+ *   rateLimit: twoPer100Ms,
+ * });
+ * console.log(fetchPage.options.rateLimit); // { by: "task", limit: 2, intervalMs: 100 }
+ * ```
+ */
+export interface RateLimit {
+  /** How many pick-ups of one key any window of `intervalMs` may hold (1 to 1,000). */
+  readonly limit: number;
+  /** The window, in ms: a positive integer. */
+  readonly intervalMs: number;
+  /** What shares one limit: the task, equal arguments, or equal key arguments [`"task"`]. */
+  readonly by?: Exclude<ConcurrencyMode, "disabled">;
 }
 
 /**
@@ -233,6 +264,11 @@ export interface TaskOptions<Args = unknown> {
    * `priority` wins [`0`]. What others wait on still goes first (blocking control).
    */
   priority?: number;
+  /**
+   * At most `limit` pick-ups per key in any window of `intervalMs` (a {@linkcode RateLimit});
+   * an invocation over it is parked until the window opens [none].
+   */
+  rateLimit?: RateLimit;
 }
 
 /**
@@ -276,6 +312,8 @@ export interface ResolvedTaskOptions {
   readonly concurrencyGroups: readonly ConcurrencyGroup<never>[];
   /** See {@linkcode TaskOptions.priority}. */
   readonly priority: number;
+  /** See {@linkcode TaskOptions.rateLimit}, with `by` filled in; `undefined`: none. */
+  readonly rateLimit: Required<RateLimit> | undefined;
 }
 
 const OPTION_NAMES = new Set([
@@ -291,6 +329,7 @@ const OPTION_NAMES = new Set([
   "timeoutMs",
   "concurrencyGroups",
   "priority",
+  "rateLimit",
 ]);
 
 /**
@@ -362,8 +401,10 @@ export function resolveTaskOptions(
     fail("keyArguments must be an array of argument names");
   }
   if (new Set(keyArguments).size !== keyArguments.length) fail("keyArguments has duplicates");
+  const rateLimit = resolveRateLimit(taskId, options.rateLimit);
   if (
-    (registrationConcurrency === "keys" || runningConcurrency === "keys") &&
+    (registrationConcurrency === "keys" || runningConcurrency === "keys" ||
+      rateLimit?.by === "keys") &&
     keyArguments.length === 0
   ) {
     fail('a "keys" concurrency mode needs keyArguments');
@@ -423,6 +464,7 @@ export function resolveTaskOptions(
     timeoutMs,
     concurrencyGroups: resolveGroups(taskId, options.concurrencyGroups ?? []),
     priority: checkPriority(options.priority ?? 0, `define task ${taskId}`),
+    rateLimit,
   };
 }
 
@@ -493,6 +535,35 @@ export interface ParallelizeOptions<Args>
   extends Omit<CallOptions, "idempotencyKey" | "idempotencyTtlMs"> {
   /** Arguments merged into every call's (a call's own win). */
   readonly commonArgs?: Partial<Args>;
+}
+
+/** Validates a task's `rateLimit` and fills in `by`: every bad value is a `TypeError`. */
+function resolveRateLimit(
+  taskId: string,
+  rateLimit: RateLimit | undefined,
+): Required<RateLimit> | undefined {
+  if (rateLimit === undefined) return undefined;
+  const fail = (message: string): never => {
+    throw new TypeError(`Cannot define task ${taskId}: rateLimit${message}`);
+  };
+  if (typeof rateLimit !== "object" || rateLimit === null) {
+    fail(" must be an object { limit, intervalMs, by? }");
+  }
+  for (const name of Object.keys(rateLimit)) {
+    if (!["limit", "intervalMs", "by"].includes(name)) fail(` has an unknown field "${name}"`);
+  }
+  const { limit, intervalMs, by = "task" } = rateLimit;
+  if (!(["task", "arguments", "keys"] as unknown[]).includes(by)) {
+    fail(`.by must be one of task, arguments, keys, got ${String(by)}`);
+  }
+  // The log of one key's last `limit` starts is one KV value.
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_RATE_LIMIT) {
+    fail(`.limit must be an integer from 1 to ${MAX_RATE_LIMIT}, got ${String(limit)}`);
+  }
+  if (!Number.isSafeInteger(intervalMs) || intervalMs < 1) {
+    fail(`.intervalMs must be a positive integer (ms), got ${String(intervalMs)}`);
+  }
+  return { by, limit, intervalMs };
 }
 
 function resolveGroups(
@@ -814,6 +885,21 @@ export class Task<Args = unknown, Result = unknown> {
   /** The running-concurrency slot key of a call, or `null` when disabled. */
   runningKey(args: SerializedArguments, callIdOfArgs: string): string | null {
     return this.#concurrencyKey(this.options.runningConcurrency, args, callIdOfArgs);
+  }
+
+  /**
+   * The rate limit key of a call with its limit and window, or `null` without a `rateLimit`. The
+   * key starts with the key separator, which task ids cannot contain: it never meets a slot key.
+   */
+  rateLimitKey(args: SerializedArguments, callIdOfArgs: string): RateLimitKey | null {
+    const rate = this.options.rateLimit;
+    if (rate === undefined) return null;
+    const key = this.#concurrencyKey(rate.by, args, callIdOfArgs)!;
+    return {
+      key: `${KEY_SEPARATOR}rate${KEY_SEPARATOR}${key}`,
+      limit: rate.limit,
+      intervalMs: rate.intervalMs,
+    };
   }
 
   /**

@@ -123,6 +123,20 @@ export class Keys {
   wake(key?: string): KvKey {
     return key === undefined ? [...this.app, "wake"] : [...this.app, "wake", key];
   }
+  /**
+   * A time-ordered wake marker of a rate limit key: it has invocations parked on it, and its
+   * window opens at `time` (a ULID time, 10 characters). Written without a check by the commit
+   * that leaves the key so; a pick-up reads those due (one range read up to now), wakes the
+   * parked, and deletes the marker (checked).
+   */
+  wakeAt(time?: string, key?: string): KvKey {
+    return [
+      ...this.app,
+      "wakeat",
+      ...(time === undefined ? [] : [time]),
+      ...(key === undefined ? [] : [key]),
+    ];
+  }
   /** Index: final invocations by purge time. */
   purge(position?: string): KvKey {
     return position === undefined ? [...this.app, "purge"] : [...this.app, "purge", position];

@@ -476,12 +476,13 @@ export class KvStore implements Store {
     return this.#apply(id, change);
   }
 
-  // reads: inv/<id>, slot/<key>… (running key and groups) + reserve/<key>, reg/<key>; checks:
-  // inv/<id>, and the slots, reserve and reg when touched (never more than 8 at once: 1 + 5 + 1 +
-  // 1, within Deno KV's 10); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos> or
-  // park/<key>/<pos>, slot, reserve, reg, wake/<key>, and on a final status expireIn on every key
-  // of the invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after
-  // it).
+  // reads: inv/<id>, slot/<key>… (running key, groups, rate limit key, a lane-only key) +
+  // reserve/<key>, reg/<key>; checks: inv/<id>, and the slots, the rate limit key, the lane, reserve
+  // and reg when touched (never more than 10 at once: inv 1 + running key and 4 groups 5 + rate
+  // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos> or
+  // park/<key>/<pos>, slot (a rate limit key's with expireIn once its log stops counting), reserve,
+  // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
+  // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
@@ -511,21 +512,19 @@ export class KvStore implements Store {
       const runningKey = record.runningKey;
       let wakes = false;
       if (plan.touchesSlots && slots.length > 0) {
-        // Every slot key of the invocation (its running key, its groups', at most 5), its lane
-        // when that is no slot key (a priority other than 0), and the running key's reservation
-        // in one read; all taken in this commit, or none.
+        // Every slot key of the invocation (its running key, its groups', at most 5), its rate
+        // limit key, its lane when that is no slot key (a priority other than 0), and the running
+        // key's reservation in one read; all taken in this commit, or none.
         const entries = await this.#kv.getMany([
           ...slots.map(({ key }) => keys.slot(key)),
           ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
         ]);
         const reservation = runningKey !== null ? entries[slots.length]! : undefined;
         const states = slots.map((_, i) => decodeSlot(entries[i]!));
-        const inputs = slots.map(({ key, limit, laneOnly }, i) => ({
-          key,
-          limit,
-          ...(laneOnly ? { laneOnly } : {}),
+        const inputs = slots.map((slot, i) => ({
+          ...slot,
           state: states[i]!,
-          ...(key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
+          ...(slot.key === runningKey ? { reserved: idOf(reservation!) ?? null } : {}),
         }));
         let decision = decideSlots(plan, id, inputs);
         if (decision.busy !== undefined && onBusy !== undefined && !decision.reserve) {
@@ -552,8 +551,9 @@ export class KvStore implements Store {
           }
           return { ok: false, reason: "slot-busy", record, busyKey: decision.busy };
         }
-        // Checks: inv, at most 5 slot values, a lane, reserve, reg — at most 9, within Deno KV's 10. The
-        // wake marker is written blind: a marker too many costs a pick-up one empty look.
+        // Checks: inv, at most 5 slot values, the rate limit key's, a lane, reserve, reg — at most
+        // 10, Deno KV's limit. Wake markers are written blind: a marker too many costs a pick-up
+        // one empty look.
         decision.effects.forEach((effect, i) => {
           const { key } = effect;
           if (effect.changed) {
@@ -561,7 +561,18 @@ export class KvStore implements Store {
             op.check({ key: keys.slot(key), versionstamp: entries[i]!.versionstamp });
             const value = encodeSlot(effect.state);
             if (value === undefined) op.delete(keys.slot(key));
-            else op.set(keys.slot(key), value);
+            else if (effect.expiresAtMs === undefined) op.set(keys.slot(key), value);
+            else {
+              // A log that no longer counts goes by itself, kept a while longer for processes
+              // whose clocks run behind (expiry is lazy anyway: a late read finds it, still right).
+              const expireIn = effect.expiresAtMs - change.nowMs + RATE_LOG_GRACE_MS;
+              op.set(keys.slot(key), value, { expireIn: Math.max(1, expireIn) });
+            }
+          }
+          if (effect.wakeAtMs !== undefined) {
+            // Never early: a marker read before the window opens would find no room, and go.
+            const time = encodeTime(Math.ceil(effect.wakeAtMs), 10);
+            op.set(keys.wakeAt(time, key), encode(null));
           }
           // A take decided on "no reservation" checks that none was made since the read: a
           // paused invocation that read the slot held may reserve it after its holder released
@@ -712,7 +723,7 @@ export class KvStore implements Store {
           }),
           available,
           (record, busyKey) =>
-            controlChange({ ...request, nowMs: this.#clock.now() }, record.taskId, busyKey),
+            controlChange({ ...request, nowMs: this.#clock.now() }, record, busyKey),
         );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
@@ -748,8 +759,8 @@ export class KvStore implements Store {
     // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
     // own atomic step, and overlapping them keeps a file or a remote store busy instead of
     // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
-    // running key an older candidate of the batch has waits for it (the older gets the slot),
-    // and the claimed list is returned in queue order.
+    // running key or rate limit key an older candidate of the batch has waits for it (the older
+    // gets the slot, or the window's room), and the claimed list is returned in queue order.
     const order = new Map<string, number>();
     const full = (): boolean =>
       claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT;
@@ -759,9 +770,10 @@ export class KvStore implements Store {
       const later: QueueValue[] = [];
       const first: QueueValue[] = [];
       for (const candidate of batch) {
-        if (candidate.key !== null && keys.has(candidate.key)) later.push(candidate);
+        const its = [candidate.key, candidate.rate].filter((key) => typeof key === "string");
+        if (its.some((key) => keys.has(key))) later.push(candidate);
         else first.push(candidate);
-        if (candidate.key !== null) keys.add(candidate.key);
+        for (const key of its) keys.add(key);
       }
       await Promise.all(first.map((candidate) => tryClaim(candidate.id)));
       for (const candidate of later) if (!full()) await tryClaim(candidate.id);
@@ -841,18 +853,25 @@ export class KvStore implements Store {
     return undefined;
   }
 
-  // reads: wake/… (one range read, empty unless a key with parked invocations got room), then per
-  // marked key the first park/<key>/… entry per wake; each wake is one #apply.
+  // reads: wake/… (one range read, empty unless a key with parked invocations got room), wakeat/…
+  // up to now (one range read, empty unless a rate limit key's window opened for its parked), then
+  // per marked key the first park/<key>/… entry per wake; each wake is one #apply.
   /**
    * Wakes the invocations parked on the keys a wake marker names, first available first, while
    * each key has room; a key with no room left (or nobody parked) loses its marker, checked, so a
    * commit that gave it room meanwhile keeps it. A runner that dies midway leaves the marker for
-   * the next pick-up anywhere: parked work is never stranded.
+   * the next pick-up anywhere: parked work is never stranded. A rate limit key's room comes with
+   * time, not with a commit: its marker is time-ordered, read once its time has come (by this
+   * process's clock).
    */
   async #wakeMarked(runnerId: string): Promise<void> {
     const markers: KvEntryMaybeLike[] = [];
-    for await (const entry of this.#kv.list({ prefix: this.#keys.wake() }, { limit: WAKE_KEYS })) {
-      markers.push(entry);
+    const due = {
+      start: this.#keys.wakeAt(""),
+      end: this.#keys.wakeAt(encodeTime(this.#clock.now() + 1, 10)),
+    };
+    for (const selector of [{ prefix: this.#keys.wake() }, due]) {
+      for await (const entry of this.#kv.list(selector, { limit: WAKE_KEYS })) markers.push(entry);
     }
     for (const marker of markers) {
       const key = String(marker.key[marker.key.length - 1]);
@@ -951,12 +970,27 @@ export class KvStore implements Store {
     return await this.#listIds(this.#keys.cancelRequest(runnerId));
   }
 
-  // reads: the first delayed queue entry after nowMs.
+  // reads: the first delayed queue entry after nowMs, and the first wakeat/… marker after it.
   async nextAvailableMs(nowMs: number): Promise<number | undefined> {
-    const start = this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) });
-    const end = this.#keys.queue({ delayed: true, position: "\uffff" });
+    const after = encodeTime(nowMs + 1, 10);
+    const delayed = this.#firstTime(
+      this.#keys.queue({ delayed: true, position: after }),
+      this.#keys.queue({ delayed: true, position: "\uffff" }),
+    );
+    const rateOpens = this.#firstTime(this.#keys.wakeAt(after), this.#keys.wakeAt("\uffff"));
+    const times = (await Promise.all([delayed, rateOpens])).filter((time) => time !== undefined);
+    return times.length === 0 ? undefined : Math.min(...times);
+  }
+
+  /**
+   * The time of the first key in `[start, end)`, or `undefined`: its part at the position of
+   * `start`'s last begins with a ULID's 10 time characters (a queue position, or a wake marker's
+   * time).
+   */
+  async #firstTime(start: KvKey, end: KvKey): Promise<number | undefined> {
     for await (const entry of this.#kv.list({ start, end }, { limit: 1 })) {
-      return positionTime(entry.key);
+      // The time part ends the key cut to the length of `start`.
+      return positionTime(entry.key.slice(0, start.length));
     }
     return undefined;
   }
@@ -1932,8 +1966,9 @@ function decodeHeartbeat(value: unknown): { lastSeenMs: number; taskIds?: readon
 }
 
 /**
- * A slot key's state as stored under slot/<key>: `{ holders, parked, woken }`, or the holders'
- * ids alone while nobody is parked or woken (one id, a string, before 0.2).
+ * A slot key's state as stored under slot/<key>: `{ holders, parked, woken, queued, turn }` (and
+ * `starts`, a rate limit key's log), or the holders' ids alone while nothing else is kept (one
+ * id, a string, before 0.2).
  */
 function decodeSlot(entry: KvEntryMaybeLike): SlotState {
   if (entry.versionstamp === null) return EMPTY_SLOT;
@@ -1947,7 +1982,9 @@ function decodeSlot(entry: KvEntryMaybeLike): SlotState {
   if (
     typeof state !== "object" || state === null || !ids(state.holders) ||
     !count(state.parked) || !count(state.woken) || !count(state.queued) ||
-    !(state.turn === undefined || state.turn === null || isTurn(state.turn))
+    !(state.turn === undefined || state.turn === null || isTurn(state.turn)) ||
+    !(state.starts === undefined ||
+      Array.isArray(state.starts) && state.starts.every((ms) => typeof ms === "number"))
   ) {
     throw new SerializationError("Cannot read a slot key: not a nenc slot state");
   }
@@ -1957,6 +1994,7 @@ function decodeSlot(entry: KvEntryMaybeLike): SlotState {
     woken: state.woken ?? 0,
     queued: state.queued ?? 0,
     turn: state.turn ?? null,
+    ...(state.starts !== undefined ? { starts: state.starts as number[] } : {}),
   };
 }
 
@@ -1965,7 +2003,10 @@ function decodeSlot(entry: KvEntryMaybeLike): SlotState {
  * `undefined` for an empty one (the key goes).
  */
 function encodeSlot(state: SlotState): Uint8Array | undefined {
-  if (state.parked === 0 && state.woken === 0 && state.queued === 0 && state.turn === null) {
+  if (
+    state.parked === 0 && state.woken === 0 && state.queued === 0 && state.turn === null &&
+    !state.starts?.length
+  ) {
     return state.holders.length === 0 ? undefined : encode(state.holders);
   }
   return encode(state);
@@ -2033,7 +2074,10 @@ function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {
   return decode(entry.value, "a wait node") as WaitNode;
 }
 
-/** A queue entry's value: the invocation, and its running key to order claims by. */
+/**
+ * A queue entry's value: the invocation, and its first slot key and rate limit key to order
+ * claims by.
+ */
 interface QueueValue {
   readonly id: string;
   readonly key: string | null;
@@ -2041,6 +2085,8 @@ interface QueueValue {
   readonly task?: string;
   /** Its priority (absent: 0): a due delayed entry is claimed where it would stand in `q`. */
   readonly priority?: number;
+  /** Its rate limit key, if any. */
+  readonly rate?: string;
 }
 
 function queueValue(record: InvocationRecord): QueueValue {
@@ -2049,6 +2095,7 @@ function queueValue(record: InvocationRecord): QueueValue {
     key: slotsOf(record)[0]?.key ?? null,
     task: record.taskId,
     ...(record.priority ? { priority: record.priority } : {}),
+    ...(record.rate !== undefined ? { rate: record.rate.key } : {}),
   };
 }
 
@@ -2146,7 +2193,12 @@ const purgePosition = timePosition;
  */
 const LANE_JOIN_CHUNK = 50;
 const LANE_JOIN_BYTES = 256 * 1024;
-/** Wake markers one pick-up reads, and invocations it wakes per marked key at most. */
+/**
+ * How long a rate limit key's log outlives the last window it counts in: a process whose clock
+ * runs behind by less still finds it.
+ */
+const RATE_LOG_GRACE_MS = 60_000;
+/** Wake markers of each kind one pick-up reads, and invocations it wakes per marked key at most. */
 const WAKE_KEYS = 16;
 const WAKES_PER_KEY = 100;
 /** Queue entries of tasks a runner does not run that one claim reads past. */

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
-import { FakeClock } from "./_fake_clock.ts";
+import { FakeClock, WatchedClock } from "./_fake_clock.ts";
 import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import type { Nenc } from "../core/app.ts";
 import {
@@ -58,49 +58,6 @@ async function invocationsOf<Args, Result>(
 
 const statuses = (history: readonly HistoryEntry[]): string[] =>
   history.map((entry) => entry.status);
-
-/**
- * A {@linkcode FakeClock} that also tells when something sleeps on it for a given time: an idle
- * runner waits on `clock.sleep(pollMs)` (its heartbeat on `clock.sleep(heartbeatMs)`, always).
- * Advancing the clock only while the runner sleeps keeps the test from moving time between a
- * pick-up's clock read and its store step.
- */
-class WatchedClock extends FakeClock {
-  readonly #sleeping = new Map<object, { untilMs: number; ms: number }>();
-  readonly #onSleep = new Set<(ms: number) => void>();
-
-  override sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    const promise = super.sleep(ms, signal);
-    if (signal?.aborted) return promise;
-    const token = {};
-    this.#sleeping.set(token, { untilMs: this.now() + ms, ms });
-    signal?.addEventListener("abort", () => this.#sleeping.delete(token), { once: true });
-    void promise.then(() => this.#sleeping.delete(token));
-    for (const notify of [...this.#onSleep]) notify(ms);
-    return promise;
-  }
-
-  override advance(ms: number): void {
-    super.advance(ms);
-    for (const [token, { untilMs }] of this.#sleeping) {
-      if (untilMs <= this.now()) this.#sleeping.delete(token);
-    }
-  }
-
-  /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
-  sleeping(ms: number): Promise<void> {
-    if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
-    const sleeping = new Promise<void>((resolve) => {
-      const done = (slept: number): void => {
-        if (slept !== ms) return;
-        this.#onSleep.delete(done);
-        resolve();
-      };
-      this.#onSleep.add(done);
-    });
-    return within(sleeping, DEADLINE_MS, `something to sleep ${ms} ms on the clock`);
-  }
-}
 
 class PaymentDeclined extends Error {
   readonly code: string;

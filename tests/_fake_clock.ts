@@ -1,4 +1,5 @@
 import type { Clock } from "../core/clock.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 
 /**
  * A clock for tests: time moves only when `advance()` is called, and sleeps resolve then. No real
@@ -38,5 +39,48 @@ export class FakeClock implements Clock {
     for (const sleeper of [...this.#sleepers]) {
       if (sleeper.untilMs <= this.#nowMs) sleeper.resolve();
     }
+  }
+}
+
+/**
+ * A {@linkcode FakeClock} that also tells when something sleeps on it for a given time: an idle
+ * runner waits on `clock.sleep(pollMs)` (its heartbeat on `clock.sleep(heartbeatMs)`, always).
+ * Advancing the clock only while the runner sleeps keeps the test from moving time between a
+ * pick-up's clock read and its store step.
+ */
+export class WatchedClock extends FakeClock {
+  readonly #sleeping = new Map<object, { untilMs: number; ms: number }>();
+  readonly #onSleep = new Set<(ms: number) => void>();
+
+  override sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    const promise = super.sleep(ms, signal);
+    if (signal?.aborted) return promise;
+    const token = {};
+    this.#sleeping.set(token, { untilMs: this.now() + ms, ms });
+    signal?.addEventListener("abort", () => this.#sleeping.delete(token), { once: true });
+    void promise.then(() => this.#sleeping.delete(token));
+    for (const notify of [...this.#onSleep]) notify(ms);
+    return promise;
+  }
+
+  override advance(ms: number): void {
+    super.advance(ms);
+    for (const [token, { untilMs }] of this.#sleeping) {
+      if (untilMs <= this.now()) this.#sleeping.delete(token);
+    }
+  }
+
+  /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
+  sleeping(ms: number): Promise<void> {
+    if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
+    const sleeping = new Promise<void>((resolve) => {
+      const done = (slept: number): void => {
+        if (slept !== ms) return;
+        this.#onSleep.delete(done);
+        resolve();
+      };
+      this.#onSleep.add(done);
+    });
+    return within(sleeping, DEADLINE_MS, `something to sleep ${ms} ms on the clock`);
   }
 }

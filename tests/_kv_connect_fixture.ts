@@ -60,6 +60,9 @@ function compare(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
+/** The checks one atomic write may hold over KV Connect (denokv's limit). */
+const MAX_CHECKS = 10;
+
 const hex = (bytes: Uint8Array): string =>
   [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
 
@@ -95,6 +98,10 @@ export async function startKvConnectFixture(): Promise<KvConnectFixture> {
 
   const atomicWrite = (body: Uint8Array): Uint8Array => {
     const write = decodeAtomicWrite(body) as unknown as AtomicWrite;
+    // As denokv does (the Deno CLI allows 100): nenc's transitions must stay within it.
+    if (write.checks.length > MAX_CHECKS) {
+      throw new Error(`too many checks: ${write.checks.length}, at most ${MAX_CHECKS}`);
+    }
     const failedChecks = write.checks.flatMap((check, index) => {
       const current = live(entries.get(hex(check.key)))?.versionstamp ?? new Uint8Array();
       return compare(current, check.versionstamp) === 0 ? [] : [index];

@@ -36,3 +36,22 @@ export async function runToSuccess(
   await app.orchestrator.setInvocationRun(undefined, invocation, { runnerId });
   await app.orchestrator.setInvocationResult(invocation, result, { runnerId });
 }
+
+/**
+ * How many windows of `intervalMs` hold more than `limit` of `times` (pick-up times, in any
+ * order): a window holds `limit + 1` of them exactly when, sorted, some
+ * `times[i + limit] - times[i] < intervalMs` (windows are half-open: a time leaves the window
+ * `intervalMs` after it). With `limit - 1` for `limit`, the windows that a rate limit filled.
+ */
+export function windowsOverLimit(
+  times: readonly number[],
+  limit: number,
+  intervalMs: number,
+): number {
+  const sorted = [...times].sort((a, b) => a - b);
+  let over = 0;
+  for (let i = 0; i + limit < sorted.length; i++) {
+    if (sorted[i + limit]! - sorted[i]! < intervalMs) over++;
+  }
+  return over;
+}

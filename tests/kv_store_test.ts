@@ -449,3 +449,75 @@ test("[kv] registerMany settles every lane's commit before it rejects: a caller 
   }
   assert.deepEqual(slots.map((slot) => (slot as { queued: number }).queued), [2]);
 });
+
+test("[kv] a pick-up of a task with every kind of key — a registration key, a running key, four groups, a rate limit key and a lane of a priority — checks 10 keys in its commit, Deno KV's limit", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const checks: number[] = [];
+  const counting: KvLike = {
+    get: (key) => kv.get(key),
+    getMany: (keys) => kv.getMany(keys),
+    list: (selector, options) => kv.list(selector, options),
+    atomic: () => {
+      const op = kv.atomic();
+      let count = 0;
+      const check = op.check.bind(op);
+      const commit = op.commit.bind(op);
+      op.check = (...list) => {
+        count += list.length;
+        return check(...list);
+      };
+      op.commit = () => {
+        checks.push(count);
+        return commit();
+      };
+      return op;
+    },
+  };
+  const app = new Nenc({ appId: "every-key", kv: counting });
+  const task = app.task("t", ({ k }: { k: string }) => k, {
+    registrationConcurrency: "arguments",
+    runningConcurrency: "keys",
+    keyArguments: ["k"],
+    concurrencyGroups: ["a", "b", "c", "d"].map((name) => ({ name, limit: 2 })),
+    rateLimit: { by: "keys", limit: 5, intervalMs: 1_000 },
+    priority: 5, // its lane ("x" at priority 5) is no slot key: one key more
+  });
+  const invocation = await task.call({ k: "x" });
+  checks.length = 0;
+  // Straight through PENDING to RUNNING: the step frees the registration key too.
+  const started = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+  assert.deepEqual(started.map((start) => [start.invocation.id, start.running]), [
+    [invocation.id, true],
+  ]);
+  assert.equal(Math.max(...checks), 10);
+});
+
+test("[kv] a rate limit key's log is kept while invocations are parked on it, and set to expire a minute after it stops counting once none are", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const expiries = new Map<string, (number | undefined)[]>();
+  const view = interceptKv(kv, {
+    onSet: (_value, key, options) => {
+      if (key[2] !== "slot") return;
+      const list = expiries.get(String(key[3])) ?? [];
+      list.push(options?.expireIn);
+      expiries.set(String(key[3]), list);
+    },
+  });
+  const clock = new FakeClock();
+  const app = new Nenc({ appId: "rate-expiry", kv: view, clock });
+  const task = app.task("t", ({ n }: { n: number }) => n, {
+    rateLimit: { limit: 1, intervalMs: 1_000 },
+  });
+  const [first, second] = [await task.call({ n: 1 }), await task.call({ n: 2 })];
+  await app.orchestrator.getInvocationsToRun(2, { runnerId: "r1" }); // first runs, second parks
+  assert.equal(await second.status(), "concurrency_controlled");
+  clock.advance(1_000);
+  await app.orchestrator.getInvocationsToRun(2, { runnerId: "r1" }); // woken, then picked up
+  assert.equal(await first.status(), "pending");
+  assert.equal(await second.status(), "pending");
+  // The first pick-up; the park; the wake; the second pick-up, 1,000 ms later: its log stops
+  // counting 1,000 ms after it, and goes a minute after that.
+  assert.deepEqual(expiries.get("#rate#t"), [61_000, undefined, undefined, 61_000]);
+});

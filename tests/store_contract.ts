@@ -8,6 +8,7 @@ import { idempotencyContract } from "./_contract_idempotency.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
 import { groupsContract, limitsContract } from "./_contract_limits.ts";
 import { parkingContract } from "./_contract_parking.ts";
+import { ratesContract } from "./_contract_rates.ts";
 import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import { schedulesContract } from "./_contract_schedules.ts";
@@ -37,4 +38,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   fairnessContract(backend, makeApp);
   timeContract(backend, makeApp);
   schedulesContract(backend, makeApp);
+  ratesContract(backend, makeApp);
 }

@@ -1,11 +1,12 @@
 /**
- * The fault-injection contract (issues #9, #10): every write a runner makes — PENDING, RUNNING,
- * PAUSED, RESUMED, SUCCESS, FAILED, RETRY, the KILLED → REROUTED hand-back, the park of a refused
- * pick-up and the wake of a parked invocation — meets each of three
+ * The fault-injection contract (issues #9, #10, #11): every write a runner makes — PENDING,
+ * RUNNING, PAUSED, RESUMED, SUCCESS, FAILED, RETRY, the KILLED → REROUTED hand-back, the park of a
+ * refused pick-up and the wake of a parked invocation, and of a rate-limited task the pick-up, the
+ * park over its limit and the wake when its window opens — meets each of three
  * faults: refused and not applied; applied, then reported failed; the store down for 2 s. In every
  * case, with a deadline on every wait: the invocation ends in the final status its function
- * earned, `result()` never rejects with a store error, nothing hangs, and no key ever runs above
- * its limit.
+ * earned, `result()` never rejects with a store error, nothing hangs, no key ever runs above
+ * its limit, and no rate limit window holds more pick-ups than its limit.
  *
  * A backend test file calls {@linkcode faultContract} once per backend, with a factory that builds
  * an app whose store injects the faults a {@linkcode FaultPlan} describes: memory through
@@ -24,11 +25,12 @@ import { RetryError } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
 import type { Runner } from "../core/runner.ts";
 import { isValidHistory } from "../core/status.ts";
-import type { Store } from "../core/store.ts";
+import type { ClaimRequest, Store } from "../core/store.ts";
 import type { Task, TaskContext } from "../core/task.ts";
-import { within } from "./_deadline.ts";
+import { waitUntil, within } from "./_deadline.ts";
 import type { KvHooks } from "./_kv.ts";
 import type { KvKey } from "../kv/kv_like.ts";
+import { windowsOverLimit } from "./_pickups.ts";
 
 // --- deadlines ---------------------------------------------------------------------------------
 
@@ -52,7 +54,8 @@ export class InjectedStoreFault extends Error {
 /**
  * The runner writes under test; `killed` is the KILLED → REROUTED hand-back of a stop, `parked`
  * a refused pick-up parked (CONCURRENCY_CONTROLLED), `woken` a parked invocation re-queued
- * (REROUTED) when its key has room.
+ * (REROUTED) when its key has room. The `rate-` writes are the same writes of a rate-limited
+ * task: its pick-up, its park over the limit, and its wake when the window opens.
  */
 export type RunnerWrite =
   | "pending"
@@ -64,7 +67,15 @@ export type RunnerWrite =
   | "retry"
   | "killed"
   | "parked"
-  | "woken";
+  | "woken"
+  | "rate-pending"
+  | "rate-parked"
+  | "rate-woken";
+
+/** The write a write is, whatever its task: a `rate-` write is its plain one. */
+function baseWrite(write: RunnerWrite | ScheduleWrite): RunnerWrite | ScheduleWrite {
+  return write.startsWith("rate-") ? write.slice("rate-".length) as RunnerWrite : write;
+}
 
 /**
  * The schedule writes under test (see `tests/_faults_schedules.ts`): `tick` a tick fired (its
@@ -89,6 +100,11 @@ export const OUTAGE_MS = 2_000;
 export class FaultPlan {
   readonly write: RunnerWrite | ScheduleWrite;
   readonly kind: FaultKind;
+  /**
+   * `rate-woken` in memory: when the parked one's window opens. The memory store wakes it in the
+   * pick-up at or after that time, whose fault is the wake's.
+   */
+  windowOpensAtMs = Infinity;
   #armed = false;
   /** When the fault fired (epoch ms), or `undefined`. */
   firedAtMs: number | undefined;
@@ -158,8 +174,9 @@ export class FaultPlan {
  * `fireTick()`, a schedule on `putSchedule()`, every other write on `change()` by the last status
  * of its path (the hand-back by its first, KILLED). The
  * memory store wakes parked invocations in the step that gives their key room: a wake's fault is
- * that step's. Built with a `Proxy`, so methods the port gains later are delegated, and faulted
- * while the store is down, without a change here.
+ * that step's; a rate limit key gets room with time, and the first pick-up once its window opens
+ * wakes its parked: a rate wake's fault is that pick-up's. Built with a `Proxy`, so methods the
+ * port gains later are delegated, and faulted while the store is down, without a change here.
  */
 export function faultyStore(inner: Store, plan: FaultPlan): Store {
   const wrapped = new Map<PropertyKey, unknown>();
@@ -177,8 +194,11 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
           : async (...args: unknown[]) => {
             plan.throwIfDown(property);
             if (property === "claim") {
-              const parks = plan.write === "parked";
-              const check = plan.before(parks || plan.write === "pending", "claim");
+              const write = baseWrite(plan.write);
+              const parks = write === "parked";
+              const wakes = plan.write === "rate-woken" &&
+                (args[0] as ClaimRequest).nowMs >= plan.windowOpensAtMs;
+              const check = plan.before(parks || write === "pending" || wakes, "claim");
               const outcome = await method.apply(target, args) as {
                 claimed: readonly unknown[];
                 parked: readonly unknown[];
@@ -196,9 +216,10 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
             if (property === "change") {
               const change = args[1] as { path: readonly string[] };
               const what = `change [${change.path.join(", ")}]`;
+              const write = baseWrite(plan.write);
               const matches = plan.write === "woken"
                 ? GIVES_ROOM.has(change.path[change.path.length - 1]!)
-                : plan.write !== "pending" && plan.write !== "parked" &&
+                : !["pending", "parked", "woken"].includes(write) &&
                   pathMatches(plan.write, change.path);
               const check = plan.before(matches, what);
               const outcome = await method.apply(target, args) as { ok: boolean };
@@ -278,11 +299,12 @@ function committedTransitions(
 }
 
 /**
- * Whether a transition is the runner write `write`: PENDING is a claim (which may go straight on
- * to RUNNING), RUNNING a change to RUNNING alone, the hand-back starts with KILLED, and every other
- * write ends in its status.
+ * Whether a transition is the runner write `runnerWrite` (a `rate-` write as its plain one):
+ * PENDING is a claim (which may go straight on to RUNNING), RUNNING a change to RUNNING alone, the
+ * hand-back starts with KILLED, and every other write ends in its status.
  */
-function pathMatches(write: RunnerWrite | ScheduleWrite, path: readonly string[]): boolean {
+function pathMatches(runnerWrite: RunnerWrite | ScheduleWrite, path: readonly string[]): boolean {
+  const write = baseWrite(runnerWrite);
   if (write === "tick" || write === "schedule") return false; // matched by their keys
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
@@ -415,6 +437,8 @@ interface Observed {
   readonly retries: number;
   readonly historyValid: boolean;
   readonly history: string[];
+  /** The times of its PENDING entries: its pick-ups. */
+  readonly pickUpsAtMs: number[];
 }
 
 /** The facts a scenario gathered, judged by its test. */
@@ -423,10 +447,18 @@ interface Facts {
   readonly maxPerKey: ReadonlyMap<string, number>;
   readonly plan: FaultPlan;
   readonly stopProblems: readonly string[];
+  /** The rate limit of the task under test, if any. */
+  readonly rateLimit?: { readonly limit: number; readonly intervalMs: number };
 }
 
 /** The scenario each runner write is reached by. */
-type ScenarioKind = "plain" | "throwing" | "retry" | "parent" | "killed";
+type ScenarioKind = "plain" | "throwing" | "retry" | "parent" | "killed" | "rated";
+
+/**
+ * The rate limit of the `rated` scenario: one pick-up per 500 ms, so the sibling parks on it
+ * while the subject runs, and is woken by time.
+ */
+const RATE_LIMIT = { limit: 1, intervalMs: 500 } as const;
 
 const SCENARIO_OF: Record<RunnerWrite, ScenarioKind> = {
   pending: "plain",
@@ -439,6 +471,9 @@ const SCENARIO_OF: Record<RunnerWrite, ScenarioKind> = {
   paused: "parent",
   resumed: "parent",
   killed: "killed",
+  "rate-pending": "rated",
+  "rate-parked": "rated",
+  "rate-woken": "rated",
 };
 
 const RESULT_DEADLINE_MS = 20_000;
@@ -455,7 +490,8 @@ export const ORCHESTRATOR = { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 } as
 
 /**
  * Runs one scenario against one fault. Two invocations of the task under test share one key
- * (`"k"`, limit 1): the subject (`n: 0`) and a sibling (`n: 1`).
+ * (`"k"`, limit 1 — of running concurrency, or in the `rated` scenario of its rate limit): the
+ * subject (`n: 0`) and a sibling (`n: 1`).
  */
 async function runScenario(
   makeApp: FaultyAppFactory,
@@ -496,6 +532,17 @@ async function runScenario(
             return args.n * 10;
           }),
         keyed,
+      );
+      break;
+    case "rated":
+      task = app.task(
+        "work",
+        (args: Args, _ctx: TaskContext) =>
+          overlap.run(`work:${args.key}`, async () => {
+            await sleep(30);
+            return args.n * 10;
+          }),
+        { rateLimit: { ...RATE_LIMIT, by: "keys" }, keyArguments: ["key"] },
       );
       break;
     case "throwing":
@@ -623,6 +670,8 @@ async function runScenario(
       retries: await within(invocation.retries(), STEP_DEADLINE_MS, `retries() of ${label}`),
       historyValid: isValidHistory(history),
       history: history.map((entry) => entry.status),
+      pickUpsAtMs: history.filter((entry) => entry.status === "pending")
+        .map((entry) => entry.timestampMs),
     };
   };
   const observed: Observed[] = [];
@@ -636,6 +685,20 @@ async function runScenario(
       const second = app.runner(RUNNER);
       runners.push(second);
       second.start();
+    }
+    if (plan.write === "rate-woken") {
+      // The sibling parked behind the subject's pick-up: its window opens a limit's interval after
+      // that (memory wakes it in the first pick-up from then on).
+      const [subject, sibling] = top.map(({ invocation }) => invocation) as [
+        Invocation<number>,
+        Invocation<number>,
+      ];
+      await waitUntil(async () => await sibling.status() === "concurrency_controlled", {
+        message: "the sibling never parked on the rate limit",
+        timeoutMs: STEP_DEADLINE_MS,
+      });
+      const pickedUp = (await subject.history()).find((entry) => entry.status === "pending");
+      plan.windowOpensAtMs = pickedUp!.timestampMs + RATE_LIMIT.intervalMs;
     }
     await Promise.all(top.map(({ result }) => result));
     // Observed while the runners still run: a hung invocation shows the status it hangs in.
@@ -666,7 +729,13 @@ async function runScenario(
     const live = scenario === "killed" ? runners.slice(1) : runners;
     await stopping(Promise.all(live.map((runner) => runner.stop())), "runner.stop() at the end");
   }
-  return { observed, maxPerKey: overlap.max, plan, stopProblems };
+  return {
+    observed,
+    maxPerKey: overlap.max,
+    plan,
+    stopProblems,
+    ...(scenario === "rated" ? { rateLimit: RATE_LIMIT } : {}),
+  };
 }
 
 /** Whether `error`, or any error in its `cause` chain, is a store fault rather than the task's. */
@@ -758,6 +827,17 @@ function judge(facts: Facts): void {
   for (const [key, max] of facts.maxPerKey) {
     if (max > 1) problems.push(`key ${key} ran ${max} executions at once (limit 1)`);
   }
+  if (facts.rateLimit !== undefined) {
+    // Every pick-up counts, a recovered one's too: no window may hold more than the limit.
+    const { limit, intervalMs } = facts.rateLimit;
+    const times = facts.observed.flatMap((seen) => seen.pickUpsAtMs);
+    const over = windowsOverLimit(times, limit, intervalMs);
+    if (over > 0) {
+      problems.push(
+        `${over} windows of ${intervalMs} ms over the rate limit of ${limit}: pick-ups at ${times}`,
+      );
+    }
+  }
   if (problems.length > 0) {
     assert.fail(
       `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
@@ -781,6 +861,17 @@ const WRITES: readonly { write: RunnerWrite; label: string; earned: string }[] =
     earned: "ends success",
   },
   { write: "woken", label: "REROUTED wake of a parked invocation", earned: "ends success" },
+  { write: "rate-pending", label: "PENDING of a rate-limited task", earned: "ends success" },
+  {
+    write: "rate-parked",
+    label: "CONCURRENCY_CONTROLLED park of a pick-up over its rate limit",
+    earned: "ends success",
+  },
+  {
+    write: "rate-woken",
+    label: "REROUTED wake of an invocation parked on a rate limit when its window opens",
+    earned: "ends success",
+  },
   {
     write: "killed",
     label: "KILLED/REROUTED hand-back on stop({ graceMs: 0 })",
@@ -811,6 +902,11 @@ export function faultContract(backend: string, makeApp: FaultyAppFactory): void 
       earned: "retries once, then ends success",
     },
     { write: "paused", label: "a parent awaiting a child", earned: "parent and child end success" },
+    {
+      write: "rate-woken",
+      label: "a rate-limited task called twice within its window",
+      earned: "ends success",
+    },
     {
       write: "killed",
       label: "a task whose runner stops with graceMs 0",

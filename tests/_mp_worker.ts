@@ -47,7 +47,7 @@ async function read(key: string[]): Promise<number> {
 
 /**
  * `run` with a tag and a log dir (its fourth and fifth arguments): the runner's id is the tag,
- * and `spans` logs to `<log dir>/<tag>.jsonl`.
+ * and `spans` and `rated` log to `<log dir>/<tag>.jsonl`.
  */
 const [tag, logDir] = mode === "run" ? [rest[3], rest[4]] : [];
 
@@ -125,13 +125,21 @@ function defineTasks(app: Nenc) {
       concurrencyGroups: [{ name: "cap", limit: 6 }],
     },
   );
+  // At most 5 pick-ups per second across every process: each run logs its start and its end
+  // (`Date.now()`) as `spans` does.
+  const rated = app.task("rated", async ({ i }: { i: number }) => {
+    log({ event: "start", key: "rated", i, at: Date.now() });
+    await sleep(5);
+    log({ event: "end", key: "rated", i, at: Date.now() });
+    return i;
+  }, { rateLimit: { limit: 5, intervalMs: 1_000 } });
   const slow = app.task("slow", async ({ i }: { i: number }) => {
     if (await add(["started", String(i)], 1) === 0) await sleep(60_000); // the first run hangs
     return i;
   });
   // No registration concurrency: only idempotency keys dedup its calls.
   const pay = app.task("pay", ({ cents }: { cents: number }) => cents);
-  return { dedup, keyed, pairs, spans, slow, pay };
+  return { dedup, keyed, pairs, spans, rated, slow, pay };
 }
 
 // A runner is presumed dead after 2 s without a heartbeat, so that the kill -9 test sees its

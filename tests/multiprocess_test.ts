@@ -15,6 +15,7 @@ import type { TaskOptions } from "../core/task.ts";
 import { isValidHistory } from "../core/status.ts";
 import type { OrchestratorOptions } from "../core/orchestrator.ts";
 import { openTestKv, type TestKv } from "./_kv.ts";
+import { windowsOverLimit } from "./_pickups.ts";
 import { LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 const deno = (globalThis as { Deno?: { execPath(): string } }).Deno;
@@ -508,6 +509,86 @@ test(
         );
       } finally {
         // A failed test still ends its workers.
+        for (const worker of workers) worker.kill("SIGKILL");
+        await Promise.all(workers.map((worker) => worker.exit));
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "4 runner processes (one of them Bun) run 60 invocations of a task limited to 5 pick-ups per 1,000 ms: no window of 1,000 ms holds 6 pick-ups (PENDING times), nor 6 function starts once their varying delay after the pick-up is allowed for, and windows fill to 5",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      const directory = dirname(path);
+      const { kv, app } = await parentApp(path);
+      const workers: Worker[] = [];
+      try {
+        const rated = app.task("rated", ({ i }: { i: number }) => i, {
+          rateLimit: { limit: 5, intervalMs: 1_000 },
+        });
+        const count = 60;
+        const group = await rated.parallelize(Array.from({ length: count }, (_, i) => ({ i })));
+        const tags = ["bun", "deno-1", "deno-2", "deno-3"] as const;
+        for (const tag of tags) {
+          // A runner timeout of 60 s: nothing here is meant to be recovered (see runKeyed).
+          const args = ["run", path, String(count), "rated", "60", tag, directory];
+          workers.push(start(tag === "bun" ? "bun" : "deno", args));
+        }
+        await within(
+          Promise.all(workers.map((worker) => output(worker))),
+          LONG_DEADLINE_MS,
+          "the runners to finish every invocation",
+        );
+        // Pick-ups: the PENDING entries, stamped by the claiming process's clock in the step that
+        // checked the window (one clock for every process of this machine).
+        const pickUps = new Map<number, number>();
+        let parked = 0;
+        for (const [i, invocation] of group.invocations.entries()) {
+          assert.equal(await invocation.status(), "success");
+          const history = await invocation.history();
+          assert.ok(isValidHistory(history), history.map((entry) => entry.status).join(" → "));
+          const pending = history.filter((entry) => entry.status === "pending");
+          assert.equal(pending.length, 1, `#${i} was picked up ${pending.length} times`);
+          pickUps.set(i, pending[0]!.timestampMs);
+          if (history.some((entry) => entry.status === "concurrency_controlled")) parked++;
+        }
+        const times = [...pickUps.values()];
+        assert.equal(windowsOverLimit(times, 5, 1_000), 0, "windows of 1,000 ms with 6 pick-ups");
+        const starts = tags.flatMap((tag) => spansOf(directory, tag));
+        assert.equal(starts.length, count, "runs logged");
+        // The functions' own start times. Each start comes some delay after its pick-up (the
+        // commit's answer, the hand-over to a slot), and the delay varies: six starts can lie
+        // closer together than their six pick-ups by up to the spread of the delays (the largest
+        // less the smallest, measured here), never by more. So six starts within 1,000 ms less
+        // that spread would mean six pick-ups within 1,000 ms: counted over windows that short,
+        // the starts give no false positive. The shortening can hide an overrun smaller than the
+        // spread — the pick-ups above are counted exactly for that — but not a gross one: the
+        // spread must stay under 500 ms, and without the limit the 60 starts would all fall in a
+        // fraction of a second.
+        const delays = starts.map((span) => span.start - pickUps.get(span.i)!);
+        const spreadMs = Math.max(...delays) - Math.min(...delays);
+        const startTimes = starts.map((span) => span.start);
+        assert.equal(
+          windowsOverLimit(startTimes, 5, 1_000 - spreadMs),
+          0,
+          `windows of ${1_000 - spreadMs} ms with 6 function starts`,
+        );
+        assert.ok(spreadMs < 500, `pick-up to start delays spread over ${spreadMs} ms`);
+        // Not starved: the limit was reached (5 in some window) and work waited for it, parked.
+        const full = windowsOverLimit(times, 4, 1_000);
+        assert.ok(full > 0, "no window ever held 5 pick-ups");
+        assert.ok(parked > 0, "nothing was ever parked on the rate limit");
+        const seconds = (Math.max(...times) - Math.min(...times)) / 1_000;
+        report(
+          `rate limit: ${count} runs over ${seconds.toFixed(1)} s, ` +
+            `${full} windows at 5, ${parked} parked, pick-up to start ${Math.min(...delays)}–${
+              Math.max(...delays)
+            } ms`,
+        );
+      } finally {
         for (const worker of workers) worker.kill("SIGKILL");
         await Promise.all(workers.map((worker) => worker.exit));
         kv.close();

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import {
+  ANNOUNCES_PER_SECOND,
   DEPLOYS_IN_ALL,
   DEPLOYS_PER_ENV,
   MIRROR_COLD_REQUESTS,
@@ -18,7 +19,7 @@ import {
 import { ENVIRONMENTS, runDemo } from "../examples/demo/scenario.ts";
 import { LONG_DEADLINE_MS, within } from "./_deadline.ts";
 
-test("the demo builds 48 packages on one slot with one invocation each, deploys two at a time per environment and five with rollbacks in all, retries the flaky download and names the plugin cycle", async () => {
+test("the demo builds 48 packages on one slot with one invocation each, deploys two at a time per environment and five with rollbacks in all, announces five a second, probes once per tick, stores the nightly schedule, retries the flaky download and names the plugin cycle", async () => {
   const summary = await within(runDemo(), LONG_DEADLINE_MS, "the demo");
 
   const packages = Object.keys(workspace);
@@ -30,6 +31,8 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
     build: { success: packages.length, failed: 3 },
     deploy: { success: 12 },
     rollback: { success: 3 },
+    announce: { success: 12 },
+    probe: { success: summary.schedules.probeTicks },
   });
   // main's call of mdx-plugin, release's call of every package, every dependency of every
   // package, and the two plugins' calls of each other: one invocation per package.
@@ -50,6 +53,23 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
   assert.equal(Math.max(...Object.values(maxAtOncePerEnv)), DEPLOYS_PER_ENV);
   assert.ok(maxInGroup > 2 && maxInGroup <= DEPLOYS_IN_ALL, `${maxInGroup} at once in the group`);
   assert.equal(rollbacks, 3);
+  // The rate limit: 12 announcements at 5 a second take at least 2 s, never 6 in 1,000 ms.
+  assert.deepEqual(
+    { sent: summary.announces.sent, maxInAnyWindow: summary.announces.maxInAnyWindow },
+    { sent: 12, maxInAnyWindow: ANNOUNCES_PER_SECOND },
+  );
+  assert.ok(summary.announces.spanMs >= 2_000, `${summary.announces.spanMs} ms`);
+  // The probe schedule fired every second while the announcements took ≥ 2 s: each tick once.
+  assert.ok(summary.schedules.probeTicks >= 2, `${summary.schedules.probeTicks} ticks`);
+  assert.equal(summary.schedules.duplicateTicks, 0);
+  assert.equal(summary.schedules.missedTicks, 0);
+  const nextNightly = new Date(summary.schedules.nightly.nextTick);
+  assert.equal(summary.schedules.nightly.cron, "0 3 * * *");
+  assert.deepEqual(
+    [nextNightly.getUTCHours(), nextNightly.getUTCMinutes(), nextNightly.getUTCSeconds()],
+    [3, 0, 0],
+  );
+  assert.ok(nextNightly.getTime() - Date.now() <= 24 * 3_600_000);
   assert.equal(summary.fetchRetries, MIRROR_COLD_REQUESTS);
   assert.equal(
     summary.cycleMessage,
@@ -61,7 +81,7 @@ test("the demo builds 48 packages on one slot with one invocation each, deploys 
     ].join("\n"),
   );
   assert.deepEqual(summary.finishedBy, {
-    thisProcess: 1 + 1 + packages.length + 3 + 12 + 3,
+    thisProcess: 1 + 1 + packages.length + 3 + 12 + 3 + 12 + summary.schedules.probeTicks,
     otherProcesses: 0,
   });
 });
@@ -113,6 +133,10 @@ test(
       }
       const [, mostInGroup] = stdout.match(/limit 5: at most (\d+) at once/)!;
       assert.ok(Number(mostInGroup) >= 1 && Number(mostInGroup) <= DEPLOYS_IN_ALL, stdout);
+      // The rate limit and the schedule hold across the two processes too.
+      assert.deepEqual(row("announce"), ["announce", "12", "0", "12"]);
+      assert.match(stdout, /at most 5 picked up in any 1,000 ms/);
+      assert.match(stdout, /fired \d+ ticks while the services deployed: 0 twice, 0 missed/);
       assert.match(
         stdout,
         /- build\(\{"pkg":"remark-plugin"\}\)\n.*- build\(\{"pkg":"mdx-plugin"\}\)/,

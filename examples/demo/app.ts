@@ -3,8 +3,10 @@
  * toolchain from a flaky mirror (retries), then builds every package; each `build` first builds
  * its dependencies (calls and awaits them: a fan-out/fan-in six levels deep); `deploy` ships a
  * service to an environment, at most two at once to one environment, and `rollback` puts one
- * back: at most five deploys and rollbacks at once in all. A pull request adds two plugins that
- * depend on each other: building them fails with a `CycleDetectedError`.
+ * back: at most five deploys and rollbacks at once in all; `announce` posts each deploy to a
+ * status page whose API takes five requests a second (a rate limit), and `probe` checks the live
+ * services, fired by a schedule every second while they deploy. A pull request adds two plugins
+ * that depend on each other: building them fails with a `CycleDetectedError`.
  *
  * The app is created without a KV store, so a worker can move it onto one with `app.useKv(kv)`
  * (`deno run -A cli.ts worker --app examples/demo/app.ts --kv demo.db`).
@@ -13,7 +15,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { Nenc } from "../../mod.ts";
+import { Nenc, type TaskContext } from "../../mod.ts";
 
 /** The mirror did not answer in time: worth a retry. */
 export class MirrorTimeoutError extends Error {
@@ -223,4 +225,30 @@ export const rollback = app.task(
     return { url: `https://${env}.shop.example/${pkg}` };
   },
   { concurrencyGroups: [deploysGroup] },
+);
+
+/** Requests per second the status page's API takes: `announce`'s rate limit. */
+export const ANNOUNCES_PER_SECOND = 5;
+
+/**
+ * Posts a deployment to the status page. Its API answers 429 past
+ * {@linkcode ANNOUNCES_PER_SECOND} requests in any second: the rate limit keeps every window of
+ * 1,000 ms within that, so no request is refused and none is retried.
+ */
+export const announce = app.task(
+  "announce",
+  async ({ env, pkg }: { env: string; pkg: string }): Promise<string> => {
+    await sleep(5); // POST /api/v1/incidents
+    return `${pkg} is live on ${env}`;
+  },
+  { rateLimit: { limit: ANNOUNCES_PER_SECOND, intervalMs: 1_000 } },
+);
+
+/** Checks the health of the live services: fired by a schedule, it sees its tick. */
+export const probe = app.task(
+  "probe",
+  async (_: undefined, ctx: TaskContext): Promise<number> => {
+    await sleep(2); // GET /healthz of each service
+    return ctx.scheduledAt!;
+  },
 );

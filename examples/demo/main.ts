@@ -10,12 +10,21 @@ import { spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { isFinalStatus } from "../../mod.ts";
-import { app, dependenciesOf, DEPLOYS_IN_ALL, DEPLOYS_PER_ENV, workspace } from "./app.ts";
+import {
+  ANNOUNCES_PER_SECOND,
+  app,
+  dependenciesOf,
+  DEPLOYS_IN_ALL,
+  DEPLOYS_PER_ENV,
+  workspace,
+} from "./app.ts";
 import {
   BUILD_SLOTS,
   type DemoSummary,
   DEPLOY_SLOTS,
   ENVIRONMENTS,
+  NIGHTLY_SCHEDULE,
+  PROBE_SCHEDULE,
   runDemo,
   SERVICES,
 } from "./scenario.ts";
@@ -140,7 +149,7 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
     const total = Object.values(perTask).reduce((sum, count) => sum + count, 0);
     return row([task, ...cells, String(total)]);
   });
-  const { builds, release, deploys, finishedBy } = summary;
+  const { builds, release, deploys, announces, schedules, finishedBy } = summary;
   const perEnv = ENVIRONMENTS.map((env) => `${env} ${deploys.maxAtOncePerEnv[env]}`).join(", ");
   const slots = (here: number): string =>
     `${here} slot${here === 1 ? "" : "s"}` +
@@ -172,6 +181,20 @@ function table(summary: DemoSummary, kvPath: string | undefined): string {
       `limit ${DEPLOYS_IN_ALL}: at most ${deploys.maxInGroup} at once\n` +
       `${deploys.refused} pick-ups refused by a full environment or group: parked (one entry each), ` +
       `woken when it had room`,
+    ],
+    [
+      "rate limit",
+      `${announces.sent} deploys announced to a status page that takes ${ANNOUNCES_PER_SECOND} ` +
+      `requests a second\nat most ${announces.maxInAnyWindow} picked up in any 1,000 ms; ` +
+      `first to last in ${(announces.spanMs / 1000).toFixed(1)} s`,
+    ],
+    [
+      "schedules",
+      `"${PROBE_SCHEDULE.name}" (${PROBE_SCHEDULE.cron}) fired ${schedules.probeTicks} ticks ` +
+      `while the services deployed: ${schedules.duplicateTicks} twice, ` +
+      `${schedules.missedTicks} missed\n` +
+      `"${NIGHTLY_SCHEDULE.name}" (${schedules.nightly.cron}) fires next at ` +
+      `${schedules.nightly.nextTick}`,
     ],
     ["retries", `fetchToolchain succeeded after ${summary.fetchRetries} retries`],
     ["cycle control", `build({"pkg":"mdx-plugin"}) failed:\n${summary.cycleMessage}`],

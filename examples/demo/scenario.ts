@@ -1,8 +1,10 @@
 /**
  * The demo's scenario, and its facts read back from the store: {@linkcode runDemo} runs a
  * release on a runner with one slot, builds a pull request with a dependency cycle, deploys
- * services to three environments while rolling one back, and summarizes what the store recorded —
- * so the summary stays true when another process ran part of the work.
+ * services to three environments while rolling one back and probing them every second (a
+ * schedule), announces each deploy to a rate-limited status page, stores a nightly release
+ * schedule, and summarizes what the store recorded — so the summary stays true when another
+ * process ran part of the work.
  *
  * @module
  */
@@ -13,13 +15,16 @@ import {
   type Invocation,
   type InvocationStatus,
   isFinalStatus,
+  nextTickMs,
 } from "../../mod.ts";
 import {
+  announce,
   app,
   build,
   dependenciesOf,
   deploy,
   fetchToolchain,
+  probe,
   release,
   type ReleaseReport,
   rollback,
@@ -36,6 +41,10 @@ export const ROLLED_BACK = "reviews-api";
 export const BUILD_SLOTS = 1;
 /** Slots of the runner that deploys: more than the limits, so that only the limits hold it back. */
 export const DEPLOY_SLOTS = 8;
+/** The schedule that probes the services every second while they deploy and are announced. */
+export const PROBE_SCHEDULE = { name: "probe-services", cron: "* * * * * *" } as const;
+/** The nightly release: stored at the end, so it fires at 3:00 UTC, not during the demo. */
+export const NIGHTLY_SCHEDULE = { name: "nightly-release", cron: "0 3 * * *" } as const;
 
 /** What the demo did, from the store. */
 export interface DemoSummary {
@@ -55,6 +64,26 @@ export interface DemoSummary {
     readonly maxInGroup: number;
     readonly rollbacks: number;
     readonly refused: number;
+  };
+  /**
+   * The announcements to the rate-limited status page: how many, the most picked up in any window
+   * of 1,000 ms (the rate limit), and the time from the first pick-up to the last.
+   */
+  readonly announces: {
+    readonly sent: number;
+    readonly maxInAnyWindow: number;
+    readonly spanMs: number;
+  };
+  /**
+   * The schedules: the ticks the probe schedule fired (each tick's invocation saw it as
+   * `ctx.scheduledAt`), how many ticks had more than one invocation, and the gaps between
+   * consecutive ticks; the nightly release's cron and its next tick (ISO), read back.
+   */
+  readonly schedules: {
+    readonly probeTicks: number;
+    readonly duplicateTicks: number;
+    readonly missedTicks: number;
+    readonly nightly: { readonly cron: string; readonly nextTick: string };
   };
   /** Retries of `fetchToolchain` before it succeeded. */
   readonly fetchRetries: number;
@@ -95,8 +124,11 @@ export async function runDemo(): Promise<DemoSummary> {
   }
 
   // 2. Deploys: every service to every environment, and a rollback in every environment, all
-  //    queued before the runner starts, on more slots than the limits let run.
+  //    queued before the runner starts, on more slots than the limits let run; a schedule probes
+  //    the services every second meanwhile. Then each deploy is announced to the status page,
+  //    five a second.
   {
+    await app.schedule(PROBE_SCHEDULE.name, { cron: PROBE_SCHEDULE.cron, task: probe });
     await using runner = app.runner({ concurrency: DEPLOY_SLOTS });
     ownRunners.add(runner.id);
     const plan = SERVICES.flatMap((pkg) => ENVIRONMENTS.map((env) => ({ env, pkg })));
@@ -106,7 +138,16 @@ export async function runDemo(): Promise<DemoSummary> {
     );
     runner.start();
     await Promise.all([deploys.results(), rollbacks.results()]);
+    await (await announce.parallelize(plan)).results();
+    await app.unschedule(PROBE_SCHEDULE.name);
+    // A tick fired just before the unschedule runs too: every probe ends before the summary.
+    await runner.drain();
   }
+  await app.schedule(NIGHTLY_SCHEDULE.name, {
+    cron: NIGHTLY_SCHEDULE.cron,
+    task: release,
+    args: { version: "nightly" },
+  });
   const wallMs = performance.now() - startedMs;
 
   const histories = await readHistories();
@@ -115,6 +156,8 @@ export async function runDemo(): Promise<DemoSummary> {
     builds: buildCalls(histories),
     release: report,
     deploys: deployOverlaps(histories),
+    announces: announcements(histories),
+    schedules: await scheduled(histories),
     fetchRetries: retries(histories, fetchToolchain.id),
     cycleMessage,
     finishedBy: finishedBy(histories, ownRunners),
@@ -233,6 +276,49 @@ function maxOverlap(intervals: readonly Interval[]): number {
   let max = 0;
   for (const [, delta] of events) max = Math.max(max, now += delta);
   return max;
+}
+
+/** The pick-ups of the announcements: how many, the most in any window of 1,000 ms, the span. */
+function announcements(recorded: readonly Recorded[]): DemoSummary["announces"] {
+  const pickUps = recorded
+    .filter(({ invocation }) => invocation.taskId === announce.id)
+    .flatMap(({ history }) => history.filter((entry) => entry.status === "pending"))
+    .map((entry) => entry.timestampMs)
+    .sort((a, b) => a - b);
+  // Every window [t, t + 1,000) that starts at a pick-up: the busiest window starts at one.
+  let maxInAnyWindow = 0;
+  for (let first = 0, last = 0; first < pickUps.length; first++) {
+    while (last < pickUps.length && pickUps[last]! < pickUps[first]! + 1_000) last++;
+    maxInAnyWindow = Math.max(maxInAnyWindow, last - first);
+  }
+  return {
+    sent: pickUps.length,
+    maxInAnyWindow,
+    spanMs: pickUps.length === 0 ? 0 : pickUps.at(-1)! - pickUps[0]!,
+  };
+}
+
+/** The probe's ticks, from its invocations' results, and the nightly schedule as stored. */
+async function scheduled(recorded: readonly Recorded[]): Promise<DemoSummary["schedules"]> {
+  const ticks = await Promise.all(
+    recorded
+      .filter(({ invocation }) => invocation.taskId === probe.id)
+      .map(({ invocation }) => invocation.result() as Promise<number>),
+  );
+  const distinct = [...new Set(ticks)].sort((a, b) => a - b);
+  const missedTicks = distinct.slice(1).reduce(
+    (sum, tick, i) => sum + (tick - distinct[i]!) / 1_000 - 1,
+    0,
+  );
+  const nightly = (await app.orchestrator.store.schedules())
+    .find((schedule) => schedule.name === NIGHTLY_SCHEDULE.name);
+  if (nightly === undefined) throw new Error("Cannot summarize the demo: no nightly schedule");
+  return {
+    probeTicks: distinct.length,
+    duplicateTicks: ticks.length - distinct.length,
+    missedTicks,
+    nightly: { cron: nightly.cron, nextTick: new Date(nextTickMs(nightly)).toISOString() },
+  };
 }
 
 function retries(recorded: readonly Recorded[], taskId: string): number {

@@ -38,6 +38,8 @@ export interface StatusReport {
   readonly counts: ReadonlyMap<string, ReadonlyMap<InvocationStatus, number>>;
   /** Per task, the invocations waiting for their time, from `Store.delayedCounts()`. */
   readonly delayed: ReadonlyMap<string, DelayedCount>;
+  /** Per rate-limited task, its rate limit keys' windows now. */
+  readonly rates: ReadonlyMap<string, RateReport>;
   /** The runners' last heartbeats. */
   readonly runners: readonly RunnerInfo[];
   /** Now, epoch ms. */
@@ -46,9 +48,24 @@ export interface StatusReport {
   readonly runnerTimeoutMs: number;
 }
 
+/** What `status` reports about the rate limit of one task, over its keys. */
+export interface RateReport {
+  /** Its limit: pick-ups per window. */
+  readonly limit: number;
+  /** Its window, ms. */
+  readonly intervalMs: number;
+  /** Its keys with a state (a log, or invocations waiting). */
+  readonly keys: number;
+  /** The most pick-ups of one key in the window that ends now. */
+  readonly busiest: number;
+  /** Invocations parked on its keys, waiting for a window to open. */
+  readonly parked: number;
+}
+
 /**
  * The status report: a table of tasks × statuses (only statuses present), the tasks with
- * invocations waiting for their time (delayed calls, retries in back-off), then the runners.
+ * invocations waiting for their time (delayed calls, retries in back-off), the rate limits'
+ * windows, then the runners.
  */
 export function renderStatus(report: StatusReport): string {
   const tasks = [...report.counts.keys()].sort();
@@ -75,6 +92,19 @@ export function renderStatus(report: StatusReport): string {
         task,
         String(count),
         `in ${duration(nextMs - report.nowMs)}`,
+      ]),
+    ], 1) + "\n";
+  }
+  if (report.rates.size > 0) {
+    const rates = [...report.rates].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+    text += table([
+      ["rate limit", "limit", "keys", "busiest window", "parked"],
+      ...rates.map(([task, rate]) => [
+        task,
+        `${rate.limit} / ${duration(rate.intervalMs)}`,
+        String(rate.keys),
+        String(rate.busiest),
+        String(rate.parked),
       ]),
     ], 1) + "\n";
   }

@@ -28,6 +28,7 @@ import { cwd } from "node:process";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import {
+  type RateReport,
   renderDot,
   renderInvocation,
   renderMermaid,
@@ -38,6 +39,7 @@ import { Nenc } from "./core/app.ts";
 import { StoreClosedError } from "./core/errors.ts";
 import { callLabel } from "./core/ids.ts";
 import { MemoryStore } from "./core/memory_store.ts";
+import { rateKeyTask, type RateWindow } from "./core/store.ts";
 import type { KvLike } from "./kv/kv_like.ts";
 
 /**
@@ -341,19 +343,49 @@ async function worker(
 async function status(app: Nenc, io: CliIo): Promise<number> {
   const store = app.orchestrator.store;
   const nowMs = app.clock.now();
-  const [counts, delayed, runners] = await Promise.all([
+  const [counts, delayed, windows, runners] = await Promise.all([
     store.counts(),
     store.delayedCounts(nowMs),
+    store.rateWindows(),
     store.runners(),
   ]);
   io.stdout(renderStatus({
     counts,
     delayed,
+    rates: rateReports(app, windows, nowMs),
     runners,
     nowMs,
     runnerTimeoutMs: app.orchestrator.options.runnerTimeoutSeconds * 1000,
   }));
   return 0;
+}
+
+/**
+ * The rate limits' windows per task, from its keys' states and the task's `rateLimit` as this
+ * process defines it (a key of a task the app does not define, or defines without a limit, is
+ * left out: its window is unknown here).
+ */
+function rateReports(
+  app: Nenc,
+  windows: readonly RateWindow[],
+  nowMs: number,
+): Map<string, RateReport> {
+  const reports = new Map<string, RateReport>();
+  for (const { key, starts, parked } of windows) {
+    const taskId = rateKeyTask(key)!;
+    const limit = app.tasks().find((task) => task.id === taskId)?.options.rateLimit;
+    if (limit === undefined) continue;
+    const inWindow = starts.filter((startMs) => startMs > nowMs - limit.intervalMs).length;
+    const report = reports.get(taskId);
+    reports.set(taskId, {
+      limit: limit.limit,
+      intervalMs: limit.intervalMs,
+      keys: (report?.keys ?? 0) + 1,
+      busiest: Math.max(report?.busiest ?? 0, inWindow),
+      parked: (report?.parked ?? 0) + parked,
+    });
+  }
+  return reports;
 }
 
 async function show(app: Nenc, id: string, io: CliIo): Promise<number> {

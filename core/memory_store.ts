@@ -37,6 +37,8 @@ import {
   type NewInvocation,
   planChange,
   planRegistration,
+  rateKeyTask,
+  type RateWindow,
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
@@ -395,6 +397,18 @@ export class MemoryStore implements Store {
       counts.set(taskId, { count: count + 1, nextMs });
     }
     return Promise.resolve(counts);
+  }
+
+  rateWindows(): Promise<RateWindow[]> {
+    const keys = new Set([...this.#starts.keys(), ...this.#parked.keys(), ...this.#woken.keys()]);
+    return Promise.resolve(
+      [...keys].filter((key) => rateKeyTask(key) !== undefined).map((key) => ({
+        key,
+        starts: this.#starts.get(key) ?? [],
+        parked: this.#parked.get(key)?.size ?? 0,
+        woken: this.#woken.get(key) ?? 0,
+      })),
+    );
   }
 
   counts(): Promise<Map<string, Map<InvocationStatus, number>>> {

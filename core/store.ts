@@ -669,6 +669,63 @@ export interface DelayedCount {
 }
 
 /**
+ * Every rate limit key starts with this: the key separator, which task ids cannot hold, so no slot
+ * key does.
+ *
+ * @example
+ * ```ts
+ * import { RATE_KEY_PREFIX } from "@nenc/nenc";
+ *
+ * console.log(RATE_KEY_PREFIX); // "#rate#"
+ * ```
+ */
+export const RATE_KEY_PREFIX = "#rate#";
+
+/**
+ * Whether `key` is a rate limit key, and then the task it limits.
+ *
+ * @example
+ * ```ts
+ * import { rateKeyTask } from "@nenc/nenc";
+ *
+ * console.log(rateKeyTask("#rate#announce"), rateKeyTask("#rate#send#3f2a#keys"), rateKeyTask("send"));
+ * // "announce" "send" undefined
+ * ```
+ */
+export function rateKeyTask(key: string): string | undefined {
+  return key.startsWith(RATE_KEY_PREFIX)
+    ? key.slice(RATE_KEY_PREFIX.length).split("#", 1)[0]
+    : undefined;
+}
+
+/**
+ * The state of one rate limit key, see {@linkcode Store.rateWindows}: its last pick-up times and
+ * the invocations waiting on it.
+ *
+ * @example
+ * ```ts
+ * import { Nenc, type RateWindow } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const ping = app.task("ping", () => "pong", { rateLimit: { limit: 1, intervalMs: 60_000 } });
+ * await ping.parallelize([undefined, undefined]);
+ * await app.orchestrator.getInvocationsToRun(2, { runnerId: "r1" }); // one runs, one parks
+ * const [window]: RateWindow[] = await app.orchestrator.store.rateWindows();
+ * console.log(window!.key, window!.starts.length, window!.parked); // "#rate#ping" 1 1
+ * ```
+ */
+export interface RateWindow {
+  /** The rate limit key ({@linkcode RateLimitKey.key}). */
+  readonly key: string;
+  /** Its last pick-up times, ascending, epoch ms (at most its limit). */
+  readonly starts: readonly number[];
+  /** Invocations parked on it, waiting for its window to open. */
+  readonly parked: number;
+  /** Invocations woken for it and not picked up yet. */
+  readonly woken: number;
+}
+
+/**
  * The live graphs of an app, read by {@linkcode Store.graphs}: what cycle control and blocking
  * control hold right now.
  *
@@ -749,6 +806,8 @@ export interface Store {
    * retries in back-off), and the earliest of those times (the CLI's `status`).
    */
   delayedCounts(nowMs: number): Promise<Map<string, DelayedCount>>;
+  /** The state of every rate limit key with a log, parked or woken invocations (the CLI's `status`). */
+  rateWindows(): Promise<RateWindow[]>;
   /** Counts per task and status. */
   counts(): Promise<Map<string, Map<InvocationStatus, number>>>;
 

@@ -5,7 +5,7 @@
  */
 
 import { checkPriority } from "./_call_options.ts";
-import { laneOf, type RateLimitKey } from "./store.ts";
+import { laneOf, RATE_KEY_PREFIX, type RateLimitKey } from "./store.ts";
 import { isRehydrated } from "./_rehydrated.ts";
 import { RetryError } from "./errors.ts";
 import {
@@ -896,7 +896,7 @@ export class Task<Args = unknown, Result = unknown> {
     if (rate === undefined) return null;
     const key = this.#concurrencyKey(rate.by, args, callIdOfArgs)!;
     return {
-      key: `${KEY_SEPARATOR}rate${KEY_SEPARATOR}${key}`,
+      key: `${RATE_KEY_PREFIX}${key}`,
       limit: rate.limit,
       intervalMs: rate.intervalMs,
     };

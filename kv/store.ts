@@ -49,6 +49,8 @@ import {
   type NewInvocation,
   planChange,
   planRegistration,
+  RATE_KEY_PREFIX,
+  type RateWindow,
   type RecoverableQuery,
   type RegisterOutcome,
   type RunnerInfo,
@@ -1007,6 +1009,19 @@ export class KvStore implements Store {
       counts.set(task, { count: count + 1, nextMs });
     }
     return counts;
+  }
+
+  // reads: slot/#rate#… (one range read: the rate limit keys' states).
+  async rateWindows(): Promise<RateWindow[]> {
+    const windows: RateWindow[] = [];
+    const start = this.#keys.slot(RATE_KEY_PREFIX);
+    // Past every key that starts with the prefix: the prefix with its last "#" raised to "$".
+    const end = this.#keys.slot(`${RATE_KEY_PREFIX.slice(0, -1)}$`);
+    for await (const entry of this.#kv.list({ start, end })) {
+      const { starts = [], parked, woken } = decodeSlot(entry);
+      windows.push({ key: String(entry.key[entry.key.length - 1]), starts, parked, woken });
+    }
+    return windows;
   }
 
   /** The last key part (an id) of every key under `prefix`. */

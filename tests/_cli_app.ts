@@ -24,6 +24,8 @@ export interface FixtureTasks {
   readonly child: Task<{ i: number }, number>;
   /** Calls `n` children and waits for all their results at once (their sum). */
   readonly parent: Task<{ n: number }, number>;
+  /** Sends a text: at most one pick-up an hour (a rate limit). */
+  readonly notify: Task<{ to: string }, string>;
 }
 
 /** Defines the fixture's tasks on `app`. */
@@ -43,7 +45,10 @@ export function defineTasks(app: Nenc, options: FixtureOptions = {}): FixtureTas
     const results = await Promise.all(children.map((invocation) => invocation.result()));
     return results.reduce((sum, i) => sum + i, 0);
   });
-  return { add, pay, child, parent };
+  const notify = app.task("notify", ({ to }: { to: string }) => `sent to ${to}`, {
+    rateLimit: { limit: 1, intervalMs: 3_600_000 },
+  });
+  return { add, pay, child, parent, notify };
 }
 
 const app = new Nenc({ appId: APP_ID });

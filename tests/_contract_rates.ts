@@ -64,6 +64,27 @@ export function ratesContract(backend: string, makeApp: AppFactory): void {
     assert.ok(full >= pickUps / 10, `only ${full} windows held 5 pick-ups`);
   });
 
+  test(`[${backend}] rateWindows() reads every rate limit key's log and parked count (the CLI's status), one key per key argument`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const send = app.task("send", ({ to }: { to: string; n: number }) => to, {
+      rateLimit: { limit: 1, intervalMs: 60_000, by: "keys" },
+      keyArguments: ["to"],
+    });
+    await send.parallelize([{ to: "ada", n: 1 }, { to: "ada", n: 2 }, { to: "bob", n: 1 }]);
+    assert.equal((await claimIds(app, 3, "r1")).length, 2);
+    const windows = await app.orchestrator.store.rateWindows();
+    assert.deepEqual(
+      windows.map(({ starts, parked, woken }) => ({ starts, parked, woken }))
+        .sort((a, b) => b.parked - a.parked),
+      [
+        { starts: [clock.now()], parked: 1, woken: 0 },
+        { starts: [clock.now()], parked: 0, woken: 0 },
+      ],
+    );
+    assert.ok(windows.every(({ key }) => key.startsWith("#rate#send#")), String(windows[0]?.key));
+  });
+
   test(`[${backend}] windows are half-open: a pick-up leaves its window exactly intervalMs after it, not a millisecond sooner or later`, async () => {
     const clock = new FakeClock();
     const app = await makeApp({ clock });

@@ -46,7 +46,7 @@ test("table() aligns columns two spaces apart, right-aligns from the given colum
   assert.equal(table([["a", ""], ["bb", "c"]]), "a\nbb  c\n");
 });
 
-test("renderStatus() shows a task × status table of the statuses present with totals, the delayed invocations per task with the next due, then runners by last heartbeat, marking silent ones", () => {
+test("renderStatus() shows a task × status table of the statuses present with totals, the delayed invocations per task with the next due, the rate limits' windows, then runners by last heartbeat, marking silent ones", () => {
   const counts = new Map<string, Map<InvocationStatus, number>>([
     ["pay", new Map<InvocationStatus, number>([["failed", 1]])],
     ["add", new Map<InvocationStatus, number>([["success", 12], ["registered", 2]])],
@@ -57,6 +57,7 @@ test("renderStatus() shows a task × status table of the statuses present with t
       count: 12,
       nextMs: T0 + 120_000,
     }]]),
+    rates: new Map([["pay", { limit: 5, intervalMs: 1_000, keys: 3, busiest: 5, parked: 40 }]]),
     runners: [
       { runnerId: "runner-old", lastSeenMs: T0 - 30_000 },
       { runnerId: "runner-new", lastSeenMs: T0 - 400 },
@@ -74,6 +75,9 @@ test("renderStatus() shows a task × status table of the statuses present with t
       "add           12  in 2.0 min\n" +
       "pay            1    in 2.5 s\n" +
       "\n" +
+      "rate limit      limit  keys  busiest window  parked\n" +
+      "pay         5 / 1.0 s     3               5      40\n" +
+      "\n" +
       "runner      last heartbeat\n" +
       "runner-new  0.4 s ago\n" +
       "runner-old  30.0 s ago (silent: presumed dead)\n",
@@ -85,6 +89,7 @@ test("renderStatus() says so when there are no invocations and no runners", () =
     renderStatus({
       counts: new Map(),
       delayed: new Map(),
+      rates: new Map(),
       runners: [],
       nowMs: T0,
       runnerTimeoutMs: 10_000,

@@ -356,7 +356,7 @@ test(
 // --- inspection ----------------------------------------------------------------------------------
 
 test(
-  "cli status: prints invocations per task and status, the delayed ones with the next due, and the runners with their heartbeat age",
+  "cli status: prints invocations per task and status, the delayed ones with the next due, the rate limits' windows, and the runners with their heartbeat age",
   {
     skip: onlyDeno,
   },
@@ -371,15 +371,24 @@ test(
         assert.equal(drained.invocations, 3);
         await tasks.add.call({ x: 5, y: 6 });
         await tasks.add.call({ x: 7, y: 8 }, { delayMs: 3_600_000 });
+        // One pick-up an hour: the first is taken, the second parks on the rate limit key.
+        await tasks.notify.parallelize([{ to: "ada" }, { to: "bob" }]);
+        await app.orchestrator.getInvocationsToRun(3, { runnerId: "runner-live" });
         await app.orchestrator.store.heartbeat("runner-live", Date.now());
         const { code, stdout, stderr } = await cli(["status"], path);
         assert.equal(code, 0, stderr);
-        const [counts, delayed, runners] = stdout.split("\n\n");
+        const [counts, delayed, rates, runners] = stdout.split("\n\n");
         assert.equal(
           counts,
-          "task  registered  success  failed  total\n" +
-            "add            2        2       0      4\n" +
-            "pay            0        0       1      1",
+          "task    registered  pending  success  failed  concurrency_controlled  total\n" +
+            "add              1        1        2       0                       0      4\n" +
+            "notify           0        1        0       0                       1      2\n" +
+            "pay              0        0        0       1                       0      1",
+        );
+        assert.equal(
+          rates,
+          "rate limit         limit  keys  busiest window  parked\n" +
+            "notify      1 / 60.0 min     1               1       1",
         );
         assert.match(
           delayed!,

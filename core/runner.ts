@@ -478,8 +478,12 @@ export class Runner implements AsyncDisposable {
           if (claimed.length > 0) continue;
           // The next delayed call or retry that falls due: the wait ends then, not a poll later.
           nextDueMs = await orchestrator.store.nextAvailableMs(beforeClaimMs);
+          // Not idle if a slot was freed since the last wait (#woken): an execution that ended
+          // after this pick-up looked may have given its key's room to parked work it did not see
+          // (a wake marker on KV, a woken entry queued again in memory). The loop looks again at
+          // once; stopping here would leave that work parked.
           if (
-            this.#onIdle !== undefined && this.#executions.size === 0 &&
+            this.#onIdle !== undefined && !this.#woken && this.#executions.size === 0 &&
             this.#resumeQueue.length === 0 && nextDueMs === undefined
           ) this.#onIdle();
         }

@@ -7,9 +7,10 @@ import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import { serializeArguments } from "../core/ids.ts";
 import { MemoryStore } from "../core/memory_store.ts";
+import type { Store } from "../core/store.ts";
 import { Keys } from "../kv/keys.ts";
 import { holdingCommits, openTestKv, type TestKv } from "./_kv.ts";
-import { DEADLINE_MS, within } from "./_deadline.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 const opened: TestKv[] = [];
 after(() => {
@@ -136,3 +137,64 @@ test("[kv] a runner refused for one group's limit stores none of its other group
   next.task("b", () => 1, { concurrencyGroups: [{ name: "x", limit: 3 }] });
   await within(next.runner().drain(), DEADLINE_MS, "a runner of the right definition");
 });
+
+/**
+ * Holds the first pick-up from `store` that finds nothing until `meanwhile` resolved, so what
+ * `meanwhile` ends happens after that pick-up looked.
+ */
+function holdFirstEmptyPickUp(store: Store, meanwhile: () => Promise<void>): void {
+  const claim = store.claim.bind(store);
+  let held = false;
+  store.claim = async (request) => {
+    const outcome = await claim(request);
+    if (!held && outcome.claimed.length === 0) {
+      held = true;
+      await meanwhile();
+    }
+    return outcome;
+  };
+}
+
+// Was: drain() took a pick-up that found nothing, with nothing running, for the end of the work,
+// though an execution had ended after that pick-up looked: its commit gave the key's room to an
+// invocation parked there (a wake marker on KV, a woken entry queued again in memory). The loop
+// still went round once (the freed slot woke it) and took that one as the drain stopped, so only
+// the one parked behind it was left: seen as a flake of the fairness-with-parking contract on a
+// loaded machine (11 runs in 500 beside three busy processes).
+for (const backend of ["memory", "kv"] as const) {
+  test(`[${backend}] drain() runs every invocation parked behind one that ended while a pick-up found nothing: it does not stop with any parked`, async () => {
+    const app = backend === "memory"
+      ? new Nenc()
+      : new Nenc({ appId: "park", kv: await freshKv() });
+    let endFirst!: () => void;
+    const firstMayEnd = new Promise<void>((resolve) => endFirst = resolve);
+    const sync = app.task("sync", async ({ n }: { n: number }) => {
+      if (n === 1) await firstMayEnd;
+      return n;
+    }, { runningConcurrency: "task" });
+    const { invocations } = await sync.parallelize([{ n: 1 }, { n: 2 }, { n: 3 }]);
+    const statuses = () => Promise.all(invocations.map((invocation) => invocation.status()));
+    const runner = app.runner({ concurrency: 2 });
+    // Set once the hold is over (an error in it is the runner's to log, not the test's).
+    let whileHeld: string[] | undefined;
+    holdFirstEmptyPickUp(app.orchestrator.store, async () => {
+      const seen = await statuses();
+      endFirst();
+      // Its end recorded (finished counts it), and the runner's bookkeeping after it done: the
+      // check runs a timer turn later, after every continuation of that write.
+      await waitUntil(() => runner.finished === 1, { message: "the first invocation's end" });
+      whileHeld = seen;
+    });
+    await within(runner.drain(), DEADLINE_MS, "the drain");
+    assert.deepEqual(
+      whileHeld,
+      ["running", "concurrency_controlled", "concurrency_controlled"],
+      "no pick-up found nothing while the first ran and the others were parked",
+    );
+    assert.deepEqual(
+      await statuses(),
+      ["success", "success", "success"],
+      "the drain stopped with work parked",
+    );
+  });
+}

@@ -3,7 +3,16 @@
  * through call → orchestrator → runner → result at runner concurrency 1, 10 and 32 in one
  * process, and with 4 runner processes; each next to the raw rate of concurrent atomic commits on
  * the same kind of file from the same process layout (1 process × 32 writers, 4 processes × 8),
- * measured in the same run. Also KV commits and bytes written per invocation.
+ * sampled for 2 s just before and just after it in the same run. Every row reports its rate as a
+ * ratio to the mean of those two samples (but the delayed row, whose rate its `runAt` times set),
+ * the KV commits per invocation (attempted ones: those a conflict refused count too) and the bytes
+ * of the values they set (the raw rows: 1 commit and 200 bytes each).
+ *
+ * The nested row: a binary tree of nested waits (each node calls 2 children and awaits both
+ * results, PAUSED meanwhile; the leaves return), depth 10 (`--tree-depth`; 2,047 invocations), on a
+ * runner of 8 slots, timed from the root's call to its result. The fan-out row: 1 parent calls
+ * 1,000 children (`--fan-out`) in one `parallelize` and awaits the group's `results()`, on a runner
+ * of 32 slots. Both set against the raw rate of 1 process × 32 writers.
  *
  * The parked row: one running-concurrency key held (a task with `runningConcurrency: "task"` whose
  * first invocation runs until the bench ends), 10,000 more of it parked behind it
@@ -29,10 +38,19 @@
  * scan (once per heartbeatMs, 1 s) count more: the typical poll (median) is compared, and the
  * mean over the window reported.
  *
- * Prints a table and one JSON line per row.
+ * `--rtt MS` runs only these, on a KV file seen through a layer that answers every read (`get`,
+ * `getMany`, each page of a `list`: `batchSize`, else `limit`, else 100 entries, at most 500) and
+ * every commit MS later, as a store one round trip away does, in one process: the flat no-ops at
+ * concurrency 32 (`--invocations` of them from 32 callers), as invocations finished per round trip
+ * (invocations / (wall time / MS)); and the binary tree of depth 5 (`--rtt-depth`; 63 invocations)
+ * on 8 slots, as its wall time and the round trips on its critical path (wall time / MS). Also the
+ * round trips made (reads and commits, in sequence or not) per invocation.
+ *
+ * Prints one JSON line per row as it is measured, then a table.
  *
  * Usage: deno run -A bench/e2e_kv.ts [--invocations N] [--parked N] [--rounds N] [--delayed N]
- *   [--spread-ms MS] [--lead-ms MS] [--idle-ms MS]
+ *   [--spread-ms MS] [--lead-ms MS] [--idle-ms MS] [--tree-depth D] [--fan-out N]
+ *        deno run -A bench/e2e_kv.ts --rtt MS [--invocations N] [--rtt-depth D]
  *
  * @module
  */
@@ -47,6 +65,7 @@ import { InvocationStatus } from "../core/status.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { waitUntil, within } from "../tests/_deadline.ts";
 import { interceptKv } from "../tests/_kv.ts";
+import { defineFanOut, defineTree, runFanOut, runTree, treeSize } from "./_shapes.ts";
 import { type Lateness, lateness, latenessNote, median } from "./_stats.ts";
 
 const { values } = parseArgs({
@@ -59,6 +78,10 @@ const { values } = parseArgs({
     "spread-ms": { type: "string", default: "10000" },
     "lead-ms": { type: "string", default: "2000" },
     "idle-ms": { type: "string", default: "2000" },
+    "tree-depth": { type: "string", default: "10" },
+    "fan-out": { type: "string", default: "1000" },
+    rtt: { type: "string" },
+    "rtt-depth": { type: "string", default: "5" },
     worker: { type: "string" },
     "raw-worker": { type: "string" },
   },
@@ -70,6 +93,10 @@ const DELAYED = Number(values.delayed);
 const SPREAD_MS = Number(values["spread-ms"]);
 const LEAD_MS = Number(values["lead-ms"]);
 const IDLE_MS = Number(values["idle-ms"]);
+const TREE_DEPTH = Number(values["tree-depth"]);
+const FAN_OUT = Number(values["fan-out"]);
+const RTT_MS = values.rtt === undefined ? undefined : Number(values.rtt);
+const RTT_DEPTH = Number(values["rtt-depth"]);
 // The main process's files, in a folder made on first use: a worker process (this file with
 // --worker or --raw-worker) opens the file it is given and makes none.
 let directory: string | undefined;
@@ -88,6 +115,39 @@ function counting(kv: KvLike): { kv: KvLike; commits: () => number; bytes: () =>
       beforeCommit: () => void commits++,
       onSet: (value) => void (bytes += value instanceof Uint8Array ? value.byteLength : 0),
     }),
+  };
+}
+
+/**
+ * A KV view that answers every read — `get`, `getMany`, each page of a `list` — and every commit
+ * `ms` later (it waits, then asks `kv`), as a store one round trip away does; it counts the round
+ * trips.
+ */
+function latent(kv: KvLike, ms: number): { kv: KvLike; roundTrips: () => number } {
+  let roundTrips = 0;
+  const trip = (): Promise<void> => {
+    roundTrips++;
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  };
+  const view = interceptKv(kv, { beforeGet: trip, beforeGetMany: trip, beforeCommit: trip });
+  return {
+    roundTrips: () => roundTrips,
+    kv: {
+      ...view,
+      list: (selector, options) =>
+        (async function* () {
+          // Deno's page: batchSize, else limit, else 100 entries, at most 500. A full page short of
+          // the limit asks for the next one (which may come back empty), as Deno's list does.
+          const page = Math.min(options?.batchSize ?? options?.limit ?? 100, 500);
+          const limit = options?.limit ?? Infinity;
+          await trip();
+          let read = 0;
+          for await (const entry of kv.list(selector, options)) {
+            yield entry;
+            if (++read % page === 0 && read < limit) await trip();
+          }
+        })(),
+    },
   };
 }
 
@@ -145,11 +205,19 @@ function define(app: Nenc) {
 /** Set by the 4-process row's main process once it has every result: the workers stop. */
 const DONE_KEY = ["bench-done"];
 
+/** The KV commits a process of the 4-process row made, and the bytes of the values they set. */
+interface Written {
+  readonly commits: number;
+  readonly bytes: number;
+}
+
 // A worker process of the 4-process row: runs a runner until the main process says done (one
-// point read per 50 ms: the stop signal must not load the store it measures).
+// point read per 50 ms, not counted: the stop signal must not load the store it measures), then
+// prints what its runner wrote.
 if (values.worker !== undefined) {
   const kv = await Deno.openKv(values.worker);
-  const app = new Nenc({ appId: "bench", kv });
+  const counter = counting(kv);
+  const app = new Nenc({ appId: "bench", kv: counter.kv });
   define(app);
   const runner = app.runner({ concurrency: 32, pollMs: 20 });
   runner.start();
@@ -158,6 +226,8 @@ if (values.worker !== undefined) {
   }
   await runner.stop();
   kv.close();
+  const written: Written = { commits: counter.commits(), bytes: counter.bytes() };
+  console.log(JSON.stringify(written));
   Deno.exit(0);
 }
 
@@ -193,6 +263,7 @@ interface Row extends Partial<Lateness> {
   readonly scenario: string;
   readonly perSecond: number;
   readonly seconds: number;
+  readonly invocations?: number;
   readonly commitsPerInvocation?: number;
   readonly bytesPerInvocation?: number;
   readonly note: string;
@@ -212,6 +283,15 @@ interface Row extends Partial<Lateness> {
   readonly registerSeconds?: number;
   readonly idleOneDelayed?: IdleReads;
   readonly idleDelayedAhead?: IdleReads;
+  /**
+   * The `--rtt` rows: the simulated round trip, the round trips the wall time spans (its critical
+   * path), the invocations finished per such round trip, and the round trips made per invocation
+   * (reads and commits, in sequence or not).
+   */
+  readonly rttMs?: number;
+  readonly roundTripsInWallTime?: number;
+  readonly invocationsPerRoundTrip?: number;
+  readonly roundTripsMadePerInvocation?: number;
 }
 
 /** The reads of the idle polls of a runner in a window. */
@@ -239,6 +319,8 @@ async function rawCommits(writers: number): Promise<Row> {
     scenario: `raw atomic commits, ${writers} concurrent`,
     perSecond: Math.round(commits / seconds),
     seconds,
+    commitsPerInvocation: 1,
+    bytesPerInvocation: 200,
     note: "check + set of 200 bytes",
   };
 }
@@ -269,6 +351,8 @@ async function rawCommitsFourProcesses(): Promise<Row> {
     scenario: "raw atomic commits, 4 processes × 8 concurrent",
     perSecond: Math.round(commits / 2),
     seconds: 2,
+    commitsPerInvocation: 1,
+    bytesPerInvocation: 200,
     note: "check + set of 200 bytes; SQLite locks the file between processes",
   };
 }
@@ -287,34 +371,116 @@ async function callNoops(noop: ReturnType<typeof define>): Promise<number> {
   return seconds;
 }
 
-async function oneProcess(concurrency: number): Promise<Row> {
-  const file = newFile();
-  const handle = await Deno.openKv(file);
-  const counter = counting(handle);
+/**
+ * An app on a new KV file, seen through a view that counts commits and bytes, and first, when
+ * `rttMs` is given, through one that answers `rttMs` later; with a runner of `concurrency` slots
+ * (pollMs 20), started. Disposing of it stops the runner and closes the file.
+ */
+async function countedApp(concurrency: number, rttMs: number | undefined) {
+  const handle = await Deno.openKv(newFile());
+  const slow = rttMs === undefined ? undefined : latent(handle, rttMs);
+  const counter = counting(slow?.kv ?? handle);
   const app = new Nenc({ appId: "bench", kv: counter.kv });
-  const noop = define(app);
-  await using runner = app.runner({ concurrency, pollMs: 20 });
-  runner.start();
-  const seconds = await callNoops(noop);
-  await runner.stop();
-  handle.close();
+  const runner = app.runner({ concurrency, pollMs: 20 });
   return {
-    scenario: `nenc on a KV file, 1 process, concurrency ${concurrency}`,
-    perSecond: Math.round(INVOCATIONS / seconds),
-    seconds,
-    commitsPerInvocation: counter.commits() / INVOCATIONS,
-    bytesPerInvocation: Math.round(counter.bytes() / INVOCATIONS),
-    note: "32 concurrent callers; call → run → result",
+    app,
+    runner,
+    counter,
+    roundTrips: () => slow?.roundTrips() ?? 0,
+    [Symbol.asyncDispose]: async (): Promise<void> => {
+      await runner.stop();
+      handle.close();
+    },
   };
+}
+
+/**
+ * The row of `invocations` that took `seconds` on `bench`: the rate, the commits and bytes per
+ * invocation, and with `rttMs` the round trips.
+ */
+function countedRow(
+  bench: Awaited<ReturnType<typeof countedApp>>,
+  scenario: string,
+  invocations: number,
+  seconds: number,
+  rttMs: number | undefined,
+  note: string,
+): Row {
+  const r: Row = {
+    scenario: rttMs === undefined ? scenario : `${scenario}, ${rttMs} ms per round trip`,
+    invocations,
+    perSecond: Math.round(invocations / seconds),
+    seconds,
+    commitsPerInvocation: bench.counter.commits() / invocations,
+    bytesPerInvocation: Math.round(bench.counter.bytes() / invocations),
+    note,
+  };
+  if (rttMs === undefined) return r;
+  const roundTripsInWallTime = seconds * 1000 / rttMs;
+  return {
+    ...r,
+    rttMs,
+    roundTripsInWallTime,
+    invocationsPerRoundTrip: invocations / roundTripsInWallTime,
+    roundTripsMadePerInvocation: bench.roundTrips() / invocations,
+  };
+}
+
+async function oneProcess(concurrency: number, rttMs?: number): Promise<Row> {
+  await using bench = await countedApp(concurrency, rttMs);
+  const noop = define(bench.app);
+  bench.runner.start();
+  const seconds = await callNoops(noop);
+  return countedRow(
+    bench,
+    `nenc on a KV file, 1 process, concurrency ${concurrency}`,
+    INVOCATIONS,
+    seconds,
+    rttMs,
+    "32 concurrent callers; call → run → result",
+  );
+}
+
+/** The binary tree of nested waits of `depth` on `concurrency` slots. */
+async function nested(depth: number, concurrency: number, rttMs?: number): Promise<Row> {
+  await using bench = await countedApp(concurrency, rttMs);
+  const tree = defineTree(bench.app);
+  bench.runner.start();
+  const seconds = await runTree(tree, depth);
+  return countedRow(
+    bench,
+    `nenc on a KV file, binary tree of nested waits, depth ${depth}, concurrency ${concurrency}`,
+    treeSize(depth),
+    seconds,
+    rttMs,
+    "each node calls 2 children and awaits both; root's call → its result",
+  );
+}
+
+/** One parent calling `children` no-ops and awaiting them all, on 32 slots. */
+async function fanOut(children: number): Promise<Row> {
+  await using bench = await countedApp(32, undefined);
+  const parent = defineFanOut(bench.app);
+  bench.runner.start();
+  const seconds = await runFanOut(parent, children);
+  return countedRow(
+    bench,
+    `nenc on a KV file, fan-out: 1 parent awaits ${children} children, concurrency 32`,
+    children + 1,
+    seconds,
+    undefined,
+    "one parallelize, then the group's results(); parent's call → its result",
+  );
 }
 
 async function fourProcesses(): Promise<Row> {
   const file = newFile();
   const kv = await Deno.openKv(file);
-  const app = new Nenc({ appId: "bench", kv });
+  const counter = counting(kv);
+  const app = new Nenc({ appId: "bench", kv: counter.kv });
   const noop = define(app);
   const workers = Array.from({ length: 4 }, () =>
-    new Promise<void>((resolve, reject) => {
+    new Promise<Written>((resolve, reject) => {
       const child = spawn(
         Deno.execPath(),
         [
@@ -325,10 +491,12 @@ async function fourProcesses(): Promise<Row> {
           "--worker",
           file,
         ],
-        { stdio: "inherit" },
+        { stdio: ["ignore", "pipe", "inherit"] },
       );
+      let out = "";
+      child.stdout.on("data", (chunk) => out += chunk);
       child.on("close", (code) =>
-        code === 0 ? resolve() : reject(new Error(`worker exited ${code}`)));
+        code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`worker exited ${code}`)));
     }));
   // The clock starts once the four runners have sent their first heartbeat.
   while ((await app.orchestrator.store.runners()).length < 4) {
@@ -339,14 +507,22 @@ async function fourProcesses(): Promise<Row> {
   const results = await group.results();
   const seconds = (performance.now() - start) / 1000;
   await kv.set(DONE_KEY, true);
-  await Promise.all(workers);
+  const written = [
+    { commits: counter.commits(), bytes: counter.bytes() },
+    ...await Promise.all(workers),
+  ];
   if (results.some((result, i) => result !== i)) throw new Error("Cannot bench: wrong results");
   kv.close();
   return {
     scenario: "nenc on a KV file, 4 runner processes × 32 slots",
     perSecond: Math.round(INVOCATIONS / seconds),
     seconds,
-    note: "clock starts once the 4 runners are up; one caller registers in batches",
+    commitsPerInvocation: written.reduce((sum, { commits }) => sum + commits, 0) / INVOCATIONS,
+    bytesPerInvocation: Math.round(
+      written.reduce((sum, { bytes }) => sum + bytes, 0) / INVOCATIONS,
+    ),
+    note: "clock starts once the 4 runners are up; one caller registers in batches; commits and " +
+      "bytes of the caller and the 4 runners from their start to their stop",
   };
 }
 
@@ -631,45 +807,105 @@ async function idleReads(delayedAhead: number): Promise<IdleReads> {
   };
 }
 
-// Each nenc row is compared with the raw rate of the same process layout, measured in this run.
-const raw = await rawCommits(32);
-const rawFour = await rawCommitsFourProcesses();
-const rows: [Row, Row | undefined][] = [[raw, raw]];
-for (const concurrency of [1, 10, 32]) rows.push([await oneProcess(concurrency), raw]);
-rows.push([await parkedBacklog(PARKED), raw]);
-// The delayed row's rate is set by its runAt times: no raw baseline.
-rows.push([await delayedStarts(DELAYED, SPREAD_MS, LEAD_MS), undefined]);
-rows.push([rawFour, rawFour], [await fourProcesses(), rawFour]);
-
-console.log(
-  "| scenario | per second | % of raw commits, same layout | commits / invocation | bytes / invocation |",
-);
-console.log("| --- | ---: | ---: | ---: | ---: |");
-for (const [r, baseline] of rows) {
-  // The parked and delayed rows' table lines carry their notes: the rate with nothing parked, the
-  // lateness and the idle reads, and what the commits and bytes columns count there.
-  const label = r.ratio === undefined && r.delayed === undefined
-    ? r.scenario
-    : `${r.scenario}: ${r.note}`;
-  const percent = baseline === undefined
-    ? ""
-    : `${(100 * r.perSecond / baseline.perSecond).toFixed(1)} %`;
+/** The table of the `--rtt` rows. */
+function printRoundTrips(rows: readonly Row[]): void {
   console.log(
-    `| ${label} | ${r.perSecond} | ${percent} | ${r.commitsPerInvocation?.toFixed(1) ?? ""} | ${
-      r.bytesPerInvocation ?? ""
-    } |`,
+    "| scenario | invocations | seconds | round trips in the wall time | invocations / round trip " +
+      "| round trips made / invocation | commits / invocation | bytes / invocation |",
   );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const r of rows) {
+    console.log(
+      `| ${r.scenario} | ${r.invocations} | ${r.seconds.toFixed(2)} | ${
+        r.roundTripsInWallTime!.toFixed(0)
+      } | ${r.invocationsPerRoundTrip!.toFixed(2)} | ${
+        r.roundTripsMadePerInvocation!.toFixed(1)
+      } | ${r.commitsPerInvocation!.toFixed(2)} | ${r.bytesPerInvocation} |`,
+    );
+  }
 }
-for (const [r, baseline] of rows) {
+
+/** The JSON line of a row, with its raw baseline (if any). */
+function printJson(r: Row, baseline: Row | undefined): void {
   console.log(
     JSON.stringify({
       bench: "e2e_kv",
       ...r,
       ...(baseline === undefined ? {} : {
         baseline: baseline.scenario,
-        percentOfRaw: 100 * r.perSecond / baseline.perSecond,
+        baselinePerSecond: baseline.perSecond,
+        ratioToRaw: r.perSecond / baseline.perSecond,
       }),
     }),
   );
+}
+
+/** The table of the rows, each next to its raw baseline (if any). */
+function printTable(rows: readonly [Row, Row | undefined][]): void {
+  console.log(
+    "| scenario | per second | × raw commits, same layout | commits / invocation | bytes / invocation |",
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: |");
+  for (const [r, baseline] of rows) {
+    // The parked and delayed rows' table lines carry their notes: the rate with nothing parked, the
+    // lateness and the idle reads, and what the commits and bytes columns count there.
+    const label = r.ratio === undefined && r.delayed === undefined
+      ? r.scenario
+      : `${r.scenario}: ${r.note}`;
+    const ratio = baseline === undefined
+      ? "n/a: set by runAt"
+      : `${(r.perSecond / baseline.perSecond).toFixed(3)}×`;
+    console.log(
+      `| ${label} | ${r.perSecond} | ${ratio} | ${
+        r.commitsPerInvocation?.toFixed(2)
+      } | ${r.bytesPerInvocation} |`,
+    );
+  }
+}
+
+if (RTT_MS !== undefined) {
+  const rows: Row[] = [];
+  for (const measure of [() => oneProcess(32, RTT_MS), () => nested(RTT_DEPTH, 8, RTT_MS)]) {
+    rows.push(await measure());
+    printJson(rows.at(-1)!, undefined);
+  }
+  printRoundTrips(rows);
+} else {
+  // Each nenc row is set against the raw rate of its process layout sampled just before and just
+  // after it (their mean): the machine is shared, and its commit rate moves by several times
+  // within minutes. Each JSON line is printed once its row and baseline are known; the table last.
+  const rows: [Row, Row | undefined][] = [];
+  const add = (r: Row, baseline: Row | undefined): void => {
+    rows.push([r, baseline]);
+    printJson(r, baseline);
+  };
+  let before: Row;
+  const startRaw = async (sample: () => Promise<Row>): Promise<void> => {
+    before = await sample();
+    add(before, before);
+  };
+  const nextToRaw = async (measure: () => Promise<Row>, sample: () => Promise<Row>) => {
+    const r = await measure();
+    const after = await sample();
+    add(r, {
+      scenario: `${after.scenario}, mean of the samples before and after`,
+      perSecond: Math.round((before.perSecond + after.perSecond) / 2),
+      seconds: before.seconds + after.seconds,
+      note: after.note,
+    });
+    add(after, after);
+    before = after;
+  };
+  const raw = (): Promise<Row> => rawCommits(32);
+  await startRaw(raw);
+  for (const concurrency of [1, 10, 32]) await nextToRaw(() => oneProcess(concurrency), raw);
+  await nextToRaw(() => nested(TREE_DEPTH, 8), raw);
+  await nextToRaw(() => fanOut(FAN_OUT), raw);
+  await nextToRaw(() => parkedBacklog(PARKED), raw);
+  // The delayed row's rate is set by its runAt times: no raw baseline.
+  add(await delayedStarts(DELAYED, SPREAD_MS, LEAD_MS), undefined);
+  await startRaw(rawCommitsFourProcesses);
+  await nextToRaw(fourProcesses, rawCommitsFourProcesses);
+  printTable(rows);
 }
 if (directory !== undefined) rmSync(directory, { recursive: true, force: true });

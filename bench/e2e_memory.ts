@@ -4,6 +4,10 @@
  *
  * - noop cN: 10,000 no-op invocations through a runner with N slots (1, 10, 32);
  * - fan-out: one parent calls 1,000 children and waits for all of them (10 slots);
+ * - tree: a binary tree of nested waits (each node calls 2 children and awaits both results,
+ *   PAUSED meanwhile; the leaves return), depth 12 (`--tree-depth`; 8,191 invocations) on 8 slots,
+ *   timed from the root's call to its result, next to noop c32 on a fresh app, rounds alternating
+ *   in the same run (median of each; `--rounds`): the ratio is the goal (at least 0.5×);
  * - dedup: 10,000 calls over 100 argument sets with registration concurrency "arguments"
  *   → 100 invocations;
  * - parked: one running-concurrency key held (a task with `runningConcurrency: "task"` whose first
@@ -23,7 +27,7 @@
  *   its earliest entry looked at by each pick-up); the KV bench counts them.
  *
  * Usage: deno run -A bench/e2e_memory.ts [--invocations N] [--parked N] [--rounds N]
- *   [--delayed N] [--spread-ms MS] [--lead-ms MS]
+ *   [--delayed N] [--spread-ms MS] [--lead-ms MS] [--tree-depth D]
  *
  * @module
  */
@@ -33,6 +37,7 @@ import { Nenc } from "../core/app.ts";
 import type { Invocation } from "../core/invocation.ts";
 import { InvocationStatus } from "../core/status.ts";
 import { waitUntil, within } from "../tests/_deadline.ts";
+import { defineFanOut, defineTree, runFanOut, runTree, treeSize } from "./_shapes.ts";
 import { type Lateness, lateness, latenessNote, median } from "./_stats.ts";
 
 interface Row extends Partial<Lateness> {
@@ -53,6 +58,9 @@ interface Row extends Partial<Lateness> {
   readonly spreadMs?: number;
   readonly pollMs?: number;
   readonly registerSeconds?: number;
+  /** The tree row: the rate of noop c32 in the same rounds, and the tree's rate over it. */
+  readonly flatPerSecond?: number;
+  readonly ratioToFlat?: number;
 }
 
 const { values } = parseArgs({
@@ -63,6 +71,7 @@ const { values } = parseArgs({
     delayed: { type: "string", default: "10000" },
     "spread-ms": { type: "string", default: "10000" },
     "lead-ms": { type: "string", default: "2000" },
+    "tree-depth": { type: "string", default: "12" },
   },
 });
 const INVOCATIONS = Number(values.invocations);
@@ -71,6 +80,7 @@ const ROUNDS = Number(values.rounds);
 const DELAYED = Number(values.delayed);
 const SPREAD_MS = Number(values["spread-ms"]);
 const LEAD_MS = Number(values["lead-ms"]);
+const TREE_DEPTH = Number(values["tree-depth"]);
 
 /** `INVOCATIONS` no-ops of `task` called one after the other, then every result: the seconds. */
 async function runNoops(task: ReturnType<typeof defineNoop>): Promise<number> {
@@ -87,30 +97,57 @@ function defineNoop(app: Nenc) {
   return app.task("noop", ({ i }: { i: number }) => i);
 }
 
-async function noop(concurrency: number): Promise<Row> {
+/** The seconds of `INVOCATIONS` no-ops on a fresh app whose runner has `concurrency` slots. */
+async function noopSeconds(concurrency: number): Promise<number> {
   const app = new Nenc({ appId: "bench" });
   const task = defineNoop(app);
   await using runner = app.runner({ concurrency });
   runner.start();
-  const seconds = await runNoops(task);
+  return await runNoops(task);
+}
+
+async function noop(concurrency: number): Promise<Row> {
+  const seconds = await noopSeconds(concurrency);
   return row(`noop c${concurrency}`, INVOCATIONS, seconds, "call → run → result");
 }
 
 async function fanOut(children: number): Promise<Row> {
   const app = new Nenc({ appId: "bench" });
-  const child = app.task("child", ({ i }: { i: number }) => i);
-  const parent = app.task("parent", async ({ n }: { n: number }) => {
-    const group = await child.parallelize(Array.from({ length: n }, (_, i) => ({ i })));
-    const results = await group.results();
-    return results.reduce((sum, value) => sum + value, 0);
-  });
+  const parent = defineFanOut(app);
   await using runner = app.runner({ concurrency: 10 });
   runner.start();
-  const start = performance.now();
-  const total = await (await parent.call({ n: children })).result();
-  const seconds = (performance.now() - start) / 1000;
-  if (total !== (children * (children - 1)) / 2) throw new Error("Cannot bench: wrong sum");
+  const seconds = await runFanOut(parent, children);
   return row(`fan-out ${children}`, children + 1, seconds, "parent waits PAUSED on all children");
+}
+
+/** The seconds of the binary tree of `depth` on a fresh app whose runner has 8 slots. */
+async function treeSeconds(depth: number): Promise<number> {
+  const app = new Nenc({ appId: "bench" });
+  const tree = defineTree(app);
+  await using runner = app.runner({ concurrency: 8 });
+  runner.start();
+  return await runTree(tree, depth);
+}
+
+async function nested(depth: number): Promise<Row> {
+  // Rounds alternate (ABBA) with noop c32, as in the parked row; the median of each is reported.
+  const trees: number[] = [];
+  const flats: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    if (round % 2 === 0) flats.push(await noopSeconds(32));
+    trees.push(await treeSeconds(depth));
+    if (round % 2 === 1) flats.push(await noopSeconds(32));
+  }
+  const flatPerSecond = Math.round(INVOCATIONS / median(flats));
+  const r = row(`tree depth ${depth}, c8`, treeSize(depth), median(trees), "");
+  const ratioToFlat = r.perSecond / flatPerSecond;
+  return {
+    ...r,
+    note: `each node calls 2 children and awaits both; vs noop c32 ${flatPerSecond}/s, same ` +
+      `rounds: ${ratioToFlat.toFixed(2)}×`,
+    flatPerSecond,
+    ratioToFlat,
+  };
 }
 
 async function dedup(calls: number, argumentSets: number): Promise<Row> {
@@ -311,6 +348,7 @@ function row(scenario: string, invocations: number, seconds: number, note: strin
 const rows: Row[] = [];
 for (const concurrency of [1, 10, 32]) rows.push(await noop(concurrency));
 rows.push(await fanOut(1_000));
+rows.push(await nested(TREE_DEPTH));
 rows.push(await dedup(INVOCATIONS, 100));
 rows.push(await parkedBacklog(PARKED));
 rows.push(await delayedStarts(DELAYED, SPREAD_MS, LEAD_MS));

@@ -639,6 +639,8 @@ export class MemoryStore implements Store {
       }
       effects = decision.effects;
     }
+    // The wait edges first: a bad list throws before anything changed.
+    if (change.waitFor !== undefined) this.#waits.waitFor(id, change.waitFor, change.nowMs);
     for (const effect of effects) {
       const { key, state, took, released, dropReservation } = effect;
       if (dropReservation) this.#reservations.delete(key);

@@ -1119,9 +1119,42 @@ export class Orchestrator {
     if (caller === undefined || !this.options.blockingControl) return;
     const ids = invocations.map(({ id }) => id);
     await this.store.waitFor(caller.id, ids, this.#host.clock.now());
-    // An invocation that became final (or was purged) before its edge was written released its
-    // waiters without it: release it now. Its final write precedes its own release, and the edge
-    // precedes this read, so at least one of the two releases sees the edge.
+    await this.#releaseEnded(ids);
+  }
+
+  /**
+   * Marks the running `invocation` PAUSED while it waits on `invocations`: its slot is freed, and
+   * the wait edges (with `blockingControl`) are recorded in the same atomic step, so what it waits
+   * on is preferred by the next pick-up. The runner's way to wait; `waitingForResults` adds edges
+   * alone (a paused invocation that waits on more).
+   *
+   * @throws {InvocationStatusTransitionError | InvocationStatusOwnershipError} for a refused change.
+   */
+  async pauseForResults(
+    invocation: InvocationRef,
+    invocations: readonly InvocationRef[],
+    options: ActorOptions = {},
+  ): Promise<void> {
+    const ids = this.options.blockingControl ? invocations.map(({ id }) => id) : [];
+    if (ids.includes(invocation.id)) {
+      throw new RangeError(`Cannot wait: invocation ${invocation.id} cannot wait on itself`);
+    }
+    await this.#change(invocation, {
+      path: [InvocationStatus.PAUSED],
+      ...this.#actor(options),
+      ...(ids.length > 0 ? { waitFor: ids } : {}),
+    });
+    await this.#releaseEnded(ids);
+  }
+
+  /**
+   * Releases the waiters of those of `ids` that are final (or purged), just after edges to them
+   * were written: one that became final before its edge was written released its waiters without
+   * it. Its final write precedes its own release, and the edge precedes this read, so at least
+   * one of the two releases sees the edge.
+   */
+  async #releaseEnded(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
     const live = new Map((await this.store.getMany(ids)).map((record) => [record.id, record]));
     const ended = ids.filter((id) => {
       const record = live.get(id);

@@ -15,7 +15,7 @@ import { type Clock, systemClock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
 import { CanceledError, NencError, StoreClosedError, TaskTimeoutError } from "./errors.ts";
 import type { Invocation } from "./invocation.ts";
-import type { ActorOptions, Orchestrator } from "./orchestrator.ts";
+import type { ActorOptions, InvocationRef, Orchestrator } from "./orchestrator.ts";
 import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap } from "./serializer.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
 import { slotsOf } from "./store.ts";
@@ -1091,6 +1091,10 @@ class Execution implements ExecutionContext {
   #onGraceOver: (() => void) | undefined;
   #abortKind: AbortKind | undefined;
   #waits = 0;
+  /** What the pause not yet written will record (waits that begin meanwhile join it). */
+  #joining: InvocationRef[] | undefined;
+  /** The pause of the first wait, awaited by those that join it. */
+  #pausing: Promise<void> | undefined;
   #paused = false;
   /** Whether it holds one of its runner's slots: it starts with the one its pick-up took. */
   #holdsSlot = true;
@@ -1235,17 +1239,31 @@ class Execution implements ExecutionContext {
     stop.throwIfAborted();
     this.#assertAlive();
     // Only what is still pending: an edge to a final invocation would never be released.
-    await retryFaults(
-      () => orchestrator.waitingForResults(this.invocation, pending.map((id) => ({ id }))),
-      { clock, signal: stop },
-    );
-    if (++this.#waits === 1) {
-      try {
-        await this.inOrder(() => this.#pause());
-      } catch (error) {
-        this.#waits--;
-        throw error;
+    const waited = pending.map((id) => ({ id }));
+    try {
+      if (++this.#waits === 1) {
+        // PAUSED and the wait edges in one step; waits that begin before it is written (the
+        // results of a `Promise.all`) join it.
+        const joining = [...waited];
+        this.#joining = joining;
+        this.#pausing = this.inOrder(() => {
+          this.#joining = undefined;
+          return this.#pause(joining);
+        });
+        await this.#pausing;
+      } else if (this.#joining !== undefined) {
+        this.#joining.push(...waited);
+        await this.#pausing;
+      } else {
+        // Paused already: the edges alone.
+        await retryFaults(() => orchestrator.waitingForResults(this.invocation, waited), {
+          clock,
+          signal: stop,
+        });
       }
+    } catch (error) {
+      this.#waits--;
+      throw error;
     }
     try {
       await orchestrator.waitForFinals(ids, mode, stop);
@@ -1290,21 +1308,31 @@ class Execution implements ExecutionContext {
     return next;
   }
 
-  async #pause(): Promise<void> {
-    await this.#setStatus(InvocationStatus.PAUSED);
+  async #pause(waited: readonly InvocationRef[]): Promise<void> {
+    await this.#write(
+      (actor) => this.#host.orchestrator.pauseForResults(this.invocation, waited, actor),
+    );
     this.#paused = true;
     this.releaseSlot();
   }
 
-  /**
-   * PAUSED or RESUMED through the runner's fault-tolerant write; `false` when running concurrency
-   * refused the slot (RESUMED). A cancel or a lost claim aborts and throws.
-   */
-  async #setStatus(status: InvocationStatus): Promise<boolean> {
-    const verdict = await this.#persist(
-      1,
-      (actor) => this.#host.orchestrator.setInvocationStatus(this.invocation, status, actor),
+  /** RESUMED; `false` when running concurrency refused the slot. */
+  #resumed(): Promise<boolean> {
+    return this.#write((actor) =>
+      this.#host.orchestrator.setInvocationStatus(
+        this.invocation,
+        InvocationStatus.RESUMED,
+        actor,
+      )
     );
+  }
+
+  /**
+   * A pause or a resume through the runner's fault-tolerant write; `false` when running
+   * concurrency refused the slot (RESUMED). A cancel or a lost claim aborts and throws.
+   */
+  async #write(write: (actor: ActorOptions) => Promise<boolean | void>): Promise<boolean> {
+    const verdict = await this.#persist(1, write);
     if (verdict === "busy") return false;
     if (verdict === "canceled") {
       const reason = new CanceledError(this.invocationId);
@@ -1338,7 +1366,7 @@ class Execution implements ExecutionContext {
       let resumed = false;
       try {
         this.#assertAlive();
-        resumed = await this.#setStatus(InvocationStatus.RESUMED);
+        resumed = await this.#resumed();
       } finally {
         // Only RESUMED keeps the slot: a refused or failed resume gives it back.
         if (!resumed) this.releaseSlot();

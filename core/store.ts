@@ -381,6 +381,13 @@ export interface StatusChange {
    * CONCURRENCY_CONTROLLED, it leaves the queue and waits for the key to have room.
    */
   readonly parkOn?: string;
+  /**
+   * Records, in the same atomic step, that the invocation waits on these (blocking control's
+   * edges): a running invocation that pauses for results frees its slot and names what it waits
+   * on in one step. A backend may write a very long list in chunks ahead of the step (edges alone
+   * are harmless: they are removed when either end is final).
+   */
+  readonly waitFor?: readonly string[];
 }
 
 /**

@@ -166,25 +166,31 @@ export class Keys {
   runner(runnerId?: string): KvKey {
     return runnerId === undefined ? [...this.app, "runner"] : [...this.app, "runner", runnerId];
   }
-  /** Blocking control: what an invocation waits on / who waits on it / its counts. */
+  /** Blocking control: the edge waiter → waited (its value: when it was added, epoch ms). */
   waitEdge(waiterId: string, waitedId?: string): KvKey {
     return waitedId === undefined
       ? [...this.app, "waits", waiterId]
       : [...this.app, "waits", waiterId, waitedId];
   }
-  /** Blocking control: the reverse edge, waited → waiter. */
+  /** Blocking control: the reverse edge, waited → waiter (the same value). */
   waitedEdge(waitedId: string, waiterId?: string): KvKey {
     return waiterId === undefined
       ? [...this.app, "waited", waitedId]
       : [...this.app, "waited", waitedId, waiterId];
   }
-  /** Blocking control: counts and first-wait time of one invocation. */
+  /** Blocking control: a marker of an invocation that has been in the wait graph (purge deletes it). */
   waitNode(id: string): KvKey {
     return [...this.app, "wnode", id];
   }
-  /** Blocking control: invocations waited on and waiting on nothing, by first-wait time. */
-  ready(position?: string): KvKey {
-    return position === undefined ? [...this.app, "ready"] : [...this.app, "ready", position];
+  /**
+   * Blocking control: the ready index, one entry per edge whose waited end waits on nothing, by
+   * the edge's time, then the waited id (the position), then the waiter.
+   */
+  ready(position?: string, waiterId?: string): KvKey {
+    if (position === undefined) return [...this.app, "ready"];
+    return waiterId === undefined
+      ? [...this.app, "ready", position]
+      : [...this.app, "ready", position, waiterId];
   }
   /** Cycle control: the edge caller → callee. */
   callEdge(callerCallId: string, calleeCallId?: string): KvKey {

@@ -141,16 +141,6 @@ interface StoredInvocation {
   readonly queue: QueueEntry | null;
 }
 
-/** Blocking control counts of one invocation. */
-interface WaitNode {
-  /** When it was first waited on (kept while anyone waits on it), or `null`. */
-  readonly firstWaitMs: number | null;
-  /** How many invocations wait on it. */
-  readonly waiters: number;
-  /** How many invocations it waits on. */
-  readonly waiting: number;
-}
-
 /**
  * In-process accelerators, shared by every store of one app on one KV handle in this process: a
  * change made here wakes the waiters here at once; other processes' changes are found by polling
@@ -474,8 +464,14 @@ export class KvStore implements Store {
 
   // --- transitions -------------------------------------------------------------------------------
 
-  change(id: string, change: StatusChange): Promise<ChangeOutcome> {
-    return this.#apply(id, change);
+  async change(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    const waits = change.waitFor ?? [];
+    checkWaits(id, waits);
+    if (waits.length <= WAIT_EDGES_PER_COMMIT) return await this.#apply(id, change);
+    // A long list: all but its last chunk ahead, edges alone (see StatusChange.waitFor).
+    const cut = waits.length - WAIT_EDGES_PER_COMMIT;
+    await this.waitFor(id, waits.slice(0, cut), change.nowMs);
+    return await this.#apply(id, { ...change, waitFor: waits.slice(cut) });
   }
 
   // reads: inv/<id>, slot/<key>… (running key, groups, rate limit key, a lane-only key) +
@@ -510,6 +506,9 @@ export class KvStore implements Store {
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
       });
+      if (change.waitFor !== undefined && change.waitFor.length > 0) {
+        await this.#stageWaits(op, id, change.waitFor, change.nowMs);
+      }
       const slots = stateKeysOf(record);
       const runningKey = record.runningKey;
       let wakes = false;
@@ -1257,27 +1256,170 @@ export class KvStore implements Store {
 
   // --- blocking control --------------------------------------------------------------------------
 
-  // Per edge: reads wnode/<waiter>, wnode/<waited>, waits/<waiter>/<waited>; checks all three;
-  // writes the edge, its reverse, both nodes, and the ready entries that change.
+  // The layout: waits/<waiter>/<waited> and waited/<waited>/<waiter> (the edge both ways, each
+  // holding the time its waited end was first waited on), ready/<time><waited>/<waiter> (an entry
+  // per edge whose waited end waits on nothing, ordered by that time, then the waited id), and
+  // wnode/<id> (a marker: the invocation has been in the wait graph; a release without it reads
+  // nothing).
+  // No count is kept per invocation, so every key belongs to one edge, or to one invocation's own
+  // steps: adding N edges is one commit without checks (one per WAIT_EDGES_PER_COMMIT), and
+  // children that end together release their edges without contending on their parent's key.
+  // What a count would decide is read instead, where it is cheap: a waiter that starts waiting
+  // drops its own ready entries (it is running: no pick-up wants it), a release gives them back to
+  // a waiter left waiting on nothing only when it is available to run, and blocking() checks that
+  // each available candidate waits on nothing — so it is exact whatever a race left in the index.
+
+  // reads: waits/<waiter>/<waited>… and wnode/<waited>… (point reads: the edges already there, and
+  // which ends were waited on before), waited/<waiter>/… (its own ready entries), and one entry of
+  // waited/<waited>/… per end waited on before (its first-wait time); checks: none; writes: per new edge both keys, its ready entry and
+  // wnode/<waited>; wnode/<waiter>, and deletes the waiter's ready entries — in commits of
+  // WAIT_EDGES_PER_COMMIT edges, in flight together. (A change with `waitFor` stages this in its
+  // own commit, see #apply.)
   async waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void> {
-    for (const waitedId of waitedIds) {
-      if (waitedId === waiterId) {
-        throw new RangeError(`Cannot wait: invocation ${waiterId} cannot wait on itself`);
-      }
-      await this.#updateWaitEdge(waiterId, waitedId, "add", nowMs);
-    }
+    checkWaits(waiterId, waitedIds);
+    await Promise.all(
+      chunked(waitedIds, WAIT_EDGES_PER_COMMIT).map(async (chunk) => {
+        const draft = new AtomicDraft();
+        await this.#stageWaits(draft, waiterId, chunk, nowMs);
+        await this.#commitBlind(draft);
+      }),
+    );
   }
 
+  /** Stages on `op` that `waiterId` waits on `waitedIds` (the edges not there yet), from fresh reads. */
+  async #stageWaits(
+    op: AtomicDraft,
+    waiterId: string,
+    waitedIds: readonly string[],
+    nowMs: number,
+  ): Promise<void> {
+    const keys = this.#keys;
+    const ids = [...new Set(waitedIds)];
+    const [present, markers, waiters] = await Promise.all([
+      this.#getEntries(ids.map((id) => keys.waitEdge(waiterId, id))),
+      this.#getEntries(ids.map((id) => keys.waitNode(id))),
+      this.#edgesOf(keys.waitedEdge(waiterId)),
+    ]);
+    // A retry (or a second wait on it) finds the edge: a new time would leave its entry behind.
+    const added = ids.filter((_, i) => present[i]!.versionstamp === null);
+    // Waited on already (it has a marker, and an edge in): every edge into an invocation carries
+    // the time it was first waited on, so the new one takes it from any other. (One never in the
+    // wait graph, such as a child just called, costs no read.)
+    const firstWaits = await Promise.all(
+      added.map((id) =>
+        markers[ids.indexOf(id)]!.versionstamp === null ? null : this.#firstWaitMs(id)
+      ),
+    );
+    added.forEach((waitedId, i) => {
+      const atMs = firstWaits[i] ?? nowMs;
+      op.set(keys.waitEdge(waiterId, waitedId), encode(atMs))
+        .set(keys.waitedEdge(waitedId, waiterId), encode(atMs))
+        .set(keys.ready(readyPosition(atMs, waitedId), waiterId), encode(waitedId))
+        .set(keys.waitNode(waitedId), encode(null));
+    });
+    // The waiter waits now: no blocking invocation while it does.
+    for (const waiter of waiters) {
+      if (waiter.atMs !== null) {
+        op.delete(keys.ready(readyPosition(waiter.atMs, waiterId), waiter.id));
+      }
+    }
+    op.set(keys.waitNode(waiterId), encode(null));
+  }
+
+  // reads: wnode/<id>, then waited/<id>/… and waits/<id>/… (two range reads, together); checks:
+  // none; writes: deletes both keys and the ready entry of every edge of <id> (in commits of
+  // CHUNK_MUTATIONS keys); then for each waiter available to run and left waiting on nothing, its
+  // ready entries back (see #restoreReady).
   async releaseWaiters(id: string): Promise<void> {
     const keys = this.#keys;
-    // An invocation that never waited and was never waited on has no wait node: nothing to do.
+    // An invocation never in the wait graph has no marker: nothing to read.
     if ((await this.#reads.get(keys.waitNode(id))).versionstamp === null) return;
-    for await (const entry of this.#kv.list({ prefix: keys.waitedEdge(id) })) {
-      await this.#updateWaitEdge(String(entry.key[entry.key.length - 1]), id, "remove", 0);
+    const [waiters, waited] = await Promise.all([
+      this.#edgesOf(keys.waitedEdge(id)),
+      this.#edgesOf(keys.waitEdge(id)),
+    ]);
+    const doomed: KvKey[] = [];
+    for (const waiter of waiters) {
+      doomed.push(keys.waitedEdge(id, waiter.id), keys.waitEdge(waiter.id, id));
+      if (waiter.atMs !== null) doomed.push(keys.ready(readyPosition(waiter.atMs, id), waiter.id));
     }
-    for await (const entry of this.#kv.list({ prefix: keys.waitEdge(id) })) {
-      await this.#updateWaitEdge(id, String(entry.key[entry.key.length - 1]), "remove", 0);
+    for (const other of waited) {
+      doomed.push(keys.waitEdge(id, other.id), keys.waitedEdge(other.id, id));
+      if (other.atMs !== null) doomed.push(keys.ready(readyPosition(other.atMs, other.id), id));
     }
+    await Promise.all(
+      chunked(doomed, CHUNK_MUTATIONS).map((chunk) => {
+        const draft = new AtomicDraft();
+        for (const key of chunk) draft.delete(key);
+        return this.#commitBlind(draft);
+      }),
+    );
+    if (waiters.length === 0) return;
+    // A running or paused waiter is no candidate for a pick-up: only an available one needs its
+    // entries back (one that was handed back, or an operator's).
+    const records = await this.#readMany(waiters.map((waiter) => waiter.id));
+    await Promise.all(
+      records.flatMap((stored) =>
+        stored !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(stored.record.status)
+          ? [this.#restoreReady(stored.record.id)]
+          : []
+      ),
+    );
+  }
+
+  // reads: waits/<id>/… (one entry), waited/<id>/…; checks: none; writes: the ready entry of
+  // every edge into <id>, when <id> waits on nothing.
+  /** Gives an invocation left waiting on nothing its ready entries back. */
+  async #restoreReady(id: string): Promise<void> {
+    const keys = this.#keys;
+    const [waiting, waiters] = await Promise.all([
+      this.#waitsOnSomething(id),
+      this.#edgesOf(keys.waitedEdge(id)),
+    ]);
+    if (waiting || waiters.length === 0) return;
+    const draft = new AtomicDraft();
+    for (const waiter of waiters) {
+      if (waiter.atMs !== null) {
+        draft.set(keys.ready(readyPosition(waiter.atMs, id), waiter.id), encode(id));
+      }
+    }
+    await this.#commitBlind(draft);
+  }
+
+  /** When an invocation was first waited on, if anyone waits on it (one entry of one range read). */
+  async #firstWaitMs(id: string): Promise<number | null> {
+    for await (const entry of this.#kv.list({ prefix: this.#keys.waitedEdge(id) }, { limit: 1 })) {
+      const atMs = decode(entry.value, "a wait edge");
+      return typeof atMs === "number" ? atMs : null;
+    }
+    return null;
+  }
+
+  /** Whether an invocation waits on anything (one range read of at most one entry). */
+  async #waitsOnSomething(id: string): Promise<boolean> {
+    for await (const _ of this.#kv.list({ prefix: this.#keys.waitEdge(id) }, { limit: 1 })) {
+      return true;
+    }
+    return false;
+  }
+
+  /** The other ends of the edges under `prefix`, and when each was added (`null`: before 0.2). */
+  async #edgesOf(prefix: KvKey): Promise<{ id: string; atMs: number | null }[]> {
+    const edges: { id: string; atMs: number | null }[] = [];
+    for await (const entry of this.#kv.list({ prefix })) {
+      const atMs = decode(entry.value, "a wait edge");
+      edges.push({
+        id: String(entry.key[entry.key.length - 1]),
+        atMs: typeof atMs === "number" ? atMs : null,
+      });
+    }
+    return edges;
+  }
+
+  /** Commits a draft without checks, trying again while the file is locked. */
+  async #commitBlind(draft: AtomicDraft): Promise<void> {
+    if (draft.mutations.length === 0) return;
+    for (let attempt = 0; !await this.#group.commit(draft); attempt++) await backoff(attempt);
   }
 
   // reads: waited/<id>/… (one range read).
@@ -1285,86 +1427,49 @@ export class KvStore implements Store {
     return await this.#listIds(this.#keys.waitedEdge(id));
   }
 
-  async #updateWaitEdge(
-    waiterId: string,
-    waitedId: string,
-    action: "add" | "remove",
-    nowMs: number,
-  ): Promise<void> {
-    const keys = this.#keys;
-    const edge = keys.waitEdge(waiterId, waitedId);
-    for (let attempt = 0;; attempt++) {
-      const [waiterEntry, waitedEntry, edgeEntry] = await this.#kv.getMany([
-        keys.waitNode(waiterId),
-        keys.waitNode(waitedId),
-        edge,
-      ]);
-      if ((edgeEntry!.versionstamp !== null) === (action === "add")) return;
-      const waiter = decodeWaitNode(waiterEntry!);
-      const waited = decodeWaitNode(waitedEntry!);
-      const delta = action === "add" ? 1 : -1;
-      const nextWaiter: WaitNode = { ...waiter, waiting: waiter.waiting + delta };
-      const nextWaited: WaitNode = {
-        ...waited,
-        waiters: waited.waiters + delta,
-        firstWaitMs: waited.waiters + delta === 0 ? null : waited.firstWaitMs ?? nowMs,
-      };
-      const op = this.#kv.atomic().check(
-        { key: keys.waitNode(waiterId), versionstamp: waiterEntry!.versionstamp },
-        { key: keys.waitNode(waitedId), versionstamp: waitedEntry!.versionstamp },
-        { key: edge, versionstamp: edgeEntry!.versionstamp },
-      );
-      if (action === "add") {
-        op.set(edge, encode(null)).set(keys.waitedEdge(waitedId, waiterId), encode(null));
-      } else {
-        op.delete(edge).delete(keys.waitedEdge(waitedId, waiterId));
-      }
-      this.#stageWaitNode(op, waiterId, waiter, nextWaiter);
-      this.#stageWaitNode(op, waitedId, waited, nextWaited);
-      if (await this.#commit(op)) return;
-      await backoff(attempt);
-    }
-  }
-
-  /** Writes a wait node and keeps its ready entry in step: present iff waited on and waiting on nothing. */
-  #stageWaitNode(op: KvAtomicLike, id: string, before: WaitNode, after: WaitNode): void {
-    const keys = this.#keys;
-    const wasReady = before.waiters > 0 && before.waiting === 0;
-    const isReady = after.waiters > 0 && after.waiting === 0;
-    if (wasReady && (!isReady || before.firstWaitMs !== after.firstWaitMs)) {
-      op.delete(keys.ready(readyPosition(before.firstWaitMs!, id)));
-    }
-    if (isReady) op.set(keys.ready(readyPosition(after.firstWaitMs!, id)), encode(id));
-    if (after.waiters === 0 && after.waiting === 0) op.delete(keys.waitNode(id));
-    else op.set(keys.waitNode(id), encode(after));
-  }
-
-  // The ready index (oldest first wait first) in pages of its keys, then each page's records, to
-  // skip those not available to run (claimed, running, in back-off). Pages go on until `max` are
-  // found or the index ends: waited-on invocations that run already (a parent's earliest
-  // children, say) must not hide available ones behind them.
+  // reads: the ready index in pages, each page's records (getMany), and per available candidate
+  // waits/<id>/… (one entry; together); writes: deletes the entries of ended invocations.
+  // Pages go on until `max` are found or the index ends: waited-on invocations that run already (a
+  // parent's earliest children, say) must not hide available ones behind them.
   async blocking(max: number, nowMs: number): Promise<string[]> {
     if (max <= 0) return [];
     const prefix = this.#keys.ready();
     const pageSize = max * 4 + 10;
-    const found = new Set<string>();
-    for (let after: string | undefined;;) {
-      const ids: string[] = [];
-      // `start` is inclusive: a position followed by "\0" is the first key after it.
-      const selector = after === undefined
-        ? { prefix }
-        : { prefix, start: this.#keys.ready(`${after}\u0000`) };
+    const found: string[] = [];
+    // An invocation is met once per call: its first entry is its oldest wait.
+    const met = new Set<string>();
+    for (let after: KvKey | undefined;;) {
+      const page: { key: KvKey; id: string }[] = [];
+      // `start` is inclusive: a key followed by a 0 byte is the first key after it.
+      const selector = after === undefined ? { prefix } : { prefix, start: [...after, ""] };
       for await (const entry of this.#kv.list(selector, { limit: pageSize })) {
-        ids.push(decodeString(entry.value));
-        after = String(entry.key[entry.key.length - 1]);
+        page.push({ key: entry.key, id: decodeString(entry.value) });
+        after = entry.key;
       }
-      for (const stored of await this.#readMany(ids)) {
-        if (stored === undefined || !isAvailable(stored, nowMs)) continue;
-        // An entry that moved behind the page read meanwhile (waited on anew) is met again.
-        found.add(stored.record.id);
-        if (found.size >= max) return [...found];
+      const ids = [...new Set(page.map(({ id }) => id).filter((id) => !met.has(id)))];
+      for (const id of ids) met.add(id);
+      const records = await this.#readMany(ids);
+      // An ended invocation's entries (a release that raced a restore leaves one): gone now.
+      const ended = new Set(ids.filter((_, i) => {
+        const stored = records[i];
+        return stored === undefined || isFinalStatus(stored.record.status);
+      }));
+      if (ended.size > 0) {
+        const draft = new AtomicDraft();
+        for (const { key, id } of page) if (ended.has(id)) draft.delete(key);
+        await this.#commitBlind(draft);
       }
-      if (ids.length < pageSize) return [...found];
+      const available = ids.filter((_, i) => {
+        const stored = records[i];
+        return stored !== undefined && isAvailable(stored, nowMs);
+      });
+      const waiting = await Promise.all(available.map((id) => this.#waitsOnSomething(id)));
+      for (const [i, id] of available.entries()) {
+        if (waiting[i]) continue;
+        found.push(id);
+        if (found.length >= max) return found;
+      }
+      if (page.length < pageSize) return found;
     }
   }
 
@@ -1562,11 +1667,14 @@ export class KvStore implements Store {
     });
     op.set(keys.byTask(record.taskId, id), encode(null), options);
     if (record.parentId !== null) op.set(keys.byParent(record.parentId, id), encode(null), options);
-    if (historyCount > INLINE_EXPIRY) return true;
-    for (const entry of await this.#historyEntries(id, 1, historyCount)) {
-      op.set(entry.key, entry.value as Uint8Array, options);
-    }
-    return false;
+    const [marker, history] = await Promise.all([
+      this.#reads.get(keys.waitNode(id)),
+      historyCount > INLINE_EXPIRY ? [] : this.#historyEntries(id, 1, historyCount),
+    ]);
+    // The wait graph's marker (a wait edge written later leaves one for the sweep to delete).
+    if (marker.versionstamp !== null) op.set(marker.key, encode(null), options);
+    for (const entry of history) op.set(entry.key, entry.value as Uint8Array, options);
+    return historyCount > INLINE_EXPIRY;
   }
 
   /**
@@ -1641,9 +1749,10 @@ export class KvStore implements Store {
       if (inStatusIndex(record)) doomed.push(this.#keys.byStatus(record.status, id));
       if (record.ownerId !== null) doomed.push(this.#keys.execution(record.ownerId, id));
     }
-    doomed.push(this.#keys.invocation(id), purgeKey);
-    await this.#deleteKeys(doomed);
+    // Its edges first: the release reads the wait graph marker, which goes with the rest.
     await this.releaseWaiters(id);
+    doomed.push(this.#keys.waitNode(id), this.#keys.invocation(id), purgeKey);
+    await this.#deleteKeys(doomed);
     notify(this.#local.finals.get(id));
   }
 
@@ -2084,11 +2193,6 @@ function decodeIdempotency(
   return { id: value.id, expiresAtMs: value.expiresAtMs };
 }
 
-function decodeWaitNode(entry: KvEntryMaybeLike): WaitNode {
-  if (entry.versionstamp === null) return { firstWaitMs: null, waiters: 0, waiting: 0 };
-  return decode(entry.value, "a wait node") as WaitNode;
-}
-
 /**
  * A queue entry's value: the invocation, and its first slot key and rate limit key to order
  * claims by.
@@ -2200,6 +2304,22 @@ function priorityPrefix(priority: number): string {
 }
 
 const readyPosition = timePosition;
+
+/** Refuses a wait of an invocation on itself (an edge it could never see released). */
+function checkWaits(waiterId: string, waitedIds: readonly string[]): void {
+  if (waitedIds.includes(waiterId)) {
+    throw new RangeError(`Cannot wait: invocation ${waiterId} cannot wait on itself`);
+  }
+}
+
+/** `items` in chunks of at most `size`, in order. */
+function chunked<T>(items: readonly T[], size: number): T[][] {
+  const chunks: T[][] = [];
+  for (let start = 0; start < items.length; start += size) {
+    chunks.push(items.slice(start, start + size));
+  }
+  return chunks;
+}
 const purgePosition = timePosition;
 
 /**
@@ -2225,6 +2345,11 @@ const POLL_SLICE = 100;
  * history (hundreds of re-routes) is re-set in commits of its own after it.
  */
 const INLINE_EXPIRY = 100;
+/**
+ * Wait edges added per commit: 4 keys each (the edge both ways, its ready entry, the waited end's
+ * marker), so a chunk and the change it goes with stay well under denokv's 1000 mutations.
+ */
+const WAIT_EDGES_PER_COMMIT = 100;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */

@@ -1168,6 +1168,43 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(await o.getBlockingInvocations(10), []);
   });
 
+  test(`[${backend}] blocking graph through the orchestrator: a chain whose middle waits before anyone waits on it (2→3, then 1→2) gives [3], after releasing 3 [2]`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    const one = await job.call({ n: 1 });
+    const two = await job.call({ n: 2 });
+    const three = await job.call({ n: 3 });
+    await o.waitingForResults(two, [three]);
+    await o.waitingForResults(one, [two]);
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [three.id]);
+    await o.releaseWaiters(three);
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [two.id]);
+  });
+
+  test(`[${backend}] getBlockingInvocations() keeps the time an invocation was first waited on when the waiter that first waited on it ends before it; a wait after all its waiters ended starts anew`, async () => {
+    const clock = new FakeClock();
+    const { app, job, caller, x, y } = await blockingSetup({ clock });
+    const o = app.orchestrator;
+    const other = await job.call({ n: 4 });
+    await o.waitingForResults(other, [x]); // x first waited on now
+    clock.advance(10);
+    await o.waitingForResults(caller, [y]);
+    clock.advance(10);
+    await o.waitingForResults(caller, [x]);
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [x.id, y.id]);
+    // The first waiter ends: x is still waited on (by the caller), since its first wait.
+    await o.setInvocationStatus(other, "concurrency_controlled_final");
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [x.id, y.id]);
+    // Every waiter of y ends: waited on again later, it queues behind x by its new first wait.
+    await o.releaseWaiters(caller);
+    assert.deepEqual(await o.getBlockingInvocations(10), []);
+    await o.waitingForResults(other, [y]);
+    clock.advance(10);
+    await o.waitingForResults(other, [x]);
+    assert.deepEqual(ids(await o.getBlockingInvocations(10)), [y.id, x.id]);
+  });
+
   test(`[${backend}] blocking graph through the orchestrator: a diamond gives its sink, a circular wait gives []`, async () => {
     const app = await makeApp();
     const o = app.orchestrator;

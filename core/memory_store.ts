@@ -682,6 +682,7 @@ export class MemoryStore implements Store {
       this.#enqueue(next);
     }
     if (plan.startsPurge) this.#purgeDue.insert(id, next.purgeAtMs!);
+    if (plan.final) this.#waits.release(id);
     if (plan.final) notify(this.#finalWaiters.get(id));
     if (wakeParked) {
       for (const { key, wake } of effects) if (wake) this.#wake(key, change.runnerId, change.nowMs);

@@ -1429,13 +1429,12 @@ export class Orchestrator {
     return outcome.record;
   }
 
-  /** The side effects of a final status, after it is written: release waiters, clean up cycles. */
+  /**
+   * The side effect of a final status, after it is written: clean up cycles. (Its waiters were
+   * released in the step that wrote it.)
+   */
   async #afterFinal(record: InvocationRecord): Promise<void> {
-    // Independent clean-ups: run together, a backend reads for both at once.
-    await Promise.all([
-      this.store.releaseWaiters(record.id),
-      this.store.removeCall(callHold(record)),
-    ]);
+    await this.store.removeCall(callHold(record));
   }
 
   async #record(invocation: InvocationRef): Promise<InvocationRecord> {

@@ -778,7 +778,10 @@ export interface Store {
   register(invocation: NewInvocation): Promise<RegisterOutcome>;
   /** Creates many invocations without registration or idempotency keys. */
   registerMany(invocations: readonly NewInvocation[]): Promise<InvocationRecord[]>;
-  /** Applies a status change planned by {@linkcode planChange}. */
+  /**
+   * Applies a status change planned by {@linkcode planChange}. A change to a final status also
+   * releases the invocation's wait edges (its waiters, and what it waited on) in the same step.
+   */
   change(id: string, change: StatusChange): Promise<ChangeOutcome>;
   /** Counts one more retry outside a status change; returns the new count. */
   incrementRetries(id: string): Promise<number>;
@@ -824,7 +827,10 @@ export interface Store {
   removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void>;
   /** Records that `waiterId` waits on `waitedIds`. */
   waitFor(waiterId: string, waitedIds: readonly string[], nowMs: number): Promise<void>;
-  /** Removes the wait edges of a final invocation. */
+  /**
+   * Removes the wait edges of a final invocation: those written after its final step (a wait
+   * that raced its end), or left by a backend that writes many after that step.
+   */
   releaseWaiters(id: string): Promise<void>;
   /** The invocations waiting on `id`. */
   waiters(id: string): Promise<string[]>;

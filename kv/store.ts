@@ -488,7 +488,11 @@ export class KvStore implements Store {
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
+    // A change to a final status reads the wait graph marker with the record (one read).
+    const final = typeof changeOf !== "function" && changeOf.path.some(isFinalStatus);
     for (let attempt = 0;; attempt++) {
+      const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
+      marker?.catch(() => {}); // awaited below, if the change gets that far
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
@@ -657,10 +661,20 @@ export class KvStore implements Store {
       for (const historyEntry of plan.entries) {
         op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
       }
-      const expireLater = plan.startsPurge && options !== undefined &&
-        await this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq);
+      // A final invocation releases its wait edges in its final commit (read together with what
+      // the expiry needs); too many for one commit, they go right after it.
+      const [expireLater, release] = await Promise.all([
+        plan.startsPurge && options !== undefined &&
+        this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq),
+        plan.final ? this.#waitEdgesOf(id, marker) : undefined,
+      ]);
+      const releaseNow = release !== undefined && release.doomed.length <= RELEASE_INLINE_KEYS;
+      if (releaseNow) { for (const key of release.doomed) op.delete(key); }
       op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
       if (await this.#group.commit(op)) {
+        if (release !== undefined) {
+          await (releaseNow ? this.#restoreWaiters(release.waiterIds) : this.releaseWaiters(id));
+        }
         if (expireLater) {
           // The transition is done; what is left is housekeeping that the purge sweep also covers.
           await this.#expireHistory(id, record.seq, next.purgeAtMs!).catch((error) => {
@@ -1326,14 +1340,36 @@ export class KvStore implements Store {
     op.set(keys.waitNode(waiterId), encode(null));
   }
 
-  // reads: wnode/<id>, then waited/<id>/… and waits/<id>/… (two range reads, together); checks:
-  // none; writes: deletes both keys and the ready entry of every edge of <id> (in commits of
-  // CHUNK_MUTATIONS keys); then for each waiter available to run and left waiting on nothing, its
-  // ready entries back (see #restoreReady).
+  // A final invocation's edges go in its final commit (see #apply); this is for one waited on after
+  // (see orchestrator's #releaseEnded), and for what was too many for that commit.
+  // reads: see #waitEdgesOf; checks: none; writes: deletes both keys and the ready entry of every
+  // edge of <id> (in commits of CHUNK_MUTATIONS keys); then for each waiter available to run and
+  // left waiting on nothing, its ready entries back (see #restoreWaiters).
   async releaseWaiters(id: string): Promise<void> {
+    const release = await this.#waitEdgesOf(id);
+    if (release === undefined) return;
+    await Promise.all(
+      chunked(release.doomed, CHUNK_MUTATIONS).map((chunk) => {
+        const draft = new AtomicDraft();
+        for (const key of chunk) draft.delete(key);
+        return this.#commitBlind(draft);
+      }),
+    );
+    await this.#restoreWaiters(release.waiterIds);
+  }
+
+  // reads: wnode/<id>, then waited/<id>/… and waits/<id>/… (two range reads, together).
+  /**
+   * The keys of every wait edge of an invocation (both keys and the ready entry of each), and its
+   * waiters; `undefined` when it was never in the wait graph (no marker: nothing else is read).
+   * The marker may have been read already.
+   */
+  async #waitEdgesOf(
+    id: string,
+    marker: Promise<KvEntryMaybeLike> = this.#reads.get(this.#keys.waitNode(id)),
+  ): Promise<{ doomed: KvKey[]; waiterIds: string[] } | undefined> {
     const keys = this.#keys;
-    // An invocation never in the wait graph has no marker: nothing to read.
-    if ((await this.#reads.get(keys.waitNode(id))).versionstamp === null) return;
+    if ((await marker).versionstamp === null) return undefined;
     const [waiters, waited] = await Promise.all([
       this.#edgesOf(keys.waitedEdge(id)),
       this.#edgesOf(keys.waitEdge(id)),
@@ -1347,17 +1383,17 @@ export class KvStore implements Store {
       doomed.push(keys.waitEdge(id, other.id), keys.waitedEdge(other.id, id));
       if (other.atMs !== null) doomed.push(keys.ready(readyPosition(other.atMs, other.id), id));
     }
-    await Promise.all(
-      chunked(doomed, CHUNK_MUTATIONS).map((chunk) => {
-        const draft = new AtomicDraft();
-        for (const key of chunk) draft.delete(key);
-        return this.#commitBlind(draft);
-      }),
-    );
-    if (waiters.length === 0) return;
-    // A running or paused waiter is no candidate for a pick-up: only an available one needs its
-    // entries back (one that was handed back, or an operator's).
-    const records = await this.#readMany(waiters.map((waiter) => waiter.id));
+    return { doomed, waiterIds: waiters.map((waiter) => waiter.id) };
+  }
+
+  /**
+   * After a release: the waiters available to run and left waiting on nothing get their ready
+   * entries back. A running or paused waiter is no candidate for a pick-up (its entries wait for
+   * none): only an available one — handed back, or an operator's — is read further.
+   */
+  async #restoreWaiters(waiterIds: readonly string[]): Promise<void> {
+    if (waiterIds.length === 0) return;
+    const records = await this.#readMany(waiterIds);
     await Promise.all(
       records.flatMap((stored) =>
         stored !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(stored.record.status)
@@ -1463,10 +1499,11 @@ export class KvStore implements Store {
         const stored = records[i];
         return stored !== undefined && isAvailable(stored, nowMs);
       });
-      const waiting = await Promise.all(available.map((id) => this.#waitsOnSomething(id)));
-      for (const [i, id] of available.entries()) {
-        if (waiting[i]) continue;
-        found.push(id);
+      // Checked in order, as many at once as are still wanted (most wait on nothing).
+      for (let next = 0; next < available.length;) {
+        const batch = available.slice(next, next += max - found.length);
+        const waiting = await Promise.all(batch.map((id) => this.#waitsOnSomething(id)));
+        found.push(...batch.filter((_, i) => !waiting[i]));
         if (found.length >= max) return found;
       }
       if (page.length < pageSize) return found;
@@ -2350,6 +2387,12 @@ const INLINE_EXPIRY = 100;
  * marker), so a chunk and the change it goes with stay well under denokv's 1000 mutations.
  */
 const WAIT_EDGES_PER_COMMIT = 100;
+/**
+ * Keys of wait edges a final commit deletes itself (3 per edge): more go in commits of their own
+ * right after it (a parent of more than 100 children, say), keeping the commit well under denokv's
+ * 1000 mutations.
+ */
+const RELEASE_INLINE_KEYS = 300;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */

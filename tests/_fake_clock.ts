@@ -70,17 +70,22 @@ export class WatchedClock extends FakeClock {
     }
   }
 
-  /** Resolves when something sleeps `ms` on the clock (at once if something already does). */
-  sleeping(ms: number): Promise<void> {
-    if ([...this.#sleeping.values()].some((sleeper) => sleeper.ms === ms)) return Promise.resolve();
+  /**
+   * Resolves when `count` things sleep `ms` on the clock at once (at once if they already do):
+   * the idle loops of `count` runners, say.
+   */
+  sleeping(ms: number, count = 1): Promise<void> {
+    const asleep = (): boolean =>
+      [...this.#sleeping.values()].filter((sleeper) => sleeper.ms === ms).length >= count;
+    if (asleep()) return Promise.resolve();
     const sleeping = new Promise<void>((resolve) => {
       const done = (slept: number): void => {
-        if (slept !== ms) return;
+        if (slept !== ms || !asleep()) return;
         this.#onSleep.delete(done);
         resolve();
       };
       this.#onSleep.add(done);
     });
-    return within(sleeping, DEADLINE_MS, `something to sleep ${ms} ms on the clock`);
+    return within(sleeping, DEADLINE_MS, `${count} thing(s) to sleep ${ms} ms on the clock`);
   }
 }

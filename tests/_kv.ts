@@ -66,10 +66,12 @@ export interface KvHooks {
   ): void;
   /** Runs before every `get`. */
   beforeGet?(key: KvKey): Promise<void> | void;
-  /** Runs before every `getMany`. */
-  beforeGetMany?(): Promise<void> | void;
+  /** Runs before every `getMany`, with its keys. */
+  beforeGetMany?(keys: readonly KvKey[]): Promise<void> | void;
   /** Runs before every `list` reads its first entry (may delay the read). */
   beforeList?(selector: KvListSelectorLike): Promise<void> | void;
+  /** Sees every entry a `list` yields. */
+  onListed?(entry: KvEntryLike): void;
 }
 
 /**
@@ -87,15 +89,19 @@ export function interceptKv(kv: KvLike, hooks: KvHooks): KvLike {
       })();
     },
     getMany: async (keys) => {
-      await hooks.beforeGetMany?.();
+      await hooks.beforeGetMany?.(keys);
       return await kv.getMany(keys);
     },
     list: (selector, options) => {
-      if (hooks.beforeList === undefined) return kv.list(selector, options);
-      const before = hooks.beforeList.bind(hooks);
+      if (hooks.beforeList === undefined && hooks.onListed === undefined) {
+        return kv.list(selector, options);
+      }
       return (async function* (): AsyncGenerator<KvEntryLike> {
-        await before(selector);
-        yield* kv.list(selector, options);
+        await hooks.beforeList?.(selector);
+        for await (const entry of kv.list(selector, options)) {
+          hooks.onListed?.(entry);
+          yield entry;
+        }
       })();
     },
     atomic: () => {

@@ -26,7 +26,6 @@ import {
   decideSlots,
   type DelayedCount,
   type FindQuery,
-  holdsSlots,
   inLane,
   type InvocationRecord,
   isAppliedChange,
@@ -50,6 +49,7 @@ import {
   type StatusChange,
   type Store,
   turnOf,
+  type UpkeepLease,
   wakeChange,
 } from "./store.ts";
 import { WaitGraph } from "./wait_graph.ts";
@@ -61,7 +61,7 @@ import {
   upsertSchedule,
 } from "./schedules.ts";
 
-const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
+const { PENDING, RUNNING } = InvocationStatus;
 
 /**
  * Options of {@linkcode MemoryStore}.
@@ -102,7 +102,8 @@ export class MemoryStore implements Store {
   readonly #history = new Map<string, HistoryEntry[]>();
   readonly #byTask = new Map<string, Set<string>>();
   readonly #byParent = new Map<string, Set<string>>();
-  readonly #byStatus = new Map<InvocationStatus, Set<string>>();
+  /** PENDING invocations by the time they entered PENDING: recovery reads the stale ones. */
+  readonly #pending = new IndexedHeap();
   readonly #registrationKeys = new Map<string, string>();
   /** Idempotency keys (see {@linkcode idempotencySlot}): the invocation named, until when. */
   readonly #idempotencyKeys = new Map<string, { id: string; expiresAtMs: number }>();
@@ -147,6 +148,8 @@ export class MemoryStore implements Store {
   readonly #runners = new Map<string, { lastSeenMs: number; taskIds?: readonly string[] }>();
   /** The invocations each runner executes (owns). */
   readonly #byRunner = new Map<string, Set<string>>();
+  /** The upkeep lease: its holder, and until when. */
+  #upkeep: { readonly runnerId: string; readonly untilMs: number } | undefined;
   /** Canceled invocations whose execution on a runner has not ended yet, per runner. */
   readonly #cancelRequests = new Map<string, Set<string>>();
   readonly #finalWaiters = new Map<string, Set<() => void>>();
@@ -260,7 +263,7 @@ export class MemoryStore implements Store {
         record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
         this.#delayed.has(id) || request.accepts?.(record.taskId) === false
       ) return;
-      const path = request.runAtOnce?.(record) ? [PENDING, InvocationStatus.RUNNING] : [PENDING];
+      const path = request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING];
       const outcome = this.#apply(id, { path, runnerId, nowMs });
       if (outcome.ok || outcome.reason !== "slot-busy") {
         if (outcome.ok) claimed.push(outcome.record);
@@ -350,25 +353,27 @@ export class MemoryStore implements Store {
     return Promise.resolve([...this.#slots.get(runningKey) ?? []]);
   }
 
+  // As on KV: the executions of dead owners, then the PENDING ones by age, never what live
+  // runners execute.
   recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
-    const found: InvocationRecord[] = [];
-    const consider = (status: InvocationStatus, isDue: (r: InvocationRecord) => boolean): void => {
-      for (const id of this.#byStatus.get(status) ?? []) {
-        if (found.length >= query.max) return;
+    const found = new Map<string, InvocationRecord>();
+    for (const [runnerId, ids] of this.#byRunner) {
+      const lastSeenMs = this.#runners.get(runnerId)?.lastSeenMs;
+      if (lastSeenMs !== undefined && lastSeenMs >= query.heartbeatBeforeMs) continue;
+      for (const id of ids) {
+        if (found.size >= query.max) return Promise.resolve([...found.values()]);
         const record = this.#records.get(id)!;
-        if (isDue(record)) found.push(record);
+        // An owner without a heartbeat (never sent, or removed) is judged by the invocation's
+        // last change instead: it gets the same timeout as a runner that went silent then.
+        if ((lastSeenMs ?? record.updatedAtMs) < query.heartbeatBeforeMs) found.set(id, record);
       }
-    };
-    consider(PENDING, (record) => record.updatedAtMs < query.pendingBeforeMs);
-    // An owner without a heartbeat (never sent, or purged) is judged by the invocation's last
-    // change instead: it gets the same timeout as a runner that went silent then.
-    const ownerIsDead = (record: InvocationRecord): boolean =>
-      record.ownerId !== null &&
-      (this.#runners.get(record.ownerId)?.lastSeenMs ?? record.updatedAtMs) <
-        query.heartbeatBeforeMs;
-    for (const status of [RUNNING, PAUSED, RESUMED]) consider(status, ownerIsDead);
-    consider(CANCELED, (record) => holdsSlots(record) && ownerIsDead(record));
-    return Promise.resolve(found);
+    }
+    for (const id of this.#pending.smallest(query.max - found.size, (id) => !found.has(id))) {
+      const record = this.#records.get(id)!;
+      if (record.updatedAtMs >= query.pendingBeforeMs) break;
+      found.set(id, record);
+    }
+    return Promise.resolve([...found.values()]);
   }
 
   executions(runnerId: string): Promise<string[]> {
@@ -483,6 +488,20 @@ export class MemoryStore implements Store {
     );
   }
 
+  takeUpkeepLease(runnerId: string, { nowMs, untilMs }: UpkeepLease): Promise<boolean> {
+    const held = this.#upkeep;
+    if (held !== undefined && held.runnerId !== runnerId && held.untilMs > nowMs) {
+      return Promise.resolve(false);
+    }
+    this.#upkeep = { runnerId, untilMs };
+    return Promise.resolve(true);
+  }
+
+  releaseUpkeepLease(runnerId: string): Promise<void> {
+    if (this.#upkeep?.runnerId === runnerId) this.#upkeep = undefined;
+    return Promise.resolve();
+  }
+
   waitFinal(id: string, signal?: AbortSignal): Promise<void> {
     const record = this.#visible(id);
     if (record === undefined || isFinalStatus(record.status)) return Promise.resolve();
@@ -528,6 +547,7 @@ export class MemoryStore implements Store {
     this.#rateOpens.clear();
     this.#startsExpire.clear();
     this.#runners.clear();
+    this.#upkeep = undefined;
     return Promise.resolve();
   }
 
@@ -594,7 +614,6 @@ export class MemoryStore implements Store {
     this.#history.set(record.id, [entry]);
     addTo(this.#byTask, record.taskId, record.id);
     if (record.parentId !== null) addTo(this.#byParent, record.parentId, record.id);
-    addTo(this.#byStatus, record.status, record.id);
     if (record.registrationKey !== null) {
       this.#registrationKeys.set(record.registrationKey, record.id);
     }
@@ -666,10 +685,8 @@ export class MemoryStore implements Store {
     const next = plan.record;
     this.#records.set(id, next);
     this.#history.get(id)!.push(...plan.entries);
-    if (record.status !== next.status) {
-      this.#byStatus.get(record.status)?.delete(id);
-      addTo(this.#byStatus, next.status, id);
-    }
+    if (record.status === PENDING) this.#pending.remove(id);
+    if (next.status === PENDING) this.#pending.insert(id, next.updatedAtMs);
     if (plan.executions.remove !== null) removeFrom(this.#byRunner, plan.executions.remove, id);
     if (plan.executions.add !== null) addTo(this.#byRunner, plan.executions.add, id);
     if (plan.cancelRequest.set !== null) addTo(this.#cancelRequests, plan.cancelRequest.set, id);
@@ -810,7 +827,7 @@ export class MemoryStore implements Store {
     this.#history.delete(id);
     this.#byTask.get(record.taskId)?.delete(id);
     if (record.parentId !== null) removeFrom(this.#byParent, record.parentId, id);
-    this.#byStatus.get(record.status)?.delete(id);
+    this.#pending.remove(id);
     if (record.ownerId !== null) removeFrom(this.#byRunner, record.ownerId, id);
     for (const runnerId of [...this.#cancelRequests.keys()]) {
       removeFrom(this.#cancelRequests, runnerId, id);

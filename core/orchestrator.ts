@@ -69,7 +69,11 @@ export interface OrchestratorOptions {
   autoFinalInvocationPurgeHours?: number;
   /** A PENDING invocation older than this is recovered and re-queued [`5`]. */
   maxPendingSeconds?: number;
-  /** A runner without a heartbeat for this long is dead; its invocations are recovered [`10`]. */
+  /**
+   * A runner without a heartbeat for this long is dead; its invocations are recovered [`10`].
+   * The upkeep lease lasts as long past its holder's last heartbeat: a dead holder's work and its
+   * lease are taken over together.
+   */
   runnerTimeoutSeconds?: number;
 }
 
@@ -1171,11 +1175,14 @@ export class Orchestrator {
   // --- recovery and purge ----------------------------------------------------------------------
 
   /**
-   * Recovers invocations: PENDING older than `maxPendingSeconds` (PENDING_RECOVERY → REROUTED)
-   * and RUNNING / PAUSED / RESUMED owned by runners whose heartbeat is older than
-   * `runnerTimeoutSeconds` (RUNNING_RECOVERY → REROUTED). Each is fenced by its sequence number,
-   * so a concurrent change wins. The heartbeat entries of runners silent past the timeout are
-   * removed. Returns the recovered invocations.
+   * Recovers invocations: PENDING older than `maxPendingSeconds`, or owned by a runner whose
+   * heartbeat is older than `runnerTimeoutSeconds` (PENDING_RECOVERY → REROUTED), and RUNNING /
+   * PAUSED / RESUMED owned by such a runner (RUNNING_RECOVERY → REROUTED); a CANCELED one whose
+   * dead runner held its slots gets them back. Each is fenced by its sequence number, so a
+   * concurrent change wins. The heartbeat entries of runners silent past the timeout are
+   * removed. Returns the recovered invocations. The runners call it only while they hold the
+   * upkeep lease ({@linkcode Store.takeUpkeepLease}); what it reads does not grow with what live
+   * runners execute ({@linkcode Store.recoverable}).
    */
   async recoverInvocations(
     options: ActorOptions & { max?: number; ids?: readonly string[] } = {},

@@ -1,9 +1,10 @@
 /**
  * The runner: runs an app's invocations in async slots, pauses those that wait on results so
- * their slots serve what they wait on, and keeps the system alive (heartbeats, recovery,
- * auto-purge). Its own writes survive store faults: each names the sequence number it expects,
- * so a retry of a write that was applied but answered with an error is recognised as done, and
- * a store error is tried again, never turned into the task's error.
+ * their slots serve what they wait on, and keeps the system alive: heartbeats, and — one runner
+ * at a time, the holder of the upkeep lease — recovery and auto-purge. Its own writes survive
+ * store faults: each names the sequence number it expects, so a retry of a write that was applied
+ * but answered with an error is recognised as done, and a store error is tried again, never
+ * turned into the task's error.
  *
  * @module
  */
@@ -44,11 +45,16 @@ export interface RunnerOptions {
   /** How often an idle runner looks for work (and for cancels) not announced to it [`100`]. */
   pollMs?: number;
   /**
-   * How often the runner writes its heartbeat, recovers stale invocations and reads the cron
-   * schedules (those another process stored) [`1000`].
+   * How often the runner writes its heartbeat, takes back its own orphans and reads the cron
+   * schedules (those another process stored) [`1000`]. At the same pace it takes or renews the
+   * upkeep lease (`Store.takeUpkeepLease`, until `runnerTimeoutSeconds` after its last heartbeat
+   * that landed): the one runner that holds it recovers the stale invocations of every runner.
    */
   heartbeatMs?: number;
-  /** How often the runner purges final invocations that are due [`60000`]. */
+  /**
+   * How often the runner purges final invocations that are due, while it holds the upkeep lease
+   * [`60000`].
+   */
   purgeIntervalMs?: number;
   /**
    * How long a function whose signal was aborted (cancel, timeout, stop) may still run before
@@ -392,6 +398,14 @@ export class Runner implements AsyncDisposable {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
+    // No more upkeep here: another runner takes the lease at its next heartbeat.
+    try {
+      await orchestrator.store.releaseUpkeepLease(this.id);
+    } catch (error) {
+      if (!(error instanceof StoreClosedError)) {
+        console.error(`nenc: runner ${this.id} could not give up the upkeep lease:`, error);
+      }
+    }
     // What runs may finish on its own for graceMs; then its signal aborts and it is handed back
     // once its function returned (or graceMs later): each execution keeps its own grace.
     await this.#untilEmpty(graceMs);
@@ -644,13 +658,23 @@ export class Runner implements AsyncDisposable {
     const nowMs = clock.now();
     if (nowMs >= this.#nextRecoveryMs) {
       this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
-      await orchestrator.recoverInvocations({ runnerId: this.id });
+      // One runner at a time recovers and purges for every runner: the holder of the upkeep
+      // lease, which it renews here every heartbeat, up to runnerTimeoutSeconds after its last
+      // heartbeat that landed — when the others would take it for dead. So a holder that dies
+      // (or whose heartbeats stop landing) keeps it no longer than its work waits for recovery:
+      // another runner takes it at its first heartbeat after that. (After a jump of the clock
+      // past that time, before its next heartbeat lands, a runner takes it for this round only.)
+      const untilMs = this.#lastBeatMs + orchestrator.options.runnerTimeoutSeconds * 1000;
+      if (await orchestrator.store.takeUpkeepLease(this.id, { nowMs, untilMs })) {
+        await orchestrator.recoverInvocations({ runnerId: this.id });
+        if (nowMs >= this.#nextPurgeMs) {
+          this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
+          await orchestrator.autoPurge();
+        }
+      }
+      // Its own orphans every runner takes back itself: they are in its own range of the index.
       await this.#recoverOrphans();
       await this.#readSchedules();
-    }
-    if (nowMs >= this.#nextPurgeMs) {
-      this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
-      await orchestrator.autoPurge();
     }
     if (clock.now() >= this.#nextTickMs) await this.#fireTicks();
   }

@@ -623,12 +623,35 @@ export interface FindQuery {
  * ```
  */
 export interface RecoverableQuery {
-  /** PENDING invocations last changed before this time. */
+  /** PENDING invocations that entered PENDING before this time. */
   readonly pendingBeforeMs: number;
   /** Runners whose last heartbeat is older than this time are dead. */
   readonly heartbeatBeforeMs: number;
-  /** At most this many ids. */
+  /** At most this many invocations. */
   readonly max: number;
+}
+
+/**
+ * When a take of the upkeep lease happens and until when it asks for it, see
+ * {@linkcode Store.takeUpkeepLease}.
+ *
+ * @example A runner takes the upkeep lease for 10 s
+ * ```ts
+ * import { MemoryStore, type UpkeepLease } from "@nenc/nenc";
+ *
+ * const store = new MemoryStore();
+ * const lease: UpkeepLease = { nowMs: 1_000, untilMs: 11_000 };
+ * console.log(await store.takeUpkeepLease("r1", lease)); // true
+ * ```
+ */
+export interface UpkeepLease {
+  /** The taker's time, epoch ms: a lease held until then or earlier has run out. */
+  readonly nowMs: number;
+  /**
+   * Until when the taker holds it if it gets it, epoch ms. A runner asks for its last heartbeat
+   * that landed plus `runnerTimeoutSeconds`: the time the others would take it for dead.
+   */
+  readonly untilMs: number;
 }
 
 /**
@@ -801,8 +824,13 @@ export interface Store {
   /** The invocations holding a running key's slots (at most its limit). */
   slotHolders(runningKey: string): Promise<string[]>;
   /**
-   * Invocations due for recovery: stale PENDING, or owned by dead runners (including CANCELED
-   * ones whose execution still holds its slots).
+   * Invocations due for recovery: PENDING ones that entered PENDING before `pendingBeforeMs`, and
+   * those owned by dead runners — PENDING, RUNNING, PAUSED, RESUMED, and CANCELED ones whose
+   * execution still holds its slots. A runner is dead when its heartbeat is older than
+   * `heartbeatBeforeMs`; an owner without a heartbeat (never sent, or removed) is judged by the
+   * invocation's last change instead. It reads what can be stale, not what is live: the
+   * heartbeats, the owners of executions, the executions of dead owners, and the PENDING ones by
+   * age — its cost does not grow with the invocations live runners execute.
    */
   recoverable(query: RecoverableQuery): Promise<InvocationRecord[]>;
   /** The invocations a runner executes (owns), from the per-runner index. */
@@ -848,6 +876,44 @@ export interface Store {
   removeRunner(runnerId: string, seenBeforeMs?: number): Promise<void>;
   /** Known runners and their last heartbeats. */
   runners(): Promise<RunnerInfo[]>;
+  /**
+   * Takes the upkeep lease for `runnerId` until `untilMs`, or renews it when the runner holds it,
+   * in one atomic step: resolves to `true` when it took it, `false` while another runner holds it
+   * (until its time has run out, on the taker's clock `nowMs`). (A lease taken until `nowMs` or
+   * earlier is the taker's for this once: others may take it at once.) The holder does recovery
+   * and purge for every runner, so one runner at a time reads for them. A retry of a take whose
+   * answer was lost finds the lease its own. The lease saves reads, it guards nothing: every
+   * recovery write is fenced by the invocation's sequence number.
+   *
+   * @example The holder renews; another runner takes over once the lease ran out
+   * ```ts
+   * import { MemoryStore } from "@nenc/nenc";
+   *
+   * const store = new MemoryStore();
+   * console.log(await store.takeUpkeepLease("r1", { nowMs: 0, untilMs: 10_000 })); // true
+   * console.log(await store.takeUpkeepLease("r2", { nowMs: 5_000, untilMs: 15_000 })); // false
+   * console.log(await store.takeUpkeepLease("r1", { nowMs: 5_000, untilMs: 15_000 })); // true
+   * console.log(await store.takeUpkeepLease("r2", { nowMs: 15_000, untilMs: 25_000 })); // true
+   * ```
+   */
+  takeUpkeepLease(runnerId: string, lease: UpkeepLease): Promise<boolean>;
+  /**
+   * Gives the upkeep lease up, in one atomic step, if `runnerId` holds it (a runner that stops),
+   * so that another runner takes it at its next heartbeat instead of once it ran out.
+   *
+   * @example
+   * ```ts
+   * import { MemoryStore } from "@nenc/nenc";
+   *
+   * const store = new MemoryStore();
+   * await store.takeUpkeepLease("r1", { nowMs: 0, untilMs: 10_000 });
+   * await store.releaseUpkeepLease("r2"); // not its lease: nothing
+   * console.log(await store.takeUpkeepLease("r2", { nowMs: 1, untilMs: 10_001 })); // false
+   * await store.releaseUpkeepLease("r1");
+   * console.log(await store.takeUpkeepLease("r2", { nowMs: 2, untilMs: 10_002 })); // true
+   * ```
+   */
+  releaseUpkeepLease(runnerId: string): Promise<void>;
 
   /**
    * Resolves when the invocation is final (or gone), or when `signal` aborts; rejects with

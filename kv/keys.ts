@@ -67,11 +67,20 @@ export class Keys {
       : [...this.app, "child", parentId, id];
   }
   /**
-   * Index: the invocations in a status that recovery scans (PENDING, RUNNING, PAUSED, RESUMED, and
-   * CANCELED while its execution holds its slots).
+   * Index: the PENDING invocations by the time they entered PENDING (`position`: that time as a
+   * ULID time, then the id), written and deleted with the status. Recovery reads it only up to
+   * `maxPendingSeconds` ago: the claims that never went on.
    */
-  byStatus(status: string, id?: string): KvKey {
-    return id === undefined ? [...this.app, "status", status] : [...this.app, "status", status, id];
+  pending(position?: string): KvKey {
+    return position === undefined ? [...this.app, "pend"] : [...this.app, "pend", position];
+  }
+  /**
+   * The status index of layouts 1 and 2 (every PENDING, RUNNING, PAUSED, RESUMED and slot-holding
+   * CANCELED invocation), which recovery used to read whole: only the upgrade to layout 3 reads
+   * it, and deletes it (see `KV_SCHEMA_VERSION`).
+   */
+  legacyStatus(): KvKey {
+    return [...this.app, "status"];
   }
   /** Registration concurrency: the invocation holding a key (it has not run yet). */
   registration(key: string): KvKey {
@@ -141,9 +150,17 @@ export class Keys {
   purge(position?: string): KvKey {
     return position === undefined ? [...this.app, "purge"] : [...this.app, "purge", position];
   }
-  /** Index: the invocations a runner executes (owns), per runner. */
-  execution(runnerId: string, id?: string): KvKey {
-    return id === undefined ? [...this.app, "exec", runnerId] : [...this.app, "exec", runnerId, id];
+  /**
+   * Index: the invocations a runner executes (owns), per runner (every runner's: the prefix).
+   * Recovery reads only the ranges of runners whose heartbeat stopped.
+   */
+  execution(runnerId?: string, id?: string): KvKey {
+    return [
+      ...this.app,
+      "exec",
+      ...(runnerId === undefined ? [] : [runnerId]),
+      ...(id === undefined ? [] : [id]),
+    ];
   }
   /** A cancel request for the runner executing a canceled invocation, until that execution ends. */
   cancelRequest(runnerId: string, id?: string): KvKey {
@@ -161,6 +178,13 @@ export class Keys {
    */
   tick(name: string, tickMs: number): KvKey {
     return [...this.app, "tick", name, tickMs];
+  }
+  /**
+   * The upkeep lease: the runner that does recovery and purge for every runner, and until when
+   * (epoch ms, in the value; written with `expireIn` too, which is lazy).
+   */
+  upkeep(): KvKey {
+    return [...this.app, "lease", "upkeep"];
   }
   /** A runner's heartbeat. */
   runner(runnerId?: string): KvKey {

@@ -38,7 +38,6 @@ import {
   type DelayedCount,
   EMPTY_SLOT,
   type FindQuery,
-  holdsSlots,
   inLane,
   type InvocationRecord,
   isAppliedChange,
@@ -61,6 +60,7 @@ import {
   type StatusChange,
   type Store,
   turnOf,
+  type UpkeepLease,
   wakeChange,
 } from "../core/store.ts";
 import {
@@ -76,7 +76,10 @@ import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
 /**
- * The layout version of the data this code writes; it refuses to run on a newer one.
+ * The layout version of the data this code writes; it refuses to run on a newer one. 2: slot
+ * states and parked entries (0.1 wrote 1). 3: no status index — recovery reads the executions of
+ * dead runners and the PENDING index by age, and one runner at a time holds the upkeep lease; the
+ * first purge sweep moves the status index of data written before into the executions index.
  *
  * @example The version an app stamps on its data
  * ```ts
@@ -89,7 +92,7 @@ import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from 
  * kv.close();
  * ```
  */
-export const KV_SCHEMA_VERSION = 2;
+export const KV_SCHEMA_VERSION = 3;
 
 /**
  * The largest value Deno KV stores (64 KiB).
@@ -108,18 +111,7 @@ export const KV_SCHEMA_VERSION = 2;
  */
 export const KV_MAX_VALUE_BYTES = 65_536;
 
-const { PENDING, RUNNING, PAUSED, RESUMED, CANCELED } = InvocationStatus;
-
-/** The statuses recovery looks for, and so the only ones the status index keeps. */
-const RECOVERABLE: ReadonlySet<InvocationStatus> = new Set([PENDING, RUNNING, PAUSED, RESUMED]);
-
-/**
- * Whether the status index holds the record: a recoverable status, or a canceled invocation whose
- * execution still holds its slots (recovery gives them back if its runner died).
- */
-function inStatusIndex(record: InvocationRecord): boolean {
-  return RECOVERABLE.has(record.status) || (record.status === CANCELED && holdsSlots(record));
-}
+const { PENDING, RUNNING } = InvocationStatus;
 
 /**
  * The broker entry of a queued invocation: in the ready queue (taken in position order), in the
@@ -477,7 +469,8 @@ export class KvStore implements Store {
   // reads: inv/<id>, slot/<key>… (running key, groups, rate limit key, a lane-only key) +
   // reserve/<key>, reg/<key>; checks: inv/<id>, and the slots, the rate limit key, the lane, reserve
   // and reg when touched (never more than 10 at once: inv 1 + running key and 4 groups 5 + rate
-  // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id>, hist/<id>/<seq>…, status index, q/<pos> or
+  // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id>, hist/<id>/<seq>…,
+  // exec/<runner>/<id> when the owner changes, pend/<pos> when PENDING is entered or left, q/<pos> or
   // park/<key>/<pos>, slot (a rate limit key's with expireIn once its log stops counting), reserve,
   // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
   // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
@@ -633,14 +626,12 @@ export class KvStore implements Store {
       const options = isFinalStatus(next.status) && next.purgeAtMs !== null
         ? { expireIn: Math.max(1, next.purgeAtMs - change.nowMs) }
         : undefined;
-      // The status index holds only what recovery scans (see inStatusIndex).
-      const indexed = inStatusIndex(record);
-      const indexedNext = inStatusIndex(next);
-      if (indexed && (!indexedNext || record.status !== next.status)) {
-        op.delete(keys.byStatus(record.status, id));
+      // The PENDING index, by the time PENDING was entered: recovery reads the stale claims.
+      if (record.status === PENDING && next.status !== PENDING) {
+        op.delete(keys.pending(timePosition(record.updatedAtMs, id)));
       }
-      if (indexedNext && (!indexed || record.status !== next.status)) {
-        op.set(keys.byStatus(next.status, id), encode(null));
+      if (next.status === PENDING && record.status !== PENDING) {
+        op.set(keys.pending(timePosition(next.updatedAtMs, id)), encode(null));
       }
       if (plan.executions.remove !== null) op.delete(keys.execution(plan.executions.remove, id));
       if (plan.executions.add !== null) {
@@ -957,22 +948,74 @@ export class KvStore implements Store {
     return [...decodeSlot(await this.#reads.get(this.#keys.slot(runningKey))).holders];
   }
 
+  // reads: runner/… (one range read); the owners in exec/… (one key per owner, one read each,
+  // and one more); the exec/<owner>/… of dead owners and their records, in pages, until `max`;
+  // pend/… up to pendingBeforeMs (one range read) and those records. A live runner's executions
+  // are not read: the cost grows with what went stale, not with what is live.
   async recoverable(query: RecoverableQuery): Promise<InvocationRecord[]> {
+    const { pendingBeforeMs, heartbeatBeforeMs, max } = query;
     const heartbeats = new Map((await this.runners()).map((r) => [r.runnerId, r.lastSeenMs]));
-    const found: InvocationRecord[] = [];
-    for (const status of [...RECOVERABLE, CANCELED]) {
-      const ids = await this.#listIds(this.#keys.byStatus(status));
-      for (const record of await this.getMany(ids)) {
-        if (found.length >= query.max) return found;
-        if (record.status !== status || !inStatusIndex(record)) continue;
-        const due = status === PENDING
-          ? record.updatedAtMs < query.pendingBeforeMs
-          : record.ownerId !== null &&
-            (heartbeats.get(record.ownerId) ?? record.updatedAtMs) < query.heartbeatBeforeMs;
-        if (due) found.push(record);
+    const found = new Map<string, InvocationRecord>();
+    for (const owner of await this.#owners()) {
+      const lastSeenMs = heartbeats.get(owner);
+      if (lastSeenMs !== undefined && lastSeenMs >= heartbeatBeforeMs) continue;
+      for await (const ids of this.#idPages(this.#keys.execution(owner))) {
+        for (const record of await this.getMany(ids)) {
+          if (record.ownerId !== owner) continue; // moved on since the index was read
+          // An owner without a heartbeat (never sent, or removed) is judged by the invocation's
+          // last change instead: it gets the same timeout as a runner that went silent then.
+          if ((lastSeenMs ?? record.updatedAtMs) < heartbeatBeforeMs) found.set(record.id, record);
+          if (found.size >= max) return [...found.values()];
+        }
       }
     }
-    return found;
+    const stale = this.#kv.list({
+      start: this.#keys.pending(""),
+      end: this.#keys.pending(timePosition(pendingBeforeMs, "")),
+    }, { limit: max });
+    const ids: string[] = [];
+    for await (const entry of stale) ids.push(String(entry.key[entry.key.length - 1]).slice(10));
+    for (const record of await this.getMany(ids)) {
+      if (found.size >= max) break;
+      if (record.status === PENDING && record.updatedAtMs < pendingBeforeMs) {
+        found.set(record.id, record);
+      }
+    }
+    return [...found.values()];
+  }
+
+  /**
+   * The runners that own executions, from exec/…: one read of one key per owner, each starting
+   * past the previous owner's keys, and one more that finds none.
+   */
+  async #owners(): Promise<string[]> {
+    const prefix = this.#keys.execution();
+    const owners: string[] = [];
+    for (;;) {
+      const last = owners.at(-1);
+      // `start` is inclusive: an owner followed by "\0" sorts after every key of that owner.
+      const selector = last === undefined
+        ? { prefix }
+        : { prefix, start: this.#keys.execution(`${last}\u0000`) };
+      let next: string | undefined;
+      for await (const entry of this.#kv.list(selector, { limit: 1 })) {
+        next = String(entry.key[prefix.length]);
+      }
+      if (next === undefined) return owners;
+      owners.push(next);
+    }
+  }
+
+  /** The ids (last key parts) under `prefix`, in pages of RECOVERY_PAGE, read as they are asked. */
+  async *#idPages(prefix: KvKey): AsyncGenerator<string[]> {
+    let page: string[] = [];
+    for await (const entry of this.#kv.list({ prefix }, { batchSize: RECOVERY_PAGE })) {
+      page.push(String(entry.key[entry.key.length - 1]));
+      if (page.length < RECOVERY_PAGE) continue;
+      yield page;
+      page = [];
+    }
+    if (page.length > 0) yield page;
   }
 
   // reads: exec/<runner>/… (one range read).
@@ -1542,6 +1585,35 @@ export class KvStore implements Store {
     return runners;
   }
 
+  // reads: lease/upkeep; checks: lease/upkeep (its versionstamp as read: a take-over between the
+  // read and the commit fails the commit, which reads again); writes: lease/upkeep, { runnerId,
+  // untilMs } with expireIn until then (lazy: readers compare untilMs). A retry of a take whose
+  // answer was lost reads the lease as its own, and renews it.
+  async takeUpkeepLease(runnerId: string, { nowMs, untilMs }: UpkeepLease): Promise<boolean> {
+    const key = this.#keys.upkeep();
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#reads.get(key);
+      const held = decodeLease(entry);
+      if (held !== undefined && held.runnerId !== runnerId && held.untilMs > nowMs) return false;
+      const op = this.#kv.atomic()
+        .check({ key, versionstamp: entry.versionstamp })
+        .set(key, encode({ runnerId, untilMs }), { expireIn: Math.max(1, untilMs - nowMs) });
+      if (await this.#commit(op)) return true;
+      await backoff(attempt);
+    }
+  }
+
+  // reads: lease/upkeep; checks: lease/upkeep; writes: deletes it, when this runner holds it.
+  async releaseUpkeepLease(runnerId: string): Promise<void> {
+    const key = this.#keys.upkeep();
+    for (let attempt = 0;; attempt++) {
+      const entry = await this.#reads.get(key);
+      if (decodeLease(entry)?.runnerId !== runnerId) return;
+      if (await this.#commit(this.#kv.atomic().check(entry).delete(key))) return;
+      await backoff(attempt);
+    }
+  }
+
   // --- waiting -----------------------------------------------------------------------------------
 
   async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
@@ -1748,6 +1820,7 @@ export class KvStore implements Store {
 
   async purgeDue(nowMs: number): Promise<number> {
     await this.checkSchema();
+    await this.#moveStatusIndex();
     const due: { id: string; key: KvKey }[] = [];
     const end = this.#keys.purge(purgePosition(nowMs + 1, ""));
     for await (const entry of this.#kv.list({ start: this.#keys.purge(""), end })) {
@@ -1766,6 +1839,35 @@ export class KvStore implements Store {
     this.#schemaPresent = false;
   }
 
+  // Per page of the status index of layouts 1 and 2 (10 keys) — reads: status/… (one range
+  // read), their records; checks: the records; writes: exec/<owner>/<id> of an owned one (0.1
+  // wrote none); deletes the status keys. Layout 3 writes no status index: what an older nenc left
+  // in it (its data, or its writes until it stopped at the new version) joins the executions
+  // recovery reads, at the first sweep: an old runner stops at the new version, handing its work
+  // back, or is dead, and its claims are recovered with its other executions (not by their age:
+  // no pend/ entry, which the old runner would not delete). Nothing left: one empty range read.
+  async #moveStatusIndex(): Promise<void> {
+    const keys = this.#keys;
+    for (let attempt = 0;;) {
+      const page: KvKey[] = [];
+      for await (const entry of this.#kv.list({ prefix: keys.legacyStatus() }, { limit: 10 })) {
+        page.push(entry.key);
+      }
+      if (page.length === 0) return;
+      const ids = page.map((key) => String(key[key.length - 1]));
+      const entries = await this.#getEntries(ids.map((id) => keys.invocation(id)));
+      const op = this.#kv.atomic();
+      page.forEach((statusKey, i) => {
+        const entry = entries[i]!;
+        op.check({ key: entry.key, versionstamp: entry.versionstamp }).delete(statusKey);
+        const owner = this.#decodeInvocation(entry)?.record.ownerId ?? null;
+        if (owner !== null) op.set(keys.execution(owner, ids[i]!), encode(null));
+      });
+      if (await this.#commit(op)) attempt = 0;
+      else await backoff(attempt++);
+    }
+  }
+
   /**
    * Deletes a final invocation and its keys. The record and the purge entry go in the last
    * commit (a long history needs several), so a sweep cut short finds the invocation again.
@@ -1781,9 +1883,8 @@ export class KvStore implements Store {
       const { record } = stored;
       doomed.push(this.#keys.byTask(record.taskId, id));
       if (record.parentId !== null) doomed.push(this.#keys.byParent(record.parentId, id));
-      // A final invocation is in the status and runner indexes only when canceled while its
-      // execution (on a runner that died since) held its slots.
-      if (inStatusIndex(record)) doomed.push(this.#keys.byStatus(record.status, id));
+      // A final invocation is in the runner index only when canceled while its execution (on a
+      // runner that died since) held its slots.
       if (record.ownerId !== null) doomed.push(this.#keys.execution(record.ownerId, id));
     }
     // Its edges first: the release reads the wait graph marker, which goes with the rest.
@@ -2126,6 +2227,25 @@ function decodeHeartbeat(value: unknown): { lastSeenMs: number; taskIds?: readon
   return { lastSeenMs: Number(decoded) };
 }
 
+/** The upkeep lease as stored under lease/upkeep: its holder and until when; none: `undefined`. */
+function decodeLease(
+  entry: KvEntryMaybeLike,
+): { readonly runnerId: string; readonly untilMs: number } | undefined {
+  if (entry.versionstamp === null) return undefined;
+  const lease = decode(entry.value, "the upkeep lease") as
+    | { readonly runnerId?: unknown; readonly untilMs?: unknown }
+    | null;
+  if (
+    typeof lease !== "object" || lease === null || typeof lease.runnerId !== "string" ||
+    typeof lease.untilMs !== "number"
+  ) {
+    throw new SerializationError(
+      "Cannot read the upkeep lease: the stored value is not a nenc lease",
+    );
+  }
+  return { runnerId: lease.runnerId, untilMs: lease.untilMs };
+}
+
 /**
  * A slot key's state as stored under slot/<key>: `{ holders, parked, woken, queued, turn }` (and
  * `starts`, a rate limit key's log), or the holders' ids alone while nothing else is kept (one
@@ -2393,6 +2513,8 @@ const WAIT_EDGES_PER_COMMIT = 100;
  * 1000 mutations.
  */
 const RELEASE_INLINE_KEYS = 300;
+/** Keys of a dead runner's executions read per page by recovery. */
+const RECOVERY_PAGE = 500;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */

@@ -73,7 +73,7 @@ export type RunnerWrite =
   | "rate-woken";
 
 /** The write a write is, whatever its task: a `rate-` write is its plain one. */
-function baseWrite(write: RunnerWrite | ScheduleWrite): RunnerWrite | ScheduleWrite {
+function baseWrite(write: AnyWrite): AnyWrite {
   return write.startsWith("rate-") ? write.slice("rate-".length) as RunnerWrite : write;
 }
 
@@ -82,6 +82,12 @@ function baseWrite(write: RunnerWrite | ScheduleWrite): RunnerWrite | ScheduleWr
  * claim, the schedule's last tick and its invocation, one step), `schedule` a schedule stored.
  */
 export type ScheduleWrite = "tick" | "schedule";
+
+/** The upkeep write under test (see `tests/_faults_upkeep.ts`): the upkeep lease taken or renewed. */
+export type UpkeepWrite = "lease";
+
+/** Every write a fault plan can hit. */
+export type AnyWrite = RunnerWrite | ScheduleWrite | UpkeepWrite;
 
 /**
  * `refuse`: the write throws and is not applied. `applied`: the write is applied, then throws.
@@ -98,7 +104,7 @@ export const OUTAGE_MS = 2_000;
  * {@linkcode FaultPlan.arm} (for `applied`: the first that was actually applied).
  */
 export class FaultPlan {
-  readonly write: RunnerWrite | ScheduleWrite;
+  readonly write: AnyWrite;
   readonly kind: FaultKind;
   /**
    * `rate-woken` in memory: when the parked one's window opens. The memory store wakes it in the
@@ -112,7 +118,7 @@ export class FaultPlan {
   firedOn: string | undefined;
   #downUntilMs = 0;
 
-  constructor(write: RunnerWrite | ScheduleWrite, kind: FaultKind) {
+  constructor(write: AnyWrite, kind: FaultKind) {
     this.write = write;
     this.kind = kind;
   }
@@ -171,7 +177,8 @@ export class FaultPlan {
 /**
  * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING and the
  * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), a tick on
- * `fireTick()`, a schedule on `putSchedule()`, every other write on `change()` by the last status
+ * `fireTick()`, a schedule on `putSchedule()`, the upkeep lease on `takeUpkeepLease()`, every other
+ * write on `change()` by the last status
  * of its path (the hand-back by its first, KILLED). The
  * memory store wakes parked invocations in the step that gives their key room: a wake's fault is
  * that step's; a rate limit key gets room with time, and the first pick-up once its window opens
@@ -211,6 +218,12 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
               const check = plan.before(plan.write === write, property);
               const outcome = await method.apply(target, args);
               if (check) plan.after(outcome !== undefined, property);
+              return outcome;
+            }
+            if (property === "takeUpkeepLease") {
+              const check = plan.before(plan.write === "lease", property);
+              const outcome = await method.apply(target, args);
+              if (check) plan.after(outcome === true, property);
               return outcome;
             }
             if (property === "change") {
@@ -303,9 +316,9 @@ function committedTransitions(
  * PENDING is a claim (which may go straight on to RUNNING), RUNNING a change to RUNNING alone, the
  * hand-back starts with KILLED, and every other write ends in its status.
  */
-function pathMatches(runnerWrite: RunnerWrite | ScheduleWrite, path: readonly string[]): boolean {
+function pathMatches(runnerWrite: AnyWrite, path: readonly string[]): boolean {
   const write = baseWrite(runnerWrite);
-  if (write === "tick" || write === "schedule") return false; // matched by their keys
+  if (write === "tick" || write === "schedule" || write === "lease") return false; // by their keys
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
   if (write === "running") return path.length === 1 && path[0] === "running";
@@ -322,7 +335,7 @@ const GIVES_ROOM: ReadonlySet<string> = new Set(["success", "failed", "retry", "
  * (not applied), a throw in `afterCommit` reports an applied one failed, and while down every
  * `get`, `getMany`, `list` and commit throws. A commit matches when one of the transitions it
  * carries is the write (a group commit may carry other drafts too); a tick when it sets a tick's
- * claim, a schedule when it sets a schedule without one.
+ * claim, a schedule when it sets a schedule without one, the lease when it sets the lease.
  */
 export function kvFaultHooks(plan: FaultPlan): KvHooks {
   const lastSeq = new Map<string, number>();
@@ -332,12 +345,14 @@ export function kvFaultHooks(plan: FaultPlan): KvHooks {
   const matches = (keys: readonly KvKey[], transitions: readonly CommittedTransition[]): boolean =>
     plan.write === "tick"
       ? setsOf(keys, "tick")
+      : plan.write === "lease"
+      ? setsOf(keys, "lease")
       : plan.write === "schedule"
       ? setsOf(keys, "sched") && !setsOf(keys, "tick")
       : transitions.some(({ path }) => pathMatches(plan.write, path));
   const describe = (transitions: readonly CommittedTransition[]): string =>
     transitions.length === 0
-      ? "commit of a schedule"
+      ? `commit of a ${plan.write === "lease" ? "lease" : "schedule"}`
       : `commit of ${transitions.map((t) => `[${t.path.join(", ")}]`).join(" ")}`;
   return {
     beforeGet: () => plan.throwIfDown("get"),

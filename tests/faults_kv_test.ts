@@ -1,5 +1,6 @@
-// The fault-injection contract (issue #9) on Deno KV, in memory and on a file: the app's KV is an
-// interceptKv view whose hooks refuse commits, report applied ones failed, or take the store down.
+// The fault-injection contracts (issues #9, #11, #12) on Deno KV, in memory and on a file: the app's
+// KV is an interceptKv view whose hooks refuse commits, report applied ones failed, or take the
+// store down.
 import { after } from "node:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,6 +8,7 @@ import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { faultContract, type FaultyAppFactory, kvFaultHooks } from "./_faults.ts";
 import { scheduleFaultContract } from "./_faults_schedules.ts";
+import { upkeepFaultContract } from "./_faults_upkeep.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 
 const opened: TestKv[] = [];
@@ -37,3 +39,5 @@ faultContract("kv :memory:", inMemory);
 faultContract("kv file", onFile);
 scheduleFaultContract("kv :memory:", inMemory);
 scheduleFaultContract("kv file", onFile);
+upkeepFaultContract("kv :memory:", inMemory);
+upkeepFaultContract("kv file", onFile);

@@ -132,11 +132,11 @@ test("[kv schema] data of the 0.1 layout (version 1, a running slot held as one 
   const later = new Nenc({ appId: "schema-old", kv });
   const again = later.task("t", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
   assert.deepEqual(await later.orchestrator.store.slotHolders("t"), [held.id]);
-  // Its first pick-up is a write: it stamps version 2 and parks the newcomer behind the holder.
+  // Its first pick-up is a write: it stamps this version and parks the newcomer behind the holder.
   const newcomer = await again.call({ n: 2 });
   assert.deepEqual(await later.orchestrator.getInvocationsToRun(1, { runnerId: "r2" }), []);
   assert.equal(await newcomer.status(), "concurrency_controlled");
   const stored = await kv.get(keys.schema());
   assert.equal(new TextDecoder().decode(stored.value as Uint8Array), String(KV_SCHEMA_VERSION));
-  assert.equal(KV_SCHEMA_VERSION, 2);
+  assert.equal(KV_SCHEMA_VERSION, 3);
 });

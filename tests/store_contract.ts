@@ -13,6 +13,7 @@ import { routingContract } from "./_contract_routing.ts";
 import { runningContract } from "./_contract_running.ts";
 import { schedulesContract } from "./_contract_schedules.ts";
 import { timeContract } from "./_contract_time.ts";
+import { upkeepContract } from "./_contract_upkeep.ts";
 import type { Nenc, NencOptions } from "../core/app.ts";
 
 /**
@@ -39,4 +40,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   timeContract(backend, makeApp);
   schedulesContract(backend, makeApp);
   ratesContract(backend, makeApp);
+  upkeepContract(backend, makeApp);
 }

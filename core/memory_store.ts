@@ -766,7 +766,9 @@ export class MemoryStore implements Store {
    */
   #visible(id: string): InvocationRecord | undefined {
     const record = this.#records.get(id);
-    return record === undefined || isPastPurge(record, this.#clock.now()) ? undefined : record;
+    // Only a final record has a purge time: the clock is read for those alone.
+    if (record === undefined || record.purgeAtMs === null) return record;
+    return isPastPurge(record, this.#clock.now()) ? undefined : record;
   }
 
   #enqueue(record: InvocationRecord): void {

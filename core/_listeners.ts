@@ -20,11 +20,42 @@ export function notify(listeners: Set<Listener> | undefined, error?: Error): voi
  * `notify` passes an error.
  */
 export function listen(listeners: Set<Listener>, signal?: AbortSignal): Promise<void> {
+  return listenUntil(listeners, signal, undefined);
+}
+
+/** {@linkcode listen} on the listeners of `key` in `index`, a set kept only while it has any. */
+export function listenFor(
+  index: Map<string, Set<Listener>>,
+  key: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  let listeners = index.get(key);
+  if (listeners === undefined) index.set(key, listeners = new Set());
+  const set = listeners;
+  return listenUntil(set, signal, () => {
+    if (index.get(key) === set) index.delete(key);
+  });
+}
+
+/**
+ * {@linkcode listen}, calling `emptied` when the wait ends and leaves `listeners` empty. No async
+ * frame: a wait may last long (a paused invocation's), and what it holds meanwhile is what the
+ * garbage collector copies.
+ */
+function listenUntil(
+  listeners: Set<Listener>,
+  signal: AbortSignal | undefined,
+  emptied: (() => void) | undefined,
+): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return resolve();
+    if (signal?.aborted) {
+      if (listeners.size === 0) emptied?.();
+      return resolve();
+    }
     const done = (error?: Error): void => {
       listeners.delete(done);
       signal?.removeEventListener("abort", wake);
+      if (listeners.size === 0) emptied?.();
       if (error === undefined) resolve();
       else reject(error);
     };
@@ -32,19 +63,4 @@ export function listen(listeners: Set<Listener>, signal?: AbortSignal): Promise<
     listeners.add(done);
     signal?.addEventListener("abort", wake, { once: true });
   });
-}
-
-/** {@linkcode listen} on the listeners of `key` in `index`, a set kept only while it has any. */
-export async function listenFor(
-  index: Map<string, Set<Listener>>,
-  key: string,
-  signal?: AbortSignal,
-): Promise<void> {
-  let listeners = index.get(key);
-  if (listeners === undefined) index.set(key, listeners = new Set());
-  try {
-    await listen(listeners, signal);
-  } finally {
-    if (listeners.size === 0 && index.get(key) === listeners) index.delete(key);
-  }
 }

@@ -1312,8 +1312,14 @@ export class Orchestrator {
     mode: "all" | "any",
     signal?: AbortSignal,
   ): Promise<void> {
+    if (ids.length === 1) {
+      // No other wait to stop when this one ends or fails (the common one: a result()).
+      await this.#read(() => this.waitForFinal({ id: ids[0]! }, signal), signal);
+      signal?.throwIfAborted();
+      return;
+    }
     if (mode === "all" && signal === undefined) {
-      // Nothing to stop early: the plain wait (the common one: a caller's result()).
+      // Nothing to stop early: the plain wait.
       await Promise.all(ids.map((id) => this.#read(() => this.waitForFinal({ id }))));
       return;
     }
@@ -1339,33 +1345,45 @@ export class Orchestrator {
     return retryFaults(step, { clock: this.#host.clock, signal });
   }
 
-  async #wait(ids: readonly string[], mode: "all" | "any", options: WaitOptions): Promise<void> {
+  #wait(ids: readonly string[], mode: "all" | "any", options: WaitOptions): Promise<void> {
     const { timeoutMs } = options;
-    if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs < 0)) {
+    // No timer to clear afterwards: the wait itself, without a frame of its own (a paused
+    // invocation holds its waits for long, and the garbage collector copies what they hold).
+    if (timeoutMs === undefined) return this.#waitUntil(ids, mode, options.signal);
+    return this.#waitWithTimeout(ids, mode, options.signal, timeoutMs);
+  }
+
+  async #waitWithTimeout(
+    ids: readonly string[],
+    mode: "all" | "any",
+    given: AbortSignal | undefined,
+    timeoutMs: number,
+  ): Promise<void> {
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
       throw new RangeError(`Cannot wait: timeoutMs must be a number ≥ 0, got ${timeoutMs}`);
     }
-    let signal = options.signal;
-    const timer = timeoutMs === undefined ? undefined : new AbortController();
-    if (timer !== undefined) {
-      const timeout = new AbortController();
-      void this.#host.clock.sleep(timeoutMs!, timer.signal).then(() => {
-        if (!timer.signal.aborted) {
-          timeout.abort(
-            new DOMException(`Cannot wait: ${timeoutMs} ms passed`, "TimeoutError"),
-          );
-        }
-      });
-      signal = signal === undefined ? timeout.signal : AbortSignal.any([signal, timeout.signal]);
-    }
+    const timer = new AbortController();
+    const timeout = new AbortController();
+    void this.#host.clock.sleep(timeoutMs, timer.signal).then(() => {
+      if (!timer.signal.aborted) {
+        timeout.abort(new DOMException(`Cannot wait: ${timeoutMs} ms passed`, "TimeoutError"));
+      }
+    });
+    const signal = given === undefined ? timeout.signal : AbortSignal.any([given, timeout.signal]);
     try {
-      signal?.throwIfAborted();
-      const execution = currentExecution();
-      await (execution !== undefined
-        ? execution.waitFor(ids, mode, signal)
-        : this.waitForFinals(ids, mode, signal));
+      await this.#waitUntil(ids, mode, signal);
     } finally {
-      timer?.abort();
+      timer.abort();
     }
+  }
+
+  /** Waits in the current execution (PAUSED meanwhile) or, outside any, for the finals alone. */
+  #waitUntil(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const execution = currentExecution();
+    return execution !== undefined
+      ? execution.waitFor(ids, mode, signal)
+      : this.waitForFinals(ids, mode, signal);
   }
 
   #outcome<Result>(id: string, record: InvocationRecord | undefined): Result {

@@ -168,6 +168,12 @@ const RUNNER_OPTIONS = new Set([
 const BUILT_IN_ERRORS = errorClassMap(DEFAULT_ERROR_CLASSES);
 
 /**
+ * What ends the waits of an idle pick-up loop (its sleep, its wait for work): nothing reads it,
+ * and the default reason, a `DOMException`, costs a stack trace on every wake-up.
+ */
+const IDLE_OVER = "idle over";
+
+/**
  * A runner fences itself when its heartbeat has not landed for this share of the orchestrator's
  * `runnerTimeoutSeconds`: before the others take it for dead and run its work again.
  */
@@ -559,9 +565,8 @@ export class Runner implements AsyncDisposable {
     const { orchestrator, clock } = this.#host;
     // A tick that fell due while the loop ran is fired now, not a sleep later.
     if (!this.#fenced && this.#nextTickMs <= clock.now()) return;
+    // A stop ends the wait too: it wakes the loop (#wakeUp).
     const idle = new AbortController();
-    const stop = (): void => idle.abort();
-    this.#stop.signal.addEventListener("abort", stop, { once: true });
     const wakeAtMs = Math.min(nextDueMs ?? Infinity, this.#nextTickMs);
     await Promise.race([
       // New work matters only with a free slot; a freed slot wakes the loop itself.
@@ -569,8 +574,7 @@ export class Runner implements AsyncDisposable {
       clock.sleep(Math.min(this.#pollMs, Math.max(1, wakeAtMs - clock.now())), idle.signal),
       new Promise<void>((resolve) => this.#wake = resolve),
     ]);
-    this.#stop.signal.removeEventListener("abort", stop);
-    idle.abort();
+    idle.abort(IDLE_OVER);
     this.#wake = undefined;
     this.#woken = false;
   }
@@ -1216,7 +1220,7 @@ class Execution implements ExecutionContext {
   }
 
   /** Runs the task's function in this execution's context, until it returns or its grace ends. */
-  async run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
+  run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
     const invocation = this.invocation;
     const signalOf = (): AbortSignal => this.signal; // made on demand
     const ctx: TaskContext = {
@@ -1230,21 +1234,22 @@ class Execution implements ExecutionContext {
       },
       scheduledAt: this.scheduledAt,
     };
-    const returned = (async (): Promise<ExecutionOutcome> => {
-      try {
-        return {
-          ok: true,
-          value: await runInExecution(this, () => task.fn(invocation.args as never, ctx)),
-        };
-      } catch (error) {
-        return { ok: false, error };
-      }
-    })();
-    // Settles only if an abort's grace runs out before the function returns.
-    const ignored = new Promise<"ignored">((resolve) =>
-      this.#onGraceOver = () => resolve("ignored")
-    );
-    return await Promise.race([returned, ignored]);
+    let returned: unknown;
+    try {
+      returned = runInExecution(this, () => task.fn(invocation.args as never, ctx));
+    } catch (error) {
+      return Promise.resolve({ ok: false, error });
+    }
+    // One promise for the function's end and the grace's, no frame: a paused function holds it
+    // for long, and the garbage collector copies what it holds.
+    return new Promise((resolve) => {
+      // "ignored" only if an abort's grace runs out before the function returns.
+      this.#onGraceOver = () => resolve("ignored");
+      Promise.resolve(returned).then(
+        (value) => resolve({ ok: true, value }),
+        (error) => resolve({ ok: false, error }),
+      );
+    });
   }
 
   async waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {

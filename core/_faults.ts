@@ -44,18 +44,39 @@ export interface RetryFaultsOptions {
  * Runs `step` until it returns or throws something other than a store fault; a store fault is
  * tried again after a growing pause, until `signal` aborts.
  */
-export async function retryFaults<T>(
+export function retryFaults<T>(
+  step: () => Promise<T>,
+  options: RetryFaultsOptions,
+): Promise<T> {
+  // The first try holds no frame while it is pending: a wait (a paused invocation's) may last
+  // long, and the garbage collector copies what it holds meanwhile.
+  return attempt(step).catch((error: unknown) => retryAfter(error, step, options));
+}
+
+/** Tries `step` again after each store fault, from the first one (`error`). */
+async function retryAfter<T>(
+  error: unknown,
   step: () => Promise<T>,
   options: RetryFaultsOptions,
 ): Promise<T> {
   for (let failures = 0;; failures++) {
+    if (!isStoreFault(error) || options.signal?.aborted) throw error;
+    options.onFault?.(error, failures);
+    await options.clock.sleep(faultPauseMs(options.baseMs ?? 50, failures), options.signal);
+    if (options.signal?.aborted) throw error;
     try {
       return await step();
-    } catch (error) {
-      if (!isStoreFault(error) || options.signal?.aborted) throw error;
-      options.onFault?.(error, failures);
-      await options.clock.sleep(faultPauseMs(options.baseMs ?? 50, failures), options.signal);
-      if (options.signal?.aborted) throw error;
+    } catch (next) {
+      error = next;
     }
+  }
+}
+
+/** `step()`, its synchronous throw turned into a rejection. */
+function attempt<T>(step: () => Promise<T>): Promise<T> {
+  try {
+    return step();
+  } catch (error) {
+    return Promise.reject(error);
   }
 }

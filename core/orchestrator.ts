@@ -1266,12 +1266,17 @@ export class Orchestrator {
    * Waits until every invocation is final and returns their results in order, or throws the first
    * error in order. Inside a running task the current invocation waits PAUSED.
    */
-  async waitForResults<Result>(
+  waitForResults<Result>(
     invocations: readonly InvocationRef[],
     options: WaitOptions = {},
   ): Promise<Result[]> {
     const ids = invocations.map(({ id }) => id);
-    await this.#wait(ids, "all", options);
+    // No frame held through the wait (see #wait): the results are read in a step of their own.
+    return this.#wait(ids, "all", options).then(() => this.#results<Result>(ids));
+  }
+
+  /** The outcomes of final invocations, in order; throws the first error in order. */
+  async #results<Result>(ids: readonly string[]): Promise<Result[]> {
     const records = await this.#read(() => this.store.getMany(ids));
     const byId = new Map(records.map((record) => [record.id, record]));
     return ids.map((id) => this.#outcome<Result>(id, byId.get(id)));
@@ -1307,17 +1312,31 @@ export class Orchestrator {
    * Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged); rejects
    * with the reason of `signal` once it aborts. Store faults meanwhile are tried again.
    */
-  async waitForFinals(
+  waitForFinals(
     ids: readonly string[],
     mode: "all" | "any",
     signal?: AbortSignal,
   ): Promise<void> {
-    if (ids.length === 1) {
-      // No other wait to stop when this one ends or fails (the common one: a result()).
-      await this.#read(() => this.waitForFinal({ id: ids[0]! }, signal), signal);
-      signal?.throwIfAborted();
-      return;
-    }
+    // One invocation (the common wait: a result()): no other wait to stop when it ends or fails.
+    return ids.length === 1
+      ? this.#waitForFinal(ids[0]!, signal)
+      : this.#waitForFinalsOf(ids, mode, signal);
+  }
+
+  /**
+   * {@linkcode Orchestrator.waitForFinals} of one invocation, without a frame: a paused invocation
+   * holds it for as long as it waits, and the garbage collector copies what it holds.
+   */
+  #waitForFinal(id: string, signal: AbortSignal | undefined): Promise<void> {
+    return this.#read(() => this.waitForFinal({ id }, signal), signal)
+      .then(() => signal?.throwIfAborted());
+  }
+
+  async #waitForFinalsOf(
+    ids: readonly string[],
+    mode: "all" | "any",
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     if (mode === "all" && signal === undefined) {
       // Nothing to stop early: the plain wait.
       await Promise.all(ids.map((id) => this.#read(() => this.waitForFinal({ id }))));

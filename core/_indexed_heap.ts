@@ -41,8 +41,7 @@ export class IndexedHeap {
     const at = this.#ids.length;
     this.#ids.push(id);
     this.#keys.push(keyMs);
-    this.#positions.set(id, at);
-    this.#siftUp(at);
+    this.#siftUp(at); // writes its position
   }
 
   /** Removes `id`; a no-op if it is absent. */
@@ -55,7 +54,7 @@ export class IndexedHeap {
     if (at === this.#ids.length) return;
     this.#ids[at] = lastId;
     this.#keys[at] = lastKey;
-    this.#positions.set(lastId, at);
+    // The sift writes its position.
     if (at > 0 && this.#less(at, (at - 1) >> 1)) this.#siftUp(at);
     else this.#siftDown(at);
   }
@@ -95,46 +94,48 @@ export class IndexedHeap {
 
   /** Whether the entry at heap index `a` orders before the one at `b`: by key, then by id. */
   #less(a: number, b: number): boolean {
-    const keyA = this.#keys[a] as number;
-    const keyB = this.#keys[b] as number;
-    if (keyA !== keyB) return keyA < keyB;
-    return (this.#ids[a] as string) < (this.#ids[b] as string);
+    return precedes(
+      this.#keys[a] as number,
+      this.#ids[a] as string,
+      this.#keys[b] as number,
+      this.#ids[b] as string,
+    );
   }
 
-  #swap(a: number, b: number): void {
-    const ids = this.#ids;
-    const keys = this.#keys;
-    const idA = ids[a] as string;
-    const idB = ids[b] as string;
-    ids[a] = idB;
-    ids[b] = idA;
-    const keyA = keys[a] as number;
-    keys[a] = keys[b] as number;
-    keys[b] = keyA;
-    this.#positions.set(idB, a);
-    this.#positions.set(idA, b);
+  /** Puts (`id`, `key`) at heap index `at`. */
+  #place(at: number, id: string, key: number): void {
+    this.#ids[at] = id;
+    this.#keys[at] = key;
+    this.#positions.set(id, at);
   }
 
+  // The sifts move the entry as a hole: each entry passed is written once, not swapped.
   #siftUp(at: number): void {
+    const id = this.#ids[at] as string;
+    const key = this.#keys[at] as number;
     while (at > 0) {
       const parent = (at - 1) >> 1;
-      if (!this.#less(at, parent)) return;
-      this.#swap(at, parent);
+      if (!precedes(key, id, this.#keys[parent] as number, this.#ids[parent] as string)) break;
+      this.#place(at, this.#ids[parent] as string, this.#keys[parent] as number);
       at = parent;
     }
+    this.#place(at, id, key);
   }
 
   #siftDown(at: number): void {
+    const id = this.#ids[at] as string;
+    const key = this.#keys[at] as number;
     const n = this.#ids.length;
     for (;;) {
       const left = 2 * at + 1;
-      if (left >= n) return;
+      if (left >= n) break;
       const right = left + 1;
       const child = right < n && this.#less(right, left) ? right : left;
-      if (!this.#less(child, at)) return;
-      this.#swap(at, child);
+      if (!precedes(this.#keys[child] as number, this.#ids[child] as string, key, id)) break;
+      this.#place(at, this.#ids[child] as string, this.#keys[child] as number);
       at = child;
     }
+    this.#place(at, id, key);
   }
 
   /** Pushes heap index `at` onto the frontier, a binary min-heap of indices ordered by `#less`. */
@@ -178,4 +179,9 @@ export class IndexedHeap {
     frontier[i] = last;
     return top;
   }
+}
+
+/** Whether (`keyA`, `idA`) orders before (`keyB`, `idB`): by key, then by id. */
+function precedes(keyA: number, idA: string, keyB: number, idB: string): boolean {
+  return keyA !== keyB ? keyA < keyB : idA < idB;
 }

@@ -17,7 +17,9 @@ import {
   InvocationStatus,
   isFinalStatus,
 } from "./status.ts";
+import { CycleDetectedError } from "./errors.ts";
 import {
+  callRefOf,
   type ChangeOutcome,
   type ClaimOutcome,
   type ClaimRequest,
@@ -265,10 +267,15 @@ export class MemoryStore implements Store {
       ) return;
       const path = request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING];
       const outcome = this.#apply(id, { path, runnerId, nowMs });
-      if (outcome.ok || outcome.reason !== "slot-busy") {
-        if (outcome.ok) claimed.push(outcome.record);
+      if (outcome.ok) {
+        claimed.push(
+          path.length === 1 && request.runWithCall?.(outcome.record)
+            ? this.#runWithCall(outcome.record, runnerId, nowMs)
+            : outcome.record,
+        );
         return;
       }
+      if (outcome.reason !== "slot-busy") return;
       // Refused a slot: park on the key that refused it, or finalise.
       const controlled = this.#apply(id, controlChange(request, record, outcome.busyKey!));
       if (!controlled.ok) return;
@@ -314,6 +321,26 @@ export class MemoryStore implements Store {
       this.#newWork = true;
     }
     return { claimed, parked, finalised };
+  }
+
+  /**
+   * Moves a claimed (PENDING) invocation on to RUNNING with its call edge caller → it, in the
+   * claim's step (see `ClaimRequest.runWithCall`); an edge that would close a cycle leaves it
+   * PENDING, for the runner's `setInvocationRun` to fail it with the cycle.
+   */
+  #runWithCall(record: InvocationRecord, runnerId: string, nowMs: number): InvocationRecord {
+    const caller = this.#visible(record.parentId!);
+    // A caller that is gone or final cannot be part of a live cycle: no edge, and no hold of its.
+    if (caller !== undefined && !isFinalStatus(caller.status)) {
+      try {
+        this.#calls.addCall(callRefOf(caller), callRefOf(record));
+      } catch (error) {
+        if (error instanceof CycleDetectedError) return record;
+        throw error;
+      }
+    }
+    const running = this.#apply(record.id, { path: [RUNNING], runnerId, nowMs });
+    return running.ok ? running.record : record;
   }
 
   get(id: string): Promise<InvocationRecord | undefined> {

@@ -22,12 +22,13 @@ import {
   NencError,
   SerializationError,
 } from "./errors.ts";
-import { callId, callLabel, canonicalJson, newInvocationId } from "./ids.ts";
+import { callId, canonicalJson, newInvocationId } from "./ids.ts";
 import { Invocation, InvocationGroup, ReusedInvocation } from "./invocation.ts";
 import { refuseIdempotencyInBatch, resolveCallOptions } from "./_call_options.ts";
 import { deserializeError, type ErrorClass, serializeError } from "./serializer.ts";
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
 import {
+  callRefOf,
   holdsSlots,
   type InvocationRecord,
   type NewInvocation,
@@ -392,7 +393,7 @@ export class Orchestrator {
         // A caller that is gone (purged) or final cannot be part of a live cycle; and its hold
         // would never be released: its clean-up ran when it became final.
         if (callerRecord === undefined || isFinalStatus(callerRecord.status)) return;
-        await this.store.addCall(callRef(callerRecord), callRef(await this.#record(callee)));
+        await this.store.addCall(callRefOf(callerRecord), callRefOf(await this.#record(callee)));
         // The caller may have become final meanwhile, and its clean-up run before our hold was
         // written: release the hold again. Its final write precedes its clean-up, and our hold
         // precedes this read, so one of the two releases sees the hold.
@@ -1083,11 +1084,15 @@ export class Orchestrator {
         this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
       purgeAtMs: this.#purgeAtMs(nowMs),
       ...(accepts !== undefined ? { accepts } : {}),
-      // Nothing to check: no call edge to add, and a task this app defines.
       ...(start
         ? {
+          // Nothing to check: no call edge to add, and a task this app defines.
           runAtOnce: (record: InvocationRecord) =>
             (record.parentId === null || !cycleControl) &&
+            this.#host.getTask(record.taskId) !== undefined,
+          // A call edge to add first, in the claim's step where the backend can.
+          runWithCall: (record: InvocationRecord) =>
+            record.parentId !== null && cycleControl &&
             this.#host.getTask(record.taskId) !== undefined,
         }
         : {}),
@@ -1501,12 +1506,4 @@ const RECOVERABLE_STATUSES: ReadonlySet<InvocationStatus> = new Set([
 /** An invocation's hold on its call: what releasing it needs (no label to render). */
 function callHold(record: InvocationRecord): Pick<CallRef, "callId" | "invocationId"> {
   return { callId: record.callId, invocationId: record.id };
-}
-
-function callRef(record: InvocationRecord): CallRef {
-  return {
-    callId: record.callId,
-    invocationId: record.id,
-    label: callLabel(record.taskId, record.args),
-  };
 }

@@ -9,7 +9,7 @@
 
 import type { CallGraphSnapshot, CallRef } from "./call_graph.ts";
 import { InvocationStatusOwnershipError } from "./errors.ts";
-import { newInvocationId, type SerializedArguments } from "./ids.ts";
+import { callLabel, newInvocationId, type SerializedArguments } from "./ids.ts";
 import type { FiredTick, Schedule } from "./schedules.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
@@ -466,6 +466,15 @@ export interface ClaimRequest {
    * nothing to check before running); otherwise it stops at PENDING.
    */
   readonly runAtOnce?: (record: InvocationRecord) => boolean;
+  /**
+   * Whether a candidate with a caller (`parentId`) that stops at PENDING may go on to RUNNING in
+   * the same atomic step, its call edge caller → candidate added there ({@linkcode callRefOf};
+   * none for a caller that is gone or final, as `addCallAndCheckCycles`). A backend may leave it
+   * at PENDING instead — always, when it adds call edges in steps of their own, or when the edge
+   * would close a cycle — and the runner then adds the edge, or fails it with the cycle
+   * (`setInvocationRun`).
+   */
+  readonly runWithCall?: (record: InvocationRecord) => boolean;
   /**
    * Whether the runner runs this task [all]: invocations of other tasks stay queued, untouched,
    * for a runner that defines them (a rolling deploy loses nothing).
@@ -1922,6 +1931,31 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     touchesSlots: slot !== "none" || releaseReservation || lane !== null || ratePickUp ||
       [parking.leave, parking.enter, waking.leave, waking.enter].some((key) => key !== null),
     waking,
+  };
+}
+
+/**
+ * An invocation's side of a call edge, for cycle control: its call, itself, and how the call is
+ * rendered in a {@linkcode CycleDetectedError}.
+ *
+ * @example
+ * ```ts
+ * import { callRefOf, type InvocationRecord } from "@nenc/nenc";
+ *
+ * const record: InvocationRecord = {
+ *   id: "01J", taskId: "fib", callId: "fib#0", args: { n: "3" }, parentId: null,
+ *   registrationKey: null, runningKey: null, status: "running", ownerId: "r1", seq: 3,
+ *   updatedAtMs: 0, createdAtMs: 0, retries: 0, availableAtMs: 0, finishedAtMs: null,
+ *   purgeAtMs: null, claimSeq: 2,
+ * };
+ * console.log(callRefOf(record)); // { callId: "fib#0", invocationId: "01J", label: 'fib({"n":3})' }
+ * ```
+ */
+export function callRefOf(record: InvocationRecord): CallRef {
+  return {
+    callId: record.callId,
+    invocationId: record.id,
+    label: callLabel(record.taskId, record.args),
   };
 }
 

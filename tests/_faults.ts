@@ -24,8 +24,8 @@ import type { Nenc, NencOptions } from "../core/app.ts";
 import { RetryError } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
 import type { Runner } from "../core/runner.ts";
-import { isValidHistory } from "../core/status.ts";
-import type { ClaimRequest, Store } from "../core/store.ts";
+import { AVAILABLE_FOR_RUN_STATUSES, isValidHistory } from "../core/status.ts";
+import type { ClaimRequest, InvocationRecord, Store } from "../core/store.ts";
 import type { Task, TaskContext } from "../core/task.ts";
 import { waitUntil, within } from "./_deadline.ts";
 import type { KvHooks } from "./_kv.ts";
@@ -176,7 +176,9 @@ export class FaultPlan {
 
 /**
  * A store that delegates every call to `inner` and injects the fault of `plan`: PENDING and the
- * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), a tick on
+ * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), and a
+ * child's RUNNING on the claim that picks the child up (the memory store adds its call edge and
+ * moves it on to RUNNING in that step: see `ClaimRequest.runWithCall`), a tick on
  * `fireTick()`, a schedule on `putSchedule()`, the upkeep lease on `takeUpkeepLease()`, every other
  * write on `change()` by the last status
  * of its path (the hand-back by its first, KILLED). The
@@ -205,12 +207,25 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
               const parks = write === "parked";
               const wakes = plan.write === "rate-woken" &&
                 (args[0] as ClaimRequest).nowMs >= plan.windowOpensAtMs;
-              const check = plan.before(parks || write === "pending" || wakes, "claim");
+              const startsChild = write === "running" && await childWaits(target);
+              const check = plan.before(
+                parks || write === "pending" || wakes || startsChild,
+                "claim",
+              );
               const outcome = await method.apply(target, args) as {
-                claimed: readonly unknown[];
+                claimed: readonly InvocationRecord[];
                 parked: readonly unknown[];
               };
-              if (check) plan.after((parks ? outcome.parked : outcome.claimed).length > 0, "claim");
+              if (check) {
+                plan.after(
+                  write === "running"
+                    ? outcome.claimed.some((record) =>
+                      record.status === "running" && record.parentId !== null
+                    )
+                    : (parks ? outcome.parked : outcome.claimed).length > 0,
+                  "claim",
+                );
+              }
               return outcome;
             }
             if (property === "fireTick" || property === "putSchedule") {
@@ -246,6 +261,14 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
       return wrapper;
     },
   });
+}
+
+/** Whether a child of the "parent" scenario waits to be picked up: the next claim takes it. */
+async function childWaits(store: Store): Promise<boolean> {
+  for await (
+    const _ of store.find({ taskId: "child", statuses: AVAILABLE_FOR_RUN_STATUSES })
+  ) return true;
+  return false;
 }
 
 /** `find()` is an async iterable, not a promise: it throws when first read while down. */

@@ -1,6 +1,10 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { MemoryStore } from "../core/memory_store.ts";
+import type { StatusChange } from "../core/store.ts";
+import { DEADLINE_MS, within } from "./_deadline.ts";
 import { storeContract } from "./store_contract.ts";
 
 // A memory store holds one app's data; apps sharing a "backend" share the store of their appId,
@@ -19,4 +23,41 @@ storeContract("memory", (options = {}, shareWith) => {
   const app = new Nenc({ ...options, store });
   backends.set(app, stores);
   return app;
+});
+
+test("[memory] a child's pick-up enters RUNNING with its call edge in the claim's one step: no change() to RUNNING of its own, history registered → pending → running, the edge parent → child held while it runs", async () => {
+  const memory = new MemoryStore();
+  const changes: string[][] = [];
+  // Records every change() and passes every call through to the memory store.
+  const store = new Proxy(memory, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target);
+      if (typeof value !== "function") return value;
+      if (property !== "change") return value.bind(target);
+      return (id: string, change: StatusChange) => {
+        changes.push([...change.path]);
+        return target.change(id, change);
+      };
+    },
+  });
+  const app = new Nenc({ store });
+  let seen: { history: string[]; edges: (readonly [string, string])[] } | undefined;
+  const child = app.task("child", async (_args: undefined, ctx) => {
+    seen = {
+      history: (await app.orchestrator.getInvocationHistory({ id: ctx.invocationId }))
+        .map((entry) => entry.status),
+      edges: [...(await store.graphs()).calls.edges],
+    };
+    return 1;
+  });
+  const parent = app.task("parent", async () => (await (await child.call()).result()) + 1);
+  await using runner = app.runner({ concurrency: 1 });
+  runner.start();
+  const invocation = await parent.call();
+  assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 2);
+  assert.deepEqual(changes.filter((path) => path.includes("running")), []);
+  const [childInvocation] = await store.children(invocation.id);
+  assert.deepEqual(seen?.history, ["registered", "pending", "running"]);
+  assert.deepEqual(seen?.edges, [[invocation.callId, childInvocation!.callId]]);
+  assert.deepEqual((await store.graphs()).calls.edges, [], "released once both are final");
 });

@@ -1253,8 +1253,29 @@ class Execution implements ExecutionContext {
   }
 
   async waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
-    const { orchestrator, clock } = this.#host;
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
+    if (!await this.#enterWait(ids, mode, stop)) return;
+    try {
+      await this.#host.orchestrator.waitForFinals(ids, mode, stop);
+    } finally {
+      // An aborted execution does not resume for its waits: settle() decides what it needs.
+      if (--this.#waits === 0 && !this.#settled && !this.#aborted) {
+        await this.inOrder(() => this.#resume());
+      }
+    }
+  }
+
+  /**
+   * Before a wait: `false` when what it waits on is final already; otherwise records the wait
+   * for blocking control and, for the first of the execution's waits, pauses. Its reads end with
+   * it: the wait that follows may last long, and holds only what it needs.
+   */
+  async #enterWait(
+    ids: readonly string[],
+    mode: "all" | "any",
+    stop: AbortSignal,
+  ): Promise<boolean> {
+    const { orchestrator, clock } = this.#host;
     const records = new Map(
       (await retryFaults(() => orchestrator.store.getMany(ids), { clock, signal: stop })).map((
         r,
@@ -1264,7 +1285,7 @@ class Execution implements ExecutionContext {
       const record = records.get(id);
       return record !== undefined && !isFinalStatus(record.status);
     });
-    if (mode === "all" ? pending.length === 0 : pending.length < ids.length) return;
+    if (mode === "all" ? pending.length === 0 : pending.length < ids.length) return false;
     stop.throwIfAborted();
     this.#assertAlive();
     // Only what is still pending: an edge to a final invocation would never be released.
@@ -1294,14 +1315,7 @@ class Execution implements ExecutionContext {
       this.#waits--;
       throw error;
     }
-    try {
-      await orchestrator.waitForFinals(ids, mode, stop);
-    } finally {
-      // An aborted execution does not resume for its waits: settle() decides what it needs.
-      if (--this.#waits === 0 && !this.#settled && !this.#aborted) {
-        await this.inOrder(() => this.#resume());
-      }
-    }
+    return true;
   }
 
   /**

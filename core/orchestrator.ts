@@ -389,11 +389,15 @@ export class Orchestrator {
     this.options = resolveOrchestratorOptions(options);
     this.cycleControl = {
       addCallAndCheckCycles: async (caller, callee) => {
-        const callerRecord = await this.store.get(caller.id);
+        // Both reads at once (one round trip on a backend that batches reads).
+        const [callerRecord, calleeRecord] = await Promise.all([
+          this.store.get(caller.id),
+          this.#record(callee),
+        ]);
         // A caller that is gone (purged) or final cannot be part of a live cycle; and its hold
         // would never be released: its clean-up ran when it became final.
         if (callerRecord === undefined || isFinalStatus(callerRecord.status)) return;
-        await this.store.addCall(callRefOf(callerRecord), callRefOf(await this.#record(callee)));
+        await this.store.addCall(callRefOf(callerRecord), callRefOf(calleeRecord));
         // The caller may have become final meanwhile, and its clean-up run before our hold was
         // written: release the hold again. Its final write precedes its clean-up, and our hold
         // precedes this read, so one of the two releases sees the hold.

@@ -222,6 +222,25 @@ export class Keys {
       ? [...this.app, "calls", callerCallId]
       : [...this.app, "calls", callerCallId, calleeCallId];
   }
+  /**
+   * Cycle control: the version of a call's edges to its callees, rewritten by every commit that
+   * adds one. It is the key the edges are under: {@linkcode Keys.callEdgesRange} reads it first
+   * and the edges after it, and a list of the edges' prefix leaves it out. Absent until the first
+   * such commit (edges written before it existed read as "absent": same meaning).
+   */
+  callEdgesVersion(callerCallId: string): KvKey {
+    return [...this.app, "calls", callerCallId];
+  }
+  /**
+   * Cycle control: one range read of a call's edges version ({@linkcode Keys.callEdgesVersion})
+   * and then its edges (`true` sorts after every string: the end is past every callee).
+   */
+  callEdgesRange(callerCallId: string): { readonly start: KvKey; readonly end: KvKey } {
+    return {
+      start: this.callEdgesVersion(callerCallId),
+      end: [...this.callEdgesVersion(callerCallId), true],
+    };
+  }
   /** Cycle control: the reverse edge callee → caller. */
   calledEdge(calleeCallId: string, callerCallId?: string): KvKey {
     return callerCallId === undefined

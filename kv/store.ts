@@ -13,7 +13,7 @@ import { decodeTime, encodeTime } from "ulid";
 import { PRIORITY_LIMIT } from "../core/_call_options.ts";
 import { groupLimitMismatch } from "../core/_group_limits.ts";
 import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
-import { CallGraph, type CallRef } from "../core/call_graph.ts";
+import type { CallRef } from "../core/call_graph.ts";
 import type { Clock } from "../core/clock.ts";
 import {
   CycleDetectedError,
@@ -1080,10 +1080,10 @@ export class KvStore implements Store {
     return windows;
   }
 
-  /** The last key part (an id) of every key under `prefix`. */
-  async #listIds(prefix: KvKey): Promise<string[]> {
+  /** The last key part (an id) of every key under `prefix` (of the first `limit`). */
+  async #listIds(prefix: KvKey, limit?: number): Promise<string[]> {
     const ids: string[] = [];
-    for await (const entry of this.#kv.list({ prefix })) {
+    for await (const entry of this.#kv.list({ prefix }, limit === undefined ? {} : { limit })) {
       ids.push(String(entry.key[entry.key.length - 1]));
     }
     return ids;
@@ -1104,106 +1104,238 @@ export class KvStore implements Store {
 
   // --- cycle control -----------------------------------------------------------------------------
 
+  // The graph on KV: calls/<caller>/<callee> per edge (its value names the callee invocation whose
+  // start inserted it), called/<callee>/<caller> its reverse, holder/<call>/<invocation> per live
+  // invocation holding a call, hver/<call> the holders version (see removeCall), and
+  // calls/<call> — the key the call's edges are under — the version of its edges: every commit
+  // that adds an edge rewrites its caller's. One range read gives a call's version, then its edges.
+  //
   // Across processes, two insertions that together close a cycle (A→B here, B→A there) must not
-  // both succeed. Each insertion (1) checks the region reachable from the callee, (2) commits its
-  // edge, then (3) re-reads the region. If a cycle appears, every process that committed an edge
-  // of it sees it in step 3, and the edge with the highest versionstamp — the one committed last,
-  // the same verdict everywhere — is withdrawn by its own process, which throws
-  // CycleDetectedError. The older edges stand. A process that dies between (2) and (3) leaves its
-  // edge until its invocation is cleaned up; the cost is a false cycle report, never a missed one.
+  // both succeed. An insertion of u → v walks R, the calls reachable from v, breadth-first (the
+  // reads of one level in flight together), reading each call's edges version with its edges. If
+  // u is in R, the edge closes a cycle: it throws CycleDetectedError, having written nothing.
+  // Then one of two protocols, by the size of R (an atomic commit holds at most 10 checks, the
+  // denokv protocol):
+  //
+  // One walk (R of at most REGION_CHECKS calls, the usual case: a call that just started has no
+  // edges). The commit checks the edge key (absent, or the edge read) and the edges version of
+  // every call of R, as read. Such a commit never closes a cycle. Say it commits at T, and a path
+  // v → … → u exists at T. A call x of R whose version check passed has no edge at T that its
+  // list did not show: an edge added after the list was added after the version was read (one
+  // range read, version first; a later page reads later), and its commit rewrote the version,
+  // which cannot then read as before at T — versionstamps only grow, and a deletion of the version
+  // is the last step of a removal of x's edges (removeCall), after which x has no edge, and an
+  // edge added after it writes the version again. (An edge written by an earlier nenc, before
+  // versions existed, was there at the list, and so was listed.) So the path's first edge leaves
+  // v ∈ R on a listed edge, its target is in R, and so on to u: u is in R, and the walk would
+  // have thrown. Two one-walk insertions that close a cycle together: the second to commit would
+  // close it, so its check fails (the first rewrote the version of its own caller, which is on
+  // the second's path); it re-plans, finds the first's edge, and throws — exactly one error.
+  //
+  // Commit, then verify (a larger R). The commit checks the edge key only; then the insertion
+  // walks again. If a cycle appears, every process that committed an edge of it by this protocol
+  // sees it in its verification, and the edge with the highest versionstamp — the one committed
+  // last, the same verdict everywhere — is withdrawn by its own process, which throws
+  // CycleDetectedError. The older edges stand. Both protocols together: a one-walk commit never
+  // closes a cycle, so the newest edge of a cycle always comes from this protocol, and its
+  // inserter withdraws it; a one-walk insertion racing it either commits first (the other's
+  // verification then finds the cycle, its own edge the newest) or, by the argument above, fails
+  // its check if the other's edge came first, re-plans, finds that edge and throws (the other's
+  // verification finds no cycle): exactly one error again. A walk that meets an edge about to be
+  // withdrawn throws too: a false report of a cycle that stood in storage. So does a walk that
+  // meets the edge of a process that died between its commit and its verification, until its
+  // invocation is cleaned up — never a missed cycle.
+  //
   // The argument needs every edge a live invocation added or relied on to stay in storage while it
   // holds its call: removeCall deletes a call's edges only in a commit that proves the call has no
-  // holder left (see there), and an insertion that relies on an existing edge checks it is still
-  // there when it commits.
+  // holder left (see there), an insertion that relies on an existing edge checks it is still
+  // there when it commits, and a withdrawal checks that the cycle it saw still stands (below).
+  //
   // An insertion that finds the edge already there (another invocation of the caller's call
-  // inserted it) reuses it, and verifies too: the edge may be the newest of a cycle its inserter
-  // is about to withdraw, and then this invocation's call closes that cycle as well. After its
-  // commit it re-reads the region and the edge: if the edge is gone or no longer the one relied
-  // on, its inserter withdrew it (a removal cannot, this invocation holds both calls), so it
-  // re-plans from a fresh read, which fails if the cycle still stands, else re-adds the edge; if
-  // the edge is the newest of a cycle, it throws as the inserter will. It never deletes the edge:
-  // the inserter owns the withdrawal, and holders whose verification passed rely on it. Racing
-  // the inserter's withdrawal, the reuse either verifies first (sees the cycle, the edge newest:
-  // throws), verifies after (edge gone: re-plans), or commits after (its check on the edge fails:
-  // re-plans); so every invocation whose call closes the cycle fails, and an edge older than the
-  // closing one is reused without error.
+  // inserted it) reuses it: it adds its holders, and checks the edge is still the one read. With
+  // one walk that is all: at its commit no path v → … → u exists, so the edge lies on no cycle
+  // then, and a cycle through it formed later has a newer edge: the inserter never withdraws it.
+  // With commit-then-verify it verifies too: the edge may be the newest of a cycle its inserter is
+  // about to withdraw, and then this invocation's call closes that cycle as well. After its commit
+  // it re-reads the region and the edge: if the edge is gone or no longer the one relied on, its
+  // inserter withdrew it (a removal cannot, this invocation holds both calls), so it re-plans from
+  // a fresh read, which fails if the cycle still stands, else re-adds the edge; if the edge is the
+  // newest of a cycle, it throws as the inserter will. It never deletes the edge: the inserter
+  // owns the withdrawal, and holders whose verification passed rely on it. Racing the inserter's
+  // withdrawal, the reuse either verifies first (sees the cycle, the edge newest: throws),
+  // verifies after (edge gone: re-plans), or commits after (its check on the edge fails:
+  // re-plans). A withdrawal commits only while every edge of the cycle its verification read is
+  // unchanged (when the cycle has at most 10 edges: the checks of one commit), else it verifies
+  // again: a cycle broken since (a removal deleted an edge of it) may have let a reuse commit —
+  // one walk then finds no path — or verify without seeing it, and that reuse relies on the edge.
+  // So every invocation whose call closes the cycle fails, and an edge older than the closing one
+  // is reused without error.
+  //
+  // A commit over KV Connect may be applied though it reported failure. The insertion, tried
+  // again, finds its own edge (by its value) and goes on as its inserter, with the verification
+  // (after a one-walk commit, the verification finds no cycle whose newest edge is this one).
+  //
+  // reads: calls/<x> and calls/<x>/… for x in R, calls/<caller>/<callee>; checks the edge and,
+  // with one walk, calls/<x> for x in R; writes both holders and both hver/<call>, and a new edge
+  // with its reverse and calls/<caller>.
   async addCall(caller: CallRef, callee: CallRef): Promise<void> {
     const keys = this.#keys;
-    const region = await this.#callRegion(callee.callId);
-    region.graph.addCall(caller, callee); // throws CycleDetectedError: nothing was written
+    if (caller.callId === callee.callId) {
+      throw new CycleDetectedError([caller.callId], [caller.label ?? caller.callId]);
+    }
     const edge = keys.callEdge(caller.callId, callee.callId);
-    const op = this.#kv.atomic()
-      .set(
-        keys.callHolder(caller.callId, caller.invocationId),
-        encode(caller.label ?? caller.callId),
-      )
-      .set(
-        keys.callHolder(callee.callId, callee.invocationId),
-        encode(callee.label ?? callee.callId),
-      )
-      // A holder added changes its call's holders version (removeCall's proof of "no holder").
-      .set(keys.callHolders(caller.callId), encode(null))
-      .set(keys.callHolders(callee.callId), encode(null));
-    const existing = await this.#reads.get(edge);
-    // A new edge must still be absent; an existing one, still the one read: a removal of either
-    // call (or a withdrawal) that deleted it since must not leave this invocation without it.
-    op.check({ key: edge, versionstamp: existing.versionstamp });
-    if (existing.versionstamp === null) {
-      op.set(edge, encode(null))
-        .set(keys.calledEdge(callee.callId, caller.callId), encode(null));
-    }
-    for (let attempt = 0; !await this.#commit(op); attempt++) {
-      // The edge came (another insertion) or went (a removal): re-plan from a fresh read.
-      if (existing.versionstamp !== null || (await this.#reads.get(edge)).versionstamp !== null) {
-        return this.addCall(caller, callee);
+    for (let attempt = 0;; attempt++) {
+      const [existing, region] = await Promise.all([
+        this.#reads.get(edge),
+        this.#callRegion(callee.callId, caller.callId),
+      ]);
+      // Our own edge (its value names the callee invocation; null if an earlier nenc wrote it):
+      // an earlier try's commit was applied though it reported failure.
+      const inserter = existing.versionstamp === null
+        ? null
+        : decode(existing.value, "a call edge");
+      if (inserter === callee.invocationId) return await this.#verifyCall(caller, callee, null);
+      if (region.path !== undefined) throw await this.#cycleError(caller, callee, region.path);
+      const oneWalk = region.versions.size <= REGION_CHECKS;
+      const op = this.#kv.atomic()
+        .set(
+          keys.callHolder(caller.callId, caller.invocationId),
+          encode(caller.label ?? caller.callId),
+        )
+        .set(
+          keys.callHolder(callee.callId, callee.invocationId),
+          encode(callee.label ?? callee.callId),
+        )
+        // A holder added changes its call's holders version (removeCall's proof of "no holder").
+        .set(keys.callHolders(caller.callId), encode(null))
+        .set(keys.callHolders(callee.callId), encode(null))
+        // A new edge must still be absent; an existing one, still the one read: a removal of
+        // either call (or a withdrawal) that deleted it since must not leave this invocation
+        // without it.
+        .check({ key: edge, versionstamp: existing.versionstamp });
+      if (existing.versionstamp === null) {
+        op.set(edge, encode(callee.invocationId))
+          .set(keys.calledEdge(callee.callId, caller.callId), encode(null))
+          .set(keys.callEdgesVersion(caller.callId), encode(null));
       }
+      if (oneWalk) {
+        for (const [callId, versionstamp] of region.versions) {
+          op.check({ key: keys.callEdgesVersion(callId), versionstamp });
+        }
+      }
+      if (await this.#commit(op)) {
+        if (!oneWalk) await this.#verifyCall(caller, callee, existing.versionstamp);
+        return;
+      }
+      // The edge or the region changed (or the file was locked): re-plan from a fresh read.
       await backoff(attempt);
-    }
-    const reused = existing.versionstamp;
-    const after = await this.#callRegion(callee.callId, caller.callId, [
-      caller.callId,
-      callee.callId,
-    ]);
-    // A concurrent edge may have closed a cycle through ours: find it.
-    let cycle: CycleDetectedError | undefined;
-    if (after.reaches) {
-      try {
-        after.graph.addCall(caller, callee);
-      } catch (error) {
-        if (!(error instanceof CycleDetectedError)) throw error;
-        cycle = error;
-      }
-    }
-    if (cycle === undefined && reused === null) return;
-    // The cycle starts at the caller: its first edge is ours.
-    const ids = cycle?.callIds ?? [caller.callId, callee.callId];
-    const edges = cycle === undefined
-      ? [edge]
-      : ids.map((id, i) => keys.callEdge(id, ids[(i + 1) % ids.length]!));
-    const stamps = await this.#versionstamps(edges);
-    const ours = stamps[0] ?? null;
-    // A reused edge no longer the one relied on was withdrawn by its inserter, in a cycle it saw:
-    // re-plan from a fresh read, which fails if that cycle still stands.
-    if (reused !== null && ours !== reused) return this.addCall(caller, callee);
-    // An edge of the cycle already gone means its process withdrew it: the cycle is broken.
-    if (cycle === undefined || stamps.some((stamp) => stamp === null)) return;
-    // Ours the newest: fail, and withdraw it if we inserted it (only the inserter does: other
-    // holders may rely on an edge this insertion reused).
-    if (stamps.every((stamp) => stamp! <= ours!)) {
-      if (reused === null) {
-        await this.#kv.atomic()
-          .delete(edge)
-          .delete(keys.calledEdge(callee.callId, caller.callId))
-          .commit();
-      }
-      throw cycle;
     }
   }
 
+  // Commit-then-verify, after the commit (see above): `reused` is the versionstamp of the edge
+  // this invocation relies on, null for its own. reads: calls/<x> and calls/<x>/… for x in R,
+  // the cycle's edges, the holders of its calls; a withdrawal checks the cycle's edges (at most
+  // 10) and deletes the edge with its reverse.
+  async #verifyCall(caller: CallRef, callee: CallRef, reused: string | null): Promise<void> {
+    const keys = this.#keys;
+    const edge = keys.callEdge(caller.callId, callee.callId);
+    for (;;) {
+      const { path } = await this.#callRegion(callee.callId, caller.callId);
+      if (path === undefined && reused === null) return;
+      // The cycle starts at the caller: its first edge is ours.
+      const ids = [caller.callId, ...path ?? [callee.callId]];
+      const edges = path === undefined
+        ? [edge]
+        : ids.map((id, i) => keys.callEdge(id, ids[(i + 1) % ids.length]!));
+      const stamps = await this.#versionstamps(edges);
+      const ours = stamps[0] ?? null;
+      // A reused edge no longer the one relied on was withdrawn by its inserter, in a cycle it
+      // saw: re-plan from a fresh read, which fails if that cycle still stands.
+      if (reused !== null && ours !== reused) return await this.addCall(caller, callee);
+      // An edge of the cycle already gone means it was withdrawn or removed: the cycle is broken.
+      if (path === undefined || stamps.some((stamp) => stamp === null)) return;
+      // Not the newest edge: the newest one's inserter withdraws it.
+      if (stamps.some((stamp) => stamp! > ours!)) return;
+      // Ours the newest: fail, and withdraw it if we inserted it (only the inserter does: other
+      // holders may rely on an edge this insertion reused).
+      if (reused !== null) throw await this.#cycleError(caller, callee, path);
+      const withdrawal = this.#kv.atomic()
+        .delete(edge)
+        .delete(keys.calledEdge(callee.callId, caller.callId));
+      if (edges.length <= MAX_CHECKS) {
+        edges.forEach((key, i) => withdrawal.check({ key, versionstamp: stamps[i]! }));
+      }
+      if (await this.#commit(withdrawal)) throw await this.#cycleError(caller, callee, path);
+    }
+  }
+
+  /**
+   * The calls reachable from `from` (R), breadth-first, the lists of one level in flight
+   * together: each one's edges version as read (null: absent), and, if `target` is among them, a
+   * shortest path from `from` to the call before `target` (the walk stops at its level).
+   */
+  async #callRegion(
+    from: string,
+    target: string,
+  ): Promise<{ versions: Map<string, string | null>; path?: string[] }> {
+    const keys = this.#keys;
+    const versionLength = keys.callEdgesVersion(from).length;
+    const versions = new Map<string, string | null>();
+    const parents = new Map<string, string>();
+    for (let level = [from]; level.length > 0 && !parents.has(target);) {
+      const next: string[] = [];
+      for (let start = 0; start < level.length; start += REGION_LISTS) {
+        await Promise.all(
+          level.slice(start, start + REGION_LISTS).map(async (callId) => {
+            versions.set(callId, null);
+            for await (const entry of this.#kv.list(keys.callEdgesRange(callId))) {
+              if (entry.key.length === versionLength) {
+                versions.set(callId, entry.versionstamp);
+                continue;
+              }
+              const callee = String(entry.key[versionLength]);
+              if (callee === from || parents.has(callee)) continue;
+              parents.set(callee, callId);
+              next.push(callee);
+            }
+          }),
+        );
+      }
+      level = next;
+    }
+    if (!parents.has(target)) return { versions };
+    const path: string[] = [];
+    for (let callId = target; callId !== from;) {
+      callId = parents.get(callId)!;
+      path.push(callId);
+    }
+    return { versions, path: path.reverse() };
+  }
+
+  /** The cycle caller → callee → … (`path`, from the callee) → caller, with the calls' labels. */
+  async #cycleError(
+    caller: CallRef,
+    callee: CallRef,
+    path: readonly string[],
+  ): Promise<CycleDetectedError> {
+    const labels = await Promise.all(
+      path.slice(1).map(async (callId) => {
+        const holders = this.#kv.list({ prefix: this.#keys.callHolder(callId) }, { limit: 1 });
+        for await (const entry of holders) return decodeString(entry.value);
+        return callId;
+      }),
+    );
+    return new CycleDetectedError(
+      [caller.callId, ...path],
+      [caller.label ?? caller.callId, callee.label ?? callee.callId, ...labels],
+    );
+  }
+
   // reads: holder/<call>/<inv>; writes: delete it, rewrite hver/<call>. Then, if no holder is
-  // left — reads hver/<call>, holder/<call>/… (one), calls/<call>/… and called/<call>/…; checks
-  // hver/<call>; deletes every edge of the call with its reverse, and hver/<call> (at most
-  // CHUNK_MUTATIONS keys per commit, each commit checking hver/<call>).
+  // left — reads hver/<call>, then together holder/<call>/… (one), calls/<call>/… and
+  // called/<call>/…; checks hver/<call>; deletes every edge of the call with its reverse, then
+  // calls/<call> (its edges version) and hver/<call> (at most CHUNK_MUTATIONS keys per commit,
+  // each commit checking hver/<call>).
   //
   // Deleting the edges must not race with a new holder of the call (another invocation of it
   // starting a child, or being started as one): its edges are the ones a later insertion needs
@@ -1228,23 +1360,26 @@ export class KvStore implements Store {
     for (let attempt = 0; !await this.#commit(release); attempt++) await backoff(attempt);
     for (let attempt = 0;; attempt++) {
       const stamp = (await this.#reads.get(version)).versionstamp; // before listing the holders
-      for await (const _ of this.#kv.list({ prefix: keys.callHolder(ref.callId) }, { limit: 1 })) {
-        return;
-      }
+      // The holders and both directions of edges, in flight together.
+      const [held, callees, callers] = await Promise.all([
+        this.#listIds(keys.callHolder(ref.callId), 1),
+        this.#listIds(keys.callEdge(ref.callId)),
+        this.#listIds(keys.calledEdge(ref.callId)),
+      ]);
+      if (held.length > 0) return;
       const doomed: KvKey[] = [];
-      for await (const entry of this.#kv.list({ prefix: keys.callEdge(ref.callId) })) {
-        const callee = String(entry.key[entry.key.length - 1]);
-        doomed.push(entry.key, keys.calledEdge(callee, ref.callId));
+      for (const callee of callees) {
+        doomed.push(keys.callEdge(ref.callId, callee), keys.calledEdge(callee, ref.callId));
       }
-      for await (const entry of this.#kv.list({ prefix: keys.calledEdge(ref.callId) })) {
-        const caller = String(entry.key[entry.key.length - 1]);
-        doomed.push(entry.key, keys.callEdge(caller, ref.callId));
+      for (const caller of callers) {
+        doomed.push(keys.calledEdge(ref.callId, caller), keys.callEdge(caller, ref.callId));
       }
       if (doomed.length === 0 && stamp === null) return;
-      doomed.push(version);
+      doomed.push(keys.callEdgesVersion(ref.callId), version);
       // In commits of at most CHUNK_MUTATIONS keys, each checking hver/<call>: each proves on its
-      // own that no holder exists when it commits. hver/<call> goes last, so every commit checks
-      // the same versionstamp.
+      // own that no holder exists when it commits. The edges version goes after the edges (its
+      // absence then means "no edge": addCall's argument), and hver/<call> last, so every commit
+      // checks the same versionstamp.
       let deleted = 0;
       while (deleted < doomed.length) {
         const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
@@ -1255,56 +1390,6 @@ export class KvStore implements Store {
       if (deleted >= doomed.length) return;
       await backoff(attempt);
     }
-  }
-
-  /**
-   * The calls reachable from `from`, read breadth-first with a visited set, as a core
-   * {@linkcode CallGraph} (labels from the holders), and whether `target` is among them. The
-   * edge `skip` (an insertion being verified) is left out of the graph.
-   */
-  async #callRegion(
-    from: string,
-    target?: string,
-    skip?: readonly [string, string],
-  ): Promise<{ graph: CallGraph; reaches: boolean }> {
-    const keys = this.#keys;
-    const graph = new CallGraph();
-    const seen = new Set([from]);
-    const frontier = [from];
-    const labels = new Map<string, string>();
-    const edges: [string, string][] = [];
-    while (frontier.length > 0) {
-      const node = frontier.shift()!;
-      for await (const entry of this.#kv.list({ prefix: keys.callEdge(node) })) {
-        const next = String(entry.key[entry.key.length - 1]);
-        edges.push([node, next]);
-        if (!seen.has(next)) {
-          seen.add(next);
-          frontier.push(next);
-        }
-      }
-    }
-    for (const callId of seen) {
-      for await (const entry of this.#kv.list({ prefix: keys.callHolder(callId) }, { limit: 1 })) {
-        labels.set(callId, decodeString(entry.value));
-      }
-    }
-    const ref = (callId: string): CallRef => ({
-      callId,
-      invocationId: "region",
-      label: labels.get(callId) ?? callId,
-    });
-    for (const [caller, callee] of edges) {
-      if (skip !== undefined && caller === skip[0] && callee === skip[1]) continue;
-      try {
-        graph.addCall(ref(caller), ref(callee));
-      } catch (error) {
-        // A cycle already in storage (another process's edge awaiting its own withdrawal):
-        // leave its closing edge out; the check below still sees the rest of the region.
-        if (!(error instanceof CycleDetectedError)) throw error;
-      }
-    }
-    return { graph, reaches: target !== undefined && seen.has(target) };
   }
 
   async #versionstamps(keys: readonly KvKey[]): Promise<(string | null)[]> {
@@ -2169,8 +2254,12 @@ export class KvStore implements Store {
     }
     const pairs = async (kind: "calls" | "waits"): Promise<[string, string][]> => {
       const found: [string, string][] = [];
-      for await (const entry of this.#kv.list({ prefix: this.#keys.every(kind) })) {
-        found.push(entry.key.slice(-2).map(String) as [string, string]);
+      const prefix = this.#keys.every(kind);
+      for await (const entry of this.#kv.list({ prefix })) {
+        // calls/<call> is the call's edges version, not an edge.
+        if (entry.key.length === prefix.length + 2) {
+          found.push(entry.key.slice(-2).map(String) as [string, string]);
+        }
       }
       return found;
     };
@@ -2517,6 +2606,15 @@ const RELEASE_INLINE_KEYS = 300;
 const RECOVERY_PAGE = 500;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
+/** Checks per atomic commit: denokv's limit (the Deno CLI allows 100). */
+const MAX_CHECKS = 10;
+/**
+ * The largest region of a one-walk call insertion: its commit checks the edge and the edges
+ * version of every call of the region.
+ */
+const REGION_CHECKS = MAX_CHECKS - 1;
+/** The lists of one level of a call region's walk in flight at once. */
+const REGION_LISTS = 50;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;

@@ -205,13 +205,22 @@ switch (mode) {
   }
   case "cycle": {
     // Races `rest[0]` times: this process adds X_i → Y_i, the other Y_i → X_i, at one moment.
-    const [races, me, other] = [Number(rest[0]), rest[1]!, rest[2]!];
+    // With `wide` (`rest[3]`), X_i first calls 9 other calls, so the other process's insertion
+    // has a region of 10 calls (commit, then verify) while this one's has 1 (one walk).
+    const [races, me, other, wide] = [Number(rest[0]), rest[1]!, rest[2]!, rest[3] === "wide"];
     // Commits are delayed by 5–25 ms, as over a network (KV Connect): both processes then pass
-    // the pre-commit check of a race, and only the post-commit verification can decide.
+    // the walk of a race, and only the commit's checks or the post-commit verification decide.
     const slowCommits = interceptKv(kv, { beforeCommit: () => sleep(5 + Math.random() * 20) });
     const store = new KvStore(slowCommits, { appId: "mp", clock: systemClock });
+    const prepare = new KvStore(kv, { appId: "mp", clock: systemClock });
     const outcomes: string[] = [];
     for (let i = 0; i < races && Date.now() < deadline; i++) {
+      for (let callee = 0; wide && callee < 9; callee++) {
+        await prepare.addCall(
+          { callId: `${me}${i}`, invocationId: `${me}-wide-${i}` },
+          { callId: `${me}${i}.${callee}`, invocationId: `${me}-wide-${i}.${callee}` },
+        );
+      }
       await add(["arrived", String(i), me], 1);
       while (await read(["arrived", String(i), other]) === 0 && Date.now() < deadline) {
         await sleep(1);

@@ -1,17 +1,36 @@
 import { claimedCallerAndCallee } from "./_contract_graphs.ts";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { Keys } from "../kv/keys.ts";
-import type { KvKey, KvLike } from "../kv/kv_like.ts";
+import type { KvEntryLike, KvKey, KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
+import { InjectedStoreFault } from "./_faults.ts";
 
 const opened: TestKv[] = [];
-after(() => opened.forEach((kv) => kv.close()));
+const directory = mkdtempSync(join(tmpdir(), "nenc-kv-cycle-"));
+after(() => {
+  opened.forEach((kv) => kv.close());
+  rmSync(directory, { recursive: true, force: true });
+});
+
+/** Where a test's KV lives: in memory, or a file of its own. */
+type Where = ":memory:" | "a file";
+const everywhere: readonly Where[] = [":memory:", "a file"];
+let files = 0;
+
+async function openKv(where: Where = ":memory:"): Promise<TestKv> {
+  const kv = await openTestKv(where === ":memory:" ? where : join(directory, `${files++}.db`));
+  opened.push(kv);
+  return kv;
+}
 
 /**
  * A view of `kv` whose first commit counts itself in `arrived` and waits for `gate`: both racers
@@ -29,41 +48,42 @@ function gated(kv: KvLike, gate: Promise<void>, arrived: { count: number }): KvL
   });
 }
 
-test("KV cycle control: in 20 races where A→B and B→A both pass the check before either commits, exactly one insertion fails with CycleDetectedError and one edge stays", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
-  for (let race = 0; race < 20; race++) {
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => open = resolve);
-    const arrived = { count: 0 };
-    const options = { appId: `race${race}`, clock: systemClock };
-    const one = new KvStore(gated(kv, gate, arrived), options);
-    const two = new KvStore(gated(kv, gate, arrived), options);
-    const a = { callId: "a#1", invocationId: "ia", label: "a()" };
-    const b = { callId: "b#1", invocationId: "ib", label: "b()" };
-    const first = one.addCall(a, b);
-    const second = two.addCall({ ...b, invocationId: "ib2" }, { ...a, invocationId: "ia2" });
-    // Let both reach their gated commit (their pre-commit checks see no edge yet). Wait for both,
-    // not for a number of turns: a racer still reading when the gate opens sees the other's edge
-    // in its pre-commit check, and the post-commit verification under test is never exercised.
-    await waitUntil(() => arrived.count >= 2, {
-      timeoutMs: 10_000,
-      message: `race ${race}: the racers never both reached their commit`,
-    });
-    open();
-    const outcomes = await Promise.allSettled([first, second]);
-    const rejected = outcomes.filter((outcome) => outcome.status === "rejected");
-    assert.equal(rejected.length, 1, `race ${race}: ${JSON.stringify(outcomes)}`);
-    const reason = (rejected[0] as PromiseRejectedResult).reason;
-    assert.ok(reason instanceof CycleDetectedError);
-    assert.equal(reason.callIds.length, 2);
-    const edges = [];
-    for await (const entry of kv.list({ prefix: ["nenc", `race${race}`, "calls"] })) {
-      edges.push(entry.key);
+for (const where of everywhere) {
+  test(`KV cycle control: in 20 races where A→B and B→A both pass the check before either commits, exactly one insertion fails with CycleDetectedError and one edge stays (on ${where})`, async () => {
+    const kv = await openKv(where);
+    for (let race = 0; race < 20; race++) {
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => open = resolve);
+      const arrived = { count: 0 };
+      const options = { appId: `race${race}`, clock: systemClock };
+      const one = new KvStore(gated(kv, gate, arrived), options);
+      const two = new KvStore(gated(kv, gate, arrived), options);
+      const a = { callId: "a#1", invocationId: "ia", label: "a()" };
+      const b = { callId: "b#1", invocationId: "ib", label: "b()" };
+      const first = one.addCall(a, b);
+      const second = two.addCall({ ...b, invocationId: "ib2" }, { ...a, invocationId: "ia2" });
+      // Let both reach their gated commit (their walks see no edge yet). Wait for both, not for a
+      // number of turns: a racer still reading when the gate opens sees the other's edge in its
+      // walk, and the commit's check under test is never exercised.
+      await waitUntil(() => arrived.count >= 2, {
+        timeoutMs: 10_000,
+        message: `race ${race}: the racers never both reached their commit`,
+      });
+      open();
+      const outcomes = await Promise.allSettled([first, second]);
+      const rejected = outcomes.filter((outcome) => outcome.status === "rejected");
+      assert.equal(rejected.length, 1, `race ${race}: ${JSON.stringify(outcomes)}`);
+      const reason = (rejected[0] as PromiseRejectedResult).reason;
+      assert.ok(reason instanceof CycleDetectedError);
+      assert.equal(reason.callIds.length, 2);
+      const edges = [];
+      for await (const entry of kv.list({ prefix: ["nenc", `race${race}`, "calls"] })) {
+        if (entry.key.length === 5) edges.push(entry.key); // not calls/<call>, the edges version
+      }
+      assert.equal(edges.length, 1, `race ${race}: edges left: ${JSON.stringify(edges)}`);
     }
-    assert.equal(edges.length, 1, `race ${race}: edges left: ${JSON.stringify(edges)}`);
-  }
-});
+  });
+}
 
 /**
  * A gate: `wait()` blocks until `open()`; `reached` resolves when something first waits (each
@@ -106,8 +126,7 @@ async function keysUnder(kv: KvLike, prefix: KvKey): Promise<KvKey[]> {
 }
 
 test("KV cycle control: a call's edges survive when a new holder joins while the last old holder is removing it (no missed cycle)", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
+  const kv = await openKv();
   const options = { appId: "join-during-removal", clock: systemClock };
   const keys = new Keys(options.appId);
   const other = new KvStore(kv, options);
@@ -140,8 +159,7 @@ test("KV cycle control: a call's edges survive when a new holder joins while the
 });
 
 test("KV cycle control: an existing edge a new holder relies on survives the concurrent removal of the call's last old holder (no missed cycle)", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
+  const kv = await openKv();
   const options = { appId: "rely-during-removal", clock: systemClock };
   const other = new KvStore(kv, options);
   // The inserting process stops once, before its commit: it has already read that C → D exists.
@@ -170,8 +188,7 @@ test("KV cycle control: an existing edge a new holder relies on survives the con
 });
 
 test("KV cycle control: the last holder's removal deletes a call's edges written without a holders version key (data of earlier versions), and leaves no key behind", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
+  const kv = await openKv();
   const options = { appId: "legacy-calls", clock: systemClock };
   const keys = new Keys(options.appId);
   const store = new KvStore(kv, options);
@@ -194,8 +211,7 @@ test("KV cycle control: the last holder's removal deletes a call's edges written
 });
 
 test("KV cycle control: the last holder's removal deletes all 600 edges of a call, in several commits (KV allows 1000 mutations per commit)", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
+  const kv = await openKv();
   const options = { appId: "wide-call", clock: systemClock };
   const keys = new Keys(options.appId);
   const store = new KvStore(kv, options);
@@ -231,6 +247,20 @@ function staged(kv: KvLike, stages: Stages): KvLike {
   });
 }
 
+/** A view of `kv` that counts in `done.lists` the lists it read to their end. */
+function countingLists(kv: KvLike, done: { lists: number }): KvLike {
+  return {
+    get: (key) => kv.get(key),
+    getMany: (keys) => kv.getMany(keys),
+    atomic: () => kv.atomic(),
+    list: (selector, options) =>
+      (async function* (): AsyncGenerator<KvEntryLike> {
+        yield* kv.list(selector, options);
+        done.lists++;
+      })(),
+  };
+}
+
 /**
  * Whether `promise` settles while the gated stores stay held (without awaiting it). A deadline of
  * 10 s, not a number of event-loop turns: the reads and commits it takes need more turns when
@@ -245,101 +275,157 @@ async function settles(promise: Promise<unknown>): Promise<boolean> {
   return settled;
 }
 
+/**
+ * The regions of the scenarios below: "small", A and B call nothing else, and every insertion
+ * walks once (the region of B is B); "large", A and B each call 9 other calls first (regions of
+ * 10 calls), and every insertion commits, then verifies.
+ */
+type RegionSize = "small" | "large";
+const sizes: Record<RegionSize, string> = {
+  small: "regions of 1 call: one walk",
+  large: "regions of 10 calls: commit, then verify",
+};
+
+/** Gives A and B 9 callees each for a "large" scenario (held by a0 and b0). */
+async function widen(store: KvStore, size: RegionSize): Promise<void> {
+  if (size === "small") return;
+  for (let i = 0; i < 9; i++) {
+    await store.addCall(call("A", "a0"), call(`a.${i}`, `a.${i}`));
+    await store.addCall(call("B", "b0"), call(`b.${i}`, `b.${i}`));
+  }
+}
+
+/** The edges between A and B. */
+async function edgesAB(store: KvStore): Promise<(readonly [string, string])[]> {
+  const { edges } = (await store.graphs()).calls;
+  return edges.filter(([, callee]) => callee === "A" || callee === "B");
+}
+
 // Three processes: X (an invocation x1 of call A) inserts A → B; Z (zb, of call B) inserts B → A;
 // Y (y1, another invocation of call A) also calls B, and finds X's edge A → B there: it reuses it.
 // Y and X read the region before Z commits, Z before X commits; Z commits first, so X's A → B is
 // the newest edge of the cycle A → B → A. `y` says when Y commits and verifies relative to X's
-// verification (which withdraws A → B and fails).
-for (
-  const [y, when] of [
-    ["verifies", "Y commits and verifies before X verifies"],
-    ["commits", "Y commits before X withdraws the edge and verifies after"],
-    ["late", "Y commits after X withdrew the edge"],
-  ] as const
-) {
-  test(`KV cycle control: an invocation that reuses the newest edge of a cycle fails with CycleDetectedError too (no missed cycle): ${when}`, async () => {
-    const kv = await openTestKv(":memory:");
-    opened.push(kv);
-    const options = { appId: `reuse-newest-${y}`, clock: systemClock };
-    const stages = {
-      yRead: gate(),
-      yCommit: gate(),
-      yVerify: gate(),
-      xCommit: gate(),
-      xVerify: gate(),
-      zCommit: gate(),
-    };
-    const Y = new KvStore(
-      staged(kv, {
-        read: stages.yRead,
-        ...(y === "late" ? { commit: stages.yCommit } : {}),
-        ...(y === "commits" ? { verify: stages.yVerify } : {}),
-      }),
-      options,
-    );
-    const X = new KvStore(staged(kv, { commit: stages.xCommit, verify: stages.xVerify }), options);
-    const Z = new KvStore(staged(kv, { commit: stages.zCommit }), options);
+// verification (which withdraws A → B and fails). In small regions X's commit fails instead (Z's
+// rewrote the edges version of B, which X's walk read) and X re-plans, so Y finds no edge and
+// inserts it: every step the test waits for still comes, and every outcome is the same.
+for (const size of ["small", "large"] as const) {
+  for (
+    const [y, when] of [
+      ["verifies", "Y commits and verifies before X verifies"],
+      ["commits", "Y commits before X withdraws the edge and verifies after"],
+      ["late", "Y commits after X withdrew the edge"],
+    ] as const
+  ) {
+    test(
+      `KV cycle control: an invocation that reuses the newest edge of a cycle fails with CycleDetectedError too (no missed cycle): ${when} (${
+        sizes[size]
+      })`,
+      async () => {
+        const kv = await openKv();
+        const options = { appId: `reuse-newest-${y}`, clock: systemClock };
+        await widen(new KvStore(kv, options), size);
+        const stages = {
+          yRead: gate(),
+          yCommit: gate(),
+          yVerify: gate(),
+          xCommit: gate(),
+          xVerify: gate(),
+          zCommit: gate(),
+        };
+        const yWalk = { lists: 0 };
+        const Y = new KvStore(
+          staged(countingLists(kv, yWalk), {
+            read: stages.yRead,
+            ...(y === "late" ? { commit: stages.yCommit } : {}),
+            ...(y === "commits" ? { verify: stages.yVerify } : {}),
+          }),
+          options,
+        );
+        const X = new KvStore(
+          staged(kv, { commit: stages.xCommit, verify: stages.xVerify }),
+          options,
+        );
+        const Z = new KvStore(staged(kv, { commit: stages.zCommit }), options);
 
-    const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
-    await stages.yRead.reached; // Y's pre-check found no B → A; it is about to read A → B
-    const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
-    await stages.xCommit.reached; // X's pre-check found no B → A
-    const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
-    await stages.zCommit.reached; // Z's pre-check found no A → B
-    stages.zCommit.open();
-    await closing; // B → A committed; Z's verification saw no A → B: Z succeeds
-    stages.xCommit.open();
-    await stages.xVerify.reached; // A → B committed, newer than B → A
-    stages.yRead.open(); // Y reads A → B: it exists, Y reuses it
-    if (y === "verifies") {
-      assert.ok(await settles(reusing), "Y's addCall settles before X verifies");
-    }
-    // (Without a verification, Y's addCall returns right after its commit.)
-    if (y === "commits") await Promise.race([stages.yVerify.reached, reusing.catch(() => {})]);
-    if (y === "late") await stages.yCommit.reached;
-    stages.xVerify.open();
-    await assert.rejects(inserting, CycleDetectedError); // X withdraws A → B
-    stages.yVerify.open();
-    stages.yCommit.open();
-    const error = await reusing.then(() => undefined, (error: unknown) => error);
-    assert.ok(
-      error instanceof CycleDetectedError,
-      `Y's call A → B closes A → B → A, yet Y's addCall ${error ? `threw ${error}` : "succeeded"}`,
+        const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
+        await stages.yRead.reached; // Y is about to read A → B
+        const region = size === "small" ? 1 : 10;
+        await waitUntil(() => yWalk.lists === region, { message: "Y's walk of the region of B" });
+        // Y's walk found no B → A.
+        const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+        await stages.xCommit.reached; // X's walk found no B → A
+        const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
+        await stages.zCommit.reached; // Z's walk found no A → B
+        stages.zCommit.open();
+        await closing; // B → A committed: Z succeeds
+        stages.xCommit.open();
+        await stages.xVerify.reached; // large: A → B committed, newer than B → A; small: X re-plans
+        stages.yRead.open(); // large: Y reads A → B: it exists, Y reuses it
+        if (y === "verifies") {
+          assert.ok(await settles(reusing), "Y's addCall settles before X verifies");
+        }
+        // (Without a verification, Y's addCall returns right after its commit.)
+        if (y === "commits") await Promise.race([stages.yVerify.reached, reusing.catch(() => {})]);
+        if (y === "late") await stages.yCommit.reached;
+        stages.xVerify.open();
+        await assert.rejects(inserting, CycleDetectedError); // large: X withdraws A → B
+        stages.yVerify.open();
+        stages.yCommit.open();
+        const error = await reusing.then(() => undefined, (error: unknown) => error);
+        assert.ok(
+          error instanceof CycleDetectedError,
+          `Y's call A → B closes A → B → A, yet Y's addCall ${
+            error ? `threw ${error}` : "succeeded"
+          }`,
+        );
+        assert.deepEqual(error.callIds, ["A", "B"]);
+        assert.deepEqual(await edgesAB(Z), [["B", "A"]], "z1 runs z2: B → A is live");
+      },
     );
-    assert.deepEqual(error.callIds, ["A", "B"]);
-    assert.deepEqual((await Z.graphs()).calls.edges, [["B", "A"]], "z1 runs z2: B → A is live");
-  });
+  }
+
+  test(
+    `KV cycle control: an invocation that reuses an edge older than the edge closing the cycle succeeds: only the closing insertion fails (no extra error) (${
+      sizes[size]
+    })`,
+    async () => {
+      const kv = await openKv();
+      const options = { appId: "reuse-older", clock: systemClock };
+      await widen(new KvStore(kv, options), size);
+      const stages = { yRead: gate(), xCommit: gate(), zCommit: gate(), zVerify: gate() };
+      const yWalk = { lists: 0 };
+      const Y = new KvStore(staged(countingLists(kv, yWalk), { read: stages.yRead }), options);
+      const X = new KvStore(staged(kv, { commit: stages.xCommit }), options);
+      const Z = new KvStore(
+        staged(kv, { commit: stages.zCommit, verify: stages.zVerify }),
+        options,
+      );
+
+      const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
+      await stages.yRead.reached;
+      const region = size === "small" ? 1 : 10;
+      await waitUntil(() => yWalk.lists === region, { message: "Y's walk of the region of B" });
+      const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+      await stages.xCommit.reached;
+      const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
+      await stages.zCommit.reached;
+      stages.xCommit.open();
+      await inserting; // A → B committed first; X's verification saw no B → A: X succeeds
+      stages.zCommit.open();
+      // Large: B → A committed, the newest edge of A → B → A; small: Z's commit failed its check (X
+      // rewrote the edges version of A, which Z's walk read), and Z re-plans.
+      await stages.zVerify.reached;
+      stages.yRead.open(); // Y reuses A → B (large: and verifies while B → A is still there)
+      await reusing; // not the newest edge: Y succeeds
+      stages.zVerify.open();
+      await assert.rejects(closing, CycleDetectedError); // large: Z withdraws B → A
+      assert.deepEqual(await edgesAB(X), [["A", "B"]], "x1 and y1 run B: A → B is live");
+    },
+  );
 }
 
-test("KV cycle control: an invocation that reuses an edge older than the edge closing the cycle succeeds: only the closing insertion fails (no extra error)", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
-  const options = { appId: "reuse-older", clock: systemClock };
-  const stages = { yRead: gate(), xCommit: gate(), zCommit: gate(), zVerify: gate() };
-  const Y = new KvStore(staged(kv, { read: stages.yRead }), options);
-  const X = new KvStore(staged(kv, { commit: stages.xCommit }), options);
-  const Z = new KvStore(staged(kv, { commit: stages.zCommit, verify: stages.zVerify }), options);
-
-  const reusing = Y.addCall(call("A", "y1"), call("B", "y2"));
-  await stages.yRead.reached;
-  const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
-  await stages.xCommit.reached;
-  const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
-  await stages.zCommit.reached;
-  stages.xCommit.open();
-  await inserting; // A → B committed first; X's verification saw no B → A: X succeeds
-  stages.zCommit.open();
-  await stages.zVerify.reached; // B → A committed: the newest edge of A → B → A
-  stages.yRead.open(); // Y reuses A → B, and verifies while B → A is still there
-  await reusing; // not the newest edge: Y succeeds
-  stages.zVerify.open();
-  await assert.rejects(closing, CycleDetectedError); // Z withdraws B → A
-  assert.deepEqual((await X.graphs()).calls.edges, [["A", "B"]], "x1 and y1 run B: A → B is live");
-});
-
 test("KV cycle control: a caller that becomes final while its call edge is being added (its clean-up ran before the holder was written) leaves no holder of its call behind", async () => {
-  const kv = await openTestKv(":memory:");
-  opened.push(kv);
+  const kv = await openKv();
   const appId = "final-caller-race";
   const keys = new Keys(appId);
   // The commit that writes the caller's holder stops until the caller has finished.
@@ -368,4 +454,260 @@ test("KV cycle control: a caller that becomes final while its call edge is being
   assert.deepEqual((await o.store.graphs()).calls.edges, []);
   await o.setInvocationResult(callee, 1, actor);
   assert.deepEqual(await o.store.graphs(), { calls: { calls: [], edges: [] }, waits: [] });
+});
+
+/** The calls whose edges a view's lists read (`calls/<call>` ranges and prefixes), in order. */
+function callsListed(selector: Parameters<KvLike["list"]>[0]): string | undefined {
+  const key = "prefix" in selector ? selector.prefix : selector.start;
+  return key[2] === "calls" ? String(key[3]) : undefined;
+}
+
+test("KV cycle control: an insertion into a region of at most 9 calls walks it once (one range read per call, none after the commit), in one read of the edge and one commit", async () => {
+  const kv = await openKv();
+  const options = { appId: "one-walk", clock: systemClock };
+  await new KvStore(kv, options).addCall(call("B", "b1"), call("C", "c1"));
+  await new KvStore(kv, options).addCall(call("C", "c1"), call("D", "d1"));
+  const seen = { walked: [] as string[], otherLists: 0, getMany: 0, get: 0, commits: 0 };
+  const store = new KvStore(
+    interceptKv(kv, {
+      beforeList: (selector) => {
+        const callId = callsListed(selector);
+        if (callId === undefined) seen.otherLists++;
+        else seen.walked.push(callId);
+      },
+      beforeGetMany: () => void seen.getMany++,
+      beforeGet: () => void seen.get++,
+      beforeCommit: () => void seen.commits++,
+    }),
+    options,
+  );
+  // A new callee: its region is itself, with no edges.
+  await store.addCall(call("X", "x1"), call("Y", "y1"));
+  assert.deepEqual(seen, { walked: ["Y"], otherLists: 0, getMany: 1, get: 0, commits: 1 });
+  // The region of B is B, C and D: each read once.
+  Object.assign(seen, { walked: [], otherLists: 0, getMany: 0, get: 0, commits: 0 });
+  await store.addCall(call("A", "a1"), call("B", "b2"));
+  assert.deepEqual(seen, {
+    walked: ["B", "C", "D"],
+    otherLists: 0,
+    getMany: 1,
+    get: 0,
+    commits: 1,
+  });
+  assert.deepEqual((await store.graphs()).calls.edges, [["A", "B"], ["B", "C"], ["C", "D"], [
+    "X",
+    "Y",
+  ]]);
+});
+
+test("KV cycle control: the walk reads the calls of one level together (each list starts before the other ends)", async () => {
+  const kv = await openKv();
+  const options = { appId: "one-level", clock: systemClock };
+  await new KvStore(kv, options).addCall(call("B", "b1"), call("C1", "c1"));
+  await new KvStore(kv, options).addCall(call("B", "b1"), call("C2", "c2"));
+  // Each list of C1 and C2 waits until both began: read one after the other, the first never ends.
+  const started = new Set<string>();
+  let bothBegan!: () => void;
+  const both = new Promise<void>((resolve) => bothBegan = resolve);
+  const store = new KvStore(
+    interceptKv(kv, {
+      beforeList: async (selector) => {
+        const callId = callsListed(selector);
+        if (callId !== "C1" && callId !== "C2") return;
+        started.add(callId);
+        if (started.size === 2) bothBegan();
+        await within(both, DEADLINE_MS, "the lists of C1 and C2 to begin together");
+      },
+    }),
+    options,
+  );
+  await store.addCall(call("A", "a1"), call("B", "b2"));
+  assert.deepEqual([...started].sort(), ["C1", "C2"]);
+});
+
+/** The gates of a store: its first commit, and its first list after a commit. */
+function gatedStore(kv: KvLike, appId: string, stages: Stages): KvStore {
+  return new KvStore(staged(kv, stages), { appId, clock: systemClock });
+}
+
+// X inserts A → B, into the region of B: B and 9 callees of B (commit, then verify). Z inserts
+// B → A, into the region of A: A alone (one walk). Both walk before either commits.
+for (const where of everywhere) {
+  for (
+    const [first, outcome] of [
+      ["X", "Z's commit fails its check (X rewrote the edges version of A), Z re-plans and throws"],
+      ["Z", "X's verification finds A → B the newest edge of A → B → A, withdraws it and throws"],
+    ] as const
+  ) {
+    test(`KV cycle control: a small-region insertion racing a large-region one that closes a cycle with it: exactly one CycleDetectedError when ${first} commits first (${outcome}) (on ${where})`, async () => {
+      const kv = await openKv(where);
+      const appId = `small-large-${first}`;
+      const plain = gatedStore(kv, appId, {});
+      for (let i = 0; i < 9; i++) await plain.addCall(call("B", "b0"), call(`b.${i}`, `b.${i}`));
+      const stages = { xCommit: gate(), zCommit: gate() };
+      const X = gatedStore(kv, appId, { commit: stages.xCommit });
+      const Z = gatedStore(kv, appId, { commit: stages.zCommit });
+      const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+      const closing = Z.addCall(call("B", "z1"), call("A", "z2"));
+      await stages.xCommit.reached;
+      await stages.zCommit.reached;
+      const [winner, loser] = first === "X"
+        ? [{ stage: stages.xCommit, addCall: inserting }, {
+          stage: stages.zCommit,
+          addCall: closing,
+        }]
+        : [{ stage: stages.zCommit, addCall: closing }, {
+          stage: stages.xCommit,
+          addCall: inserting,
+        }];
+      winner.stage.open();
+      await winner.addCall;
+      loser.stage.open();
+      const error = await loser.addCall.then(() => undefined, (error: unknown) => error);
+      assert.ok(error instanceof CycleDetectedError, `the second insertion: ${error}`);
+      assert.deepEqual(error.callIds, first === "X" ? ["B", "A"] : ["A", "B"]);
+      assert.deepEqual(await edgesAB(plain), first === "X" ? [["A", "B"]] : [["B", "A"]]);
+    });
+  }
+}
+
+test("KV cycle control: a withdrawal commits only while the cycle it saw stands: when a removal broke it and another invocation reused the edge meanwhile, the edge stays (no missed cycle)", async () => {
+  const kv = await openKv();
+  const appId = "withdrawal-checks";
+  const plain = gatedStore(kv, appId, {});
+  // B calls C and 8 more: the region of B has 10 calls, so X commits, then verifies.
+  await plain.addCall(call("B", "b0"), call("C", "c0"));
+  for (let i = 0; i < 8; i++) await plain.addCall(call("B", "b0"), call(`b.${i}`, `b.${i}`));
+  // X stops before its first commit (the edge) and before its second (the withdrawal).
+  const commits = [gate(), gate()];
+  let commit = 0;
+  const X = new KvStore(
+    interceptKv(kv, {
+      beforeCommit: async () => {
+        await commits[commit++]?.wait();
+      },
+    }),
+    { appId, clock: systemClock },
+  );
+  const inserting = X.addCall(call("A", "x1"), call("B", "x2"));
+  await commits[0]!.reached; // X's walk found no A
+  await plain.addCall(call("C", "z1"), call("A", "z2")); // C → A: the region of A is A
+  commits[0]!.open();
+  await commits[1]!.reached; // A → B closed A → B → C → A, and is its newest edge
+  // C's last holders finish: C's edges go, the cycle is broken.
+  await plain.removeCall(call("C", "c0"));
+  await plain.removeCall(call("C", "z1"));
+  // r1, another invocation of A, calls B: A → B is on no cycle now, r1 relies on it.
+  await plain.addCall(call("A", "r1"), call("B", "r2"));
+  commits[1]!.open();
+  await inserting; // the cycle X saw is gone: X keeps its edge and succeeds
+  assert.deepEqual(await edgesAB(plain), [["A", "B"]], "r1 runs r2: A → B is live");
+  // r2 (B) calls C, which calls A: A → B → C → A while r1 runs.
+  await plain.addCall(call("B", "r2"), call("C", "c5"));
+  await assert.rejects(plain.addCall(call("C", "c5"), call("A", "a6")), CycleDetectedError);
+});
+
+// Faults of the commit that writes an edge: refused (not applied), applied then reported failed
+// (as over KV Connect), applied and the store down from then on until the test brings it back. The
+// insertion rejects with the store's error; tried again (as the runner does), it ends as it would
+// have without the fault: with the edge, or — when B → A came between its walk and its commit —
+// with CycleDetectedError and without its edge, whether its commit was applied or not (tried again,
+// it recognises its own edge: in a large region it verifies and withdraws it).
+const faults = {
+  refuse: "refused",
+  applied: "applied, then reported failed",
+  down: "applied as the store goes down",
+} as const;
+const endings = {
+  plain: "adds its edge once",
+  closing: "closing a cycle fails with CycleDetectedError and leaves no edge",
+} as const;
+for (const fault of ["refuse", "applied", "down"] as const) {
+  for (const size of ["small", "large"] as const) {
+    for (const ending of ["plain", "closing"] as const) {
+      const name = `the commit of an edge ${faults[fault]}: tried again, the insertion ${
+        endings[ending]
+      } (${sizes[size]})`;
+      test(`KV cycle control: ${name}`, async () => {
+        const kv = await openKv();
+        const appId = `fault-${fault}-${size}-${ending}`;
+        const plain = gatedStore(kv, appId, {});
+        await widen(plain, size);
+        const edge = String(new Keys(appId).callEdge("A", "B"));
+        const isEdge = (key: KvKey): boolean => String(key) === edge;
+        let armed = true;
+        let down = false;
+        const throwIfDown = (): void => {
+          if (down) throw new InjectedStoreFault("down");
+        };
+        const X = new KvStore(
+          interceptKv(kv, {
+            beforeGet: throwIfDown,
+            beforeGetMany: throwIfDown,
+            beforeList: throwIfDown,
+            beforeCommit: async (_values, keys) => {
+              throwIfDown();
+              if (!armed || !keys.some(isEdge)) return;
+              // Between X's walk and its commit, Z's B → A commits: X's edge closes A → B → A.
+              if (ending === "closing") await plain.addCall(call("B", "z1"), call("A", "z2"));
+              if (fault !== "refuse") return;
+              armed = false;
+              throw new InjectedStoreFault(fault);
+            },
+            afterCommit: (_ok, sets) => {
+              if (!armed || !sets.some(({ key }) => isEdge(key))) return;
+              armed = false;
+              down = fault === "down";
+              throw new InjectedStoreFault(fault);
+            },
+          }),
+          { appId, clock: systemClock },
+        );
+        const insert = (): Promise<void> => X.addCall(call("A", "x1"), call("B", "x2"));
+        await assert.rejects(insert(), InjectedStoreFault);
+        if (fault === "down") {
+          await assert.rejects(insert(), InjectedStoreFault); // still down
+          down = false;
+        }
+        if (ending === "closing") {
+          const error = await insert().then(() => undefined, (error: unknown) => error);
+          assert.ok(error instanceof CycleDetectedError, `tried again: ${error}`);
+          assert.deepEqual(error.callIds, ["A", "B"]);
+          assert.deepEqual(await edgesAB(plain), [["B", "A"]], "z1 runs z2: B → A is live");
+        } else {
+          await insert();
+          assert.deepEqual(await edgesAB(plain), [["A", "B"]]);
+          // x2 (B) calling A closes A → B → A while x1 runs.
+          await assert.rejects(plain.addCall(call("B", "x2"), call("A", "x3")), CycleDetectedError);
+        }
+      });
+    }
+  }
+}
+
+test("KV cycle control: a child whose call edge commit was applied but reported failed runs when its runner tries again, and its parent gets its result", async () => {
+  const kv = await openKv();
+  let faulted = false;
+  const app = new Nenc({
+    appId: "edge-applied",
+    kv: interceptKv(kv, {
+      afterCommit: (ok, sets) => {
+        if (faulted || !ok || !sets.some(({ key }) => key[2] === "calls" && key.length === 5)) {
+          return;
+        }
+        faulted = true;
+        throw new InjectedStoreFault("applied");
+      },
+    }),
+  });
+  const child = app.task("child", ({ n }: { n: number }) => n * 2);
+  const parent = app.task(
+    "parent",
+    async ({ n }: { n: number }) => (await (await child.call({ n })).result()) + 1,
+  );
+  await using runner = app.runner({ concurrency: 2, pollMs: 10 });
+  runner.start();
+  const invocation = await parent.call({ n: 4 });
+  assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 9);
+  assert.ok(faulted, "the commit of the edge parent → child was reported failed");
 });

@@ -597,21 +597,36 @@ test(
   },
 );
 
-test("two processes racing A→B and B→A 100 times get exactly one CycleDetectedError per race", {
-  skip: onlyDeno,
-}, async () => {
-  await withKvFile(async (path) => {
-    const [a, b] = await Promise.all([
-      output<{ outcomes: string[] }>(start("deno", ["cycle", path, "100", "A", "B"])),
-      output<{ outcomes: string[] }>(start("deno", ["cycle", path, "100", "B", "A"])),
-    ]);
-    assert.equal(a.outcomes.length, 100);
-    assert.equal(b.outcomes.length, 100);
-    let violations = 0;
-    for (let i = 0; i < 100; i++) {
-      const cycles = [a.outcomes[i], b.outcomes[i]].filter((outcome) => outcome === "cycle").length;
-      if (cycles !== 1) violations++;
-    }
-    assert.equal(violations, 0, `races without exactly one cycle error: ${violations}`);
-  });
-});
+for (
+  const [wide, what] of [
+    [false, ""],
+    [true, " (B calls 9 other calls first: a region of 10 calls against one of 1)"],
+  ] as const
+) {
+  test(
+    `two processes racing A→B and B→A 100 times get exactly one CycleDetectedError per race${what}`,
+    {
+      skip: onlyDeno,
+    },
+    async () => {
+      await withKvFile(async (path) => {
+        const [a, b] = await Promise.all([
+          output<{ outcomes: string[] }>(start("deno", ["cycle", path, "100", "A", "B"])),
+          output<{ outcomes: string[] }>(
+            start("deno", ["cycle", path, "100", "B", "A", ...wide ? ["wide"] : []]),
+          ),
+        ]);
+        assert.equal(a.outcomes.length, 100);
+        assert.equal(b.outcomes.length, 100);
+        let violations = 0;
+        for (let i = 0; i < 100; i++) {
+          const cycles = [a.outcomes[i], b.outcomes[i]].filter((outcome) =>
+            outcome === "cycle"
+          ).length;
+          if (cycles !== 1) violations++;
+        }
+        assert.equal(violations, 0, `races without exactly one cycle error: ${violations}`);
+      });
+    },
+  );
+}

@@ -254,9 +254,9 @@ export class Keys {
       : [...this.app, "holder", callId, invocationId];
   }
   /**
-   * Cycle control: a call's holders version, rewritten by every commit that adds or removes a
-   * holder of the call; the commit that deletes the call's edges checks it. Absent until the
-   * first such commit (data written before this key existed reads as absent: same meaning).
+   * Cycle control: a call's holders version, rewritten by every commit that adds a holder of the
+   * call; the commit that deletes the call's edges checks it. Absent until the first such commit
+   * (data written before this key existed reads as absent: same meaning).
    */
   callHolders(callId: string): KvKey {
     return [...this.app, "hver", callId];

@@ -1080,13 +1080,18 @@ export class KvStore implements Store {
     return windows;
   }
 
-  /** The last key part (an id) of every key under `prefix` (of the first `limit`). */
-  async #listIds(prefix: KvKey, limit?: number): Promise<string[]> {
-    const ids: string[] = [];
+  /** The last key part (an id) of every key under `prefix`. */
+  async #listIds(prefix: KvKey): Promise<string[]> {
+    return (await this.#listEntries(prefix)).map((entry) => String(entry.key.at(-1)));
+  }
+
+  /** The entries under `prefix` (the first `limit`). */
+  async #listEntries(prefix: KvKey, limit?: number): Promise<KvEntryLike[]> {
+    const entries: KvEntryLike[] = [];
     for await (const entry of this.#kv.list({ prefix }, limit === undefined ? {} : { limit })) {
-      ids.push(String(entry.key[entry.key.length - 1]));
+      entries.push(entry);
     }
-    return ids;
+    return entries;
   }
 
   async counts(): Promise<Map<string, Map<InvocationStatus, number>>> {
@@ -1331,63 +1336,79 @@ export class KvStore implements Store {
     );
   }
 
-  // reads: holder/<call>/<inv>; writes: delete it, rewrite hver/<call>. Then, if no holder is
-  // left — reads hver/<call>, then together holder/<call>/… (one), calls/<call>/… and
-  // called/<call>/…; checks hver/<call>; deletes every edge of the call with its reverse, then
-  // calls/<call> (its edges version) and hver/<call> (at most CHUNK_MUTATIONS keys per commit,
-  // each commit checking hver/<call>).
+  // reads: holder/<call>/<inv> and hver/<call> together, then together holder/<call>/… (two),
+  // calls/<call>/… and called/<call>/…. If another holder is listed: checks it and deletes
+  // holder/<call>/<inv>. Else: checks hver/<call>; deletes every edge of the call with its
+  // reverse, calls/<call> (its edges version), holder/<call>/<inv> and hver/<call> (at most
+  // CHUNK_MUTATIONS keys per commit, each checking hver/<call>).
   //
   // Deleting the edges must not race with a new holder of the call (another invocation of it
   // starting a child, or being started as one): its edges are the ones a later insertion needs
   // to see. A KV check cannot cover a key prefix, so the holders of a call share one version key,
-  // hver/<call>, which every commit that adds a holder of the call (addCall) or removes one (here)
-  // rewrites; a commit that adds an edge of the call always adds a holder of it. The deleting
-  // commit checks the versionstamp of hver/<call> read *before* the holders were listed, so it
-  // commits only if no holder was added since that list found none: no holder exists at commit
-  // time. If hver/<call> was absent, the check passes only if it is absent again at commit time,
-  // i.e. nothing rewrote it since, or the last commit to touch it was another such deletion,
-  // which itself proved no holder then — either way no holder exists. An edge listed here and
-  // deleted and re-added since came with a holder, so the check fails. On a failed check: re-read
-  // and re-plan (now seeing the new holder, or nothing left to delete). Data written before
-  // hver/<call> existed reads as "absent", which the argument covers: no migration.
+  // hver/<call>, which every commit that adds a holder of the call (addCall) rewrites; a commit
+  // that adds an edge of the call always adds a holder of it. The deleting commit checks the
+  // versionstamp of hver/<call> read *before* the holders were listed, so it commits only if no
+  // holder came since that list found none but this one, which it deletes: no holder exists
+  // after it. If hver/<call> was absent, the check passes only if it is absent
+  // again at commit time, i.e. nothing rewrote it since, or the last commit to touch it was
+  // another such deletion, which itself proved no holder then — either way no holder exists. An
+  // edge listed here and deleted and re-added since came with a holder, so the check fails. On a
+  // failed check: re-read and re-plan (now seeing the new holder, or nothing left to delete).
+  // A holder that lists another one leaves the clean-up to it: its release checks that other
+  // holder's key unchanged, so it commits only while that one still holds the call. A release
+  // therefore never leaves a call without holders — only a deleting commit does — and two
+  // holders releasing together cannot each leave the clean-up to the other: the second commit
+  // fails, re-reads and finds itself the last. (It also fails when the other one is rewritten,
+  // starting a child: a re-read then.) The edges version goes after the edges (its absence then
+  // means "no edge": addCall's argument), this invocation's holder and hver/<call> last (the last
+  // commit of a call with many edges): a removal cut short leaves its holder and is finished when
+  // tried again, and one whose release or deletion was applied though reported failed finds its
+  // holder gone: nothing left to do. Data written before hver/<call> existed reads as "absent",
+  // which the argument covers: no migration.
   async removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
     const keys = this.#keys;
     const holder = keys.callHolder(ref.callId, ref.invocationId);
-    // Most invocations never join the call graph (no parent, no child running): nothing to do.
-    if ((await this.#reads.get(holder)).versionstamp === null) return;
     const version = keys.callHolders(ref.callId);
-    const release = this.#kv.atomic().delete(holder).set(version, encode(null));
-    for (let attempt = 0; !await this.#commit(release); attempt++) await backoff(attempt);
     for (let attempt = 0;; attempt++) {
-      const stamp = (await this.#reads.get(version)).versionstamp; // before listing the holders
-      // The holders and both directions of edges, in flight together.
-      const [held, callees, callers] = await Promise.all([
-        this.#listIds(keys.callHolder(ref.callId), 1),
+      // One read (the reads of a turn go together): hver/<call> before the holders are listed.
+      const [held, { versionstamp: stamp }] = await Promise.all([
+        this.#reads.get(holder),
+        this.#reads.get(version),
+      ]);
+      // Most invocations never join the call graph (no parent, no child running): nothing to do.
+      // Nor is there when the holder is gone: released while another holder held the call (which
+      // cleans up), or deleted with the call's edges — by this removal tried again after such a
+      // commit was applied though it reported failure.
+      if (held.versionstamp === null) return;
+      const [holders, callees, callers] = await Promise.all([
+        this.#listEntries(keys.callHolder(ref.callId), 2),
         this.#listIds(keys.callEdge(ref.callId)),
         this.#listIds(keys.calledEdge(ref.callId)),
       ]);
-      if (held.length > 0) return;
-      const doomed: KvKey[] = [];
-      for (const callee of callees) {
-        doomed.push(keys.callEdge(ref.callId, callee), keys.calledEdge(callee, ref.callId));
+      const other = holders.find((entry) => entry.key.at(-1) !== ref.invocationId);
+      if (other !== undefined) {
+        const release = this.#kv.atomic()
+          .check({ key: other.key, versionstamp: other.versionstamp })
+          .delete(holder);
+        if (await this.#commit(release)) return;
+      } else {
+        const doomed: KvKey[] = [];
+        for (const callee of callees) {
+          doomed.push(keys.callEdge(ref.callId, callee), keys.calledEdge(callee, ref.callId));
+        }
+        for (const caller of callers) {
+          doomed.push(keys.calledEdge(ref.callId, caller), keys.callEdge(caller, ref.callId));
+        }
+        doomed.push(keys.callEdgesVersion(ref.callId), holder, version);
+        let deleted = 0;
+        while (deleted < doomed.length) {
+          const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
+          for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
+          if (!await this.#commit(op)) break;
+          deleted += CHUNK_MUTATIONS;
+        }
+        if (deleted >= doomed.length) return;
       }
-      for (const caller of callers) {
-        doomed.push(keys.calledEdge(ref.callId, caller), keys.callEdge(caller, ref.callId));
-      }
-      if (doomed.length === 0 && stamp === null) return;
-      doomed.push(keys.callEdgesVersion(ref.callId), version);
-      // In commits of at most CHUNK_MUTATIONS keys, each checking hver/<call>: each proves on its
-      // own that no holder exists when it commits. The edges version goes after the edges (its
-      // absence then means "no edge": addCall's argument), and hver/<call> last, so every commit
-      // checks the same versionstamp.
-      let deleted = 0;
-      while (deleted < doomed.length) {
-        const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
-        for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
-        if (!await this.#commit(op)) break;
-        deleted += CHUNK_MUTATIONS;
-      }
-      if (deleted >= doomed.length) return;
       await backoff(attempt);
     }
   }

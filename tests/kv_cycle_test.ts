@@ -711,3 +711,118 @@ test("KV cycle control: a child whose call edge commit was applied but reported 
   assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 9);
   assert.ok(faulted, "the commit of the edge parent → child was reported failed");
 });
+
+// Faults of the two commits of a call's removal: the release of a holder while another one holds
+// the call, and the deletion by the last one (each the removal's one commit). The removal
+// rejects with the store's error; tried again (as the orchestrator's clean-up is), it ends as it
+// would have: the released holder gone and the call's edges kept, then none of the call's keys
+// left — also when the faulted commit was applied, so that the holder is already gone.
+for (const fault of ["refuse", "applied", "down"] as const) {
+  test(
+    `KV cycle control: the release of a call's holder and the deletion by its last one, each ${
+      faults[fault]
+    }: tried again, the removals end as without the fault`,
+    async () => {
+      const kv = await openKv();
+      const appId = `remove-${fault}`;
+      const keys = new Keys(appId);
+      const plain = gatedStore(kv, appId, {});
+      await plain.addCall(call("C", "x1"), call("D", "d1"));
+      await plain.addCall(call("C", "x2"), call("D", "d2"));
+      let armed = true;
+      let down = false;
+      const throwIfDown = (): void => {
+        if (down) throw new InjectedStoreFault("down");
+      };
+      const removing = new KvStore(
+        interceptKv(kv, {
+          beforeGet: throwIfDown,
+          beforeGetMany: throwIfDown,
+          beforeList: throwIfDown,
+          // Each removal below makes one commit: the release, then the deletion.
+          beforeCommit: () => {
+            throwIfDown();
+            if (!armed || fault !== "refuse") return;
+            armed = false;
+            throw new InjectedStoreFault(fault);
+          },
+          afterCommit: () => {
+            if (!armed) return;
+            armed = false;
+            down = fault === "down";
+            throw new InjectedStoreFault(fault);
+          },
+        }),
+        { appId, clock: systemClock },
+      );
+      const remove = async (holder: string): Promise<void> => {
+        armed = true;
+        await assert.rejects(removing.removeCall(call("C", holder)), InjectedStoreFault);
+        if (fault === "down") {
+          await assert.rejects(removing.removeCall(call("C", holder)), InjectedStoreFault);
+          down = false;
+        }
+        await removing.removeCall(call("C", holder));
+      };
+      await remove("x1"); // x2 still holds C
+      assert.deepEqual(await keysUnder(kv, keys.callHolder("C")), [keys.callHolder("C", "x2")]);
+      assert.deepEqual(
+        (await plain.graphs()).calls.edges,
+        [["C", "D"]],
+        "x2 runs d2: C → D is live",
+      );
+      await remove("x2"); // the last holder
+      assert.deepEqual((await plain.graphs()).calls.edges, []);
+      for (const kind of ["holder", "hver", "calls"]) {
+        assert.deepEqual(await keysUnder(kv, [...keys.app, kind, "C"]), [], `${kind}/C… left`);
+      }
+      assert.equal((await kv.get(keys.callHolders("C"))).versionstamp, null, "hver/C left");
+      assert.equal((await kv.get(keys.callEdgesVersion("C"))).versionstamp, null, "calls/C left");
+    },
+  );
+}
+
+for (const where of everywhere) {
+  test(`KV cycle control: two holders of a call removed together, each listing the other: the second release fails its check, reads again, finds itself the last and deletes the call's edges (on ${where})`, async () => {
+    const kv = await openKv(where);
+    const appId = "two-releases";
+    const keys = new Keys(appId);
+    const plain = gatedStore(kv, appId, {});
+    await plain.addCall(call("C", "x1"), call("D", "d1"));
+    await plain.addCall(call("C", "x2"), call("D", "d2"));
+    const commits = { one: gate(), two: gate() };
+    const one = gatedStore(kv, appId, { commit: commits.one });
+    const two = gatedStore(kv, appId, { commit: commits.two });
+    const first = one.removeCall(call("C", "x1"));
+    const second = two.removeCall(call("C", "x2"));
+    await commits.one.reached; // x1 listed x2
+    await commits.two.reached; // x2 listed x1
+    commits.one.open();
+    await first; // x1 released: x2 held C then
+    commits.two.open();
+    await second; // x1 is gone: x2 is the last, and deletes C's edges
+    assert.deepEqual((await plain.graphs()).calls.edges, []);
+    for (const kind of ["holder", "hver", "calls"]) {
+      assert.deepEqual(await keysUnder(kv, [...keys.app, kind, "C"]), [], `${kind}/C… left`);
+    }
+    assert.equal((await kv.get(keys.callHolders("C"))).versionstamp, null, "hver/C left");
+  });
+}
+
+test("KV cycle control: a release whose other holder starts a child meanwhile reads again and releases (the call keeps its edges)", async () => {
+  const kv = await openKv();
+  const appId = "witness-rewritten";
+  const plain = gatedStore(kv, appId, {});
+  await plain.addCall(call("C", "x1"), call("D", "d1"));
+  await plain.addCall(call("C", "x2"), call("D", "d2"));
+  const commit = gate();
+  const removing = gatedStore(kv, appId, { commit });
+  const removal = removing.removeCall(call("C", "x1"));
+  await commit.reached; // x1 listed x2
+  await plain.addCall(call("C", "x2"), call("E", "e1")); // x2's holder key is written again
+  commit.open();
+  await removal;
+  const { calls, edges } = (await plain.graphs()).calls;
+  assert.deepEqual(calls.find((c) => c.callId === "C")?.invocationIds, ["x2"]);
+  assert.deepEqual(edges, [["C", "D"], ["C", "E"]]);
+});

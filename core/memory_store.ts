@@ -27,6 +27,7 @@ import {
   controlChange,
   decideSlots,
   type DelayedCount,
+  type ExecutionsPage,
   type FindQuery,
   inLane,
   type InvocationRecord,
@@ -148,8 +149,8 @@ export class MemoryStore implements Store {
   readonly #calls = new CallGraph();
   readonly #waits = new WaitGraph();
   readonly #runners = new Map<string, { lastSeenMs: number; taskIds?: readonly string[] }>();
-  /** The invocations each runner executes (owns). */
-  readonly #byRunner = new Map<string, Set<string>>();
+  /** The invocations each runner executes (owns), in id order: a page starts after any id. */
+  readonly #byRunner = new Map<string, string[]>();
   /** The upkeep lease: its holder, and until when. */
   #upkeep: { readonly runnerId: string; readonly untilMs: number } | undefined;
   /** Canceled invocations whose execution on a runner has not ended yet, per runner. */
@@ -403,8 +404,11 @@ export class MemoryStore implements Store {
     return Promise.resolve([...found.values()]);
   }
 
-  executions(runnerId: string): Promise<string[]> {
-    return Promise.resolve([...this.#byRunner.get(runnerId) ?? []]);
+  executions(runnerId: string, page?: ExecutionsPage): Promise<string[]> {
+    const ids = this.#byRunner.get(runnerId) ?? [];
+    if (page === undefined) return Promise.resolve([...ids]);
+    const from = page.after === undefined ? 0 : firstWhere(ids, (id) => id > page.after!);
+    return Promise.resolve(ids.slice(from, from + page.limit));
   }
 
   cancelRequests(runnerId: string): Promise<string[]> {
@@ -714,8 +718,10 @@ export class MemoryStore implements Store {
     this.#history.get(id)!.push(...plan.entries);
     if (record.status === PENDING) this.#pending.remove(id);
     if (next.status === PENDING) this.#pending.insert(id, next.updatedAtMs);
-    if (plan.executions.remove !== null) removeFrom(this.#byRunner, plan.executions.remove, id);
-    if (plan.executions.add !== null) addTo(this.#byRunner, plan.executions.add, id);
+    if (plan.executions.remove !== null) {
+      removeSorted(this.#byRunner, plan.executions.remove, id);
+    }
+    if (plan.executions.add !== null) addSorted(this.#byRunner, plan.executions.add, id);
     if (plan.cancelRequest.set !== null) addTo(this.#cancelRequests, plan.cancelRequest.set, id);
     if (plan.cancelRequest.clear !== null) {
       removeFrom(this.#cancelRequests, plan.cancelRequest.clear, id);
@@ -857,7 +863,7 @@ export class MemoryStore implements Store {
     this.#byTask.get(record.taskId)?.delete(id);
     if (record.parentId !== null) removeFrom(this.#byParent, record.parentId, id);
     this.#pending.remove(id);
-    if (record.ownerId !== null) removeFrom(this.#byRunner, record.ownerId, id);
+    if (record.ownerId !== null) removeSorted(this.#byRunner, record.ownerId, id);
     for (const runnerId of [...this.#cancelRequests.keys()]) {
       removeFrom(this.#cancelRequests, runnerId, id);
     }
@@ -948,4 +954,33 @@ function removeFrom<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
   const set = index.get(key);
   set?.delete(value);
   if (set?.size === 0) index.delete(key);
+}
+
+/** The first index of the sorted `ids` whose id passes `test` (true from some index on). */
+function firstWhere(ids: readonly string[], test: (id: string) => boolean): number {
+  let low = 0;
+  let high = ids.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (test(ids[middle]!)) high = middle;
+    else low = middle + 1;
+  }
+  return low;
+}
+
+/** Adds `id` to the sorted ids of `key` (a no-op if it is there). */
+function addSorted(index: Map<string, string[]>, key: string, id: string): void {
+  let ids = index.get(key);
+  if (ids === undefined) index.set(key, ids = []);
+  const at = firstWhere(ids, (each) => each >= id);
+  if (ids[at] !== id) ids.splice(at, 0, id);
+}
+
+/** Removes `id` from the sorted ids of `key` (a no-op if it is not there). */
+function removeSorted(index: Map<string, string[]>, key: string, id: string): void {
+  const ids = index.get(key);
+  if (ids === undefined) return;
+  const at = firstWhere(ids, (each) => each >= id);
+  if (ids[at] === id) ids.splice(at, 1);
+  if (ids.length === 0) index.delete(key);
 }

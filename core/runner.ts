@@ -49,6 +49,9 @@ export interface RunnerOptions {
    * schedules (those another process stored) [`1000`]. At the same pace it takes or renews the
    * upkeep lease (`Store.takeUpkeepLease`, until `runnerTimeoutSeconds` after its last heartbeat
    * that landed): the one runner that holds it recovers the stale invocations of every runner.
+   * Its orphans (invocations the store says it executes but it does not) it looks for among 500
+   * of its executions a heartbeat, in one range read, the next 500 each time: of `n` executions,
+   * each is looked at every ⌊n / 500⌋ + 1 heartbeats (every heartbeat while it has fewer than 500).
    */
   heartbeatMs?: number;
   /**
@@ -180,6 +183,12 @@ const IDLE_OVER = "idle over";
 const FENCE_SHARE = 0.75;
 
 /**
+ * The executions a runner reads of its own range per heartbeat, looking for orphans: one batch of
+ * a KV list, one round trip.
+ */
+const ORPHAN_PAGE = 500;
+
+/**
  * A runner of an app's invocations. `start()` begins picking up work; `stop()` (or
  * `await using`) stops picking up, lets what runs finish for a grace period, then aborts it and
  * hands it back (RUNNING → KILLED → REROUTED) once its function has returned, for another runner
@@ -229,6 +238,8 @@ export class Runner implements AsyncDisposable {
   #wake: (() => void) | undefined;
   #woken = false;
   #nextRecoveryMs = -Infinity;
+  /** Where the next page of the orphan sweep starts: after this id (`undefined`: from the first). */
+  #orphanCursor: string | undefined;
   #nextPurgeMs = -Infinity;
   /** The schedules of the tasks this runner defines, by name, as last read (every heartbeat). */
   #schedules = new Map<string, ScheduleWatch>();
@@ -676,7 +687,8 @@ export class Runner implements AsyncDisposable {
           await orchestrator.autoPurge();
         }
       }
-      // Its own orphans every runner takes back itself: they are in its own range of the index.
+      // Its own orphans every runner takes back itself: they are in its own range of the index,
+      // which it reads one page at a time.
       await this.#recoverOrphans();
       await this.#readSchedules();
     }
@@ -749,17 +761,27 @@ export class Runner implements AsyncDisposable {
 
   /**
    * Invocations the store says this runner executes but it does not (a claim applied whose
-   * answer was lost, an execution that ended without its last write): recovered now, not when
-   * they look stale.
+   * answer was lost, an execution that ended without its last write): recovered soon, not when
+   * they look stale. One page of its range a heartbeat, from where the last one ended, back to
+   * the first after the last page: with `n` executions, each id is looked at once every
+   * ⌊n / ORPHAN_PAGE⌋ + 1 heartbeats, in one range read per heartbeat however large `n` is.
+   *
+   * It runs in the pick-up loop, between its claims: no claim of this runner is in flight while
+   * the page is read and compared with what runs here, so an id it claims is never taken for an
+   * orphan — a claim registers its executions before the loop goes on.
    */
   async #recoverOrphans(): Promise<void> {
     const { orchestrator } = this.#host;
-    const orphans = (await orchestrator.store.executions(this.id)).filter((id) =>
-      !this.#executions.has(id)
-    );
+    const page = await orchestrator.store.executions(this.id, {
+      ...(this.#orphanCursor !== undefined ? { after: this.#orphanCursor } : {}),
+      limit: ORPHAN_PAGE,
+    });
+    const orphans = page.filter((id) => !this.#executions.has(id));
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
     }
+    // Moved on once the page is handled: a page whose recovery failed is read again.
+    this.#orphanCursor = page.length < ORPHAN_PAGE ? undefined : page.at(-1);
   }
 
   /**

@@ -641,6 +641,32 @@ export interface RecoverableQuery {
 }
 
 /**
+ * One page of a runner's executions, see {@linkcode Store.executions}: a runner reads its own
+ * range a page at a time, from where the last page ended, to find its orphans.
+ *
+ * @example Two pages of three executions
+ * ```ts
+ * import { type ExecutionsPage, Nenc } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const square = app.task("square", ({ n }: { n: number }) => n * n);
+ * await square.parallelize([{ n: 1 }, { n: 2 }, { n: 3 }]);
+ * await app.orchestrator.getInvocationsToRun(3, { runnerId: "r1" });
+ * const store = app.orchestrator.store;
+ * const first: ExecutionsPage = { limit: 2 };
+ * const ids = await store.executions("r1", first);
+ * const rest = await store.executions("r1", { after: ids.at(-1)!, limit: 2 });
+ * console.log(ids.length, rest.length); // 2 1
+ * ```
+ */
+export interface ExecutionsPage {
+  /** Only ids that sort after this one (it need not be an execution any more) [from the first]. */
+  readonly after?: string;
+  /** At most this many ids, an integer ≥ 1. */
+  readonly limit: number;
+}
+
+/**
  * When a take of the upkeep lease happens and until when it asks for it, see
  * {@linkcode Store.takeUpkeepLease}.
  *
@@ -842,8 +868,11 @@ export interface Store {
    * age — its cost does not grow with the invocations live runners execute.
    */
   recoverable(query: RecoverableQuery): Promise<InvocationRecord[]>;
-  /** The invocations a runner executes (owns), from the per-runner index. */
-  executions(runnerId: string): Promise<string[]>;
+  /**
+   * The invocations a runner executes (owns), from the per-runner index, in id order: all of
+   * them, or with `page` at most `page.limit` of those after `page.after` (one range read).
+   */
+  executions(runnerId: string, page?: ExecutionsPage): Promise<string[]>;
   /** Canceled invocations whose execution on this runner has not ended yet. */
   cancelRequests(runnerId: string): Promise<string[]>;
   /** The earliest time after `nowMs` at which a queued invocation becomes available, if any. */

@@ -37,6 +37,7 @@ import {
   decideSlots,
   type DelayedCount,
   EMPTY_SLOT,
+  type ExecutionsPage,
   type FindQuery,
   inLane,
   type InvocationRecord,
@@ -1018,9 +1019,21 @@ export class KvStore implements Store {
     if (page.length > 0) yield page;
   }
 
-  // reads: exec/<runner>/… (one range read).
-  async executions(runnerId: string): Promise<string[]> {
-    return await this.#listIds(this.#keys.execution(runnerId));
+  // reads: exec/<runner>/… (one range read); with `page`, at most page.limit keys after
+  // page.after (a page of up to LIST_BATCH is one round trip).
+  async executions(runnerId: string, page?: ExecutionsPage): Promise<string[]> {
+    const prefix = this.#keys.execution(runnerId);
+    if (page === undefined) return await this.#listIds(prefix);
+    // `start` is inclusive: the cursor followed by "\0" sorts right after it.
+    const selector = page.after === undefined
+      ? { prefix }
+      : { prefix, start: this.#keys.execution(runnerId, `${page.after}\u0000`) };
+    const options = { limit: page.limit, batchSize: Math.min(page.limit, LIST_BATCH) };
+    const ids: string[] = [];
+    for await (const entry of this.#kv.list(selector, options)) {
+      ids.push(String(entry.key[entry.key.length - 1]));
+    }
+    return ids;
   }
 
   // reads: cancel/<runner>/… (one range read, empty unless something was canceled).
@@ -2623,8 +2636,10 @@ const WAIT_EDGES_PER_COMMIT = 100;
  * 1000 mutations.
  */
 const RELEASE_INLINE_KEYS = 300;
-/** Keys of a dead runner's executions read per page by recovery. */
-const RECOVERY_PAGE = 500;
+/** The most entries one batch of a KV list returns (Deno KV clamps larger batch sizes to it). */
+const LIST_BATCH = 500;
+/** Keys of a dead runner's executions read per page by recovery: one list batch. */
+const RECOVERY_PAGE = LIST_BATCH;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
 /** Checks per atomic commit: denokv's limit (the Deno CLI allows 100). */

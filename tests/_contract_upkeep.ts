@@ -12,6 +12,34 @@ const { PENDING, RUNNING, PAUSED, RESUMED } = InvocationStatus;
 /** How long an idle runner of these tests sleeps (its default pollMs). */
 const POLL_MS = 100;
 
+/** The executions a runner reads of its own range per heartbeat, looking for orphans. */
+export const ORPHAN_PAGE = 500;
+
+/**
+ * `count` PAUSED invocations of the task "parent" (which `app` defines) executed by the runner
+ * `owner`: registered in bulk, each moved PENDING → RUNNING → PAUSED in one step, no function run.
+ */
+export async function seedPaused(app: Nenc, owner: string, count: number): Promise<void> {
+  const parent = app.task("parent", ({ i }: { i: number }) => i);
+  const store = app.orchestrator.store;
+  const nowMs = app.clock.now();
+  for (let start = 0; start < count; start += 2_000) {
+    const args = Array.from(
+      { length: Math.min(2_000, count - start) },
+      (_, i) => ({ i: start + i }),
+    );
+    const group = await parent.parallelize(args);
+    await Promise.all(group.invocations.map(async ({ id }) => {
+      const outcome = await store.change(id, {
+        path: [PENDING, RUNNING, PAUSED],
+        runnerId: owner,
+        nowMs,
+      });
+      assert.ok(outcome.ok);
+    }));
+  }
+}
+
 /** What the runners of an app did at each heartbeat: who took the upkeep lease, who recovered. */
 interface Upkeep {
   /** Every take of the lease: by whom, at what time, and whether it got it. */
@@ -162,6 +190,80 @@ export function upkeepContract(backend: string, makeApp: AppFactory): void {
       false,
     );
   });
+
+  test(`[${backend}] executions() in pages: at most \`limit\` of a runner's ids in id order, after the cursor (one no longer owned will do); the pages from the first to an empty one list them all`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const job = app.task("job", ({ n }: { n: number }) => n);
+    await job.parallelize([1, 2, 3, 4, 5, 6].map((n) => ({ n })));
+    await o.getInvocationsToRun(5, { runnerId: "r1" });
+    await o.getInvocationsToRun(1, { runnerId: "r2" });
+    const all = await o.store.executions("r1");
+    assert.equal(all.length, 5);
+    assert.deepEqual(all, [...all].sort());
+    const pages = [await o.store.executions("r1", { limit: 2 })];
+    while (pages.at(-1)!.length > 0) {
+      pages.push(await o.store.executions("r1", { after: pages.at(-1)!.at(-1)!, limit: 2 }));
+    }
+    assert.deepEqual(pages, [all.slice(0, 2), all.slice(2, 4), all.slice(4), []]);
+    assert.deepEqual(await o.store.executions("r1", { limit: 10 }), all);
+    // The cursor's invocation taken back: the page goes on after it.
+    await o.recoverInvocations({ runnerId: "r1", ids: [all[2]!] });
+    assert.deepEqual(await o.store.executions("r1", { after: all[2]!, limit: 2 }), all.slice(3));
+    assert.deepEqual(await o.store.executions("r1", { after: all[1]!, limit: 1 }), [all[3]]);
+    assert.deepEqual(await o.store.executions("nobody", { limit: 2 }), []);
+  });
+
+  // 2,500 recoveries, a read and a commit each, one after another: a second on KV in memory,
+  // several on a file, minutes on the remote fixture (a commit there costs some 40 ms more). On
+  // those, the pages the sweep reads are the test above.
+  if (backend === "memory" || backend === "kv :memory:") {
+    test(`[${backend}] a runner takes back its orphans one page of ${ORPHAN_PAGE} a heartbeat: of 2,500 PAUSED invocations it owns but does not run (a restart under its id), the one at the far end of its range is taken back at the 5th heartbeat (⌈2,500 / ${ORPHAN_PAGE}⌉), ${ORPHAN_PAGE} at each before it, in id order, one page read a heartbeat`, async () => {
+      const clock = new WatchedClock();
+      const options = { clock, orchestrator: { runnerTimeoutSeconds: 10 } };
+      const app = await makeApp(options);
+      // Their task is another app's (another process's): taken back, they wait for that app.
+      await seedPaused(await makeApp(options, app), "r", 2_500);
+      const store = app.orchestrator.store;
+      const owned = await store.executions("r");
+      assert.equal(owned.length, 2_500);
+      const farEnd = owned.at(-1)!;
+      const reads: { after: string | undefined; ids: number }[] = [];
+      const read = store.executions.bind(store);
+      store.executions = async (runnerId, page) => {
+        const ids = await read(runnerId, page);
+        if (page !== undefined) reads.push({ after: page.after, ids: ids.length });
+        return ids;
+      };
+      await using runner = app.runner({ runnerId: "r", heartbeatMs: 1_000 });
+      runner.start();
+      const left: number[] = [];
+      for (let heartbeat = 1; heartbeat <= 5; heartbeat++) {
+        if (heartbeat > 1) {
+          await clock.sleeping(POLL_MS);
+          clock.advance(1_000);
+        }
+        // Idle again: this heartbeat's upkeep is done.
+        await clock.sleeping(POLL_MS);
+        const now = await read("r");
+        left.push(now.length);
+        assert.deepEqual(now, owned.slice(ORPHAN_PAGE * heartbeat));
+        assert.equal((await store.get(farEnd))?.status, heartbeat < 5 ? PAUSED : "rerouted");
+      }
+      assert.deepEqual(left, [2_000, 1_500, 1_000, 500, 0]);
+      assert.deepEqual(
+        reads,
+        [undefined, ...[1, 2, 3, 4].map((page) => owned[ORPHAN_PAGE * page - 1])].map((after) => ({
+          after,
+          ids: ORPHAN_PAGE,
+        })),
+      );
+      const history = (await store.history(farEnd)).map(({ status, runnerId }) =>
+        `${status} ${runnerId}`
+      );
+      assert.deepEqual(history.slice(-3), ["paused r", "running_recovery r", "rerouted r"]);
+    });
+  }
 
   test(`[${backend}] recovery reads the executions of dead runners: a dead runner's PENDING claim is recovered at runnerTimeoutSeconds (maxPendingSeconds is longer), its PAUSED and RESUMED ones too; a live runner's PAUSED ones stay`, async () => {
     const clock = new WatchedClock();

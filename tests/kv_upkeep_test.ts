@@ -1,8 +1,8 @@
 /**
  * Upkeep on Deno KV (issue #12): what a runner reads per heartbeat does not grow with the
- * invocations live runners execute (counted through `interceptKv`); the take of the upkeep lease
- * is fenced by the lease's versionstamp; no status index is written any more, and the one that
- * older layouts wrote moves to the indexes recovery reads.
+ * invocations live runners execute, its own included (counted through `interceptKv`); the take of
+ * the upkeep lease is fenced by the lease's versionstamp; no status index is written any more, and
+ * the one that older layouts wrote moves to the indexes recovery reads.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -13,6 +13,7 @@ import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { holdingCommits, interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { ORPHAN_PAGE, seedPaused } from "./_contract_upkeep.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((kv) => kv.close()));
@@ -23,7 +24,7 @@ async function openKv(): Promise<TestKv> {
   return kv;
 }
 
-const { PENDING, RUNNING, PAUSED } = InvocationStatus;
+const { PAUSED } = InvocationStatus;
 
 /** Reads through one KV view: keys read by point reads, range reads, and entries they listed. */
 interface Reads {
@@ -72,51 +73,46 @@ function counting(kv: KvLike): { kv: KvLike; reads: Reads; idle(): boolean } {
 }
 
 /**
- * `count` PAUSED invocations executed by the live runner `owner` (its heartbeat is the test's to
- * write): registered in bulk, each moved PENDING → RUNNING → PAUSED in one step.
+ * What each runner read in each heartbeat round after the first, and the ids the other runner's
+ * orphan sweep looked at in each (see {@linkcode readsPerHeartbeat}).
  */
-async function seedPaused(app: Nenc, owner: string, count: number): Promise<void> {
-  const parent = app.task("parent", ({ i }: { i: number }) => i);
-  const store = app.orchestrator.store;
-  const nowMs = app.clock.now();
-  for (let start = 0; start < count; start += 2_000) {
-    const args = Array.from(
-      { length: Math.min(2_000, count - start) },
-      (_, i) => ({ i: start + i }),
-    );
-    const group = await parent.parallelize(args);
-    await Promise.all(group.invocations.map(async ({ id }) => {
-      const outcome = await store.change(id, {
-        path: [PENDING, RUNNING, PAUSED],
-        runnerId: owner,
-        nowMs,
-      });
-      assert.ok(outcome.ok);
-    }));
-  }
+interface RoundReads extends Record<"holder" | "other", Reads[]> {
+  swept: string[][];
 }
-
-/** What each runner read in each heartbeat round after the first. */
-type RoundReads = Record<"holder" | "other", Reads[]>;
 
 /**
  * Two runners (each its own app, as two processes, on one KV) go through `rounds` heartbeats on
- * a fake clock, next to `paused` PAUSED invocations of a third, live runner. A round: the clock
- * moves one heartbeat, and every runner does what it does then (its heartbeat, its pick-up, its
- * upkeep) until nothing is in flight any more.
+ * a fake clock, next to `paused` PAUSED invocations of `owner`: a third, live runner ("busy"), or
+ * the second of them ("other"). A round: the clock moves one heartbeat, and every runner does what
+ * it does then (its heartbeat, its pick-up, its upkeep) until nothing is in flight any more.
  */
-async function readsPerHeartbeat(paused: number, rounds: number): Promise<RoundReads> {
+async function readsPerHeartbeat(
+  owner: "busy" | "other",
+  paused: number,
+  rounds: number,
+): Promise<RoundReads> {
   const kv = await openKv();
   const clock = new FakeClock();
   const orchestrator = { runnerTimeoutSeconds: 10 };
   const seeding = new Nenc({ appId: "upkeep", kv, clock, orchestrator });
-  await seedPaused(seeding, "busy", paused);
+  await seedPaused(seeding, owner, paused);
   const seen = seeding.orchestrator.store;
   const views = { holder: counting(kv), other: counting(kv) };
   const took = new Map<string, number>();
+  const swept: string[][] = [];
   const runners = Object.entries(views).map(([name, view]) => {
     const app = new Nenc({ appId: "upkeep", kv: view.kv, clock, orchestrator });
     const store = app.orchestrator.store;
+    if (name === "other") {
+      // The PAUSED invocations it owns stand for executions it runs (no function of theirs runs
+      // here): what its orphan sweep finds is noted and left alone, as it leaves its executions.
+      const recover = app.orchestrator.recoverInvocations.bind(app.orchestrator);
+      app.orchestrator.recoverInvocations = async (options = {}) => {
+        if (options.ids === undefined) return await recover(options);
+        swept.push([...options.ids]);
+        return [];
+      };
+    }
     const take = store.takeUpkeepLease.bind(store);
     store.takeUpkeepLease = async (runnerId, lease) => {
       const held = await take(runnerId, lease);
@@ -144,15 +140,17 @@ async function readsPerHeartbeat(paused: number, rounds: number): Promise<RoundR
     }, { message: "the runners to go idle", intervalMs: 10 });
   };
   try {
-    await seen.heartbeat("busy", clock.now());
+    if (owner === "busy") await seen.heartbeat("busy", clock.now());
     runners[0]!.start(); // the holder takes the lease first
     await settled(1);
     runners[1]!.start();
     await settled(2);
-    const result: RoundReads = { holder: [], other: [] };
+    const result: RoundReads = { holder: [], other: [], swept: [] };
     for (let round = 0; round < rounds; round++) {
-      await seen.heartbeat("busy", clock.now()); // alive: its invocations are not stale
+      // Alive: its invocations are not stale.
+      if (owner === "busy") await seen.heartbeat("busy", clock.now());
       const before = structuredClone({ holder: views.holder.reads, other: views.other.reads });
+      const sweeps = swept.length;
       clock.advance(1_000);
       await settled(2);
       for (const name of ["holder", "other"] as const) {
@@ -164,6 +162,7 @@ async function readsPerHeartbeat(paused: number, rounds: number): Promise<RoundR
           listed: listed - was.listed,
         });
       }
+      result.swept.push(swept.slice(sweeps).flat());
     }
     assert.equal((await seen.counts()).get("parent")?.get(PAUSED), paused || undefined);
     return result;
@@ -173,14 +172,37 @@ async function readsPerHeartbeat(paused: number, rounds: number): Promise<RoundR
 }
 
 test("[kv upkeep] reads per heartbeat per runner are the same with 20,000 PAUSED invocations live as with 100: the lease holder's (recovery) and the other runner's", async () => {
-  const few = await readsPerHeartbeat(100, 3);
-  const many = await readsPerHeartbeat(20_000, 3);
+  const few = await readsPerHeartbeat("busy", 100, 3);
+  const many = await readsPerHeartbeat("busy", 20_000, 3);
   assert.deepEqual(many, few, JSON.stringify({ few, many }));
   // Constant over time too, and the holder reads a little more than the other (its upkeep).
   for (const name of ["holder", "other"] as const) {
     assert.deepEqual(new Set(many[name].map((reads) => JSON.stringify(reads))).size, 1);
   }
   assert.ok(many.holder[0]!.ranges > many.other[0]!.ranges);
+});
+
+test(`[kv upkeep] a runner that itself executes 20,000 PAUSED invocations reads per heartbeat what it reads with 100: the same keys and ranges, its orphan sweep listing one page of ${ORPHAN_PAGE} (not 20,000), the next in id order each heartbeat; the holder's reads do not change`, async () => {
+  const few = await readsPerHeartbeat("other", 100, 3);
+  const many = await readsPerHeartbeat("other", 20_000, 3);
+  const figures = JSON.stringify(
+    { few, many },
+    (key, value) => key === "swept" ? undefined : value,
+  );
+  assert.deepEqual(many.holder, few.holder, figures);
+  assert.deepEqual(
+    many.other,
+    few.other.map((reads) => ({ ...reads, listed: reads.listed - 100 + ORPHAN_PAGE })),
+    figures,
+  );
+  assert.equal(new Set(many.other.map((reads) => JSON.stringify(reads))).size, 1);
+  // With 100 the sweep looks at them all every heartbeat; with 20,000 at the next page of them.
+  assert.deepEqual(few.swept.map((ids) => ids.length), [100, 100, 100]);
+  assert.equal(new Set(few.swept.flat()).size, 100);
+  assert.deepEqual(many.swept.map((ids) => ids.length), [ORPHAN_PAGE, ORPHAN_PAGE, ORPHAN_PAGE]);
+  const looked = many.swept.flat();
+  assert.equal(new Set(looked).size, 3 * ORPHAN_PAGE);
+  assert.deepEqual(looked, [...looked].sort());
 });
 
 test("[kv upkeep] a take of the lease is fenced by its versionstamp: a renewal read before another runner took the lease over fails its commit, reads again, and is refused", async () => {

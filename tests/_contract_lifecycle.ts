@@ -42,10 +42,21 @@ const isStatus = (invocation: Invocation, status: InvocationStatus) => async () 
 
 /** Lifecycle (SPEC §7.1): task context, cancel, timeouts, graceful stop and drain. */
 export function lifecycleContract(backend: string, makeApp: AppFactory): void {
-  test(`[${backend}] a task sees its context: ids, runner, attempt 0 then 1 on a retry, a live signal, scheduledAt null`, async () => {
+  test(`[${backend}] a task sees its context: ids, runner, attempt 0 then 1 on a retry, a live signal, scheduledAt null, as own enumerable fields in that order`, async () => {
     const app = await makeApp();
     const seen: Omit<TaskContext, "signal">[] = [];
     const child = app.task("child", (_args: undefined, ctx: TaskContext) => {
+      // Its own enumerable fields, in this order, the signal among them (a spread copies it).
+      assert.deepEqual(Object.keys(ctx), [
+        "invocationId",
+        "taskId",
+        "parentId",
+        "runnerId",
+        "attempt",
+        "signal",
+        "scheduledAt",
+      ]);
+      assert.equal({ ...ctx }.signal, ctx.signal);
       const { signal, ...rest } = ctx;
       assert.equal(signal.aborted, false);
       seen.push(rest);

@@ -42,15 +42,27 @@ export interface RetryFaultsOptions {
 
 /**
  * Runs `step` until it returns or throws something other than a store fault; a store fault is
- * tried again after a growing pause, until `signal` aborts.
+ * tried again after a growing pause, until `signal` aborts. With `then`, resolves to what it makes
+ * of `step`'s value.
  */
-export function retryFaults<T>(
+export function retryFaults<T>(step: () => Promise<T>, options: RetryFaultsOptions): Promise<T>;
+export function retryFaults<T, U>(
   step: () => Promise<T>,
   options: RetryFaultsOptions,
-): Promise<T> {
-  // The first try holds no frame while it is pending: a wait (a paused invocation's) may last
-  // long, and the garbage collector copies what it holds meanwhile.
-  return attempt(step).catch((error: unknown) => retryAfter(error, step, options));
+  then: (value: T) => U,
+): Promise<U>;
+export function retryFaults<T, U>(
+  step: () => Promise<T>,
+  options: RetryFaultsOptions,
+  then?: (value: T) => U,
+): Promise<T | U> {
+  // The first try holds no frame while it is pending, and one step with `then`: a wait (a paused
+  // invocation's) may last long, and the garbage collector copies what it holds meanwhile.
+  const retry = (error: unknown): Promise<T | U> => {
+    const retried = retryAfter(error, step, options);
+    return then === undefined ? retried : retried.then(then);
+  };
+  return attempt(step).then(then, retry);
 }
 
 /** Tries `step` again after each store fault, from the first one (`error`). */

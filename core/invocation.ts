@@ -80,7 +80,7 @@ export class Invocation<Result = unknown> {
    * ```
    */
   result(options: WaitOptions = {}): Promise<Result> {
-    return this.#orchestrator.waitForResults<Result>([this], options).then(([result]) => result!);
+    return this.#orchestrator.waitForResult<Result>(this, options);
   }
 
   /**

@@ -1284,6 +1284,18 @@ export class Orchestrator {
     return this.#wait(ids, "all", options).then(() => this.#results<Result>(ids));
   }
 
+  /**
+   * {@linkcode Orchestrator.waitForResults} of one invocation: its result, or its error. Inside a
+   * running task the current invocation waits PAUSED.
+   */
+  waitForResult<Result>(invocation: InvocationRef, options: WaitOptions = {}): Promise<Result> {
+    const ids = [invocation.id];
+    // The result is picked once it is read, not by a step of its own held through the wait.
+    return this.#wait(ids, "all", options).then(() =>
+      this.#results<Result>(ids).then(([result]) => result!)
+    );
+  }
+
   /** The outcomes of final invocations, in order; throws the first error in order. */
   async #results<Result>(ids: readonly string[]): Promise<Result[]> {
     const records = await this.#read(() => this.store.getMany(ids));
@@ -1337,8 +1349,11 @@ export class Orchestrator {
    * holds it for as long as it waits, and the garbage collector copies what it holds.
    */
   #waitForFinal(id: string, signal: AbortSignal | undefined): Promise<void> {
-    return this.#read(() => this.waitForFinal({ id }, signal), signal)
-      .then(() => signal?.throwIfAborted());
+    return retryFaults(
+      () => this.waitForFinal({ id }, signal),
+      { clock: this.#host.clock, signal },
+      () => signal?.throwIfAborted(),
+    );
   }
 
   async #waitForFinalsOf(

@@ -1302,17 +1302,30 @@ class Execution implements ExecutionContext {
     });
   }
 
-  async waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
+  /** No async frame: a paused function holds its waits for long (see {@linkcode Execution.run}). */
+  waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
-    if (!await this.#enterWait(ids, mode, stop)) return;
-    try {
-      await this.#host.orchestrator.waitForFinals(ids, mode, stop);
-    } finally {
-      // An aborted execution does not resume for its waits: settle() decides what it needs.
-      if (--this.#waits === 0 && !this.#settled && !this.#aborted) {
-        await this.inOrder(() => this.#resume());
-      }
+    return this.#enterWait(ids, mode, stop).then((waiting) =>
+      waiting
+        ? this.#host.orchestrator.waitForFinals(ids, mode, stop).then(
+          () => this.#waitEnded(),
+          (error: unknown) => {
+            const resumed = this.#waitEnded();
+            if (resumed === undefined) throw error;
+            return resumed.then(() => Promise.reject(error));
+          },
+        )
+        : undefined
+    );
+  }
+
+  /** After one of its waits, however it ended: the last one resumes the execution. */
+  #waitEnded(): Promise<void> | undefined {
+    // An aborted execution does not resume for its waits: settle() decides what it needs.
+    if (--this.#waits === 0 && !this.#settled && !this.#aborted) {
+      return this.inOrder(() => this.#resume());
     }
+    return undefined;
   }
 
   /**

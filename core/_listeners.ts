@@ -9,6 +9,31 @@
 /** A listener: called without an error to wake its waiter, with one to reject it. */
 export type Listener = (error?: Error) => void;
 
+/**
+ * The waits of this module on each signal made by {@linkcode quietController}: woken by
+ * {@linkcode abortQuietly}, not by an event listener each.
+ */
+const quietWaits = new WeakMap<AbortSignal, Set<Listener>>();
+
+/**
+ * An `AbortController` whose signal the waits of this module ({@linkcode listen},
+ * {@linkcode listenFor}) take without adding an event listener to it: abort it with
+ * {@linkcode abortQuietly}. For a signal many long waits take and few see aborted (an execution's):
+ * an event listener costs several hundred bytes that every wait holds, and the garbage collector
+ * copies. Other listeners of its signal (a task's own) hear its abort as usual.
+ */
+export function quietController(): AbortController {
+  const controller = new AbortController();
+  quietWaits.set(controller.signal, new Set());
+  return controller;
+}
+
+/** Aborts `controller` with `reason` and wakes its waits (see {@linkcode quietController}). */
+export function abortQuietly(controller: AbortController, reason: unknown): void {
+  controller.abort(reason);
+  notify(quietWaits.get(controller.signal));
+}
+
 /** Calls every listener of `listeners` (each removes itself); with `error`, their waits reject. */
 export function notify(listeners: Set<Listener> | undefined, error?: Error): void {
   if (listeners === undefined) return;
@@ -52,15 +77,22 @@ function listenUntil(
       if (listeners.size === 0) emptied?.();
       return resolve();
     }
+    const quiet = signal === undefined ? undefined : quietWaits.get(signal);
+    let wake: (() => void) | undefined;
     const done = (error?: Error): void => {
       listeners.delete(done);
-      signal?.removeEventListener("abort", wake);
+      quiet?.delete(done);
+      if (wake !== undefined) signal?.removeEventListener("abort", wake);
       if (listeners.size === 0) emptied?.();
       if (error === undefined) resolve();
       else reject(error);
     };
-    const wake = (): void => done();
     listeners.add(done);
-    signal?.addEventListener("abort", wake, { once: true });
+    if (quiet !== undefined) {
+      quiet.add(done);
+    } else if (signal !== undefined) {
+      wake = (): void => done();
+      signal.addEventListener("abort", wake, { once: true });
+    }
   });
 }

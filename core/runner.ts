@@ -11,6 +11,7 @@
 
 import { setMaxListeners } from "node:events";
 import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
+import { abortQuietly, quietController } from "./_listeners.ts";
 import { isGroupLimitMismatch } from "./_group_limits.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
@@ -1213,10 +1214,11 @@ class Execution implements ExecutionContext {
   /** Aborted on cancel, timeout, stop and fence, with the cause as its reason. */
   get signal(): AbortSignal {
     if (this.#abort === undefined) {
-      this.#abort = new AbortController();
-      // Each pending result() of the task listens to it: many at once is ordinary.
+      // The waits of its result()s take it without an event listener each (it is rarely aborted).
+      this.#abort = quietController();
+      // Other listeners (the task's, AbortSignal.any of a result() given a signal): many is ordinary.
       setMaxListeners(0, this.#abort.signal);
-      if (this.#aborted) this.#abort.abort(this.#abortReason);
+      if (this.#aborted) abortQuietly(this.#abort, this.#abortReason);
     }
     return this.#abort.signal;
   }
@@ -1264,7 +1266,7 @@ class Execution implements ExecutionContext {
       ? Promise.resolve()
       : this.#host.clock.sleep(graceMs, this.ended);
     void graceOver.then(() => this.#onGraceOver?.());
-    this.#abort?.abort(reason);
+    if (this.#abort !== undefined) abortQuietly(this.#abort, reason);
   }
 
   /** The execution is over: timers stop. */

@@ -297,6 +297,56 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     never.resolve();
   });
 
+  test(`[${backend}] a task paused on result() of a child that runs on: its cancel (cascade false) and its timeout end the wait at once, result() rejecting inside it with the cause`, async () => {
+    const clock = new FakeClock();
+    const app = await makeApp({ clock });
+    const release = deferred();
+    const child = app.task("child", async ({ n }: { n: number }) => {
+      await release.promise;
+      return n;
+    });
+    const ended: Record<string, unknown> = {};
+    const waitOn = async (name: string, n: number): Promise<string> => {
+      const invocation = await child.call({ n });
+      try {
+        return `got ${await invocation.result()}`;
+      } catch (error) {
+        ended[name] = error;
+        throw error;
+      }
+    };
+    const canceled = app.task("canceled", () => waitOn("canceled", 1));
+    const timedOut = app.task("timedOut", () => waitOn("timedOut", 2), { timeoutMs: 1_000 });
+    // No grace: the functions return by themselves at once.
+    await using runner = app.runner({ concurrency: 4, graceMs: 0 });
+    runner.start();
+    const first = await canceled.call();
+    const second = await timedOut.call();
+    await until(
+      async () => await first.status() === "paused" && await second.status() === "paused",
+      "both wait on their children",
+    );
+    assert.equal(await first.cancel({ cascade: false }), true);
+    await until(() => "canceled" in ended, "the canceled one's wait ends");
+    assert.ok(ended.canceled instanceof CanceledError, `got ${String(ended.canceled)}`);
+    await until(() => {
+      clock.advance(100);
+      return "timedOut" in ended;
+    }, "the timed-out one's wait ends");
+    assert.ok(ended.timedOut instanceof TaskTimeoutError, `got ${String(ended.timedOut)}`);
+    await until(isStatus(second, "failed"), "the timed-out one fails");
+    // The children still run: nothing but the aborts ended the waits.
+    const children = await Promise.all(
+      [first, second].map(({ id }) => app.orchestrator.store.children(id)),
+    );
+    assert.deepEqual(children.flat().map((record) => record.status), ["running", "running"]);
+    release.resolve();
+    assert.deepEqual(
+      await within(app.orchestrator.waitForResults(children.flat()), "the children"),
+      [1, 2],
+    );
+  });
+
   test(`[${backend}] result({ timeoutMs }) rejects with a TimeoutError DOMException and result({ signal }) with its reason; the invocation is left as it is`, async () => {
     const clock = new FakeClock();
     const app = await makeApp({ clock });

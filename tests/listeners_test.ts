@@ -1,6 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { listen, type Listener, listenFor, notify } from "../core/_listeners.ts";
+import {
+  abortQuietly,
+  listen,
+  type Listener,
+  listenFor,
+  notify,
+  quietController,
+} from "../core/_listeners.ts";
 
 test("listenFor() rejects its waiters with the error notify() passes, and drops the emptied listener set", async () => {
   const index = new Map<string, Set<Listener>>();
@@ -23,4 +30,35 @@ test("listen() resolves on notify() without an error, and on abort; an aborted l
   controller.abort();
   await aborted;
   assert.equal(listeners.size, 0);
+});
+
+test("waits on a quiet controller's signal add no event listener to it; abortQuietly() wakes them, and its other listeners hear the abort", async () => {
+  const controller = quietController();
+  const signal = controller.signal;
+  let added = 0;
+  const addEventListener = signal.addEventListener.bind(signal);
+  signal.addEventListener = (...args: Parameters<AbortSignal["addEventListener"]>): void => {
+    added++;
+    addEventListener(...args);
+  };
+  const index = new Map<string, Set<Listener>>();
+  const listeners = new Set<Listener>();
+  const waits = [
+    listenFor(index, "a", signal),
+    listenFor(index, "b", signal),
+    listen(listeners, signal),
+  ];
+  assert.equal(added, 0);
+  let heard: unknown;
+  signal.addEventListener("abort", () => heard = signal.reason, { once: true });
+  const reason = new Error("canceled");
+  abortQuietly(controller, reason);
+  await Promise.all(waits);
+  assert.equal(heard, reason);
+  assert.equal(signal.reason, reason);
+  assert.equal(index.size, 0);
+  assert.equal(listeners.size, 0);
+  // Once aborted, a wait on it ends at once.
+  await listenFor(index, "c", signal);
+  assert.equal(index.size, 0);
 });

@@ -17,6 +17,7 @@ import {
   type HistoryEntry,
   InvocationStatus,
   SLOT_HOLDING_STATUSES,
+  type StatusRecord,
   transition,
 } from "./status.ts";
 
@@ -1854,7 +1855,8 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
       { cause: `claim ${change.claimSeq} was superseded by claim ${record.claimSeq}` },
     );
   }
-  let status: InvocationRecord = record;
+  // The status fields step by step; the record is copied once, below.
+  let status: StatusRecord = record;
   let claimSeq = record.claimSeq;
   const entries: HistoryEntry[] = [];
   for (const to of change.path) {
@@ -1865,7 +1867,7 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     });
     entries.push(next.entry);
     if (to === InvocationStatus.PENDING) claimSeq = next.entry.seq;
-    status = { ...status, ...next.record };
+    status = next.record;
   }
   const from = record.status;
   const to = status.status;
@@ -1891,11 +1893,14 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
   // A parked invocation re-queued is woken from its key (it never leaves CONCURRENCY_CONTROLLED
   // otherwise, but for CANCELED).
   const wokenOn = record.parkedOn && to === InvocationStatus.REROUTED ? record.parkedOn : null;
-  const { parkedOn: _parked, wokenOn: _woken, ...rest } = status;
-  const next: InvocationRecord = {
-    ...rest,
-    ...(parkedOn !== null ? { parkedOn } : {}),
-    ...(wokenOn !== null ? { wokenOn } : {}),
+  // One copy of the record (a parked or woken one without those keys first), then what changes.
+  const next: Writable<InvocationRecord> = {
+    ...(record.parkedOn === undefined && record.wokenOn === undefined
+      ? record
+      : withoutParking(record)),
+    status: to,
+    seq: status.seq,
+    updatedAtMs: status.updatedAtMs,
     registrationKey: releaseRegistrationKey ? null : record.registrationKey,
     ownerId,
     holdsSlots: holds,
@@ -1909,9 +1914,11 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     // live idempotency key keeps it longer (keptPurgeAtMs).
     purgeAtMs: !final || holds ? null : record.purgeAtMs ??
       (change.purgeAtMs !== undefined ? keptPurgeAtMs(record, change.purgeAtMs) : null),
-    ...(change.result !== undefined ? { result: change.result } : {}),
-    ...(change.error !== undefined ? { error: change.error } : {}),
   };
+  if (parkedOn !== null) next.parkedOn = parkedOn;
+  if (wokenOn !== null) next.wokenOn = wokenOn;
+  if (change.result !== undefined) next.result = change.result;
+  if (change.error !== undefined) next.error = change.error;
   const slot = slotsOf(record).length === 0 || held === holds
     ? "none"
     : holds
@@ -1962,6 +1969,15 @@ export function planChange(record: InvocationRecord, change: StatusChange): Chan
     waking,
   };
 }
+
+/** A record without its parking keys (a parked or woken invocation's, before a change). */
+function withoutParking(record: InvocationRecord): InvocationRecord {
+  const { parkedOn: _parked, wokenOn: _woken, ...rest } = record;
+  return rest;
+}
+
+/** `T` with its fields writable: a record built up in place before it is returned. */
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
 
 /**
  * An invocation's side of a call edge, for cycle control: its call, itself, and how the call is

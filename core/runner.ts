@@ -1341,29 +1341,25 @@ class Execution implements ExecutionContext {
     stop: AbortSignal,
   ): Promise<boolean> {
     const { orchestrator, clock } = this.#host;
-    const records = new Map(
-      (await retryFaults(() => orchestrator.store.getMany(ids), { clock, signal: stop })).map((
-        r,
-      ) => [r.id, r]),
-    );
-    const pending = ids.filter((id) => {
-      const record = records.get(id);
-      return record !== undefined && !isFinalStatus(record.status);
+    const records = await retryFaults(() => orchestrator.store.getMany(ids), {
+      clock,
+      signal: stop,
     });
-    if (mode === "all" ? pending.length === 0 : pending.length < ids.length) return false;
+    // Only what is still pending (getMany keeps the order asked, and leaves the missing out): an
+    // edge to a final invocation would never be released.
+    const waited: InvocationRef[] = [];
+    for (const record of records) if (!isFinalStatus(record.status)) waited.push({ id: record.id });
+    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) return false;
     stop.throwIfAborted();
     this.#assertAlive();
-    // Only what is still pending: an edge to a final invocation would never be released.
-    const waited = pending.map((id) => ({ id }));
     try {
       if (++this.#waits === 1) {
         // PAUSED and the wait edges in one step; waits that begin before it is written (the
         // results of a `Promise.all`) join it.
-        const joining = [...waited];
-        this.#joining = joining;
+        this.#joining = waited;
         this.#pausing = this.inOrder(() => {
           this.#joining = undefined;
-          return this.#pause(joining);
+          return this.#pause(waited);
         });
         await this.#pausing;
       } else if (this.#joining !== undefined) {

@@ -557,21 +557,25 @@ export class Orchestrator {
    * again — with the same ids, so nothing is registered twice. Outside a task, a fault is the
    * caller's to handle, as with any store client.
    */
-  async #registering<T>(
+  #registering<T>(
     ids: readonly string[],
     step: () => Promise<T>,
     found: (records: InvocationRecord[]) => T,
   ): Promise<T> {
     const execution = currentExecution();
-    if (execution === undefined) return await step();
-    return await retryFaults(async () => {
+    if (execution === undefined) return step();
+    // No async frame per call: a task that calls many holds none of them.
+    const afterFault = async (error: unknown): Promise<T> => {
+      if (!isStoreFault(error)) throw error;
+      const records = await this.store.getMany(ids).catch(() => []);
+      if (records.length === ids.length) return found(records);
+      throw error;
+    };
+    return retryFaults(() => {
       try {
-        return await step();
+        return step().catch(afterFault);
       } catch (error) {
-        if (!isStoreFault(error)) throw error;
-        const records = await this.store.getMany(ids).catch(() => []);
-        if (records.length === ids.length) return found(records);
-        throw error;
+        return afterFault(error);
       }
     }, { clock: this.#host.clock, signal: execution.signal });
   }
@@ -598,11 +602,12 @@ export class Orchestrator {
    * A canceled invocation calls nothing more: a call from its context is refused once the cancel
    * is recorded, even before its runner has aborted its signal (in another process, a poll away).
    */
-  async #refuseIfCanceled(parentId: string | null): Promise<void> {
-    if (parentId === null) return;
+  #refuseIfCanceled(parentId: string | null): Promise<void> | undefined {
+    if (parentId === null) return undefined;
     // Read through store faults: inside a task, a store outage must not become its error.
-    const parent = await this.#read(() => this.store.get(parentId), currentExecution()?.signal);
-    if (parent?.status === InvocationStatus.CANCELED) this.#outcome(parentId, parent); // throws
+    return this.#read(() => this.store.get(parentId), currentExecution()?.signal).then((parent) => {
+      if (parent?.status === InvocationStatus.CANCELED) this.#outcome(parentId, parent); // throws
+    });
   }
 
   /** @throws {TypeError} for arguments that are not plain JSON, or for bad call options. */

@@ -266,14 +266,17 @@ export class MemoryStore implements Store {
         record === undefined || !AVAILABLE_FOR_RUN_STATUSES.has(record.status) ||
         this.#delayed.has(id) || request.accepts?.(record.taskId) === false
       ) return;
-      const path = request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING];
-      const outcome = this.#apply(id, { path, runnerId, nowMs });
+      // On to RUNNING in this step: with nothing to check first, or with its call edge.
+      const atOnce = request.runAtOnce?.(record) === true;
+      const withCall = !atOnce && request.runWithCall?.(record) === true;
+      const outcome = this.#apply(
+        id,
+        { path: atOnce || withCall ? [PENDING, RUNNING] : [PENDING], runnerId, nowMs },
+        true,
+        withCall ? () => this.#addCallOf(record) : undefined,
+      );
       if (outcome.ok) {
-        claimed.push(
-          path.length === 1 && request.runWithCall?.(outcome.record)
-            ? this.#runWithCall(outcome.record, runnerId, nowMs)
-            : outcome.record,
-        );
+        claimed.push(outcome.record);
         return;
       }
       if (outcome.reason !== "slot-busy") return;
@@ -325,23 +328,21 @@ export class MemoryStore implements Store {
   }
 
   /**
-   * Moves a claimed (PENDING) invocation on to RUNNING with its call edge caller → it, in the
-   * claim's step (see `ClaimRequest.runWithCall`); an edge that would close a cycle leaves it
+   * Adds the call edge caller → the invocation a pick-up moves on to RUNNING (see
+   * `ClaimRequest.runWithCall`); `false` when it would close a cycle: the pick-up then leaves it
    * PENDING, for the runner's `setInvocationRun` to fail it with the cycle.
    */
-  #runWithCall(record: InvocationRecord, runnerId: string, nowMs: number): InvocationRecord {
+  #addCallOf(record: InvocationRecord): boolean {
     const caller = this.#visible(record.parentId!);
     // A caller that is gone or final cannot be part of a live cycle: no edge, and no hold of its.
-    if (caller !== undefined && !isFinalStatus(caller.status)) {
-      try {
-        this.#calls.addCall(callRefOf(caller), callRefOf(record));
-      } catch (error) {
-        if (error instanceof CycleDetectedError) return record;
-        throw error;
-      }
+    if (caller === undefined || isFinalStatus(caller.status)) return true;
+    try {
+      this.#calls.addCall(callRefOf(caller), callRefOf(record));
+      return true;
+    } catch (error) {
+      if (error instanceof CycleDetectedError) return false;
+      throw error;
     }
-    const running = this.#apply(record.id, { path: [RUNNING], runnerId, nowMs });
-    return running.ok ? running.record : record;
   }
 
   get(id: string): Promise<InvocationRecord | undefined> {
@@ -659,8 +660,15 @@ export class MemoryStore implements Store {
   /**
    * Applies a change in one synchronous step; then, unless `wakeParked` is off (a wake itself),
    * wakes the invocations parked on each key the change left with room, first available first.
+   * `addCall`, for a pick-up on to RUNNING, adds its call edge once its slots are granted and
+   * before anything changed; `false` (a cycle) stops the pick-up at PENDING.
    */
-  #apply(id: string, change: StatusChange, wakeParked = true): ChangeOutcome {
+  #apply(
+    id: string,
+    change: StatusChange,
+    wakeParked = true,
+    addCall?: () => boolean,
+  ): ChangeOutcome {
     const record = this.#visible(id);
     if (record === undefined) return { ok: false, reason: "missing" };
     if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
@@ -688,6 +696,9 @@ export class MemoryStore implements Store {
         return { ok: false, reason: "slot-busy", record, busyKey: decision.busy };
       }
       effects = decision.effects;
+    }
+    if (addCall !== undefined && !addCall()) {
+      return this.#apply(id, { ...change, path: [PENDING] }, wakeParked);
     }
     // The wait edges first: a bad list throws before anything changed.
     if (change.waitFor !== undefined) this.#waits.waitFor(id, change.waitFor, change.nowMs);

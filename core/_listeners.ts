@@ -56,43 +56,57 @@ export function listenFor(
 ): Promise<void> {
   let listeners = index.get(key);
   if (listeners === undefined) index.set(key, listeners = new Set());
-  const set = listeners;
-  return listenUntil(set, signal, () => {
-    if (index.get(key) === set) index.delete(key);
-  });
+  return listenUntil(listeners, signal, index, key);
 }
 
 /**
- * {@linkcode listen}, calling `emptied` when the wait ends and leaves `listeners` empty. No async
- * frame: a wait may last long (a paused invocation's), and what it holds meanwhile is what the
- * garbage collector copies.
+ * {@linkcode listen}; with `index`, drops `listeners` from it (under `key`) when the wait ends and
+ * leaves them empty. No async frame, and one scope for the whole wait: a wait may last long (a
+ * paused invocation's), and what it holds meanwhile is what the garbage collector copies.
  */
 function listenUntil(
   listeners: Set<Listener>,
   signal: AbortSignal | undefined,
-  emptied: (() => void) | undefined,
+  index?: Map<string, Set<Listener>>,
+  key?: string,
 ): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      if (listeners.size === 0) emptied?.();
-      return resolve();
-    }
-    const quiet = signal === undefined ? undefined : quietWaits.get(signal);
-    let wake: (() => void) | undefined;
-    const done = (error?: Error): void => {
-      listeners.delete(done);
-      quiet?.delete(done);
-      if (wake !== undefined) signal?.removeEventListener("abort", wake);
-      if (listeners.size === 0) emptied?.();
-      if (error === undefined) resolve();
-      else reject(error);
-    };
-    listeners.add(done);
-    if (quiet !== undefined) {
-      quiet.add(done);
-    } else if (signal !== undefined) {
-      wake = (): void => done();
-      signal.addEventListener("abort", wake, { once: true });
-    }
+  if (signal?.aborted) {
+    dropIfEmpty(listeners, index, key);
+    return Promise.resolve();
+  }
+  let resolve!: () => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
   });
+  const quiet = signal === undefined ? undefined : quietWaits.get(signal);
+  let wake: (() => void) | undefined;
+  const done = (error?: Error): void => {
+    listeners.delete(done);
+    quiet?.delete(done);
+    if (wake !== undefined) signal?.removeEventListener("abort", wake);
+    dropIfEmpty(listeners, index, key);
+    if (error === undefined) resolve();
+    else reject(error);
+  };
+  listeners.add(done);
+  if (quiet !== undefined) {
+    quiet.add(done);
+  } else if (signal !== undefined) {
+    wake = (): void => done();
+    signal.addEventListener("abort", wake, { once: true });
+  }
+  return promise;
+}
+
+/** Drops `listeners` from `index` (under `key`) once they are empty. */
+function dropIfEmpty(
+  listeners: Set<Listener>,
+  index: Map<string, Set<Listener>> | undefined,
+  key: string | undefined,
+): void {
+  if (listeners.size === 0 && index !== undefined && index.get(key!) === listeners) {
+    index.delete(key!);
+  }
 }

@@ -14,6 +14,12 @@ import { DirectedGraph } from "graphology";
 import { IndexedHeap } from "./_indexed_heap.ts";
 
 /**
+ * The attributes of every node and edge of a wait graph: none, one frozen object for all, not an
+ * empty object each (the graph holds one per waiting and waited invocation, and per wait edge).
+ */
+const NO_ATTRIBUTES = Object.freeze({});
+
+/**
  * The clock a {@linkcode WaitGraph} reads first-wait times from: milliseconds, like `Date.now()`.
  *
  * @example A fake clock for tests
@@ -178,10 +184,10 @@ export class WaitGraph {
     if (waitedIds.length === 0) return;
 
     const graph = this.#graph;
-    if (!graph.hasNode(waiterId)) graph.addNode(waiterId);
+    if (!graph.hasNode(waiterId)) graph.addNode(waiterId, NO_ATTRIBUTES);
     let firstWaitMs: number | undefined;
     for (const waitedId of waitedIds) {
-      if (!graph.hasNode(waitedId)) graph.addNode(waitedId);
+      if (!graph.hasNode(waitedId)) graph.addNode(waitedId, NO_ATTRIBUTES);
       else if (graph.hasDirectedEdge(waiterId, waitedId)) continue;
       if (graph.inDegree(waitedId) === 0) {
         firstWaitMs ??= nowMs ?? this.#now();
@@ -192,7 +198,7 @@ export class WaitGraph {
         this.#waiters++;
         this.#ready.remove(waiterId);
       }
-      graph.addDirectedEdge(waiterId, waitedId);
+      graph.addDirectedEdge(waiterId, waitedId, NO_ATTRIBUTES);
     }
   }
 

@@ -4,7 +4,9 @@
  *
  * A KV file commits one transaction at a time, and a remote KV pays a round trip per commit, so
  * under load commits — not reads — bound nenc's throughput. The {@linkcode GroupCommitter} keeps
- * one commit in flight per store and gathers the transitions that arrive meanwhile into the next.
+ * one commit in flight per local store and gathers the transitions that arrive meanwhile into the
+ * next (a batch that is full, by checks, mutations or bytes, goes at once beside it); over the
+ * denokv protocol, whose commits hold 10 checks and cost a round trip, several go at once.
  *
  * Why merging is safe: each transition is a draft of checks and mutations built from its own
  * reads. A batch only takes drafts whose key sets (checked, set or deleted) are pairwise disjoint,
@@ -21,8 +23,17 @@
 
 import type { KvAtomicLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
-/** The denokv protocol allows 10 checks per atomic operation (the Deno CLI allows 100). */
-const MAX_CHECKS = 10;
+/**
+ * The checks of one atomic operation over the denokv protocol (KV Connect: Deno Deploy, denokv)
+ * and in `@deno/kv`'s own SQLite store (Bun, Node).
+ */
+const PROTOCOL_MAX_CHECKS = 10;
+/**
+ * The checks of one atomic operation in the Deno CLI's own store (a file, `:memory:`). A committer
+ * starts with it; a batch of more than PROTOCOL_MAX_CHECKS that the store refuses teaches it the
+ * protocol's limit, for good (see GroupCommitter).
+ */
+const LOCAL_MAX_CHECKS = 100;
 /** Well under denokv's 1000 mutations and 800 KiB per atomic operation. */
 const MAX_MUTATIONS = 400;
 const MAX_BYTES = 400 * 1024;
@@ -30,11 +41,13 @@ const MAX_BYTES = 400 * 1024;
 const MAX_LOCKED_ATTEMPTS = 10;
 
 /**
- * Commits in flight at once per store. One: a file commits one transaction at a time anyway, and
- * what waits meanwhile joins the next batch (measured here: 2 or 4 in flight gave smaller batches
- * and fewer invocations per second on a file, and no gain on the remote test fixture).
+ * Commits in flight at once per store. On a local store, one, unless batches are full: a file
+ * commits one transaction at a time anyway, and what waits meanwhile joins the next batch
+ * (measured here: 2 or 4 in flight gave smaller batches and fewer invocations per second on a
+ * file). Over the denokv protocol, up to this many: with 10 checks per commit, a pick-up of 32 is
+ * 4 commits, one round trip together rather than four in turn.
  */
-const MAX_IN_FLIGHT = 1;
+const MAX_IN_FLIGHT = 8;
 
 type Mutation =
   | {
@@ -101,11 +114,23 @@ interface Waiting {
   readonly reject: (error: unknown) => void;
 }
 
-/** Commits drafts, merging those that wait at the same time into one atomic operation. */
+/**
+ * Commits drafts, merging those that wait at the same time into one atomic operation.
+ *
+ * A committer does not know its store's limit of checks per operation: it merges up to the Deno
+ * CLI's 100 until a store refuses a batch of more than 10 (the denokv protocol's limit), then up
+ * to 10 for good; the refused batch's drafts are merged again within it, before anything that
+ * arrived since (a commit that threw was not applied, or its drafts recognise their own write).
+ */
 export class GroupCommitter {
   readonly #kv: KvLike;
   #waiting: Waiting[] = [];
   #inFlight = 0;
+  /** The keys of the drafts in flight: a draft touching one waits for them. */
+  readonly #busy = new Set<string>();
+  #maxChecks = LOCAL_MAX_CHECKS;
+  /** A pump is due at the end of this turn. */
+  #scheduled = false;
 
   /** Commits through `kv`. */
   constructor(kv: KvLike) {
@@ -115,18 +140,34 @@ export class GroupCommitter {
   /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */
   commit(draft: AtomicDraft): Promise<boolean> {
     return new Promise((resolve, reject) => {
+      // The drafts of this turn go together: transitions that one read or commit resolved all
+      // draft theirs in the same turn.
       this.#waiting.push({ draft, resolve, reject });
-      this.#pump();
+      if (this.#scheduled) return;
+      this.#scheduled = true;
+      queueMicrotask(() => {
+        this.#scheduled = false;
+        this.#pump();
+      });
     });
   }
 
   #pump(): void {
+    // A store of 100 checks per commit (a local one) takes one batch at a time, and a batch that
+    // is not full waits for it, gathering what arrives meanwhile; one of 10 (over the network)
+    // takes them as they come: there a batch is small anyway, and a round trip long.
+    const batches = this.#maxChecks > PROTOCOL_MAX_CHECKS ? 1 : MAX_IN_FLIGHT;
     while (this.#inFlight < MAX_IN_FLIGHT && this.#waiting.length > 0) {
+      const { batch, left, full } = this.#nextBatch();
+      if (batch.length === 0 || (this.#inFlight >= batches && !full)) return;
+      this.#waiting = left;
       this.#inFlight++;
-      const batch = this.#takeBatch();
+      const keys = batch.flatMap(({ draft }) => [...draft.keys]);
+      for (const key of keys) this.#busy.add(key);
       // Whatever goes wrong, every draft of the batch settles (settling twice changes nothing).
       void this.#run(batch).catch((error) => batch.forEach(({ reject }) => reject(error))).finally(
         () => {
+          for (const key of keys) this.#busy.delete(key);
           this.#inFlight--;
           this.#pump();
         },
@@ -140,6 +181,14 @@ export class GroupCommitter {
     try {
       ok = await this.#commitDrafts(batch.map(({ draft }) => draft));
     } catch {
+      const checks = batch.reduce((sum, { draft }) => sum + draft.checks.length, 0);
+      if (checks > PROTOCOL_MAX_CHECKS && this.#maxChecks > PROTOCOL_MAX_CHECKS) {
+        // Refused over the store's limit (or a storage error — then 10 is merely cautious): the
+        // drafts go again, first, within the protocol's limit.
+        this.#maxChecks = PROTOCOL_MAX_CHECKS;
+        this.#waiting.unshift(...batch);
+        return;
+      }
       // Too big together, or a storage error: each draft on its own says which.
     }
     if (ok) return batch.forEach((waiting) => waiting.resolve(true));
@@ -199,23 +248,31 @@ export class GroupCommitter {
     );
   }
 
-  /** The oldest waiting drafts that fit in one operation with pairwise disjoint keys. */
-  #takeBatch(): Waiting[] {
+  /**
+   * The oldest waiting drafts that fit in one operation with pairwise disjoint keys, none of them
+   * in flight, and whether the batch is full: a draft that waits was left out for want of room.
+   */
+  #nextBatch(): { batch: Waiting[]; left: Waiting[]; full: boolean } {
     const batch: Waiting[] = [];
     const left: Waiting[] = [];
     const keys = new Set<string>();
     let checks = 0;
     let mutations = 0;
     let bytes = 0;
+    let full = false;
     for (const waiting of this.#waiting) {
       const { draft } = waiting;
+      if ([...draft.keys].some((key) => keys.has(key) || this.#busy.has(key))) {
+        left.push(waiting);
+        continue;
+      }
       const fits = batch.length === 0 || (
-        checks + draft.checks.length <= MAX_CHECKS &&
+        checks + draft.checks.length <= this.#maxChecks &&
         mutations + draft.mutations.length <= MAX_MUTATIONS &&
-        bytes + draft.bytes <= MAX_BYTES &&
-        ![...draft.keys].some((key) => keys.has(key))
+        bytes + draft.bytes <= MAX_BYTES
       );
       if (!fits) {
+        full = true;
         left.push(waiting);
         continue;
       }
@@ -225,8 +282,7 @@ export class GroupCommitter {
       bytes += draft.bytes;
       for (const key of draft.keys) keys.add(key);
     }
-    this.#waiting = left;
-    return batch;
+    return { batch, left, full };
   }
 
   async #commitAlone({ draft, resolve, reject }: Waiting): Promise<void> {

@@ -285,7 +285,7 @@ export class MemoryStore implements Store {
       if (!controlled.ok) return;
       (isFinalStatus(controlled.record.status) ? finalised : parked).push(controlled.record);
     };
-    for (const id of request.preferredIds) {
+    for (const id of request.blocking ? this.#blocking(max, nowMs) : []) {
       if (claimed.length >= max) break;
       tryClaim(id);
     }
@@ -489,13 +489,17 @@ export class MemoryStore implements Store {
   }
 
   blocking(max: number, nowMs: number): Promise<string[]> {
-    return Promise.resolve(this.#waits.blocking(max, {
+    return Promise.resolve(this.#blocking(max, nowMs));
+  }
+
+  #blocking(max: number, nowMs: number): string[] {
+    return this.#waits.blocking(max, {
       isAvailable: (id) => {
         const record = this.#records.get(id);
         return record !== undefined && AVAILABLE_FOR_RUN_STATUSES.has(record.status) &&
           !(this.#delayed.has(id) && record.availableAtMs > nowMs);
       },
-    }));
+    });
   }
 
   graphs(): Promise<LiveGraphs> {

@@ -1082,13 +1082,12 @@ export class Orchestrator {
     accepts: ((taskId: string) => boolean) | undefined,
   ): Promise<readonly InvocationRecord[]> {
     const nowMs = this.#host.clock.now();
-    const preferredIds = this.options.blockingControl ? await this.store.blocking(max, nowMs) : [];
     const cycleControl = this.options.cycleControl;
     const outcome = await this.store.claim({
       runnerId,
       nowMs,
       max,
-      preferredIds,
+      blocking: this.options.blockingControl,
       rerouteOnConcurrencyControl: (taskId) =>
         this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
       purgeAtMs: this.#purgeAtMs(nowMs),

@@ -439,7 +439,7 @@ export type ChangeOutcome =
  * const app = new Nenc();
  * await app.task("ping", () => "pong").call();
  * const request: ClaimRequest = {
- *   runnerId: "r1", nowMs: Date.now(), max: 10, preferredIds: [],
+ *   runnerId: "r1", nowMs: Date.now(), max: 10,
  *   rerouteOnConcurrencyControl: () => true, purgeAtMs: Date.now() + 3_600_000,
  * };
  * const { claimed } = await app.orchestrator.store.claim(request);
@@ -453,8 +453,12 @@ export interface ClaimRequest {
   readonly nowMs: number;
   /** At most this many invocations are claimed. */
   readonly max: number;
-  /** Invocation ids tried first, in order (blocking invocations), before the queue. */
-  readonly preferredIds: readonly string[];
+  /**
+   * Whether the blocking invocations ({@linkcode Store.blocking}: waited on, waiting on nothing,
+   * available) are tried first, oldest first, before the queue. A backend reads them together
+   * with its other reads of the pick-up.
+   */
+  readonly blocking?: boolean;
   /**
    * Whether a candidate refused by a full key is parked (`true`) or finalised; one refused by its
    * rate limit key is always parked.
@@ -494,7 +498,7 @@ export interface ClaimRequest {
  * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
  * await sync.parallelize([{ n: 1 }, { n: 2 }]);
  * const outcome: ClaimOutcome = await app.orchestrator.store.claim({
- *   runnerId: "r1", nowMs: Date.now(), max: 2, preferredIds: [],
+ *   runnerId: "r1", nowMs: Date.now(), max: 2,
  *   rerouteOnConcurrencyControl: () => true, purgeAtMs: 0,
  * });
  * console.log(outcome.claimed.length, outcome.parked.length, outcome.finalised.length); // 1 1 0
@@ -538,7 +542,7 @@ export const CONTROL_LIMIT = 100;
  * import { controlChange } from "@nenc/nenc";
  *
  * const request = {
- *   runnerId: "r1", nowMs: 0, max: 1, preferredIds: [], purgeAtMs: 0,
+ *   runnerId: "r1", nowMs: 0, max: 1, purgeAtMs: 0,
  *   rerouteOnConcurrencyControl: (taskId: string) => taskId !== "strict",
  * };
  * const rate = { key: "#rate#strict", limit: 1, intervalMs: 1_000 };

@@ -711,7 +711,34 @@ export class KvStore implements Store {
     const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
     let controlled = 0;
-    await this.#wakeMarked(runnerId);
+    // Read a few more entries than slots: some may be taken by other runners meanwhile, or
+    // blocked by running concurrency.
+    const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
+    // Entries of tasks this runner does not run are skipped without a read, and read past (up to
+    // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
+    const listOptions = { limit: limit + SKIP_LIMIT, batchSize: Math.min(limit, 500) };
+    const delayed = () =>
+      this.#kv.list({
+        start: this.#keys.queue({ delayed: true, position: "" }),
+        end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
+      }, listOptions);
+    const ready = () =>
+      this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, listOptions);
+    // The first reads of a pick-up go together: the wake markers, the due delayed entries, the
+    // ready queue and the blocking invocations, one round trip rather than five in turn. Markers
+    // found (rare: a key with parked invocations got room), the queue is read again after the
+    // wakes, which put the woken back in it, in their old places, ahead of newer entries.
+    let due = started(delayed());
+    let queued = started(ready());
+    const preferred = request.blocking ? this.blocking(max, nowMs) : Promise.resolve([]);
+    preferred.catch(() => {}); // seen below, after the wakes
+    if (await this.#wakeMarked(runnerId)) {
+      due = delayed();
+      queued = ready();
+    }
+    // Claimed, parked or finalised by this pick-up: a queue read that began before (with the
+    // blocking invocations') may still list it.
+    const taken = new Set<string>();
     // Not available (taken by another runner, back-off not passed), or a task this runner does
     // not run: not wanted, no write.
     const available = (stored: StoredInvocation): boolean =>
@@ -738,11 +765,12 @@ export class KvStore implements Store {
       }
       if (!outcome.ok) return;
       const { record } = outcome;
+      taken.add(id);
       if (record.status === PENDING || record.status === RUNNING) return void claimed.push(record);
       controlled++;
       (isFinalStatus(record.status) ? finalised : parked).push(record);
     };
-    for (const id of request.preferredIds) {
+    for (const id of await preferred) {
       if (claimed.length >= max) break;
       await tryClaim(id);
     }
@@ -750,19 +778,6 @@ export class KvStore implements Store {
     // merged in. The ready queue has no time bound: an entry registered by a process whose clock
     // runs ahead is due.
     const preferredControlled = controlled;
-    // Read a few more entries than slots: some may be taken by other runners meanwhile, or
-    // blocked by running concurrency.
-    const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
-    // Entries of tasks this runner does not run are skipped without a read, and read past (up to
-    // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
-    const listOptions = { limit: limit + SKIP_LIMIT, batchSize: Math.min(limit, 500) };
-    const delayed = () =>
-      this.#kv.list({
-        start: this.#keys.queue({ delayed: true, position: "" }),
-        end: this.#keys.queue({ delayed: true, position: encodeTime(nowMs + 1, 10) }),
-      }, listOptions);
-    const ready = () =>
-      this.#kv.list({ prefix: this.#keys.queue({ delayed: false }) }, listOptions);
     // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
     // own atomic step, and overlapping them keeps a file or a remote store busy instead of
     // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
@@ -796,14 +811,14 @@ export class KvStore implements Store {
       const claimedBefore = claimed.length;
       let fromLanes = 0;
       // Due delayed entries (first pass) where each stands in the ready queue's order.
-      const lists = [pass === 0 ? withDue(delayed(), ready()) : ready()];
+      const lists = [pass === 0 ? withDue(due, queued) : ready()];
       // One candidate once per pass (a lane's token may be read again after it moved); a later
       // pass may see it again, woken since it was refused.
       const seen = new Set<string>();
       for (const entries of lists) {
         let listed = 0;
         const wanted = (candidate: QueueValue | undefined): candidate is QueueValue =>
-          candidate !== undefined && !seen.has(candidate.id) &&
+          candidate !== undefined && !seen.has(candidate.id) && !taken.has(candidate.id) &&
           (candidate.task === undefined || request.accepts?.(candidate.task) !== false);
         for await (const entry of entries) {
           if (claimed.length + batch.length >= max) await flush();
@@ -860,26 +875,31 @@ export class KvStore implements Store {
     return undefined;
   }
 
-  // reads: wake/… (one range read, empty unless a key with parked invocations got room), wakeat/…
-  // up to now (one range read, empty unless a rate limit key's window opened for its parked), then
-  // per marked key the first park/<key>/… entry per wake; each wake is one #apply.
+  // reads: wake/… (one range read, empty unless a key with parked invocations got room) and
+  // wakeat/… up to now (one range read, empty unless a rate limit key's window opened for its
+  // parked), together; then per marked key the first park/<key>/… entry per wake; each wake is
+  // one #apply.
   /**
    * Wakes the invocations parked on the keys a wake marker names, first available first, while
    * each key has room; a key with no room left (or nobody parked) loses its marker, checked, so a
    * commit that gave it room meanwhile keeps it. A runner that dies midway leaves the marker for
    * the next pick-up anywhere: parked work is never stranded. A rate limit key's room comes with
    * time, not with a commit: its marker is time-ordered, read once its time has come (by this
-   * process's clock).
+   * process's clock). Whether it found any marker.
    */
-  async #wakeMarked(runnerId: string): Promise<void> {
-    const markers: KvEntryMaybeLike[] = [];
+  async #wakeMarked(runnerId: string): Promise<boolean> {
     const due = {
       start: this.#keys.wakeAt(""),
       end: this.#keys.wakeAt(encodeTime(this.#clock.now() + 1, 10)),
     };
-    for (const selector of [{ prefix: this.#keys.wake() }, due]) {
-      for await (const entry of this.#kv.list(selector, { limit: WAKE_KEYS })) markers.push(entry);
-    }
+    // Both range reads together.
+    const markers = (await Promise.all(
+      [{ prefix: this.#keys.wake() }, due].map(async (selector) => {
+        const found: KvEntryLike[] = [];
+        for await (const entry of this.#kv.list(selector, { limit: WAKE_KEYS })) found.push(entry);
+        return found;
+      }),
+    )).flat();
     for (const marker of markers) {
       const key = String(marker.key[marker.key.length - 1]);
       const parkedHere = (stored: StoredInvocation): boolean =>
@@ -908,6 +928,7 @@ export class KvStore implements Store {
         await this.#commit(this.#kv.atomic().check(marker).delete(marker.key));
       }
     }
+    return markers.length > 0;
   }
 
   // --- reads -------------------------------------------------------------------------------------
@@ -2516,6 +2537,21 @@ function decodeQueueItem(value: unknown): QueueValue | { readonly lane: string }
     throw new SerializationError("Cannot read a queue entry: not a nenc queue entry");
   }
   return decoded as QueueValue;
+}
+
+/**
+ * `entries` with their first page asked for now, so that the read goes together with others; read
+ * later, they come in order as usual (a failed read fails then).
+ */
+function started(entries: AsyncIterable<KvEntryLike>): AsyncIterable<KvEntryLike> {
+  const iterator = entries[Symbol.asyncIterator]();
+  const first = iterator.next();
+  first.catch(() => {}); // seen by whoever reads it; an abandoned read must not crash the process
+  return {
+    async *[Symbol.asyncIterator]() {
+      for (let next = await first; !next.done; next = await iterator.next()) yield next.value;
+    },
+  };
 }
 
 /**

@@ -207,7 +207,6 @@ test("[kv] a pick-up stamps each claim with the time it commits, not the time it
     runnerId: "r1",
     nowMs: passStartedMs,
     max: 1,
-    preferredIds: [],
     rerouteOnConcurrencyControl: () => true,
     purgeAtMs: passStartedMs + 3_600_000,
   });
@@ -520,4 +519,36 @@ test("[kv] a rate limit key's log is kept while invocations are parked on it, an
   // The first pick-up; the park; the wake; the second pick-up, 1,000 ms later: its log stops
   // counting 1,000 ms after it, and goes a minute after that.
   assert.deepEqual(expiries.get("#rate#t"), [61_000, undefined, undefined, 61_000]);
+});
+
+test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready queue and the blocking index together: no range read waits for another", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const app = new Nenc({ appId: "together", kv: handle });
+  const ping = app.task("ping", () => "pong");
+  const invocation = await ping.call();
+  // Each range read of the pick-up is held until all five have begun: read one after the other,
+  // the first would never end.
+  const begun = new Set<string>();
+  let allBegun!: () => void;
+  const together = new Promise<void>((resolve) => allBegun = resolve);
+  const kv = interceptKv(handle, {
+    beforeList: async (selector) => {
+      const prefix = "prefix" in selector ? selector.prefix : selector.start;
+      begun.add(String(prefix[2]));
+      if (begun.size === 5) allBegun();
+      await within(together, DEADLINE_MS, `all five reads, begun: ${[...begun].join(", ")}`);
+    },
+  });
+  const store = new KvStore(kv, { appId: "together", clock: systemClock });
+  const { claimed } = await store.claim({
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    blocking: true,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  });
+  assert.deepEqual(claimed.map((record) => record.id), [invocation.id]);
+  assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });

@@ -482,11 +482,18 @@ export class KvStore implements Store {
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
-    // A change to a final status reads the wait graph marker with the record (one read).
+    // A change to a final status reads the wait graph marker with the record (one read); one
+    // that names the record's sequence number (a runner's end of an execution) also reads the
+    // history its expiry sets, not in a round trip of its own after the record.
     const final = typeof changeOf !== "function" && changeOf.path.some(isFinalStatus);
+    const historyCount = typeof changeOf === "function" ? undefined : changeOf.expectSeq;
     for (let attempt = 0;; attempt++) {
       const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
       marker?.catch(() => {}); // awaited below, if the change gets that far
+      const history = final && historyCount !== undefined
+        ? { historyCount, entries: this.#inlineHistory(id, historyCount) }
+        : undefined;
+      history?.entries.catch(() => {}); // the same
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
@@ -657,7 +664,7 @@ export class KvStore implements Store {
       // the expiry needs); too many for one commit, they go right after it.
       const [expireLater, release] = await Promise.all([
         plan.startsPurge && options !== undefined &&
-        this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq),
+        this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq, { marker, history }),
         plan.final ? this.#waitEdgesOf(id, marker) : undefined,
       ]);
       const releaseNow = release !== undefined && release.doomed.length <= RELEASE_INLINE_KEYS;
@@ -1908,6 +1915,12 @@ export class KvStore implements Store {
     purgeAtMs: number,
     options: { expireIn: number },
     historyCount: number,
+    read: {
+      readonly marker?: Promise<KvEntryMaybeLike> | undefined;
+      readonly history?:
+        | { readonly historyCount: number; readonly entries: Promise<KvEntryMaybeLike[]> }
+        | undefined;
+    } = {},
   ): Promise<boolean> {
     const keys = this.#keys;
     const id = record.id;
@@ -1916,9 +1929,12 @@ export class KvStore implements Store {
     });
     op.set(keys.byTask(record.taskId, id), encode(null), options);
     if (record.parentId !== null) op.set(keys.byParent(record.parentId, id), encode(null), options);
+    // What was read with the record, else read now (together).
     const [marker, history] = await Promise.all([
-      this.#reads.get(keys.waitNode(id)),
-      historyCount > INLINE_EXPIRY ? [] : this.#historyEntries(id, 1, historyCount),
+      read.marker ?? this.#reads.get(keys.waitNode(id)),
+      read.history?.historyCount === historyCount
+        ? read.history.entries
+        : this.#inlineHistory(id, historyCount),
     ]);
     // The wait graph's marker (a wait edge written later leaves one for the sweep to delete).
     if (marker.versionstamp !== null) op.set(marker.key, encode(null), options);
@@ -1947,6 +1963,16 @@ export class KvStore implements Store {
         await backoff(attempt);
       }
     }
+  }
+
+  /**
+   * The history entries a final invocation with `historyCount` of them expires in its final
+   * commit: all of them, unless there are too many (then they expire after it).
+   */
+  #inlineHistory(id: string, historyCount: number): Promise<KvEntryMaybeLike[]> {
+    return historyCount > INLINE_EXPIRY
+      ? Promise.resolve([])
+      : this.#historyEntries(id, 1, historyCount);
   }
 
   /** The stored history entries `first..last` of an invocation (numbered from 1, point reads). */

@@ -552,3 +552,39 @@ test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready 
   assert.deepEqual(claimed.map((record) => record.id), [invocation.id]);
   assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });
+
+test("[kv] a runner's final write reads the record, the wait graph marker and the history it expires in one getMany, then commits", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const steps: string[] = [];
+  const kv: KvLike = {
+    get: (key) => handle.get(key),
+    list: (selector, options) => handle.list(selector, options),
+    getMany: (keys) => {
+      steps.push(`read ${keys.map((key) => key.slice(2, 3).join("/")).sort().join(" ")}`);
+      return handle.getMany(keys);
+    },
+    atomic: () => {
+      const op = handle.atomic();
+      const commit = op.commit.bind(op);
+      op.commit = () => {
+        steps.push("commit");
+        return commit();
+      };
+      return op;
+    },
+  };
+  const app = new Nenc({ appId: "ahead", kv });
+  const ping = app.task("ping", () => "pong");
+  await ping.call();
+  const [started] = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.running, true);
+  steps.length = 0;
+  await app.orchestrator.setInvocationResult(started.invocation, "pong", {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  // REGISTERED, PENDING, RUNNING: three history entries to expire with the record.
+  assert.deepEqual(steps.slice(0, 2), ["read hist hist hist inv wnode", "commit"]);
+});

@@ -1782,12 +1782,15 @@ export class KvStore implements Store {
 
   /**
    * Polls the awaited invocations until none is awaited. A sweep reads them all, a slice of at
-   * most `POLL_SLICE` per round, and takes the poll delay (5 ms, doubling while whole sweeps find
-   * nothing that another process ended, up to 500 ms) — or longer when there are so many waiters
-   * that rounds would come faster than every 5 ms: the read rate stays bounded with ten thousand
-   * waiters (most of which this process's own changes wake anyway), and an end made elsewhere is
-   * seen within about a sweep. Its cadence is I/O pacing, not app time, so it runs on real timers
-   * like the commit back-off: with a fake app clock, in-process changes still wake waiters at once.
+   * most `POLL_SLICE` per round, and takes the poll delay (5 ms, doubling with each round that
+   * finds nothing that another process ended, up to 500 ms) — or longer when there are so many
+   * waiters that rounds would come faster than every 5 ms: the read rate stays bounded with ten
+   * thousand waiters (most of which this process's own changes wake anyway), and an end made
+   * elsewhere is seen within about a sweep. The back-off counts rounds, not sweeps: a process
+   * whose waiters all end here (one that runs what it awaits) slows down within a few rounds
+   * however many they are, instead of reading each of them a few times over. Its cadence is I/O
+   * pacing, not app time, so it runs on real timers like the commit back-off: with a fake app
+   * clock, in-process changes still wake waiters at once.
    * A read that finds the KV closed has rejected every waiter (see `closeSignals`): the poller
    * stops, and a pause it is in ends at once, so no timer of it outlives the store.
    */
@@ -1835,8 +1838,7 @@ export class KvStore implements Store {
             notify(waiters);
           }
         });
-        if (ended > 0) idle = 0;
-        else if (cursor >= awaited.length) idle++;
+        idle = ended > 0 ? 0 : idle + 1;
       }
     } finally {
       local.poller = undefined;

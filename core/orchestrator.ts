@@ -232,6 +232,11 @@ export interface ActorOptions {
    * a change whose earlier try was applied (its answer lost) is recognised as done.
    */
   expectSeq?: number;
+  /**
+   * Called once the change is committed, before what follows a final status (releasing its
+   * waiters and its calls): the runner gives back the slot of the execution that the change ends.
+   */
+  onCommitted?: () => void;
 }
 
 /**
@@ -893,7 +898,7 @@ export class Orchestrator {
       path: [InvocationStatus.SUCCESS],
       ...this.#actor(options),
       ...(serialized !== undefined ? { result: serialized } : {}),
-    });
+    }, options.onCommitted);
   }
 
   /** Stores the error and marks the invocation FAILED. */
@@ -906,7 +911,7 @@ export class Orchestrator {
       path: [InvocationStatus.FAILED],
       ...this.#actor(options),
       error: serializeError(error),
-    });
+    }, options.onCommitted);
   }
 
   /**
@@ -927,7 +932,7 @@ export class Orchestrator {
       error: serializeError(error),
       incrementRetries: true,
       availableAtMs: actor.nowMs + delayMs,
-    });
+    }, options.onCommitted);
   }
 
   /** Re-queues invocations: REROUTED, back in the queue. */
@@ -1482,6 +1487,7 @@ export class Orchestrator {
   async #change(
     invocation: InvocationRef,
     change: StatusChange,
+    onCommitted?: () => void,
   ): Promise<InvocationRecord | undefined> {
     const path = change.path;
     const final = FINAL_STATUSES.has(path[path.length - 1]!);
@@ -1497,6 +1503,7 @@ export class Orchestrator {
           : `Cannot change the status of invocation ${invocation.id}: it changed concurrently`,
       );
     }
+    onCommitted?.();
     if (final) await this.#afterFinal(outcome.record);
     return outcome.record;
   }

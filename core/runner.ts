@@ -980,7 +980,9 @@ export class Runner implements AsyncDisposable {
         });
       }
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
-      execution.releaseSlot();
+      // Given back already (its end was committed before the clean-ups ended): the loop, which
+      // may have found nothing to pick up meanwhile, looks again now that nothing runs.
+      if (!execution.releaseSlot() && this.#executions.size === 0) this.#wakeUp();
       if (this.#executions.size === 0) this.#onEmpty?.();
     }
   }
@@ -1026,13 +1028,19 @@ export class Runner implements AsyncDisposable {
     // A final status is written from RUNNING or RESUMED: a paused invocation takes a slot again.
     const settled = await execution.settle();
     if (settled !== "done") return settled;
+    // The slot goes back once the write that ends the execution is committed, before the
+    // clean-ups of a final status (its waiters, its calls): the next pick-up need not wait for them.
+    const ending = (actor: ActorOptions): ActorOptions => ({
+      ...actor,
+      onCommitted: () => void execution.releaseSlot(),
+    });
     let verdict: WriteVerdict;
     try {
       if (result.ok) {
         verdict = await this.#persist(
           execution,
           1,
-          (actor) => orchestrator.setInvocationResult(invocation, result.value, actor),
+          (actor) => orchestrator.setInvocationResult(invocation, result.value, ending(actor)),
         );
       } else if (
         task.isRetriable(result.error) && execution.attempt < task.options.maxRetries &&
@@ -1041,13 +1049,13 @@ export class Runner implements AsyncDisposable {
         verdict = await this.#persist(
           execution,
           1,
-          (actor) => orchestrator.setInvocationRetry(invocation, result.error, actor),
+          (actor) => orchestrator.setInvocationRetry(invocation, result.error, ending(actor)),
         );
       } else {
         verdict = await this.#persist(
           execution,
           1,
-          (actor) => orchestrator.setInvocationException(invocation, result.error, actor),
+          (actor) => orchestrator.setInvocationException(invocation, result.error, ending(actor)),
         );
       }
     } catch (error) {
@@ -1056,7 +1064,7 @@ export class Runner implements AsyncDisposable {
       verdict = await this.#persist(
         execution,
         1,
-        (actor) => orchestrator.setInvocationException(invocation, error, actor),
+        (actor) => orchestrator.setInvocationException(invocation, error, ending(actor)),
       );
     }
     if (verdict === "done") this.#finished++;
@@ -1398,11 +1406,15 @@ class Execution implements ExecutionContext {
     });
   }
 
-  /** Gives its slot back to the runner, if it holds one: the one place an execution does. */
-  releaseSlot(): void {
-    if (!this.#holdsSlot) return;
+  /**
+   * Gives its slot back to the runner, if it holds one (whether it did): the one place an
+   * execution does.
+   */
+  releaseSlot(): boolean {
+    if (!this.#holdsSlot) return false;
     this.#holdsSlot = false;
     this.#runner.releaseSlot();
+    return true;
   }
 
   /** Runs `step` after the pauses and resumes already under way, in call order. */

@@ -124,3 +124,34 @@ test("a runner whose resume write fails (a store error) tries it again: the paus
   assert.equal(resumes, 2, "one failed resume, then one that went through");
   await within(runner.stop(), DEADLINE_MS, "the runner to stop");
 });
+
+/** A promise and its resolve. */
+function gate(): { opened: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => open = resolve);
+  return { opened, open };
+}
+
+test("a runner gives an execution's slot back once the write that ends it is committed: the next invocation starts while the clean-ups of the first (its waiters, its calls) are still under way", async () => {
+  const clock = new FakeClock();
+  const memory = new MemoryStore({ clock });
+  const cleanUp = gate();
+  let cleanUps = 0;
+  const store = storeWith(memory, {
+    removeCall: async (ref) => {
+      cleanUps++;
+      await cleanUp.opened;
+      return await memory.removeCall(ref);
+    },
+  });
+  const app = new Nenc({ clock, store });
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  const [first, second] = [await ping.call({ n: 1 }), await ping.call({ n: 2 })];
+  const runner = app.runner({ concurrency: 1 });
+  runner.start();
+  assert.equal(await within(second.result(), DEADLINE_MS, "the second result"), 2);
+  assert.equal(await first.status(), "success");
+  assert.ok(cleanUps >= 1, "the first's clean-up never began");
+  cleanUp.open();
+  await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+});

@@ -168,6 +168,12 @@ const RUNNER_OPTIONS = new Set([
   "graceMs",
 ]);
 
+/** Pick-ups a runner makes beside its loop's own, at most (see the runner's `#refill`). */
+const MAX_REFILLS = 1;
+
+/** What a runner's pick-up claimed (see {@linkcode Orchestrator.startInvocations}). */
+type Claimed = Awaited<ReturnType<Orchestrator["startInvocations"]>>;
+
 /** Error classes a runner rehydrates a cancel reason with. */
 const BUILT_IN_ERRORS = errorClassMap(DEFAULT_ERROR_CLASSES);
 
@@ -234,6 +240,10 @@ export class Runner implements AsyncDisposable {
   /** Resumes waiting for a slot; they get freed slots before new work. */
   readonly #resumeQueue: (() => void)[] = [];
   #free: number;
+  /** The loop's pick-up is under way. */
+  #pickingUp = false;
+  /** Pick-ups under way beside the loop's (see #refill). */
+  readonly #refills = new Set<Promise<void>>();
   #loop: Promise<void> | undefined;
   #beats: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -416,6 +426,8 @@ export class Runner implements AsyncDisposable {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
+    // What a pick-up beside it claims is run, and handed back below like the rest.
+    await Promise.all(this.#refills);
     // No more upkeep here: another runner takes the lease at its next heartbeat.
     try {
       await orchestrator.store.releaseUpkeepLease(this.id);
@@ -474,10 +486,72 @@ export class Runner implements AsyncDisposable {
     return this.stop();
   }
 
+  /** Whether the runner runs a task: the pick-up leaves other deploys' tasks queued. */
+  readonly #accepts = (taskId: string): boolean => this.#host.getTask(taskId) !== undefined;
+
+  /** Starts an execution of each invocation a pick-up claimed, in one of the free slots. */
+  #startExecutions(claimed: Claimed): void {
+    for (const { invocation, running, ...claim } of claimed) {
+      this.#free--;
+      // Registered before any await, so a stop() from now on sees it.
+      const execution: Execution = new Execution(this, this.#host, invocation, {
+        ...claim,
+        persist: (steps, write): Promise<WriteVerdict> => this.#persist(execution, steps, write),
+      });
+      this.#executions.set(invocation.id, execution);
+      this.#onExecution?.();
+      void this.#execute(execution, running);
+    }
+  }
+
+  /**
+   * A pick-up for the slots freed while the loop's own is under way, beside it: a slot that frees
+   * during a pick-up (which takes a few round trips on a remote store) is filled then, not after
+   * the pick-up and the next one. At most MAX_REFILLS at once; its slots are set aside while it
+   * runs. A store fault is left to the loop, whose own pick-up meets it and pauses.
+   */
+  #refill(): void {
+    if (
+      !this.#pickingUp || this.#refills.size >= MAX_REFILLS || this.#free === 0 ||
+      this.#resumeQueue.length > 0 || this.#fenced || this.#stop.signal.aborted
+    ) return;
+    const refill: Promise<void> = this.#pickUp().then(() => {}, () => {}).finally(() => {
+      this.#refills.delete(refill);
+      // The loop looks again: slots may be free, and drain() may be waiting for this to end.
+      this.#wakeUp();
+    });
+    this.#refills.add(refill);
+  }
+
+  /**
+   * A pick-up for the slots free now, set aside while it runs: what it claims starts in them, and
+   * those it leaves are freed again, to a resume waiting first. Resolves to what it claimed.
+   */
+  async #pickUp(): Promise<number> {
+    const max = this.#free;
+    this.#free = 0;
+    let unused = max;
+    try {
+      const claimed = await this.#host.orchestrator.startInvocations(max, {
+        runnerId: this.id,
+        accepts: this.#accepts,
+      });
+      this.#free += claimed.length;
+      unused -= claimed.length;
+      this.#startExecutions(claimed);
+      return claimed.length;
+    } finally {
+      for (; unused > 0; unused--) {
+        const resume = this.#resumeQueue.shift();
+        if (resume !== undefined) resume();
+        else this.#free++;
+      }
+    }
+  }
+
   async #run(): Promise<void> {
     const { orchestrator, clock } = this.#host;
     const signal = this.#stop.signal;
-    const accepts = (taskId: string): boolean => this.#host.getTask(taskId) !== undefined;
     if (!await this.#defineGroups()) return;
     let nextDueMs: number | undefined;
     for (let failures = 0; !signal.aborted;) {
@@ -487,27 +561,15 @@ export class Runner implements AsyncDisposable {
           // Read before the claim: a retry not yet due then is still "later" for drain() below,
           // however far the clock moves during the claim.
           const beforeClaimMs = clock.now();
-          const claimed = await orchestrator.startInvocations(this.#free, {
-            runnerId: this.id,
-            accepts,
-          });
-          for (const { invocation, running, claimSeq, seq, attempt, scheduledAt } of claimed) {
-            this.#free--;
-            // Registered before any await, so a stop() from now on sees it.
-            const execution: Execution = new Execution(this, this.#host, invocation, {
-              claimSeq,
-              seq,
-              attempt,
-              scheduledAt,
-              persist: (steps, write): Promise<WriteVerdict> =>
-                this.#persist(execution, steps, write),
-            });
-            this.#executions.set(invocation.id, execution);
-            this.#onExecution?.();
-            void this.#execute(execution, running);
+          let claimed: number;
+          this.#pickingUp = true;
+          try {
+            claimed = await this.#pickUp();
+          } finally {
+            this.#pickingUp = false;
           }
           failures = 0;
-          if (claimed.length > 0) continue;
+          if (claimed > 0) continue;
           // The next delayed call or retry that falls due: the wait ends then, not a poll later.
           nextDueMs = await orchestrator.store.nextAvailableMs(beforeClaimMs);
           // Not idle if a slot was freed since the last wait (#woken): an execution that ended
@@ -516,7 +578,7 @@ export class Runner implements AsyncDisposable {
           // once; stopping here would leave that work parked.
           if (
             this.#onIdle !== undefined && !this.#woken && this.#executions.size === 0 &&
-            this.#resumeQueue.length === 0 && nextDueMs === undefined
+            this.#resumeQueue.length === 0 && nextDueMs === undefined && this.#refills.size === 0
           ) this.#onIdle();
         }
         await this.#idle(nextDueMs);
@@ -767,11 +829,13 @@ export class Runner implements AsyncDisposable {
    * the first after the last page: with `n` executions, each id is looked at once every
    * ⌊n / ORPHAN_PAGE⌋ + 1 heartbeats, in one range read per heartbeat however large `n` is.
    *
-   * It runs in the pick-up loop, between its claims: no claim of this runner is in flight while
-   * the page is read and compared with what runs here, so an id it claims is never taken for an
-   * orphan — a claim registers its executions before the loop goes on.
+   * It runs in the pick-up loop, between its claims, and not while a pick-up beside the loop's
+   * is under way (none starts meanwhile): no claim of this runner is in flight while the page is
+   * read and compared with what runs here, so an id it claims is never taken for an orphan — a
+   * claim registers its executions before the loop goes on.
    */
   async #recoverOrphans(): Promise<void> {
+    if (this.#refills.size > 0) return;
     const { orchestrator } = this.#host;
     const page = await orchestrator.store.executions(this.id, {
       ...(this.#orphanCursor !== undefined ? { after: this.#orphanCursor } : {}),
@@ -853,12 +917,16 @@ export class Runner implements AsyncDisposable {
     return new Promise((resolve) => this.#resumeQueue.push(resolve));
   }
 
-  /** Frees a slot: to a waiting resume first, else to new work. */
+  /**
+   * Frees a slot: to a waiting resume first, else to new work — at the end of this turn, with the
+   * other slots freed in it, beside the loop's pick-up if one is under way.
+   */
   releaseSlot(): void {
     const resume = this.#resumeQueue.shift();
     if (resume !== undefined) return resume();
     this.#free++;
     this.#wakeUp();
+    if (this.#pickingUp) queueMicrotask(() => this.#refill());
   }
 
   /**

@@ -231,6 +231,11 @@ export class KvStore implements Store {
   #idlePolls = 0;
   /** Wake markers this store wrote: a pick-up that wrote one wakes at once (see `claim`). */
   #wakesWritten = 0;
+  /**
+   * The candidates the pick-ups of this store are claiming: a pick-up beside another (a runner's
+   * refill, a second runner of the app) reads past them instead of racing it for them.
+   */
+  readonly #claiming = new Set<string>();
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -712,7 +717,23 @@ export class KvStore implements Store {
   // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
     await this.#ensureSchema(true);
+    // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past
+    // them. Given back when it ends, whatever became of them.
+    const mine = new Set<string>();
+    try {
+      return await this.#claim(request, mine);
+    } finally {
+      for (const id of mine) this.#claiming.delete(id);
+    }
+  }
+
+  async #claim(request: ClaimRequest, mine: Set<string>): Promise<ClaimOutcome> {
     const { runnerId, nowMs, max } = request;
+    const takeOn = (id: string): void => {
+      this.#claiming.add(id);
+      mine.add(id);
+    };
+    const othersClaim = (id: string): boolean => this.#claiming.has(id) && !mine.has(id);
     this.#local.newWork = false;
     const claimed: InvocationRecord[] = [];
     const parked: InvocationRecord[] = [];
@@ -723,7 +744,11 @@ export class KvStore implements Store {
     const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
     // Entries of tasks this runner does not run are skipped without a read, and read past (up to
     // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
-    const listOptions = { limit: limit + SKIP_LIMIT, batchSize: Math.min(limit, 500) };
+    // (The candidates of other pick-ups of this store are read past as well, in the same page.)
+    const listOptions = {
+      limit: limit + SKIP_LIMIT,
+      batchSize: Math.min(limit + this.#claiming.size, 500),
+    };
     const delayed = () =>
       this.#kv.list({
         start: this.#keys.queue({ delayed: true, position: "" }),
@@ -779,6 +804,8 @@ export class KvStore implements Store {
     };
     for (const id of await preferred) {
       if (claimed.length >= max) break;
+      if (othersClaim(id)) continue;
+      takeOn(id);
       await tryClaim(id);
     }
     // The ready queue in order, with the due delayed entries (their time or back-off has passed)
@@ -826,6 +853,7 @@ export class KvStore implements Store {
         let listed = 0;
         const wanted = (candidate: QueueValue | undefined): candidate is QueueValue =>
           candidate !== undefined && !seen.has(candidate.id) && !taken.has(candidate.id) &&
+          !othersClaim(candidate.id) &&
           (candidate.task === undefined || request.accepts?.(candidate.task) !== false);
         for await (const entry of entries) {
           if (claimed.length + batch.length >= max) await flush();
@@ -839,6 +867,7 @@ export class KvStore implements Store {
               const head = await this.#laneHead(item.lane);
               if (!wanted(head) || ++listed > limit) break;
               seen.add(head.id);
+              takeOn(head.id);
               order.set(head.id, order.size);
               const parkedBefore = controlled;
               await tryClaim(head.id);
@@ -850,6 +879,7 @@ export class KvStore implements Store {
           if (!wanted(item)) continue;
           if (++listed > limit) break;
           seen.add(item.id);
+          takeOn(item.id);
           order.set(item.id, order.size);
           batch.push(item);
         }

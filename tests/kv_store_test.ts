@@ -588,3 +588,31 @@ test("[kv] a runner's final write reads the record, the wait graph marker and th
   // REGISTERED, PENDING, RUNNING: three history entries to expire with the record.
   assert.deepEqual(steps.slice(0, 2), ["read hist hist hist inv wnode", "commit"]);
 });
+
+test("[kv] two pick-ups of one store at once (a runner's refill beside its pick-up) take disjoint candidates: no claim of one is refused for the other's", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  let refused = 0;
+  const kv = interceptKv(handle, { afterCommit: (ok) => void (ok || refused++) });
+  const app = new Nenc({ appId: "beside", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  const { invocations } = await ping.parallelize([1, 2, 3, 4].map((n) => ({ n })));
+  const request = {
+    nowMs: Date.now(),
+    max: 2,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  };
+  const store = app.orchestrator.store;
+  const [first, second] = await Promise.all([
+    store.claim({ ...request, runnerId: "r1" }),
+    store.claim({ ...request, runnerId: "r1" }),
+  ]);
+  assert.equal(first.claimed.length, 2);
+  assert.equal(second.claimed.length, 2);
+  assert.deepEqual(
+    [...first.claimed, ...second.claimed].map((record) => record.id).sort(),
+    invocations.map((invocation) => invocation.id).sort(),
+  );
+  assert.equal(refused, 0);
+});

@@ -40,7 +40,8 @@
  *
  * `--rtt MS` runs only these, on a KV file seen through a layer that answers every read (`get`,
  * `getMany`, each page of a `list`: `batchSize`, else `limit`, else 100 entries, at most 500) and
- * every commit MS later, as a store one round trip away does, in one process: the flat no-ops at
+ * every commit MS later, and refuses a commit of more than 10 checks, as a denokv server one
+ * round trip away does, in one process: the flat no-ops at
  * concurrency 32 (`--invocations` of them from 32 callers), as invocations finished per round trip
  * (invocations / (wall time / MS)); and the binary tree of depth 5 (`--rtt-depth`; 63 invocations)
  * on 8 slots, as its wall time and the round trips on its critical path (wall time / MS). Also the
@@ -121,7 +122,7 @@ function counting(kv: KvLike): { kv: KvLike; commits: () => number; bytes: () =>
 /**
  * A KV view that answers every read — `get`, `getMany`, each page of a `list` — and every commit
  * `ms` later (it waits, then asks `kv`), as a store one round trip away does; it counts the round
- * trips.
+ * trips. As a denokv server does, it refuses a commit of more than 10 checks (after the trip).
  */
 function latent(kv: KvLike, ms: number): { kv: KvLike; roundTrips: () => number } {
   let roundTrips = 0;
@@ -134,6 +135,22 @@ function latent(kv: KvLike, ms: number): { kv: KvLike; roundTrips: () => number 
     roundTrips: () => roundTrips,
     kv: {
       ...view,
+      atomic: () => {
+        const op = view.atomic();
+        const check = op.check.bind(op);
+        const commit = op.commit.bind(op);
+        let checks = 0;
+        op.check = (...list) => {
+          checks += list.length;
+          return check(...list);
+        };
+        op.commit = async () => {
+          if (checks <= 10) return await commit();
+          await trip();
+          throw new Error(`too many checks: ${checks}, at most 10 (denokv's limit)`);
+        };
+        return op;
+      },
       list: (selector, options) =>
         (async function* () {
           // Deno's page: batchSize, else limit, else 100 entries, at most 500. A full page short of

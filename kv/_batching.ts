@@ -141,14 +141,18 @@ export class GroupCommitter {
   commit(draft: AtomicDraft): Promise<boolean> {
     return new Promise((resolve, reject) => {
       // The drafts of this turn go together: transitions that one read or commit resolved all
-      // draft theirs in the same turn.
+      // draft theirs in the same turn. Over the protocol, those of the turns until the next
+      // timer as well: the reads of a pick-up or of the ends of a batch come back a few turns
+      // apart, and a round trip is long beside a timer's turn.
       this.#waiting.push({ draft, resolve, reject });
       if (this.#scheduled) return;
       this.#scheduled = true;
-      queueMicrotask(() => {
+      const pump = (): void => {
         this.#scheduled = false;
         this.#pump();
-      });
+      };
+      if (this.#maxChecks > PROTOCOL_MAX_CHECKS) queueMicrotask(pump);
+      else setTimeout(pump, 0);
     });
   }
 

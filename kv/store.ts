@@ -236,6 +236,8 @@ export class KvStore implements Store {
    * refill, a second runner of the app) reads past them instead of racing it for them.
    */
   readonly #claiming = new Set<string>();
+  /** The slots the pick-ups of this store under way claim for, in all. */
+  #claimingMax = 0;
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -720,14 +722,21 @@ export class KvStore implements Store {
     // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past
     // them. Given back when it ends, whatever became of them.
     const mine = new Set<string>();
+    const others = this.#claimingMax;
+    this.#claimingMax += request.max;
     try {
-      return await this.#claim(request, mine);
+      return await this.#claim(request, mine, others);
     } finally {
+      this.#claimingMax -= request.max;
       for (const id of mine) this.#claiming.delete(id);
     }
   }
 
-  async #claim(request: ClaimRequest, mine: Set<string>): Promise<ClaimOutcome> {
+  async #claim(
+    request: ClaimRequest,
+    mine: Set<string>,
+    others: number,
+  ): Promise<ClaimOutcome> {
     const { runnerId, nowMs, max } = request;
     const takeOn = (id: string): void => {
       this.#claiming.add(id);
@@ -744,10 +753,11 @@ export class KvStore implements Store {
     const limit = Math.min(max * 2 + 8, max + CONTROL_LIMIT);
     // Entries of tasks this runner does not run are skipped without a read, and read past (up to
     // SKIP_LIMIT of them), so a backlog of another deploy's tasks does not hide this one's.
-    // (The candidates of other pick-ups of this store are read past as well, in the same page.)
+    // The candidates of other pick-ups of this store under way are read past as well, in the same
+    // page: those they took on, and as many as they may still take.
     const listOptions = {
       limit: limit + SKIP_LIMIT,
-      batchSize: Math.min(limit + this.#claiming.size, 500),
+      batchSize: Math.min(limit + this.#claiming.size + others, 500),
     };
     const delayed = () =>
       this.#kv.list({

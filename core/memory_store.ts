@@ -241,11 +241,18 @@ export class MemoryStore implements Store {
     return Promise.resolve(record.retries + 1);
   }
 
-  claim(request: ClaimRequest): Promise<ClaimOutcome> {
+  async claim(request: ClaimRequest): Promise<ClaimOutcome> {
+    if (request.ready !== undefined) {
+      try {
+        await request.ready;
+      } catch {
+        return { claimed: [], parked: [], finalised: [] };
+      }
+    }
     this.#newWork = false;
     this.#claiming = true;
     try {
-      return Promise.resolve(this.#claim(request));
+      return this.#claim(request);
     } finally {
       this.#claiming = false;
     }

@@ -1053,10 +1053,15 @@ export class Orchestrator {
    * defines) goes straight through
    * PENDING to RUNNING in the same atomic step — one storage round trip less per invocation. The
    * others stop at PENDING; the runner calls {@linkcode Orchestrator.setInvocationRun} for them.
+   * With `ready`, it reads at once and claims once that resolves (see `ClaimRequest.ready`).
    */
   async startInvocations(
     max: number,
-    options: { runnerId: string; accepts?: (taskId: string) => boolean },
+    options: {
+      runnerId: string;
+      accepts?: (taskId: string) => boolean;
+      ready?: Promise<void>;
+    },
   ): Promise<
     {
       readonly invocation: Invocation;
@@ -1070,7 +1075,8 @@ export class Orchestrator {
       readonly scheduledAt: number | null;
     }[]
   > {
-    return (await this.#claim(max, options.runnerId, true, options.accepts)).map((record) => ({
+    const records = await this.#claim(max, options.runnerId, true, options.accepts, options.ready);
+    return records.map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
       claimSeq: record.claimSeq!,
@@ -1085,6 +1091,7 @@ export class Orchestrator {
     runnerId: string,
     start: boolean,
     accepts: ((taskId: string) => boolean) | undefined,
+    ready?: Promise<void>,
   ): Promise<readonly InvocationRecord[]> {
     const nowMs = this.#host.clock.now();
     const cycleControl = this.options.cycleControl;
@@ -1097,6 +1104,7 @@ export class Orchestrator {
         this.#host.getTask(taskId)?.options.rerouteOnConcurrencyControl ?? true,
       purgeAtMs: this.#purgeAtMs(nowMs),
       ...(accepts !== undefined ? { accepts } : {}),
+      ...(ready !== undefined ? { ready } : {}),
       ...(start
         ? {
           // Nothing to check: no call edge to add, and a task this app defines.

@@ -174,6 +174,48 @@ const MAX_REFILLS = 1;
 /** What a runner's pick-up claimed (see {@linkcode Orchestrator.startInvocations}). */
 type Claimed = Awaited<ReturnType<Orchestrator["startInvocations"]>>;
 
+/**
+ * The slots passed to one pick-up ahead of their release: `ready` resolves once all are given
+ * back (the pick-up claims then), and rejects if the runner stops first (it claims nothing).
+ */
+class SlotsAhead {
+  /** The slots passed to it. */
+  count = 0;
+  readonly ready: Promise<void>;
+  #given = 0;
+  #closed = false;
+  #resolve!: () => void;
+  readonly #stop: AbortSignal;
+  readonly #stopped: () => void;
+
+  constructor(stop: AbortSignal) {
+    this.#stop = stop;
+    let reject!: (reason: unknown) => void;
+    this.ready = new Promise((resolve, fail) => {
+      this.#resolve = resolve;
+      reject = fail;
+    });
+    this.ready.catch(() => {}); // its pick-up sees it
+    this.#stopped = () => reject(new NencError("Cannot pick up: the runner is stopping"));
+    if (stop.aborted) this.#stopped();
+    else stop.addEventListener("abort", this.#stopped, { once: true });
+  }
+
+  /** A slot passed to it is given back: `false` once its pick-up ended (the runner takes it). */
+  handOff(): boolean {
+    if (this.#closed) return false;
+    if (++this.#given === this.count) this.#resolve();
+    return true;
+  }
+
+  /** Its pick-up ended, having claimed `claimed`: the slots given back that it left. */
+  close(claimed: number): number {
+    this.#closed = true;
+    this.#stop.removeEventListener("abort", this.#stopped);
+    return this.#given - claimed;
+  }
+}
+
 /** Error classes a runner rehydrates a cancel reason with. */
 const BUILT_IN_ERRORS = errorClassMap(DEFAULT_ERROR_CLASSES);
 
@@ -242,8 +284,12 @@ export class Runner implements AsyncDisposable {
   #free: number;
   /** The loop's pick-up is under way. */
   #pickingUp = false;
-  /** Pick-ups under way beside the loop's (see #refill). */
+  /** Pick-ups under way beside the loop's for freed slots (see #refill). */
   readonly #refills = new Set<Promise<void>>();
+  /** Pick-ups under way for slots about to be given back (see #passAhead). */
+  readonly #aheads = new Set<Promise<void>>();
+  /** The slots passed ahead in this turn, for one pick-up at its end. */
+  #gathering: SlotsAhead | undefined;
   #loop: Promise<void> | undefined;
   #beats: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -426,8 +472,9 @@ export class Runner implements AsyncDisposable {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
-    // What a pick-up beside it claims is run, and handed back below like the rest.
-    await Promise.all(this.#refills);
+    // What a pick-up beside it claims is run, and handed back below like the rest (one for slots
+    // about to be given back claims nothing once the stop began).
+    await Promise.all([...this.#refills, ...this.#aheads]);
     // No more upkeep here: another runner takes the lease at its next heartbeat.
     try {
       await orchestrator.store.releaseUpkeepLease(this.id);
@@ -507,15 +554,15 @@ export class Runner implements AsyncDisposable {
   /**
    * A pick-up for the slots freed while the loop's own is under way, beside it: a slot that frees
    * during a pick-up (which takes a few round trips on a remote store) is filled then, not after
-   * the pick-up and the next one. At most MAX_REFILLS at once; its slots are set aside while it
-   * runs. A store fault is left to the loop, whose own pick-up meets it and pauses.
+   * the pick-up and the next one. At most MAX_REFILLS at once. A store fault is left to the loop,
+   * whose own pick-up meets it and pauses.
    */
   #refill(): void {
     if (
       !this.#pickingUp || this.#refills.size >= MAX_REFILLS || this.#free === 0 ||
       this.#resumeQueue.length > 0 || this.#fenced || this.#stop.signal.aborted
     ) return;
-    const refill: Promise<void> = this.#pickUp().then(() => {}, () => {}).finally(() => {
+    const refill: Promise<void> = this.#pickUpFree().then(() => {}, () => {}).finally(() => {
       this.#refills.delete(refill);
       // The loop looks again: slots may be free, and drain() may be waiting for this to end.
       this.#wakeUp();
@@ -524,28 +571,71 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
-   * A pick-up for the slots free now, set aside while it runs: what it claims starts in them, and
-   * those it leaves are freed again, to a resume waiting first. Resolves to what it claimed.
+   * The slot of an execution whose function returned goes, once its end is committed, to a
+   * pick-up that starts now (with the others of this turn): it reads the queue and its candidates
+   * while the end is written, and claims once the slots are given back — so a slot is refilled a
+   * commit after it frees, not a whole pick-up after. Not while a resume waits for a slot, which
+   * comes first.
    */
-  async #pickUp(): Promise<number> {
+  #passAhead(execution: Execution): void {
+    if (this.#stop.signal.aborted || this.#fenced || this.#resumeQueue.length > 0) return;
+    let ahead = this.#gathering;
+    if (ahead === undefined) {
+      const slots = ahead = this.#gathering = new SlotsAhead(this.#stop.signal);
+      queueMicrotask(() => {
+        this.#gathering = undefined;
+        const pickUp: Promise<void> = this.#pickUp(slots.count, slots.ready).then(
+          (claimed) => slots.close(claimed),
+          () => slots.close(0),
+        ).then((unused) => this.#giveBack(unused)).finally(() => {
+          this.#aheads.delete(pickUp);
+          // The loop looks again: drain() may be waiting for this to end.
+          this.#wakeUp();
+        });
+        this.#aheads.add(pickUp);
+      });
+    }
+    ahead.count++;
+    const slots = ahead;
+    execution.passSlot(() => {
+      // Given back after its pick-up ended: a slot freed as any other.
+      if (!slots.handOff()) this.releaseSlot();
+    });
+  }
+
+  /**
+   * A pick-up for `max` slots set aside for it: what it claims starts in them. Resolves to how
+   * many it claimed.
+   */
+  async #pickUp(max: number, ready?: Promise<void>): Promise<number> {
+    const claimed = await this.#host.orchestrator.startInvocations(max, {
+      runnerId: this.id,
+      accepts: this.#accepts,
+      ...(ready !== undefined ? { ready } : {}),
+    });
+    this.#free += claimed.length;
+    this.#startExecutions(claimed);
+    return claimed.length;
+  }
+
+  /** A pick-up for the slots free now, set aside while it runs: what it claims starts in them. */
+  async #pickUpFree(): Promise<number> {
     const max = this.#free;
     this.#free = 0;
-    let unused = max;
+    let claimed = 0;
     try {
-      const claimed = await this.#host.orchestrator.startInvocations(max, {
-        runnerId: this.id,
-        accepts: this.#accepts,
-      });
-      this.#free += claimed.length;
-      unused -= claimed.length;
-      this.#startExecutions(claimed);
-      return claimed.length;
+      return claimed = await this.#pickUp(max);
     } finally {
-      for (; unused > 0; unused--) {
-        const resume = this.#resumeQueue.shift();
-        if (resume !== undefined) resume();
-        else this.#free++;
-      }
+      this.#giveBack(max - claimed);
+    }
+  }
+
+  /** Slots set aside for a pick-up that left them: to a resume waiting first, else free. */
+  #giveBack(slots: number): void {
+    for (; slots > 0; slots--) {
+      const resume = this.#resumeQueue.shift();
+      if (resume !== undefined) resume();
+      else this.#free++;
     }
   }
 
@@ -564,7 +654,7 @@ export class Runner implements AsyncDisposable {
           let claimed: number;
           this.#pickingUp = true;
           try {
-            claimed = await this.#pickUp();
+            claimed = await this.#pickUpFree();
           } finally {
             this.#pickingUp = false;
           }
@@ -578,7 +668,8 @@ export class Runner implements AsyncDisposable {
           // once; stopping here would leave that work parked.
           if (
             this.#onIdle !== undefined && !this.#woken && this.#executions.size === 0 &&
-            this.#resumeQueue.length === 0 && nextDueMs === undefined && this.#refills.size === 0
+            this.#resumeQueue.length === 0 && nextDueMs === undefined &&
+            this.#refills.size === 0 && this.#aheads.size === 0 && this.#gathering === undefined
           ) this.#onIdle();
         }
         await this.#idle(nextDueMs);
@@ -829,18 +920,18 @@ export class Runner implements AsyncDisposable {
    * the first after the last page: with `n` executions, each id is looked at once every
    * ⌊n / ORPHAN_PAGE⌋ + 1 heartbeats, in one range read per heartbeat however large `n` is.
    *
-   * It runs in the pick-up loop, between its claims, and not while a pick-up beside the loop's
-   * is under way (none starts meanwhile): no claim of this runner is in flight while the page is
-   * read and compared with what runs here, so an id it claims is never taken for an orphan — a
-   * claim registers its executions before the loop goes on.
+   * It runs in the pick-up loop, between its claims; the pick-ups beside the loop's under way
+   * once the page is read are waited for before the page is compared with what runs here (a
+   * claim of theirs the page holds is an execution here once they end): an id this runner claims
+   * is never taken for an orphan.
    */
   async #recoverOrphans(): Promise<void> {
-    if (this.#refills.size > 0) return;
     const { orchestrator } = this.#host;
     const page = await orchestrator.store.executions(this.id, {
       ...(this.#orphanCursor !== undefined ? { after: this.#orphanCursor } : {}),
       limit: ORPHAN_PAGE,
     });
+    await Promise.all([...this.#refills, ...this.#aheads]);
     const orphans = page.filter((id) => !this.#executions.has(id));
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
@@ -1096,6 +1187,7 @@ export class Runner implements AsyncDisposable {
     // A final status is written from RUNNING or RESUMED: a paused invocation takes a slot again.
     const settled = await execution.settle();
     if (settled !== "done") return settled;
+    this.#passAhead(execution);
     // The slot goes back once the write that ends the execution is committed, before the
     // clean-ups of a final status (its waiters, its calls): the next pick-up need not wait for them.
     const ending = (actor: ActorOptions): ActorOptions => ({
@@ -1257,6 +1349,8 @@ class Execution implements ExecutionContext {
   #paused = false;
   /** Whether it holds one of its runner's slots: it starts with the one its pick-up took. */
   #holdsSlot = true;
+  /** Where its slot goes when given back, if not to the runner (see `passSlot`). */
+  #passTo: (() => void) | undefined;
   /** Its invocation is not its own any more (recovered, fenced): it writes nothing. */
   #gone = false;
   #settled = false;
@@ -1481,8 +1575,14 @@ class Execution implements ExecutionContext {
   releaseSlot(): boolean {
     if (!this.#holdsSlot) return false;
     this.#holdsSlot = false;
-    this.#runner.releaseSlot();
+    if (this.#passTo !== undefined) this.#passTo();
+    else this.#runner.releaseSlot();
     return true;
+  }
+
+  /** Its slot, when it gives it back, goes to `to` (a pick-up ahead) instead of the runner. */
+  passSlot(to: () => void): void {
+    this.#passTo = to;
   }
 
   /** Runs `step` after the pauses and resumes already under way, in call order. */

@@ -460,6 +460,11 @@ export interface ClaimRequest {
    */
   readonly blocking?: boolean;
   /**
+   * When given, the pick-up reads at once but claims (its commits) only once this resolves: a
+   * runner picks up for slots that are about to be given back. If it rejects, nothing is claimed.
+   */
+  readonly ready?: Promise<void>;
+  /**
    * Whether a candidate refused by a full key is parked (`true`) or finalised; one refused by its
    * rate limit key is always parked.
    */

@@ -487,6 +487,7 @@ export class KvStore implements Store {
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
     isWanted: (stored: StoredInvocation) => boolean = () => true,
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
+    ready?: Promise<void>,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read); one
@@ -504,6 +505,9 @@ export class KvStore implements Store {
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
+      // A claim for a slot about to be given back: the record is read, the rest (its slot keys,
+      // the commit) waits for the slot.
+      if (ready !== undefined) await ready;
       const { record } = stored;
       let change = typeof changeOf === "function" ? changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
@@ -800,10 +804,13 @@ export class KvStore implements Store {
           available,
           (record, busyKey) =>
             controlChange({ ...request, nowMs: this.#clock.now() }, record, busyKey),
+          request.ready,
         );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
-        return; // Another runner moved it first (the re-planned transition is refused).
+        // Another runner moved it first (the re-planned transition is refused), or the slots
+        // this pick-up was for never came (its `ready` rejected).
+        return;
       }
       if (!outcome.ok) return;
       const { record } = outcome;

@@ -14,7 +14,7 @@ import { storeContract } from "./store_contract.ts";
 import { drainLanes } from "./_contract_fairness.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { refusePickUps } from "./_long_history.ts";
-import { DEADLINE_MS, within } from "./_deadline.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
 /** Whether `error` is the refusal of a record over Deno KV's value limit, naming the limit. */
 const overValueLimit = (error: unknown): boolean =>
@@ -615,4 +615,35 @@ test("[kv] two pick-ups of one store at once (a runner's refill beside its pick-
     invocations.map((invocation) => invocation.id).sort(),
   );
   assert.equal(refused, 0);
+});
+
+test("[kv] a pick-up given a `ready` promise reads the queue and its candidate at once, and commits its claim only once that resolves", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  let reads = 0;
+  let commits = 0;
+  const kv = interceptKv(handle, {
+    beforeGetMany: () => void reads++,
+    beforeCommit: () => void commits++,
+  });
+  const app = new Nenc({ appId: "ready", kv });
+  const invocation = await app.task("ping", () => "pong").call();
+  let open!: () => void;
+  const ready = new Promise<void>((resolve) => open = resolve);
+  const [readsBefore, commitsBefore] = [reads, commits];
+  const claiming = app.orchestrator.store.claim({
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    ready,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  });
+  await waitUntil(() => reads > readsBefore, { message: "the candidate's record is not read" });
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(commits, commitsBefore, "a commit before ready");
+  assert.equal(await invocation.status(), "registered");
+  open();
+  const { claimed } = await within(claiming, DEADLINE_MS, "the claim");
+  assert.deepEqual(claimed.map((record) => record.id), [invocation.id]);
 });

@@ -1,7 +1,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as nenc from "../mod.ts";
-import { CallGraph, CycleDetectedError, MemoryStore, Nenc, type Store, WaitGraph } from "../mod.ts";
+import {
+  CallGraph,
+  type ClaimRequest,
+  CycleDetectedError,
+  MemoryStore,
+  Nenc,
+  type Store,
+  WaitGraph,
+} from "../mod.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
@@ -216,5 +224,42 @@ test("a slot freed while the runner's pick-up is under way is filled by a pick-u
     (await c.history()).map((entry) => entry.status),
     ["registered", "pending", "running", "success"],
   );
+  await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+});
+
+test("a runner picks up for a slot while the end that frees it is written: the pick-up is under way before that end is committed, and claims only after it", async () => {
+  const clock = new FakeClock();
+  const memory = new MemoryStore({ clock });
+  const end = gate();
+  let ends = 0;
+  const aheads: ClaimRequest[] = [];
+  const store = storeWith(memory, {
+    change: async (id, change) => {
+      if (change.path.includes("success") && ends++ === 0) await end.opened;
+      return await memory.change(id, change);
+    },
+    claim: (request) => {
+      if (request.ready !== undefined) aheads.push(request);
+      return memory.claim(request);
+    },
+  });
+  const app = new Nenc({ clock, store });
+  const seen: string[] = [];
+  const first = app.task("first", () => 1);
+  const second = app.task("second", async () => {
+    seen.push(await a.status());
+    return 2;
+  });
+  const a = await first.call();
+  const b = await second.call();
+  const runner = app.runner({ concurrency: 1 });
+  runner.start();
+  await waitUntil(() => aheads.length > 0, { message: "no pick-up while a's end is written" });
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(await a.status(), "running", "a's end is still held");
+  assert.equal(await b.status(), "registered", "b is claimed before a's slot is given back");
+  end.open();
+  assert.equal(await within(b.result(), DEADLINE_MS, "b's result"), 2);
+  assert.deepEqual(seen, ["success"]);
   await within(runner.stop(), DEADLINE_MS, "the runner to stop");
 });

@@ -331,7 +331,8 @@ export class MemoryStore implements Store {
     if (claimed.length < max && parked.length + finalised.length > controlledBefore) {
       this.#newWork = true;
     }
-    return { claimed, parked, finalised };
+    const more = claimed.length >= max && this.#queue.smallest(1, candidate).length > 0;
+    return { claimed, parked, finalised, more };
   }
 
   /**

@@ -29,6 +29,7 @@ import { deserializeError, type ErrorClass, serializeError } from "./serializer.
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
 import {
   callRefOf,
+  type ClaimOutcome,
   holdsSlots,
   type InvocationRecord,
   type NewInvocation,
@@ -1042,7 +1043,7 @@ export class Orchestrator {
    * recovered after `maxPendingSeconds`.
    */
   async getInvocationsToRun(max: number, options: { runnerId: string }): Promise<Invocation[]> {
-    return (await this.#claim(max, options.runnerId, false, undefined)).map((record) =>
+    return (await this.#claim(max, options.runnerId, false, undefined)).claimed.map((record) =>
       new Invocation(this, record)
     );
   }
@@ -1054,6 +1055,7 @@ export class Orchestrator {
    * PENDING to RUNNING in the same atomic step — one storage round trip less per invocation. The
    * others stop at PENDING; the runner calls {@linkcode Orchestrator.setInvocationRun} for them.
    * With `ready`, it reads at once and claims once that resolves (see `ClaimRequest.ready`).
+   * `more`: it took all it could and saw more queued behind (see `ClaimOutcome.more`).
    */
   async startInvocations(
     max: number,
@@ -1073,10 +1075,10 @@ export class Orchestrator {
       readonly attempt: number;
       /** The tick of the schedule that fired it (epoch ms), or `null`. */
       readonly scheduledAt: number | null;
-    }[]
+    }[] & { readonly more: boolean }
   > {
-    const records = await this.#claim(max, options.runnerId, true, options.accepts, options.ready);
-    return records.map((record) => ({
+    const outcome = await this.#claim(max, options.runnerId, true, options.accepts, options.ready);
+    const started = outcome.claimed.map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
       claimSeq: record.claimSeq!,
@@ -1084,6 +1086,7 @@ export class Orchestrator {
       attempt: record.retries,
       scheduledAt: record.scheduledAtMs ?? null,
     }));
+    return Object.assign(started, { more: outcome.more ?? false });
   }
 
   async #claim(
@@ -1092,7 +1095,7 @@ export class Orchestrator {
     start: boolean,
     accepts: ((taskId: string) => boolean) | undefined,
     ready?: Promise<void>,
-  ): Promise<readonly InvocationRecord[]> {
+  ): Promise<ClaimOutcome> {
     const nowMs = this.#host.clock.now();
     const cycleControl = this.options.cycleControl;
     const outcome = await this.store.claim({
@@ -1119,7 +1122,7 @@ export class Orchestrator {
         : {}),
     });
     for (const record of outcome.finalised) await this.#afterFinal(record);
-    return outcome.claimed;
+    return outcome;
   }
 
   /**

@@ -168,9 +168,6 @@ const RUNNER_OPTIONS = new Set([
   "graceMs",
 ]);
 
-/** Pick-ups a runner makes beside its loop's own, at most (see the runner's `#refill`). */
-const MAX_REFILLS = 1;
-
 /** What a runner's pick-up claimed (see {@linkcode Orchestrator.startInvocations}). */
 type Claimed = Awaited<ReturnType<Orchestrator["startInvocations"]>>;
 
@@ -282,14 +279,15 @@ export class Runner implements AsyncDisposable {
   /** Resumes waiting for a slot; they get freed slots before new work. */
   readonly #resumeQueue: (() => void)[] = [];
   #free: number;
-  /** The loop's pick-up is under way. */
-  #pickingUp = false;
-  /** Pick-ups under way beside the loop's for freed slots (see #refill). */
-  readonly #refills = new Set<Promise<void>>();
   /** Pick-ups under way for slots about to be given back (see #passAhead). */
   readonly #aheads = new Set<Promise<void>>();
   /** The slots passed ahead in this turn, for one pick-up at its end. */
   #gathering: SlotsAhead | undefined;
+  /**
+   * The last pick-up took all it could and saw more queued: a slot about to be given back is
+   * passed ahead (where nothing waits, a pick-up ahead would come back empty).
+   */
+  #saturated = false;
   #loop: Promise<void> | undefined;
   #beats: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -474,7 +472,7 @@ export class Runner implements AsyncDisposable {
     await this.#loop;
     // What a pick-up beside it claims is run, and handed back below like the rest (one for slots
     // about to be given back claims nothing once the stop began).
-    await Promise.all([...this.#refills, ...this.#aheads]);
+    await Promise.all(this.#aheads);
     // No more upkeep here: another runner takes the lease at its next heartbeat.
     try {
       await orchestrator.store.releaseUpkeepLease(this.id);
@@ -552,33 +550,17 @@ export class Runner implements AsyncDisposable {
   }
 
   /**
-   * A pick-up for the slots freed while the loop's own is under way, beside it: a slot that frees
-   * during a pick-up (which takes a few round trips on a remote store) is filled then, not after
-   * the pick-up and the next one. At most MAX_REFILLS at once. A store fault is left to the loop,
-   * whose own pick-up meets it and pauses.
-   */
-  #refill(): void {
-    if (
-      !this.#pickingUp || this.#refills.size >= MAX_REFILLS || this.#free === 0 ||
-      this.#resumeQueue.length > 0 || this.#fenced || this.#stop.signal.aborted
-    ) return;
-    const refill: Promise<void> = this.#pickUpFree().then(() => {}, () => {}).finally(() => {
-      this.#refills.delete(refill);
-      // The loop looks again: slots may be free, and drain() may be waiting for this to end.
-      this.#wakeUp();
-    });
-    this.#refills.add(refill);
-  }
-
-  /**
    * The slot of an execution whose function returned goes, once its end is committed, to a
    * pick-up that starts now (with the others of this turn): it reads the queue and its candidates
    * while the end is written, and claims once the slots are given back — so a slot is refilled a
-   * commit after it frees, not a whole pick-up after. Not while a resume waits for a slot, which
-   * comes first.
+   * commit after it frees, not a whole pick-up after. Only while work is waiting (see
+   * #saturated), and not while a resume waits for a slot, which comes first.
    */
   #passAhead(execution: Execution): void {
-    if (this.#stop.signal.aborted || this.#fenced || this.#resumeQueue.length > 0) return;
+    if (
+      !this.#saturated || this.#stop.signal.aborted || this.#fenced ||
+      this.#resumeQueue.length > 0
+    ) return;
     let ahead = this.#gathering;
     if (ahead === undefined) {
       const slots = ahead = this.#gathering = new SlotsAhead(this.#stop.signal);
@@ -613,6 +595,7 @@ export class Runner implements AsyncDisposable {
       accepts: this.#accepts,
       ...(ready !== undefined ? { ready } : {}),
     });
+    this.#saturated = claimed.more;
     this.#free += claimed.length;
     this.#startExecutions(claimed);
     return claimed.length;
@@ -651,13 +634,7 @@ export class Runner implements AsyncDisposable {
           // Read before the claim: a retry not yet due then is still "later" for drain() below,
           // however far the clock moves during the claim.
           const beforeClaimMs = clock.now();
-          let claimed: number;
-          this.#pickingUp = true;
-          try {
-            claimed = await this.#pickUpFree();
-          } finally {
-            this.#pickingUp = false;
-          }
+          const claimed = await this.#pickUpFree();
           failures = 0;
           if (claimed > 0) continue;
           // The next delayed call or retry that falls due: the wait ends then, not a poll later.
@@ -669,7 +646,7 @@ export class Runner implements AsyncDisposable {
           if (
             this.#onIdle !== undefined && !this.#woken && this.#executions.size === 0 &&
             this.#resumeQueue.length === 0 && nextDueMs === undefined &&
-            this.#refills.size === 0 && this.#aheads.size === 0 && this.#gathering === undefined
+            this.#aheads.size === 0 && this.#gathering === undefined
           ) this.#onIdle();
         }
         await this.#idle(nextDueMs);
@@ -931,7 +908,7 @@ export class Runner implements AsyncDisposable {
       ...(this.#orphanCursor !== undefined ? { after: this.#orphanCursor } : {}),
       limit: ORPHAN_PAGE,
     });
-    await Promise.all([...this.#refills, ...this.#aheads]);
+    await Promise.all(this.#aheads);
     const orphans = page.filter((id) => !this.#executions.has(id));
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
@@ -1008,16 +985,12 @@ export class Runner implements AsyncDisposable {
     return new Promise((resolve) => this.#resumeQueue.push(resolve));
   }
 
-  /**
-   * Frees a slot: to a waiting resume first, else to new work — at the end of this turn, with the
-   * other slots freed in it, beside the loop's pick-up if one is under way.
-   */
+  /** Frees a slot: to a waiting resume first, else to new work. */
   releaseSlot(): void {
     const resume = this.#resumeQueue.shift();
     if (resume !== undefined) return resume();
     this.#free++;
     this.#wakeUp();
-    if (this.#pickingUp) queueMicrotask(() => this.#refill());
   }
 
   /**

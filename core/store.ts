@@ -516,6 +516,11 @@ export interface ClaimOutcome {
   readonly parked: readonly InvocationRecord[];
   /** Refused a slot and finalised (CONCURRENCY_CONTROLLED_FINAL). */
   readonly finalised: readonly InvocationRecord[];
+  /**
+   * The pick-up claimed all it could take and saw more queued behind: a runner that frees a slot
+   * soon finds work (it may start its next pick-up ahead, see `ClaimRequest.ready`).
+   */
+  readonly more?: boolean;
 }
 
 /**

@@ -838,6 +838,8 @@ export class KvStore implements Store {
     const full = (): boolean =>
       claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT;
     let batch: QueueValue[] = [];
+    // Full with an entry of the queue still in hand: more waits behind this pick-up.
+    let more = false;
     const flush = async (): Promise<void> => {
       const keys = new Set<string>();
       const later: QueueValue[] = [];
@@ -874,7 +876,10 @@ export class KvStore implements Store {
           (candidate.task === undefined || request.accepts?.(candidate.task) !== false);
         for await (const entry of entries) {
           if (claimed.length + batch.length >= max) await flush();
-          if (full()) break;
+          if (full()) {
+            more = claimed.length >= max;
+            break;
+          }
           const item = decodeQueueItem(entry.value);
           if ("lane" in item) {
             // The lane's first invocation, claimed now (after the older candidates): claimed, its
@@ -917,7 +922,7 @@ export class KvStore implements Store {
     const progressed = claimed.length > 0 || controlled > 0;
     if (controlled > 0 && claimed.length < max) this.#local.newWork = true;
     this.#idlePolls = progressed ? 0 : this.#idlePolls + 1;
-    return { claimed, parked, finalised };
+    return { claimed, parked, finalised, more };
   }
 
   /** The first invocation waiting in a fairness lane, if any (one range read). */

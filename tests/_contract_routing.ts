@@ -1087,6 +1087,18 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.deepEqual(ids(await claim(app, 1, "r1")), [old.id]);
   });
 
+  test(`[${backend}] a pick-up that took all it could says more is queued behind it (startInvocations' more), and one that took the last says not`, async () => {
+    const app = await makeApp();
+    const add = app.task("add", ({ x }: { x: number }) => x);
+    await add.parallelize([{ x: 1 }, { x: 2 }, { x: 3 }]);
+    const first = await app.orchestrator.startInvocations(2, { runnerId: "r1" });
+    assert.equal(first.length, 2);
+    assert.equal(first.more, true);
+    const second = await app.orchestrator.startInvocations(2, { runnerId: "r1" });
+    assert.equal(second.length, 1);
+    assert.equal(second.more, false);
+  });
+
   test(`[${backend}] getBlockingInvocations() breaks first-wait ties by id; getInvocationsToRun(10) returns the blocking ones, then the queue, each once`, async () => {
     const clock = new FakeClock();
     const { app, caller, old, x, y } = await blockingSetup({ clock });

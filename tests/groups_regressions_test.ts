@@ -181,9 +181,8 @@ for (const backend of ["memory", "kv"] as const) {
       const seen = await statuses();
       endFirst();
       // Its end recorded (finished counts it), and the runner's bookkeeping after it done: the
-      // check runs a timer turn later, after every continuation of that write. (A pick-up beside
-      // the held one may run the others meanwhile.)
-      await waitUntil(() => runner.finished >= 1, { message: "the first invocation's end" });
+      // check runs a timer turn later, after every continuation of that write.
+      await waitUntil(() => runner.finished === 1, { message: "the first invocation's end" });
       whileHeld = seen;
     });
     await within(runner.drain(), DEADLINE_MS, "the drain");

@@ -164,20 +164,17 @@ test("a runner gives an execution's slot back once the write that ends it is com
   await within(runner.stop(), DEADLINE_MS, "the runner to stop");
 });
 
-test("a slot freed while the runner's pick-up is under way is filled by a pick-up beside it; the recovery of orphans leaves what that one claimed alone, and nothing runs twice", async () => {
+test("the recovery of orphans leaves alone what a pick-up ahead has claimed but not answered yet: nothing runs twice", async () => {
   const clock = new FakeClock();
   const memory = new MemoryStore({ clock });
-  const functions = [gate(), gate(), gate()];
-  const held = gate(); // the loop's second pick-up, before it reads
-  const answered = gate(); // the pick-up beside it, after it claimed
-  const pickUps: number[] = [];
+  const functions = [gate(), gate(), gate(), gate()];
+  const answered = gate(); // the pick-up ahead, after it claimed
+  let aheads = 0;
   let recoveries = 0;
   const store = storeWith(memory, {
     claim: async (request) => {
-      const call = pickUps.push(request.max);
-      if (call === 2) await held.opened;
       const outcome = await memory.claim(request);
-      if (call === 3) await answered.opened;
+      if (request.ready !== undefined && aheads++ === 0) await answered.opened;
       return outcome;
     },
     recoverable: (query) => {
@@ -186,26 +183,24 @@ test("a slot freed while the runner's pick-up is under way is filled by a pick-u
     },
   });
   const app = new Nenc({ clock, store });
-  const runs = [0, 0, 0];
+  const runs = [0, 0, 0, 0];
   const hold = app.task("hold", async ({ n }: { n: number }) => {
     runs[n]!++;
     await functions[n]!.opened;
     return n;
   });
-  const [a, b] = [await hold.call({ n: 0 }), await hold.call({ n: 1 })];
+  const invocations = [];
+  for (let n = 0; n < 4; n++) invocations.push(await hold.call({ n }));
   const runner = app.runner({ concurrency: 2, heartbeatMs: 1_000, pollMs: 100 });
   runner.start();
   await waitUntil(() => runs[0] === 1 && runs[1] === 1, { message: "a and b do not run" });
-  const c = await hold.call({ n: 2 });
-  // a ends: the loop's next pick-up starts and stalls; b ends meanwhile, and its slot goes to a
-  // pick-up beside it, which claims c but does not answer yet.
+  // a ends: its slot goes to a pick-up ahead (more waits), which claims c once a's end is
+  // committed, and does not answer yet.
   functions[0]!.open();
-  await waitUntil(() => pickUps.length === 2, { message: "no second pick-up" });
-  functions[1]!.open();
+  const c = invocations[2]!;
   await waitUntil(async () => (await c.status()) === "running", { message: "c not claimed" });
-  assert.deepEqual(pickUps, [2, 1, 1]);
-  // The loop's pick-up finds nothing; a heartbeat later the loop recovers what is stale.
-  held.open();
+  assert.equal(aheads, 1);
+  // A heartbeat later the loop looks for orphans: c is the runner's in the store, not yet here.
   const before = recoveries;
   for (let step = 0; step < 50 && recoveries === before; step++) {
     clock.advance(100);
@@ -214,19 +209,18 @@ test("a slot freed while the runner's pick-up is under way is filled by a pick-u
   assert.ok(recoveries > before, "no recovery pass");
   for (let step = 0; step < 10; step++) await new Promise((resolve) => setTimeout(resolve, 0));
   answered.open();
-  functions[2]!.open();
+  for (const function_ of functions.slice(1)) function_.open();
   assert.deepEqual(
-    await within(Promise.all([a, b, c].map((x) => x.result())), DEADLINE_MS, "the results"),
-    [0, 1, 2],
+    await within(Promise.all(invocations.map((x) => x.result())), DEADLINE_MS, "the results"),
+    [0, 1, 2, 3],
   );
-  assert.deepEqual(runs, [1, 1, 1]);
+  assert.deepEqual(runs, [1, 1, 1, 1]);
   assert.deepEqual(
     (await c.history()).map((entry) => entry.status),
     ["registered", "pending", "running", "success"],
   );
   await within(runner.stop(), DEADLINE_MS, "the runner to stop");
 });
-
 test("a runner picks up for a slot while the end that frees it is written: the pick-up is under way before that end is committed, and claims only after it", async () => {
   const clock = new FakeClock();
   const memory = new MemoryStore({ clock });

@@ -128,10 +128,18 @@ interface QueueEntry {
   readonly lane?: string;
 }
 
-/** An invocation as stored: the record, and its queue entry (or `null`). */
+/** An invocation as stored: the record, its queue entry (or `null`), and a short history. */
 interface StoredInvocation {
   readonly record: InvocationRecord;
   readonly queue: QueueEntry | null;
+  /**
+   * The whole history, while it has at most {@linkcode HISTORY_IN_RECORD} entries: in the
+   * record's own value, it costs no key to write, to read back or to re-expire at the final
+   * transition — which set its expiry on `inv/<id>` anyway. Absent once a transition takes it
+   * past that (that transition writes every entry as `hist/<id>/<seq>`, and later ones theirs),
+   * and in data written before (its entries are keys).
+   */
+  readonly history?: readonly HistoryEntry[];
 }
 
 /**
@@ -261,7 +269,7 @@ export class KvStore implements Store {
 
   // reads: idem/<task>/<key>, reg/<key>, inv/<existing>; checks: idem/<task>/<key>, reg/<key>,
   // and inv/<existing> when an idempotency key is written for a reused invocation (≤ 3);
-  // writes: inv/<id>, hist/<id>/1, task/<task>/<id>, parent index, q/<pos>, reg/<key>,
+  // writes: inv/<id> (with its first history entry), task/<task>/<id>, parent index, q/<pos>, reg/<key>,
   // idem/<task>/<key> (expireIn = its TTL) — or, for a reused invocation, inv/<existing> (its
   // keepUntilMs) and idem/<task>/<key>.
   async register(invocation: NewInvocation): Promise<RegisterOutcome> {
@@ -454,8 +462,10 @@ export class KvStore implements Store {
     };
     const keys = this.#keys;
     // No check that the id is free: ULIDs are unique, and a batch may hold only 10 checks.
-    op.set(keys.invocation(record.id), this.#encode({ record, queue }, record.id));
-    op.set(keys.history(record.id, entry.seq), encode(entry));
+    op.set(
+      keys.invocation(record.id),
+      this.#encode({ record, queue, history: [entry] }, record.id),
+    );
     op.set(keys.byTask(record.taskId, record.id), encode(null));
     if (record.parentId !== null) op.set(keys.byParent(record.parentId, record.id), encode(null));
     op.set(keys.queue(queue), encode(queueValue(record)));
@@ -477,7 +487,8 @@ export class KvStore implements Store {
   // reads: inv/<id>, slot/<key>… (running key, groups, rate limit key, a lane-only key) +
   // reserve/<key>, reg/<key>; checks: inv/<id>, and the slots, the rate limit key, the lane, reserve
   // and reg when touched (never more than 10 at once: inv 1 + running key and 4 groups 5 + rate
-  // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id>, hist/<id>/<seq>…,
+  // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id> (its history in it
+  // while short, else hist/<id>/<seq>…),
   // exec/<runner>/<id> when the owner changes, pend/<pos> when PENDING is entered or left, q/<pos> or
   // park/<key>/<pos>, slot (a rate limit key's with expireIn once its log stops counting), reserve,
   // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
@@ -490,18 +501,11 @@ export class KvStore implements Store {
     ready?: Promise<void>,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
-    // A change to a final status reads the wait graph marker with the record (one read); one
-    // that names the record's sequence number (a runner's end of an execution) also reads the
-    // history its expiry sets, not in a round trip of its own after the record.
+    // A change to a final status reads the wait graph marker with the record (one read).
     const final = typeof changeOf !== "function" && changeOf.path.some(isFinalStatus);
-    const historyCount = typeof changeOf === "function" ? undefined : changeOf.expectSeq;
     for (let attempt = 0;; attempt++) {
       const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
       marker?.catch(() => {}); // awaited below, if the change gets that far
-      const history = final && historyCount !== undefined
-        ? { historyCount, entries: this.#inlineHistory(id, historyCount) }
-        : undefined;
-      history?.entries.catch(() => {}); // the same
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
@@ -668,26 +672,38 @@ export class KvStore implements Store {
       if (plan.cancelRequest.clear !== null) {
         op.delete(keys.cancelRequest(plan.cancelRequest.clear, id));
       }
-      for (const historyEntry of plan.entries) {
-        op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
+      // The history stays in the record while it is short; the transition that makes it long
+      // writes every entry as a key (with the final expiry, if this is the final transition).
+      const history = stored.history !== undefined &&
+          stored.history.length + plan.entries.length <= HISTORY_IN_RECORD
+        ? [...stored.history, ...plan.entries]
+        : undefined;
+      if (history === undefined) {
+        for (const historyEntry of [...stored.history ?? [], ...plan.entries]) {
+          op.set(keys.history(id, historyEntry.seq), encode(historyEntry), options);
+        }
       }
       // A final invocation releases its wait edges in its final commit (read together with what
       // the expiry needs); too many for one commit, they go right after it.
       const [expireLater, release] = await Promise.all([
         plan.startsPurge && options !== undefined &&
-        this.#stageExpiry(op, next, next.purgeAtMs!, options, record.seq, { marker, history }),
+        this.#stageExpiry(op, next, next.purgeAtMs!, options, historyKeys(stored), marker),
         plan.final ? this.#waitEdgesOf(id, marker) : undefined,
       ]);
       const releaseNow = release !== undefined && release.doomed.length <= RELEASE_INLINE_KEYS;
       if (releaseNow) { for (const key of release.doomed) op.delete(key); }
-      op.set(keys.invocation(id), this.#encode({ record: next, queue }, id), options);
+      op.set(
+        keys.invocation(id),
+        this.#encode({ record: next, queue, ...history && { history } }, id),
+        options,
+      );
       if (await this.#group.commit(op)) {
         if (release !== undefined) {
           await (releaseNow ? this.#restoreWaiters(release.waiterIds) : this.releaseWaiters(id));
         }
         if (expireLater) {
           // The transition is done; what is left is housekeeping that the purge sweep also covers.
-          await this.#expireHistory(id, record.seq, next.purgeAtMs!).catch((error) => {
+          await this.#expireHistory(id, historyKeys(stored), next.purgeAtMs!).catch((error) => {
             console.error(`nenc: could not set the expiry of invocation ${id}'s history:`, error);
           });
         }
@@ -1003,7 +1019,9 @@ export class KvStore implements Store {
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
-    if (await this.#read(id) === undefined) return [];
+    const stored = await this.#read(id);
+    if (stored === undefined) return [];
+    if (stored.history !== undefined) return [...stored.history];
     const history: HistoryEntry[] = [];
     for await (const entry of this.#kv.list({ prefix: this.#keys.histories(id) })) {
       history.push(decode(entry.value, `history of invocation ${id}`) as HistoryEntry);
@@ -1930,8 +1948,8 @@ export class KvStore implements Store {
 
   // --- purge -------------------------------------------------------------------------------------
 
-  // reads: inv/<id>, hist/<id>/…; checks: inv/<id>; writes: every key of the invocation, with
-  // the new expireIn, and purge/<pos> moved.
+  // reads: inv/<id>, hist/<id>/… (a history too long for the record); checks: inv/<id>; writes:
+  // every key of the invocation, with the new expireIn, and purge/<pos> moved.
   async schedulePurge(id: string, purgeAtMs: number): Promise<void> {
     for (let attempt = 0;; attempt++) {
       const entry = await this.#reads.get(this.#keys.invocation(id));
@@ -1945,9 +1963,10 @@ export class KvStore implements Store {
         .check({ key: this.#keys.invocation(id), versionstamp: entry.versionstamp })
         .set(this.#keys.invocation(id), this.#encode({ ...stored, record }, id), options)
         .delete(this.#keys.purge(purgePosition(stored.record.purgeAtMs!, id)));
-      const expireLater = await this.#stageExpiry(op, record, purgeAtMs, options, record.seq);
+      const keyed = historyKeys(stored);
+      const expireLater = await this.#stageExpiry(op, record, purgeAtMs, options, keyed);
       if (await this.#group.commit(op)) {
-        if (expireLater) await this.#expireHistory(id, record.seq, purgeAtMs);
+        if (expireLater) await this.#expireHistory(id, keyed, purgeAtMs);
         return;
       }
       await backoff(attempt);
@@ -1956,8 +1975,9 @@ export class KvStore implements Store {
 
   /**
    * Stages on `op` the expiry of a final invocation's keys other than its record: its purge
-   * entry, its index entries and its history entries `1..historyCount` — unless there are more
-   * than `INLINE_EXPIRY` of them (a long run of re-routes), which {@linkcode #expireHistory}
+   * entry, its index entries and its history entries stored as keys, `1..historyCount` (none
+   * while the history is in the record) — unless there are more than `INLINE_EXPIRY` of them (a
+   * long run of re-routes), which {@linkcode #expireHistory}
    * re-sets after the commit, in commits of their own: one commit could not hold them all.
    * Returns whether that is needed. Should it not happen (the process dies in between), the purge
    * sweep deletes the invocation's keys anyway: the purge entry outlives the record by
@@ -1969,12 +1989,7 @@ export class KvStore implements Store {
     purgeAtMs: number,
     options: { expireIn: number },
     historyCount: number,
-    read: {
-      readonly marker?: Promise<KvEntryMaybeLike> | undefined;
-      readonly history?:
-        | { readonly historyCount: number; readonly entries: Promise<KvEntryMaybeLike[]> }
-        | undefined;
-    } = {},
+    marker: Promise<KvEntryMaybeLike> = this.#reads.get(this.#keys.waitNode(record.id)),
   ): Promise<boolean> {
     const keys = this.#keys;
     const id = record.id;
@@ -1983,15 +1998,10 @@ export class KvStore implements Store {
     });
     op.set(keys.byTask(record.taskId, id), encode(null), options);
     if (record.parentId !== null) op.set(keys.byParent(record.parentId, id), encode(null), options);
-    // What was read with the record, else read now (together).
-    const [marker, history] = await Promise.all([
-      read.marker ?? this.#reads.get(keys.waitNode(id)),
-      read.history?.historyCount === historyCount
-        ? read.history.entries
-        : this.#inlineHistory(id, historyCount),
-    ]);
+    // The marker as read with the record (or now), and the history entries together.
+    const [node, history] = await Promise.all([marker, this.#inlineHistory(id, historyCount)]);
     // The wait graph's marker (a wait edge written later leaves one for the sweep to delete).
-    if (marker.versionstamp !== null) op.set(marker.key, encode(null), options);
+    if (node.versionstamp !== null) op.set(node.key, encode(null), options);
     for (const entry of history) op.set(entry.key, entry.value as Uint8Array, options);
     return historyCount > INLINE_EXPIRY;
   }
@@ -2024,7 +2034,7 @@ export class KvStore implements Store {
    * commit: all of them, unless there are too many (then they expire after it).
    */
   #inlineHistory(id: string, historyCount: number): Promise<KvEntryMaybeLike[]> {
-    return historyCount > INLINE_EXPIRY
+    return historyCount > INLINE_EXPIRY || historyCount === 0
       ? Promise.resolve([])
       : this.#historyEntries(id, 1, historyCount);
   }
@@ -2331,7 +2341,7 @@ export class KvStore implements Store {
   // reads: tick/<name>/<tick>, sched/<name>, and slot/<lane> when the invocation joins a lane;
   // checks: the tick absent, sched/<name>, slot/<lane> (≤ 3); writes: tick/<name>/<tick> (the
   // invocation's id, expireIn = tickClaimMs), sched/<name> (its last tick), and what register()
-  // writes for a new invocation (inv/<id>, hist/<id>/1, task/<task>/<id>, its queue or lane
+  // writes for a new invocation (inv/<id> with its first history entry, task/<task>/<id>, its queue or lane
   // entry, the lane's state and token) — no registration or idempotency key.
   async fireTick(
     schedule: Schedule,
@@ -2406,6 +2416,11 @@ export class KvStore implements Store {
       waits: await pairs("waits"),
     };
   }
+}
+
+/** How many of an invocation's history entries are `hist/<id>/<seq>` keys: none while in its record. */
+function historyKeys(stored: StoredInvocation): number {
+  return stored.history === undefined ? stored.record.seq : 0;
 }
 
 function encode(value: unknown): Uint8Array {
@@ -2741,6 +2756,11 @@ const POLL_SLICE = 100;
  * history (hundreds of re-routes) is re-set in commits of its own after it.
  */
 const INLINE_EXPIRY = 100;
+/**
+ * History entries an invocation keeps in its record's value (see StoredInvocation.history): a
+ * flat run has 4 (registered, pending, running, its end), a parent that waits twice about 10.
+ */
+const HISTORY_IN_RECORD = 16;
 /**
  * Wait edges added per commit: 4 keys each (the edge both ways, its ready entry, the waited end's
  * marker), so a chunk and the change it goes with stay well under denokv's 1000 mutations.

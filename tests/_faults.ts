@@ -300,9 +300,10 @@ interface CommittedTransition {
 
 /**
  * The transitions a KV commit writes, one per invocation record it sets (`[…, "inv", id]`). Its
- * path is the history entries it sets (`[…, "hist", id, seq]`) past the last sequence number seen
- * committed for that invocation (`lastSeq`): a final commit re-sets the older entries (with their
- * expiry), which are not part of its transition.
+ * path is the history entries it writes — in the record's value while the history is short,
+ * else as keys (`[…, "hist", id, seq]`) — past the last sequence number seen committed for that
+ * invocation (`lastSeq`): the older entries it carries, or re-sets with their expiry at a final
+ * commit, are not part of its transition.
  */
 function committedTransitions(
   keys: readonly (readonly unknown[])[],
@@ -313,10 +314,18 @@ function committedTransitions(
   const entries = new Map<string, { seq: number; status: string }[]>();
   keys.forEach((key, i) => {
     const decoded = decodeValue(values[i]) as
-      | { record?: { seq?: unknown }; status?: unknown }
+      | {
+        record?: { seq?: unknown };
+        history?: { seq: number; status: string }[];
+        status?: unknown;
+      }
       | undefined;
     if (key[key.length - 2] === "inv" && typeof decoded?.record?.seq === "number") {
-      records.set(String(key[key.length - 1]), decoded.record.seq);
+      const id = String(key[key.length - 1]);
+      records.set(id, decoded.record.seq);
+      if (decoded.history !== undefined) {
+        entries.set(id, [...entries.get(id) ?? [], ...decoded.history]);
+      }
     } else if (key[key.length - 3] === "hist" && typeof decoded?.status === "string") {
       const id = String(key[key.length - 2]);
       const list = entries.get(id) ?? [];

@@ -276,10 +276,15 @@ test("[kv] every key of a final invocation gets expireIn, with a long history to
       else assert.equal(expireIn, horizonMs, key);
     }
   };
-  // record, history (4 entries), task index, child index, purge entry; the long one has 1,204
-  // history entries and no child index
-  const all = [{ id: child.id, keys: 8 }, { id: parent.id, keys: 7 }, { id: long.id, keys: 1_207 }];
+  // record (its history in it), task index, child index, purge entry; the long one's history
+  // (1,204 entries) outgrew its record: as many keys, and no child index
+  const all = [{ id: child.id, keys: 4 }, { id: parent.id, keys: 3 }, { id: long.id, keys: 1_207 }];
   for (const { id, keys } of all) await assertExpiring(id, keys);
+  for (const id of [child.id, parent.id]) {
+    assert.deepEqual((await keysOf(id)).filter(([key]) => key.includes('"hist"')), [], id);
+    assert.ok((await o.store.history(id)).length >= 4, `the history of ${id}`);
+  }
+  assert.equal((await o.store.history(long.id)).length, 1_204);
   clock.advance(10 * 3_600_000);
   expiries.clear();
   for (const { id } of all) await o.setUpInvocationAutoPurge({ id });
@@ -553,7 +558,7 @@ test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready 
   assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });
 
-test("[kv] a runner's final write reads the record, the wait graph marker and the history it expires in one getMany, then commits", async () => {
+test("[kv] a runner's final write reads the record and the wait graph marker in one getMany, then commits: a short history is in the record, no key to read or re-expire", async () => {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const steps: string[] = [];
@@ -585,8 +590,14 @@ test("[kv] a runner's final write reads the record, the wait graph marker and th
     claimSeq: started.claimSeq,
     expectSeq: started.seq,
   });
-  // REGISTERED, PENDING, RUNNING: three history entries to expire with the record.
-  assert.deepEqual(steps.slice(0, 2), ["read hist hist hist inv wnode", "commit"]);
+  // REGISTERED, PENDING, RUNNING are in the record, which the commit sets with its expiry.
+  assert.deepEqual(steps.slice(0, 2), ["read inv wnode", "commit"]);
+  assert.deepEqual((await started.invocation.history()).map(({ status }) => status), [
+    "registered",
+    "pending",
+    "running",
+    "success",
+  ]);
 });
 
 test("[kv] two pick-ups of one store at once (a runner's refill beside its pick-up) take disjoint candidates: no claim of one is refused for the other's", async () => {

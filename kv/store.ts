@@ -161,6 +161,15 @@ interface LocalSignals {
   wakePoller?: (() => void) | undefined;
   /** Set once a call found the KV handle closed: it never opens again. */
   closed?: StoreClosedError | undefined;
+  /**
+   * Invocations that a change made here left with an owner (claimed, running, paused): no
+   * candidates of a pick-up, so `blocking()` reads past their ready entries instead of reading
+   * their records at every pick-up (in a tree of nested waits, the running children others wait
+   * on: most of the ready index). A change here that gives one up, or that finds it changed by
+   * another process, takes it out. One ended elsewhere (this process was taken for dead) stays
+   * until then: it is run all the same, from the queue, without blocking control's preference.
+   */
+  readonly ownedHere: Set<string>;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
@@ -260,7 +269,10 @@ export class KvStore implements Store {
     if (perApp === undefined) localSignals.set(kv, perApp = new Map());
     let local = perApp.get(options.appId);
     if (local === undefined) {
-      perApp.set(options.appId, local = { finals: new Map(), work: new Set(), newWork: false });
+      perApp.set(
+        options.appId,
+        local = { finals: new Map(), work: new Set(), newWork: false, ownedHere: new Set() },
+      );
     }
     this.#local = local;
   }
@@ -508,7 +520,10 @@ export class KvStore implements Store {
       marker?.catch(() => {}); // awaited below, if the change gets that far
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
-      if (stored === undefined || !isWanted(stored)) return { ok: false, reason: "missing" };
+      if (stored === undefined || !isWanted(stored)) {
+        this.#local.ownedHere.delete(id);
+        return { ok: false, reason: "missing" };
+      }
       // A claim for a slot about to be given back: the record is read, the rest (its slot keys,
       // the commit) waits for the slot.
       if (ready !== undefined) await ready;
@@ -519,6 +534,7 @@ export class KvStore implements Store {
         if (isAppliedChange(record, change)) {
           return { ok: true, record, entries: [], replayed: true };
         }
+        this.#local.ownedHere.delete(id);
         return { ok: false, reason: "conflict", record };
       }
       let plan = planChange(record, change);
@@ -698,6 +714,14 @@ export class KvStore implements Store {
         options,
       );
       if (await this.#group.commit(op)) {
+        // The end's waiters here wake at once, before the clean-ups that follow (ready entries
+        // given back to available waiters read them first): else the finals poller, reading the
+        // record meanwhile, takes this end for another process's and polls at its fastest.
+        // Waiters of an end with more edges than its commit held wake once those are gone.
+        if (plan.executions.add !== null) this.#local.ownedHere.add(id);
+        else if (plan.executions.remove !== null) this.#local.ownedHere.delete(id);
+        const early = plan.final && (release === undefined || releaseNow);
+        if (early) notify(this.#local.finals.get(id));
         if (release !== undefined) {
           await (releaseNow ? this.#restoreWaiters(release.waiterIds) : this.releaseWaiters(id));
         }
@@ -707,7 +731,7 @@ export class KvStore implements Store {
             console.error(`nenc: could not set the expiry of invocation ${id}'s history:`, error);
           });
         }
-        if (plan.final) notify(this.#local.finals.get(id));
+        if (plan.final && !early) notify(this.#local.finals.get(id));
         if (wakes) this.#wakesWritten++;
         if (plan.slot === "release" || wakes) this.#announceWork();
         return { ok: true, record: next, entries: plan.entries };
@@ -1723,8 +1747,9 @@ export class KvStore implements Store {
     return await this.#listIds(this.#keys.waitedEdge(id));
   }
 
-  // reads: the ready index in pages, each page's records (getMany), and per available candidate
-  // waits/<id>/… (one entry; together); writes: deletes the entries of ended invocations.
+  // reads: the ready index in pages, the records of each page's in order (getMany) as many at a
+  // time as are still wanted, but those held here, and per available one waits/<id>/… (one entry;
+  // together); writes: deletes the entries of ended invocations.
   // Pages go on until `max` are found or the index ends: waited-on invocations that run already (a
   // parent's earliest children, say) must not hide available ones behind them.
   async blocking(max: number, nowMs: number): Promise<string[]> {
@@ -1742,30 +1767,36 @@ export class KvStore implements Store {
         page.push({ key: entry.key, id: decodeString(entry.value) });
         after = entry.key;
       }
-      const ids = [...new Set(page.map(({ id }) => id).filter((id) => !met.has(id)))];
+      // Those a runner of this process holds are no candidates: not read (see ownedHere).
+      const owned = this.#local.ownedHere;
+      const ids = [
+        ...new Set(page.map(({ id }) => id).filter((id) => !met.has(id) && !owned.has(id))),
+      ];
       for (const id of ids) met.add(id);
-      const records = await this.#readMany(ids);
-      // An ended invocation's entries (a release that raced a restore leaves one): gone now.
-      const ended = new Set(ids.filter((_, i) => {
-        const stored = records[i];
-        return stored === undefined || isFinalStatus(stored.record.status);
-      }));
-      if (ended.size > 0) {
-        const draft = new AtomicDraft();
-        for (const { key, id } of page) if (ended.has(id)) draft.delete(key);
-        await this.#commitBlind(draft);
+      // Read in order, as many at a time as are still wanted: most are available and wait on
+      // nothing, and a pick-up wants a few of them (reading a whole page cost a record read per
+      // entry at every pick-up).
+      for (let next = 0; next < ids.length && found.length < max;) {
+        const chunk = ids.slice(next, next += max - found.length);
+        const records = await this.#readMany(chunk);
+        // An ended invocation's entries (a release that raced a restore leaves one): gone now.
+        const ended = new Set(chunk.filter((_, i) => {
+          const stored = records[i];
+          return stored === undefined || isFinalStatus(stored.record.status);
+        }));
+        if (ended.size > 0) {
+          const draft = new AtomicDraft();
+          for (const { key, id } of page) if (ended.has(id)) draft.delete(key);
+          await this.#commitBlind(draft);
+        }
+        const available = chunk.filter((_, i) => {
+          const stored = records[i];
+          return stored !== undefined && isAvailable(stored, nowMs);
+        });
+        const waiting = await Promise.all(available.map((id) => this.#waitsOnSomething(id)));
+        found.push(...available.filter((_, i) => !waiting[i]));
       }
-      const available = ids.filter((_, i) => {
-        const stored = records[i];
-        return stored !== undefined && isAvailable(stored, nowMs);
-      });
-      // Checked in order, as many at once as are still wanted (most wait on nothing).
-      for (let next = 0; next < available.length;) {
-        const batch = available.slice(next, next += max - found.length);
-        const waiting = await Promise.all(batch.map((id) => this.#waitsOnSomething(id)));
-        found.push(...batch.filter((_, i) => !waiting[i]));
-        if (found.length >= max) return found;
-      }
+      if (found.length >= max) return found;
       if (page.length < pageSize) return found;
     }
   }
@@ -1870,9 +1901,14 @@ export class KvStore implements Store {
     // The poller steps down in the same step that finds no waiter left (not a tick later, when a
     // waiter may have joined and found it still there).
     try {
-      for (let idle = 0, cursor = 0; finals.size > 0;) {
-        const slices = Math.ceil(finals.size / POLL_SLICE);
-        const roundMs = Math.max(MIN_POLL_ROUND_MS, pollDelayMs(idle) / slices);
+      for (let idle = 0, cursor = 0, sweep = 0; finals.size > 0;) {
+        let awaited = this.#polled(sweep);
+        if (cursor >= awaited.length) {
+          cursor = 0;
+          awaited = this.#polled(++sweep);
+        }
+        const slices = Math.ceil(awaited.length / POLL_SLICE);
+        const roundMs = Math.max(MIN_POLL_ROUND_MS, pollDelayMs(idle) / Math.max(1, slices));
         await new Promise<void>((resolve) => {
           const wake = (): void => {
             clearTimeout(timer);
@@ -1883,10 +1919,9 @@ export class KvStore implements Store {
           local.wakePoller = wake;
         });
         if (local.closed !== undefined) return;
-        const awaited = [...finals.keys()];
-        if (cursor >= awaited.length) cursor = 0;
         const ids = awaited.slice(cursor, cursor + POLL_SLICE);
         cursor += ids.length;
+        if (ids.length === 0) continue;
         let ended = 0;
         let read: (StoredInvocation | undefined)[];
         try {
@@ -1913,6 +1948,18 @@ export class KvStore implements Store {
     } finally {
       local.poller = undefined;
     }
+  }
+
+  /**
+   * The awaited invocations the poller reads in sweep `sweep`: those a runner of this process
+   * holds end here, which wakes their waiters at once, so they are read every `OWNED_SWEEPS`-th
+   * sweep only — one ended elsewhere (this process taken for dead) is still seen, later.
+   */
+  #polled(sweep: number): string[] {
+    const awaited = [...this.#local.finals.keys()];
+    if (sweep % OWNED_SWEEPS === 0) return awaited;
+    const owned = this.#local.ownedHere;
+    return awaited.filter((id) => !owned.has(id));
   }
 
   async waitWork(signal?: AbortSignal): Promise<void> {
@@ -2790,6 +2837,8 @@ const REGION_LISTS = 50;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;
+/** The finals poller reads the awaited invocations held here every this many sweeps. */
+const OWNED_SWEEPS = 10;
 /** How old (store clock) the last schema read may be before `claim` or `register` reads again. */
 const SCHEMA_RECHECK_MS = 1_000;
 

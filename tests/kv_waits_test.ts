@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import type { KvKey } from "../kv/kv_like.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
-import { DEADLINE_MS, LONG_DEADLINE_MS, within } from "./_deadline.ts";
+import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { defineFanOut } from "../bench/_shapes.ts";
 
 const opened: TestKv[] = [];
@@ -96,4 +96,68 @@ test("[kv] 200 children of one parent that end together release their wait edges
   await within(app.runner({ concurrency: 32 }).drain(), LONG_DEADLINE_MS, "the drain");
   assert.equal(await invocation.result(), (200 * 199) / 2);
   assert.equal(commits.filter((commit) => !commit.ok).length, 0, "refused commits");
+});
+
+test("[kv] blocking() reads the records of the ready index only as many at a time as it still wants, and never those a runner of this process holds", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let counting = false;
+  const read: string[] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => {
+      if (counting) read.push(...keys.flatMap((key) => key[2] === "inv" ? [String(key[3])] : []));
+    },
+  });
+  const app = new Nenc({ appId: "ready-reads", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const waiter = await job.call({ n: -1 });
+  const waited = [];
+  for (let n = 0; n < 20; n++) waited.push(await job.call({ n }));
+  const store = app.orchestrator.store;
+  await store.waitFor(waiter.id, waited.map(({ id }) => id), Date.now());
+  counting = true;
+  // The oldest waited-on invocation, read alone (a page of the index holds 14 of them).
+  assert.deepEqual(await store.blocking(1, Date.now()), [waited[0]!.id]);
+  assert.deepEqual(read, [waited[0]!.id]);
+  // A pick-up takes the first three (blocking control: what others wait on, oldest first).
+  counting = false;
+  const taken = await app.orchestrator.getInvocationsToRun(3, { runnerId: "r1" });
+  assert.deepEqual(taken.map(({ id }) => id), waited.slice(0, 3).map(({ id }) => id));
+  read.length = 0;
+  counting = true;
+  // Held here: read past without a read of their records.
+  assert.deepEqual(await store.blocking(1, Date.now()), [waited[3]!.id]);
+  assert.deepEqual(read, [waited[3]!.id]);
+});
+
+test("[kv] the finals poller reads an awaited invocation a runner of this process holds every tenth sweep only: its end is written here, and wakes its waiters at once", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const reads = new Map<string, number>();
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => {
+      for (const key of keys) {
+        if (key[2] === "inv") reads.set(String(key[3]), (reads.get(String(key[3])) ?? 0) + 1);
+      }
+    },
+  });
+  const app = new Nenc({ appId: "poller-reads", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const held = await job.call({ n: 1 });
+  const queued = await job.call({ n: 2 });
+  const [taken] = await app.orchestrator.getInvocationsToRun(1, { runnerId: "r1" });
+  assert.equal(taken?.id, held.id);
+  reads.clear();
+  const stop = new AbortController();
+  const store = app.orchestrator.store;
+  const waits = [held, queued].map(({ id }) => store.waitFinal(id, stop.signal));
+  // Each waiter's own first read, then one read of each per sweep of the poller.
+  await waitUntil(() => (reads.get(queued.id) ?? 0) >= 12, {
+    message: "eleven sweeps of the poller",
+    intervalMs: 5,
+  });
+  // Sweeps 0 and 10 read it (and the waiter's own read); every sweep read the queued one.
+  assert.equal(reads.get(held.id), 3, "the reads of the held one");
+  stop.abort();
+  await within(Promise.allSettled(waits), DEADLINE_MS, "the waits");
 });

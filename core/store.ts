@@ -480,9 +480,10 @@ export interface ClaimRequest {
    * Whether a candidate with a caller (`parentId`) that stops at PENDING may go on to RUNNING in
    * the same atomic step, its call edge caller → candidate added there ({@linkcode callRefOf};
    * none for a caller that is gone or final, as `addCallAndCheckCycles`). A backend may leave it
-   * at PENDING instead — always, when it adds call edges in steps of their own, or when the edge
-   * would close a cycle — and the runner then adds the edge, or fails it with the cycle
-   * (`setInvocationRun`).
+   * at PENDING instead — always, when it adds call edges in steps of their own, when the edge
+   * would close a cycle, or when its cycle check does not fit the step (on Deno KV: a callee whose
+   * calls reach more calls than a commit can check beside the claim's own checks) — and the
+   * runner then adds the edge, or fails it with the cycle (`setInvocationRun`).
    */
   readonly runWithCall?: (record: InvocationRecord) => boolean;
   /**

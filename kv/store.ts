@@ -29,6 +29,7 @@ import {
   isInvocationStatus,
 } from "../core/status.ts";
 import {
+  callRefOf,
   type ChangeOutcome,
   type ClaimOutcome,
   type ClaimRequest,
@@ -140,6 +141,31 @@ interface StoredInvocation {
    * and in data written before (its entries are keys).
    */
   readonly history?: readonly HistoryEntry[];
+}
+
+/**
+ * The calls reachable from a callee, R (see KvStore's cycle control): each one's edges version as
+ * read (`null`: absent), and a shortest path from the callee to the call before the caller, when
+ * the caller is among them.
+ */
+interface CallRegion {
+  readonly versions: ReadonlyMap<string, string | null>;
+  readonly path?: readonly string[];
+}
+
+/**
+ * How a claim's pick-up of a child goes on (see KvStore's claim): to RUNNING (`running`), with its
+ * call edge staged in the claim's commit (`edge`: the insertion as planned from its reads), or
+ * without one (its caller gone or final); or it stops at PENDING, for the runner.
+ */
+interface ClaimCall {
+  readonly running: boolean;
+  readonly edge?: {
+    readonly caller: CallRef;
+    readonly callee: CallRef;
+    readonly existing: KvEntryMaybeLike;
+    readonly checked: ReadonlyMap<string, string | null>;
+  };
 }
 
 /**
@@ -505,12 +531,14 @@ export class KvStore implements Store {
   // park/<key>/<pos>, slot (a rate limit key's with expireIn once its log stops counting), reserve,
   // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
   // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
+  // `stage` adds a caller's own checks and writes to the step (a claim's call edge, see claim).
   async #apply(
     id: string,
-    changeOf: StatusChange | ((record: InvocationRecord) => StatusChange),
+    changeOf: StatusChange | ((record: InvocationRecord) => StatusChange | Promise<StatusChange>),
     isWanted: (stored: StoredInvocation) => boolean = () => true,
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
     ready?: Promise<void>,
+    stage?: (op: AtomicDraft, next: InvocationRecord) => void,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read).
@@ -528,7 +556,7 @@ export class KvStore implements Store {
       // the commit) waits for the slot.
       if (ready !== undefined) await ready;
       const { record } = stored;
-      let change = typeof changeOf === "function" ? changeOf(record) : changeOf;
+      let change = typeof changeOf === "function" ? await changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
         // A retried write whose earlier try committed (its answer lost) is done, not a conflict.
         if (isAppliedChange(record, change)) {
@@ -629,6 +657,7 @@ export class KvStore implements Store {
         });
       }
       const next = plan.record;
+      stage?.(op, next);
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
         const holder = await this.#reads.get(keys.registration(record.registrationKey));
         if (idOf(holder) === id) {
@@ -761,6 +790,16 @@ export class KvStore implements Store {
   // one invocation both read it, one commit wins, the other's check fails, it re-reads, finds it
   // PENDING and moves on. A runner that dies after a claim leaves a PENDING invocation that
   // recovery re-queues after maxPendingSeconds: nothing dequeued is lost.
+  //
+  // A child (`runWithCall`) goes on to RUNNING with its call edge caller → child in the same
+  // commit (see #claimCall). reads: inv/<caller> with inv/<child> (one getMany: the caller's id
+  // is in the queue entry), then together calls/<caller>/<child> and the child's region (see
+  // addCall); checks: the claim's own (see #apply), the edge, and calls/<x> for x in the region —
+  // left at PENDING when they would be more than 10; writes: the claim's, both holders and both
+  // hver/<call>, a new edge with its reverse and calls/<caller>. After the commit, off the
+  // pick-up's path, inv/<caller> again (see #releaseIfEnded). Applied though reported failed, the
+  // child is the runner's orphan: handed back, and claimed again, it finds its edge (its own, or
+  // another holder's) and reuses it, as addCall does: the edge is not written twice.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
     await this.#ensureSchema(true);
     // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past
@@ -829,22 +868,42 @@ export class KvStore implements Store {
     // not run: not wanted, no write.
     const available = (stored: StoredInvocation): boolean =>
       isAvailable(stored, nowMs) && request.accepts?.(stored.record.taskId) !== false;
-    const tryClaim = async (id: string): Promise<void> => {
+    // `parent`: the candidate's caller, from its queue entry, read with its record.
+    const tryClaim = async (id: string, parent?: string): Promise<void> => {
+      let callerRead = parent === undefined
+        ? undefined
+        : this.#reads.get(this.#keys.invocation(parent));
+      callerRead?.catch(() => {}); // awaited below, if the claim gets that far
+      let call: ClaimCall | undefined;
       let outcome: ChangeOutcome;
       try {
         // Stamped when planned (each attempt), not when the pass began: a pass takes a while.
         // Refused a slot: parked on the key that refused it (or finalised), in the same step.
         outcome = await this.#apply(
           id,
-          (record) => ({
-            path: request.runAtOnce?.(record) ? [PENDING, RUNNING] : [PENDING],
-            runnerId,
-            nowMs: this.#clock.now(),
-          }),
+          async (record) => {
+            const atOnce = request.runAtOnce?.(record) === true;
+            // The caller read with the record serves the first attempt; a later one reads again.
+            const read = callerRead;
+            callerRead = undefined;
+            call = !atOnce && request.runWithCall?.(record) === true
+              ? await this.#claimCall(record, read)
+              : undefined;
+            return {
+              path: atOnce || call?.running ? [PENDING, RUNNING] : [PENDING],
+              runnerId,
+              nowMs: this.#clock.now(),
+            };
+          },
           available,
           (record, busyKey) =>
             controlChange({ ...request, nowMs: this.#clock.now() }, record, busyKey),
           request.ready,
+          (op, next) => {
+            const edge = call?.edge;
+            if (edge === undefined || next.status !== RUNNING) return;
+            this.#stageCall(op, edge.caller, edge.callee, edge.existing, edge.checked);
+          },
         );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
@@ -855,6 +914,8 @@ export class KvStore implements Store {
       if (!outcome.ok) return;
       const { record } = outcome;
       taken.add(id);
+      const caller = call?.edge?.caller;
+      if (caller !== undefined && record.status === RUNNING) this.#releaseIfEnded(caller);
       if (record.status === PENDING || record.status === RUNNING) return void claimed.push(record);
       controlled++;
       (isFinalStatus(record.status) ? finalised : parked).push(record);
@@ -890,8 +951,8 @@ export class KvStore implements Store {
         else first.push(candidate);
         for (const key of its) keys.add(key);
       }
-      await Promise.all(first.map((candidate) => tryClaim(candidate.id)));
-      for (const candidate of later) if (!full()) await tryClaim(candidate.id);
+      await Promise.all(first.map((candidate) => tryClaim(candidate.id, candidate.parent)));
+      for (const candidate of later) if (!full()) await tryClaim(candidate.id, candidate.parent);
       batch = [];
     };
     // A lane's token in the ready queue stands for the lane's first invocation (one range read).
@@ -932,7 +993,7 @@ export class KvStore implements Store {
               takeOn(head.id);
               order.set(head.id, order.size);
               const parkedBefore = controlled;
-              await tryClaim(head.id);
+              await tryClaim(head.id, head.parent);
               fromLanes++;
               if (controlled === parkedBefore) break;
             }
@@ -963,6 +1024,65 @@ export class KvStore implements Store {
     if (controlled > 0 && claimed.length < max) this.#local.newWork = true;
     this.#idlePolls = progressed ? 0 : this.#idlePolls + 1;
     return { claimed, parked, finalised, more };
+  }
+
+  // reads: inv/<caller> (`read`: with the candidate's record, else now), then together
+  // calls/<caller>/<callee> and the callee's region (see addCall).
+  /**
+   * How the claim of a child `record` goes on (`ClaimRequest.runWithCall`): to RUNNING without a
+   * call edge when its caller is gone or final (as `addCallAndCheckCycles`); with the insertion
+   * caller → child staged in its commit when it fits there as a one-walk insertion; else it stops
+   * at PENDING, and the runner's `setInvocationRun` adds the edge or fails it with the cycle: a
+   * self-call, a region with a path back to the caller (a cycle, or this child's own edge of one,
+   * which `addCall` verifies), or one too big to check in the commit beside the claim's own checks.
+   */
+  async #claimCall(
+    record: InvocationRecord,
+    read: Promise<KvEntryMaybeLike> | undefined,
+  ): Promise<ClaimCall> {
+    const entry = await (read ?? this.#reads.get(this.#keys.invocation(record.parentId!)));
+    const found = this.#decodeInvocation(entry)?.record;
+    // A caller that is gone or final cannot be part of a live cycle; and its hold would never be
+    // released: its clean-up ran when it became final.
+    if (found === undefined || isFinalStatus(found.status)) return { running: true };
+    const caller = callRefOf(found);
+    const callee = callRefOf(record);
+    if (caller.callId === callee.callId) return { running: false };
+    const { existing, region } = await this.#readCall(caller, callee);
+    // The claim's own checks, at most (see #apply): the record, each state key, the reservation
+    // of the running key and the registration key. Each draft stays within Deno KV's 10 checks.
+    const own = 1 + stateKeysOf(record).length + (record.runningKey !== null ? 1 : 0) +
+      (record.registrationKey !== null ? 1 : 0);
+    if (region.path !== undefined || own + 1 + region.versions.size > MAX_CHECKS) {
+      return { running: false };
+    }
+    // An edge already there is reused, ours included (an earlier try's commit applied though it
+    // reported failure): the holders again, the edge checked unchanged, nothing written twice.
+    return { running: true, edge: { caller, callee, existing, checked: region.versions } };
+  }
+
+  // reads: inv/<caller>; then as removeCall.
+  /**
+   * After a claim's commit wrote the call edge caller → child (see #claimCall): the caller may
+   * have become final since it was read, and its clean-up (the removal of its hold) run before
+   * this commit wrote its holder: release that hold again. Safe off the critical path (the child
+   * runs meanwhile; the claim does not wait for it): the caller's final write precedes its
+   * clean-up, and the claim's commit precedes this read, so one of the two sees the holder and
+   * removes it; removing a hold of a final caller takes nothing a live invocation relies on (the
+   * child keeps its own hold). Until then the edge stands, as after `addCall` before its re-read.
+   */
+  #releaseIfEnded(caller: CallRef): void {
+    const release = async (): Promise<void> => {
+      const now = await this.#read(caller.invocationId);
+      if (now === undefined || isFinalStatus(now.record.status)) await this.removeCall(caller);
+    };
+    release().catch((error) => {
+      if (error instanceof StoreClosedError) return;
+      console.error(
+        `nenc: could not release the call hold of invocation ${caller.invocationId}:`,
+        error,
+      );
+    });
   }
 
   /** The first invocation waiting in a fairness lane, if any (one range read). */
@@ -1319,16 +1439,11 @@ export class KvStore implements Store {
   // with one walk, calls/<x> for x in R; writes both holders and both hver/<call>, and a new edge
   // with its reverse and calls/<caller>.
   async addCall(caller: CallRef, callee: CallRef): Promise<void> {
-    const keys = this.#keys;
     if (caller.callId === callee.callId) {
       throw new CycleDetectedError([caller.callId], [caller.label ?? caller.callId]);
     }
-    const edge = keys.callEdge(caller.callId, callee.callId);
     for (let attempt = 0;; attempt++) {
-      const [existing, region] = await Promise.all([
-        this.#reads.get(edge),
-        this.#callRegion(callee.callId, caller.callId),
-      ]);
+      const { existing, region } = await this.#readCall(caller, callee);
       // Our own edge (its value names the callee invocation; null if an earlier nenc wrote it):
       // an earlier try's commit was applied though it reported failure.
       const inserter = existing.versionstamp === null
@@ -1337,38 +1452,68 @@ export class KvStore implements Store {
       if (inserter === callee.invocationId) return await this.#verifyCall(caller, callee, null);
       if (region.path !== undefined) throw await this.#cycleError(caller, callee, region.path);
       const oneWalk = region.versions.size <= REGION_CHECKS;
-      const op = this.#kv.atomic()
-        .set(
-          keys.callHolder(caller.callId, caller.invocationId),
-          encode(caller.label ?? caller.callId),
-        )
-        .set(
-          keys.callHolder(callee.callId, callee.invocationId),
-          encode(callee.label ?? callee.callId),
-        )
-        // A holder added changes its call's holders version (removeCall's proof of "no holder").
-        .set(keys.callHolders(caller.callId), encode(null))
-        .set(keys.callHolders(callee.callId), encode(null))
-        // A new edge must still be absent; an existing one, still the one read: a removal of
-        // either call (or a withdrawal) that deleted it since must not leave this invocation
-        // without it.
-        .check({ key: edge, versionstamp: existing.versionstamp });
-      if (existing.versionstamp === null) {
-        op.set(edge, encode(callee.invocationId))
-          .set(keys.calledEdge(callee.callId, caller.callId), encode(null))
-          .set(keys.callEdgesVersion(caller.callId), encode(null));
-      }
-      if (oneWalk) {
-        for (const [callId, versionstamp] of region.versions) {
-          op.check({ key: keys.callEdgesVersion(callId), versionstamp });
-        }
-      }
+      const draft = new AtomicDraft();
+      this.#stageCall(draft, caller, callee, existing, oneWalk ? region.versions : undefined);
+      const op = this.#kv.atomic();
+      draft.applyTo(op);
       if (await this.#commit(op)) {
         if (!oneWalk) await this.#verifyCall(caller, callee, existing.versionstamp);
         return;
       }
       // The edge or the region changed (or the file was locked): re-plan from a fresh read.
       await backoff(attempt);
+    }
+  }
+
+  /** The reads of an insertion caller → callee, together: its edge, and the callee's region. */
+  async #readCall(
+    caller: CallRef,
+    callee: CallRef,
+  ): Promise<{ existing: KvEntryMaybeLike; region: CallRegion }> {
+    const [existing, region] = await Promise.all([
+      this.#reads.get(this.#keys.callEdge(caller.callId, callee.callId)),
+      this.#callRegion(callee.callId, caller.callId),
+    ]);
+    return { existing, region };
+  }
+
+  /**
+   * Stages an insertion caller → callee into `op`, planned from its reads (see above): both
+   * holders and both holders versions, the check of the edge (`existing`, as read), a new edge with
+   * its reverse and the caller's edges version, and with one walk the check of every version of
+   * the region (`checked`). 1 + `checked.size` checks.
+   */
+  #stageCall(
+    op: AtomicDraft,
+    caller: CallRef,
+    callee: CallRef,
+    existing: KvEntryMaybeLike,
+    checked: ReadonlyMap<string, string | null> | undefined,
+  ): void {
+    const keys = this.#keys;
+    const edge = keys.callEdge(caller.callId, callee.callId);
+    op.set(
+      keys.callHolder(caller.callId, caller.invocationId),
+      encode(caller.label ?? caller.callId),
+    )
+      .set(
+        keys.callHolder(callee.callId, callee.invocationId),
+        encode(callee.label ?? callee.callId),
+      )
+      // A holder added changes its call's holders version (removeCall's proof of "no holder").
+      .set(keys.callHolders(caller.callId), encode(null))
+      .set(keys.callHolders(callee.callId), encode(null))
+      // A new edge must still be absent; an existing one, still the one read: a removal of
+      // either call (or a withdrawal) that deleted it since must not leave this invocation
+      // without it.
+      .check({ key: edge, versionstamp: existing.versionstamp });
+    if (existing.versionstamp === null) {
+      op.set(edge, encode(callee.invocationId))
+        .set(keys.calledEdge(callee.callId, caller.callId), encode(null))
+        .set(keys.callEdgesVersion(caller.callId), encode(null));
+    }
+    for (const [callId, versionstamp] of checked ?? []) {
+      op.check({ key: keys.callEdgesVersion(callId), versionstamp });
     }
   }
 
@@ -1414,10 +1559,7 @@ export class KvStore implements Store {
    * together: each one's edges version as read (null: absent), and, if `target` is among them, a
    * shortest path from `from` to the call before `target` (the walk stops at its level).
    */
-  async #callRegion(
-    from: string,
-    target: string,
-  ): Promise<{ versions: Map<string, string | null>; path?: string[] }> {
+  async #callRegion(from: string, target: string): Promise<CallRegion> {
     const keys = this.#keys;
     const versionLength = keys.callEdgesVersion(from).length;
     const versions = new Map<string, string | null>();
@@ -2649,6 +2791,11 @@ interface QueueValue {
   readonly priority?: number;
   /** Its rate limit key, if any. */
   readonly rate?: string;
+  /**
+   * Its caller (`parentId`), if any: a pick-up reads the caller's record with the invocation's
+   * (entries written before lack it: the caller is read after).
+   */
+  readonly parent?: string;
 }
 
 function queueValue(record: InvocationRecord): QueueValue {
@@ -2658,6 +2805,7 @@ function queueValue(record: InvocationRecord): QueueValue {
     task: record.taskId,
     ...(record.priority ? { priority: record.priority } : {}),
     ...(record.rate !== undefined ? { rate: record.rate.key } : {}),
+    ...(record.parentId !== null ? { parent: record.parentId } : {}),
   };
 }
 

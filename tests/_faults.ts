@@ -291,11 +291,15 @@ function decodeValue(value: unknown): unknown {
   }
 }
 
-/** One invocation's transition in a KV commit: its new record, and the statuses it entered. */
+/**
+ * One invocation's transition in a KV commit: its new record, the statuses it entered, and whether
+ * the invocation has a caller.
+ */
 interface CommittedTransition {
   readonly id: string;
   readonly seq: number;
   readonly path: readonly string[];
+  readonly child: boolean;
 }
 
 /**
@@ -310,19 +314,20 @@ function committedTransitions(
   values: readonly unknown[],
   lastSeq: ReadonlyMap<string, number>,
 ): CommittedTransition[] {
-  const records = new Map<string, number>();
+  const records = new Map<string, { seq: number; child: boolean }>();
   const entries = new Map<string, { seq: number; status: string }[]>();
   keys.forEach((key, i) => {
     const decoded = decodeValue(values[i]) as
       | {
-        record?: { seq?: unknown };
+        record?: { seq?: unknown; parentId?: unknown };
         history?: { seq: number; status: string }[];
         status?: unknown;
       }
       | undefined;
     if (key[key.length - 2] === "inv" && typeof decoded?.record?.seq === "number") {
       const id = String(key[key.length - 1]);
-      records.set(id, decoded.record.seq);
+      const child = typeof decoded.record.parentId === "string";
+      records.set(id, { seq: decoded.record.seq, child });
       if (decoded.history !== undefined) {
         entries.set(id, [...entries.get(id) ?? [], ...decoded.history]);
       }
@@ -333,9 +338,10 @@ function committedTransitions(
       entries.set(id, list);
     }
   });
-  return [...records].map(([id, seq]) => ({
+  return [...records].map(([id, { seq, child }]) => ({
     id,
     seq,
+    child,
     path: (entries.get(id) ?? [])
       .filter((entry) => entry.seq > (lastSeq.get(id) ?? 0))
       .sort((x, y) => x.seq - y.seq)
@@ -345,15 +351,19 @@ function committedTransitions(
 
 /**
  * Whether a transition is the runner write `runnerWrite` (a `rate-` write as its plain one):
- * PENDING is a claim (which may go straight on to RUNNING), RUNNING a change to RUNNING alone, the
- * hand-back starts with KILLED, and every other write ends in its status.
+ * PENDING is a claim (which may go straight on to RUNNING), RUNNING a change to RUNNING alone or
+ * the pick-up of a `child` (one with a caller) that goes on to RUNNING, its call edge added in the
+ * same step (see `ClaimRequest.runWithCall`), the hand-back starts with KILLED, and every other
+ * write ends in its status.
  */
-function pathMatches(runnerWrite: AnyWrite, path: readonly string[]): boolean {
+function pathMatches(runnerWrite: AnyWrite, path: readonly string[], child = false): boolean {
   const write = baseWrite(runnerWrite);
   if (write === "tick" || write === "schedule" || write === "lease") return false; // by their keys
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
-  if (write === "running") return path.length === 1 && path[0] === "running";
+  if (write === "running") {
+    return path[path.length - 1] === "running" && (path.length === 1 || child);
+  }
   if (write === "parked") return path[path.length - 1] === "concurrency_controlled";
   if (write === "woken") return path.length === 1 && path[0] === "rerouted";
   return path[path.length - 1] === write;
@@ -381,7 +391,7 @@ export function kvFaultHooks(plan: FaultPlan): KvHooks {
       ? setsOf(keys, "lease")
       : plan.write === "schedule"
       ? setsOf(keys, "sched") && !setsOf(keys, "tick")
-      : transitions.some(({ path }) => pathMatches(plan.write, path));
+      : transitions.some(({ path, child }) => pathMatches(plan.write, path, child));
   const describe = (transitions: readonly CommittedTransition[]): string =>
     transitions.length === 0
       ? `commit of a ${plan.write === "lease" ? "lease" : "schedule"}`

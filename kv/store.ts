@@ -281,6 +281,8 @@ export class KvStore implements Store {
   readonly #claiming = new Set<string>();
   /** The slots the pick-ups of this store under way claim for, in all. */
   #claimingMax = 0;
+  /** The claims of this store inserting a call edge (by its key), each until it settles. */
+  readonly #edgeClaims = new Map<string, Promise<void>>();
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -531,14 +533,15 @@ export class KvStore implements Store {
   // park/<key>/<pos>, slot (a rate limit key's with expireIn once its log stops counting), reserve,
   // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
   // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
-  // `stage` adds a caller's own checks and writes to the step (a claim's call edge, see claim).
+  // `stage` adds a caller's own checks and writes to the step (a claim's call edge, see claim),
+  // and says whether it commits on its own rather than in a group commit.
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange | Promise<StatusChange>),
     isWanted: (stored: StoredInvocation) => boolean = () => true,
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
     ready?: Promise<void>,
-    stage?: (op: AtomicDraft, next: InvocationRecord) => void,
+    stage?: (op: AtomicDraft, next: InvocationRecord) => boolean,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read).
@@ -657,7 +660,7 @@ export class KvStore implements Store {
         });
       }
       const next = plan.record;
-      stage?.(op, next);
+      const alone = stage?.(op, next) === true;
       if (plan.releaseRegistrationKey && record.registrationKey !== null) {
         const holder = await this.#reads.get(keys.registration(record.registrationKey));
         if (idOf(holder) === id) {
@@ -742,7 +745,7 @@ export class KvStore implements Store {
         this.#encode({ record: next, queue, ...history && { history } }, id),
         options,
       );
-      if (await this.#group.commit(op)) {
+      if (await (alone ? this.#commitDraft(op) : this.#group.commit(op))) {
         // The end's waiters here wake at once, before the clean-ups that follow (ready entries
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
@@ -793,13 +796,15 @@ export class KvStore implements Store {
   //
   // A child (`runWithCall`) goes on to RUNNING with its call edge caller → child in the same
   // commit (see #claimCall). reads: inv/<caller> with inv/<child> (one getMany: the caller's id
-  // is in the queue entry), then together calls/<caller>/<child> and the child's region (see
-  // addCall); checks: the claim's own (see #apply), the edge, and calls/<x> for x in the region —
-  // left at PENDING when they would be more than 10; writes: the claim's, both holders and both
-  // hver/<call>, a new edge with its reverse and calls/<caller>. After the commit, off the
-  // pick-up's path, inv/<caller> again (see #releaseIfEnded). Applied though reported failed, the
-  // child is the runner's orphan: handed back, and claimed again, it finds its edge (its own, or
-  // another holder's) and reuses it, as addCall does: the edge is not written twice.
+  // is in the queue entry, or in the record of a blocking candidate, whose records are read
+  // together first), then together calls/<caller>/<child> and the child's region (see addCall);
+  // checks: the claim's own (see #apply), the edge, and calls/<x> for x in the region — left at
+  // PENDING when they would be more than 10; writes: the claim's, both holders and both
+  // hver/<call>, a new edge with its reverse and calls/<caller>. It commits on its own, not in a
+  // group commit (see #commitDraft). After the commit, off the pick-up's path, inv/<caller> again
+  // (see #releaseIfEnded). Applied though reported failed, the child is the runner's orphan:
+  // handed back, and claimed again, it finds its edge (its own, or another holder's) and reuses
+  // it, as addCall does: the edge is not written twice.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
     await this.#ensureSchema(true);
     // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past
@@ -870,10 +875,15 @@ export class KvStore implements Store {
       isAvailable(stored, nowMs) && request.accepts?.(stored.record.taskId) !== false;
     // `parent`: the candidate's caller, from its queue entry, read with its record.
     const tryClaim = async (id: string, parent?: string): Promise<void> => {
+      // Read once, for every attempt: a caller that ends after this read loses its hold again
+      // after the commit (see #releaseIfEnded), and an ended one stays ended.
       let callerRead = parent === undefined
         ? undefined
         : this.#reads.get(this.#keys.invocation(parent));
       callerRead?.catch(() => {}); // awaited below, if the claim gets that far
+      // Settles with this claim: another claim inserting the same call edge may wait for it.
+      let settle!: () => void;
+      const settled = new Promise<void>((resolve) => settle = resolve);
       let call: ClaimCall | undefined;
       let outcome: ChangeOutcome;
       try {
@@ -883,12 +893,11 @@ export class KvStore implements Store {
           id,
           async (record) => {
             const atOnce = request.runAtOnce?.(record) === true;
-            // The caller read with the record serves the first attempt; a later one reads again.
-            const read = callerRead;
-            callerRead = undefined;
-            call = !atOnce && request.runWithCall?.(record) === true
-              ? await this.#claimCall(record, read)
-              : undefined;
+            if (atOnce || request.runWithCall?.(record) !== true) call = undefined;
+            else {
+              callerRead ??= this.#reads.get(this.#keys.invocation(record.parentId!));
+              call = await this.#claimCall(record, callerRead, settled);
+            }
             return {
               path: atOnce || call?.running ? [PENDING, RUNNING] : [PENDING],
               runnerId,
@@ -901,8 +910,9 @@ export class KvStore implements Store {
           request.ready,
           (op, next) => {
             const edge = call?.edge;
-            if (edge === undefined || next.status !== RUNNING) return;
+            if (edge === undefined || next.status !== RUNNING) return false;
             this.#stageCall(op, edge.caller, edge.callee, edge.existing, edge.checked);
+            return true;
           },
         );
       } catch (error) {
@@ -910,6 +920,8 @@ export class KvStore implements Store {
         // Another runner moved it first (the re-planned transition is refused), or the slots
         // this pick-up was for never came (its `ready` rejected).
         return;
+      } finally {
+        settle();
       }
       if (!outcome.ok) return;
       const { record } = outcome;
@@ -920,22 +932,13 @@ export class KvStore implements Store {
       controlled++;
       (isFinalStatus(record.status) ? finalised : parked).push(record);
     };
-    for (const id of await preferred) {
-      if (claimed.length >= max) break;
-      if (othersClaim(id)) continue;
-      takeOn(id);
-      await tryClaim(id);
-    }
-    // The ready queue in order, with the due delayed entries (their time or back-off has passed)
-    // merged in. The ready queue has no time bound: an entry registered by a process whose clock
-    // runs ahead is due.
-    const preferredControlled = controlled;
     // Candidates are claimed in batches of the slots still open, concurrently: each claim is its
     // own atomic step, and overlapping them keeps a file or a remote store busy instead of
     // waiting on every commit in turn. Queue order still decides what matters: a candidate whose
     // running key or rate limit key an older candidate of the batch has waits for it (the older
     // gets the slot, or the window's room), and the claimed list is returned in queue order.
     const order = new Map<string, number>();
+    let preferredControlled = 0;
     const full = (): boolean =>
       claimed.length >= max || controlled - preferredControlled >= CONTROL_LIMIT;
     let batch: QueueValue[] = [];
@@ -955,6 +958,22 @@ export class KvStore implements Store {
       for (const candidate of later) if (!full()) await tryClaim(candidate.id, candidate.parent);
       batch = [];
     };
+    // The blocking invocations first (at most `max`), oldest first, in one such batch: their
+    // records, read together, give what a queue entry gives (their keys, their caller).
+    const blocking = (await preferred).filter((id) => !othersClaim(id));
+    if (blocking.length > 0) {
+      for (const stored of await this.#readMany(blocking)) {
+        if (stored === undefined) continue;
+        takeOn(stored.record.id);
+        order.set(stored.record.id, order.size);
+        batch.push(queueValue(stored.record));
+      }
+      await flush();
+    }
+    // The ready queue in order, with the due delayed entries (their time or back-off has passed)
+    // merged in. The ready queue has no time bound: an entry registered by a process whose clock
+    // runs ahead is due.
+    preferredControlled = controlled;
     // A lane's token in the ready queue stands for the lane's first invocation (one range read).
     // A pick-up from a lane moves its token behind the other lanes, so another pass over the
     // queue serves the next lane first while slots are open: the lanes take turns.
@@ -1026,8 +1045,8 @@ export class KvStore implements Store {
     return { claimed, parked, finalised, more };
   }
 
-  // reads: inv/<caller> (`read`: with the candidate's record, else now), then together
-  // calls/<caller>/<callee> and the callee's region (see addCall).
+  // reads: inv/<caller> (`callerRead`: with the candidate's record when its queue entry names the
+  // caller), then together calls/<caller>/<callee> and the callee's region (see addCall).
   /**
    * How the claim of a child `record` goes on (`ClaimRequest.runWithCall`): to RUNNING without a
    * call edge when its caller is gone or final (as `addCallAndCheckCycles`); with the insertion
@@ -1038,17 +1057,33 @@ export class KvStore implements Store {
    */
   async #claimCall(
     record: InvocationRecord,
-    read: Promise<KvEntryMaybeLike> | undefined,
+    callerRead: Promise<KvEntryMaybeLike>,
+    settled: Promise<void>,
   ): Promise<ClaimCall> {
-    const entry = await (read ?? this.#reads.get(this.#keys.invocation(record.parentId!)));
-    const found = this.#decodeInvocation(entry)?.record;
+    const found = this.#decodeInvocation(await callerRead)?.record;
     // A caller that is gone or final cannot be part of a live cycle; and its hold would never be
     // released: its clean-up ran when it became final.
     if (found === undefined || isFinalStatus(found.status)) return { running: true };
     const caller = callRefOf(found);
     const callee = callRefOf(record);
     if (caller.callId === callee.callId) return { running: false };
-    const { existing, region } = await this.#readCall(caller, callee);
+    let { existing, region } = await this.#readCall(caller, callee);
+    if (existing.versionstamp === null) {
+      // Claims of this store inserting one edge (a caller's calls with equal arguments, picked up
+      // together): the first inserts it, the others wait for it, then read the edge again and
+      // reuse it, instead of failing their checks on it and planning again.
+      const key = JSON.stringify(this.#keys.callEdge(caller.callId, callee.callId));
+      const inserting = this.#edgeClaims.get(key);
+      if (inserting === undefined) {
+        this.#edgeClaims.set(key, settled);
+        void settled.then(() => {
+          if (this.#edgeClaims.get(key) === settled) this.#edgeClaims.delete(key);
+        });
+      } else if (inserting !== settled) {
+        await inserting;
+        ({ existing, region } = await this.#readCall(caller, callee));
+      }
+    }
     // The claim's own checks, at most (see #apply): the record, each state key, the reservation
     // of the running key and the registration key. Each draft stays within Deno KV's 10 checks.
     const own = 1 + stateKeysOf(record).length + (record.runningKey !== null ? 1 : 0) +
@@ -1454,9 +1489,7 @@ export class KvStore implements Store {
       const oneWalk = region.versions.size <= REGION_CHECKS;
       const draft = new AtomicDraft();
       this.#stageCall(draft, caller, callee, existing, oneWalk ? region.versions : undefined);
-      const op = this.#kv.atomic();
-      draft.applyTo(op);
-      if (await this.#commit(op)) {
+      if (await this.#commitDraft(draft)) {
         if (!oneWalk) await this.#verifyCall(caller, callee, existing.versionstamp);
         return;
       }
@@ -2381,6 +2414,17 @@ export class KvStore implements Store {
       if (isLocked(error)) return false;
       throw error;
     }
+  }
+
+  /**
+   * Commits a draft on its own, not in a group commit: drafts that share a key (the holders
+   * version of a call, written by every insertion of its edges) go through the group committer
+   * one after another, a round trip each; on their own they go at once.
+   */
+  #commitDraft(draft: AtomicDraft): Promise<boolean> {
+    const op = this.#kv.atomic();
+    draft.applyTo(op);
+    return this.#commit(op);
   }
 
   // reads: schema

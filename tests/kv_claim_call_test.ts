@@ -280,3 +280,75 @@ for (const fault of ["refuse", "applied", "down"] as const) {
     },
   );
 }
+
+test("[kv] a pick-up claims its blocking candidates together: with the claim of one child held at its commit, the other child waited on is claimed meanwhile, straight to RUNNING", async () => {
+  const kv = await openKv();
+  const appId = "claim-call-blocking";
+  const keys = new Keys(appId);
+  const { kv: view, hold } = holdingCommits(kv);
+  const app = new Nenc({ appId, kv: view });
+  const o = app.orchestrator;
+  const parent = app.task("parent", () => 0);
+  const child = app.task("child", ({ n }: { n: number }) => n);
+  const actor = { runnerId: "r0" };
+  const caller = await parent.call();
+  const [started] = await o.startInvocations(1, actor);
+  assert.equal(started?.running, true);
+  const execution = {
+    invocationId: caller.id,
+    runnerId: actor.runnerId,
+    signal: new AbortController().signal,
+    waitFor: () => Promise.resolve(),
+  };
+  const [first, second] = await runInExecution(
+    execution,
+    () => Promise.all([child.call({ n: 1 }), child.call({ n: 2 })]),
+  );
+  await o.waitingForResults(caller, [first!, second!]);
+  assert.deepEqual(
+    (await o.getBlockingInvocations(2)).map(({ id }) => id).sort(),
+    [first!.id, second!.id].sort(),
+  );
+  const held = hold(keys.invocation(first!.id));
+  const claiming = o.startInvocations(2, actor);
+  await held.reached;
+  const plain = new Nenc({ appId, kv }).orchestrator.store;
+  await waitUntil(async () => (await plain.get(second!.id))?.status === "running", {
+    message: "the second child was not claimed while the first one's claim was held",
+  });
+  held.open();
+  const claimed = await within(claiming, DEADLINE_MS, "the pick-up");
+  assert.deepEqual(claimed.map(({ running }) => running), [true, true]);
+});
+
+test("[kv] two children of one caller with equal arguments picked up together: the first claim inserts their call edge, the second waits for it and reuses it — no refused commit, the edge written once, both straight to RUNNING", async () => {
+  const kv = await openKv();
+  const appId = "claim-call-same-edge";
+  const commits: { ok: boolean; keys: KvKey[] }[] = [];
+  const view = interceptKv(kv, {
+    afterCommit: (ok, sets) => void commits.push({ ok, keys: sets.map(({ key }) => key) }),
+  });
+  const app = new Nenc({ appId, kv: view });
+  const o = app.orchestrator;
+  const parent = app.task("parent", () => 0);
+  const child = app.task("child", ({ n }: { n: number }) => n);
+  const actor = { runnerId: "r0" };
+  const caller = await parent.call();
+  await o.startInvocations(1, actor);
+  const execution = {
+    invocationId: caller.id,
+    runnerId: actor.runnerId,
+    signal: new AbortController().signal,
+    waitFor: () => Promise.resolve(),
+  };
+  const [first] = await runInExecution(
+    execution,
+    () => Promise.all([child.call({ n: 1 }), child.call({ n: 1 })]),
+  );
+  commits.length = 0;
+  const claimed = await within(o.startInvocations(2, actor), DEADLINE_MS, "the pick-up");
+  assert.deepEqual(claimed.map(({ running }) => running), [true, true]);
+  assert.deepEqual(commits.filter(({ ok }) => !ok), [], "refused commits");
+  const edge = new Keys(appId).callEdge(caller.callId, first!.callId);
+  assert.equal(commits.filter(({ keys }) => keys.some((key) => same(key, edge))).length, 1);
+});

@@ -961,10 +961,10 @@ export class KvStore implements Store {
     // The blocking invocations first (at most `max`), oldest first, in one such batch: their
     // records, read together, give what a queue entry gives (their keys, their caller).
     const blocking = (await preferred).filter((id) => !othersClaim(id));
+    for (const id of blocking) takeOn(id);
     if (blocking.length > 0) {
       for (const stored of await this.#readMany(blocking)) {
         if (stored === undefined) continue;
-        takeOn(stored.record.id);
         order.set(stored.record.id, order.size);
         batch.push(queueValue(stored.record));
       }

@@ -163,3 +163,29 @@ test("[kv] the finals poller reads an awaited invocation a runner of this proces
   stop.abort();
   await within(Promise.allSettled(waits), DEADLINE_MS, "the waits");
 });
+
+test("[kv] the finals poller reads at most about 1,000 awaited records a second, however many are awaited", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let reads = 0;
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => void (reads += keys.filter((key) => key[2] === "inv").length),
+  });
+  const app = new Nenc({ appId: "poller-budget", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const { invocations } = await job.parallelize(Array.from({ length: 2_000 }, (_, n) => ({ n })));
+  const stop = new AbortController();
+  const store = app.orchestrator.store;
+  const waits = invocations.map(({ id }) => store.waitFinal(id, stop.signal));
+  // The waiters' own first reads, then one second of the poller alone (real time: its pace is
+  // I/O pacing, on real timers). A slower machine reads fewer, never more.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  reads = 0;
+  const start = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  const seconds = (performance.now() - start) / 1000;
+  stop.abort();
+  await within(Promise.allSettled(waits), DEADLINE_MS, "the waits");
+  // A sweep of 2,000 takes 2 s: a slice of 100 every 100 ms (20,000 a second before, at first).
+  assert.ok(reads <= 1_000 * seconds + 100, `${reads} reads in ${seconds.toFixed(2)} s`);
+});

@@ -129,6 +129,12 @@ interface QueueEntry {
   readonly lane?: string;
 }
 
+/** A wait edge seen from one end: the other end, and when it was added (`null`: before 0.2). */
+interface WaitEdge {
+  readonly id: string;
+  readonly atMs: number | null;
+}
+
 /** An invocation as stored: the record, its queue entry (or `null`), and a short history. */
 interface StoredInvocation {
   readonly record: InvocationRecord;
@@ -196,6 +202,12 @@ interface LocalSignals {
    * until then: it is run all the same, from the queue, without blocking control's preference.
    */
   readonly ownedHere: Set<string>;
+  /**
+   * Invocations whose wait edges (as waiter or waited) a change made here wrote: the final change
+   * of one lists its edges together with its record's read, not after it (a round trip less for
+   * each end in a tree of nested waits). A hint: others list them once the marker is read.
+   */
+  readonly waitNodes: Set<string>;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
@@ -299,7 +311,13 @@ export class KvStore implements Store {
     if (local === undefined) {
       perApp.set(
         options.appId,
-        local = { finals: new Map(), work: new Set(), newWork: false, ownedHere: new Set() },
+        local = {
+          finals: new Map(),
+          work: new Set(),
+          newWork: false,
+          ownedHere: new Set(),
+          waitNodes: new Set(),
+        },
       );
     }
     this.#local = local;
@@ -549,6 +567,8 @@ export class KvStore implements Store {
     for (let attempt = 0;; attempt++) {
       const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
       marker?.catch(() => {}); // awaited below, if the change gets that far
+      const edges = final && this.#local.waitNodes.has(id) ? this.#edgeLists(id) : undefined;
+      edges?.catch(() => {}); // the same
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) {
@@ -736,7 +756,7 @@ export class KvStore implements Store {
       const [expireLater, release] = await Promise.all([
         plan.startsPurge && options !== undefined &&
         this.#stageExpiry(op, next, next.purgeAtMs!, options, historyKeys(stored), marker),
-        plan.final ? this.#waitEdgesOf(id, marker) : undefined,
+        plan.final ? this.#waitEdgesOf(id, marker, edges) : undefined,
       ]);
       const releaseNow = release !== undefined && release.doomed.length <= RELEASE_INLINE_KEYS;
       if (releaseNow) { for (const key of release.doomed) op.delete(key); }
@@ -750,6 +770,7 @@ export class KvStore implements Store {
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
         // Waiters of an end with more edges than its commit held wake once those are gone.
+        if (plan.final) this.#local.waitNodes.delete(id);
         if (plan.executions.add !== null) this.#local.ownedHere.add(id);
         else if (plan.executions.remove !== null) this.#local.ownedHere.delete(id);
         const early = plan.final && (release === undefined || releaseNow);
@@ -1783,7 +1804,9 @@ export class KvStore implements Store {
         markers[ids.indexOf(id)]!.versionstamp === null ? null : this.#firstWaitMs(id)
       ),
     );
+    this.#local.waitNodes.add(waiterId);
     added.forEach((waitedId, i) => {
+      this.#local.waitNodes.add(waitedId);
       const atMs = firstWaits[i] ?? nowMs;
       op.set(keys.waitEdge(waiterId, waitedId), encode(atMs))
         .set(keys.waitedEdge(waitedId, waiterId), encode(atMs))
@@ -1826,13 +1849,11 @@ export class KvStore implements Store {
   async #waitEdgesOf(
     id: string,
     marker: Promise<KvEntryMaybeLike> = this.#reads.get(this.#keys.waitNode(id)),
+    edges?: Promise<[WaitEdge[], WaitEdge[]]>,
   ): Promise<{ doomed: KvKey[]; waiterIds: string[] } | undefined> {
     const keys = this.#keys;
     if ((await marker).versionstamp === null) return undefined;
-    const [waiters, waited] = await Promise.all([
-      this.#edgesOf(keys.waitedEdge(id)),
-      this.#edgesOf(keys.waitEdge(id)),
-    ]);
+    const [waiters, waited] = await (edges ?? this.#edgeLists(id));
     const doomed: KvKey[] = [];
     for (const waiter of waiters) {
       doomed.push(keys.waitedEdge(id, waiter.id), keys.waitEdge(waiter.id, id));
@@ -1898,9 +1919,17 @@ export class KvStore implements Store {
     return false;
   }
 
+  /** The edges into `id` (its waiters), and out of it (what it waits on): two range reads. */
+  #edgeLists(id: string): Promise<[WaitEdge[], WaitEdge[]]> {
+    return Promise.all([
+      this.#edgesOf(this.#keys.waitedEdge(id)),
+      this.#edgesOf(this.#keys.waitEdge(id)),
+    ]);
+  }
+
   /** The other ends of the edges under `prefix`, and when each was added (`null`: before 0.2). */
-  async #edgesOf(prefix: KvKey): Promise<{ id: string; atMs: number | null }[]> {
-    const edges: { id: string; atMs: number | null }[] = [];
+  async #edgesOf(prefix: KvKey): Promise<WaitEdge[]> {
+    const edges: WaitEdge[] = [];
     for await (const entry of this.#kv.list({ prefix })) {
       const atMs = decode(entry.value, "a wait edge");
       edges.push({
@@ -2116,6 +2145,9 @@ export class KvStore implements Store {
           if (
             waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
           ) {
+            // Ended elsewhere: no hint about it holds here any more.
+            local.ownedHere.delete(ids[index]!);
+            local.waitNodes.delete(ids[index]!);
             ended++;
             notify(waiters);
           }
@@ -2327,6 +2359,8 @@ export class KvStore implements Store {
    * commit (a long history needs several), so a sweep cut short finds the invocation again.
    */
   async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
+    this.#local.ownedHere.delete(id);
+    this.#local.waitNodes.delete(id);
     const entry = await this.#reads.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
     const doomed: KvKey[] = [];

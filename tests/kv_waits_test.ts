@@ -189,3 +189,51 @@ test("[kv] the finals poller reads at most about 1,000 awaited records a second,
   // A sweep of 2,000 takes 2 s: a slice of 100 every 100 ms (20,000 a second before, at first).
   assert.ok(reads <= 1_000 * seconds + 100, `${reads} reads in ${seconds.toFixed(2)} s`);
 });
+
+test("[kv] the end of an invocation whose wait edges this process wrote lists its edges while its record is read, not after", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let holdId: string | undefined;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  let reached!: () => void;
+  const atHold = new Promise<void>((resolve) => reached = resolve);
+  const listed: string[] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: async (keys) => {
+      if (holdId !== undefined && keys.some((key) => key[2] === "inv" && key[3] === holdId)) {
+        holdId = undefined;
+        reached();
+        await released;
+      }
+    },
+    beforeList: (selector) => {
+      const prefix = "prefix" in selector ? selector.prefix : undefined;
+      if (prefix !== undefined) listed.push(prefix.slice(2).join("/"));
+    },
+  });
+  const app = new Nenc({ appId: "early-edges", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parent = await job.call({ n: 1 });
+  const child = await job.call({ n: 2 });
+  const o = app.orchestrator;
+  await o.store.waitFor(parent.id, [child.id], Date.now());
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, child.id, "blocking control runs the waited-on child");
+  listed.length = 0;
+  holdId = child.id;
+  const ending = o.setInvocationResult(started.invocation, 2, {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  await within(atHold, DEADLINE_MS, "the read of the child's record");
+  // Its edges, both ways, are being listed while its record is read.
+  await waitUntil(
+    () => listed.includes(`waited/${child.id}`) && listed.includes(`waits/${child.id}`),
+    { message: "the child's edges listed while its record is held", timeoutMs: 5_000 },
+  );
+  release();
+  await within(ending, DEADLINE_MS, "the child's end");
+  assert.deepEqual(await o.store.waiters(child.id), [], "its edges released with it");
+});

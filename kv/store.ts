@@ -2088,10 +2088,11 @@ export class KvStore implements Store {
   /**
    * Polls the awaited invocations until none is awaited. A sweep reads them all, a slice of at
    * most `POLL_SLICE` per round, and takes the poll delay (5 ms, doubling with each round that
-   * finds nothing that another process ended, up to 500 ms) — or 1 ms per invocation it reads
-   * when that is longer (`POLL_MS_PER_AWAITED`): the read rate stays bounded with ten thousand
-   * waiters (most of which this process's own changes wake anyway), and an end made elsewhere is
-   * seen within about a sweep. The back-off counts rounds, not sweeps: a process
+   * finds nothing that another process ended, up to 500 ms) — and once it has backed off that far,
+   * 1 ms per invocation it reads when that is longer (`POLL_MS_PER_AWAITED`): while ends made
+   * elsewhere keep coming it reads fast, and when none come the read rate stays bounded with ten
+   * thousand waiters (most of which this process's own changes wake anyway); an end made elsewhere
+   * is seen within about a sweep. The back-off counts rounds, not sweeps: a process
    * whose waiters all end here (one that runs what it awaits) slows down within a few rounds
    * however many they are, instead of reading each of them a few times over. Its cadence is I/O
    * pacing, not app time, so it runs on real timers like the commit back-off: with a fake app
@@ -2112,8 +2113,11 @@ export class KvStore implements Store {
           awaited = this.#polled(++sweep);
         }
         const slices = Math.ceil(awaited.length / POLL_SLICE);
-        // A sweep takes the poll delay, and at least POLL_MS_PER_AWAITED per invocation it reads.
-        const sweepMs = Math.max(pollDelayMs(idle), awaited.length * POLL_MS_PER_AWAITED);
+        // A sweep takes the poll delay; backed off all the way, at least POLL_MS_PER_AWAITED per
+        // invocation it reads.
+        const sweepMs = idle >= POLL_BACKED_OFF
+          ? Math.max(pollDelayMs(idle), awaited.length * POLL_MS_PER_AWAITED)
+          : pollDelayMs(idle);
         const roundMs = Math.max(MIN_POLL_ROUND_MS, sweepMs / Math.max(1, slices));
         await new Promise<void>((resolve) => {
           const wake = (): void => {
@@ -3066,12 +3070,17 @@ const REGION_LISTS = 50;
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;
 /**
- * The finals poller's read budget: a sweep takes at least this long per invocation it reads
- * (1,000 records a second at most, however many are awaited). With 2,000 awaited, an end made
- * elsewhere is seen within about 2 s; without it a process awaiting thousands of queued results
- * read each of them every half second (3 reads per invocation of a one-slot runner's work).
+ * The finals poller's read budget once it has backed off all the way (`POLL_BACKED_OFF` rounds
+ * found no end made elsewhere): a sweep takes at least this long per invocation it reads (1,000
+ * records a second at most, however many are awaited). Without it a process awaiting thousands
+ * of queued results that it runs itself read each of them every half second (3 reads per
+ * invocation of a one-slot runner's work). While ends made elsewhere keep coming (a caller
+ * beside runner processes) the poller stays quick: capped there, 2,000 results awaited from 4
+ * runner processes came at the budget's pace, 930 a second.
  */
 const POLL_MS_PER_AWAITED = 1;
+/** Rounds without an end made elsewhere after which the poller is backed off all the way. */
+const POLL_BACKED_OFF = 7;
 /** The finals poller reads the awaited invocations held here every this many sweeps. */
 const OWNED_SWEEPS = 10;
 /** How old (store clock) the last schema read may be before `claim` or `register` reads again. */

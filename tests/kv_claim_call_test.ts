@@ -45,6 +45,13 @@ async function callKeys(kv: KvLike, keys: Keys): Promise<KvKey[]> {
   return found;
 }
 
+/** Resolves once no call graph key is left (every hold released), within the deadline. */
+function callGraphEmptied(kv: KvLike, keys: Keys): Promise<void> {
+  return waitUntil(async () => (await callKeys(kv, keys)).length === 0, {
+    message: "the call graph keys were never all removed",
+  });
+}
+
 /**
  * A KV store whose `change()` and `addCall()` calls are recorded (`change [path]`, `addCall`),
  * every other call passed through.
@@ -115,9 +122,7 @@ for (const where of [":memory:", "a file"] as const) {
     const edge = keys.callEdge(invocation.callId, record.callId);
     assert.ok(before[1]!.some((key) => same(key, edge)), "the claim's commit writes the edge");
     assert.equal(commits.filter((sets) => sets.some((key) => same(key, edge))).length, 1);
-    await waitUntil(async () => (await callKeys(kv, keys)).length === 0, {
-      message: "the call graph keys were never all removed",
-    });
+    await callGraphEmptied(kv, keys);
   });
 }
 
@@ -195,9 +200,7 @@ test("[kv] a caller that becomes final while its child's claim commit is under w
     return true;
   }, { message: "the final caller's holder was never released" });
   await o.setInvocationResult(callee, 1, actor);
-  await waitUntil(async () => (await callKeys(kv, keys)).length === 0, {
-    message: "the call graph keys were never all removed",
-  });
+  await callGraphEmptied(kv, keys);
 });
 
 const FAULTS = {
@@ -274,9 +277,7 @@ for (const fault of ["refuse", "applied", "down"] as const) {
           ? [...claimed, "success"]
           : [...claimed, "running_recovery", "rerouted", "pending", "running", "success"],
       );
-      await waitUntil(async () => (await callKeys(kv, keys)).length === 0, {
-        message: "the call graph keys were never all removed",
-      });
+      await callGraphEmptied(kv, keys);
     },
   );
 }

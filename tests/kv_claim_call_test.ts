@@ -34,6 +34,26 @@ async function openKv(where: Where = ":memory:"): Promise<TestKv> {
   return kv;
 }
 
+/**
+ * A caller running on `app` (task "parent", started by runner "r0") and its execution context:
+ * calls made inside it (`runInExecution`) are its children.
+ */
+async function runningCaller(app: Nenc) {
+  const o = app.orchestrator;
+  const parent = app.task("parent", () => 0);
+  const actor = { runnerId: "r0" };
+  const caller = await parent.call();
+  const [started] = await o.startInvocations(1, actor);
+  assert.equal(started?.running, true);
+  const execution = {
+    invocationId: caller.id,
+    runnerId: actor.runnerId,
+    signal: new AbortController().signal,
+    waitFor: () => Promise.resolve(),
+  };
+  return { o, actor, caller, execution };
+}
+
 const same = (a: KvKey, b: KvKey): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 /** The keys of the call graph (edges, reverses, versions, holders) left under an app. */
@@ -170,20 +190,9 @@ test("[kv] a caller that becomes final while its child's claim commit is under w
   const keys = new Keys(appId);
   const { kv: view, hold } = holdingCommits(kv);
   const app = new Nenc({ appId, kv: view });
-  const o = app.orchestrator;
-  const parent = app.task("parent", () => 0);
   const child = app.task("child", () => 1);
-  const actor = { runnerId: "r0" };
-  const caller = await parent.call();
-  const [started] = await o.startInvocations(1, actor);
-  assert.equal(started?.running, true);
+  const { o, actor, caller, execution } = await runningCaller(app);
   // A call made inside the caller's execution: its child.
-  const execution = {
-    invocationId: caller.id,
-    runnerId: actor.runnerId,
-    signal: new AbortController().signal,
-    waitFor: () => Promise.resolve(),
-  };
   const callee = await runInExecution(execution, () => child.call());
   const held = hold(keys.callHolder(caller.callId, caller.id));
   const claiming = o.startInvocations(1, actor);
@@ -288,19 +297,8 @@ test("[kv] a pick-up claims its blocking candidates together: with the claim of 
   const keys = new Keys(appId);
   const { kv: view, hold } = holdingCommits(kv);
   const app = new Nenc({ appId, kv: view });
-  const o = app.orchestrator;
-  const parent = app.task("parent", () => 0);
   const child = app.task("child", ({ n }: { n: number }) => n);
-  const actor = { runnerId: "r0" };
-  const caller = await parent.call();
-  const [started] = await o.startInvocations(1, actor);
-  assert.equal(started?.running, true);
-  const execution = {
-    invocationId: caller.id,
-    runnerId: actor.runnerId,
-    signal: new AbortController().signal,
-    waitFor: () => Promise.resolve(),
-  };
+  const { o, actor, caller, execution } = await runningCaller(app);
   const [first, second] = await runInExecution(
     execution,
     () => Promise.all([child.call({ n: 1 }), child.call({ n: 2 })]),
@@ -330,18 +328,8 @@ test("[kv] two children of one caller with equal arguments picked up together: t
     afterCommit: (ok, sets) => void commits.push({ ok, keys: sets.map(({ key }) => key) }),
   });
   const app = new Nenc({ appId, kv: view });
-  const o = app.orchestrator;
-  const parent = app.task("parent", () => 0);
   const child = app.task("child", ({ n }: { n: number }) => n);
-  const actor = { runnerId: "r0" };
-  const caller = await parent.call();
-  await o.startInvocations(1, actor);
-  const execution = {
-    invocationId: caller.id,
-    runnerId: actor.runnerId,
-    signal: new AbortController().signal,
-    waitFor: () => Promise.resolve(),
-  };
+  const { o, actor, caller, execution } = await runningCaller(app);
   const [first] = await runInExecution(
     execution,
     () => Promise.all([child.call({ n: 1 }), child.call({ n: 1 })]),

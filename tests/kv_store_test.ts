@@ -164,6 +164,36 @@ test("[kv] a caller awaiting more invocations than one poll slice sees every end
   );
 });
 
+test("[kv] the finals poller is quick again as soon as ends made through another KV handle come: its backed-off read budget holds only while none do", async () => {
+  // Two handles on one file: the caller learns of the runner's ends only by polling.
+  const path = join(directory, `${++files}.db`);
+  const callerKv = await openTestKv(path);
+  const runnerKv = await openTestKv(path);
+  opened.push(callerKv, runnerKv);
+  let reads = 0;
+  const view = interceptKv(callerKv, {
+    beforeGetMany: (keys) => void (reads += keys.filter((key) => key[2] === "inv").length),
+  });
+  const caller = new Nenc({ appId: "quick-poller", kv: view });
+  const job = caller.task("job", ({ n }: { n: number }) => n);
+  const runnerApp = new Nenc({ appId: "quick-poller", kv: runnerKv });
+  runnerApp.task("job", ({ n }: { n: number }) => n);
+  const { invocations } = await job.parallelize(Array.from({ length: 2_000 }, (_, n) => ({ n })));
+  const store = caller.orchestrator.store;
+  const waits = Promise.all(invocations.map(({ id }) => store.waitFinal(id)));
+  // The waiters' own reads (2,000), then the poller's quick rounds while nothing ends (7 of 100):
+  // backed off all the way, it reads at most ~1,000 a second.
+  await waitUntil(() => reads >= 2_000 + 800, { message: "the poller backed off", intervalMs: 5 });
+  reads = 0;
+  const start = performance.now();
+  await using runner = runnerApp.runner({ concurrency: 32 });
+  runner.start();
+  await within(waits, DEADLINE_MS, "the ends made through the other handle");
+  const seconds = (performance.now() - start) / 1000;
+  // Ends kept coming: it read faster than its budget (held to it, a sweep of 2,000 took 2 s).
+  assert.ok(reads > 1_000 * seconds + 200, `${reads} reads in ${seconds.toFixed(2)} s`);
+});
+
 test("[kv] data written by a newer schema version is refused with a clear error", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);

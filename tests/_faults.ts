@@ -895,13 +895,7 @@ function judge(facts: Facts): void {
       );
     }
   }
-  if (problems.length > 0) {
-    assert.fail(
-      `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
-        problems.join("\n  ")
-      }`,
-    );
-  }
+  assertNoProblems(plan, problems);
 }
 
 const WRITES: readonly { write: RunnerWrite; label: string; earned: string }[] = [
@@ -936,11 +930,22 @@ const WRITES: readonly { write: RunnerWrite; label: string; earned: string }[] =
   },
 ];
 
-const KINDS: readonly { kind: FaultKind; fault: string }[] = [
+/** The three faults every atomic step is tried with, each with its words for a test's name. */
+export const FAULT_KINDS: readonly { kind: FaultKind; fault: string }[] = [
   { kind: "refuse", fault: "refused and not applied" },
   { kind: "applied", fault: "applied then reported failed" },
   { kind: "down", fault: "with the store down for 2 s" },
 ];
+
+/** Fails with every problem a scenario found, naming the fault that fired (or none). */
+export function assertNoProblems(plan: FaultPlan, problems: readonly string[]): void {
+  if (problems.length === 0) return;
+  assert.fail(
+    `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
+      problems.join("\n  ")
+    }`,
+  );
+}
 
 /**
  * Registers the fault-injection contract for one backend: every runner write × every fault, one
@@ -977,7 +982,7 @@ export function faultContract(backend: string, makeApp: FaultyAppFactory): void 
       name: `[${backend}] control without a fault, ${label}: the invocation ${earned}, ${ending}`,
     })),
     ...WRITES.flatMap(({ write, label, earned }) =>
-      KINDS.map(({ kind, fault }) => ({
+      FAULT_KINDS.map(({ kind, fault }) => ({
         write,
         kind,
         name: `[${backend}] ${label} write ${fault}: the invocation ${earned}, ${ending}`,

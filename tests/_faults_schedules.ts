@@ -18,6 +18,8 @@ import type { InvocationRecord } from "../core/store.ts";
 import type { TaskContext } from "../core/task.ts";
 import { waitUntil, within } from "./_deadline.ts";
 import {
+  assertNoProblems,
+  FAULT_KINDS,
   type FaultKind,
   FaultPlan,
   type FaultyAppFactory,
@@ -169,24 +171,12 @@ function judge(facts: Facts): void {
       `the schedule's last tick is ${lastTickMs} (${lastInvocationId}), not ${last.scheduledAtMs} (${last.id})`,
     );
   }
-  if (problems.length > 0) {
-    assert.fail(
-      `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
-        problems.join("\n  ")
-      }`,
-    );
-  }
+  assertNoProblems(plan, problems);
 }
 
 const WRITES: readonly { write: ScheduleWrite; label: string }[] = [
   { write: "tick", label: "a tick fired (claim, last tick, invocation)" },
   { write: "schedule", label: "schedule() storing a schedule" },
-];
-
-const KINDS: readonly { kind: FaultKind; fault: string }[] = [
-  { kind: "refuse", fault: "refused and not applied" },
-  { kind: "applied", fault: "applied then reported failed" },
-  { kind: "down", fault: "with the store down for 2 s" },
 ];
 
 /**
@@ -204,7 +194,7 @@ export function scheduleFaultContract(backend: string, makeApp: FaultyAppFactory
         `[${backend}] schedules: control without a fault, two runners and a tick every second: ${ending}`,
     },
     ...WRITES.flatMap(({ write, label }) =>
-      KINDS.map(({ kind, fault }) => ({
+      FAULT_KINDS.map(({ kind, fault }) => ({
         write,
         kind,
         name: `[${backend}] schedules: ${label} ${fault}: ${ending}`,

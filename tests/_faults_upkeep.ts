@@ -12,6 +12,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { within } from "./_deadline.ts";
 import {
+  assertNoProblems,
+  FAULT_KINDS,
   type FaultKind,
   FaultPlan,
   type FaultyAppFactory,
@@ -113,20 +115,12 @@ function judge(facts: Facts): void {
     }
   }
   if (facts.outsiderTook) problems.push("a runner from outside took the lease from live runners");
-  if (problems.length > 0) {
-    assert.fail(
-      `${plan.kind === "none" ? "without a fault" : `fault fired on ${plan.firedOn}`}:\n  ${
-        problems.join("\n  ")
-      }`,
-    );
-  }
+  assertNoProblems(plan, problems);
 }
 
 const KINDS: readonly { kind: FaultKind; fault: string }[] = [
   { kind: "none", fault: "without a fault (control)" },
-  { kind: "refuse", fault: "refused and not applied" },
-  { kind: "applied", fault: "applied then reported failed" },
-  { kind: "down", fault: "with the store down for 2 s" },
+  ...FAULT_KINDS,
 ];
 
 /**

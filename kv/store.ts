@@ -2294,7 +2294,7 @@ export class KvStore implements Store {
    * commit: all of them, unless there are too many (then they expire after it).
    */
   #inlineHistory(id: string, historyCount: number): Promise<KvEntryMaybeLike[]> {
-    return historyCount > INLINE_EXPIRY || historyCount === 0
+    return historyCount > INLINE_EXPIRY
       ? Promise.resolve([])
       : this.#historyEntries(id, 1, historyCount);
   }

@@ -7,7 +7,7 @@ import {
   renderSchedules,
   renderStatus,
   table,
-} from "../_cli_render.ts";
+} from "../cli/_render.ts";
 import type { Schedule } from "../core/schedules.ts";
 import type { InvocationStatus } from "../core/status.ts";
 import type { InvocationRecord, LiveGraphs } from "../core/store.ts";

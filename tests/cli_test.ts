@@ -1,6 +1,6 @@
 /**
  * The command line: usage errors in this process (on Deno and Bun), and every command as a real
- * `deno run -A cli.ts` process on a Deno KV file in a temp dir, next to this test process on the
+ * `deno run -A cli/mod.ts` process on a Deno KV file in a temp dir, next to this test process on the
  * same file (Deno only). Every process stops by itself or is killed by its guard timer.
  */
 import { test } from "node:test";
@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type CliIo, main } from "../cli.ts";
+import { type CliIo, main } from "../cli/mod.ts";
 import { Nenc } from "../core/app.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
 import { FakeClock } from "./_fake_clock.ts";
@@ -51,13 +51,13 @@ interface CliProcess {
 }
 
 /**
- * Starts `deno run -A cli.ts …args` in the repository root; killed after 60 s at the latest.
+ * Starts `deno run -A cli/mod.ts …args` in the repository root; killed after 60 s at the latest.
  * `Deno.Command`, not `node:child_process`: Deno's `spawn` reports a child that handled a
  * SIGTERM and exited 0 as killed by the signal.
  */
 function startCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli.ts", ...args],
+    args: ["run", "-A", "cli/mod.ts", ...args],
     cwd: root,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",

@@ -9,7 +9,7 @@
  * that depend on each other: building them fails with a `CycleDetectedError`.
  *
  * The app is created without a KV store, so a worker can move it onto one with `app.useKv(kv)`
- * (`deno run -A cli.ts worker --app examples/demo/app.ts --kv demo.db`).
+ * (`deno run -A cli/mod.ts worker --app examples/demo/app.ts --kv demo.db`).
  *
  * @module
  */

@@ -68,7 +68,7 @@ function startWorker(kvPath: string, concurrency: number): Worker {
   const args = ["worker", "--app", "examples/demo/app.ts", "--kv", kvPath];
   const child = spawn(
     Deno.execPath(),
-    ["run", "-A", "cli.ts", ...args, "--concurrency", String(concurrency)],
+    ["run", "-A", "cli/mod.ts", ...args, "--concurrency", String(concurrency)],
     { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
   );
   let output = "";
@@ -83,7 +83,7 @@ function startWorker(kvPath: string, concurrency: number): Worker {
       void exited.then(() => gone = true);
       while ((await app.orchestrator.store.runners()).length === 0) {
         if (gone || Date.now() > deadline) {
-          throw new Error(`Cannot start the worker process (cli.ts worker):\n${output}`);
+          throw new Error(`Cannot start the worker process (cli/mod.ts worker):\n${output}`);
         }
         await new Promise((wake) => setTimeout(wake, 50));
       }

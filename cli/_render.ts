@@ -6,16 +6,16 @@
  * @module
  */
 
-import { callLabel } from "./core/ids.ts";
-import { nextTickMs, type Schedule } from "./core/schedules.ts";
-import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "./core/status.ts";
+import { callLabel } from "../core/ids.ts";
+import { nextTickMs, type Schedule } from "../core/schedules.ts";
+import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "../core/status.ts";
 import type {
   DelayedCount,
   InvocationRecord,
   LiveGraphs,
   RunnerInfo,
   SerializedError,
-} from "./core/store.ts";
+} from "../core/store.ts";
 
 /**
  * Aligns rows into columns two spaces apart; columns from index `rightFrom` on are aligned to

@@ -34,13 +34,13 @@ import {
   renderMermaid,
   renderSchedules,
   renderStatus,
-} from "./_cli_render.ts";
-import { Nenc } from "./core/app.ts";
-import { StoreClosedError } from "./core/errors.ts";
-import { callLabel } from "./core/ids.ts";
-import { MemoryStore } from "./core/memory_store.ts";
-import { rateKeyTask, type RateWindow } from "./core/store.ts";
-import type { KvLike } from "./kv/kv_like.ts";
+} from "./_render.ts";
+import { Nenc } from "../core/app.ts";
+import { StoreClosedError } from "../core/errors.ts";
+import { callLabel } from "../core/ids.ts";
+import { MemoryStore } from "../core/memory_store.ts";
+import { rateKeyTask, type RateWindow } from "../core/store.ts";
+import type { KvLike } from "../kv/kv_like.ts";
 
 /**
  * Where the command line writes. The default is the process's standard output and error.

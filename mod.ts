@@ -34,5 +34,34 @@
  * @module
  */
 
-export * from "./core/mod.ts";
-export * from "./kv/mod.ts";
+// The app API. The storage port and what backend authors build on (planChange, decideSlots,
+// controlChange, CONTROL_LIMIT, MemoryStore, …) are the `./core` export; the Deno KV backend's
+// classes and key shapes (KvStore, Keys) the `./kv` export.
+export * from "./core/app.ts";
+export * from "./core/call_graph.ts";
+export * from "./core/errors.ts";
+export * from "./core/invocation.ts";
+export * from "./core/runner.ts";
+export * from "./core/status.ts";
+export * from "./core/task.ts";
+export * from "./core/wait_graph.ts";
+export { systemClock } from "./core/clock.ts";
+export type { Clock } from "./core/clock.ts";
+export { callId, callLabel, canonicalJson, invocationIdTime, newInvocationId } from "./core/ids.ts";
+export type { SerializedArguments } from "./core/ids.ts";
+export { Orchestrator } from "./core/orchestrator.ts";
+export type {
+  ActorOptions,
+  BlockingControl,
+  CancelOptions,
+  CycleControl,
+  InvocationRef,
+  OrchestratorOptions,
+  WaitOptions,
+} from "./core/orchestrator.ts";
+export { nextTickMs } from "./core/schedules.ts";
+export type { CatchUp, FiredTick, Schedule, ScheduleOptions } from "./core/schedules.ts";
+export { DEFAULT_ERROR_CLASSES } from "./core/serializer.ts";
+export type { ErrorClass } from "./core/serializer.ts";
+export type { InvocationRecord, SerializedError, Store } from "./core/store.ts";
+export type * from "./kv/kv_like.ts";

@@ -14,7 +14,8 @@ import { decodeTime, monotonicFactory } from "ulid";
  *
  * @example Splitting a call id
  * ```ts
- * import { callId, KEY_SEPARATOR, serializeArguments } from "@nenc/nenc";
+ * import { callId } from "@nenc/nenc";
+ * import { KEY_SEPARATOR, serializeArguments } from "@nenc/nenc/core";
  *
  * const id = callId("add", serializeArguments({ x: 1, y: 2 }));
  * const [taskId, hash] = id.split(KEY_SEPARATOR);
@@ -135,7 +136,8 @@ function notJson(path: string, reason: string): TypeError {
  *
  * @example
  * ```ts
- * import { callLabel, serializeArguments, type SerializedArguments } from "@nenc/nenc";
+ * import { callLabel, type SerializedArguments } from "@nenc/nenc";
+ * import { serializeArguments } from "@nenc/nenc/core";
  *
  * const args: SerializedArguments = serializeArguments({ tags: ["b", "a"], n: 3 });
  * console.log(args); // { n: "3", tags: '["b","a"]' }
@@ -152,7 +154,7 @@ export type SerializedArguments = Readonly<Record<string, string>>;
  *
  * @example
  * ```ts
- * import { serializeArguments } from "@nenc/nenc";
+ * import { serializeArguments } from "@nenc/nenc/core";
  *
  * console.log(serializeArguments({ y: { b: 1, a: 2 }, x: 1 })); // { x: "1", y: '{"a":2,"b":1}' }
  * ```
@@ -189,7 +191,7 @@ export function serializeArguments(args: unknown): SerializedArguments {
  *
  * @example
  * ```ts
- * import { assertTaskId } from "@nenc/nenc";
+ * import { assertTaskId } from "@nenc/nenc/core";
  *
  * assertTaskId("emails.send"); // fine
  * ```
@@ -213,7 +215,8 @@ export function assertTaskId(taskId: string): void {
  *
  * @example
  * ```ts
- * import { callId, serializeArguments } from "@nenc/nenc";
+ * import { callId } from "@nenc/nenc";
+ * import { serializeArguments } from "@nenc/nenc/core";
  *
  * const a = callId("add", serializeArguments({ x: 1, y: 2 }));
  * const b = callId("add", serializeArguments({ y: 2, x: 1 }));
@@ -231,7 +234,8 @@ export function callId(taskId: string, args: SerializedArguments): string {
  *
  * @example
  * ```ts
- * import { callLabel, serializeArguments } from "@nenc/nenc";
+ * import { callLabel } from "@nenc/nenc";
+ * import { serializeArguments } from "@nenc/nenc/core";
  *
  * console.log(callLabel("fib", serializeArguments({ n: 3 }))); // fib({"n":3})
  * ```

@@ -71,7 +71,8 @@ const { PENDING, RUNNING } = InvocationStatus;
  *
  * @example A memory store on the app's clock, as `new Nenc()` builds it
  * ```ts
- * import { MemoryStore, type MemoryStoreOptions, Nenc, systemClock } from "@nenc/nenc";
+ * import { Nenc, systemClock } from "@nenc/nenc";
+ * import { MemoryStore, type MemoryStoreOptions } from "@nenc/nenc/core";
  *
  * const options: MemoryStoreOptions = { clock: systemClock };
  * const app = new Nenc({ clock: systemClock, store: new MemoryStore(options) });
@@ -93,7 +94,7 @@ export interface MemoryStoreOptions {
  *
  * @example
  * ```ts
- * import { MemoryStore } from "@nenc/nenc";
+ * import { MemoryStore } from "@nenc/nenc/core";
  *
  * const store = new MemoryStore();
  * console.log(await store.get("missing")); // undefined

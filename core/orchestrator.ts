@@ -85,7 +85,8 @@ export interface OrchestratorOptions {
  *
  * @example Turning blocking control off at runtime
  * ```ts
- * import { Nenc, type ResolvedOrchestratorOptions } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ResolvedOrchestratorOptions } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const options: ResolvedOrchestratorOptions = app.orchestrator.options;
@@ -113,7 +114,7 @@ export interface ResolvedOrchestratorOptions {
  *
  * @example The defaults
  * ```ts
- * import { resolveOrchestratorOptions } from "@nenc/nenc";
+ * import { resolveOrchestratorOptions } from "@nenc/nenc/core";
  *
  * console.log(resolveOrchestratorOptions({}));
  * // {
@@ -127,7 +128,7 @@ export interface ResolvedOrchestratorOptions {
  *
  * @example A bad value
  * ```ts
- * import { resolveOrchestratorOptions } from "@nenc/nenc";
+ * import { resolveOrchestratorOptions } from "@nenc/nenc/core";
  *
  * try {
  *   resolveOrchestratorOptions({ maxPendingSeconds: -1 });
@@ -187,7 +188,8 @@ export function resolveOrchestratorOptions(
  *
  * @example
  * ```ts
- * import { type Clock, MemoryStore, Orchestrator, type OrchestratorHost, Task } from "@nenc/nenc";
+ * import { type Clock, Orchestrator, Task } from "@nenc/nenc";
+ * import { MemoryStore, type OrchestratorHost } from "@nenc/nenc/core";
  *
  * const clock: Clock = { now: () => 1_000, sleep: () => Promise.resolve() };
  * const host: OrchestratorHost = { getTask: () => undefined, errorClasses: new Map(), clock };

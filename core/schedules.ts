@@ -134,7 +134,7 @@ export interface FiredTick {
  *
  * @example
  * ```ts
- * import { MAX_TICKS_PER_PASS } from "@nenc/nenc";
+ * import { MAX_TICKS_PER_PASS } from "@nenc/nenc/core";
  *
  * console.log(MAX_TICKS_PER_PASS); // 100
  * ```
@@ -150,7 +150,8 @@ const TICK_CLAIM_GRACE_MS = 3_600_000;
  *
  * @example
  * ```ts
- * import { type Schedule, tickCursorMs } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { tickCursorMs } from "@nenc/nenc/core";
  *
  * const fresh: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",
@@ -191,7 +192,8 @@ export function nextTickMs(schedule: Schedule, afterMs = -Infinity): number {
  *
  * @example Back at 00:06:30 after an outage since 00:00:30: one tick on time, five missed
  * ```ts
- * import { dueTicks, type Schedule } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { dueTicks } from "@nenc/nenc/core";
  *
  * const minutely: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",
@@ -238,7 +240,8 @@ export function dueTicks(schedule: Schedule, nowMs: number, afterMs = -Infinity)
  *
  * @example
  * ```ts
- * import { isSameSchedule, type Schedule } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { isSameSchedule } from "@nenc/nenc/core";
  *
  * const schedule: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",
@@ -265,7 +268,8 @@ function sameDefinition(a: Schedule, b: Schedule): boolean {
  *
  * @example The same definition twice changes nothing; another cron starts anew
  * ```ts
- * import { type Schedule, upsertSchedule } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { upsertSchedule } from "@nenc/nenc/core";
  *
  * const stored: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",
@@ -294,7 +298,8 @@ export function upsertSchedule(stored: Schedule | undefined, next: Schedule): Sc
  *
  * @example
  * ```ts
- * import { type NewInvocation, planTick, type Schedule } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { type NewInvocation, planTick } from "@nenc/nenc/core";
  *
  * const schedule: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",
@@ -328,7 +333,8 @@ export function planTick(
  *
  * @example
  * ```ts
- * import { type Schedule, tickClaimMs } from "@nenc/nenc";
+ * import { type Schedule } from "@nenc/nenc";
+ * import { tickClaimMs } from "@nenc/nenc/core";
  *
  * const schedule: Schedule = {
  *   name: "s", cron: "* * * * *", taskId: "t", args: {}, timezone: "UTC", catchUp: "none",

@@ -65,7 +65,7 @@ const MAX_CAUSE_DEPTH = 16;
  *
  * @example
  * ```ts
- * import { serializeError } from "@nenc/nenc";
+ * import { serializeError } from "@nenc/nenc/core";
  *
  * const stored = serializeError(new RangeError("Cannot go: too far", { cause: "gps" }));
  * console.log(stored.name, stored.cause); // "RangeError" { value: '"gps"' }
@@ -116,7 +116,8 @@ function serializeErrorAt(thrown: unknown, depth: number): SerializedError {
  *
  * @example
  * ```ts
- * import { CycleDetectedError, deserializeError, serializeError } from "@nenc/nenc";
+ * import { CycleDetectedError } from "@nenc/nenc";
+ * import { deserializeError, serializeError } from "@nenc/nenc/core";
  *
  * const error = deserializeError(serializeError(new CycleDetectedError(["a#1"], ["a()"])));
  * console.log(error instanceof CycleDetectedError, (error as CycleDetectedError).callIds); // true ["a#1"]
@@ -166,7 +167,8 @@ export function deserializeError(
  *
  * @example
  * ```ts
- * import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap, serializeError } from "@nenc/nenc";
+ * import { DEFAULT_ERROR_CLASSES } from "@nenc/nenc";
+ * import { deserializeError, errorClassMap, serializeError } from "@nenc/nenc/core";
  *
  * class PaymentDeclined extends Error {
  *   override name = "PaymentDeclined";

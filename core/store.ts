@@ -177,7 +177,8 @@ export interface InvocationRecord {
  *
  * @example
  * ```ts
- * import { type GroupSlot, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type GroupSlot } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const deploy = app.task("deploy", ({ env }: { env: string }) => env, {
@@ -200,7 +201,8 @@ export interface GroupSlot {
  *
  * @example
  * ```ts
- * import { type InvocationRecord, slotsOf } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { slotsOf } from "@nenc/nenc/core";
  *
  * const record: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -227,7 +229,8 @@ export function slotsOf(record: InvocationRecord): GroupSlot[] {
  *
  * @example
  * ```ts
- * import { Nenc, type RateLimitKey } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type RateLimitKey } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const fetchPage = app.task("fetchPage", ({ page }: { page: number }) => page, {
@@ -253,7 +256,8 @@ export interface RateLimitKey {
  *
  * @example A running invocation holds its slots, a paused one gave them back
  * ```ts
- * import { holdsSlots, type InvocationRecord } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { holdsSlots } from "@nenc/nenc/core";
  *
  * const base: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -272,7 +276,8 @@ export function holdsSlots(record: InvocationRecord): boolean {
  *
  * @example Registering on a store directly, as a backend test does
  * ```ts
- * import { callId, MemoryStore, newInvocationId, type NewInvocation, serializeArguments } from "@nenc/nenc";
+ * import { callId, newInvocationId } from "@nenc/nenc";
+ * import { MemoryStore, type NewInvocation, serializeArguments } from "@nenc/nenc/core";
  *
  * const args = serializeArguments({ n: 3 });
  * const invocation: NewInvocation = {
@@ -319,7 +324,7 @@ export interface NewInvocation extends
  *
  * @example The second registration of a key finds the first
  * ```ts
- * import { MemoryStore, type NewInvocation, type RegisterOutcome } from "@nenc/nenc";
+ * import { MemoryStore, type NewInvocation, type RegisterOutcome } from "@nenc/nenc/core";
  *
  * const store = new MemoryStore();
  * const sync = (id: string): NewInvocation => ({
@@ -340,7 +345,8 @@ export type RegisterOutcome =
  *
  * @example
  * ```ts
- * import { Nenc, type StatusChange } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type StatusChange } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const invocation = await app.task("ping", () => "pong").call();
@@ -396,7 +402,8 @@ export interface StatusChange {
  *
  * @example A fenced change loses to a concurrent one
  * ```ts
- * import { type ChangeOutcome, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ChangeOutcome } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const invocation = await app.task("ping", () => "pong").call();
@@ -434,7 +441,8 @@ export type ChangeOutcome =
  *
  * @example
  * ```ts
- * import { type ClaimRequest, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ClaimRequest } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * await app.task("ping", () => "pong").call();
@@ -498,7 +506,8 @@ export interface ClaimRequest {
  *
  * @example One running slot per task: the second candidate is parked
  * ```ts
- * import { type ClaimOutcome, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ClaimOutcome } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
@@ -529,7 +538,8 @@ export interface ClaimOutcome {
  *
  * @example A backlog behind one running slot is parked, at most this many per claim
  * ```ts
- * import { CONTROL_LIMIT, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { CONTROL_LIMIT } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
@@ -550,7 +560,7 @@ export const CONTROL_LIMIT = 100;
  *
  * @example
  * ```ts
- * import { controlChange } from "@nenc/nenc";
+ * import { controlChange } from "@nenc/nenc/core";
  *
  * const request = {
  *   runnerId: "r1", nowMs: 0, max: 1, purgeAtMs: 0,
@@ -583,7 +593,8 @@ export function controlChange(
  *
  * @example
  * ```ts
- * import { type InvocationRecord, wakeChange } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { wakeChange } from "@nenc/nenc/core";
  *
  * const parked: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -613,7 +624,8 @@ export function wakeChange(
  *
  * @example
  * ```ts
- * import { type FindQuery, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type FindQuery } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const send = app.task("send", ({ to }: { to: string }) => to);
@@ -637,7 +649,8 @@ export interface FindQuery {
  *
  * @example A claim that its runner never ran
  * ```ts
- * import { Nenc, type RecoverableQuery } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type RecoverableQuery } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * await app.task("ping", () => "pong").call();
@@ -662,7 +675,8 @@ export interface RecoverableQuery {
  *
  * @example Two pages of three executions
  * ```ts
- * import { type ExecutionsPage, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ExecutionsPage } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const square = app.task("square", ({ n }: { n: number }) => n * n);
@@ -688,7 +702,7 @@ export interface ExecutionsPage {
  *
  * @example A runner takes the upkeep lease for 10 s
  * ```ts
- * import { MemoryStore, type UpkeepLease } from "@nenc/nenc";
+ * import { MemoryStore, type UpkeepLease } from "@nenc/nenc/core";
  *
  * const store = new MemoryStore();
  * const lease: UpkeepLease = { nowMs: 1_000, untilMs: 11_000 };
@@ -710,7 +724,8 @@ export interface UpkeepLease {
  *
  * @example
  * ```ts
- * import { Nenc, type RunnerInfo } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type RunnerInfo } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * await app.orchestrator.store.heartbeat("r1", 1_700_000_000_000, ["ping"]);
@@ -732,7 +747,8 @@ export interface RunnerInfo {
  *
  * @example
  * ```ts
- * import { type DelayedCount, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type DelayedCount } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const remind = app.task("remind", ({ to }: { to: string }) => to);
@@ -755,7 +771,7 @@ export interface DelayedCount {
  *
  * @example
  * ```ts
- * import { RATE_KEY_PREFIX } from "@nenc/nenc";
+ * import { RATE_KEY_PREFIX } from "@nenc/nenc/core";
  *
  * console.log(RATE_KEY_PREFIX); // "#rate#"
  * ```
@@ -767,7 +783,7 @@ export const RATE_KEY_PREFIX = "#rate#";
  *
  * @example
  * ```ts
- * import { rateKeyTask } from "@nenc/nenc";
+ * import { rateKeyTask } from "@nenc/nenc/core";
  *
  * console.log(rateKeyTask("#rate#announce"), rateKeyTask("#rate#send#3f2a#keys"), rateKeyTask("send"));
  * // "announce" "send" undefined
@@ -785,7 +801,8 @@ export function rateKeyTask(key: string): string | undefined {
  *
  * @example
  * ```ts
- * import { Nenc, type RateWindow } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type RateWindow } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const ping = app.task("ping", () => "pong", { rateLimit: { limit: 1, intervalMs: 60_000 } });
@@ -812,7 +829,7 @@ export interface RateWindow {
  *
  * @example
  * ```ts
- * import { MemoryStore } from "@nenc/nenc";
+ * import { MemoryStore } from "@nenc/nenc/core";
  *
  * const store = new MemoryStore();
  * await store.waitFor("parent", ["child"], 0);
@@ -833,7 +850,8 @@ export interface LiveGraphs {
  *
  * @example An app on a store of your choice
  * ```ts
- * import { MemoryStore, Nenc, type Store } from "@nenc/nenc";
+ * import { Nenc, type Store } from "@nenc/nenc";
+ * import { MemoryStore } from "@nenc/nenc/core";
  *
  * const store: Store = new MemoryStore();
  * const app = new Nenc({ appId: "shop", store });
@@ -941,7 +959,7 @@ export interface Store {
    *
    * @example The holder renews; another runner takes over once the lease ran out
    * ```ts
-   * import { MemoryStore } from "@nenc/nenc";
+   * import { MemoryStore } from "@nenc/nenc/core";
    *
    * const store = new MemoryStore();
    * console.log(await store.takeUpkeepLease("r1", { nowMs: 0, untilMs: 10_000 })); // true
@@ -957,7 +975,7 @@ export interface Store {
    *
    * @example
    * ```ts
-   * import { MemoryStore } from "@nenc/nenc";
+   * import { MemoryStore } from "@nenc/nenc/core";
    *
    * const store = new MemoryStore();
    * await store.takeUpkeepLease("r1", { nowMs: 0, untilMs: 10_000 });
@@ -1008,7 +1026,7 @@ export interface Store {
    *
    * @example
    * ```ts
-   * import { MemoryStore, type Schedule } from "@nenc/nenc";
+   * import { MemoryStore, type Schedule } from "@nenc/nenc/core";
    *
    * const store = new MemoryStore();
    * const schedule: Schedule = {
@@ -1086,7 +1104,7 @@ export interface Store {
  *
  * @example
  * ```ts
- * import { planRegistration } from "@nenc/nenc";
+ * import { planRegistration } from "@nenc/nenc/core";
  *
  * const { record, entry } = planRegistration({
  *   id: "01J", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -1137,7 +1155,8 @@ export function planRegistration(
  *
  * @example What a backend does when a runner claims an invocation
  * ```ts
- * import { type ChangePlan, Nenc, planChange } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ChangePlan, planChange } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const sync = app.task("sync", () => "ok", { runningConcurrency: "task" });
@@ -1219,7 +1238,8 @@ export interface ChangePlan {
  *
  * @example A SUCCESS write whose reply was lost
  * ```ts
- * import { type InvocationRecord, isAppliedChange } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { isAppliedChange } from "@nenc/nenc/core";
  *
  * const done: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -1243,7 +1263,7 @@ export function isAppliedChange(record: InvocationRecord, change: StatusChange):
  *
  * @example
  * ```ts
- * import { type SlotState, slotRoom } from "@nenc/nenc";
+ * import { type SlotState, slotRoom } from "@nenc/nenc/core";
  *
  * const state: SlotState = { holders: ["a"], parked: 3, woken: 1, queued: 0, turn: null };
  * console.log(slotRoom(state, 2, undefined)); // 0: the free slot is the woken one's
@@ -1277,7 +1297,7 @@ export interface SlotState {
  *
  * @example
  * ```ts
- * import { type LaneTurn, sameTurn } from "@nenc/nenc";
+ * import { type LaneTurn, sameTurn } from "@nenc/nenc/core";
  *
  * const turn: LaneTurn = { atMs: 5, id: "01J" };
  * console.log(sameTurn(turn, { atMs: 5, id: "01J" }), sameTurn(turn, null)); // true false
@@ -1297,7 +1317,7 @@ export interface LaneTurn {
  *
  * @example
  * ```ts
- * import { sameTurn } from "@nenc/nenc";
+ * import { sameTurn } from "@nenc/nenc/core";
  *
  * console.log(sameTurn(null, null), sameTurn({ atMs: 1, id: "a" }, { atMs: 1, id: "b" })); // true false
  * ```
@@ -1315,7 +1335,7 @@ export function sameTurn(a: LaneTurn | null, b: LaneTurn | null): boolean {
  *
  * @example
  * ```ts
- * import { laneOf } from "@nenc/nenc";
+ * import { laneOf } from "@nenc/nenc/core";
  *
  * console.log(laneOf("send#ada", 0), laneOf("send#ada", 5) === laneOf("send#ada", 0)); // "send#ada" false
  * ```
@@ -1331,7 +1351,7 @@ export function laneOf(key: string, priority: number): string {
  *
  * @example
  * ```ts
- * import { type StateKey } from "@nenc/nenc";
+ * import { type StateKey } from "@nenc/nenc/core";
  *
  * const lane: StateKey = { key: "send#ada\0p5", limit: 0, laneOnly: true };
  * console.log(lane.laneOnly); // true
@@ -1354,7 +1374,8 @@ export interface StateKey extends GroupSlot {
  *
  * @example
  * ```ts
- * import { type InvocationRecord, stateKeysOf } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { stateKeysOf } from "@nenc/nenc/core";
  *
  * const record: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -1381,7 +1402,7 @@ export function stateKeysOf(record: InvocationRecord): StateKey[] {
  *
  * @example
  * ```ts
- * import { EMPTY_SLOT } from "@nenc/nenc";
+ * import { EMPTY_SLOT } from "@nenc/nenc/core";
  *
  * console.log(EMPTY_SLOT); // { holders: [], parked: 0, woken: 0, queued: 0, turn: null }
  * ```
@@ -1400,7 +1421,8 @@ export const EMPTY_SLOT: SlotState = Object.freeze({
  *
  * @example
  * ```ts
- * import { inLane, type InvocationRecord } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { inLane } from "@nenc/nenc/core";
  *
  * const queued: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -1421,7 +1443,7 @@ export function inLane(record: InvocationRecord): boolean {
  *
  * @example
  * ```ts
- * import { EMPTY_SLOT, joinLane } from "@nenc/nenc";
+ * import { EMPTY_SLOT, joinLane } from "@nenc/nenc/core";
  *
  * const first = joinLane(EMPTY_SLOT, { atMs: 100, id: "a" }, 1);
  * console.log(first.queued, first.turn, joinLane(first, { atMs: 200, id: "b" }, 3).turn);
@@ -1438,7 +1460,7 @@ export function joinLane(state: SlotState, first: LaneTurn, count: number): Slot
  *
  * @example
  * ```ts
- * import { EMPTY_SLOT, slotRoom } from "@nenc/nenc";
+ * import { EMPTY_SLOT, slotRoom } from "@nenc/nenc/core";
  *
  * console.log(slotRoom({ ...EMPTY_SLOT, holders: ["a"] }, 3, "p")); // 1
  * ```
@@ -1452,7 +1474,7 @@ export function slotRoom(state: SlotState, limit: number, reserved: string | und
  *
  * @example
  * ```ts
- * import { EMPTY_SLOT, type SlotInput } from "@nenc/nenc";
+ * import { EMPTY_SLOT, type SlotInput } from "@nenc/nenc/core";
  *
  * const input: SlotInput = { key: "deploy#prod", limit: 2, state: EMPTY_SLOT, reserved: null };
  * console.log(input.reserved); // null
@@ -1484,7 +1506,7 @@ export interface SlotInput {
  *
  * @example
  * ```ts
- * import { EMPTY_SLOT, type SlotEffect } from "@nenc/nenc";
+ * import { EMPTY_SLOT, type SlotEffect } from "@nenc/nenc/core";
  *
  * const effect: SlotEffect = {
  *   key: "t", state: { ...EMPTY_SLOT, holders: ["i"] }, changed: true, took: true,
@@ -1530,7 +1552,7 @@ export interface SlotEffect {
  *
  * @example
  * ```ts
- * import { type SlotsDecision } from "@nenc/nenc";
+ * import { type SlotsDecision } from "@nenc/nenc/core";
  *
  * const refused: SlotsDecision = { busy: "t", reserve: false };
  * console.log(refused.busy); // "t"
@@ -1567,7 +1589,8 @@ export type SlotsDecision =
  *
  * @example A newcomer parks behind the invocations parked on its key
  * ```ts
- * import { decideSlots, EMPTY_SLOT, type InvocationRecord, planChange } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { decideSlots, EMPTY_SLOT, planChange } from "@nenc/nenc/core";
  *
  * const record: InvocationRecord = {
  *   id: "n", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -1726,7 +1749,7 @@ function countInWindow(starts: readonly number[], intervalMs: number, nowMs: num
  *
  * @example Five per second, four started in the last second, one woken: no room
  * ```ts
- * import { EMPTY_SLOT, rateRoom } from "@nenc/nenc";
+ * import { EMPTY_SLOT, rateRoom } from "@nenc/nenc/core";
  *
  * const state = { ...EMPTY_SLOT, woken: 1, starts: [0, 100, 200, 300, 400] };
  * console.log(rateRoom(state, 5, 1_000, 1_050), rateRoom(state, 5, 1_000, 1_100)); // 0 1
@@ -1794,7 +1817,8 @@ function laneAfter(
  *
  * @example
  * ```ts
- * import { type InvocationRecord, turnOf } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { turnOf } from "@nenc/nenc/core";
  *
  * const record = { priority: 5 } as InvocationRecord;
  * console.log(turnOf(record, 100, "a"), turnOf({ ...record, priority: 0 }, 100, "a"));
@@ -1827,7 +1851,8 @@ function startTurn(record: InvocationRecord, nowMs: number): LaneTurn {
  *
  * @example
  * ```ts
- * import { planChange, type InvocationRecord } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { planChange } from "@nenc/nenc/core";
  *
  * const registered: InvocationRecord = {
  *   id: "01J", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,
@@ -2000,7 +2025,8 @@ type Writable<T> = { -readonly [K in keyof T]: T[K] };
  *
  * @example
  * ```ts
- * import { callRefOf, type InvocationRecord } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { callRefOf } from "@nenc/nenc/core";
  *
  * const record: InvocationRecord = {
  *   id: "01J", taskId: "fib", callId: "fib#0", args: { n: "3" }, parentId: null,
@@ -2026,7 +2052,8 @@ export function callRefOf(record: InvocationRecord): CallRef {
  *
  * @example A key that lives 48 h keeps its invocation past the 24 h purge horizon
  * ```ts
- * import { type InvocationRecord, keptPurgeAtMs } from "@nenc/nenc";
+ * import { type InvocationRecord } from "@nenc/nenc";
+ * import { keptPurgeAtMs } from "@nenc/nenc/core";
  *
  * const done: InvocationRecord = {
  *   id: "i", taskId: "t", callId: "t#0", args: {}, parentId: null, registrationKey: null,

@@ -12,7 +12,8 @@ import type { KvKey } from "./kv_like.ts";
  *
  * @example Reading what an app wrote to Deno KV
  * ```ts
- * import { Keys, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const app = new Nenc({ appId: "shop", kv });

@@ -10,7 +10,8 @@
  *
  * @example
  * ```ts
- * import { Keys, type KvKeyPart } from "@nenc/nenc";
+ * import { type KvKeyPart } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const parts: KvKeyPart[] = [...new Keys("shop").history("01J0000000000000000000000", 2)];
  * console.log(parts.map((part) => typeof part)); // ["string", "string", "string", "string", "number"]
@@ -23,7 +24,8 @@ export type KvKeyPart = Uint8Array | string | number | bigint | boolean | symbol
  *
  * @example The kinds of keys an app wrote
  * ```ts
- * import { Keys, type KvKey, Nenc } from "@nenc/nenc";
+ * import { type KvKey, Nenc } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * await new Nenc({ appId: "shop", kv }).task("ping", () => "pong").call();
@@ -41,7 +43,8 @@ export type KvKey = readonly KvKeyPart[];
  *
  * @example
  * ```ts
- * import { Keys, type KvEntryMaybeLike } from "@nenc/nenc";
+ * import { type KvEntryMaybeLike } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const entry: KvEntryMaybeLike = await kv.get(new Keys("shop").invocation("01J0000000000000000000000"));
@@ -63,7 +66,8 @@ export interface KvEntryMaybeLike {
  *
  * @example
  * ```ts
- * import { Keys, type KvEntryLike, Nenc } from "@nenc/nenc";
+ * import { type KvEntryLike, Nenc } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const invocation = await new Nenc({ appId: "shop", kv }).task("ping", () => "pong").call();
@@ -86,7 +90,8 @@ export interface KvEntryLike {
  *
  * @example Counting the history entries of an invocation
  * ```ts
- * import { Keys, type KvListSelectorLike, Nenc } from "@nenc/nenc";
+ * import { type KvListSelectorLike, Nenc } from "@nenc/nenc";
+ * import { Keys } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const app = new Nenc({ appId: "shop", kv });

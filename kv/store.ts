@@ -85,7 +85,8 @@ import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from 
  *
  * @example The version an app stamps on its data
  * ```ts
- * import { Keys, KV_SCHEMA_VERSION, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { Keys, KV_SCHEMA_VERSION } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * await new Nenc({ appId: "shop", kv }).task("ping", () => "pong").call();
@@ -101,7 +102,8 @@ export const KV_SCHEMA_VERSION = 3;
  *
  * @example A result that does not fit fails its invocation
  * ```ts
- * import { KV_MAX_VALUE_BYTES, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { KV_MAX_VALUE_BYTES } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const app = new Nenc({ appId: "shop", kv });
@@ -236,7 +238,8 @@ function closeSignals(kv: KvLike, error: StoreClosedError): void {
  *
  * @example A KV store built by hand, as a backend test does
  * ```ts
- * import { KvStore, type KvStoreOptions, Nenc, systemClock } from "@nenc/nenc";
+ * import { Nenc, systemClock } from "@nenc/nenc";
+ * import { KvStore, type KvStoreOptions } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:");
  * const options: KvStoreOptions = { appId: "shop", clock: systemClock };
@@ -261,7 +264,8 @@ const decoder = new TextDecoder();
  *
  * @example
  * ```ts
- * import { KvStore, Nenc } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import { KvStore } from "@nenc/nenc/kv";
  *
  * const kv = await Deno.openKv(":memory:"); // or a file: Deno.openKv("./nenc.db")
  * const app = new Nenc({ appId: "shop", kv });

@@ -1,15 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as nenc from "../mod.ts";
-import {
-  CallGraph,
-  type ClaimRequest,
-  CycleDetectedError,
-  MemoryStore,
-  Nenc,
-  type Store,
-  WaitGraph,
-} from "../mod.ts";
+import * as core from "../core/mod.ts";
+import * as kvExport from "../kv/mod.ts";
+import { CallGraph, CycleDetectedError, Nenc, WaitGraph } from "../mod.ts";
+import { type ClaimRequest, MemoryStore, type Store } from "../core/mod.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 
@@ -34,6 +29,29 @@ test("mod.ts exports the graph core and the errors on this runtime", () => {
     ]
   ) {
     assert.ok(name in nenc, name);
+  }
+});
+
+test("the app API is the package's entry; the storage port's helpers are ./core, the KV backend's classes ./kv", () => {
+  for (
+    const name of ["Nenc", "Runner", "Invocation", "Orchestrator", "CanceledError", "nextTickMs"]
+  ) {
+    assert.ok(name in nenc, `@nenc/nenc exports ${name}`);
+  }
+  const backendOnly = [
+    "planChange",
+    "decideSlots",
+    "controlChange",
+    "CONTROL_LIMIT",
+    "MemoryStore",
+  ];
+  for (const name of backendOnly) {
+    assert.ok(!(name in nenc), `@nenc/nenc does not export ${name}`);
+    assert.ok(name in core, `@nenc/nenc/core exports ${name}`);
+  }
+  for (const name of ["KvStore", "Keys", "KV_SCHEMA_VERSION"]) {
+    assert.ok(!(name in nenc), `@nenc/nenc does not export ${name}`);
+    assert.ok(name in kvExport, `@nenc/nenc/kv exports ${name}`);
   }
 });
 

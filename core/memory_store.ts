@@ -34,7 +34,9 @@ import {
   isAppliedChange,
   joinLane,
   keptPurgeAtMs,
+  type KeyUsage,
   type LaneTurn,
+  type ListQuery,
   type LiveGraphs,
   type NewInvocation,
   planChange,
@@ -455,6 +457,36 @@ export class MemoryStore implements Store {
         woken: this.#woken.get(key) ?? 0,
       })),
     );
+  }
+
+  list(query: ListQuery): Promise<InvocationRecord[]> {
+    const tasks = query.taskIds === undefined ? undefined : new Set(query.taskIds);
+    const nowMs = this.#clock.now();
+    const found = [...this.#records.values()].filter((record) =>
+      !isPastPurge(record, nowMs) && (tasks?.has(record.taskId) ?? true) &&
+      (query.statuses?.has(record.status) ?? true) &&
+      record.createdAtMs >= (query.sinceMs ?? -Infinity)
+    );
+    return Promise.resolve(
+      found.sort((a, b) => a.id < b.id ? 1 : a.id > b.id ? -1 : 0).slice(0, query.limit),
+    );
+  }
+
+  concurrency(maxParked: number): Promise<KeyUsage[]> {
+    const keys = new Set([...this.#slots.keys(), ...this.#parked.keys()]);
+    const usages: KeyUsage[] = [];
+    for (const key of keys) {
+      if (rateKeyTask(key) !== undefined) continue;
+      const holders = [...this.#slots.get(key) ?? []];
+      const heap = this.#parked.get(key);
+      const parked = heap?.smallest(maxParked, undefined) ?? [];
+      // The limit as the invocations using the key know it.
+      const user = this.#records.get(holders[0] ?? parked[0]!);
+      const limit = user === undefined ? undefined : slotsOf(user).find((slot) => slot.key === key);
+      if (limit === undefined || holders.length + parked.length === 0) continue;
+      usages.push({ key, limit: limit.limit, holders, parked, parkedCount: heap?.size ?? 0 });
+    }
+    return Promise.resolve(usages);
   }
 
   counts(): Promise<Map<string, Map<InvocationStatus, number>>> {

@@ -824,6 +824,66 @@ export interface RateWindow {
 }
 
 /**
+ * A filter for {@linkcode Store.list}: the newest invocations first, of any of `taskIds`, in any
+ * of `statuses`, registered at or after `sinceMs`, at most `limit` of them.
+ *
+ * @example The two newest invocations of a task
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ * import { type ListQuery } from "@nenc/nenc/core";
+ *
+ * const app = new Nenc();
+ * const send = app.task("send", ({ to }: { to: string }) => to);
+ * for (const to of ["ada", "bob", "cy"]) await send.call({ to });
+ * const query: ListQuery = { taskIds: ["send"], statuses: new Set(["registered"]), limit: 2 };
+ * const records = await app.orchestrator.store.list(query);
+ * console.log(records.map((record) => record.args.to)); // ['"cy"', '"bob"']
+ * ```
+ */
+export interface ListQuery {
+  /** Tasks, any of which matches [every task]. */
+  readonly taskIds?: readonly string[];
+  /** Statuses, any of which matches [every status]. */
+  readonly statuses?: ReadonlySet<InvocationStatus>;
+  /** Only invocations registered at or after this time, epoch ms [all]. */
+  readonly sinceMs?: number;
+  /** At most this many invocations, an integer ≥ 1. */
+  readonly limit: number;
+}
+
+/**
+ * The use of one concurrency slot key, read by {@linkcode Store.concurrency}: a running key (a
+ * task's `runningConcurrency`) or a concurrency group's key, with the invocations holding its
+ * slots and those parked on it, waiting for room (SPEC §7.2).
+ *
+ * @example A key of limit 1: one holder, one parked
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ * import { type KeyUsage } from "@nenc/nenc/core";
+ *
+ * const app = new Nenc();
+ * const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+ * const [first, second] = (await sync.parallelize([{ n: 1 }, { n: 2 }])).invocations;
+ * await app.orchestrator.getInvocationsToRun(2, { runnerId: "r1" }); // one runs, one parks
+ * const [usage]: KeyUsage[] = await app.orchestrator.store.concurrency(10);
+ * console.log(usage!.key, usage!.limit, usage!.holders[0] === first!.id, usage!.parked[0] === second!.id);
+ * // "sync" 1 true true
+ * ```
+ */
+export interface KeyUsage {
+  /** The slot key: a task id, a call id, a key-arguments key, or a group key (`#group#…`). */
+  readonly key: string;
+  /** How many invocations may hold it at once. */
+  readonly limit: number;
+  /** The invocations holding its slots (at most `limit`). */
+  readonly holders: readonly string[];
+  /** The invocations parked on it, the next to be woken first: at most the number asked. */
+  readonly parked: readonly string[];
+  /** How many invocations are parked on it in all. */
+  readonly parkedCount: number;
+}
+
+/**
  * The live graphs of an app, read by {@linkcode Store.graphs}: what cycle control and blocking
  * control hold right now.
  *
@@ -920,6 +980,17 @@ export interface Store {
   rateWindows(): Promise<RateWindow[]>;
   /** Counts per task and status. */
   counts(): Promise<Map<string, Map<InvocationStatus, number>>>;
+  /**
+   * The invocations matching `query`, newest first (ids are ULIDs: by registration time), at
+   * most `query.limit` (the CLI's `list`). A read: it writes nothing.
+   */
+  list(query: ListQuery): Promise<InvocationRecord[]>;
+  /**
+   * Every concurrency slot key (running keys and group keys, not rate limit keys) that has
+   * holders or parked invocations: its limit, its holders, and the first `maxParked` parked
+   * (the CLI's `status`). A read: it writes nothing.
+   */
+  concurrency(maxParked: number): Promise<KeyUsage[]>;
 
   /** Adds a call edge; throws {@linkcode CycleDetectedError} without adding it. */
   addCall(caller: CallRef, callee: CallRef): Promise<void>;

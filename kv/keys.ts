@@ -96,10 +96,10 @@ export class Keys {
   }
   /**
    * A slot key's state, one value: the invocations holding its slots (at most its limit), and how
-   * many are parked on it and woken from it.
+   * many are parked on it and woken from it (every key's state: the prefix).
    */
-  slot(key: string): KvKey {
-    return [...this.app, "slot", key];
+  slot(key?: string): KvKey {
+    return key === undefined ? [...this.app, "slot"] : [...this.app, "slot", key];
   }
   /** Running concurrency: the paused invocation that reserved a slot to resume. */
   reservation(key: string): KvKey {

@@ -45,12 +45,15 @@ import {
   isAppliedChange,
   joinLane,
   keptPurgeAtMs,
+  type KeyUsage,
   type LaneTurn,
+  type ListQuery,
   type LiveGraphs,
   type NewInvocation,
   planChange,
   planRegistration,
   RATE_KEY_PREFIX,
+  rateKeyTask,
   type RateWindow,
   type RecoverableQuery,
   type RegisterOutcome,
@@ -1393,6 +1396,101 @@ export class KvStore implements Store {
       windows.push({ key: String(entry.key[entry.key.length - 1]), starts, parked, woken });
     }
     return windows;
+  }
+
+  // reads: inv/… backwards from the newest down to sinceMs (one range read, in pages), or per
+  // task task/<task>/… so and those records; a page at a time, until `limit` match. Writes
+  // nothing. A status filter reads on past what it skips: its cost grows with those.
+  async list(query: ListQuery): Promise<InvocationRecord[]> {
+    const sinceMs = query.sinceMs ?? -Infinity;
+    const matches = (record: InvocationRecord): boolean =>
+      (query.statuses?.has(record.status) ?? true) && record.createdAtMs >= sinceMs;
+    if (query.taskIds === undefined) {
+      return await this.#newest(
+        this.#keys.invocations(),
+        query,
+        (entries) =>
+          Promise.resolve(entries.flatMap((entry) => {
+            const record = this.#decodeInvocation(entry)?.record;
+            return record !== undefined && matches(record) ? [record] : [];
+          })),
+      );
+    }
+    const perTask = await Promise.all(
+      [...new Set(query.taskIds)].map((taskId) =>
+        this.#newest(
+          this.#keys.byTask(taskId),
+          query,
+          async (entries) =>
+            (await this.getMany(entries.map((entry) => String(entry.key.at(-1))))).filter(matches),
+        )
+      ),
+    );
+    return perTask.flat().sort((a, b) => a.id < b.id ? 1 : a.id > b.id ? -1 : 0)
+      .slice(0, query.limit);
+  }
+
+  /**
+   * The first `query.limit` records `select` finds in the entries under `prefix` whose last part
+   * is an invocation id registered at or after `query.sinceMs`, read backwards (newest first) a
+   * page at a time.
+   */
+  async #newest(
+    prefix: KvKey,
+    query: ListQuery,
+    select: (entries: KvEntryLike[]) => Promise<InvocationRecord[]>,
+  ): Promise<InvocationRecord[]> {
+    const selector = query.sinceMs === undefined
+      ? { prefix }
+      : { prefix, start: [...prefix, encodeTime(Math.max(0, Math.ceil(query.sinceMs)), 10)] };
+    const pageSize = Math.min(query.limit, LIST_BATCH);
+    const found: InvocationRecord[] = [];
+    let page: KvEntryLike[] = [];
+    for await (const entry of this.#kv.list(selector, { reverse: true, batchSize: pageSize })) {
+      page.push(entry);
+      if (page.length < pageSize) continue;
+      found.push(...await select(page));
+      page = [];
+      if (found.length >= query.limit) return found.slice(0, query.limit);
+    }
+    found.push(...await select(page));
+    return found.slice(0, query.limit);
+  }
+
+  // reads: slot/… (one range read: every key's state); park/<key>/… for each key with parked
+  // invocations (one range read each, at most maxParked, together); then one record per key
+  // that has holders or parked (its first), for the key's limit. Writes nothing.
+  async concurrency(maxParked: number): Promise<KeyUsage[]> {
+    const used: { key: string; holders: readonly string[]; parkedCount: number }[] = [];
+    for await (const entry of this.#kv.list({ prefix: this.#keys.slot() })) {
+      const key = String(entry.key.at(-1));
+      const { holders, parked } = decodeSlot(entry);
+      if (rateKeyTask(key) === undefined && holders.length + parked > 0) {
+        used.push({ key, holders, parkedCount: parked });
+      }
+    }
+    const parked = await Promise.all(used.map(async ({ key, parkedCount }) => {
+      const ids: string[] = [];
+      if (parkedCount === 0) return ids;
+      const prefix = this.#keys.queue({ delayed: false, parkedOn: key });
+      const options = { limit: maxParked, batchSize: Math.min(maxParked, LIST_BATCH) };
+      for await (const entry of this.#kv.list({ prefix }, options)) {
+        ids.push(decodeQueueValue(entry.value).id);
+      }
+      return ids;
+    }));
+    // The limit as the invocations using the key know it.
+    const users = new Map(
+      (await this.getMany(used.flatMap(({ holders }, i) => holders[0] ?? parked[i]![0] ?? [])))
+        .map((record) => [record.id, record]),
+    );
+    return used.flatMap(({ key, holders, parkedCount }, i) => {
+      const user = users.get(holders[0] ?? parked[i]![0] ?? "");
+      const slot = user === undefined ? undefined : slotsOf(user).find((s) => s.key === key);
+      return slot === undefined
+        ? []
+        : [{ key, limit: slot.limit, holders, parked: parked[i]!, parkedCount }];
+    });
   }
 
   /** The last key part (an id) of every key under `prefix`. */

@@ -5,6 +5,7 @@
 import { fairnessContract } from "./_contract_fairness.ts";
 import { graphsContract } from "./_contract_graphs.ts";
 import { idempotencyContract } from "./_contract_idempotency.ts";
+import { inspectContract } from "./_contract_inspect.ts";
 import { fencingContract, lifecycleContract } from "./_contract_lifecycle.ts";
 import { groupsContract, limitsContract } from "./_contract_limits.ts";
 import { parkingContract } from "./_contract_parking.ts";
@@ -41,4 +42,5 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   schedulesContract(backend, makeApp);
   ratesContract(backend, makeApp);
   upkeepContract(backend, makeApp);
+  inspectContract(backend, makeApp);
 }

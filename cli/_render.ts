@@ -1,21 +1,16 @@
 /**
  * Text rendering for the command line, as pure functions: aligned tables, the status report,
- * one invocation's report, the schedules, and the live graphs as Mermaid or DOT. Private to
- * `cli.ts`.
+ * the list of invocations, one invocation's report and tree, the schedules, and the live graphs as
+ * Mermaid or DOT. Private to `cli/`.
  *
  * @module
  */
 
+import type { KeyConcurrency, RunnerView, TreeNode } from "./_inspect.ts";
 import { callLabel } from "../core/ids.ts";
 import { nextTickMs, type Schedule } from "../core/schedules.ts";
 import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "../core/status.ts";
-import type {
-  DelayedCount,
-  InvocationRecord,
-  LiveGraphs,
-  RunnerInfo,
-  SerializedError,
-} from "../core/store.ts";
+import type { DelayedCount, InvocationRecord, LiveGraphs, SerializedError } from "../core/store.ts";
 
 /**
  * Aligns rows into columns two spaces apart; columns from index `rightFrom` on are aligned to
@@ -32,7 +27,7 @@ export function table(rows: readonly (readonly string[])[], rightFrom = Infinity
   ).join("");
 }
 
-/** What `status` reports: invocations per task and status, then the runners. */
+/** What `status` reports: invocations per task and status, keys, runners, unserved tasks. */
 export interface StatusReport {
   /** Invocations per task and status, from `Store.counts()`. */
   readonly counts: ReadonlyMap<string, ReadonlyMap<InvocationStatus, number>>;
@@ -40,12 +35,14 @@ export interface StatusReport {
   readonly delayed: ReadonlyMap<string, DelayedCount>;
   /** Per rate-limited task, its rate limit keys' windows now. */
   readonly rates: ReadonlyMap<string, RateReport>;
-  /** The runners' last heartbeats. */
-  readonly runners: readonly RunnerInfo[];
+  /** The concurrency keys in use: limit, holders, parked. */
+  readonly concurrency: readonly KeyConcurrency[];
+  /** The runners: last heartbeat, tasks defined, invocations held. */
+  readonly runners: readonly RunnerView[];
+  /** The tasks with invocations waiting to be picked up that no live runner defines. */
+  readonly unserved: readonly string[];
   /** Now, epoch ms. */
   readonly nowMs: number;
-  /** A runner silent for longer is presumed dead (the orchestrator's runner timeout). */
-  readonly runnerTimeoutMs: number;
 }
 
 /** What `status` reports about the rate limit of one task, over its keys. */
@@ -65,7 +62,7 @@ export interface RateReport {
 /**
  * The status report: a table of tasks × statuses (only statuses present), the tasks with
  * invocations waiting for their time (delayed calls, retries in back-off), the rate limits'
- * windows, then the runners.
+ * windows, the concurrency keys in use, the runners, then the queued tasks no live runner defines.
  */
 export function renderStatus(report: StatusReport): string {
   const tasks = [...report.counts.keys()].sort();
@@ -108,16 +105,90 @@ export function renderStatus(report: StatusReport): string {
       ]),
     ], 1) + "\n";
   }
-  if (report.runners.length === 0) return text + "No runners.\n";
-  const runners = [...report.runners].sort((a, b) => b.lastSeenMs - a.lastSeenMs);
-  return text + table([
-    ["runner", "last heartbeat"],
-    ...runners.map((runner) => {
-      const ageMs = Math.max(0, report.nowMs - runner.lastSeenMs);
-      const dead = ageMs > report.runnerTimeoutMs ? " (silent: presumed dead)" : "";
-      return [runner.runnerId, `${(ageMs / 1000).toFixed(1)} s ago${dead}`];
-    }),
+  if (report.concurrency.length > 0) {
+    text += table([
+      ["concurrency", "key", "limit", "holders", "parked", "held by", "parked (next first)"],
+      ...report.concurrency.map((key) => [
+        `${key.kind} ${key.name}`,
+        shortKey(key.key),
+        String(key.limit),
+        String(key.holders.length),
+        String(key.parkedCount),
+        ids(key.holders, key.holders.length),
+        ids(key.parked, key.parkedCount),
+      ]),
+    ]) + "\n";
+  }
+  if (report.runners.length === 0) {
+    text += "No runners.\n";
+  } else {
+    text += table([
+      ["runner", "last heartbeat", "tasks", "holds"],
+      ...report.runners.map((runner) => {
+        const ageMs = Math.max(0, report.nowMs - runner.lastSeenMs);
+        const dead = runner.alive ? "" : " (silent: presumed dead)";
+        return [
+          runner.runnerId,
+          `${(ageMs / 1000).toFixed(1)} s ago${dead}`,
+          runner.taskIds === undefined ? "?" : runner.taskIds.join(",") || "-",
+          ids(runner.held, runner.held.length),
+        ];
+      }),
+    ]);
+  }
+  if (report.unserved.length > 0) {
+    text += `\nQueued, but no live runner defines them: ${report.unserved.join(", ")}\n`;
+  }
+  return text;
+}
+
+/** A slot key with its hash cut to 8 characters (`send#3f2a9c1b…#keys`). */
+function shortKey(key: string): string {
+  return key.replace(/[0-9a-f]{64}/, (hash) => `${hash.slice(0, 8)}…`);
+}
+
+/** Ids separated by commas, `-` for none, and how many more when `total` is larger. */
+function ids(list: readonly string[], total: number): string {
+  if (total === 0) return "-";
+  return list.join(",") + (total > list.length ? ` (+${total - list.length})` : "");
+}
+
+/**
+ * The invocations of `list`, newest first: id, task, status, age (since registration) and the
+ * runner that owns it (`-`: none).
+ */
+export function renderList(records: readonly InvocationRecord[], nowMs: number): string {
+  if (records.length === 0) return "No invocations match.\n";
+  return table([
+    ["invocation", "task", "status", "age", "runner"],
+    ...records.map((record) => [
+      record.id,
+      record.taskId,
+      record.status,
+      duration(nowMs - record.createdAtMs),
+      record.ownerId ?? "-",
+    ]),
   ]);
+}
+
+/**
+ * An invocation and its descendants as an indented tree: id, call and status per line; `…` under
+ * an invocation whose descendants were not all read.
+ */
+export function renderTree(root: TreeNode): string {
+  const line = (node: TreeNode): string =>
+    `${node.record.id}  ${callLabel(node.record.taskId, node.record.args)}  ${node.record.status}`;
+  const lines = [line(root)];
+  const walk = (node: TreeNode, indent: string): void => {
+    node.children.forEach((child, i) => {
+      const last = i === node.children.length - 1 && !node.truncated;
+      lines.push(`${indent}${last ? "└─ " : "├─ "}${line(child)}`);
+      walk(child, indent + (last ? "   " : "│  "));
+    });
+    if (node.truncated) lines.push(`${indent}└─ … (not read: the tree stops at its size bound)`);
+  };
+  walk(root, "");
+  return lines.join("\n") + "\n";
 }
 
 /** A duration for people: seconds under 100 s, then minutes under 100 min, then hours. */

@@ -1,8 +1,10 @@
 /**
  * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
- * `status`, `show`, `schedules`, `purge` and `graph` inspect (and reset) the shared store. The commands that
- * write (`worker`, `purge`) first check that the store's data is not of a newer layout than this
- * nenc's, and `purge --all` refuses while runners are alive unless `--force`. Every command
+ * `status`, `list`, `show`, `schedules` and `graph` inspect the shared store, `cancel` cancels an
+ * invocation, `purge` resets. The commands that write (`worker`, `purge`) first check that the
+ * store's data is not of a newer layout than this nenc's, and `purge --all` refuses while runners
+ * are alive unless `--force`; the others never create or change a store (a `--kv` file must
+ * exist and be a Deno KV file). Every command
  * imports an app module (`--app ./app.ts`, which must export exactly one {@linkcode Nenc} app,
  * named or default) and, with `--kv <path|url>`, moves that app onto a Deno KV store
  * (`Deno.openKv`, then `app.useKv`) shared with other processes and machines.
@@ -28,17 +30,35 @@ import { cwd } from "node:process";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import {
+  concurrencyView,
+  invocationTree,
+  type ListFilter,
+  listInvocations,
+  runnersView,
+  type TreeNode,
+  unservedTasks,
+} from "./_inspect.ts";
+import { kvFileKind } from "./_kv_file.ts";
+import {
   type RateReport,
   renderDot,
   renderInvocation,
+  renderList,
   renderMermaid,
   renderSchedules,
   renderStatus,
+  renderTree,
 } from "./_render.ts";
 import { Nenc } from "../core/app.ts";
 import { StoreClosedError } from "../core/errors.ts";
 import { callLabel } from "../core/ids.ts";
 import { MemoryStore } from "../core/memory_store.ts";
+import {
+  ALL_STATUSES,
+  InvocationStatus,
+  isFinalStatus,
+  isInvocationStatus,
+} from "../core/status.ts";
 import { rateKeyTask, type RateWindow } from "../core/store.ts";
 import type { KvLike } from "../kv/kv_like.ts";
 
@@ -69,10 +89,21 @@ Commands:
   worker                 Run the app's invocations until SIGINT or SIGTERM, then stop cleanly:
                          what still runs is handed back (re-queued) for another worker.
     --concurrency <n>    Invocations run at once [1].
-  status                 Invocations per task and status, delayed ones, and the runners' last
-                         heartbeats.
+  status                 Invocations per task and status, delayed ones, rate limits, per-key
+                         concurrency (limit, holders, parked), the runners (heartbeat, tasks
+                         defined, invocations held), and queued tasks no live runner defines.
+  list                   Invocations, newest first: id, task, status, age, runner.
+    --task <t1,t2>       Only these tasks (repeatable).
+    --status <s1,s2>     Only these statuses (repeatable).
+    --since <duration>   Only those registered within it: 90s, 10m, 2h, 1d, 500ms.
+    --limit <n>          At most n [50].
+    --json               One JSON array of the invocation records instead.
   show <invocationId>    One invocation: record, history, result or error (with its cause
                          chain), parent and children.
+    --tree               The invocation and its descendants with their statuses, as a tree.
+  cancel <invocationId>  Cancel the invocation (and what it called that nothing else waits on);
+                         a running one is aborted by its runner within one poll.
+    --reason <text>      Why: carried by the CanceledError its result() rejects with.
   schedules              The cron schedules: expression, timezone, task and arguments, next
                          tick, and the last tick fired with its invocation and that one's status.
   purge                  Delete the final invocations whose purge time has passed (what the
@@ -90,21 +121,25 @@ Options of every command:
                          exactly one Nenc app (named or default).
   --kv <path|url>        Open this Deno KV (a file, or a KV Connect URL with the access token in
                          DENO_KV_ACCESS_TOKEN) and move the app onto it. Without it the app keeps
-                         the store it creates itself; status, show, schedules, purge and graph need
-                         a shared one.
+                         the store it creates itself; every command but worker needs a shared one.
   -h, --help             Show this help.
 
-worker and purge refuse a store whose data has a newer schema version than this nenc's.
+worker and purge refuse a store whose data has a newer schema version than this nenc's. The other
+commands never create or change a store: a --kv file that does not exist is bad usage, and one that
+is not a Deno KV file is refused unopened.
 
 Exit codes: 0 done, 1 failed (also: the data is of a newer schema version, live runners block
-purge --all, the store is closed), 2 bad usage.
+purge --all, the store is closed, an unknown invocation, a --kv file that is not a Deno KV file),
+2 bad usage (also: a --kv file that does not exist).
 `;
 
 /** Options each command accepts, besides --app, --kv and --help. */
 const COMMANDS: Readonly<Record<string, readonly string[]>> = {
   worker: ["concurrency"],
   status: [],
-  show: [],
+  list: ["task", "status", "since", "limit", "json"],
+  show: ["tree"],
+  cancel: ["reason"],
   schedules: [],
   purge: ["all", "force"],
   graph: ["format", "svg"],
@@ -157,6 +192,13 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         force: { type: "boolean" },
         format: { type: "string" },
         svg: { type: "string" },
+        task: { type: "string", multiple: true },
+        status: { type: "string", multiple: true },
+        since: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+        tree: { type: "boolean" },
+        reason: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -181,10 +223,13 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     }
   }
   const [invocationId, extra] = operands;
-  if (command === "show" && invocationId === undefined) {
-    throw new UsageError("Cannot run show: give the invocation id (show <invocationId>)");
+  const takesId = command === "show" || command === "cancel";
+  if (takesId && invocationId === undefined) {
+    throw new UsageError(
+      `Cannot run ${command}: give the invocation id (${command} <invocationId>)`,
+    );
   }
-  if (command === "show" ? extra !== undefined : invocationId !== undefined) {
+  if (takesId ? extra !== undefined : invocationId !== undefined) {
     throw new UsageError(`Cannot run ${command}: unexpected argument ${operands.at(-1)}`);
   }
   if (values.force === true && values.all !== true) {
@@ -203,7 +248,12 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   if (values.svg !== undefined && format !== "dot") {
     throw new UsageError("Cannot run graph: --svg renders DOT; leave out --format mermaid");
   }
+  const filter = command === "list" ? listFilter(values) : undefined;
   const app = await loadApp(values.app);
+  // Only worker and purge may create a store: the others look before Deno.openKv would.
+  if (values.kv !== undefined && command !== "worker" && command !== "purge") {
+    await refuseNonKvFile(values.kv, command);
+  }
   const kv = values.kv === undefined ? undefined : await openKv(values.kv);
   try {
     if (kv !== undefined) {
@@ -228,7 +278,11 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       if (command === "worker" || command === "purge") await app.orchestrator.store.checkSchema();
       if (command === "worker") return await worker(app, { backend, concurrency }, io);
       if (command === "status") return await status(app, io);
-      if (command === "show") return await show(app, invocationId!, io);
+      if (command === "list") return await list(app, filter!, values.json === true, io);
+      if (command === "show") {
+        return await (values.tree === true ? showTree : show)(app, invocationId!, io);
+      }
+      if (command === "cancel") return await cancel(app, invocationId!, values.reason, io);
       if (command === "schedules") return await schedules(app, io);
       if (command === "purge") {
         return await purge(app, { all: values.all === true, force: values.force === true }, io);
@@ -243,6 +297,73 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     }
   } finally {
     kv?.close();
+  }
+}
+
+/** The filter of `list`, from its options; bad values are usage errors. */
+function listFilter(values: {
+  readonly task?: readonly string[] | undefined;
+  readonly status?: readonly string[] | undefined;
+  readonly since?: string | undefined;
+  readonly limit?: string | undefined;
+}): ListFilter {
+  const split = (texts: readonly string[]): string[] =>
+    texts.flatMap((text) => text.split(",")).map((item) => item.trim()).filter((item) => item);
+  const taskIds = values.task === undefined ? undefined : split(values.task);
+  if (taskIds?.length === 0) throw new UsageError("Cannot run list: --task needs a task id");
+  let statuses: Set<InvocationStatus> | undefined;
+  if (values.status !== undefined) {
+    statuses = new Set();
+    for (const status of split(values.status)) {
+      if (!isInvocationStatus(status)) {
+        throw new UsageError(
+          `Cannot run list: --status must be among ${ALL_STATUSES.join(", ")}; got "${status}"`,
+        );
+      }
+      statuses.add(status);
+    }
+    if (statuses.size === 0) throw new UsageError("Cannot run list: --status needs a status");
+  }
+  const sinceMs = values.since === undefined ? undefined : Date.now() - durationMs(values.since);
+  const limit = values.limit === undefined ? 50 : positiveInteger(values.limit, "--limit", "list");
+  return { taskIds, statuses, sinceMs, limit };
+}
+
+const UNIT_MS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/** A duration such as `90s`, `10m`, `2h`, `1d` or `500ms`, in ms. */
+function durationMs(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
+  if (match === null) {
+    throw new UsageError(
+      `Cannot run list: --since must be a duration such as 90s, 10m, 2h, 1d or 500ms; got "${text}"`,
+    );
+  }
+  return Number(match[1]) * UNIT_MS[match[2]!]!;
+}
+
+/**
+ * Refuses a `--kv` file that a command must not create or change: missing (bad usage), or not a
+ * Deno KV file. A URL (KV Connect) and `:memory:` are not files: they are opened as they are.
+ */
+async function refuseNonKvFile(where: string, command: string): Promise<void> {
+  if (where === ":memory:" || /^[a-z][a-z0-9+.-]*:\/\//i.test(where)) return;
+  const kind = await kvFileKind(where);
+  if (kind === "missing") {
+    throw new UsageError(
+      `Cannot run ${command}: --kv ${where} does not exist, and ${command} never creates a store; give the path of the Deno KV your workers use (a worker creates it)`,
+    );
+  }
+  if (kind === "other") {
+    throw new Error(
+      `Cannot run ${command}: --kv ${where} is not a Deno KV file; ${command} leaves it unopened and unchanged`,
+    );
   }
 }
 
@@ -343,20 +464,29 @@ async function worker(
 async function status(app: Nenc, io: CliIo): Promise<number> {
   const store = app.orchestrator.store;
   const nowMs = app.clock.now();
-  const [counts, delayed, windows, runners] = await Promise.all([
+  const [counts, delayed, windows, concurrency, runners, unserved] = await Promise.all([
     store.counts(),
     store.delayedCounts(nowMs),
     store.rateWindows(),
-    store.runners(),
+    concurrencyView(app),
+    runnersView(app, nowMs),
+    unservedTasks(app, nowMs),
   ]);
   io.stdout(renderStatus({
     counts,
     delayed,
     rates: rateReports(app, windows, nowMs),
+    concurrency,
     runners,
+    unserved,
     nowMs,
-    runnerTimeoutMs: app.orchestrator.options.runnerTimeoutSeconds * 1000,
   }));
+  return 0;
+}
+
+async function list(app: Nenc, filter: ListFilter, json: boolean, io: CliIo): Promise<number> {
+  const records = await listInvocations(app, filter);
+  io.stdout(json ? JSON.stringify(records) + "\n" : renderList(records, app.clock.now()));
   return 0;
 }
 
@@ -391,11 +521,7 @@ function rateReports(
 async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
   const store = app.orchestrator.store;
   const record = await store.get(id);
-  if (record === undefined) {
-    throw new Error(
-      `Cannot show invocation ${id}: app ${app.appId} has no such invocation (never registered, or purged)`,
-    );
-  }
+  if (record === undefined) throw unknownInvocation(app, "show", id);
   const [history, parent, children] = await Promise.all([
     store.history(id),
     record.parentId === null ? undefined : store.get(record.parentId),
@@ -403,6 +529,84 @@ async function show(app: Nenc, id: string, io: CliIo): Promise<number> {
   ]);
   io.stdout(renderInvocation({ record, history, parent, children }));
   return 0;
+}
+
+async function showTree(app: Nenc, id: string, io: CliIo): Promise<number> {
+  const tree = await invocationTree(app, id);
+  if (tree === undefined) throw unknownInvocation(app, "show", id);
+  io.stdout(renderTree(tree));
+  return 0;
+}
+
+function unknownInvocation(app: Nenc, command: string, id: string): Error {
+  return new Error(
+    `Cannot ${command} invocation ${id}: app ${app.appId} has no such invocation (never registered, or purged)`,
+  );
+}
+
+/**
+ * Cancels through the orchestrator, as `invocation.cancel()` does (cascading to what it called
+ * that nothing else waits on), and says what happened.
+ */
+async function cancel(
+  app: Nenc,
+  id: string,
+  reason: string | undefined,
+  io: CliIo,
+): Promise<number> {
+  const before = await invocationTree(app, id);
+  if (before === undefined) throw unknownInvocation(app, "cancel", id);
+  const { record } = before;
+  if (isFinalStatus(record.status)) {
+    io.stdout(
+      `Invocation ${id} (${record.taskId}) is already ${record.status}: nothing to cancel.\n`,
+    );
+    return 0;
+  }
+  const [canceled] = await app.orchestrator.cancel(
+    [{ id }],
+    reason === undefined ? {} : { reason },
+  );
+  if (canceled !== true) {
+    const now = await app.orchestrator.store.get(id);
+    io.stdout(
+      `Invocation ${id} (${record.taskId}) ended before the cancel: ${now?.status ?? "purged"}.\n`,
+    );
+    return 0;
+  }
+  const executing = EXECUTING.has(record.status);
+  io.stdout(
+    `Canceled invocation ${id} (${record.taskId}), which was ${record.status}${
+      executing ? `: its runner ${record.ownerId} aborts it within one poll` : ""
+    }.\n`,
+  );
+  const after = await invocationTree(app, id);
+  const was = new Map(flatten(before).map((node) => [node.record.id, node.record.status]));
+  const descendants = flatten(after!).slice(1).filter((node) => {
+    const previous = was.get(node.record.id);
+    return node.record.status === InvocationStatus.CANCELED && previous !== undefined &&
+      !isFinalStatus(previous);
+  });
+  if (descendants.length > 0) {
+    io.stdout(
+      `Canceled with it ${descendants.length} invocation${
+        descendants.length === 1 ? "" : "s"
+      } it called: ${descendants.map((node) => node.record.id).join(", ")}.\n`,
+    );
+  }
+  return 0;
+}
+
+/** The statuses in which a function runs (or waits, paused): its runner aborts it. */
+const EXECUTING: ReadonlySet<InvocationStatus> = new Set([
+  InvocationStatus.RUNNING,
+  InvocationStatus.PAUSED,
+  InvocationStatus.RESUMED,
+]);
+
+/** The nodes of a tree, depth first. */
+function flatten(node: TreeNode): TreeNode[] {
+  return [node, ...node.children.flatMap(flatten)];
 }
 
 async function schedules(app: Nenc, io: CliIo): Promise<number> {

@@ -26,6 +26,8 @@ export interface FixtureTasks {
   readonly parent: Task<{ n: number }, number>;
   /** Sends a text: at most one pick-up an hour (a rate limit). */
   readonly notify: Task<{ to: string }, string>;
+  /** Deploys to an environment: one at a time per environment (a running key per `env`). */
+  readonly deploy: Task<{ env: string }, string>;
 }
 
 /** Defines the fixture's tasks on `app`. */
@@ -48,7 +50,11 @@ export function defineTasks(app: Nenc, options: FixtureOptions = {}): FixtureTas
   const notify = app.task("notify", ({ to }: { to: string }) => `sent to ${to}`, {
     rateLimit: { limit: 1, intervalMs: 3_600_000 },
   });
-  return { add, pay, child, parent, notify };
+  const deploy = app.task("deploy", ({ env }: { env: string }) => `deployed ${env}`, {
+    runningConcurrency: "keys",
+    keyArguments: ["env"],
+  });
+  return { add, pay, child, parent, notify, deploy };
 }
 
 const app = new Nenc({ appId: APP_ID });

@@ -3,11 +3,14 @@ import assert from "node:assert/strict";
 import {
   renderDot,
   renderInvocation,
+  renderList,
   renderMermaid,
   renderSchedules,
   renderStatus,
+  renderTree,
   table,
 } from "../cli/_render.ts";
+import type { TreeNode } from "../cli/_inspect.ts";
 import type { Schedule } from "../core/schedules.ts";
 import type { InvocationStatus } from "../core/status.ts";
 import type { InvocationRecord, LiveGraphs } from "../core/store.ts";
@@ -46,7 +49,7 @@ test("table() aligns columns two spaces apart, right-aligns from the given colum
   assert.equal(table([["a", ""], ["bb", "c"]]), "a\nbb  c\n");
 });
 
-test("renderStatus() shows a task × status table of the statuses present with totals, the delayed invocations per task with the next due, the rate limits' windows, then runners by last heartbeat, marking silent ones", () => {
+test("renderStatus() shows a task × status table of the statuses present with totals, the delayed invocations per task with the next due, the rate limits' windows, the keys in use with holders and parked, the runners with tasks and holdings, marking silent ones, then the unserved tasks", () => {
   const counts = new Map<string, Map<InvocationStatus, number>>([
     ["pay", new Map<InvocationStatus, number>([["failed", 1]])],
     ["add", new Map<InvocationStatus, number>([["success", 12], ["registered", 2]])],
@@ -58,12 +61,45 @@ test("renderStatus() shows a task × status table of the statuses present with t
       nextMs: T0 + 120_000,
     }]]),
     rates: new Map([["pay", { limit: 5, intervalMs: 1_000, keys: 3, busiest: 5, parked: 40 }]]),
-    runners: [
-      { runnerId: "runner-old", lastSeenMs: T0 - 30_000 },
-      { runnerId: "runner-new", lastSeenMs: T0 - 400 },
+    concurrency: [
+      {
+        kind: "group",
+        name: "deploys",
+        key: `#group#deploys#${"ab".repeat(32)}`,
+        limit: 2,
+        holders: ["01H1", "01H2"],
+        parked: [],
+        parkedCount: 0,
+      },
+      {
+        kind: "task",
+        name: "add",
+        key: "add",
+        limit: 1,
+        holders: ["01H3"],
+        parked: ["01P1", "01P2"],
+        parkedCount: 5,
+      },
     ],
+    runners: [
+      {
+        runnerId: "runner-new",
+        lastSeenMs: T0 - 400,
+        alive: true,
+        taskIds: ["add", "pay"],
+        held: ["01H1", "01H3"],
+      },
+      { runnerId: "runner-old", lastSeenMs: T0 - 30_000, alive: false, taskIds: [], held: [] },
+      {
+        runnerId: "runner-0.1",
+        lastSeenMs: T0 - 45_000,
+        alive: false,
+        taskIds: undefined,
+        held: [],
+      },
+    ],
+    unserved: ["pay", "report"],
     nowMs: T0,
-    runnerTimeoutMs: 10_000,
   });
   assert.equal(
     text,
@@ -78,9 +114,16 @@ test("renderStatus() shows a task × status table of the statuses present with t
       "rate limit      limit  keys  busiest window  parked\n" +
       "pay         5 / 1.0 s     3               5      40\n" +
       "\n" +
-      "runner      last heartbeat\n" +
-      "runner-new  0.4 s ago\n" +
-      "runner-old  30.0 s ago (silent: presumed dead)\n",
+      "concurrency    key                       limit  holders  parked  held by    parked (next first)\n" +
+      "group deploys  #group#deploys#abababab…  2      2        0       01H1,01H2  -\n" +
+      "task add       add                       1      1        5       01H3       01P1,01P2 (+3)\n" +
+      "\n" +
+      "runner      last heartbeat                      tasks    holds\n" +
+      "runner-new  0.4 s ago                           add,pay  01H1,01H3\n" +
+      "runner-old  30.0 s ago (silent: presumed dead)  -        -\n" +
+      "runner-0.1  45.0 s ago (silent: presumed dead)  ?        -\n" +
+      "\n" +
+      "Queued, but no live runner defines them: pay, report\n",
   );
 });
 
@@ -90,9 +133,10 @@ test("renderStatus() says so when there are no invocations and no runners", () =
       counts: new Map(),
       delayed: new Map(),
       rates: new Map(),
+      concurrency: [],
       runners: [],
+      unserved: [],
       nowMs: T0,
-      runnerTimeoutMs: 10_000,
     }),
     "No invocations.\n\nNo runners.\n",
   );
@@ -275,5 +319,48 @@ test("renderMermaid() and renderDot() of empty graphs are valid and say there is
   assert.equal(
     renderDot(empty),
     "digraph nenc {\n  rankdir=LR;\n  node [shape=box];\n  // no live calls, no waits\n}\n",
+  );
+});
+
+test("renderList() shows id, task, status, age since registration and owning runner, newest first as given; says so when nothing matches", () => {
+  assert.equal(
+    renderList([
+      record({
+        id: "01B",
+        taskId: "pay",
+        status: "running",
+        ownerId: "runner-1",
+        createdAtMs: T0 - 2_500,
+      }),
+      record({ id: "01A", status: "success", createdAtMs: T0 - 600_000 }),
+    ], T0),
+    "invocation  task  status   age       runner\n" +
+      "01B         pay   running  2.5 s     runner-1\n" +
+      "01A         add   success  10.0 min  -\n",
+  );
+  assert.equal(renderList([], T0), "No invocations match.\n");
+});
+
+test("renderTree() draws an invocation's descendants with their calls and statuses, and marks where the tree was cut", () => {
+  const node = (id: string, status: InvocationStatus, children: TreeNode[] = []): TreeNode => ({
+    record: record({ id, taskId: "child", args: { i: id.slice(-1) }, status }),
+    children,
+    truncated: false,
+  });
+  const root = node("01R", "paused", [
+    node("01A1", "success", [node("01A2", "running")]),
+    node("01B3", "canceled"),
+  ]);
+  assert.equal(
+    renderTree(root),
+    '01R  child({"i":R})  paused\n' +
+      '├─ 01A1  child({"i":1})  success\n' +
+      '│  └─ 01A2  child({"i":2})  running\n' +
+      '└─ 01B3  child({"i":3})  canceled\n',
+  );
+  root.children[1]!.truncated = true;
+  assert.match(
+    renderTree(root),
+    /└─ 01B3 .*\n {3}└─ … \(not read: the tree stops at its size bound\)\n$/,
   );
 });

@@ -356,7 +356,7 @@ test(
 // --- inspection ----------------------------------------------------------------------------------
 
 test(
-  "cli status: prints invocations per task and status, the delayed ones with the next due, the rate limits' windows, and the runners with their heartbeat age",
+  "cli status: prints invocations per task and status, the delayed ones with the next due, the rate limits' windows, each key in use with its limit, holder and parked, the runners with heartbeat age, tasks and the invocations they hold, and the queued tasks no live runner defines",
   {
     skip: onlyDeno,
   },
@@ -373,18 +373,54 @@ test(
         await tasks.add.call({ x: 7, y: 8 }, { delayMs: 3_600_000 });
         // One pick-up an hour: the first is taken, the second parks on the rate limit key.
         await tasks.notify.parallelize([{ to: "ada" }, { to: "bob" }]);
-        await app.orchestrator.getInvocationsToRun(3, { runnerId: "runner-live" });
-        await app.orchestrator.store.heartbeat("runner-live", Date.now());
+        // One deploy per environment at once: the second to prod parks on prod's key.
+        const [prod, prodNext, dev] = (await tasks.deploy.parallelize([
+          { env: "prod" },
+          { env: "prod" },
+          { env: "dev" },
+        ])).invocations;
+        const claimed = await app.orchestrator.getInvocationsToRun(10, { runnerId: "runner-live" });
+        assert.equal(claimed.length, 4);
+        const store = app.orchestrator.store;
+        await store.heartbeat("runner-live", Date.now(), ["add", "deploy", "notify"]);
+        // Only a runner presumed dead defines child: nothing will run it.
+        await store.heartbeat("runner-gone", Date.now() - 60_000, ["child"]);
+        await tasks.child.call({ i: 1 });
         const { code, stdout, stderr } = await cli(["status"], path);
         assert.equal(code, 0, stderr);
-        const [counts, delayed, rates, runners] = stdout.split("\n\n");
+        const [counts, delayed, rates, keys, runners, unserved] = stdout.split("\n\n");
         assert.equal(
           counts,
           "task    registered  pending  success  failed  concurrency_controlled  total\n" +
             "add              1        1        2       0                       0      4\n" +
+            "child            1        0        0       0                       0      1\n" +
+            "deploy           0        2        0       0                       1      3\n" +
             "notify           0        1        0       0                       1      2\n" +
             "pay              0        0        0       1                       0      1",
         );
+        const [keysHeader, ...keyRows] = keys!.split("\n");
+        assert.match(
+          keysHeader!,
+          /^concurrency +key +limit +holders +parked +held by +parked \(next first\)$/,
+        );
+        // Sorted, the key without a parked invocation (dev's) comes first.
+        const rows = keyRows.map((row) => row.replace(/deploy#[0-9a-f]{8}…#keys/, "KEY")).sort();
+        assert.equal(rows.length, 2, keys);
+        assert.match(rows[0]!, new RegExp(`^task deploy +KEY +1 +1 +0 +${dev!.id} +-$`));
+        assert.match(
+          rows[1]!,
+          new RegExp(`^task deploy +KEY +1 +1 +1 +${prod!.id} +${prodNext!.id}$`),
+        );
+        const held = claimed.map(({ id }) => id).sort().join(",");
+        assert.match(
+          runners!,
+          new RegExp(
+            `^runner +last heartbeat +tasks +holds\n` +
+              `runner-live +\\d+\\.\\d s ago +add,deploy,notify +${held}\n` +
+              `runner-gone +\\d+\\.\\d s ago \\(silent: presumed dead\\) +child +-$`,
+          ),
+        );
+        assert.equal(unserved, "Queued, but no live runner defines them: child\n");
         assert.equal(
           rates,
           "rate limit         limit  keys  busiest window  parked\n" +
@@ -394,7 +430,6 @@ test(
           delayed!,
           /^delayed {2}waiting {5}next due\nadd {12}1 {2}in (59\.9|60\.0) min$/,
         );
-        assert.match(runners!, /^runner {6,}last heartbeat\nrunner-live {2}\d+\.\d s ago\n$/);
       } finally {
         kv.close();
       }
@@ -649,6 +684,7 @@ test("cli graph --svg: without Graphviz on the PATH it exits 1 saying Graphviz i
 }, async () => {
   await withKvFile(async (path) => {
     const emptyPath = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
+    (await openTestKv(path)).close(); // graph reads a store: it never creates one
     try {
       const { code, stderr } = await cli(["graph", "--svg", join(emptyPath, "out.svg")], path, {
         PATH: emptyPath,

@@ -5,12 +5,15 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CliIo, main } from "../cli/mod.ts";
 import { Nenc } from "../core/app.ts";
+import { CanceledError } from "../core/errors.ts";
+import type { InvocationRecord } from "../core/store.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { openTestKv } from "./_kv.ts";
@@ -223,8 +226,20 @@ test("cli: a module that exports two Nenc apps exits 1 naming them", async () =>
   assert.match(stderr, /exports 2 Nenc apps \(billing, shop\); export exactly one/);
 });
 
-test("cli: status, show, schedules, purge and graph on an app in this process's memory (no --kv) exit 2 saying they read a shared store", async () => {
-  for (const command of [["status"], ["show", "01ABC"], ["schedules"], ["purge"], ["graph"]]) {
+test("cli: status, list, show, cancel, schedules, purge and graph on an app in this process's memory (no --kv) exit 2 saying they read a shared store", async () => {
+  for (
+    const command of [
+      ["status"],
+      ["list"],
+      ["show", "01ABC"],
+      ["cancel", "01ABC"],
+      [
+        "schedules",
+      ],
+      ["purge"],
+      ["graph"],
+    ]
+  ) {
     const { code, stdout, stderr } = await runMain([...command, "--app", fixture("_cli_app.ts")]);
     assert.equal(code, 2, command[0]);
     assert.equal(stdout, "");
@@ -239,6 +254,38 @@ test("cli: status, show, schedules, purge and graph on an app in this process's 
   }
 });
 
+test("cli: list with a --status that is no status, a --since that is no duration, a --limit that is not an integer ≥ 1, or an empty --task exits 2 naming the value", async () => {
+  const cases: [string[], RegExp][] = [
+    [["--status", "done"], /--status must be among registered, .*canceled; got "done"/],
+    [["--status", "success,nope"], /--status must be among .*; got "nope"/],
+    [["--since", "10x"], /--since must be a duration such as 90s, 10m, 2h, 1d or 500ms; got "10x"/],
+    [["--since=-5m"], /--since must be a duration .*; got "-5m"/],
+    [["--limit", "0"], /--limit must be an integer ≥ 1, got "0"/],
+    [["--limit", "ten"], /--limit must be an integer ≥ 1, got "ten"/],
+    [["--task", ","], /--task needs a task id/],
+  ];
+  for (const [options, message] of cases) {
+    const { code, stdout, stderr } = await runMain([
+      "list",
+      "--app",
+      fixture("_cli_app.ts"),
+      ...options,
+    ]);
+    assert.equal(code, 2, options.join(" "));
+    assert.equal(stdout, "");
+    assert.match(stderr, new RegExp(`^nenc: Cannot run list: ${message.source}`));
+  }
+});
+
+test("cli: cancel without an invocation id exits 2; --tree is an option of show only", async () => {
+  const none = await runMain(["cancel", "--app", fixture("_cli_app.ts")]);
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /Cannot run cancel: give the invocation id \(cancel <invocationId>\)/);
+  const tree = await runMain(["status", "--tree", "--app", fixture("_cli_app.ts")]);
+  assert.equal(tree.code, 2);
+  assert.match(tree.stderr, /Cannot run status: --tree is not an option of status/);
+});
+
 test("cli: purge --force without --all exits 2", async () => {
   const { code, stderr } = await runMain(["purge", "--force", "--app", fixture("_cli_app.ts")]);
   assert.equal(code, 2);
@@ -247,9 +294,18 @@ test("cli: purge --force without --all exits 2", async () => {
 
 test("cli: every command on an app whose own KV store is closed exits 1 saying the store is closed", async () => {
   for (
-    const command of [["worker"], ["status"], ["show", "01ABC"], ["schedules"], ["purge"], [
-      "graph",
-    ]]
+    const command of [
+      ["worker"],
+      ["status"],
+      ["list"],
+      ["show", "01ABC"],
+      ["cancel", "01ABC"],
+      [
+        "schedules",
+      ],
+      ["purge"],
+      ["graph"],
+    ]
   ) {
     const { code, stdout, stderr } = await runMain([
       ...command,
@@ -503,6 +559,300 @@ test(
         kv.close();
       }
     });
+  },
+);
+
+test(
+  "cli list: newest first with id, task, status, age and runner; --task, --status, --since and --limit filter, together too; --json prints one JSON array of the records",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      // Two hours ago on this app's clock: add(1,2), pay (failed), add(3,4) claimed by r1.
+      const clock = new FakeClock(Date.now() - 2 * 3_600_000);
+      const { kv, app, tasks } = await openFixtureApp(path, { clock });
+      try {
+        const old = [await tasks.add.call({ x: 1, y: 2 }), await tasks.pay.call({ card: "4242" })];
+        await within(app.runner().drain({ maxMs: 30_000 }), 60_000, "the drain");
+        const claimed = await tasks.add.call({ x: 3, y: 4 });
+        await app.orchestrator.getInvocationsToRun(1, { runnerId: "runner-1" });
+        // Now: two more, queued.
+        clock.advance(Date.now() - clock.now());
+        const recent = [
+          await tasks.add.call({ x: 5, y: 6 }),
+          await tasks.notify.call({ to: "ada" }),
+        ];
+        const all = await cli(["list"], path);
+        assert.equal(all.code, 0, all.stderr);
+        const [header, ...rows] = all.stdout.trimEnd().split("\n");
+        assert.match(header!, /^invocation +task +status +age +runner$/);
+        assert.deepEqual(rows.map((row) => row.split(/ +/)[0]), [
+          recent[1]!.id,
+          recent[0]!.id,
+          claimed.id,
+          old[1]!.id,
+          old[0]!.id,
+        ]);
+        assert.match(rows[0]!, /^\S+ +notify +registered +\d+\.\d s +-$/);
+        assert.match(rows[2]!, /^\S+ +add +pending +2\.0 h +runner-1$/);
+        assert.match(rows[3]!, /^\S+ +pay +failed +2\.0 h +-$/);
+
+        const listed = async (...options: string[]): Promise<string[]> => {
+          const { code, stdout, stderr } = await cli(["list", ...options], path);
+          assert.equal(code, 0, stderr);
+          return stdout.trimEnd().split("\n").slice(1).map((row) => row.split(" ")[0]!);
+        };
+        assert.deepEqual(await listed("--task", "add"), [recent[0]!.id, claimed.id, old[0]!.id]);
+        assert.deepEqual(await listed("--task", "pay,notify"), [recent[1]!.id, old[1]!.id]);
+        assert.deepEqual(await listed("--task", "pay", "--task", "notify"), [
+          recent[1]!.id,
+          old[1]!.id,
+        ]);
+        assert.deepEqual(await listed("--status", "success,failed"), [old[1]!.id, old[0]!.id]);
+        assert.deepEqual(await listed("--since", "1h"), [recent[1]!.id, recent[0]!.id]);
+        assert.deepEqual(await listed("--limit", "2"), [recent[1]!.id, recent[0]!.id]);
+        assert.deepEqual(
+          await listed("--task", "add", "--status", "registered,pending", "--since", "3h"),
+          [recent[0]!.id, claimed.id],
+        );
+        const none = await cli(["list", "--task", "child"], path);
+        assert.equal(none.stdout, "No invocations match.\n");
+
+        const json = await cli(["list", "--json", "--task", "add", "--limit", "2"], path);
+        assert.equal(json.code, 0, json.stderr);
+        assert.equal(json.stdout.split("\n").length, 2, "one line");
+        const records = JSON.parse(json.stdout) as InvocationRecord[];
+        assert.deepEqual(records.map(({ id }) => id), [recent[0]!.id, claimed.id]);
+        assert.deepEqual(records[1], await app.orchestrator.store.get(claimed.id));
+        assert.equal((await cli(["list", "--json", "--task", "child"], path)).stdout, "[]\n");
+      } finally {
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli show --tree: prints a paused parent and its two running children, with their calls and statuses, as an indented tree",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      let open!: () => void;
+      const childGate = new Promise<void>((resolve) => open = resolve);
+      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
+      const runner = app.runner({ concurrency: 3 });
+      runner.start();
+      try {
+        const parent = await tasks.parent.call({ n: 2 });
+        await waitUntil(async () => (await app.orchestrator.store.graphs()).waits.length === 2, {
+          intervalMs: 10,
+          message: "the parent never waited on both children",
+        });
+        const children = (await app.orchestrator.store.children(parent.id)).map(({ id }) => id);
+        const shown = await cli(["show", parent.id, "--tree"], path);
+        assert.equal(shown.code, 0, shown.stderr);
+        assert.equal(
+          shown.stdout,
+          `${parent.id}  parent({"n":2})  paused\n` +
+            `├─ ${children[0]}  child({"i":0})  running\n` +
+            `└─ ${children[1]}  child({"i":1})  running\n`,
+        );
+        open();
+        assert.equal(await within(parent.result(), DEADLINE_MS, "the parent's result"), 1);
+        const done = await cli(["show", "--tree", parent.id], path);
+        assert.equal(
+          done.stdout,
+          `${parent.id}  parent({"n":2})  success\n` +
+            `├─ ${children[0]}  child({"i":0})  success\n` +
+            `└─ ${children[1]}  child({"i":1})  success\n`,
+        );
+        const unknown = await cli(["show", "01NOSUCHINVOCATION", "--tree"], path);
+        assert.equal(unknown.code, 1);
+        assert.match(
+          unknown.stderr,
+          /Cannot show invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
+        );
+      } finally {
+        open();
+        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli cancel: cancels a running invocation (it ends canceled, its result() rejects with the reason), cascades from a paused parent to its running children, says when one is already final, and exits 1 for an unknown id",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    await withKvFile(async (path) => {
+      let open!: () => void;
+      const childGate = new Promise<void>((resolve) => open = resolve);
+      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
+      const runner = app.runner({ concurrency: 4, pollMs: 10 });
+      runner.start();
+      try {
+        const lone = await tasks.child.call({ i: 9 });
+        const parent = await tasks.parent.call({ n: 2 });
+        await waitUntil(async () => {
+          const waits = (await app.orchestrator.store.graphs()).waits.length;
+          return waits === 2 && await lone.status() === "running";
+        }, { intervalMs: 10, message: "the parent never waited on both children" });
+        const children = (await app.orchestrator.store.children(parent.id)).map(({ id }) => id);
+
+        const canceled = await cli(["cancel", lone.id, "--reason", "the test is over"], path);
+        assert.equal(canceled.code, 0, canceled.stderr);
+        assert.equal(
+          canceled.stdout,
+          `Canceled invocation ${lone.id} (child), which was running: its runner ${runner.id} aborts it within one poll.\n`,
+        );
+        assert.equal(await lone.status(), "canceled");
+        const error = await lone.result().catch((error: unknown) => error);
+        assert.ok(error instanceof CanceledError, String(error));
+        assert.equal(error.reason, "the test is over");
+
+        const cascade = await cli(["cancel", parent.id], path);
+        assert.equal(cascade.code, 0, cascade.stderr);
+        assert.equal(
+          cascade.stdout,
+          `Canceled invocation ${parent.id} (parent), which was paused: its runner ${runner.id} aborts it within one poll.\n` +
+            `Canceled with it 2 invocations it called: ${children.join(", ")}.\n`,
+        );
+        assert.equal(await parent.status(), "canceled");
+        for (const id of children) {
+          assert.equal(await app.orchestrator.getInvocationStatus({ id }), "canceled");
+        }
+
+        const again = await cli(["cancel", lone.id], path);
+        assert.equal(again.code, 0, again.stderr);
+        assert.equal(
+          again.stdout,
+          `Invocation ${lone.id} (child) is already canceled: nothing to cancel.\n`,
+        );
+        const unknown = await cli(["cancel", "01NOSUCHINVOCATION"], path);
+        assert.equal(unknown.code, 1);
+        assert.match(
+          unknown.stderr,
+          /^nenc: Cannot cancel invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
+        );
+      } finally {
+        open();
+        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+        kv.close();
+      }
+    });
+  },
+);
+
+/** The names and bytes of every file in `directory`. */
+function snapshot(directory: string): Map<string, string> {
+  return new Map(
+    readdirSync(directory).sort().map((name) => [
+      name,
+      createHash("sha256").update(readFileSync(join(directory, name))).digest("hex"),
+    ]),
+  );
+}
+
+/** The commands that only read, with an invocation id where they take one (and cancel). */
+const READ_ONLY = [
+  ["status"],
+  ["list"],
+  ["show", "01ABC"],
+  ["show", "01ABC", "--tree"],
+  [
+    "schedules",
+  ],
+  ["graph"],
+  ["cancel", "01ABC"],
+];
+
+test(
+  "cli: status, list, show, schedules, graph and cancel on a --kv path that does not exist exit 2 and create no file",
+  { skip: onlyDeno },
+  async () => {
+    const directory = mkdtempSync(join(tmpdir(), "nenc-cli-missing-"));
+    try {
+      const path = join(directory, "nenc.db");
+      for (const command of READ_ONLY) {
+        const { code, stdout, stderr } = await runMain([
+          ...command,
+          "--app",
+          fixture("_cli_app.ts"),
+          "--kv",
+          path,
+        ]);
+        assert.equal(code, 2, command.join(" "));
+        assert.equal(stdout, "");
+        assert.match(
+          stderr,
+          new RegExp(
+            `^nenc: Cannot run ${command[0]}: --kv \\S+nenc\\.db does not exist, and ${
+              command[0]
+            } never creates a store;`,
+          ),
+        );
+        assert.deepEqual(readdirSync(directory), [], command.join(" "));
+      }
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "cli: status, list, show, schedules, graph and cancel leave foreign files byte-identical, with no -wal or -shm file: a text file, an empty file and a SQLite database that is not KV are refused (exit 1); a KV file of another app is read",
+  { skip: onlyDeno },
+  async () => {
+    const directory = mkdtempSync(join(tmpdir(), "nenc-cli-foreign-"));
+    try {
+      writeFileSync(join(directory, "notes.txt"), "not a database\n");
+      writeFileSync(join(directory, "empty.db"), "");
+      const { DatabaseSync } = await import("node:sqlite");
+      const sqlite = new DatabaseSync(join(directory, "other.sqlite"));
+      sqlite.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1);");
+      sqlite.close();
+      const kv = await openTestKv(join(directory, "other-app.db"));
+      await kv.atomic().set(["some", "other", "app"], "data").commit();
+      kv.close();
+      const before = snapshot(directory);
+      for (const file of ["notes.txt", "empty.db", "other.sqlite"]) {
+        for (const command of READ_ONLY) {
+          const { code, stdout, stderr } = await runMain([
+            ...command,
+            "--app",
+            fixture("_cli_app.ts"),
+            "--kv",
+            join(directory, file),
+          ]);
+          assert.equal(code, 1, `${command.join(" ")} on ${file}`);
+          assert.equal(stdout, "");
+          assert.match(
+            stderr,
+            new RegExp(
+              `^nenc: Cannot run ${command[0]}: --kv \\S+${
+                file.replace(".", "\\.")
+              } is not a Deno KV file; ${command[0]} leaves it unopened and unchanged\n$`,
+            ),
+          );
+        }
+      }
+      // Opened (a process each: an app moves onto a KV once).
+      for (const command of READ_ONLY) {
+        const { code, stderr } = await cli(command, join(directory, "other-app.db"));
+        const unknownId = command.includes("01ABC");
+        assert.equal(code, unknownId ? 1 : 0, `${command.join(" ")}: ${stderr}`);
+        if (unknownId) assert.match(stderr, /app cli-test has no such invocation/);
+      }
+      assert.deepEqual(snapshot(directory), before);
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
+    }
   },
 );
 

@@ -10,7 +10,7 @@ export const APP_ID = "cli-test";
 
 /** Options of {@linkcode defineTasks}. */
 export interface FixtureOptions {
-  /** `child` runs only once this settles (the test process holds children running). */
+  /** `child` and `deploy` run only once this settles (the test process holds them running). */
   readonly childGate?: Promise<void>;
 }
 
@@ -26,7 +26,10 @@ export interface FixtureTasks {
   readonly parent: Task<{ n: number }, number>;
   /** Sends a text: at most one pick-up an hour (a rate limit). */
   readonly notify: Task<{ to: string }, string>;
-  /** Deploys to an environment: one at a time per environment (a running key per `env`). */
+  /**
+   * Deploys to an environment once the child gate opens: one at a time per environment (a
+   * running key per `env`).
+   */
   readonly deploy: Task<{ env: string }, string>;
 }
 
@@ -50,7 +53,10 @@ export function defineTasks(app: Nenc, options: FixtureOptions = {}): FixtureTas
   const notify = app.task("notify", ({ to }: { to: string }) => `sent to ${to}`, {
     rateLimit: { limit: 1, intervalMs: 3_600_000 },
   });
-  const deploy = app.task("deploy", ({ env }: { env: string }) => `deployed ${env}`, {
+  const deploy = app.task("deploy", async ({ env }: { env: string }) => {
+    await options.childGate;
+    return `deployed ${env}`;
+  }, {
     runningConcurrency: "keys",
     keyArguments: ["env"],
   });

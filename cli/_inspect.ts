@@ -169,6 +169,14 @@ export async function unservedTasks(app: Nenc, nowMs: number): Promise<string[]>
     app.orchestrator.store.counts(),
     runnersView(app, nowMs),
   ]);
+  return unservedOf(counts, runners);
+}
+
+/** {@linkcode unservedTasks} from counts per task and status and the runners, already read. */
+export function unservedOf(
+  counts: ReadonlyMap<string, ReadonlyMap<InvocationStatus, number>>,
+  runners: readonly RunnerView[],
+): string[] {
   const live = runners.filter((runner) => runner.alive);
   if (live.some((runner) => runner.taskIds === undefined)) return [];
   const defined = new Set(live.flatMap((runner) => runner.taskIds ?? []));

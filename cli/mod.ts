@@ -36,7 +36,7 @@ import {
   listInvocations,
   runnersView,
   type TreeNode,
-  unservedTasks,
+  unservedOf,
 } from "./_inspect.ts";
 import { kvFileKind } from "./_kv_file.ts";
 import {
@@ -248,7 +248,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   if (values.svg !== undefined && format !== "dot") {
     throw new UsageError("Cannot run graph: --svg renders DOT; leave out --format mermaid");
   }
-  const filter = command === "list" ? listFilter(values) : undefined;
+  const listing = command === "list" ? listOptions(values) : undefined;
   const app = await loadApp(values.app);
   // Only worker and purge may create a store: the others look before Deno.openKv would.
   if (values.kv !== undefined && command !== "worker" && command !== "purge") {
@@ -278,7 +278,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       if (command === "worker" || command === "purge") await app.orchestrator.store.checkSchema();
       if (command === "worker") return await worker(app, { backend, concurrency }, io);
       if (command === "status") return await status(app, io);
-      if (command === "list") return await list(app, filter!, values.json === true, io);
+      if (command === "list") return await list(app, listing!, values.json === true, io);
       if (command === "show") {
         return await (values.tree === true ? showTree : show)(app, invocationId!, io);
       }
@@ -300,13 +300,16 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   }
 }
 
+/** The filter of `list` with `--since` as a duration before now, ms. */
+type ListOptions = Omit<ListFilter, "sinceMs"> & { readonly sinceAgoMs: number | undefined };
+
 /** The filter of `list`, from its options; bad values are usage errors. */
-function listFilter(values: {
+function listOptions(values: {
   readonly task?: readonly string[] | undefined;
   readonly status?: readonly string[] | undefined;
   readonly since?: string | undefined;
   readonly limit?: string | undefined;
-}): ListFilter {
+}): ListOptions {
   const split = (texts: readonly string[]): string[] =>
     texts.flatMap((text) => text.split(",")).map((item) => item.trim()).filter((item) => item);
   const taskIds = values.task === undefined ? undefined : split(values.task);
@@ -324,9 +327,9 @@ function listFilter(values: {
     }
     if (statuses.size === 0) throw new UsageError("Cannot run list: --status needs a status");
   }
-  const sinceMs = values.since === undefined ? undefined : Date.now() - durationMs(values.since);
+  const sinceAgoMs = values.since === undefined ? undefined : durationMs(values.since);
   const limit = values.limit === undefined ? 50 : positiveInteger(values.limit, "--limit", "list");
-  return { taskIds, statuses, sinceMs, limit };
+  return { taskIds, statuses, sinceAgoMs, limit };
 }
 
 const UNIT_MS: Readonly<Record<string, number>> = {
@@ -464,14 +467,14 @@ async function worker(
 async function status(app: Nenc, io: CliIo): Promise<number> {
   const store = app.orchestrator.store;
   const nowMs = app.clock.now();
-  const [counts, delayed, windows, concurrency, runners, unserved] = await Promise.all([
+  const [counts, delayed, windows, concurrency, runners] = await Promise.all([
     store.counts(),
     store.delayedCounts(nowMs),
     store.rateWindows(),
     concurrencyView(app),
     runnersView(app, nowMs),
-    unservedTasks(app, nowMs),
   ]);
+  const unserved = unservedOf(counts, runners);
   io.stdout(renderStatus({
     counts,
     delayed,
@@ -484,9 +487,16 @@ async function status(app: Nenc, io: CliIo): Promise<number> {
   return 0;
 }
 
-async function list(app: Nenc, filter: ListFilter, json: boolean, io: CliIo): Promise<number> {
-  const records = await listInvocations(app, filter);
-  io.stdout(json ? JSON.stringify(records) + "\n" : renderList(records, app.clock.now()));
+async function list(
+  app: Nenc,
+  { sinceAgoMs, ...filter }: ListOptions,
+  json: boolean,
+  io: CliIo,
+): Promise<number> {
+  const nowMs = app.clock.now();
+  const sinceMs = sinceAgoMs === undefined ? undefined : nowMs - sinceAgoMs;
+  const records = await listInvocations(app, { ...filter, sinceMs });
+  io.stdout(json ? JSON.stringify(records) + "\n" : renderList(records, nowMs));
   return 0;
 }
 

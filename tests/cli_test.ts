@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CliIo, main } from "../cli/mod.ts";
 import { Nenc } from "../core/app.ts";
@@ -853,6 +853,43 @@ test(
     } finally {
       rmSync(directory, { recursive: true, force: true });
     }
+  },
+);
+
+test(
+  "cli: status, list, show, schedules and graph on the app's own KV file, closed by every other process, leave it byte-identical with no -wal or -shm file",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app, tasks } = await openFixtureApp(path);
+      const parent = await tasks.parent.call({ n: 2 });
+      await tasks.pay.call({ card: "4242" });
+      await tasks.add.call({ x: 1, y: 2 });
+      await within(app.runner({ concurrency: 3 }).drain({ maxMs: 30_000 }), 60_000, "the drain");
+      kv.close();
+      const directory = dirname(path);
+      const before = snapshot(directory);
+      assert.deepEqual([...before.keys()], ["nenc.db"]);
+      for (
+        const command of [
+          ["status"],
+          ["list"],
+          ["list", "--json"],
+          ["show", parent.id],
+          [
+            "show",
+            parent.id,
+            "--tree",
+          ],
+          ["schedules"],
+          ["graph"],
+        ]
+      ) {
+        const { code, stderr } = await cli(command, path);
+        assert.equal(code, 0, `${command.join(" ")}: ${stderr}`);
+        assert.deepEqual(snapshot(directory), before, command.join(" "));
+      }
+    });
   },
 );
 

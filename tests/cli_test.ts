@@ -12,6 +12,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CliIo, main } from "../cli/mod.ts";
 import { Nenc } from "../core/app.ts";
+import type { Runner } from "../core/runner.ts";
 import { CanceledError } from "../core/errors.ts";
 import type { InvocationRecord } from "../core/store.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
@@ -132,6 +133,38 @@ async function openFixtureApp(
 /** Runs a CLI command on the KV file to its end. */
 function cli(command: readonly string[], path: string, env: Record<string, string> = {}) {
   return startCli([...command, "--app", "tests/_cli_app.ts", "--kv", path], env).exit;
+}
+
+/**
+ * This process's app on the KV file with a runner whose `child` and `deploy` wait until `open()`,
+ * running `fn`; then the gate opens, the runner stops and the KV closes.
+ */
+async function withGatedRunner(
+  path: string,
+  fn: (
+    fixture: Awaited<ReturnType<typeof openFixtureApp>> & { runner: Runner; open: () => void },
+  ) => Promise<void>,
+): Promise<void> {
+  let open!: () => void;
+  const childGate = new Promise<void>((resolve) => open = resolve);
+  const fixture = await openFixtureApp(path, { childGate });
+  const runner = fixture.app.runner({ concurrency: 4, pollMs: 10 });
+  runner.start();
+  try {
+    await fn({ ...fixture, runner, open });
+  } finally {
+    open();
+    await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+    fixture.kv.close();
+  }
+}
+
+/** Waits until the parent waits on its two children (a hang guard, not a time limit). */
+function parentWaiting(app: Nenc): Promise<void> {
+  return waitUntil(async () => (await app.orchestrator.store.graphs()).waits.length === 2, {
+    intervalMs: 10,
+    message: "the parent never waited on both children",
+  });
 }
 
 // --- usage ---------------------------------------------------------------------------------------
@@ -639,18 +672,10 @@ test(
     skip: onlyDeno,
   },
   async () => {
-    await withKvFile(async (path) => {
-      let open!: () => void;
-      const childGate = new Promise<void>((resolve) => open = resolve);
-      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
-      const runner = app.runner({ concurrency: 3 });
-      runner.start();
-      try {
+    await withKvFile((path) =>
+      withGatedRunner(path, async ({ app, tasks, open }) => {
         const parent = await tasks.parent.call({ n: 2 });
-        await waitUntil(async () => (await app.orchestrator.store.graphs()).waits.length === 2, {
-          intervalMs: 10,
-          message: "the parent never waited on both children",
-        });
+        await parentWaiting(app);
         const children = (await app.orchestrator.store.children(parent.id)).map(({ id }) => id);
         const shown = await cli(["show", parent.id, "--tree"], path);
         assert.equal(shown.code, 0, shown.stderr);
@@ -675,12 +700,8 @@ test(
           unknown.stderr,
           /Cannot show invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
         );
-      } finally {
-        open();
-        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
-        kv.close();
-      }
-    });
+      })
+    );
   },
 );
 
@@ -690,19 +711,15 @@ test(
     skip: onlyDeno,
   },
   async () => {
-    await withKvFile(async (path) => {
-      let open!: () => void;
-      const childGate = new Promise<void>((resolve) => open = resolve);
-      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
-      const runner = app.runner({ concurrency: 4, pollMs: 10 });
-      runner.start();
-      try {
+    await withKvFile((path) =>
+      withGatedRunner(path, async ({ app, tasks, runner }) => {
         const lone = await tasks.child.call({ i: 9 });
         const parent = await tasks.parent.call({ n: 2 });
-        await waitUntil(async () => {
-          const waits = (await app.orchestrator.store.graphs()).waits.length;
-          return waits === 2 && await lone.status() === "running";
-        }, { intervalMs: 10, message: "the parent never waited on both children" });
+        await parentWaiting(app);
+        await waitUntil(async () => await lone.status() === "running", {
+          intervalMs: 10,
+          message: "the lone child never ran",
+        });
         const children = (await app.orchestrator.store.children(parent.id)).map(({ id }) => id);
 
         const canceled = await cli(["cancel", lone.id, "--reason", "the test is over"], path);
@@ -740,12 +757,8 @@ test(
           unknown.stderr,
           /^nenc: Cannot cancel invocation 01NOSUCHINVOCATION: app cli-test has no such invocation/,
         );
-      } finally {
-        open();
-        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
-        kv.close();
-      }
-    });
+      })
+    );
   },
 );
 

@@ -599,9 +599,9 @@ async function cancel(
   });
   if (descendants.length > 0) {
     io.stdout(
-      `Canceled with it ${descendants.length} invocation${
-        descendants.length === 1 ? "" : "s"
-      } it called: ${descendants.map((node) => node.record.id).join(", ")}.\n`,
+      `Canceled with it ${descendants.length} of its descendants: ${
+        descendants.map((node) => node.record.id).join(", ")
+      }.\n`,
     );
   }
   return 0;

@@ -738,7 +738,7 @@ test(
         assert.equal(
           cascade.stdout,
           `Canceled invocation ${parent.id} (parent), which was paused: its runner ${runner.id} aborts it within one poll.\n` +
-            `Canceled with it 2 invocations it called: ${children.join(", ")}.\n`,
+            `Canceled with it 2 of its descendants: ${children.join(", ")}.\n`,
         );
         assert.equal(await parent.status(), "canceled");
         for (const id of children) {

@@ -14,6 +14,9 @@ import type { KvLike } from "../kv/kv_like.ts";
 import { KvStore } from "../kv/store.ts";
 import { Task, type TaskFunction, type TaskOptions } from "./task.ts";
 import type { Schedule, ScheduleOptions } from "./schedules.ts";
+import type { NencEvents, NencListener } from "./events.ts";
+import type { Logger } from "./log.ts";
+import { defaultLogger, reporterOf } from "./_report.ts";
 
 /**
  * Options of `new Nenc()`; defaults in brackets.
@@ -55,9 +58,35 @@ export interface NencOptions {
    * with `kv`].
    */
   store?: Store;
+  /**
+   * Where the app logs: every failed invocation, recovery, refused cycle and cancel, and its
+   * runners' troubles [the console, at the level of `NENC_LOG_LEVEL`, else `info`: see
+   * {@linkcode createLogger}].
+   */
+  logger?: Logger;
 }
 
-const APP_OPTIONS = new Set(["appId", "orchestrator", "clock", "errorClasses", "kv", "store"]);
+const APP_OPTIONS = new Set([
+  "appId",
+  "orchestrator",
+  "clock",
+  "errorClasses",
+  "kv",
+  "store",
+  "logger",
+]);
+
+/** `logger`, if it is one. @throws {TypeError} otherwise. */
+function checkedLogger(logger: Logger, what: string): Logger {
+  for (const method of ["debug", "info", "warn", "error"] as const) {
+    if (typeof logger?.[method] !== "function") {
+      throw new TypeError(
+        `Cannot ${what}: the logger must have debug, info, warn and error methods (${method} is missing)`,
+      );
+    }
+  }
+  return logger;
+}
 
 /** Which app id each store serves: a store holds one app's data, so apps may not share one. */
 const storeOwners = new WeakMap<Store, string>();
@@ -94,6 +123,7 @@ export class Nenc {
   readonly #tasks = new Map<string, Task<never, unknown>>();
   /** The limit of each concurrency group its tasks name. */
   readonly #groupLimits = new Map<string, number>();
+  #logger: Logger;
 
   /** Creates an app; without a `store`, on the in-memory backend. */
   constructor(options: NencOptions = {}) {
@@ -107,6 +137,9 @@ export class Nenc {
       throw new TypeError("Cannot create the app: appId must be a non-empty string");
     }
     this.clock = options.clock ?? systemClock;
+    this.#logger = options.logger === undefined
+      ? defaultLogger()
+      : checkedLogger(options.logger, "create the app");
     this.errorClasses = errorClassMap([...DEFAULT_ERROR_CLASSES, ...options.errorClasses ?? []]);
     if (options.kv !== undefined && options.store !== undefined) {
       throw new TypeError("Cannot create the app: give either kv or store, not both");
@@ -116,6 +149,76 @@ export class Nenc {
         ? new KvStore(options.kv, { appId: this.appId, clock: this.clock })
         : new MemoryStore({ clock: this.clock }));
     this.orchestrator = new Orchestrator(this, this.#own(store), options.orchestrator);
+  }
+
+  /**
+   * The app's logger (the `logger` option); set it to log elsewhere from now on — as the CLI's
+   * `worker --log-format json` does.
+   *
+   * @example
+   * ```ts
+   * import { createLogger, Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * app.logger = createLogger({ level: "error" });
+   * app.logger.warn("not shown");
+   * ```
+   */
+  get logger(): Logger {
+    return this.#logger;
+  }
+
+  set logger(logger: Logger) {
+    this.#logger = checkedLogger(logger, "set the logger");
+  }
+
+  /**
+   * Calls `listener` on every event `event` of this process (see {@linkcode NencEvents}):
+   * `"invocation"` for each status transition this process makes, `"runner"` when a runner of
+   * it starts or stops, or its upkeep finds a runner dead. Events are local: transitions made by
+   * other processes are in the store, not here. A listener runs synchronously after the
+   * transition is written; what it throws is logged at error and changes nothing else. Nothing
+   * is built for an event nobody listens to.
+   *
+   * @throws {TypeError} for an unknown event.
+   *
+   * @example Failures as they happen
+   * ```ts
+   * import { Nenc } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const pay = app.task("pay", (): string => {
+   *   throw new RangeError("declined");
+   * });
+   * app.on("invocation", (event) => {
+   *   if (event.status === "failed") console.log(`${event.taskId} failed, was ${event.previous}`);
+   * });
+   * await pay.call();
+   * await app.runner().drain(); // pay failed, was running
+   * ```
+   */
+  on<E extends keyof NencEvents>(event: E, listener: NencListener<E>): void {
+    reporterOf(this.orchestrator).on(event, listener);
+  }
+
+  /**
+   * Stops calling `listener` on event `event` (added with {@linkcode Nenc.on}).
+   *
+   * @throws {TypeError} for an unknown event.
+   *
+   * @example
+   * ```ts
+   * import { Nenc, type RunnerEvent } from "@nenc/nenc";
+   *
+   * const app = new Nenc();
+   * const listener = (event: RunnerEvent): void => console.log(event.event);
+   * app.on("runner", listener);
+   * app.off("runner", listener);
+   * await app.runner().drain(); // prints nothing
+   * ```
+   */
+  off<E extends keyof NencEvents>(event: E, listener: NencListener<E>): void {
+    reporterOf(this.orchestrator).off(event, listener);
   }
 
   /**

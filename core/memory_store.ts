@@ -249,7 +249,7 @@ export class MemoryStore implements Store {
       try {
         await request.ready;
       } catch {
-        return { claimed: [], parked: [], finalised: [] };
+        return { claimed: [], parked: [], finalised: [], previous: new Map() };
       }
     }
     this.#newWork = false;
@@ -268,6 +268,7 @@ export class MemoryStore implements Store {
     const claimed: InvocationRecord[] = [];
     const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
+    const previous = new Map<string, InvocationStatus>();
     const tryClaim = (id: string): void => {
       const record = this.#records.get(id);
       // Still delayed after the promotion above: a retry whose back-off has not passed. (An entry
@@ -287,12 +288,14 @@ export class MemoryStore implements Store {
       );
       if (outcome.ok) {
         claimed.push(outcome.record);
+        previous.set(id, outcome.previous);
         return;
       }
       if (outcome.reason !== "slot-busy") return;
       // Refused a slot: park on the key that refused it, or finalise.
       const controlled = this.#apply(id, controlChange(request, record, outcome.busyKey!));
       if (!controlled.ok) return;
+      previous.set(id, controlled.previous);
       (isFinalStatus(controlled.record.status) ? finalised : parked).push(controlled.record);
     };
     for (const id of request.blocking ? this.#blocking(max, nowMs) : []) {
@@ -335,7 +338,7 @@ export class MemoryStore implements Store {
       this.#newWork = true;
     }
     const more = claimed.length >= max && this.#queue.smallest(1, candidate).length > 0;
-    return { claimed, parked, finalised, more };
+    return { claimed, parked, finalised, more, previous };
   }
 
   /**
@@ -717,7 +720,9 @@ export class MemoryStore implements Store {
     const record = this.#visible(id);
     if (record === undefined) return { ok: false, reason: "missing" };
     if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
-      if (isAppliedChange(record, change)) return { ok: true, record, entries: [], replayed: true };
+      if (isAppliedChange(record, change)) {
+        return { ok: true, record, entries: [], previous: record.status, replayed: true };
+      }
       return { ok: false, reason: "conflict", record };
     }
     const plan = planChange(record, change);
@@ -793,7 +798,7 @@ export class MemoryStore implements Store {
     if (wakeParked) {
       for (const { key, wake } of effects) if (wake) this.#wake(key, change.runnerId, change.nowMs);
     }
-    return { ok: true, record: next, entries: plan.entries };
+    return { ok: true, record: next, entries: plan.entries, previous: record.status };
   }
 
   /** The state of a slot key, for {@linkcode decideSlots}. */

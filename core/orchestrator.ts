@@ -29,6 +29,7 @@ import { deserializeError, type ErrorClass, serializeError } from "./serializer.
 import { FINAL_STATUSES, type HistoryEntry, InvocationStatus, isFinalStatus } from "./status.ts";
 import {
   callRefOf,
+  type ChangeOutcome,
   type ClaimOutcome,
   holdsSlots,
   type InvocationRecord,
@@ -40,6 +41,8 @@ import {
 import type { Call, CallOptions, Task } from "./task.ts";
 import { resolveSchedule } from "./_schedule_options.ts";
 import type { FiredTick, Schedule, ScheduleOptions } from "./schedules.ts";
+import type { Logger } from "./log.ts";
+import { errorFields, invocationFields, type Reporter, reporterOf } from "./_report.ts";
 
 /**
  * Options of the orchestrator (`new Nenc({ orchestrator: { … } })`); defaults in brackets.
@@ -206,6 +209,8 @@ export interface OrchestratorHost {
   readonly errorClasses: ReadonlyMap<string, ErrorClass>;
   /** The app's clock. */
   readonly clock: Clock;
+  /** The app's logger [the console, at `NENC_LOG_LEVEL`]. */
+  readonly logger?: Logger;
 }
 
 /**
@@ -387,12 +392,15 @@ export class Orchestrator {
   /** Blocking control. */
   readonly blockingControl: BlockingControl;
   readonly #host: OrchestratorHost;
+  /** The app's logger and event listeners. */
+  readonly #reporter: Reporter;
   /** The tasks whose concurrency groups this process stored or checked. */
   readonly #groupsDefined = new WeakMap<object, Promise<void>>();
 
   /** Created by `new Nenc()`. */
   constructor(host: OrchestratorHost, store: Store, options: OrchestratorOptions = {}) {
     this.#host = host;
+    this.#reporter = reporterOf(this, host);
     this.#store = store;
     this.options = resolveOrchestratorOptions(options);
     this.cycleControl = {
@@ -471,7 +479,10 @@ export class Orchestrator {
       () => this.store.register(invocation),
       ([record]) => ({ created: record! }),
     );
-    if (outcome.created !== undefined) return new Invocation<Result>(this, outcome.created);
+    if (outcome.created !== undefined) {
+      this.#reportRegistered([outcome.created], invocation.runnerId);
+      return new Invocation<Result>(this, outcome.created);
+    }
     const existing = outcome.existing;
     if (existing.callId === invocation.callId) {
       return new ReusedInvocation<Result>(this, existing, undefined);
@@ -522,6 +533,7 @@ export class Orchestrator {
       for (const record of made) present.set(record.id, record);
       return ids.map((id) => present.get(id)!);
     }, (found) => found);
+    this.#reportRegistered(records, invocations[0]?.runnerId ?? null);
     return records.map((record) => new Invocation<Result>(this, record));
   }
 
@@ -721,10 +733,12 @@ export class Orchestrator {
     }
     await this.#defineGroupsOf(task);
     const invocation = this.#tickInvocation(task, schedule, tickMs, options.runnerId);
-    return await retryFaults(() => this.store.fireTick(schedule, invocation), {
+    const fired = await retryFaults(() => this.store.fireTick(schedule, invocation), {
       clock: this.#host.clock,
       signal: options.signal,
     });
+    if (fired !== undefined) this.#reportRegistered([fired.invocation], options.runnerId);
+    return fired;
   }
 
   /**
@@ -867,6 +881,23 @@ export class Orchestrator {
       } catch (error) {
         if (error instanceof CycleDetectedError) {
           await this.setInvocationException(callee, error, options);
+          const record = await this.store.get(callee.id);
+          const runnerId = this.#actor(options).runnerId;
+          this.#reporter.logger.error(
+            `invocation ${callee.id}${
+              record === undefined ? "" : ` (task ${record.taskId})`
+            } failed: it would close a call cycle: ${error.labels.join(" → ")} → ${
+              error.labels[0]
+            }`,
+            {
+              invocationId: callee.id,
+              ...(record !== undefined ? { taskId: record.taskId } : {}),
+              runnerId,
+              error: errorFields(error),
+              cycle: error.labels,
+              callIds: error.callIds,
+            },
+          );
         }
         throw error;
       }
@@ -952,6 +983,20 @@ export class Orchestrator {
   }
 
   /**
+   * Hands an invocation back from wherever its execution is (PENDING, RUNNING, PAUSED, RESUMED):
+   * KILLED → REROUTED in one atomic step, re-queued for another runner. A stopping runner's
+   * hand-back.
+   *
+   * @throws {InvocationStatusTransitionError | InvocationStatusOwnershipError} for a refused change.
+   */
+  async handBackInvocation(invocation: InvocationRef, options: ActorOptions = {}): Promise<void> {
+    await this.#change(invocation, {
+      path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
+      ...this.#actor(options),
+    });
+  }
+
+  /**
    * Cancels invocations: each one not final yet becomes CANCELED (by anyone: like recovery it
    * overrides ownership), leaves the queue in the same atomic step, and its `result()` rejects
    * with a {@linkcode CanceledError} carrying the reason. A running, paused or resumed one is
@@ -976,12 +1021,21 @@ export class Orchestrator {
     try {
       // Not fenced by a sequence number: CANCELED is allowed from every non-final status, so a
       // concurrent change is either overridden or was final (and the transition is refused).
-      await this.#change({ id }, {
+      const actor = this.#actor({ runnerId: options.runnerId ?? null });
+      const record = await this.#change({ id }, {
         path: [InvocationStatus.CANCELED],
-        ...this.#actor({ runnerId: options.runnerId ?? null }),
+        ...actor,
         error,
       });
       canceled = true;
+      if (record !== undefined) {
+        this.#reporter.logger.info(
+          `invocation ${id} (task ${record.taskId}) canceled${
+            reason === undefined ? "" : `: ${reason}`
+          }`,
+          invocationFields(record, actor.runnerId, reason === undefined ? {} : { reason }),
+        );
+      }
     } catch (failure) {
       const record = await this.#read(() => this.store.get(id));
       if (record !== undefined && !isFinalStatus(record.status)) throw failure;
@@ -1123,6 +1177,7 @@ export class Orchestrator {
         }
         : {}),
     });
+    if (this.#reporter.listens("invocation")) this.#reportClaim(outcome, runnerId);
     for (const record of outcome.finalised) await this.#afterFinal(record);
     return outcome;
   }
@@ -1243,13 +1298,19 @@ export class Orchestrator {
       if (record.status === InvocationStatus.CANCELED) {
         // Canceled, and its runner died before the function returned: give its slots back.
         if (holdsSlots(record)) {
-          await this.store.change(record.id, {
+          const outcome = await this.#storeChange(record.id, {
             path: [],
             endExecution: true,
             ...actor,
             expectSeq: record.seq,
             purgeAtMs: this.#purgeAtMs(actor.nowMs),
           });
+          if (outcome.ok) {
+            this.#reporter.logger.info(
+              `recovered the slots of canceled invocation ${record.id} (task ${record.taskId}) from runner ${record.ownerId}`,
+              invocationFields(record, actor.runnerId, { fromRunnerId: record.ownerId }),
+            );
+          }
         }
         continue;
       }
@@ -1257,12 +1318,21 @@ export class Orchestrator {
       const recovery = record.status === InvocationStatus.PENDING
         ? InvocationStatus.PENDING_RECOVERY
         : InvocationStatus.RUNNING_RECOVERY;
-      const outcome = await this.store.change(record.id, {
+      const outcome = await this.#storeChange(record.id, {
         path: [recovery, InvocationStatus.REROUTED],
         ...actor,
         expectSeq: record.seq,
       });
-      if (outcome.ok) recovered.push(new Invocation(this, outcome.record));
+      if (!outcome.ok) continue;
+      recovered.push(new Invocation(this, outcome.record));
+      const from = record.ownerId === null ? "" : ` from runner ${record.ownerId}`;
+      this.#reporter.logger.warn(
+        `recovered invocation ${record.id} (task ${record.taskId})${from}: it was ${record.status}; re-queued`,
+        invocationFields(record, actor.runnerId, {
+          fromRunnerId: record.ownerId,
+          previous: record.status,
+        }),
+      );
     }
     if (options.ids !== undefined) return recovered;
     // A runner silent past the timeout is dead: its heartbeat entry goes. What it still owns is
@@ -1271,6 +1341,19 @@ export class Orchestrator {
     for (const runner of await this.store.runners()) {
       if (runner.lastSeenMs < heartbeatBeforeMs) {
         await this.store.removeRunner(runner.runnerId, heartbeatBeforeMs);
+        this.#reporter.logger.warn(
+          `runner ${runner.runnerId} is presumed dead: no heartbeat for ${
+            actor.nowMs - runner.lastSeenMs
+          } ms; its invocations are recovered`,
+          {
+            runnerId: actor.runnerId,
+            deadRunnerId: runner.runnerId,
+            lastSeenMs: runner.lastSeenMs,
+          },
+        );
+        if (this.#reporter.listens("runner")) {
+          this.#reporter.emit("runner", { runnerId: runner.runnerId, event: "dead" });
+        }
       }
     }
     return recovered;
@@ -1504,7 +1587,7 @@ export class Orchestrator {
   ): Promise<InvocationRecord | undefined> {
     const path = change.path;
     const final = FINAL_STATUSES.has(path[path.length - 1]!);
-    const outcome = await this.store.change(
+    const outcome = await this.#storeChange(
       invocation.id,
       final ? { ...change, purgeAtMs: this.#purgeAtMs(change.nowMs) } : change,
     );
@@ -1519,6 +1602,62 @@ export class Orchestrator {
     onCommitted?.();
     if (final) await this.#afterFinal(outcome.record);
     return outcome.record;
+  }
+
+  /** A change through the store, its transitions reported: every change of the orchestrator. */
+  async #storeChange(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    const outcome = await this.store.change(id, change);
+    if (outcome.ok && outcome.entries.length > 0 && this.#reporter.listens("invocation")) {
+      this.#report(outcome.record, outcome.previous, outcome.entries);
+    }
+    return outcome;
+  }
+
+  /** Reports the registrations of `records` by `runnerId` (`null`: a caller without a runner). */
+  #reportRegistered(records: readonly InvocationRecord[], runnerId: string | null): void {
+    if (!this.#reporter.listens("invocation")) return;
+    for (const record of records) {
+      this.#report(record, null, [
+        { status: InvocationStatus.REGISTERED, runnerId, timestampMs: record.createdAtMs },
+      ]);
+    }
+  }
+
+  /** Reports what a claim did: pick-ups (on to RUNNING or not), parked and finalised ones. */
+  #reportClaim(outcome: ClaimOutcome, runnerId: string): void {
+    const { PENDING, RUNNING } = InvocationStatus;
+    for (const record of [...outcome.claimed, ...outcome.parked, ...outcome.finalised]) {
+      const at = record.updatedAtMs;
+      const entries = record.status === RUNNING ? [PENDING, RUNNING] : [record.status];
+      this.#report(
+        record,
+        outcome.previous.get(record.id) ?? null,
+        entries.map((status) => ({ status, runnerId, timestampMs: at })),
+      );
+    }
+  }
+
+  /**
+   * The one place events of transitions are made: the statuses `record` entered in one step of
+   * this process, from `previous`, in order.
+   */
+  #report(
+    record: Pick<InvocationRecord, "id" | "taskId">,
+    previous: InvocationStatus | null,
+    entries: readonly Pick<HistoryEntry, "status" | "runnerId" | "timestampMs">[],
+  ): void {
+    let from = previous;
+    for (const { status, runnerId, timestampMs } of entries) {
+      this.#reporter.emit("invocation", {
+        id: record.id,
+        taskId: record.taskId,
+        status,
+        previous: from,
+        runnerId,
+        at: timestampMs,
+      });
+      from = status;
+    }
   }
 
   /**

@@ -23,6 +23,14 @@ import { InvocationStatus, isFinalStatus } from "./status.ts";
 import { slotsOf } from "./store.ts";
 import type { Task, TaskContext } from "./task.ts";
 import { dueTicks, isSameSchedule, nextTickMs, type Schedule } from "./schedules.ts";
+import type { LogFields } from "./log.ts";
+import {
+  describeError,
+  errorFields,
+  invocationFields,
+  type Reporter,
+  reporterOf,
+} from "./_report.ts";
 
 /**
  * Options of `app.runner()`; defaults in brackets.
@@ -259,6 +267,8 @@ export class Runner implements AsyncDisposable {
   /** See {@linkcode RunnerOptions.graceMs}. */
   readonly graceMs: number;
   readonly #host: RunnerHost;
+  /** The app's logger and event listeners. */
+  readonly #reporter: Reporter;
   readonly #pollMs: number;
   readonly #heartbeatMs: number;
   readonly #purgeIntervalMs: number;
@@ -336,6 +346,7 @@ export class Runner implements AsyncDisposable {
       return value;
     };
     this.#host = host;
+    this.#reporter = reporterOf(host.orchestrator);
     this.id = options.runnerId ?? `runner-${crypto.randomUUID()}`;
     this.concurrency = positive("concurrency", 1);
     this.#pollMs = positive("pollMs", 100);
@@ -431,6 +442,10 @@ export class Runner implements AsyncDisposable {
       throw new Error(`Cannot start runner ${this.id}: it was already started`);
     }
     this.#lastBeatMs = this.#host.clock.now();
+    this.#log("debug", `runner ${this.id} started`, { concurrency: this.concurrency });
+    if (this.#reporter.listens("runner")) {
+      this.#reporter.emit("runner", { runnerId: this.id, event: "started" });
+    }
     this.#loop = this.#run();
     this.#beats = Promise.all([this.#beat(), this.#watchHeartbeat(), this.#watchCancels()])
       .then(() => {});
@@ -478,7 +493,7 @@ export class Runner implements AsyncDisposable {
       await orchestrator.store.releaseUpkeepLease(this.id);
     } catch (error) {
       if (!(error instanceof StoreClosedError)) {
-        console.error(`nenc: runner ${this.id} could not give up the upkeep lease:`, error);
+        this.#log("error", `runner ${this.id} could not give up the upkeep lease`, {}, error);
       }
     }
     // What runs may finish on its own for graceMs; then its signal aborts and it is handed back
@@ -503,9 +518,30 @@ export class Runner implements AsyncDisposable {
       await orchestrator.store.removeRunner(this.id);
     } catch (error) {
       if (!(error instanceof StoreClosedError)) {
-        console.error(`nenc: runner ${this.id} could not remove its heartbeat:`, error);
+        this.#log("error", `runner ${this.id} could not remove its heartbeat`, {}, error);
       }
     }
+    this.#log("debug", `runner ${this.id} stopped`, { finished: this.#finished });
+    if (this.#reporter.listens("runner")) {
+      this.#reporter.emit("runner", { runnerId: this.id, event: "stopped" });
+    }
+  }
+
+  /** Logs through the app's logger, with this runner's id and the error's name and message. */
+  #log(
+    level: "debug" | "info" | "warn" | "error",
+    message: string,
+    fields: LogFields,
+    error?: unknown,
+  ): void {
+    this.#reporter.logger[level](
+      error === undefined ? message : `${message}: ${describeError(error)}`,
+      {
+        runnerId: this.id,
+        ...fields,
+        ...(error === undefined ? {} : { error: errorFields(error) }),
+      },
+    );
   }
 
   /** Stops on its own account (the store refused it for good): a drain waiting ends too. */
@@ -653,13 +689,13 @@ export class Runner implements AsyncDisposable {
         nextDueMs = undefined;
       } catch (error) {
         if (error instanceof StoreClosedError) {
-          console.error(`nenc: runner ${this.id} stops: its store is closed`);
+          this.#log("error", `runner ${this.id} stops: its store is closed`, {});
           this.#stopItself();
           return;
         }
         // A failing store (a network error, a locked database) must not crash the process:
         // report it and try again after a growing pause.
-        console.error(`nenc: runner ${this.id} loop failed, retrying:`, error);
+        this.#log("error", `runner ${this.id} loop failed, retrying`, {}, error);
         await clock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
@@ -684,11 +720,11 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         if (isGroupLimitMismatch(error) || error instanceof StoreClosedError) {
           this.#fatal = error;
-          console.error(`nenc: runner ${this.id} stops:`, error);
+          this.#log("error", `runner ${this.id} stops`, {}, error);
           this.#stopItself();
           return false;
         }
-        console.error(`nenc: runner ${this.id} could not store its groups, retrying:`, error);
+        this.#log("error", `runner ${this.id} could not store its groups, retrying`, {}, error);
         await clock.sleep(faultPauseMs(this.#pollMs, failures), this.#stop.signal);
       }
     }
@@ -745,7 +781,7 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         if (!isStoreFault(error)) {
           this.#fatal ??= error;
-          console.error(`nenc: runner ${this.id} stops:`, error);
+          this.#log("error", `runner ${this.id} stops`, {}, error);
           this.#stopItself();
           return;
         }
@@ -757,7 +793,7 @@ export class Runner implements AsyncDisposable {
         this.#fenced = false;
       } catch (error) {
         if (error instanceof StoreClosedError) return;
-        console.error(`nenc: runner ${this.id} could not write its heartbeat, retrying:`, error);
+        this.#log("error", `runner ${this.id} could not write its heartbeat, retrying`, {}, error);
       }
       await clock.sleep(this.#heartbeatMs, signal);
     }
@@ -783,10 +819,12 @@ export class Runner implements AsyncDisposable {
   #fence(): void {
     this.#fenced = true;
     if (this.#executions.size === 0) return;
-    console.error(
-      `nenc: runner ${this.id} fences itself: its heartbeat has not landed for ${
+    this.#log(
+      "error",
+      `runner ${this.id} fences itself: its heartbeat has not landed for ${
         this.#host.clock.now() - this.#lastBeatMs
       } ms; it aborts and gives up ${this.#executions.size} invocation(s), which recovery re-runs`,
+      { invocationIds: [...this.#executions.keys()] },
     );
     for (const execution of this.#executions.values()) {
       execution.abort(
@@ -944,7 +982,7 @@ export class Runner implements AsyncDisposable {
         await systemClock.sleep(this.#pollMs, signal);
       } catch (error) {
         if (error instanceof StoreClosedError) return;
-        console.error(`nenc: runner ${this.id} could not read its cancel requests:`, error);
+        this.#log("error", `runner ${this.id} could not read its cancel requests`, {}, error);
         await systemClock.sleep(faultPauseMs(this.#pollMs, failures++), signal);
       }
     }
@@ -1022,8 +1060,10 @@ export class Runner implements AsyncDisposable {
       } catch (error) {
         if (error instanceof StoreClosedError) return "gone";
         if (isStoreFault(error)) {
-          console.error(
-            `nenc: runner ${this.id} could not write invocation ${execution.invocationId}, retrying:`,
+          this.#log(
+            "error",
+            `runner ${this.id} could not write invocation ${execution.invocationId}, retrying`,
+            { invocationId: execution.invocationId },
             error,
           );
           await clock.sleep(faultPauseMs(this.#pollMs, failures), abandon);
@@ -1082,15 +1122,21 @@ export class Runner implements AsyncDisposable {
       }
       const outcome = await execution.run(task);
       if (outcome === "ignored" && execution.graceMs > 0) {
-        console.warn(
-          `nenc: invocation ${invocation.id} (task ${task.id}) ignored its aborted signal (${
+        this.#log(
+          "warn",
+          `invocation ${invocation.id} (task ${task.id}) ignored its aborted signal (${
             String((execution.abortReason as Error)?.message ?? execution.abortReason)
           }) for ${execution.graceMs} ms; the runner records its end without waiting for it`,
+          invocationFields(invocation, this.id),
         );
       }
       end = await this.#record(execution, task, outcome);
     } catch (error) {
-      console.error(`nenc: runner ${this.id} could not finish invocation ${invocation.id}:`, error);
+      this.#log("error", `runner ${this.id} could not finish invocation ${invocation.id}`, {
+        invocationId: invocation.id,
+        taskId: invocation.taskId,
+        stack: error instanceof Error ? error.stack : undefined,
+      }, error);
     } finally {
       execution.end();
       if (end === "canceled") {
@@ -1105,11 +1151,19 @@ export class Runner implements AsyncDisposable {
               ...(claimSeq !== undefined ? { claimSeq } : {}),
             }),
         ).catch((error) => {
-          console.error(
-            `nenc: runner ${this.id} could not end invocation ${invocation.id}:`,
-            error,
-          );
+          this.#log("error", `runner ${this.id} could not end invocation ${invocation.id}`, {
+            invocationId: invocation.id,
+            taskId: invocation.taskId,
+          }, error);
         });
+        const reason = execution.abortReason;
+        this.#log(
+          "info",
+          `invocation ${invocation.id} (task ${invocation.taskId}) canceled while it ran here: ${
+            describeError(reason)
+          }; its function has returned`,
+          invocationFields(invocation, this.id, { error: errorFields(reason) }),
+        );
       }
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
       // Given back already (its end was committed before the clean-ups ended): the loop, which
@@ -1134,22 +1188,7 @@ export class Runner implements AsyncDisposable {
       // Discarded: handed back for another runner, from wherever it is (PAUSED included), after
       // any pause or resume of its still in flight.
       return await execution.inOrder(() =>
-        this.#persist(
-          execution,
-          2,
-          (actor) =>
-            orchestrator.store.change(invocation.id, {
-              path: [InvocationStatus.KILLED, InvocationStatus.REROUTED],
-              runnerId: actor.runnerId ?? this.id,
-              nowMs: this.#host.clock.now(),
-              claimSeq: execution.claimSeq,
-              expectSeq: execution.seq,
-            }).then((outcome) => {
-              if (!outcome.ok) {
-                throw new NencError(`Cannot hand back ${invocation.id}: ${outcome.reason}`);
-              }
-            }),
-        )
+        this.#persist(execution, 2, (actor) => orchestrator.handBackInvocation(invocation, actor))
       );
     }
     // A timeout fails the attempt whatever the function returned.
@@ -1168,6 +1207,8 @@ export class Runner implements AsyncDisposable {
       onCommitted: () => void execution.releaseSlot(),
     });
     let verdict: WriteVerdict;
+    // What the invocation failed with, if it did, and whether it is retried.
+    let failure: { readonly error: unknown; readonly retried: boolean } | undefined;
     try {
       if (result.ok) {
         verdict = await this.#persist(
@@ -1179,12 +1220,14 @@ export class Runner implements AsyncDisposable {
         task.isRetriable(result.error) && execution.attempt < task.options.maxRetries &&
         retryDelayIsValid(task, execution.attempt)
       ) {
+        failure = { error: result.error, retried: true };
         verdict = await this.#persist(
           execution,
           1,
           (actor) => orchestrator.setInvocationRetry(invocation, result.error, ending(actor)),
         );
       } else {
+        failure = { error: result.error, retried: false };
         verdict = await this.#persist(
           execution,
           1,
@@ -1192,6 +1235,7 @@ export class Runner implements AsyncDisposable {
         );
       }
     } catch (error) {
+      failure = { error, retried: false };
       // The write itself failed (a result over a store's value limit, …): fail the invocation
       // with that error rather than leave it RUNNING on a live runner.
       verdict = await this.#persist(
@@ -1201,6 +1245,18 @@ export class Runner implements AsyncDisposable {
       );
     }
     if (verdict === "done") this.#finished++;
+    if (verdict === "done" && failure !== undefined) {
+      const { error, retried } = failure;
+      const attempt = execution.attempt + 1;
+      this.#log(
+        retried ? "warn" : "error",
+        `invocation ${invocation.id} (task ${task.id}) failed${
+          retried ? ` (attempt ${attempt}, retried)` : ""
+        }`,
+        { invocationId: invocation.id, taskId: task.id, attempt, retried },
+        error,
+      );
+    }
     return verdict;
   }
 }

@@ -419,6 +419,11 @@ export type ChangeOutcome =
     readonly record: InvocationRecord;
     readonly entries: readonly HistoryEntry[];
     /**
+     * The status the record had before this change (a replayed change, which wrote nothing: its
+     * status now).
+     */
+    readonly previous: InvocationStatus;
+    /**
      * The change had already been applied (by an earlier try whose answer was lost): nothing
      * was written now, see {@linkcode isAppliedChange}.
      */
@@ -526,6 +531,11 @@ export interface ClaimOutcome {
   readonly parked: readonly InvocationRecord[];
   /** Refused a slot and finalised (CONCURRENCY_CONTROLLED_FINAL). */
   readonly finalised: readonly InvocationRecord[];
+  /**
+   * The status each invocation of `claimed`, `parked` and `finalised` had before this claim (one
+   * of {@linkcode AVAILABLE_FOR_RUN_STATUSES}), by id.
+   */
+  readonly previous: ReadonlyMap<string, InvocationStatus>;
   /**
    * The pick-up claimed all it could take and saw more queued behind: a runner that frees a slot
    * soon finds work (it may start its next pick-up ahead, see `ClaimRequest.ready`).

@@ -590,7 +590,7 @@ export class KvStore implements Store {
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
         // A retried write whose earlier try committed (its answer lost) is done, not a conflict.
         if (isAppliedChange(record, change)) {
-          return { ok: true, record, entries: [], replayed: true };
+          return { ok: true, record, entries: [], previous: record.status, replayed: true };
         }
         this.#local.ownedHere.delete(id);
         return { ok: false, reason: "conflict", record };
@@ -794,7 +794,7 @@ export class KvStore implements Store {
         if (plan.final && !early) notify(this.#local.finals.get(id));
         if (wakes) this.#wakesWritten++;
         if (plan.slot === "release" || wakes) this.#announceWork();
-        return { ok: true, record: next, entries: plan.entries };
+        return { ok: true, record: next, entries: plan.entries, previous: record.status };
       }
       await backoff(attempt);
     }
@@ -863,6 +863,7 @@ export class KvStore implements Store {
     const claimed: InvocationRecord[] = [];
     const parked: InvocationRecord[] = [];
     const finalised: InvocationRecord[] = [];
+    const previous = new Map<string, InvocationStatus>();
     let controlled = 0;
     // Read a few more entries than slots: some may be taken by other runners meanwhile, or
     // blocked by running concurrency.
@@ -956,6 +957,7 @@ export class KvStore implements Store {
       taken.add(id);
       const caller = call?.edge?.caller;
       if (caller !== undefined && record.status === RUNNING) this.#releaseIfEnded(caller);
+      previous.set(id, outcome.previous);
       if (record.status === PENDING || record.status === RUNNING) return void claimed.push(record);
       controlled++;
       (isFinalStatus(record.status) ? finalised : parked).push(record);
@@ -1070,7 +1072,7 @@ export class KvStore implements Store {
     const progressed = claimed.length > 0 || controlled > 0;
     if (controlled > 0 && claimed.length < max) this.#local.newWork = true;
     this.#idlePolls = progressed ? 0 : this.#idlePolls + 1;
-    return { claimed, parked, finalised, more };
+    return { claimed, parked, finalised, more, previous };
   }
 
   // reads: inv/<caller> (`callerRead`: with the candidate's record when its queue entry names the

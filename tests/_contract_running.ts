@@ -84,6 +84,60 @@ class Flaky extends Error {
 
 /** Runners, blocking and cycle control, retries, recovery and purge, on one backend. */
 export function runningContract(backend: string, makeApp: AppFactory): void {
+  test(`[${backend}] change() and claim() report the status each invocation had before: claimed and parked from registered, a change from running, a replayed change its status now, a retry claimed again from retry`, async () => {
+    const app = await makeApp();
+    const store = app.orchestrator.store;
+    const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+    const [first, second] = (await sync.parallelize([{ n: 1 }, { n: 2 }])).invocations;
+    const request = {
+      runnerId: "r1",
+      nowMs: app.clock.now(),
+      max: 2,
+      rerouteOnConcurrencyControl: () => true,
+      purgeAtMs: app.clock.now() + 3_600_000,
+    };
+    const claim = await store.claim(request);
+    assert.deepEqual(claim.claimed.map((record) => record.id), [first!.id]);
+    assert.deepEqual(claim.parked.map((record) => record.id), [second!.id]);
+    assert.deepEqual(
+      new Map(claim.previous),
+      new Map([[first!.id, "registered"], [second!.id, "registered"]]),
+    );
+    const claimed = claim.claimed[0]!;
+    const fenced = { runnerId: "r1", claimSeq: claimed.claimSeq!, nowMs: app.clock.now() };
+    const running = await store.change(first!.id, {
+      ...fenced,
+      path: ["running"],
+      expectSeq: claimed.seq,
+    });
+    assert.ok(running.ok);
+    assert.equal(running.previous, "pending");
+    const retry = { ...fenced, path: ["retry" as const], expectSeq: claimed.seq + 1 };
+    const retried = await store.change(first!.id, retry);
+    assert.ok(retried.ok);
+    assert.equal(retried.previous, "running");
+    const replayed = await store.change(first!.id, retry);
+    assert.ok(replayed.ok && replayed.replayed === true);
+    assert.equal(replayed.previous, "retry");
+    // The retry freed the key: the parked one was woken (REROUTED); both are claimable in turn.
+    const seen = new Map<string, string>();
+    for (let round = 0; round < 2; round++) {
+      const again = await store.claim({ ...request, max: 1, nowMs: app.clock.now() });
+      for (const record of again.claimed) {
+        seen.set(record.id, again.previous.get(record.id)!);
+        await store.change(record.id, {
+          runnerId: "r1",
+          claimSeq: record.claimSeq!,
+          nowMs: app.clock.now(),
+          path: ["running", "success"],
+          expectSeq: record.seq,
+        });
+      }
+    }
+    assert.equal(seen.get(first!.id), "retry");
+    assert.equal(seen.get(second!.id), "rerouted");
+  });
+
   test(`[${backend}] the SPEC quick start runs unchanged: fib(20) with one slot is 6765`, async () => {
     const app = await makeApp({ appId: "shop" });
     const fib = app.task("fib", async ({ n }: { n: number }): Promise<number> => {

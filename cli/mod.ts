@@ -49,7 +49,9 @@ import {
   renderStatus,
   renderTree,
 } from "./_render.ts";
+import { formatLogLine, lineLogger, LOG_FORMATS, type LogFormat } from "./_log.ts";
 import { Nenc } from "../core/app.ts";
+import { isDefaultLogger } from "../core/_report.ts";
 import { StoreClosedError } from "../core/errors.ts";
 import { callLabel } from "../core/ids.ts";
 import { MemoryStore } from "../core/memory_store.ts";
@@ -89,6 +91,11 @@ Commands:
   worker                 Run the app's invocations until SIGINT or SIGTERM, then stop cleanly:
                          what still runs is handed back (re-queued) for another worker.
     --concurrency <n>    Invocations run at once [1].
+    --log-format <f>     text or json [text]: how it logs each failed invocation, recovery,
+                         refused cycle and cancel (with the invocation id), on standard output,
+                         at the level of NENC_LOG_LEVEL [info]. json: one JSON object per line
+                         ({ level, time, message, ...fields }), the start and stop lines too.
+                         Without it, an app module that sets its own logger keeps it.
   status                 Invocations per task and status, delayed ones, rate limits, per-key
                          concurrency (limit, holders, parked), the runners (heartbeat, tasks
                          defined, invocations held), and queued tasks no live runner defines.
@@ -135,7 +142,7 @@ purge --all, the store is closed, an unknown invocation, a --kv file that is not
 
 /** Options each command accepts, besides --app, --kv and --help. */
 const COMMANDS: Readonly<Record<string, readonly string[]>> = {
-  worker: ["concurrency"],
+  worker: ["concurrency", "log-format"],
   status: [],
   list: ["task", "status", "since", "limit", "json"],
   show: ["tree"],
@@ -188,6 +195,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         app: { type: "string" },
         kv: { type: "string" },
         concurrency: { type: "string" },
+        "log-format": { type: "string" },
         all: { type: "boolean" },
         force: { type: "boolean" },
         format: { type: "string" },
@@ -249,6 +257,12 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     throw new UsageError("Cannot run graph: --svg renders DOT; leave out --format mermaid");
   }
   const listing = command === "list" ? listOptions(values) : undefined;
+  const logFormat = values["log-format"] ?? "text";
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new UsageError(
+      `Cannot run worker: --log-format must be ${LOG_FORMATS.join(" or ")}, got "${logFormat}"`,
+    );
+  }
   const app = await loadApp(values.app);
   // Only worker and purge may create a store: the others look before Deno.openKv would.
   if (values.kv !== undefined && command !== "worker" && command !== "purge") {
@@ -276,7 +290,10 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     try {
       // The commands that write refuse data of a newer layout before they change anything.
       if (command === "worker" || command === "purge") await app.orchestrator.store.checkSchema();
-      if (command === "worker") return await worker(app, { backend, concurrency }, io);
+      if (command === "worker") {
+        const logs = { format: logFormat as LogFormat, given: values["log-format"] !== undefined };
+        return await worker(app, { backend, concurrency, logs }, io);
+      }
       if (command === "status") return await status(app, io);
       if (command === "list") return await list(app, listing!, values.json === true, io);
       if (command === "show") {
@@ -428,12 +445,30 @@ async function openKv(where: string): Promise<OpenedKv> {
   }
 }
 
-/** Runs a runner until SIGINT or SIGTERM, then stops it (handing back what still runs). */
+/**
+ * Runs a runner until SIGINT or SIGTERM, then stops it (handing back what still runs). Its logs
+ * (and, in json, its start and stop lines) go to standard output in the format asked; an app
+ * module that set its own logger keeps it unless `--log-format` is given.
+ */
 async function worker(
   app: Nenc,
-  options: { readonly backend: string; readonly concurrency: number },
+  options: {
+    readonly backend: string;
+    readonly concurrency: number;
+    readonly logs: { readonly format: LogFormat; readonly given: boolean };
+  },
   io: CliIo,
 ): Promise<number> {
+  const json = options.logs.format === "json";
+  const now = (): number => app.clock.now();
+  // A log line clears the progress line it interrupts (the next second draws it again).
+  const write = (line: string): void =>
+    io.stdout(io.isTerminal && !json ? `\r\x1b[K${line}` : line);
+  if (options.logs.given || isDefaultLogger(app.logger)) {
+    app.logger = lineLogger(options.logs.format, write, now);
+  }
+  const say = (message: string, fields: Record<string, unknown>): void =>
+    write(json ? formatLogLine("json", "info", message, fields, now()) : `${message}\n`);
   const runner = app.runner({ concurrency: options.concurrency });
   if (options.backend === "memory") {
     io.stderr(
@@ -447,19 +482,26 @@ async function worker(
   );
   for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
   runner.start();
-  io.stdout(
-    `nenc worker ${runner.id} started: app ${app.appId}, backend ${options.backend}, concurrency ${options.concurrency}\n`,
+  say(
+    `nenc worker ${runner.id} started: app ${app.appId}, backend ${options.backend}, concurrency ${options.concurrency}`,
+    {
+      runnerId: runner.id,
+      appId: app.appId,
+      backend: options.backend,
+      concurrency: options.concurrency,
+    },
   );
-  const progress = io.isTerminal
+  const progress = io.isTerminal && !json
     ? setInterval(() => io.stdout(`\r\x1b[K${runner.finished} invocations finished`), 1000)
     : undefined;
   const signal = await stopped;
   for (const [name, listener] of listeners) Deno.removeSignalListener(name, listener);
   clearInterval(progress);
-  if (io.isTerminal) io.stdout("\r\x1b[K");
+  if (progress !== undefined) io.stdout("\r\x1b[K");
   await runner.stop();
-  io.stdout(
-    `nenc worker ${runner.id} stopped on ${signal}: ${runner.finished} invocations finished\n`,
+  say(
+    `nenc worker ${runner.id} stopped on ${signal}: ${runner.finished} invocations finished`,
+    { runnerId: runner.id, signal, finished: runner.finished },
   );
   return 0;
 }

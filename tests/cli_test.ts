@@ -442,6 +442,186 @@ test(
   },
 );
 
+test(
+  "cli worker --log-format json: every line of standard output is one JSON object — the start and stop lines, and an error naming each failed invocation (id, task, runner, error name and message)",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      const worker = startCli([
+        "worker",
+        "--app",
+        "tests/_cli_app.ts",
+        "--kv",
+        path,
+        "--log-format",
+        "json",
+      ]);
+      const { kv, tasks } = await openFixtureApp(path);
+      try {
+        const [, runnerId] = await worker.waitFor(/"message":"nenc worker (\S+) started: /);
+        const failed = await tasks.pay.call({ card: "4242" });
+        const added = await tasks.add.call({ x: 1, y: 2 });
+        assert.equal(await within(added.result(), DEADLINE_MS, "the worker's result"), 3);
+        await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
+        await worker.waitFor(new RegExp(`"invocationId":"${failed.id}"`));
+        worker.kill("SIGTERM");
+        const exit = await worker.exit;
+        assert.equal(exit.code, 0, exit.stderr);
+        const lines = exit.stdout.trimEnd().split("\n").map((line) => JSON.parse(line));
+        for (const line of lines) {
+          assert.equal(typeof line.level, "string");
+          assert.ok(!Number.isNaN(Date.parse(line.time)), `an ISO time: ${line.time}`);
+          assert.equal(typeof line.message, "string");
+        }
+        assert.deepEqual(lines[0], {
+          level: "info",
+          time: lines[0].time,
+          message: lines[0].message,
+          runnerId,
+          appId: "cli-test",
+          backend: `Deno KV ${path}`,
+          concurrency: 1,
+        });
+        const failure = lines.find((line) => line.invocationId === failed.id);
+        assert.deepEqual(failure, {
+          level: "error",
+          time: failure.time,
+          message:
+            `invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card 4242: declined`,
+          runnerId,
+          invocationId: failed.id,
+          taskId: "pay",
+          attempt: 1,
+          retried: false,
+          error: { name: "RangeError", message: "Cannot pay with card 4242: declined" },
+        });
+        assert.deepEqual(lines.at(-1), {
+          level: "info",
+          time: lines.at(-1).time,
+          message: `nenc worker ${runnerId} stopped on SIGTERM: 2 invocations finished`,
+          runnerId,
+          signal: "SIGTERM",
+          finished: 2,
+        });
+        assert.equal(lines.length, 3, "nothing else at info or above: no line per success");
+      } finally {
+        worker.kill("SIGKILL");
+        await worker.exit;
+        kv.close();
+      }
+    });
+  },
+);
+
+test(
+  "cli worker logs as text by default: a failed invocation is one readable line with its id and fields, between the start and stop lines; NENC_LOG_LEVEL=silent leaves only those",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      for (const level of ["info", "silent"]) {
+        const worker = startCli(
+          ["worker", "--app", "tests/_cli_app.ts", "--kv", path],
+          { NENC_LOG_LEVEL: level },
+        );
+        const { kv, tasks } = await openFixtureApp(path);
+        try {
+          const [, runnerId] = await worker.waitFor(/nenc worker (\S+) started: /);
+          const failed = await tasks.pay.call({ card: level });
+          await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
+          if (level === "info") await worker.waitFor(new RegExp(`invocationId=${failed.id}`));
+          worker.kill("SIGTERM");
+          const exit = await worker.exit;
+          assert.equal(exit.code, 0, exit.stderr);
+          const lines = exit.stdout.trimEnd().split("\n");
+          assert.match(lines[0]!, /^nenc worker \S+ started: app cli-test/);
+          assert.match(
+            lines.at(-1)!,
+            /^nenc worker \S+ stopped on SIGTERM: 1 invocations finished$/,
+          );
+          if (level === "silent") {
+            assert.equal(lines.length, 2, exit.stdout);
+            continue;
+          }
+          assert.equal(lines.length, 3, exit.stdout);
+          assert.equal(
+            lines[1]!.replace(/^\S+ /, "TIME "),
+            `TIME ERROR invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card info: declined runnerId=${runnerId} invocationId=${failed.id} taskId=pay attempt=1 retried=false error={"name":"RangeError","message":"Cannot pay with card info: declined"}`,
+          );
+          assert.ok(!Number.isNaN(Date.parse(lines[1]!.split(" ")[0]!)), "starts with an ISO time");
+        } finally {
+          worker.kill("SIGKILL");
+          await worker.exit;
+          kv.close();
+        }
+      }
+    });
+  },
+);
+
+test(
+  "cli worker: an app module that sets its own logger keeps it (its lines, not the worker's), unless --log-format is given",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      for (const format of [undefined, "json"]) {
+        const worker = startCli([
+          "worker",
+          "--app",
+          "tests/_cli_logger_app.ts",
+          "--kv",
+          path,
+          ...format === undefined ? [] : ["--log-format", format],
+        ]);
+        const { kv, tasks } = await openFixtureApp(path);
+        try {
+          await worker.waitFor(/nenc worker \S+ started: /);
+          const failed = await tasks.pay.call({ card: format ?? "own" });
+          await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
+          await worker.waitFor(new RegExp(`invocation ${failed.id} \\(task pay\\) failed`));
+          worker.kill("SIGTERM");
+          const exit = await worker.exit;
+          assert.equal(exit.code, 0, exit.stderr);
+          const lines = exit.stdout.trimEnd().split("\n");
+          if (format === undefined) {
+            assert.equal(
+              lines[1],
+              `app-logger error: invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card own: declined`,
+            );
+          } else {
+            assert.ok(!exit.stdout.includes("app-logger"), exit.stdout);
+            assert.equal(JSON.parse(lines[1]!).invocationId, failed.id);
+          }
+        } finally {
+          worker.kill("SIGKILL");
+          await worker.exit;
+          kv.close();
+        }
+      }
+    });
+  },
+);
+
+test("cli worker: --log-format other than text or json exits 2", async () => {
+  const { code, stderr } = await runMain([
+    "worker",
+    "--app",
+    fixture("_cli_app.ts"),
+    "--log-format",
+    "xml",
+  ]);
+  assert.equal(code, 2);
+  assert.match(stderr, /Cannot run worker: --log-format must be text or json, got "xml"/);
+  const misplaced = await runMain([
+    "status",
+    "--app",
+    fixture("_cli_app.ts"),
+    "--log-format",
+    "json",
+  ]);
+  assert.equal(misplaced.code, 2);
+  assert.match(misplaced.stderr, /--log-format is not an option of status/);
+});
+
 // --- inspection ----------------------------------------------------------------------------------
 
 test(

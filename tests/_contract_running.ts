@@ -84,10 +84,11 @@ class Flaky extends Error {
 
 /** Runners, blocking and cycle control, retries, recovery and purge, on one backend. */
 export function runningContract(backend: string, makeApp: AppFactory): void {
-  test(`[${backend}] change() and claim() report the status each invocation had before: claimed and parked from registered, a change from running, a replayed change its status now, a retry claimed again from retry`, async () => {
+  test(`[${backend}] change() and claim() report the status each invocation had before: claimed and parked from registered, a change from pending and running, a replayed change its status now, a retry claimed again from retry, a woken one from rerouted`, async () => {
     const app = await makeApp();
     const store = app.orchestrator.store;
     const sync = app.task("sync", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
+    const free = app.task("free", () => "ok");
     const [first, second] = (await sync.parallelize([{ n: 1 }, { n: 2 }])).invocations;
     const request = {
       runnerId: "r1",
@@ -96,46 +97,53 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       rerouteOnConcurrencyControl: () => true,
       purgeAtMs: app.clock.now() + 3_600_000,
     };
-    const claim = await store.claim(request);
-    assert.deepEqual(claim.claimed.map((record) => record.id), [first!.id]);
-    assert.deepEqual(claim.parked.map((record) => record.id), [second!.id]);
+    /** Claims once; every claimed, parked or finalised id with the status it had before. */
+    const claim = async (max: number) => {
+      const outcome = await store.claim({ ...request, max, nowMs: app.clock.now() });
+      const all = [...outcome.claimed, ...outcome.parked, ...outcome.finalised];
+      assert.deepEqual([...outcome.previous.keys()].sort(), all.map(({ id }) => id).sort());
+      return outcome;
+    };
+    /** A change by the claim's runner from where `record` is. */
+    const change = (
+      record: { id: string; seq: number; claimSeq: number | null },
+      path: ("running" | "retry" | "success")[],
+    ) =>
+      store.change(record.id, {
+        runnerId: "r1",
+        claimSeq: record.claimSeq!,
+        nowMs: app.clock.now(),
+        path,
+        expectSeq: record.seq,
+      });
+    const picked = await claim(2);
+    assert.deepEqual(picked.claimed.map(({ id }) => id), [first!.id]);
+    assert.deepEqual(picked.parked.map(({ id }) => id), [second!.id]);
     assert.deepEqual(
-      new Map(claim.previous),
+      new Map(picked.previous),
       new Map([[first!.id, "registered"], [second!.id, "registered"]]),
     );
-    const claimed = claim.claimed[0]!;
-    const fenced = { runnerId: "r1", claimSeq: claimed.claimSeq!, nowMs: app.clock.now() };
-    const running = await store.change(first!.id, {
-      ...fenced,
-      path: ["running"],
-      expectSeq: claimed.seq,
-    });
+    const invocation = await free.call();
+    const freePick = await claim(1);
+    assert.deepEqual(freePick.claimed.map(({ id }) => id), [invocation.id]);
+    assert.equal(freePick.previous.get(invocation.id), "registered");
+    const running = await change(freePick.claimed[0]!, ["running"]);
     assert.ok(running.ok);
     assert.equal(running.previous, "pending");
-    const retry = { ...fenced, path: ["retry" as const], expectSeq: claimed.seq + 1 };
-    const retried = await store.change(first!.id, retry);
+    const retried = await change(running.record, ["retry"]);
     assert.ok(retried.ok);
     assert.equal(retried.previous, "running");
-    const replayed = await store.change(first!.id, retry);
+    const replayed = await change(running.record, ["retry"]);
     assert.ok(replayed.ok && replayed.replayed === true);
     assert.equal(replayed.previous, "retry");
-    // The retry freed the key: the parked one was woken (REROUTED); both are claimable in turn.
-    const seen = new Map<string, string>();
-    for (let round = 0; round < 2; round++) {
-      const again = await store.claim({ ...request, max: 1, nowMs: app.clock.now() });
-      for (const record of again.claimed) {
-        seen.set(record.id, again.previous.get(record.id)!);
-        await store.change(record.id, {
-          runnerId: "r1",
-          claimSeq: record.claimSeq!,
-          nowMs: app.clock.now(),
-          path: ["running", "success"],
-          expectSeq: record.seq,
-        });
-      }
-    }
-    assert.equal(seen.get(first!.id), "retry");
-    assert.equal(seen.get(second!.id), "rerouted");
+    const again = await claim(1);
+    assert.deepEqual(again.claimed.map(({ id }) => id), [invocation.id]);
+    assert.equal(again.previous.get(invocation.id), "retry");
+    // The first ends: its key has room, the parked one is woken (REROUTED) and claimed from there.
+    assert.ok((await change(picked.claimed[0]!, ["running", "success"])).ok);
+    const woken = await claim(1);
+    assert.deepEqual(woken.claimed.map(({ id }) => id), [second!.id]);
+    assert.equal(woken.previous.get(second!.id), "rerouted");
   });
 
   test(`[${backend}] the SPEC quick start runs unchanged: fib(20) with one slot is 6765`, async () => {

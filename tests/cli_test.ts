@@ -442,73 +442,110 @@ test(
   },
 );
 
+/**
+ * What a worker printed when it ran one `pay` (which fails) and one `add` called from this
+ * process, and was stopped.
+ */
+interface WorkerRun {
+  readonly exit: Exit;
+  readonly runnerId: string;
+  /** The failed invocation's id. */
+  readonly failedId: string;
+  /** The lines of its standard output. */
+  readonly lines: string[];
+}
+
+/**
+ * Runs `worker --app <module> --kv path …args` (with `env`), calls `pay({ card })` and
+ * `add({ x: 1, y: 2 })` and, once both ended and the worker logged the failure (`quiet`: without
+ * waiting for a log line), stops the worker with SIGTERM.
+ */
+async function runFailingWorker(
+  path: string,
+  options: {
+    readonly module?: string;
+    readonly args?: readonly string[];
+    readonly env?: Record<string, string>;
+    readonly card: string;
+    readonly quiet?: boolean;
+  },
+): Promise<WorkerRun> {
+  const module = options.module ?? "tests/_cli_app.ts";
+  const worker = startCli(
+    ["worker", "--app", module, "--kv", path, ...options.args ?? []],
+    options.env,
+  );
+  const { kv, tasks } = await openFixtureApp(path);
+  try {
+    const [, runnerId] = await worker.waitFor(/nenc worker (\S+) started: /);
+    const failed = await tasks.pay.call({ card: options.card });
+    const added = await tasks.add.call({ x: 1, y: 2 });
+    assert.equal(await within(added.result(), DEADLINE_MS, "the success"), 3);
+    await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
+    if (!options.quiet) {
+      await worker.waitFor(new RegExp(`invocation ${failed.id} \\(task pay\\) failed`));
+    }
+    worker.kill("SIGTERM");
+    const exit = await worker.exit;
+    assert.equal(exit.code, 0, exit.stderr);
+    return {
+      exit,
+      runnerId: runnerId!,
+      failedId: failed.id,
+      lines: exit.stdout.trimEnd().split("\n"),
+    };
+  } finally {
+    worker.kill("SIGKILL");
+    await worker.exit;
+    kv.close();
+  }
+}
+
 test(
-  "cli worker --log-format json: every line of standard output is one JSON object — the start and stop lines, and an error naming each failed invocation (id, task, runner, error name and message)",
+  "cli worker --log-format json: every line of standard output is one JSON object — the start and stop lines, and an error naming the failed invocation (id, task, runner, error name and message); no line per success",
   { skip: onlyDeno },
   async () => {
     await withKvFile(async (path) => {
-      const worker = startCli([
-        "worker",
-        "--app",
-        "tests/_cli_app.ts",
-        "--kv",
-        path,
-        "--log-format",
-        "json",
-      ]);
-      const { kv, tasks } = await openFixtureApp(path);
-      try {
-        const [, runnerId] = await worker.waitFor(/"message":"nenc worker (\S+) started: /);
-        const failed = await tasks.pay.call({ card: "4242" });
-        const added = await tasks.add.call({ x: 1, y: 2 });
-        assert.equal(await within(added.result(), DEADLINE_MS, "the worker's result"), 3);
-        await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
-        await worker.waitFor(new RegExp(`"invocationId":"${failed.id}"`));
-        worker.kill("SIGTERM");
-        const exit = await worker.exit;
-        assert.equal(exit.code, 0, exit.stderr);
-        const lines = exit.stdout.trimEnd().split("\n").map((line) => JSON.parse(line));
-        for (const line of lines) {
-          assert.equal(typeof line.level, "string");
-          assert.ok(!Number.isNaN(Date.parse(line.time)), `an ISO time: ${line.time}`);
-          assert.equal(typeof line.message, "string");
-        }
-        assert.deepEqual(lines[0], {
+      const run = await runFailingWorker(path, { args: ["--log-format", "json"], card: "4242" });
+      const { runnerId, failedId } = run;
+      const lines = run.lines.map((line) => JSON.parse(line));
+      for (const line of lines) {
+        assert.equal(typeof line.level, "string");
+        assert.ok(!Number.isNaN(Date.parse(line.time)), `an ISO time: ${line.time}`);
+        assert.equal(typeof line.message, "string");
+      }
+      assert.deepEqual(lines, [
+        {
           level: "info",
           time: lines[0].time,
-          message: lines[0].message,
+          message:
+            `nenc worker ${runnerId} started: app cli-test, backend Deno KV ${path}, concurrency 1`,
           runnerId,
           appId: "cli-test",
           backend: `Deno KV ${path}`,
           concurrency: 1,
-        });
-        const failure = lines.find((line) => line.invocationId === failed.id);
-        assert.deepEqual(failure, {
+        },
+        {
           level: "error",
-          time: failure.time,
+          time: lines[1].time,
           message:
-            `invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card 4242: declined`,
+            `invocation ${failedId} (task pay) failed: RangeError: Cannot pay with card 4242: declined`,
           runnerId,
-          invocationId: failed.id,
+          invocationId: failedId,
           taskId: "pay",
           attempt: 1,
           retried: false,
           error: { name: "RangeError", message: "Cannot pay with card 4242: declined" },
-        });
-        assert.deepEqual(lines.at(-1), {
+        },
+        {
           level: "info",
-          time: lines.at(-1).time,
+          time: lines[2].time,
           message: `nenc worker ${runnerId} stopped on SIGTERM: 2 invocations finished`,
           runnerId,
           signal: "SIGTERM",
           finished: 2,
-        });
-        assert.equal(lines.length, 3, "nothing else at info or above: no line per success");
-      } finally {
-        worker.kill("SIGKILL");
-        await worker.exit;
-        kv.close();
-      }
+        },
+      ]);
     });
   },
 );
@@ -518,42 +555,22 @@ test(
   { skip: onlyDeno },
   async () => {
     await withKvFile(async (path) => {
-      for (const level of ["info", "silent"]) {
-        const worker = startCli(
-          ["worker", "--app", "tests/_cli_app.ts", "--kv", path],
-          { NENC_LOG_LEVEL: level },
-        );
-        const { kv, tasks } = await openFixtureApp(path);
-        try {
-          const [, runnerId] = await worker.waitFor(/nenc worker (\S+) started: /);
-          const failed = await tasks.pay.call({ card: level });
-          await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
-          if (level === "info") await worker.waitFor(new RegExp(`invocationId=${failed.id}`));
-          worker.kill("SIGTERM");
-          const exit = await worker.exit;
-          assert.equal(exit.code, 0, exit.stderr);
-          const lines = exit.stdout.trimEnd().split("\n");
-          assert.match(lines[0]!, /^nenc worker \S+ started: app cli-test/);
-          assert.match(
-            lines.at(-1)!,
-            /^nenc worker \S+ stopped on SIGTERM: 1 invocations finished$/,
-          );
-          if (level === "silent") {
-            assert.equal(lines.length, 2, exit.stdout);
-            continue;
-          }
-          assert.equal(lines.length, 3, exit.stdout);
-          assert.equal(
-            lines[1]!.replace(/^\S+ /, "TIME "),
-            `TIME ERROR invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card info: declined runnerId=${runnerId} invocationId=${failed.id} taskId=pay attempt=1 retried=false error={"name":"RangeError","message":"Cannot pay with card info: declined"}`,
-          );
-          assert.ok(!Number.isNaN(Date.parse(lines[1]!.split(" ")[0]!)), "starts with an ISO time");
-        } finally {
-          worker.kill("SIGKILL");
-          await worker.exit;
-          kv.close();
-        }
-      }
+      const { lines, runnerId, failedId } = await runFailingWorker(path, { card: "info" });
+      assert.equal(lines.length, 3, lines.join("\n"));
+      assert.match(lines[0]!, /^nenc worker \S+ started: app cli-test/);
+      assert.equal(
+        lines[1]!.replace(/^\S+ /, "TIME "),
+        `TIME ERROR invocation ${failedId} (task pay) failed: RangeError: Cannot pay with card info: declined runnerId=${runnerId} invocationId=${failedId} taskId=pay attempt=1 retried=false error={"name":"RangeError","message":"Cannot pay with card info: declined"}`,
+      );
+      assert.ok(!Number.isNaN(Date.parse(lines[1]!.split(" ")[0]!)), "starts with an ISO time");
+      assert.match(lines[2]!, /^nenc worker \S+ stopped on SIGTERM: 2 invocations finished$/);
+      const silent = await runFailingWorker(path, {
+        env: { NENC_LOG_LEVEL: "silent" },
+        card: "silent",
+        quiet: true,
+      });
+      assert.equal(silent.lines.length, 2, silent.lines.join("\n"));
+      assert.match(silent.lines[1]!, /stopped on SIGTERM: 2 invocations finished$/);
     });
   },
 );
@@ -563,40 +580,19 @@ test(
   { skip: onlyDeno },
   async () => {
     await withKvFile(async (path) => {
-      for (const format of [undefined, "json"]) {
-        const worker = startCli([
-          "worker",
-          "--app",
-          "tests/_cli_logger_app.ts",
-          "--kv",
-          path,
-          ...format === undefined ? [] : ["--log-format", format],
-        ]);
-        const { kv, tasks } = await openFixtureApp(path);
-        try {
-          await worker.waitFor(/nenc worker \S+ started: /);
-          const failed = await tasks.pay.call({ card: format ?? "own" });
-          await within(failed.result().catch(() => {}), DEADLINE_MS, "the failure");
-          await worker.waitFor(new RegExp(`invocation ${failed.id} \\(task pay\\) failed`));
-          worker.kill("SIGTERM");
-          const exit = await worker.exit;
-          assert.equal(exit.code, 0, exit.stderr);
-          const lines = exit.stdout.trimEnd().split("\n");
-          if (format === undefined) {
-            assert.equal(
-              lines[1],
-              `app-logger error: invocation ${failed.id} (task pay) failed: RangeError: Cannot pay with card own: declined`,
-            );
-          } else {
-            assert.ok(!exit.stdout.includes("app-logger"), exit.stdout);
-            assert.equal(JSON.parse(lines[1]!).invocationId, failed.id);
-          }
-        } finally {
-          worker.kill("SIGKILL");
-          await worker.exit;
-          kv.close();
-        }
-      }
+      const module = "tests/_cli_logger_app.ts";
+      const own = await runFailingWorker(path, { module, card: "own" });
+      assert.equal(
+        own.lines[1],
+        `app-logger error: invocation ${own.failedId} (task pay) failed: RangeError: Cannot pay with card own: declined`,
+      );
+      const json = await runFailingWorker(path, {
+        module,
+        args: ["--log-format", "json"],
+        card: "json",
+      });
+      assert.ok(!json.exit.stdout.includes("app-logger"), json.exit.stdout);
+      assert.equal(JSON.parse(json.lines[1]!).invocationId, json.failedId);
     });
   },
 );

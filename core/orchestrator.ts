@@ -1604,13 +1604,17 @@ export class Orchestrator {
     return outcome.record;
   }
 
-  /** A change through the store, its transitions reported: every change of the orchestrator. */
-  async #storeChange(id: string, change: StatusChange): Promise<ChangeOutcome> {
-    const outcome = await this.store.change(id, change);
-    if (outcome.ok && outcome.entries.length > 0 && this.#reporter.listens("invocation")) {
-      this.#report(outcome.record, outcome.previous, outcome.entries);
-    }
-    return outcome;
+  /**
+   * A change through the store, its transitions reported: every change of the orchestrator. With
+   * no listener, the store's promise as it is.
+   */
+  #storeChange(id: string, change: StatusChange): Promise<ChangeOutcome> {
+    const changed = this.store.change(id, change);
+    if (!this.#reporter.listens("invocation")) return changed;
+    return changed.then((outcome) => {
+      if (outcome.ok) this.#report(outcome.record, outcome.previous, outcome.entries);
+      return outcome;
+    });
   }
 
   /** Reports the registrations of `records` by `runnerId` (`null`: a caller without a runner). */

@@ -128,8 +128,8 @@ export interface LoggerOptions {
    */
   level?: LogLevel;
   /**
-   * Where messages go [the console: `console.debug`, `console.info`, `console.warn`,
-   * `console.error`, each line prefixed `nenc <level>:` and followed by its fields].
+   * Where messages go [standard error, through `console.error` at every level (standard output
+   * stays the program's), each line prefixed `nenc <level>:` and followed by its fields].
    */
   write?: LogWriter;
 }
@@ -190,8 +190,9 @@ function levelFromEnvironment(): LogLevel {
   return "info";
 }
 
+/** Standard error at every level: logs are diagnostics, standard output is the program's. */
 const writeToConsole: LogWriter = (level, message, fields) => {
   const line = `nenc ${level}: ${message}`;
-  if (fields === undefined) console[level](line);
-  else console[level](line, fields);
+  if (fields === undefined) console.error(line);
+  else console.error(line, fields);
 };

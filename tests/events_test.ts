@@ -438,28 +438,35 @@ test("createLogger(): a NENC_LOG_LEVEL that is no level means info, with one con
   });
 });
 
-test("the default logger of an app writes to the console at NENC_LOG_LEVEL: a failure at error, with its fields", async () => {
+test("the default logger of an app writes to standard error (console.error) at every level from NENC_LOG_LEVEL: a retried attempt (warn) and a failure (error), with their fields", async () => {
   const original = console.error;
   const errors: unknown[][] = [];
   console.error = (...args: unknown[]) => void errors.push(args);
   try {
-    const app = withLogLevel("error", () => new Nenc());
+    const app = withLogLevel("warn", () => new Nenc());
     const pay = app.task("pay", (): string => {
-      throw new RangeError("declined");
-    });
+      throw new RetryError("declined");
+    }, { maxRetries: 1 });
     const invocation = await pay.call();
     await app.runner({ runnerId: "r1" }).drain({ maxMs: DEADLINE_MS });
-    assert.deepEqual(errors, [[
-      `nenc error: invocation ${invocation.id} (task pay) failed: RangeError: declined`,
-      {
-        runnerId: "r1",
-        invocationId: invocation.id,
-        taskId: "pay",
-        attempt: 1,
-        retried: false,
-        error: { name: "RangeError", message: "declined" },
-      },
-    ]]);
+    const fields = (attempt: number, retried: boolean) => ({
+      runnerId: "r1",
+      invocationId: invocation.id,
+      taskId: "pay",
+      attempt,
+      retried,
+      error: { name: "RetryError", message: "declined" },
+    });
+    assert.deepEqual(errors, [
+      [
+        `nenc warn: invocation ${invocation.id} (task pay) failed (attempt 1, retried): RetryError: declined`,
+        fields(1, true),
+      ],
+      [
+        `nenc error: invocation ${invocation.id} (task pay) failed: RetryError: declined`,
+        fields(2, false),
+      ],
+    ]);
   } finally {
     console.error = original;
   }

@@ -25,6 +25,8 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
+  CYCLE_RETENTION_MS,
+  CYCLES_KEPT,
   decideSlots,
   type DelayedCount,
   type ExecutionsPage,
@@ -44,6 +46,7 @@ import {
   rateKeyTask,
   type RateWindow,
   type RecoverableQuery,
+  type RefusedCycle,
   type RegisterOutcome,
   type RunnerInfo,
   sameTurn,
@@ -156,6 +159,8 @@ export class MemoryStore implements Store {
   readonly #byRunner = new Map<string, string[]>();
   /** The upkeep lease: its holder, and until when. */
   #upkeep: { readonly runnerId: string; readonly untilMs: number } | undefined;
+  /** The refused cycles, by invocation, oldest recorded first: at most CYCLES_KEPT. */
+  readonly #cycles = new Map<string, RefusedCycle>();
   /** Canceled invocations whose execution on a runner has not ended yet, per runner. */
   readonly #cancelRequests = new Map<string, Set<string>>();
   readonly #finalWaiters = new Map<string, Set<() => void>>();
@@ -550,6 +555,24 @@ export class MemoryStore implements Store {
     return Promise.resolve({ calls: this.#calls.snapshot(), waits: this.#waits.edges() });
   }
 
+  recordCycle(cycle: RefusedCycle): Promise<void> {
+    this.#cycles.delete(cycle.invocationId);
+    this.#cycles.set(cycle.invocationId, cycle);
+    for (const id of this.#cycles.keys()) {
+      if (this.#cycles.size <= CYCLES_KEPT) break;
+      this.#cycles.delete(id);
+    }
+    return Promise.resolve();
+  }
+
+  cycles(): Promise<RefusedCycle[]> {
+    const sinceMs = this.#clock.now() - CYCLE_RETENTION_MS;
+    return Promise.resolve(
+      [...this.#cycles.values()].filter((cycle) => cycle.atMs > sinceMs)
+        .sort((a, b) => b.atMs - a.atMs),
+    );
+  }
+
   heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void> {
     this.#runners.set(runnerId, { lastSeenMs: nowMs, ...(taskIds ? { taskIds } : {}) });
     return Promise.resolve();
@@ -627,6 +650,7 @@ export class MemoryStore implements Store {
     this.#rateOpens.clear();
     this.#startsExpire.clear();
     this.#runners.clear();
+    this.#cycles.clear();
     this.#upkeep = undefined;
     return Promise.resolve();
   }

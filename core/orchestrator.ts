@@ -867,8 +867,8 @@ export class Orchestrator {
 
   /**
    * Marks an invocation RUNNING; with a caller and cycle control on, first adds the call edge
-   * caller → callee. A cycle fails the callee with the {@linkcode CycleDetectedError}, which is
-   * then thrown.
+   * caller → callee. A cycle is recorded ({@linkcode Store.recordCycle}), then fails the callee
+   * with the {@linkcode CycleDetectedError}, which is then thrown.
    */
   async setInvocationRun(
     caller: InvocationRef | undefined,
@@ -880,6 +880,7 @@ export class Orchestrator {
         await this.cycleControl.addCallAndCheckCycles(caller, callee);
       } catch (error) {
         if (error instanceof CycleDetectedError) {
+          await this.#recordCycle(callee, error);
           await this.setInvocationException(callee, error, options);
           const record = await this.store.get(callee.id);
           const runnerId = this.#actor(options).runnerId;
@@ -903,6 +904,24 @@ export class Orchestrator {
       }
     }
     await this.#change(callee, { path: [InvocationStatus.RUNNING], ...this.#actor(options) });
+  }
+
+  /**
+   * Keeps a refused cycle for inspection, before the callee fails with it (whoever sees the
+   * failure finds the cycle listed). A failed write is logged, never thrown: the cycle's error is
+   * what the caller gets.
+   */
+  async #recordCycle(callee: InvocationRef, error: CycleDetectedError): Promise<void> {
+    try {
+      await this.store.recordCycle({
+        invocationId: callee.id,
+        callIds: error.callIds,
+        labels: error.labels,
+        atMs: this.#host.clock.now(),
+      });
+    } catch (fault) {
+      console.error(`nenc: could not record the cycle refused to invocation ${callee.id}:`, fault);
+    }
   }
 
   /**

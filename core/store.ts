@@ -914,6 +914,70 @@ export interface LiveGraphs {
 }
 
 /**
+ * A call cycle that cycle control refused (SPEC §4.2), kept for inspection by
+ * {@linkcode Store.recordCycle}: the invocation whose start would have closed it failed with the
+ * {@linkcode CycleDetectedError} — even when its caller caught that error and went on, the cycle
+ * stays listed by {@linkcode Store.cycles} for {@linkcode CYCLE_RETENTION_MS}.
+ *
+ * @example A task that calls itself, and catches the refusal
+ * ```ts
+ * import { Nenc, type RefusedCycle } from "@nenc/nenc";
+ *
+ * const app = new Nenc();
+ * const countdown = app.task("countdown", async ({ n }: { n: number }): Promise<string> => {
+ *   try {
+ *     return await (await countdown.call({ n })).result(); // the same call again: refused
+ *   } catch (error) {
+ *     return (error as Error).name;
+ *   }
+ * });
+ * const invocation = await countdown.call({ n: 3 });
+ * await app.runner().drain();
+ * console.log(await invocation.result()); // "CycleDetectedError"
+ * const [cycle]: RefusedCycle[] = await app.orchestrator.store.cycles();
+ * console.log(cycle?.labels); // ['countdown({"n":3})']
+ * ```
+ */
+export interface RefusedCycle {
+  /** The invocation whose start would have closed the cycle: it failed with the cycle's error. */
+  readonly invocationId: string;
+  /**
+   * The calls of the cycle, starting at the caller of the closing edge
+   * ({@linkcode CycleDetectedError.callIds}).
+   */
+  readonly callIds: readonly string[];
+  /** How each call is rendered, task name and arguments, in the same order. */
+  readonly labels: readonly string[];
+  /** When it was refused, epoch ms. */
+  readonly atMs: number;
+}
+
+/**
+ * How long a refused cycle stays listed by {@linkcode Store.cycles}: one hour (on Deno KV its key
+ * is written with this `expireIn`).
+ *
+ * @example
+ * ```ts
+ * import { CYCLE_RETENTION_MS } from "@nenc/nenc";
+ *
+ * console.log(CYCLE_RETENTION_MS / 60_000); // 60
+ * ```
+ */
+export const CYCLE_RETENTION_MS = 3_600_000;
+
+/**
+ * How many refused cycles {@linkcode Store.cycles} lists at most: the most recent ones.
+ *
+ * @example
+ * ```ts
+ * import { CYCLES_KEPT } from "@nenc/nenc";
+ *
+ * console.log(CYCLES_KEPT); // 20
+ * ```
+ */
+export const CYCLES_KEPT = 20;
+
+/**
  * The storage port. Every method that changes state is one atomic step; reads are bounded.
  * Transition errors ({@linkcode InvocationStatusTransitionError},
  * {@linkcode InvocationStatusOwnershipError}) are thrown by the plan, before anything is written.
@@ -1019,6 +1083,16 @@ export interface Store {
   blocking(max: number, nowMs: number): Promise<string[]>;
   /** The whole live call graph and wait graph, for inspection (the CLI's `graph`). */
   graphs(): Promise<LiveGraphs>;
+  /**
+   * Keeps a refused cycle for inspection, in one atomic step, for {@linkcode CYCLE_RETENTION_MS}:
+   * one per invocation (another for the same invocation replaces it); a bounded number is kept.
+   */
+  recordCycle(cycle: RefusedCycle): Promise<void>;
+  /**
+   * The refused cycles recorded in the last {@linkcode CYCLE_RETENTION_MS}, most recent first, at
+   * most {@linkcode CYCLES_KEPT} (the CLI's `graph`, the monitor's graph page).
+   */
+  cycles(): Promise<RefusedCycle[]>;
 
   /** Records a runner's heartbeat, with the tasks it defines. */
   heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void>;

@@ -187,6 +187,15 @@ export class Keys {
   upkeep(): KvKey {
     return [...this.app, "lease", "upkeep"];
   }
+  /**
+   * A refused call cycle, by the invocation that failed with it (every cycle: the prefix); written
+   * with `expireIn` (`CYCLE_RETENTION_MS`).
+   */
+  cycle(invocationId?: string): KvKey {
+    return invocationId === undefined
+      ? [...this.app, "cycle"]
+      : [...this.app, "cycle", invocationId];
+  }
   /** A runner's heartbeat. */
   runner(runnerId?: string): KvKey {
     return runnerId === undefined ? [...this.app, "runner"] : [...this.app, "runner", runnerId];

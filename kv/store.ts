@@ -35,6 +35,8 @@ import {
   type ClaimRequest,
   CONTROL_LIMIT,
   controlChange,
+  CYCLE_RETENTION_MS,
+  CYCLES_KEPT,
   decideSlots,
   type DelayedCount,
   EMPTY_SLOT,
@@ -56,6 +58,7 @@ import {
   rateKeyTask,
   type RateWindow,
   type RecoverableQuery,
+  type RefusedCycle,
   type RegisterOutcome,
   type RunnerInfo,
   sameTurn,
@@ -2109,6 +2112,33 @@ export class KvStore implements Store {
     }
   }
 
+  // writes: cycle/<invocation> (its path and time), expireIn = CYCLE_RETENTION_MS; no check: a
+  // record of the same invocation replaces it.
+  async recordCycle(cycle: RefusedCycle): Promise<void> {
+    const { invocationId, callIds, labels, atMs } = cycle;
+    await this.#kv.atomic()
+      .set(this.#keys.cycle(invocationId), encode({ callIds, labels, atMs }), {
+        expireIn: CYCLE_RETENTION_MS,
+      })
+      .commit();
+  }
+
+  // reads: cycle/… newest invocation first, at most CYCLES_KEPT (one range read); expiry is lazy:
+  // older ones are left out by their time.
+  async cycles(): Promise<RefusedCycle[]> {
+    const sinceMs = this.#clock.now() - CYCLE_RETENTION_MS;
+    const cycles: RefusedCycle[] = [];
+    const listed = this.#kv.list({ prefix: this.#keys.cycle() }, {
+      reverse: true,
+      limit: CYCLES_KEPT,
+    });
+    for await (const entry of listed) {
+      const cycle = decodeCycle(entry.value, String(entry.key[entry.key.length - 1]));
+      if (cycle.atMs > sinceMs) cycles.push(cycle);
+    }
+    return cycles.sort((a, b) => b.atMs - a.atMs);
+  }
+
   // --- runners -----------------------------------------------------------------------------------
 
   async heartbeat(runnerId: string, nowMs: number, taskIds?: readonly string[]): Promise<void> {
@@ -2860,6 +2890,26 @@ function decodeLease(
     );
   }
   return { runnerId: lease.runnerId, untilMs: lease.untilMs };
+}
+
+/** A refused cycle as stored under cycle/<invocation>. */
+function decodeCycle(value: unknown, invocationId: string): RefusedCycle {
+  const cycle = decode(value, `the cycle refused to invocation ${invocationId}`) as {
+    readonly callIds?: unknown;
+    readonly labels?: unknown;
+    readonly atMs?: unknown;
+  } | null;
+  const strings = (list: unknown): list is string[] =>
+    Array.isArray(list) && list.every((item) => typeof item === "string");
+  if (
+    typeof cycle !== "object" || cycle === null || !strings(cycle.callIds) ||
+    !strings(cycle.labels) || typeof cycle.atMs !== "number"
+  ) {
+    throw new SerializationError(
+      `Cannot read the cycle refused to invocation ${invocationId}: the stored value is not a nenc cycle`,
+    );
+  }
+  return { invocationId, callIds: cycle.callIds, labels: cycle.labels, atMs: cycle.atMs };
 }
 
 /**

@@ -86,8 +86,11 @@ export type ScheduleWrite = "tick" | "schedule";
 /** The upkeep write under test (see `tests/_faults_upkeep.ts`): the upkeep lease taken or renewed. */
 export type UpkeepWrite = "lease";
 
+/** The inspection write under test (see `tests/_faults_cycles.ts`): a refused cycle recorded. */
+export type CycleWrite = "cycle";
+
 /** Every write a fault plan can hit. */
-export type AnyWrite = RunnerWrite | ScheduleWrite | UpkeepWrite;
+export type AnyWrite = RunnerWrite | ScheduleWrite | UpkeepWrite | CycleWrite;
 
 /**
  * `refuse`: the write throws and is not applied. `applied`: the write is applied, then throws.
@@ -179,7 +182,8 @@ export class FaultPlan {
  * park of a refused pick-up on `claim()` (a claim may also go straight on to RUNNING), and a
  * child's RUNNING on the claim that picks the child up (the memory store adds its call edge and
  * moves it on to RUNNING in that step: see `ClaimRequest.runWithCall`), a tick on
- * `fireTick()`, a schedule on `putSchedule()`, the upkeep lease on `takeUpkeepLease()`, every other
+ * `fireTick()`, a schedule on `putSchedule()`, the upkeep lease on `takeUpkeepLease()`, a refused
+ * cycle on `recordCycle()`, every other
  * write on `change()` by the last status
  * of its path (the hand-back by its first, KILLED). The
  * memory store wakes parked invocations in the step that gives their key room: a wake's fault is
@@ -239,6 +243,12 @@ export function faultyStore(inner: Store, plan: FaultPlan): Store {
               const check = plan.before(plan.write === "lease", property);
               const outcome = await method.apply(target, args);
               if (check) plan.after(outcome === true, property);
+              return outcome;
+            }
+            if (property === "recordCycle") {
+              const check = plan.before(plan.write === "cycle", property);
+              const outcome = await method.apply(target, args);
+              if (check) plan.after(true, property);
               return outcome;
             }
             if (property === "change") {
@@ -358,7 +368,9 @@ function committedTransitions(
  */
 function pathMatches(runnerWrite: AnyWrite, path: readonly string[], child = false): boolean {
   const write = baseWrite(runnerWrite);
-  if (write === "tick" || write === "schedule" || write === "lease") return false; // by their keys
+  if (write === "tick" || write === "schedule" || write === "lease" || write === "cycle") {
+    return false; // by their keys
+  }
   if (write === "pending") return path.includes("pending");
   if (write === "killed") return path[0] === "killed";
   if (write === "running") {
@@ -377,7 +389,8 @@ const GIVES_ROOM: ReadonlySet<string> = new Set(["success", "failed", "retry", "
  * (not applied), a throw in `afterCommit` reports an applied one failed, and while down every
  * `get`, `getMany`, `list` and commit throws. A commit matches when one of the transitions it
  * carries is the write (a group commit may carry other drafts too); a tick when it sets a tick's
- * claim, a schedule when it sets a schedule without one, the lease when it sets the lease.
+ * claim, a schedule when it sets a schedule without one, the lease when it sets the lease, a
+ * cycle when it sets a refused cycle.
  */
 export function kvFaultHooks(plan: FaultPlan): KvHooks {
   const lastSeq = new Map<string, number>();
@@ -389,12 +402,14 @@ export function kvFaultHooks(plan: FaultPlan): KvHooks {
       ? setsOf(keys, "tick")
       : plan.write === "lease"
       ? setsOf(keys, "lease")
+      : plan.write === "cycle"
+      ? setsOf(keys, "cycle")
       : plan.write === "schedule"
       ? setsOf(keys, "sched") && !setsOf(keys, "tick")
       : transitions.some(({ path, child }) => pathMatches(plan.write, path, child));
   const describe = (transitions: readonly CommittedTransition[]): string =>
     transitions.length === 0
-      ? `commit of a ${plan.write === "lease" ? "lease" : "schedule"}`
+      ? `commit of a ${plan.write === "lease" || plan.write === "cycle" ? plan.write : "schedule"}`
       : `commit of ${transitions.map((t) => `[${t.path.join(", ")}]`).join(" ")}`;
   return {
     beforeGet: () => plan.throwIfDown("get"),

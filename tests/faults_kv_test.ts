@@ -1,4 +1,4 @@
-// The fault-injection contracts (issues #9, #11, #12) on Deno KV, in memory and on a file: the app's
+// The fault-injection contracts (issues #9, #11, #12, #13) on Deno KV, in memory and on a file: the app's
 // KV is an interceptKv view whose hooks refuse commits, report applied ones failed, or take the
 // store down.
 import { after } from "node:test";
@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Nenc } from "../core/app.ts";
+import { cycleFaultContract } from "./_faults_cycles.ts";
 import { faultContract, type FaultyAppFactory, kvFaultHooks } from "./_faults.ts";
 import { scheduleFaultContract } from "./_faults_schedules.ts";
 import { upkeepFaultContract } from "./_faults_upkeep.ts";
@@ -41,3 +42,5 @@ scheduleFaultContract("kv :memory:", inMemory);
 scheduleFaultContract("kv file", onFile);
 upkeepFaultContract("kv :memory:", inMemory);
 upkeepFaultContract("kv file", onFile);
+cycleFaultContract("kv :memory:", inMemory);
+cycleFaultContract("kv file", onFile);

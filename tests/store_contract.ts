@@ -2,6 +2,7 @@
  * The storage contract: the behaviour every backend must show through the public API and the
  * orchestrator. Each backend's test file calls {@linkcode storeContract} once with a factory.
  */
+import { cyclesContract } from "./_contract_cycles.ts";
 import { fairnessContract } from "./_contract_fairness.ts";
 import { graphsContract } from "./_contract_graphs.ts";
 import { idempotencyContract } from "./_contract_idempotency.ts";
@@ -32,6 +33,7 @@ export function storeContract(backend: string, makeApp: AppFactory): void {
   idempotencyContract(backend, makeApp);
   runningContract(backend, makeApp);
   graphsContract(backend, makeApp);
+  cyclesContract(backend, makeApp);
   lifecycleContract(backend, makeApp);
   fencingContract(backend, makeApp);
   limitsContract(backend, makeApp);

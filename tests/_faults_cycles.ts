@@ -1,0 +1,142 @@
+/**
+ * The fault-injection contract of the refused cycles kept for inspection (issue #13): the write
+ * that records one (`Store.recordCycle`) meets each of the three faults of `tests/_faults.ts`:
+ * refused and not applied; applied, then reported failed; the store down for 2 s. In every case,
+ * with a deadline on every wait: recording never turns the refused cycle into another error — the
+ * callee fails with the `CycleDetectedError`, the caller that catches it gets it and returns —
+ * and nothing hangs. What the record shows afterwards: nothing when the write was refused (it is
+ * not tried again), the cycle with its path otherwise (applied; or written once the store is up
+ * again, when the runner tries the callee's start again).
+ */
+import { test } from "node:test";
+import { within } from "./_deadline.ts";
+import {
+  assertNoProblems,
+  FAULT_KINDS,
+  type FaultKind,
+  FaultPlan,
+  type FaultyAppFactory,
+  ORCHESTRATOR,
+  RUNNER,
+} from "./_faults.ts";
+import { CycleDetectedError } from "../core/errors.ts";
+import type { Task } from "../core/task.ts";
+
+const SCENARIO_DEADLINE_MS = 30_000;
+
+/** What one scenario saw. */
+interface Facts {
+  readonly plan: FaultPlan;
+  /** What the outer `a` returned, or the error its `result()` rejected with. */
+  readonly outer: unknown;
+  /** What the caller `b` caught from the inner `a`'s `result()`. */
+  readonly caught: unknown;
+  /** The inner `a`'s last status and its error's name. */
+  readonly inner: { readonly status: string; readonly error: string | undefined } | undefined;
+  /** The labels of the refused cycles listed afterwards. */
+  readonly listed: readonly (readonly string[])[];
+}
+
+async function runScenario(
+  makeApp: FaultyAppFactory,
+  appId: string,
+  plan: FaultPlan,
+): Promise<Facts> {
+  const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR });
+  let caught: unknown;
+  const a: Task<{ n: number }, string> = app.task(
+    "a",
+    async ({ n }: { n: number }): Promise<string> => await (await b.call({ n })).result(),
+  );
+  const b: Task<{ n: number }, string> = app.task(
+    "b",
+    async ({ n }: { n: number }): Promise<string> => {
+      try {
+        return await (await a.call({ n })).result();
+      } catch (error) {
+        caught = error;
+        return "caught";
+      }
+    },
+  );
+  plan.arm();
+  const runner = app.runner(RUNNER);
+  runner.start();
+  let outer: unknown;
+  try {
+    const invocation = await a.call({ n: 1 });
+    outer = await within(
+      invocation.result().catch((error: unknown) => error),
+      SCENARIO_DEADLINE_MS,
+      "the outer invocation to end",
+    );
+  } finally {
+    await within(runner.stop(), SCENARIO_DEADLINE_MS, "the runner to stop");
+  }
+  await plan.outageOver();
+  const store = app.orchestrator.store;
+  const [record] = await Array.fromAsync(
+    store.find({ taskId: "a", statuses: new Set(["failed", "success"] as const) }),
+  ).then((records) => records.filter((record) => record.parentId !== null));
+  const listed = (await store.cycles()).map((cycle) => cycle.labels);
+  return {
+    plan,
+    outer,
+    caught,
+    inner: record && { status: record.status, error: record.error?.name },
+    listed,
+  };
+}
+
+/** Every broken promise of one scenario, one line each. */
+function judge(facts: Facts): void {
+  const { plan } = facts;
+  const problems: string[] = [];
+  if (plan.kind !== "none" && plan.firedAtMs === undefined) {
+    problems.push("the fault was never injected: no cycle was recorded after arming");
+  }
+  if (facts.outer !== "caught") problems.push(`the outer a ended with ${String(facts.outer)}`);
+  if (!(facts.caught instanceof CycleDetectedError)) {
+    problems.push(`the caller caught ${String(facts.caught)}, not the CycleDetectedError`);
+  }
+  if (facts.inner?.status !== "failed" || facts.inner.error !== "CycleDetectedError") {
+    problems.push(`the inner a ended ${facts.inner?.status} with ${facts.inner?.error}`);
+  }
+  const expected = plan.kind === "refuse" ? [] : [['b({"n":1})', 'a({"n":1})']];
+  if (JSON.stringify(facts.listed) !== JSON.stringify(expected)) {
+    problems.push(`listed ${JSON.stringify(facts.listed)}, expected ${JSON.stringify(expected)}`);
+  }
+  assertNoProblems(plan, problems);
+}
+
+const KINDS: readonly { kind: FaultKind; fault: string }[] = [
+  { kind: "none", fault: "without a fault (control)" },
+  ...FAULT_KINDS,
+];
+
+/**
+ * Registers the cycle record's fault contract for one backend: the record meets every fault, and
+ * a control run without one. The first test starts every scenario of the backend at once.
+ */
+export function cycleFaultContract(backend: string, makeApp: FaultyAppFactory): void {
+  const ending =
+    "the callee fails with the CycleDetectedError and its caller catches that error, nothing hangs";
+  type Settled = { ok: true; value: Facts } | { ok: false; error: unknown };
+  let all: Map<FaultKind, Promise<Settled>> | undefined;
+  const start = (): Map<FaultKind, Promise<Settled>> =>
+    new Map(KINDS.map(({ kind }) => [
+      kind,
+      runScenario(makeApp, `cycle-faults-${kind}`, new FaultPlan("cycle", kind)).then(
+        (value): Settled => ({ ok: true, value }),
+        (error): Settled => ({ ok: false, error }),
+      ),
+    ]));
+  for (const { kind, fault } of KINDS) {
+    test(`[${backend}] cycles: the record of a refused cycle ${fault}: ${ending}`, async () => {
+      all ??= start();
+      const facts = await all.get(kind)!;
+      if (!facts.ok) throw facts.error;
+      judge(facts.value);
+    });
+  }
+}

@@ -1,7 +1,7 @@
 /**
  * Text rendering for the command line, as pure functions: aligned tables, the status report,
- * the list of invocations, one invocation's report and tree, the schedules, and the live graphs as
- * Mermaid or DOT. Private to `cli/`.
+ * the list of invocations, one invocation's report and tree, the schedules, the live graphs as
+ * Mermaid or DOT, and the refused cycles. Private to `cli/`.
  *
  * @module
  */
@@ -10,7 +10,13 @@ import type { KeyConcurrency, RunnerView, TreeNode } from "./_inspect.ts";
 import { callLabel } from "../core/ids.ts";
 import { nextTickMs, type Schedule } from "../core/schedules.ts";
 import { ALL_STATUSES, type HistoryEntry, type InvocationStatus } from "../core/status.ts";
-import type { DelayedCount, InvocationRecord, LiveGraphs, SerializedError } from "../core/store.ts";
+import type {
+  DelayedCount,
+  InvocationRecord,
+  LiveGraphs,
+  RefusedCycle,
+  SerializedError,
+} from "../core/store.ts";
 
 /**
  * Aligns rows into columns two spaces apart; columns from index `rightFrom` on are aligned to
@@ -369,6 +375,25 @@ export function renderDot(graphs: LiveGraphs, labels: WaitLabels = new Map()): s
     lines.push("  }");
   }
   return lines.join("\n") + "\n}\n";
+}
+
+/**
+ * The cycles refused lately as comment lines (`prefix`: `%%` for Mermaid, `//` for DOT), most
+ * recent first, under a heading; nothing when there are none.
+ */
+export function renderCycles(cycles: readonly RefusedCycle[], prefix: string): string {
+  if (cycles.length === 0) return "";
+  const lines = cycles.map((cycle) => `${prefix} ${cycleLine(cycle).replace(/[\r\n]/g, " ")}`);
+  return `${prefix} refused cycles, most recent first:\n${lines.join("\n")}\n`;
+}
+
+/**
+ * One refused cycle: when, the invocation that failed with it, and its path, the first call
+ * repeated after "back to".
+ */
+export function cycleLine(cycle: RefusedCycle): string {
+  const path = [...cycle.labels, `back to ${cycle.labels[0]}`].join(" → ");
+  return `${new Date(cycle.atMs).toISOString()}  ${cycle.invocationId}: ${path}`;
 }
 
 function callText(call: LiveGraphs["calls"]["calls"][number]): string {

@@ -14,6 +14,7 @@
 
 import dagre from "@dagrejs/dagre";
 import type { Nenc } from "../core/app.ts";
+import { cycleLine } from "./_render.ts";
 import { callLabel } from "../core/ids.ts";
 import { ALL_STATUSES, type InvocationStatus } from "../core/status.ts";
 import {
@@ -224,20 +225,32 @@ function drawCalls(graphs: LiveGraphs, records: ReadonlyMap<string, InvocationRe
   });
 }
 
-/** The cycles refused lately, one line of text each, most recent first. */
+/**
+ * The cycles refused lately, most recent first: for each, when and the invocation that failed
+ * with it, then its path one call a line (the whole cycle on one line is its tooltip).
+ */
 function drawCycles(cycles: readonly RefusedCycle[]): Drawing {
-  const lines = cycles.map((cycle) =>
-    `${new Date(cycle.atMs).toISOString()}  ${cycle.invocationId}: ${
-      [...cycle.labels, `back to ${cycle.labels[0]}`].join(" → ")
-    }`
-  );
-  const width = MARGIN * 2 +
-    Math.max(...lines.map((line) => Math.min(line.length, MAX_CHARS * 2))) * CHAR_WIDTH;
-  let body = title("Refused cycles, most recent first", 0);
-  lines.forEach((line, i) => {
-    body += text(MARGIN, TITLE_HEIGHT + (i + 1) * LINE_HEIGHT, line, MAX_CHARS * 2);
-  });
-  return { width, height: TITLE_HEIGHT + (lines.length + 1) * LINE_HEIGHT, body };
+  let body = `<g data-graph="cycles">${title("Refused cycles, most recent first", 0)}`;
+  let y = TITLE_HEIGHT;
+  let chars = 0;
+  for (const cycle of cycles) {
+    const lines = [
+      `${new Date(cycle.atMs).toISOString()}  ${cycle.invocationId}`,
+      ...cycle.labels.map((label, i) => `${i === 0 ? "    " : "  → "}${label}`),
+      `  → back to ${cycle.labels[0]}`,
+    ];
+    body += `<g data-cycle="${escapeXml(cycle.invocationId)}"><title>${
+      escapeXml(cycleLine(cycle))
+    }</title>`;
+    for (const line of lines) {
+      y += LINE_HEIGHT;
+      body += text(MARGIN, y, line, MAX_CHARS * 2);
+      chars = Math.max(chars, Math.min(line.length, MAX_CHARS * 2));
+    }
+    body += "</g>";
+    y += LINE_HEIGHT / 2;
+  }
+  return { width: MARGIN * 2 + chars * CHAR_WIDTH, height: y, body: `${body}</g>` };
 }
 
 /** Lays a graph out in layers (left to right) and draws it: title, edges, nodes, legend. */
@@ -247,10 +260,10 @@ function draw(graph: Graph): Drawing {
     return {
       width,
       height: TITLE_HEIGHT + LINE_HEIGHT * 2,
-      body: title(graph.title, 0) +
+      body: `<g data-graph="${graph.name}">${title(graph.title, 0)}` +
         `<text x="${MARGIN}" y="${TITLE_HEIGHT + LINE_HEIGHT}" fill="#4b5563" data-empty="true">${
           escapeXml(graph.empty)
-        }</text>`,
+        }</text></g>`,
     };
   }
   const layout = new dagre.graphlib.Graph<
@@ -272,7 +285,7 @@ function draw(graph: Graph): Drawing {
   const { width = 0, height = 0 } = layout.graph() as { width?: number; height?: number };
 
   const arrow = `nenc-${graph.name}-arrow`;
-  let body = title(graph.title, 0) +
+  let body = `<g data-graph="${graph.name}">${title(graph.title, 0)}` +
     `<defs><marker id="${arrow}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" ` +
     `markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" ` +
     `fill="#374151"/></marker></defs>`;
@@ -293,7 +306,7 @@ function draw(graph: Graph): Drawing {
   return {
     width: Math.max(width, legend.width),
     height: TITLE_HEIGHT + height + legend.height,
-    body: body + legend.body,
+    body: `${body}${legend.body}</g>`,
   };
 }
 

@@ -25,6 +25,7 @@
  */
 
 import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { cwd } from "node:process";
 import { pathToFileURL } from "node:url";
@@ -41,6 +42,7 @@ import {
 import { kvFileKind } from "./_kv_file.ts";
 import {
   type RateReport,
+  renderCycles,
   renderDot,
   renderInvocation,
   renderList,
@@ -50,6 +52,7 @@ import {
   renderTree,
 } from "./_render.ts";
 import { formatLogLine, lineLogger, LOG_FORMATS, type LogFormat } from "./_log.ts";
+import { readLiveGraphs, renderGraphsDocument } from "./_svg.ts";
 import { Nenc } from "../core/app.ts";
 import { isDefaultLogger } from "../core/_report.ts";
 import { StoreClosedError } from "../core/errors.ts";
@@ -119,9 +122,11 @@ Commands:
                          schedules and runner heartbeats. Refused while a runner is alive (a heartbeat
                          within runnerTimeoutSeconds): stop the workers first.
     --force              With --all: purge even while runners are alive.
-  graph                  The live call graph and wait graph, as text.
+  graph                  The live call graph and wait graph as text, then the cycles refused in
+                         the last hour with their path (as comments).
     --format <format>    mermaid or dot [mermaid].
-    --svg <file>         Render the DOT with Graphviz (dot -Tsvg) into this file.
+    --svg <file>         Draw both graphs and the refused cycles into this SVG file instead (laid
+                         out by nenc itself: no Graphviz needed).
 
 Options of every command:
   --app <module>         The app module, resolved against the current directory. It must export
@@ -249,12 +254,12 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   const concurrency = values.concurrency === undefined
     ? 1
     : positiveInteger(values.concurrency, "--concurrency", command);
-  const format = values.format ?? (values.svg === undefined ? "mermaid" : "dot");
+  const format = values.format ?? "mermaid";
   if (format !== "mermaid" && format !== "dot") {
     throw new UsageError(`Cannot run graph: --format must be mermaid or dot, got "${format}"`);
   }
-  if (values.svg !== undefined && format !== "dot") {
-    throw new UsageError("Cannot run graph: --svg renders DOT; leave out --format mermaid");
+  if (values.svg !== undefined && values.format !== undefined) {
+    throw new UsageError("Cannot run graph: --svg draws an SVG file, not text; leave out --format");
   }
   const listing = command === "list" ? listOptions(values) : undefined;
   const logFormat = values["log-format"] ?? "text";
@@ -709,52 +714,28 @@ async function graph(
   options: { readonly format: "mermaid" | "dot"; readonly svg: string | undefined },
   io: CliIo,
 ): Promise<number> {
-  const store = app.orchestrator.store;
-  const graphs = await store.graphs();
-  const waiting = [...new Set(graphs.waits.flat())];
-  const labels = new Map(
-    (await store.getMany(waiting)).map((
-      record,
-    ) => [record.id, `${callLabel(record.taskId, record.args)} ${record.status}`]),
-  );
-  if (options.format === "mermaid") {
-    io.stdout(renderMermaid(graphs, labels));
-    return 0;
-  }
-  const dot = renderDot(graphs, labels);
-  if (options.svg === undefined) {
-    io.stdout(dot);
-    return 0;
-  }
-  await renderSvg(dot, options.svg);
-  io.stdout(`Wrote ${options.svg}.\n`);
-  return 0;
-}
-
-/** Pipes DOT through Graphviz's `dot -Tsvg` into `file`. */
-async function renderSvg(dot: string, file: string): Promise<void> {
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command("dot", {
-      args: ["-Tsvg", "-o", file],
-      stdin: "piped",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new Error(
-        "Cannot render SVG: Graphviz is not installed (no dot command on the PATH); install it, or print DOT text with --format dot",
-        { cause: error },
-      );
+  const live = await readLiveGraphs(app);
+  if (options.svg !== undefined) {
+    try {
+      await writeFile(options.svg, renderGraphsDocument(live));
+    } catch (error) {
+      throw new Error(`Cannot write ${options.svg}: ${(error as Error).message}`, { cause: error });
     }
-    throw error;
+    io.stdout(`Wrote ${options.svg}.\n`);
+    return 0;
   }
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(dot));
-  await writer.close();
-  const [{ code }, stderr] = await Promise.all([child.status, new Response(child.stderr).text()]);
-  if (code !== 0) throw new Error(`Cannot render SVG: dot exited with ${code}: ${stderr.trim()}`);
+  const labels = new Map(
+    live.records.map((record) => [
+      record.id,
+      `${callLabel(record.taskId, record.args)} ${record.status}`,
+    ]),
+  );
+  io.stdout(
+    options.format === "mermaid"
+      ? renderMermaid(live.graphs, labels) + renderCycles(live.cycles, "%%")
+      : renderDot(live.graphs, labels) + renderCycles(live.cycles, "//"),
+  );
+  return 0;
 }
 
 function processIo(): CliIo {

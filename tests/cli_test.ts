@@ -13,14 +13,16 @@ import { fileURLToPath } from "node:url";
 import { type CliIo, main } from "../cli/mod.ts";
 import { Nenc } from "../core/app.ts";
 import type { Runner } from "../core/runner.ts";
-import { CanceledError } from "../core/errors.ts";
-import type { InvocationRecord } from "../core/store.ts";
+import { CanceledError, CycleDetectedError } from "../core/errors.ts";
+import type { InvocationRecord, LiveGraphs } from "../core/store.ts";
+import type { Task } from "../core/task.ts";
 import { APP_ID, defineTasks } from "./_cli_app.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { openTestKv } from "./_kv.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { Keys } from "../kv/keys.ts";
 import { KV_SCHEMA_VERSION } from "../kv/store.ts";
+import { findAll, parseXml, textOf, type XmlElement } from "./_xml.ts";
 
 const onlyDeno = (globalThis as { Deno?: unknown }).Deno === undefined
   ? "the CLI runs on Deno: these tests spawn deno"
@@ -211,21 +213,23 @@ test("cli: show without an invocation id, or with two, exits 2", async () => {
   assert.match(two.stderr, /Cannot run show: unexpected argument B/);
 });
 
-test("cli: graph --format other than mermaid or dot, or --svg with --format mermaid, exits 2", async () => {
+test("cli: graph --format other than mermaid or dot, or --svg with --format, exits 2", async () => {
   const bad = await runMain(["graph", "--app", fixture("_cli_app.ts"), "--format", "png"]);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--format must be mermaid or dot, got "png"/);
-  const svg = await runMain([
-    "graph",
-    "--app",
-    fixture("_cli_app.ts"),
-    "--format",
-    "mermaid",
-    "--svg",
-    "out.svg",
-  ]);
-  assert.equal(svg.code, 2);
-  assert.match(svg.stderr, /--svg renders DOT; leave out --format mermaid/);
+  for (const format of ["mermaid", "dot"]) {
+    const svg = await runMain([
+      "graph",
+      "--app",
+      fixture("_cli_app.ts"),
+      "--format",
+      format,
+      "--svg",
+      "out.svg",
+    ]);
+    assert.equal(svg.code, 2);
+    assert.match(svg.stderr, /--svg draws an SVG file, not text; leave out --format/);
+  }
 });
 
 test("cli: --concurrency that is not an integer ≥ 1 exits 2", async () => {
@@ -1255,26 +1259,133 @@ test(
   },
 );
 
-test("cli graph --svg: without Graphviz on the PATH it exits 1 saying Graphviz is not installed", {
-  skip: onlyDeno,
-}, async () => {
-  await withKvFile(async (path) => {
-    const emptyPath = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
-    (await openTestKv(path)).close(); // graph reads a store: it never creates one
-    try {
-      const { code, stderr } = await cli(["graph", "--svg", join(emptyPath, "out.svg")], path, {
-        PATH: emptyPath,
-      });
-      assert.equal(code, 1);
-      assert.match(
-        stderr,
-        /Cannot render SVG: Graphviz is not installed \(no dot command on the PATH\)/,
-      );
-    } finally {
-      rmSync(emptyPath, { recursive: true, force: true });
-    }
-  });
-});
+test(
+  "cli graph --svg: draws the live graphs of a parent paused waiting on two running children into an SVG file that parses as XML — both children and the parent in each graph, as many arrows as edges — with no Graphviz on the PATH",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      let open!: () => void;
+      const childGate = new Promise<void>((resolve) => open = resolve);
+      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
+      const runner = app.runner({ concurrency: 3 });
+      runner.start();
+      const noDot = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
+      try {
+        const parent = await tasks.parent.call({ n: 2 });
+        let graphs!: LiveGraphs;
+        await waitUntil(async () => {
+          graphs = await app.orchestrator.store.graphs();
+          return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
+        }, { intervalMs: 10, message: "the parent never waited on both children" });
+        const file = join(noDot, "live.svg");
+        const drawn = await cli(["graph", "--svg", file], path, { PATH: noDot });
+        assert.equal(drawn.code, 0, drawn.stderr);
+        assert.equal(drawn.stdout, `Wrote ${file}.\n`);
+        const tree = parseXml(readFileSync(file, "utf8"));
+        assert.equal(tree.name, "svg");
+        const section = (name: string): XmlElement =>
+          findAll(tree, (element) => element.attributes["data-graph"] === name)[0]!;
+        const nodesOf = (name: string): Map<string, Readonly<Record<string, string>>> =>
+          new Map(
+            findAll(section(name), (element) => element.attributes["data-node"] !== undefined)
+              .map((node) => [node.attributes["data-node"]!, node.attributes]),
+          );
+        const edgesOf = (name: string): XmlElement[] =>
+          findAll(section(name), (element) => element.attributes["data-from"] !== undefined);
+        // The wait-for graph: the parent, paused (it freed its slot), and its running children.
+        const children = graphs.waits.map(([, child]) => child);
+        const waits = nodesOf("waits");
+        assert.deepEqual([...waits.keys()].sort(), [parent.id, ...children].sort());
+        assert.equal(waits.get(parent.id)!["data-status"], "paused");
+        assert.equal(waits.get(parent.id)!["data-slot"], "freed");
+        for (const child of children) assert.equal(waits.get(child)!["data-status"], "running");
+        assert.equal(edgesOf("waits").length, graphs.waits.length);
+        // The call graph: the parent's call and its children's, each with its invocation.
+        const calls = nodesOf("calls");
+        assert.deepEqual(
+          [...calls.keys()].sort(),
+          graphs.calls.calls.map((call) => call.callId).sort(),
+        );
+        const callTexts = findAll(section("calls"), (e) => e.attributes["data-node"] !== undefined)
+          .map((node) => textOf(node));
+        const shows = (task: string, status: string, id: string): boolean =>
+          callTexts.some((text) =>
+            text.startsWith(`${task}(`) && text.includes(`${status}  ${id}`)
+          );
+        assert.ok(shows("parent", "paused", parent.id), callTexts.join(" | "));
+        for (const child of children) assert.ok(shows("child", "running", child), child);
+        assert.equal(edgesOf("calls").length, graphs.calls.edges.length);
+        const edges = findAll(tree, (element) => element.attributes["data-from"] !== undefined);
+        assert.equal(edges.length, 4);
+      } finally {
+        open();
+        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
+        kv.close();
+        rmSync(noDot, { recursive: true, force: true });
+      }
+    });
+  },
+);
+
+test(
+  "cli graph: a cycle whose error the caller caught is listed with its path after the graphs, as Mermaid and DOT comments, and in the SVG",
+  { skip: onlyDeno },
+  async () => {
+    await withKvFile(async (path) => {
+      const { kv, app } = await openFixtureApp(path);
+      const directory = mkdtempSync(join(tmpdir(), "nenc-cycles-"));
+      try {
+        const plugin: Task<{ pkg: string }, string> = app.task(
+          "plugin",
+          async ({ pkg }: { pkg: string }): Promise<string> => {
+            const other = pkg === "mdx" ? "remark" : "mdx";
+            try {
+              return await (await plugin.call({ pkg: other })).result();
+            } catch (error) {
+              if (!(error instanceof CycleDetectedError)) throw error;
+              return "caught";
+            }
+          },
+        );
+        const outer = await plugin.call({ pkg: "mdx" });
+        await within(app.runner().drain(), DEADLINE_MS, "the drain");
+        assert.equal(await outer.result(), "caught");
+        const [cycle] = await app.orchestrator.store.cycles();
+        const when = new Date(cycle!.atMs).toISOString();
+        const path_ =
+          'plugin({"pkg":"remark"}) → plugin({"pkg":"mdx"}) → back to plugin({"pkg":"remark"})';
+        const line = `${when}  ${cycle!.invocationId}: ${path_}`;
+
+        const mermaid = await cli(["graph"], path);
+        assert.equal(mermaid.code, 0, mermaid.stderr);
+        assert.equal(
+          mermaid.stdout,
+          `flowchart LR\n  %% no live calls, no waits\n%% refused cycles, most recent first:\n%% ${line}\n`,
+        );
+        const dot = await cli(["graph", "--format", "dot"], path);
+        assert.equal(dot.code, 0, dot.stderr);
+        assert.match(dot.stdout, /\n\}\n\/\/ refused cycles, most recent first:\n/);
+        assert.ok(dot.stdout.endsWith(`\n// ${line}\n`), dot.stdout);
+        const file = join(directory, "cycles.svg");
+        assert.equal((await cli(["graph", "--svg", file], path)).code, 0);
+        const [drawn] = findAll(
+          parseXml(readFileSync(file, "utf8")),
+          (element) => element.attributes["data-graph"] === "cycles",
+        );
+        assert.deepEqual(findAll(drawn!, (element) => element.name === "text").map(textOf), [
+          "Refused cycles, most recent first",
+          `${when}  ${cycle!.invocationId}`,
+          '    plugin({"pkg":"remark"})',
+          '  → plugin({"pkg":"mdx"})',
+          '  → back to plugin({"pkg":"remark"})',
+        ]);
+      } finally {
+        kv.close();
+        rmSync(directory, { recursive: true, force: true });
+      }
+    });
+  },
+);
 
 test(
   "cli worker and purge on data of a newer schema version exit 1 naming both versions, and change nothing",

@@ -262,9 +262,24 @@ test("svg: the document of `graph --svg` holds both graphs, then the refused cyc
   assert.ok(at("Call graph: caller → callee") > at("Wait-for graph: waiter → waited"));
   assert.ok(at("Refused cycles, most recent first") > at("Call graph: caller → callee"));
   assert.deepEqual(texts.slice(at("Refused cycles, most recent first") + 1), [
-    "2026-01-01T12:00:00.000Z  i2: a() → b() → back to a()",
-    "2026-01-01T11:00:00.000Z  i1: self() → back to self()",
+    "2026-01-01T12:00:00.000Z  i2",
+    "    a()",
+    "  → b()",
+    "  → back to a()",
+    "2026-01-01T11:00:00.000Z  i1",
+    "    self()",
+    "  → back to self()",
   ]);
+  assert.deepEqual(
+    findAll(tree, (element) => element.attributes["data-cycle"] !== undefined).map((cycle) =>
+      textOf(findAll(cycle, (element) => element.name === "title")[0]!)
+    ),
+    [
+      "2026-01-01T12:00:00.000Z  i2: a() → b() → back to a()",
+      "2026-01-01T11:00:00.000Z  i1: self() → back to self()",
+    ],
+    "each cycle's tooltip holds it whole",
+  );
   const ids = findAll(tree, (element) => element.attributes.id !== undefined)
     .map((element) => element.attributes.id);
   assert.equal(new Set(ids).size, ids.length);

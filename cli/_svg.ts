@@ -186,7 +186,7 @@ function drawWaits(graphs: LiveGraphs, records: ReadonlyMap<string, InvocationRe
       id,
       lines: [
         record === undefined ? "(purged)" : callLabel(record.taskId, record.args),
-        `${status}  ${id}`,
+        `${status} ${id}`,
         ...slot === undefined ? [] : [slot === "holds" ? "holds its slot" : "freed its slot"],
       ],
       status,
@@ -208,7 +208,7 @@ function drawCalls(graphs: LiveGraphs, records: ReadonlyMap<string, InvocationRe
       id,
       status: records.get(id)?.status ?? "gone" as const,
     }));
-    const shown = invocations.slice(0, MAX_INVOCATIONS).map(({ id, status }) => `${status}  ${id}`);
+    const shown = invocations.slice(0, MAX_INVOCATIONS).map(({ id, status }) => `${status} ${id}`);
     const more = invocations.length - MAX_INVOCATIONS;
     return {
       id: call.callId,
@@ -234,18 +234,19 @@ function drawCycles(cycles: readonly RefusedCycle[]): Drawing {
   let y = TITLE_HEIGHT;
   let chars = 0;
   for (const cycle of cycles) {
-    const lines = [
-      `${new Date(cycle.atMs).toISOString()}  ${cycle.invocationId}`,
-      ...cycle.labels.map((label, i) => `${i === 0 ? "    " : "  → "}${label}`),
-      `  → back to ${cycle.labels[0]}`,
+    // Its path indented under the header (by position: SVG collapses spaces).
+    const lines: [string, number][] = [
+      [`${new Date(cycle.atMs).toISOString()} ${cycle.invocationId}`, 0],
+      ...cycle.labels.map((label, i): [string, number] => i === 0 ? [label, 4] : [`→ ${label}`, 2]),
+      [`→ back to ${cycle.labels[0]}`, 2],
     ];
     body += `<g data-cycle="${escapeXml(cycle.invocationId)}"><title>${
       escapeXml(cycleLine(cycle))
     }</title>`;
-    for (const line of lines) {
+    for (const [line, indent] of lines) {
       y += LINE_HEIGHT;
-      body += text(MARGIN, y, line, MAX_CHARS * 2);
-      chars = Math.max(chars, Math.min(line.length, MAX_CHARS * 2));
+      body += text(MARGIN + indent * CHAR_WIDTH, y, line, MAX_CHARS * 2);
+      chars = Math.max(chars, indent + Math.min(line.length, MAX_CHARS * 2));
     }
     body += "</g>";
     y += LINE_HEIGHT / 2;
@@ -387,8 +388,8 @@ function standalone(drawing: Drawing): string {
   const height = round(drawing.height);
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
     `viewBox="0 0 ${width} ${height}" role="img"><rect width="100%" height="100%" ` +
-    `fill="#ffffff"/><g font-family="${FONT}" font-size="${FONT_SIZE}" fill="#111827" ` +
-    `xml:space="preserve">${drawing.body}</g></svg>\n`;
+    `fill="#ffffff"/><g font-family="${FONT}" font-size="${FONT_SIZE}" fill="#111827">` +
+    `${drawing.body}</g></svg>\n`;
 }
 
 function round(value: number): number {

@@ -1309,9 +1309,7 @@ test(
         const callTexts = findAll(section("calls"), (e) => e.attributes["data-node"] !== undefined)
           .map((node) => textOf(node));
         const shows = (task: string, status: string, id: string): boolean =>
-          callTexts.some((text) =>
-            text.startsWith(`${task}(`) && text.includes(`${status}  ${id}`)
-          );
+          callTexts.some((text) => text.startsWith(`${task}(`) && text.includes(`${status} ${id}`));
         assert.ok(shows("parent", "paused", parent.id), callTexts.join(" | "));
         for (const child of children) assert.ok(shows("child", "running", child), child);
         assert.equal(edgesOf("calls").length, graphs.calls.edges.length);
@@ -1374,10 +1372,10 @@ test(
         );
         assert.deepEqual(findAll(drawn!, (element) => element.name === "text").map(textOf), [
           "Refused cycles, most recent first",
-          `${when}  ${cycle!.invocationId}`,
-          '    plugin({"pkg":"remark"})',
-          '  → plugin({"pkg":"mdx"})',
-          '  → back to plugin({"pkg":"remark"})',
+          `${when} ${cycle!.invocationId}`,
+          'plugin({"pkg":"remark"})',
+          '→ plugin({"pkg":"mdx"})',
+          '→ back to plugin({"pkg":"remark"})',
         ]);
       } finally {
         kv.close();

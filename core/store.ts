@@ -921,7 +921,8 @@ export interface LiveGraphs {
  *
  * @example A task that calls itself, and catches the refusal
  * ```ts
- * import { Nenc, type RefusedCycle } from "@nenc/nenc";
+ * import { Nenc } from "@nenc/nenc";
+ * import type { RefusedCycle } from "@nenc/nenc/core";
  *
  * const app = new Nenc();
  * const countdown = app.task("countdown", async ({ n }: { n: number }): Promise<string> => {
@@ -958,7 +959,7 @@ export interface RefusedCycle {
  *
  * @example
  * ```ts
- * import { CYCLE_RETENTION_MS } from "@nenc/nenc";
+ * import { CYCLE_RETENTION_MS } from "@nenc/nenc/core";
  *
  * console.log(CYCLE_RETENTION_MS / 60_000); // 60
  * ```
@@ -970,7 +971,7 @@ export const CYCLE_RETENTION_MS = 3_600_000;
  *
  * @example
  * ```ts
- * import { CYCLES_KEPT } from "@nenc/nenc";
+ * import { CYCLES_KEPT } from "@nenc/nenc/core";
  *
  * console.log(CYCLES_KEPT); // 20
  * ```

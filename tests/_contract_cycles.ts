@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
 import { FakeClock } from "./_fake_clock.ts";
+import { collect } from "./_contract_routing.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { newInvocationId } from "../core/ids.ts";
 import { CYCLE_RETENTION_MS, CYCLES_KEPT, type RefusedCycle } from "../core/store.ts";
@@ -44,10 +45,10 @@ export function cyclesContract(backend: string, makeApp: AppFactory): void {
     const afterMs = Date.now();
     assert.equal(await outer.result(), "caught");
     const store = app.orchestrator.store;
-    const [inner] = await Array.fromAsync(
+    const [inner] = await collect(
       store.find({ taskId: "a", statuses: new Set(["failed"] as const) }),
     );
-    const [bRecord] = await Array.fromAsync(
+    const [bRecord] = await collect(
       store.find({ taskId: "b", statuses: new Set(["success"] as const) }),
     );
     const [cycle, ...more] = await store.cycles();

@@ -22,7 +22,8 @@ import type { Call, Task } from "../core/task.ts";
 const HOUR_MS = 3_600_000;
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/;
 
-async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+/** Every item of an async iterable, in order (`Array.fromAsync`, which Node 20 lacks). */
+export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   const all: T[] = [];
   for await (const item of items) all.push(item);
   return all;

@@ -10,6 +10,7 @@
  */
 import { test } from "node:test";
 import { within } from "./_deadline.ts";
+import { collect } from "./_contract_routing.ts";
 import {
   assertNoProblems,
   FAULT_KINDS,
@@ -75,7 +76,7 @@ async function runScenario(
   }
   await plan.outageOver();
   const store = app.orchestrator.store;
-  const [record] = await Array.fromAsync(
+  const [record] = await collect(
     store.find({ taskId: "a", statuses: new Set(["failed", "success"] as const) }),
   ).then((records) => records.filter((record) => record.parentId !== null));
   const listed = (await store.cycles()).map((cycle) => cycle.labels);

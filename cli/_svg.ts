@@ -57,9 +57,13 @@ export interface GraphsSvg {
  * The live wait-for and call graphs of an app as SVG (an SVG saying so when a graph is empty),
  * and the cycles refused lately: what the monitor's graph page shows.
  *
- * @example
- * ```ts ignore
- * const { waits, calls, cycles } = await renderLiveGraphs(app);
+ * @example Nothing live yet
+ * ```ts
+ * import { Nenc } from "@nenc/nenc";
+ * import { renderLiveGraphs } from "./_svg.ts";
+ *
+ * const { waits, calls, cycles } = await renderLiveGraphs(new Nenc());
+ * console.log(waits.includes("No invocation waits on another right now."), calls.startsWith("<svg"), cycles); // true true []
  * ```
  */
 export async function renderLiveGraphs(

@@ -4,6 +4,7 @@ import type { AppFactory } from "./store_contract.ts";
 import { DEADLINE_MS, within } from "./_deadline.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { collect } from "./_contract_routing.ts";
+import type { Nenc } from "../core/app.ts";
 import { CycleDetectedError } from "../core/errors.ts";
 import { newInvocationId } from "../core/ids.ts";
 import { CYCLE_RETENTION_MS, CYCLES_KEPT, type RefusedCycle } from "../core/store.ts";
@@ -19,25 +20,39 @@ function cycleAt(atMs: number, n: number): RefusedCycle {
   };
 }
 
+/**
+ * Tasks `a` and `b` that call each other with equal arguments, so the inner `a` is refused
+ * (a → b → a, closed by b's call): `b` hands what its call of `a` rejected with to `caught`, and
+ * returns `"caught"` if it is the `CycleDetectedError` (else throws it on).
+ */
+export function caughtCycle(
+  app: Nenc,
+  caught: (error: unknown) => void = () => {},
+): { readonly a: Task<{ n: number }, string>; readonly b: Task<{ n: number }, string> } {
+  const a: Task<{ n: number }, string> = app.task(
+    "a",
+    async ({ n }: { n: number }): Promise<string> => await (await b.call({ n })).result(),
+  );
+  const b: Task<{ n: number }, string> = app.task(
+    "b",
+    async ({ n }: { n: number }): Promise<string> => {
+      try {
+        return await (await a.call({ n })).result();
+      } catch (error) {
+        caught(error);
+        if (!(error instanceof CycleDetectedError)) throw error;
+        return "caught";
+      }
+    },
+  );
+  return { a, b };
+}
+
 /** The refused cycles kept for inspection (`Store.recordCycle` / `Store.cycles`), on one backend. */
 export function cyclesContract(backend: string, makeApp: AppFactory): void {
   test(`[${backend}] cycles(): a cycle whose error the caller caught is still listed with its path (the calls from the closing call's caller on, their labels), the invocation that failed with it, and when`, async () => {
     const app = await makeApp();
-    const a: Task<{ n: number }, string> = app.task(
-      "a",
-      async ({ n }: { n: number }): Promise<string> => await (await b.call({ n })).result(),
-    );
-    const b: Task<{ n: number }, string> = app.task(
-      "b",
-      async ({ n }: { n: number }): Promise<string> => {
-        try {
-          return String(await (await a.call({ n })).result());
-        } catch (error) {
-          if (!(error instanceof CycleDetectedError)) throw error;
-          return "caught";
-        }
-      },
-    );
+    const { a } = caughtCycle(app);
     assert.deepEqual(await app.orchestrator.store.cycles(), []);
     const outer = await a.call({ n: 3 });
     const beforeMs = Date.now();

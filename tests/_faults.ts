@@ -952,6 +952,35 @@ export const FAULT_KINDS: readonly { kind: FaultKind; fault: string }[] = [
   { kind: "down", fault: "with the store down for 2 s" },
 ];
 
+/** A control run without a fault, then the three faults. */
+export const CONTROL_AND_FAULT_KINDS: readonly { kind: FaultKind; fault: string }[] = [
+  { kind: "none", fault: "without a fault (control)" },
+  ...FAULT_KINDS,
+];
+
+/**
+ * Registers the scenario of one write against a control run and each fault, one test each named
+ * by `name(fault)`: the first test starts every scenario at once (each on its own app), and each
+ * test awaits and judges its own.
+ */
+export function faultScenarios<T>(
+  name: (fault: string) => string,
+  run: (kind: FaultKind) => Promise<T>,
+  judge: (facts: T) => void,
+): void {
+  let all: Map<FaultKind, Promise<Settled<T>>> | undefined;
+  const start = (): Map<FaultKind, Promise<Settled<T>>> =>
+    new Map(CONTROL_AND_FAULT_KINDS.map(({ kind }) => [kind, settle(run(kind))]));
+  for (const { kind, fault } of CONTROL_AND_FAULT_KINDS) {
+    test(name(fault), async () => {
+      all ??= start();
+      const facts = await all.get(kind)!;
+      if (!facts.ok) throw facts.error;
+      judge(facts.value);
+    });
+  }
+}
+
 /** Fails with every problem a scenario found, naming the fault that fired (or none). */
 export function assertNoProblems(plan: FaultPlan, problems: readonly string[]): void {
   if (problems.length === 0) return;

@@ -8,20 +8,18 @@
  * not tried again), the cycle with its path otherwise (applied; or written once the store is up
  * again, when the runner tries the callee's start again).
  */
-import { test } from "node:test";
+import { caughtCycle } from "./_contract_cycles.ts";
 import { within } from "./_deadline.ts";
 import { collect } from "./_contract_routing.ts";
 import {
   assertNoProblems,
-  FAULT_KINDS,
-  type FaultKind,
   FaultPlan,
+  faultScenarios,
   type FaultyAppFactory,
   ORCHESTRATOR,
   RUNNER,
 } from "./_faults.ts";
 import { CycleDetectedError } from "../core/errors.ts";
-import type { Task } from "../core/task.ts";
 
 const SCENARIO_DEADLINE_MS = 30_000;
 
@@ -45,21 +43,7 @@ async function runScenario(
 ): Promise<Facts> {
   const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR });
   let caught: unknown;
-  const a: Task<{ n: number }, string> = app.task(
-    "a",
-    async ({ n }: { n: number }): Promise<string> => await (await b.call({ n })).result(),
-  );
-  const b: Task<{ n: number }, string> = app.task(
-    "b",
-    async ({ n }: { n: number }): Promise<string> => {
-      try {
-        return await (await a.call({ n })).result();
-      } catch (error) {
-        caught = error;
-        return "caught";
-      }
-    },
-  );
+  const { a } = caughtCycle(app, (error) => caught = error);
   plan.arm();
   const runner = app.runner(RUNNER);
   runner.start();
@@ -110,34 +94,16 @@ function judge(facts: Facts): void {
   assertNoProblems(plan, problems);
 }
 
-const KINDS: readonly { kind: FaultKind; fault: string }[] = [
-  { kind: "none", fault: "without a fault (control)" },
-  ...FAULT_KINDS,
-];
-
 /**
  * Registers the cycle record's fault contract for one backend: the record meets every fault, and
- * a control run without one. The first test starts every scenario of the backend at once.
+ * a control run without one.
  */
 export function cycleFaultContract(backend: string, makeApp: FaultyAppFactory): void {
   const ending =
     "the callee fails with the CycleDetectedError and its caller catches that error, nothing hangs";
-  type Settled = { ok: true; value: Facts } | { ok: false; error: unknown };
-  let all: Map<FaultKind, Promise<Settled>> | undefined;
-  const start = (): Map<FaultKind, Promise<Settled>> =>
-    new Map(KINDS.map(({ kind }) => [
-      kind,
-      runScenario(makeApp, `cycle-faults-${kind}`, new FaultPlan("cycle", kind)).then(
-        (value): Settled => ({ ok: true, value }),
-        (error): Settled => ({ ok: false, error }),
-      ),
-    ]));
-  for (const { kind, fault } of KINDS) {
-    test(`[${backend}] cycles: the record of a refused cycle ${fault}: ${ending}`, async () => {
-      all ??= start();
-      const facts = await all.get(kind)!;
-      if (!facts.ok) throw facts.error;
-      judge(facts.value);
-    });
-  }
+  faultScenarios(
+    (fault) => `[${backend}] cycles: the record of a refused cycle ${fault}: ${ending}`,
+    (kind) => runScenario(makeApp, `cycle-faults-${kind}`, new FaultPlan("cycle", kind)),
+    judge,
+  );
 }

@@ -8,14 +8,12 @@
  *
  * Two runners share the app and start once the fault is armed: their first takes meet it.
  */
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { within } from "./_deadline.ts";
 import {
   assertNoProblems,
-  FAULT_KINDS,
-  type FaultKind,
   FaultPlan,
+  faultScenarios,
   type FaultyAppFactory,
   ORCHESTRATOR,
   RUNNER,
@@ -118,34 +116,16 @@ function judge(facts: Facts): void {
   assertNoProblems(plan, problems);
 }
 
-const KINDS: readonly { kind: FaultKind; fault: string }[] = [
-  { kind: "none", fault: "without a fault (control)" },
-  ...FAULT_KINDS,
-];
-
 /**
  * Registers the upkeep fault contract for one backend: the lease's take meets every fault, and
- * a control run without one. The first test starts every scenario of the backend at once.
+ * a control run without one.
  */
 export function upkeepFaultContract(backend: string, makeApp: FaultyAppFactory): void {
   const ending =
     "a dead runner's RUNNING invocation and a stale claim are recovered and run once each, by one lease holder all along";
-  type Settled = { ok: true; value: Facts } | { ok: false; error: unknown };
-  let all: Map<FaultKind, Promise<Settled>> | undefined;
-  const start = (): Map<FaultKind, Promise<Settled>> =>
-    new Map(KINDS.map(({ kind }) => [
-      kind,
-      runScenario(makeApp, `upkeep-faults-${kind}`, new FaultPlan("lease", kind)).then(
-        (value): Settled => ({ ok: true, value }),
-        (error): Settled => ({ ok: false, error }),
-      ),
-    ]));
-  for (const { kind, fault } of KINDS) {
-    test(`[${backend}] upkeep: the lease's take ${fault}: ${ending}`, async () => {
-      all ??= start();
-      const facts = await all.get(kind)!;
-      if (!facts.ok) throw facts.error;
-      judge(facts.value);
-    });
-  }
+  faultScenarios(
+    (fault) => `[${backend}] upkeep: the lease's take ${fault}: ${ending}`,
+    (kind) => runScenario(makeApp, `upkeep-faults-${kind}`, new FaultPlan("lease", kind)),
+    judge,
+  );
 }

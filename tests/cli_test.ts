@@ -161,12 +161,20 @@ async function withGatedRunner(
   }
 }
 
-/** Waits until the parent waits on its two children (a hang guard, not a time limit). */
-function parentWaiting(app: Nenc): Promise<void> {
-  return waitUntil(async () => (await app.orchestrator.store.graphs()).waits.length === 2, {
+/**
+ * Waits until the parent waits on its two children and both run (their call edges are in), a hang
+ * guard, not a time limit; resolves to the live graphs then.
+ */
+async function parentWaiting(app: Nenc): Promise<LiveGraphs> {
+  let graphs!: LiveGraphs;
+  await waitUntil(async () => {
+    graphs = await app.orchestrator.store.graphs();
+    return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
+  }, {
     intervalMs: 10,
-    message: "the parent never waited on both children",
+    message: "the parent never waited on both children running",
   });
+  return graphs;
 }
 
 // --- usage ---------------------------------------------------------------------------------------
@@ -1199,19 +1207,10 @@ test(
     skip: onlyDeno,
   },
   async () => {
-    await withKvFile(async (path) => {
-      let open!: () => void;
-      const childGate = new Promise<void>((resolve) => open = resolve);
-      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
-      const runner = app.runner({ concurrency: 3 });
-      runner.start();
-      try {
+    await withKvFile((path) =>
+      withGatedRunner(path, async ({ app, tasks, open }) => {
         const parent = await tasks.parent.call({ n: 2 });
-        // Wait until the parent waits on both running children (a hang guard, not a time limit).
-        await waitUntil(async () => {
-          const graphs = await app.orchestrator.store.graphs();
-          return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
-        }, { intervalMs: 10, message: "the parent never waited on both children" });
+        await parentWaiting(app);
         const mermaid = await cli(["graph"], path);
         assert.equal(mermaid.code, 0, mermaid.stderr);
         assert.match(
@@ -1250,12 +1249,8 @@ test(
         assert.equal(await within(parent.result(), DEADLINE_MS, "the parent's result"), 1);
         const empty = await cli(["graph"], path);
         assert.equal(empty.stdout, "flowchart LR\n  %% no live calls, no waits\n");
-      } finally {
-        open();
-        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
-        kv.close();
-      }
-    });
+      })
+    );
   },
 );
 
@@ -1263,65 +1258,60 @@ test(
   "cli graph --svg: draws the live graphs of a parent paused waiting on two running children into an SVG file that parses as XML — both children and the parent in each graph, as many arrows as edges — with no Graphviz on the PATH",
   { skip: onlyDeno },
   async () => {
-    await withKvFile(async (path) => {
-      let open!: () => void;
-      const childGate = new Promise<void>((resolve) => open = resolve);
-      const { kv, app, tasks } = await openFixtureApp(path, { childGate });
-      const runner = app.runner({ concurrency: 3 });
-      runner.start();
-      const noDot = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
-      try {
+    await withKvFile((path) =>
+      withGatedRunner(path, async ({ app, tasks }) => {
         const parent = await tasks.parent.call({ n: 2 });
-        let graphs!: LiveGraphs;
-        await waitUntil(async () => {
-          graphs = await app.orchestrator.store.graphs();
-          return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
-        }, { intervalMs: 10, message: "the parent never waited on both children" });
-        const file = join(noDot, "live.svg");
-        const drawn = await cli(["graph", "--svg", file], path, { PATH: noDot });
-        assert.equal(drawn.code, 0, drawn.stderr);
-        assert.equal(drawn.stdout, `Wrote ${file}.\n`);
-        const tree = parseXml(readFileSync(file, "utf8"));
-        assert.equal(tree.name, "svg");
-        const section = (name: string): XmlElement =>
-          findAll(tree, (element) => element.attributes["data-graph"] === name)[0]!;
-        const nodesOf = (name: string): Map<string, Readonly<Record<string, string>>> =>
-          new Map(
-            findAll(section(name), (element) => element.attributes["data-node"] !== undefined)
-              .map((node) => [node.attributes["data-node"]!, node.attributes]),
+        const graphs = await parentWaiting(app);
+        const noDot = mkdtempSync(join(tmpdir(), "nenc-no-dot-"));
+        try {
+          const file = join(noDot, "live.svg");
+          const drawn = await cli(["graph", "--svg", file], path, { PATH: noDot });
+          assert.equal(drawn.code, 0, drawn.stderr);
+          assert.equal(drawn.stdout, `Wrote ${file}.\n`);
+          const tree = parseXml(readFileSync(file, "utf8"));
+          assert.equal(tree.name, "svg");
+          const section = (name: string): XmlElement =>
+            findAll(tree, (element) => element.attributes["data-graph"] === name)[0]!;
+          const nodesOf = (name: string): Map<string, Readonly<Record<string, string>>> =>
+            new Map(
+              findAll(section(name), (element) => element.attributes["data-node"] !== undefined)
+                .map((node) => [node.attributes["data-node"]!, node.attributes]),
+            );
+          const edgesOf = (name: string): XmlElement[] =>
+            findAll(section(name), (element) => element.attributes["data-from"] !== undefined);
+          // The wait-for graph: the parent, paused (it freed its slot), and its running children.
+          const children = graphs.waits.map(([, child]) => child);
+          const waits = nodesOf("waits");
+          assert.deepEqual([...waits.keys()].sort(), [parent.id, ...children].sort());
+          assert.equal(waits.get(parent.id)!["data-status"], "paused");
+          assert.equal(waits.get(parent.id)!["data-slot"], "freed");
+          for (const child of children) assert.equal(waits.get(child)!["data-status"], "running");
+          assert.equal(edgesOf("waits").length, graphs.waits.length);
+          // The call graph: the parent's call and its children's, each with its invocation.
+          const calls = nodesOf("calls");
+          assert.deepEqual(
+            [...calls.keys()].sort(),
+            graphs.calls.calls.map((call) => call.callId).sort(),
           );
-        const edgesOf = (name: string): XmlElement[] =>
-          findAll(section(name), (element) => element.attributes["data-from"] !== undefined);
-        // The wait-for graph: the parent, paused (it freed its slot), and its running children.
-        const children = graphs.waits.map(([, child]) => child);
-        const waits = nodesOf("waits");
-        assert.deepEqual([...waits.keys()].sort(), [parent.id, ...children].sort());
-        assert.equal(waits.get(parent.id)!["data-status"], "paused");
-        assert.equal(waits.get(parent.id)!["data-slot"], "freed");
-        for (const child of children) assert.equal(waits.get(child)!["data-status"], "running");
-        assert.equal(edgesOf("waits").length, graphs.waits.length);
-        // The call graph: the parent's call and its children's, each with its invocation.
-        const calls = nodesOf("calls");
-        assert.deepEqual(
-          [...calls.keys()].sort(),
-          graphs.calls.calls.map((call) => call.callId).sort(),
-        );
-        const callTexts = findAll(section("calls"), (e) => e.attributes["data-node"] !== undefined)
-          .map((node) => textOf(node));
-        const shows = (task: string, status: string, id: string): boolean =>
-          callTexts.some((text) => text.startsWith(`${task}(`) && text.includes(`${status} ${id}`));
-        assert.ok(shows("parent", "paused", parent.id), callTexts.join(" | "));
-        for (const child of children) assert.ok(shows("child", "running", child), child);
-        assert.equal(edgesOf("calls").length, graphs.calls.edges.length);
-        const edges = findAll(tree, (element) => element.attributes["data-from"] !== undefined);
-        assert.equal(edges.length, 4);
-      } finally {
-        open();
-        await within(runner.stop(), DEADLINE_MS, "the runner to stop");
-        kv.close();
-        rmSync(noDot, { recursive: true, force: true });
-      }
-    });
+          const callTexts = findAll(
+            section("calls"),
+            (e) => e.attributes["data-node"] !== undefined,
+          )
+            .map((node) => textOf(node));
+          const shows = (task: string, status: string, id: string): boolean =>
+            callTexts.some((text) =>
+              text.startsWith(`${task}(`) && text.includes(`${status} ${id}`)
+            );
+          assert.ok(shows("parent", "paused", parent.id), callTexts.join(" | "));
+          for (const child of children) assert.ok(shows("child", "running", child), child);
+          assert.equal(edgesOf("calls").length, graphs.calls.edges.length);
+          const edges = findAll(tree, (element) => element.attributes["data-from"] !== undefined);
+          assert.equal(edges.length, 4);
+        } finally {
+          rmSync(noDot, { recursive: true, force: true });
+        }
+      })
+    );
   },
 );
 

@@ -920,7 +920,10 @@ export class Orchestrator {
         atMs: this.#host.clock.now(),
       });
     } catch (fault) {
-      console.error(`nenc: could not record the cycle refused to invocation ${callee.id}:`, fault);
+      this.#reporter.logger.error(
+        `could not record the cycle refused to invocation ${callee.id}; it fails with it all the same`,
+        { invocationId: callee.id, error: errorFields(fault) },
+      );
     }
   }
 

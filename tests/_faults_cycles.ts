@@ -4,9 +4,9 @@
  * refused and not applied; applied, then reported failed; the store down for 2 s. In every case,
  * with a deadline on every wait: recording never turns the refused cycle into another error — the
  * callee fails with the `CycleDetectedError`, the caller that catches it gets it and returns —
- * and nothing hangs. What the record shows afterwards: nothing when the write was refused (it is
- * not tried again), the cycle with its path otherwise (applied; or written once the store is up
- * again, when the runner tries the callee's start again).
+ * nothing hangs, and the failed record is logged. What the record shows afterwards: nothing when
+ * the write was refused (it is not tried again), the cycle with its path otherwise (applied; or
+ * written once the store is up again, when the runner tries the callee's start again).
  */
 import { caughtCycle } from "./_contract_cycles.ts";
 import { within } from "./_deadline.ts";
@@ -20,6 +20,7 @@ import {
   RUNNER,
 } from "./_faults.ts";
 import { CycleDetectedError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
 
 const SCENARIO_DEADLINE_MS = 30_000;
 
@@ -34,6 +35,8 @@ interface Facts {
   readonly inner: { readonly status: string; readonly error: string | undefined } | undefined;
   /** The labels of the refused cycles listed afterwards. */
   readonly listed: readonly (readonly string[])[];
+  /** Whether the logger was told that a cycle could not be recorded. */
+  readonly recordFailed: boolean;
 }
 
 async function runScenario(
@@ -41,7 +44,14 @@ async function runScenario(
   appId: string,
   plan: FaultPlan,
 ): Promise<Facts> {
-  const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR });
+  const logged: string[] = [];
+  const logger: Logger = {
+    debug: () => {},
+    info: () => {},
+    warn: () => {},
+    error: (message) => void logged.push(message),
+  };
+  const app = await makeApp(plan, { appId, orchestrator: ORCHESTRATOR, logger });
   let caught: unknown;
   const { a } = caughtCycle(app, (error) => caught = error);
   plan.arm();
@@ -70,6 +80,7 @@ async function runScenario(
     caught,
     inner: record && { status: record.status, error: record.error?.name },
     listed,
+    recordFailed: logged.some((message) => message.startsWith("could not record the cycle")),
   };
 }
 
@@ -90,6 +101,9 @@ function judge(facts: Facts): void {
   const expected = plan.kind === "refuse" ? [] : [['b({"n":1})', 'a({"n":1})']];
   if (JSON.stringify(facts.listed) !== JSON.stringify(expected)) {
     problems.push(`listed ${JSON.stringify(facts.listed)}, expected ${JSON.stringify(expected)}`);
+  }
+  if (facts.recordFailed !== (plan.kind !== "none")) {
+    problems.push(`a failed record was ${facts.recordFailed ? "" : "not "}logged`);
   }
   assertNoProblems(plan, problems);
 }

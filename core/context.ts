@@ -14,6 +14,8 @@ export interface ExecutionContext {
   readonly invocationId: string;
   /** The runner executing it. */
   readonly runnerId: string;
+  /** The trace context of the run (a W3C `traceparent`): what the calls made from it store. */
+  readonly trace?: string | undefined;
   /** Aborted on cancel, timeout and runner stop, with the cause as its reason. */
   readonly signal: AbortSignal;
   /**

@@ -13,6 +13,7 @@ import type { Clock } from "./clock.ts";
 import { currentExecution } from "./context.ts";
 import { setMaxListeners } from "node:events";
 import { isStoreFault, retryFaults } from "./_faults.ts";
+import { callTrace } from "./_telemetry.ts";
 import {
   BatchProcessingError,
   CanceledError,
@@ -652,6 +653,7 @@ export class Orchestrator {
     const runningKey = task.runningKey(serialized, id);
     const groupSlots = task.groupSlots(args, serialized);
     const rate = task.rateLimitKey(serialized, id);
+    const trace = callTrace(execution?.trace);
     return {
       id: newInvocationId(nowMs),
       taskId: task.id,
@@ -671,6 +673,7 @@ export class Orchestrator {
       ...(idempotency !== undefined
         ? { idempotency: { key: idempotency.key, expiresAtMs: nowMs + idempotency.ttlMs } }
         : {}),
+      ...(trace !== undefined ? { trace } : {}),
     };
   }
 
@@ -756,8 +759,10 @@ export class Orchestrator {
     const args = Object.fromEntries(
       Object.entries(schedule.args).map(([name, json]) => [name, JSON.parse(json)]),
     );
+    // A tick starts a trace of its own, whatever is active where the runner runs.
+    const { trace: _, ...invocation } = this.#newInvocation(task, args as never);
     return {
-      ...this.#newInvocation(task, args as never),
+      ...invocation,
       parentId: null,
       registrationKey: null,
       runnerId,
@@ -1153,6 +1158,10 @@ export class Orchestrator {
       readonly attempt: number;
       /** The tick of the schedule that fired it (epoch ms), or `null`. */
       readonly scheduledAt: number | null;
+      /** Since when it could be picked up, epoch ms. */
+      readonly availableAtMs: number;
+      /** The trace context stored with it, if any. */
+      readonly trace: string | undefined;
     }[] & { readonly more: boolean }
   > {
     const outcome = await this.#claim(max, options.runnerId, true, options.accepts, options.ready);
@@ -1163,6 +1172,8 @@ export class Orchestrator {
       seq: record.seq,
       attempt: record.retries,
       scheduledAt: record.scheduledAtMs ?? null,
+      availableAtMs: record.availableAtMs,
+      trace: record.trace,
     }));
     return Object.assign(started, { more: outcome.more ?? false });
   }

@@ -13,6 +13,13 @@ import { setMaxListeners } from "node:events";
 import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
 import { abortQuietly, quietController } from "./_listeners.ts";
 import { isGroupLimitMismatch } from "./_group_limits.ts";
+import {
+  type RunnerGauges,
+  runnerStarted,
+  runnerStopped,
+  runStarted,
+  RunTelemetry,
+} from "./_telemetry.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type ExecutionContext, runInExecution } from "./context.ts";
 import { CanceledError, NencError, StoreClosedError, TaskTimeoutError } from "./errors.ts";
@@ -325,6 +332,8 @@ export class Runner implements AsyncDisposable {
    * the runner (a clock that jumps ahead alone must not).
    */
   #beatInTrouble = false;
+  /** What its metrics read (see core/_telemetry.ts). */
+  readonly #gauges: RunnerGauges;
 
   /** Use `app.runner()`. */
   constructor(host: RunnerHost, options: RunnerOptions = {}) {
@@ -348,6 +357,15 @@ export class Runner implements AsyncDisposable {
     this.#host = host;
     this.#reporter = reporterOf(host.orchestrator);
     this.id = options.runnerId ?? `runner-${crypto.randomUUID()}`;
+    this.#gauges = {
+      runnerId: this.id,
+      queueDepth: () => this.#resumeQueue.length,
+      slotsInUse: () => {
+        let held = 0;
+        for (const execution of this.#executions.values()) if (execution.holdsSlot) held++;
+        return held;
+      },
+    };
     this.concurrency = positive("concurrency", 1);
     this.#pollMs = positive("pollMs", 100);
     this.#heartbeatMs = positive("heartbeatMs", 1000);
@@ -446,6 +464,7 @@ export class Runner implements AsyncDisposable {
     if (this.#reporter.listens("runner")) {
       this.#reporter.emit("runner", { runnerId: this.id, event: "started" });
     }
+    runnerStarted(this.#gauges);
     this.#loop = this.#run();
     this.#beats = Promise.all([this.#beat(), this.#watchHeartbeat(), this.#watchCancels()])
       .then(() => {});
@@ -513,6 +532,7 @@ export class Runner implements AsyncDisposable {
     for (const resume of this.#resumeQueue.splice(0)) resume();
     await this.#untilEmpty(Infinity);
     this.#alive.abort();
+    runnerStopped(this.#gauges);
     await this.#beats; // no heartbeat lands after the entry is removed below
     try {
       await orchestrator.store.removeRunner(this.id);
@@ -1139,6 +1159,8 @@ export class Runner implements AsyncDisposable {
       }, error);
     } finally {
       execution.end();
+      if (end === "canceled") execution.telemetry?.recorded(InvocationStatus.CANCELED);
+      execution.telemetry?.end();
       if (end === "canceled") {
         // Not named by a sequence number: the cancel moved it past the one this execution saw.
         // Ending is idempotent (a second end gives nothing back), and the claim still fences it.
@@ -1187,9 +1209,11 @@ export class Runner implements AsyncDisposable {
     if (kind === "stop") {
       // Discarded: handed back for another runner, from wherever it is (PAUSED included), after
       // any pause or resume of its still in flight.
-      return await execution.inOrder(() =>
+      const verdict = await execution.inOrder(() =>
         this.#persist(execution, 2, (actor) => orchestrator.handBackInvocation(invocation, actor))
       );
+      if (verdict === "done") execution.telemetry?.recorded(InvocationStatus.REROUTED);
+      return verdict;
     }
     // A timeout fails the attempt whatever the function returned.
     const result: ExecutionOutcome = kind === "timeout"
@@ -1244,7 +1268,15 @@ export class Runner implements AsyncDisposable {
         (actor) => orchestrator.setInvocationException(invocation, error, ending(actor)),
       );
     }
-    if (verdict === "done") this.#finished++;
+    if (verdict === "done") {
+      this.#finished++;
+      const status = failure === undefined
+        ? InvocationStatus.SUCCESS
+        : failure.retried
+        ? InvocationStatus.RETRY
+        : InvocationStatus.FAILED;
+      execution.telemetry?.recorded(status, failure?.error);
+    }
     if (verdict === "done" && failure !== undefined) {
       const { error, retried } = failure;
       const attempt = execution.attempt + 1;
@@ -1349,6 +1381,8 @@ class Execution implements ExecutionContext {
   /** The tick of the schedule that fired the invocation (epoch ms), or `null`. */
   readonly scheduledAt: number | null;
   readonly runnerId: string;
+  /** Its run's span and trace context, from the start of its function. */
+  telemetry: RunTelemetry | undefined;
   /** The sequence number of the record as this execution last wrote it. */
   seq: number;
   /** The grace its function got after its abort. */
@@ -1385,6 +1419,10 @@ class Execution implements ExecutionContext {
   #settled = false;
   /** Pause and resume run one after the other, in call order. */
   #serial: Promise<unknown> = Promise.resolve();
+  /** Since when its invocation could be picked up, epoch ms. */
+  readonly #availableAtMs: number;
+  /** The trace context stored with its invocation. */
+  readonly #storedTrace: string | undefined;
 
   constructor(
     runner: Runner,
@@ -1395,6 +1433,8 @@ class Execution implements ExecutionContext {
       seq: number;
       attempt: number;
       scheduledAt: number | null;
+      availableAtMs: number;
+      trace: string | undefined;
       persist: Persist;
     },
   ) {
@@ -1403,6 +1443,8 @@ class Execution implements ExecutionContext {
     this.seq = claim.seq;
     this.attempt = claim.attempt;
     this.scheduledAt = claim.scheduledAt;
+    this.#availableAtMs = claim.availableAtMs;
+    this.#storedTrace = claim.trace;
     this.#runner = runner;
     this.#host = host;
     this.invocation = invocation;
@@ -1444,6 +1486,11 @@ class Execution implements ExecutionContext {
     return this.#abortKind;
   }
 
+  /** Whether it holds one of its runner's slots. */
+  get holdsSlot(): boolean {
+    return this.#holdsSlot;
+  }
+
   /** Fenced: the runner lost its heartbeat; nothing more is written for this execution. */
   get fenced(): boolean {
     return this.#abortKind === "fence" || this.#gone;
@@ -1474,13 +1521,28 @@ class Execution implements ExecutionContext {
     this.#ended?.abort();
   }
 
+  /** The trace context of its run: what the calls made from it store. */
+  get trace(): string | undefined {
+    return this.telemetry?.trace;
+  }
+
   /** Runs the task's function in this execution's context, until it returns or its grace ends. */
   run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
+    const { invocation } = this;
+    runStarted(invocation.taskId, this.#host.clock.now() - this.#availableAtMs);
+    const telemetry = this.telemetry = new RunTelemetry({
+      invocationId: invocation.id,
+      taskId: invocation.taskId,
+      callId: invocation.callId,
+      retries: this.attempt,
+      runnerId: this.runnerId,
+      trace: this.#storedTrace,
+    });
     let returned: unknown;
     try {
       returned = runInExecution(
         this,
-        () => task.fn(this.invocation.args as never, taskContext(this)),
+        () => telemetry.run(() => task.fn(invocation.args as never, taskContext(this))),
       );
     } catch (error) {
       return Promise.resolve({ ok: false, error });
@@ -1625,6 +1687,7 @@ class Execution implements ExecutionContext {
     await this.#write(
       (actor) => this.#host.orchestrator.pauseForResults(this.invocation, waited, actor),
     );
+    this.telemetry?.paused(waited);
     this.#paused = true;
     this.releaseSlot();
   }
@@ -1685,6 +1748,7 @@ class Execution implements ExecutionContext {
         if (!resumed) this.releaseSlot();
       }
       if (resumed) {
+        this.telemetry?.resumed();
         this.#paused = false;
         return;
       }

@@ -169,6 +169,11 @@ export interface InvocationRecord {
    * over the limit parks on it (SPEC §7.3). Absent: no rate limit.
    */
   readonly rate?: RateLimitKey;
+  /**
+   * The W3C `traceparent` of the span its call was made in (the run of its parent, or a span of
+   * the caller's): the spans of its runs are children of that span, in any process. Absent: none.
+   */
+  readonly trace?: string;
 }
 
 /**
@@ -317,6 +322,8 @@ export interface NewInvocation extends
   readonly idempotency?: { readonly key: string; readonly expiresAtMs: number };
   /** The tick of the schedule firing it, epoch ms ({@linkcode Store.fireTick}) [none]. */
   readonly scheduledAtMs?: number;
+  /** The trace context of its call ({@linkcode InvocationRecord.trace}) [none]. */
+  readonly trace?: string;
 }
 
 /**
@@ -1302,6 +1309,7 @@ export function planRegistration(
       ? { keepUntilMs: invocation.idempotency.expiresAtMs }
       : {}),
     ...(invocation.scheduledAtMs !== undefined ? { scheduledAtMs: invocation.scheduledAtMs } : {}),
+    ...(invocation.trace !== undefined ? { trace: invocation.trace } : {}),
   };
   return { record, entry };
 }

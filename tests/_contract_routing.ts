@@ -214,6 +214,44 @@ export function routingContract(backend: string, makeApp: AppFactory): void {
     assert.equal(registration?.runnerId, "runner-a");
   });
 
+  test(`[${backend}] the trace context of a call is stored with its invocation, single or in a batch, and kept through its claim and every status change to SUCCESS`, async () => {
+    const app = await makeApp();
+    const o = app.orchestrator;
+    const caller = await app.task("caller", () => "caller").call();
+    await claimOne(app, "r0", caller);
+    await o.setInvocationRun(undefined, caller, { runnerId: "r0" });
+    const single = app.task("single", () => "single");
+    const batched = app.task("batched", ({ n }: { n: number }) => n);
+    const bare = app.task("bare", () => "bare");
+    const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const inCaller = {
+      invocationId: caller.id,
+      runnerId: "r0",
+      trace: traceparent,
+      signal: new AbortController().signal,
+      waitFor: () => Promise.resolve(),
+    };
+    const [one, [first, second]] = await runInExecution(
+      inCaller,
+      () => Promise.all([single.call(), o.routeCalls(calls(batched, [{ n: 1 }, { n: 2 }]))]),
+    );
+    const without = await bare.call();
+    const invocations = [one, first!, second!, without];
+    const traces = async (): Promise<(string | undefined)[]> =>
+      (await o.store.getMany(ids(invocations))).map(({ trace }) => trace);
+    const expected = [traceparent, traceparent, traceparent, undefined];
+    assert.deepEqual(await traces(), expected);
+    const started = await o.startInvocations(10, { runnerId: "r1" });
+    const claimed = new Map(started.map(({ invocation, trace }) => [invocation.id, trace]));
+    assert.deepEqual(invocations.map(({ id }) => claimed.get(id)), expected);
+    for (const { invocation, running } of started) {
+      if (!running) await o.setInvocationRun(undefined, invocation, { runnerId: "r1" });
+      await o.setInvocationResult(invocation, null, { runnerId: "r1" });
+    }
+    for (const invocation of invocations) assert.equal(await invocation.status(), "success");
+    assert.deepEqual(await traces(), expected);
+  });
+
   // --- registration concurrency ------------------------------------------------------------------
 
   test(`[${backend}] registrationConcurrency "disabled" (default): two equal calls create two invocations`, async () => {

@@ -1,0 +1,264 @@
+/**
+ * OpenTelemetry through `@opentelemetry/api` (SPEC §7.4): a span per run of an invocation, its
+ * parent the span of the run that called it — in another process too, for the trace context is
+ * stored with the invocation — and the runner's metrics. Without an SDK registered in the process
+ * it costs a look at the global providers per run: no span, no attributes, no metric is made.
+ *
+ * The stored trace context is a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), written and
+ * read here rather than through the api's propagator: the api's default propagator does nothing
+ * unless an SDK sets one, and the record is read by nenc alone. A process without an SDK passes
+ * the context on unchanged: what its runs call carry the trace context their run was called with.
+ *
+ * @module
+ */
+
+import {
+  context,
+  createNoopMeter,
+  type Histogram,
+  isSpanContextValid,
+  type MeterProvider,
+  metrics,
+  type ObservableGauge,
+  type ObservableResult,
+  ProxyTracerProvider,
+  ROOT_CONTEXT,
+  type Span,
+  type SpanContext,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Tracer,
+  type TracerProvider,
+} from "@opentelemetry/api";
+import type { InvocationStatus } from "./status.ts";
+
+/** The instrumentation scope of nenc's spans and metrics. */
+const SCOPE = "nenc";
+
+/** A W3C `traceparent` of version 00. */
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+
+/** The W3C `traceparent` of a span context. */
+export function traceparentOf(spanContext: SpanContext): string {
+  const flags = (spanContext.traceFlags & 0xff).toString(16).padStart(2, "0");
+  return `00-${spanContext.traceId}-${spanContext.spanId}-${flags}`;
+}
+
+/** The span context of a W3C `traceparent`, or `undefined` for anything else. */
+export function parseTraceparent(traceparent: string): SpanContext | undefined {
+  const match = TRACEPARENT.exec(traceparent);
+  if (match === null) return undefined;
+  const spanContext: SpanContext = {
+    traceId: match[1]!,
+    spanId: match[2]!,
+    traceFlags: parseInt(match[3]!, 16),
+    isRemote: true,
+  };
+  return isSpanContextValid(spanContext) ? spanContext : undefined;
+}
+
+/**
+ * The trace context a call stores with its invocation: that of the span active where it is made
+ * (user code in a span, or a task's own span under a context manager), else that of the run it is
+ * made from (`runTrace`, see {@linkcode RunTelemetry.trace}), else none.
+ */
+export function callTrace(runTrace: string | undefined): string | undefined {
+  const active = trace.getSpanContext(context.active());
+  return active !== undefined && isSpanContextValid(active) ? traceparentOf(active) : runTrace;
+}
+
+let tracerOf:
+  | { readonly provider: TracerProvider; readonly tracer: Tracer | undefined }
+  | undefined;
+
+/** nenc's tracer, or `undefined` while no SDK has registered a tracer provider. */
+function activeTracer(): Tracer | undefined {
+  const provider = trace.getTracerProvider();
+  if (tracerOf?.provider !== provider) {
+    // The api hands out its proxy until a provider is registered: then no span is made at all.
+    const off = provider instanceof ProxyTracerProvider &&
+      provider.getDelegateTracer(SCOPE) === undefined;
+    // The proxy is not cached: a provider registered later gets the runs from then on.
+    if (off) return undefined;
+    tracerOf = { provider, tracer: provider.getTracer(SCOPE) };
+  }
+  return tracerOf.tracer;
+}
+
+/** What a run's span says about it. */
+export interface RunInfo {
+  readonly invocationId: string;
+  readonly taskId: string;
+  readonly callId: string;
+  /** The retries before this run: its attempt is one more. */
+  readonly retries: number;
+  readonly runnerId: string;
+  /** The trace context stored with the invocation, if any. */
+  readonly trace: string | undefined;
+}
+
+/**
+ * The telemetry of one run: its span (while an SDK is registered) and the trace context its calls
+ * carry.
+ */
+export class RunTelemetry {
+  readonly #span: Span | undefined;
+  readonly #parentTrace: string | undefined;
+  #status: InvocationStatus | undefined;
+  #error: unknown;
+
+  constructor(run: RunInfo) {
+    this.#parentTrace = run.trace;
+    const tracer = activeTracer();
+    if (tracer === undefined) return;
+    const parent = run.trace === undefined ? undefined : parseTraceparent(run.trace);
+    // The stored context is the parent, never what is active where the runner runs.
+    this.#span = tracer.startSpan(
+      `nenc ${run.taskId}`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "nenc.invocation_id": run.invocationId,
+          "nenc.task_id": run.taskId,
+          "nenc.call_id": run.callId,
+          "nenc.attempt": run.retries + 1,
+          "nenc.runner_id": run.runnerId,
+        },
+      },
+      parent === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, parent),
+    );
+  }
+
+  /** The trace context of the run: what the calls made from it store. */
+  get trace(): string | undefined {
+    return this.#span === undefined ? this.#parentTrace : traceparentOf(this.#span.spanContext());
+  }
+
+  /** Runs the task's function with the run's span active (seen under a context manager). */
+  run<T>(fn: () => T): T {
+    if (this.#span === undefined) return fn();
+    return context.with(trace.setSpan(ROOT_CONTEXT, this.#span), fn);
+  }
+
+  /** The run paused to wait for `waited`. */
+  paused(waited: readonly { readonly id: string }[]): void {
+    if (!this.#span?.isRecording()) return;
+    this.#span.addEvent("nenc.pause", { "nenc.waiting_for": waited.map(({ id }) => id) });
+  }
+
+  /** The run resumed. */
+  resumed(): void {
+    this.#span?.addEvent("nenc.resume");
+  }
+
+  /** The run's end was recorded: it left the invocation in `status`, failed with `error`. */
+  recorded(status: InvocationStatus, error?: unknown): void {
+    this.#status = status;
+    this.#error = error;
+  }
+
+  /**
+   * The run is over: its span ends with the status it left the invocation in, or as an error
+   * when it recorded none (the invocation is not this runner's any more).
+   */
+  end(): void {
+    const span = this.#span;
+    if (span === undefined) return;
+    const status = this.#status;
+    const error = this.#error;
+    if (status !== undefined) span.setAttribute("nenc.status", status);
+    if (error !== undefined) {
+      span.recordException(error instanceof Error ? error : String(error));
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
+      });
+    } else if (status === undefined) {
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: "Cannot record the run's end: the invocation is not this runner's any more",
+      });
+    }
+    span.end();
+  }
+}
+
+// --- metrics ------------------------------------------------------------------------------------
+
+/** What a runner's gauges read: what it knows without a store read. */
+export interface RunnerGauges {
+  readonly runnerId: string;
+  /** Paused invocations whose waits ended, waiting for one of its slots. */
+  queueDepth(): number;
+  /** Its slots an execution holds. */
+  slotsInUse(): number;
+}
+
+/** The live runners of this process. */
+const runners = new Set<RunnerGauges>();
+
+interface Instruments {
+  readonly provider: MeterProvider;
+  readonly waits: Histogram;
+  readonly queueDepth: ObservableGauge;
+  readonly slotsInUse: ObservableGauge;
+}
+
+let instruments: Instruments | undefined;
+
+/** nenc's instruments on the global meter provider, or `undefined` while none is registered. */
+function activeInstruments(): Instruments | undefined {
+  const provider = metrics.getMeterProvider();
+  if (instruments?.provider === provider) return instruments;
+  const meter = provider.getMeter(SCOPE);
+  if (meter === createNoopMeter()) return undefined;
+  if (instruments !== undefined) {
+    instruments.queueDepth.removeCallback(observeQueueDepth);
+    instruments.slotsInUse.removeCallback(observeSlotsInUse);
+  }
+  instruments = {
+    provider,
+    waits: meter.createHistogram("nenc.wait.duration", {
+      description: "From when an invocation is available to when its run starts",
+      unit: "ms",
+    }),
+    queueDepth: meter.createObservableGauge("nenc.queue.depth", {
+      description: "Paused invocations ready to go on, waiting for one of the runner's slots",
+    }),
+    slotsInUse: meter.createObservableGauge("nenc.slots.in_use", {
+      description: "The runner's slots held by a running invocation",
+    }),
+  };
+  instruments.queueDepth.addCallback(observeQueueDepth);
+  instruments.slotsInUse.addCallback(observeSlotsInUse);
+  return instruments;
+}
+
+function observeQueueDepth(result: ObservableResult): void {
+  for (const runner of runners) {
+    result.observe(runner.queueDepth(), { "nenc.runner_id": runner.runnerId });
+  }
+}
+
+function observeSlotsInUse(result: ObservableResult): void {
+  for (const runner of runners) {
+    result.observe(runner.slotsInUse(), { "nenc.runner_id": runner.runnerId });
+  }
+}
+
+/** A runner started: its gauges are observed until {@linkcode runnerStopped}. */
+export function runnerStarted(runner: RunnerGauges): void {
+  runners.add(runner);
+  activeInstruments();
+}
+
+/** A runner stopped. */
+export function runnerStopped(runner: RunnerGauges): void {
+  runners.delete(runner);
+}
+
+/** A run of `taskId` starts `waitedMs` after its invocation was available. */
+export function runStarted(taskId: string, waitedMs: number): void {
+  activeInstruments()?.waits.record(Math.max(0, waitedMs), { "nenc.task_id": taskId });
+}

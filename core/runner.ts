@@ -1159,9 +1159,8 @@ export class Runner implements AsyncDisposable {
       }, error);
     } finally {
       execution.end();
-      if (end === "canceled") execution.telemetry?.recorded(InvocationStatus.CANCELED);
-      execution.telemetry?.end();
       if (end === "canceled") {
+        execution.telemetry?.recorded(InvocationStatus.CANCELED);
         // Not named by a sequence number: the cancel moved it past the one this execution saw.
         // Ending is idempotent (a second end gives nothing back), and the claim still fences it.
         await this.#persist(
@@ -1187,6 +1186,7 @@ export class Runner implements AsyncDisposable {
           invocationFields(invocation, this.id, { error: errorFields(reason) }),
         );
       }
+      execution.telemetry?.end();
       if (this.#executions.get(invocation.id) === execution) this.#executions.delete(invocation.id);
       // Given back already (its end was committed before the clean-ups ended): the loop, which
       // may have found nothing to pick up meanwhile, looks again now that nothing runs.

@@ -195,6 +195,40 @@ test("a failed run's span has status ERROR with the error's name and message, th
   assert.equal(exception.attributes?.["exception.message"], "no such order");
 });
 
+test("a canceled run's span ends with nenc.status canceled, and a run a stopping runner handed back with rerouted; neither is an error", async () => {
+  finished();
+  const app = new Nenc();
+  const wait = app.task("wait", async (_args: { n: number }, ctx) => {
+    await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+  });
+  const canceled = await wait.call({ n: 1 });
+  const handedBack = await wait.call({ n: 2 });
+  const runner = app.runner({ concurrency: 2 });
+  runner.start();
+  const running = (invocation: typeof canceled) => async () =>
+    await invocation.status() === "running";
+  await waitUntil(running(canceled), { message: "the first never ran" });
+  await waitUntil(running(handedBack), { message: "the second never ran" });
+  await canceled.cancel();
+  await waitUntil(() => spans.getFinishedSpans().length === 1, {
+    message: "the canceled run's span never ended",
+  });
+  await runner.stop({ graceMs: 0 });
+  assert.equal(await handedBack.status(), "rerouted");
+  assert.deepEqual(
+    finished().map((span) => [
+      span.attributes["nenc.invocation_id"],
+      span.attributes["nenc.status"],
+      span.status.code,
+    ]),
+    [[canceled.id, "canceled", SpanStatusCode.UNSET], [
+      handedBack.id,
+      "rerouted",
+      SpanStatusCode.UNSET,
+    ]],
+  );
+});
+
 test("a retried invocation has a span per run, attempt 1 (status retry, its error recorded) then attempt 2 (success), both children of its caller's span", async () => {
   finished();
   const app = new Nenc();

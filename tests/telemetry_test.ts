@@ -294,6 +294,30 @@ test("a call made in user code under an active span (with a context manager) is 
   }
 });
 
+test("a tick of a schedule fired under an active span starts a trace of its own: its invocation stores no trace context", async () => {
+  const manager = new TestContextManager();
+  context.setGlobalContextManager(manager);
+  try {
+    const clock = new FakeClock(Date.UTC(2026, 0, 1, 12, 0, 0, 500));
+    const app = new Nenc({ clock });
+    app.task("beat", () => "beat");
+    const schedule = await app.schedule("every-second", { cron: "* * * * * *", task: "beat" });
+    clock.advance(500);
+    const fired = await trace.getTracer("test").startActiveSpan("deploy", async (span) => {
+      try {
+        return await app.orchestrator.fireTick(schedule, clock.now(), { runnerId: "r1" });
+      } finally {
+        span.end();
+      }
+    });
+    assert.ok(fired !== undefined, "the tick did not fire");
+    assert.equal((await app.orchestrator.store.get(fired.invocation.id))?.trace, undefined);
+  } finally {
+    context.disable();
+    finished();
+  }
+});
+
 test("with no SDK registered, a run passes the trace context stored with its invocation on to what it calls (a process without an SDK keeps the trace whole); a call with no span active stores none", async () => {
   const provider = trace.getTracerProvider();
   trace.disable();

@@ -7,6 +7,7 @@
  */
 
 import type { NencEvents, NencListener } from "./events.ts";
+import { countsTransitions, countTransition } from "./_telemetry.ts";
 import { createLogger, type LogFields, type Logger } from "./log.ts";
 
 /** Where a reporter finds the logger: the app, whose logger may be replaced after it was made. */
@@ -49,9 +50,12 @@ export class Reporter {
     return this.#host.logger ?? (fallback ??= defaultLogger());
   }
 
-  /** Whether anything listens to `event`: an event is built only then. */
+  /**
+   * Whether anything listens to `event`: an event is built only then. The transitions of
+   * invocations are also counted while an OpenTelemetry meter provider is registered.
+   */
   listens(event: keyof NencEvents): boolean {
-    return this.#listeners[event].size > 0;
+    return this.#listeners[event].size > 0 || (event === "invocation" && countsTransitions());
   }
 
   on<E extends keyof NencEvents>(event: E, listener: NencListener<E>): void {
@@ -64,6 +68,7 @@ export class Reporter {
 
   /** Calls the listeners of `event`; what one throws (or rejects with) is logged, not thrown. */
   emit<E extends keyof NencEvents>(event: E, payload: NencEvents[E]): void {
+    if (event === "invocation") countTransition(payload as NencEvents["invocation"]);
     for (const listener of this.#listeners[event]) {
       try {
         const returned = listener(payload);

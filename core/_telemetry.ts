@@ -14,6 +14,7 @@
 
 import {
   context,
+  type Counter,
   createNoopMeter,
   type Histogram,
   isSpanContextValid,
@@ -200,6 +201,7 @@ const runners = new Set<RunnerGauges>();
 
 interface Instruments {
   readonly provider: MeterProvider;
+  readonly invocations: Counter;
   readonly waits: Histogram;
   readonly queueDepth: ObservableGauge;
   readonly slotsInUse: ObservableGauge;
@@ -219,6 +221,9 @@ function activeInstruments(): Instruments | undefined {
   }
   instruments = {
     provider,
+    invocations: meter.createCounter("nenc.invocations", {
+      description: "Invocations that entered a status, by a transition this process made",
+    }),
     waits: meter.createHistogram("nenc.wait.duration", {
       description: "From when an invocation is available to when its run starts",
       unit: "ms",
@@ -261,4 +266,22 @@ export function runnerStopped(runner: RunnerGauges): void {
 /** A run of `taskId` starts `waitedMs` after its invocation was available. */
 export function runStarted(taskId: string, waitedMs: number): void {
   activeInstruments()?.waits.record(Math.max(0, waitedMs), { "nenc.task_id": taskId });
+}
+
+/**
+ * Whether the transitions of this process are counted (`nenc.invocations`): while a meter provider
+ * is registered. The app's reporter then makes their events as for a listener.
+ */
+export function countsTransitions(): boolean {
+  return activeInstruments() !== undefined;
+}
+
+/** This process moved an invocation of `taskId` to `status`. */
+export function countTransition(
+  transition: { readonly taskId: string; readonly status: InvocationStatus },
+): void {
+  activeInstruments()?.invocations.add(1, {
+    "nenc.task_id": transition.taskId,
+    "nenc.status": transition.status,
+  });
 }

@@ -374,6 +374,22 @@ test("nenc.wait.duration records, per task, the ms from when an invocation was a
   );
 });
 
+test("nenc.invocations counts, by task and status, the transitions this process made, with no event listener: a retried invocation's registered, pending and running twice, retry, success", async () => {
+  const app = new Nenc();
+  const counted = app.task("counted", (_args: undefined, ctx) => {
+    if (ctx.attempt === 0) throw new RetryError("once more");
+  }, { maxRetries: 1 });
+  await counted.call();
+  await app.runner().drain({ maxMs: DEADLINE_MS });
+  const counts = Object.fromEntries(
+    points<number>(await reader.collect(), "nenc.invocations")
+      .filter(({ attributes }) => attributes["nenc.task_id"] === "counted")
+      .map(({ attributes, value }) => [attributes["nenc.status"], value]),
+  );
+  assert.deepEqual(counts, { registered: 1, pending: 2, running: 2, retry: 1, success: 1 });
+  finished();
+});
+
 test("nenc.slots.in_use and nenc.queue.depth observe each live runner: the slots its executions hold, and its paused invocations waiting for a slot to go on", async () => {
   const app = new Nenc({ orchestrator: { blockingControl: false } });
   let release!: () => void;

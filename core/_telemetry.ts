@@ -77,26 +77,21 @@ let tracerOf:
 function activeTracer(): Tracer | undefined {
   const provider = trace.getTracerProvider();
   if (tracerOf?.provider !== provider) {
-    // The api hands out its proxy until a provider is registered: then no span is made at all.
+    // The api hands out its proxy until a provider is registered (then the provider itself): no
+    // span is made through the proxy.
     const off = provider instanceof ProxyTracerProvider &&
       provider.getDelegateTracer(SCOPE) === undefined;
-    // The proxy is not cached: a provider registered later gets the runs from then on.
-    if (off) return undefined;
-    tracerOf = { provider, tracer: provider.getTracer(SCOPE) };
+    tracerOf = { provider, tracer: off ? undefined : provider.getTracer(SCOPE) };
   }
   return tracerOf.tracer;
 }
 
-/** What a run's span says about it. */
-export interface RunInfo {
-  readonly invocationId: string;
-  readonly taskId: string;
-  readonly callId: string;
+/** A run of an invocation, as its span names it: an execution of the runner. */
+export interface Run {
+  readonly invocation: { readonly id: string; readonly taskId: string; readonly callId: string };
   /** The retries before this run: its attempt is one more. */
-  readonly retries: number;
+  readonly attempt: number;
   readonly runnerId: string;
-  /** The trace context stored with the invocation, if any. */
-  readonly trace: string | undefined;
 }
 
 /**
@@ -109,26 +104,38 @@ export class RunTelemetry {
   #status: InvocationStatus | undefined;
   #error: unknown;
 
-  constructor(run: RunInfo) {
-    this.#parentTrace = run.trace;
+  /**
+   * The telemetry of `run`, whose invocation stored the trace context `storedTrace`; `undefined`
+   * when it has nothing to do: no SDK registered, and no context to pass on.
+   */
+  static start(run: Run, storedTrace: string | undefined): RunTelemetry | undefined {
     const tracer = activeTracer();
-    if (tracer === undefined) return;
-    const parent = run.trace === undefined ? undefined : parseTraceparent(run.trace);
+    if (tracer === undefined) {
+      return storedTrace === undefined ? undefined : new RunTelemetry(undefined, storedTrace);
+    }
+    const { invocation } = run;
+    const parent = storedTrace === undefined ? undefined : parseTraceparent(storedTrace);
     // The stored context is the parent, never what is active where the runner runs.
-    this.#span = tracer.startSpan(
-      `nenc ${run.taskId}`,
+    const span = tracer.startSpan(
+      `nenc ${invocation.taskId}`,
       {
         kind: SpanKind.CONSUMER,
         attributes: {
-          "nenc.invocation_id": run.invocationId,
-          "nenc.task_id": run.taskId,
-          "nenc.call_id": run.callId,
-          "nenc.attempt": run.retries + 1,
+          "nenc.invocation_id": invocation.id,
+          "nenc.task_id": invocation.taskId,
+          "nenc.call_id": invocation.callId,
+          "nenc.attempt": run.attempt + 1,
           "nenc.runner_id": run.runnerId,
         },
       },
       parent === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, parent),
     );
+    return new RunTelemetry(span, storedTrace);
+  }
+
+  private constructor(span: Span | undefined, parentTrace: string | undefined) {
+    this.#span = span;
+    this.#parentTrace = parentTrace;
   }
 
   /** The trace context of the run: what the calls made from it store. */
@@ -208,13 +215,19 @@ interface Instruments {
 }
 
 let instruments: Instruments | undefined;
+/** The api's no-op meter provider, once seen: what it returns until a provider is registered. */
+let noopProvider: MeterProvider | undefined;
 
 /** nenc's instruments on the global meter provider, or `undefined` while none is registered. */
 function activeInstruments(): Instruments | undefined {
   const provider = metrics.getMeterProvider();
+  if (provider === noopProvider) return undefined;
   if (instruments?.provider === provider) return instruments;
   const meter = provider.getMeter(SCOPE);
-  if (meter === createNoopMeter()) return undefined;
+  if (meter === createNoopMeter()) {
+    noopProvider = provider;
+    return undefined;
+  }
   if (instruments !== undefined) {
     instruments.queueDepth.removeCallback(observeQueueDepth);
     instruments.slotsInUse.removeCallback(observeSlotsInUse);

@@ -1530,20 +1530,11 @@ class Execution implements ExecutionContext {
   run(task: Task<never, unknown>): Promise<ExecutionOutcome> {
     const { invocation } = this;
     runStarted(invocation.taskId, this.#host.clock.now() - this.#availableAtMs);
-    const telemetry = this.telemetry = new RunTelemetry({
-      invocationId: invocation.id,
-      taskId: invocation.taskId,
-      callId: invocation.callId,
-      retries: this.attempt,
-      runnerId: this.runnerId,
-      trace: this.#storedTrace,
-    });
+    const telemetry = this.telemetry = RunTelemetry.start(this, this.#storedTrace);
+    const fn = () => task.fn(invocation.args as never, taskContext(this));
     let returned: unknown;
     try {
-      returned = runInExecution(
-        this,
-        () => telemetry.run(() => task.fn(invocation.args as never, taskContext(this))),
-      );
+      returned = runInExecution(this, telemetry === undefined ? fn : () => telemetry.run(fn));
     } catch (error) {
       return Promise.resolve({ ok: false, error });
     }

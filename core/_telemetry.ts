@@ -2,7 +2,8 @@
  * OpenTelemetry through `@opentelemetry/api` (SPEC §7.4): a span per run of an invocation, its
  * parent the span of the run that called it — in another process too, for the trace context is
  * stored with the invocation — and the runner's metrics. Without an SDK registered in the process
- * it costs a look at the global providers per run: no span, no attributes, no metric is made.
+ * it costs a look at the global providers per run and per transition: no span, no attribute, no
+ * metric is made.
  *
  * The stored trace context is a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), written and
  * read here rather than through the api's propagator: the api's default propagator does nothing
@@ -41,13 +42,13 @@ const SCOPE = "nenc";
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 
 /** The W3C `traceparent` of a span context. */
-export function traceparentOf(spanContext: SpanContext): string {
+function traceparentOf(spanContext: SpanContext): string {
   const flags = (spanContext.traceFlags & 0xff).toString(16).padStart(2, "0");
   return `00-${spanContext.traceId}-${spanContext.spanId}-${flags}`;
 }
 
 /** The span context of a W3C `traceparent`, or `undefined` for anything else. */
-export function parseTraceparent(traceparent: string): SpanContext | undefined {
+function parseTraceparent(traceparent: string): SpanContext | undefined {
   const match = TRACEPARENT.exec(traceparent);
   if (match === null) return undefined;
   const spanContext: SpanContext = {

@@ -1,7 +1,8 @@
 /**
  * The nenc command line, for Deno: `worker` runs an app's invocations until SIGINT or SIGTERM;
  * `status`, `list`, `show`, `schedules` and `graph` inspect the shared store, `cancel` cancels an
- * invocation, `purge` resets. The commands that write (`worker`, `purge`) first check that the
+ * invocation, `purge` resets, `monitor` serves a live web monitor of the store (see
+ * {@linkcode startMonitor}). The commands that write (`worker`, `purge`) first check that the
  * store's data is not of a newer layout than this nenc's, and `purge --all` refuses while runners
  * are alive unless `--force`; the others never create or change a store (a `--kv` file must
  * exist and be a Deno KV file). Every command
@@ -66,6 +67,9 @@ import {
 } from "../core/status.ts";
 import { rateKeyTask, type RateWindow } from "../core/store.ts";
 import type { KvLike } from "../kv/kv_like.ts";
+import { checkMonitorOptions, startMonitor } from "./monitor.ts";
+
+export { type MonitorOptions, type RunningMonitor, startMonitor } from "./monitor.ts";
 
 /**
  * Where the command line writes. The default is the process's standard output and error.
@@ -127,6 +131,13 @@ Commands:
     --format <format>    mermaid or dot [mermaid].
     --svg <file>         Draw both graphs and the refused cycles into this SVG file instead (laid
                          out by nenc itself: no Graphviz needed).
+  monitor                A live web monitor of the store until SIGINT or SIGTERM: overview,
+                         invocations, the graphs, concurrency, runners; cancel is its only write.
+    --port <port>        The port [8787] (0: any free port).
+    --host <host>        The address [127.0.0.1]. Any but 127.0.0.1, ::1 and localhost needs
+                         --token.
+    --token <token>      Every request must carry it (Authorization: Bearer <token>, or
+                         ?token=<token>), or gets 401. At least 16 characters.
 
 Options of every command:
   --app <module>         The app module, resolved against the current directory. It must export
@@ -155,6 +166,7 @@ const COMMANDS: Readonly<Record<string, readonly string[]>> = {
   schedules: [],
   purge: ["all", "force"],
   graph: ["format", "svg"],
+  monitor: ["port", "host", "token"],
 };
 
 /** A mistake in the arguments: exit code 2, with the usage hint. */
@@ -212,6 +224,9 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         json: { type: "boolean" },
         tree: { type: "boolean" },
         reason: { type: "string" },
+        port: { type: "string" },
+        host: { type: "string" },
+        token: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -268,6 +283,18 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       `Cannot run worker: --log-format must be ${LOG_FORMATS.join(" or ")}, got "${logFormat}"`,
     );
   }
+  const monitor = {
+    host: values.host ?? "127.0.0.1",
+    port: values.port === undefined ? 8787 : port(values.port),
+    ...(values.token === undefined ? {} : { token: values.token }),
+  };
+  if (command === "monitor") {
+    try {
+      checkMonitorOptions(monitor);
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
+  }
   const app = await loadApp(values.app);
   // Only worker and purge may create a store: the others look before Deno.openKv would.
   if (values.kv !== undefined && command !== "worker" && command !== "purge") {
@@ -299,6 +326,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
         const logs = { format: logFormat as LogFormat, given: values["log-format"] !== undefined };
         return await worker(app, { backend, concurrency, logs }, io);
       }
+      if (command === "monitor") return await serveMonitor(app, { backend, ...monitor }, io);
       if (command === "status") return await status(app, io);
       if (command === "list") return await list(app, listing!, values.json === true, io);
       if (command === "show") {
@@ -392,6 +420,14 @@ async function refuseNonKvFile(where: string, command: string): Promise<void> {
   }
 }
 
+function port(text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value > 65_535) {
+    throw new UsageError(`Cannot run monitor: --port must be an integer 0-65535, got "${text}"`);
+  }
+  return value;
+}
+
 function positiveInteger(text: string, option: string, command: string): number {
   const value = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < 1) {
@@ -480,12 +516,7 @@ async function worker(
       `nenc: warning: app ${app.appId} keeps its data in this process's memory: this worker runs only what this process calls, and other processes cannot reach it; pass --kv <path|url> to share work\n`,
     );
   }
-  let stop!: (signal: string) => void;
-  const stopped = new Promise<string>((resolve) => stop = resolve);
-  const listeners = (["SIGINT", "SIGTERM"] as const).map((signal) =>
-    [signal, () => stop(signal)] as const
-  );
-  for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
+  const stopped = stopSignal();
   runner.start();
   say(
     `nenc worker ${runner.id} started: app ${app.appId}, backend ${options.backend}, concurrency ${options.concurrency}`,
@@ -500,7 +531,6 @@ async function worker(
     ? setInterval(() => io.stdout(`\r\x1b[K${runner.finished} invocations finished`), 1000)
     : undefined;
   const signal = await stopped;
-  for (const [name, listener] of listeners) Deno.removeSignalListener(name, listener);
   clearInterval(progress);
   if (progress !== undefined) io.stdout("\r\x1b[K");
   await runner.stop();
@@ -508,6 +538,44 @@ async function worker(
     `nenc worker ${runner.id} stopped on ${signal}: ${runner.finished} invocations finished`,
     { runnerId: runner.id, signal, finished: runner.finished },
   );
+  return 0;
+}
+
+/** Resolves with the name of the first SIGINT or SIGTERM, and stops listening for them. */
+function stopSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const listeners = (["SIGINT", "SIGTERM"] as const).map((signal) => {
+      const listener = (): void => {
+        for (const [name, other] of listeners) Deno.removeSignalListener(name, other);
+        resolve(signal);
+      };
+      return [signal, listener] as const;
+    });
+    for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
+  });
+}
+
+/** Serves the web monitor until SIGINT or SIGTERM. The token is never printed. */
+async function serveMonitor(
+  app: Nenc,
+  options: {
+    readonly backend: string;
+    readonly host: string;
+    readonly port: number;
+    readonly token?: string;
+  },
+  io: CliIo,
+): Promise<number> {
+  const monitor = await startMonitor(app, options);
+  const stopped = stopSignal();
+  io.stdout(
+    `nenc monitor of app ${app.appId} (backend ${options.backend}) on ${monitor.url}${
+      options.token === undefined ? "" : " (every request needs the token)"
+    }\n`,
+  );
+  const signal = await stopped;
+  await monitor.close();
+  io.stdout(`nenc monitor stopped on ${signal}\n`);
   return 0;
 }
 

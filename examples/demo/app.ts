@@ -15,6 +15,7 @@
  */
 
 import { createHash } from "node:crypto";
+import process from "node:process";
 import { Nenc, type TaskContext } from "../../mod.ts";
 
 /** The mirror did not answer in time: worth a retry. */
@@ -98,7 +99,30 @@ export function dependentsFirst(): string[] {
   return order.reverse();
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * How many times slower the simulated work runs: the environment variable `NENC_DEMO_SLOWDOWN` (a
+ * number ≥ 1), read at each step, else 1. A slowed-down run is one to watch in `nenc monitor`.
+ */
+export function slowdown(): number {
+  const factor = Number(process.env.NENC_DEMO_SLOWDOWN ?? 1);
+  return Number.isFinite(factor) && factor >= 1 ? factor : 1;
+}
+
+/** Simulated work: `ms` times the slowdown; stops with the signal's reason when it aborts (a cancel). */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    signal.throwIfAborted();
+    const stop = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", stop);
+      resolve();
+    }, ms * slowdown());
+    signal.addEventListener("abort", stop, { once: true });
+  });
+}
 const sha256 = (text: string): string => createHash("sha256").update(text).digest("hex");
 
 /** A built package. */
@@ -141,8 +165,8 @@ let coldRequests = MIRROR_COLD_REQUESTS;
  */
 export const fetchToolchain = app.task(
   "fetchToolchain",
-  async ({ node }: { node: string }): Promise<Toolchain> => {
-    await sleep(20);
+  async ({ node }: { node: string }, ctx: TaskContext): Promise<Toolchain> => {
+    await sleep(20, ctx.signal);
     if (coldRequests > 0) {
       coldRequests--;
       throw new MirrorTimeoutError(`Cannot download node v${node}: the mirror timed out`);
@@ -156,12 +180,12 @@ export const fetchToolchain = app.task(
 /** Builds a package after its dependencies; equal calls still queued are one invocation. */
 export const build = app.task(
   "build",
-  async ({ pkg }: { pkg: string }): Promise<Artifact> => {
+  async ({ pkg }: { pkg: string }, ctx: TaskContext): Promise<Artifact> => {
     const dependencies = await build.parallelize(
       dependenciesOf(pkg).map((name) => ({ pkg: name })),
     );
     const inputs = await dependencies.results(); // PAUSED meanwhile: the slot builds them
-    await sleep(5 + pkg.length); // compile, bundle, pack
+    await sleep(5 + pkg.length, ctx.signal); // compile, bundle, pack
     const hash = sha256([pkg, ...inputs.map((input) => input.file)].join("\n"));
     return {
       pkg,
@@ -206,8 +230,8 @@ const deploysGroup = { name: "deploys", limit: DEPLOYS_IN_ALL } as const;
  */
 export const deploy = app.task(
   "deploy",
-  async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
-    await sleep(40); // upload, switch traffic, health check
+  async ({ env, pkg }: { env: string; pkg: string }, ctx: TaskContext): Promise<Deployment> => {
+    await sleep(40, ctx.signal); // upload, switch traffic, health check
     return { url: `https://${env}.shop.example/${pkg}` };
   },
   {
@@ -220,8 +244,8 @@ export const deploy = app.task(
 /** Puts a service back on its previous release: shares the `deploys` group with `deploy`. */
 export const rollback = app.task(
   "rollback",
-  async ({ env, pkg }: { env: string; pkg: string }): Promise<Deployment> => {
-    await sleep(40); // switch traffic back, health check
+  async ({ env, pkg }: { env: string; pkg: string }, ctx: TaskContext): Promise<Deployment> => {
+    await sleep(40, ctx.signal); // switch traffic back, health check
     return { url: `https://${env}.shop.example/${pkg}` };
   },
   { concurrencyGroups: [deploysGroup] },
@@ -237,8 +261,8 @@ export const ANNOUNCES_PER_SECOND = 5;
  */
 export const announce = app.task(
   "announce",
-  async ({ env, pkg }: { env: string; pkg: string }): Promise<string> => {
-    await sleep(5); // POST /api/v1/incidents
+  async ({ env, pkg }: { env: string; pkg: string }, ctx: TaskContext): Promise<string> => {
+    await sleep(5, ctx.signal); // POST /api/v1/incidents
     return `${pkg} is live on ${env}`;
   },
   { rateLimit: { limit: ANNOUNCES_PER_SECOND, intervalMs: 1_000 } },
@@ -248,7 +272,7 @@ export const announce = app.task(
 export const probe = app.task(
   "probe",
   async (_: undefined, ctx: TaskContext): Promise<number> => {
-    await sleep(2); // GET /healthz of each service
+    await sleep(2, ctx.signal); // GET /healthz of each service
     return ctx.scheduledAt!;
   },
 );

@@ -198,7 +198,7 @@ export function renderTree(root: TreeNode): string {
 }
 
 /** A duration for people: seconds under 100 s, then minutes under 100 min, then hours. */
-function duration(ms: number): string {
+export function duration(ms: number): string {
   const seconds = Math.max(0, ms) / 1000;
   if (seconds < 100) return `${seconds.toFixed(1)} s`;
   if (seconds < 6_000) return `${(seconds / 60).toFixed(1)} min`;

@@ -7,9 +7,9 @@
  * Security: it listens on loopback by default; any other host needs a token, which every request
  * (server-sent events included) then carries as `Authorization: Bearer <token>` or
  * `?token=<token>`, or gets 401. Without a token, requests must name a loopback host (against DNS
- * rebinding) and a cancel must come from the monitor's own pages (same origin). The token never
- * appears in logs; the pages carry it in their links only when they were requested with
- * `?token=`.
+ * rebinding) and a cancel must come from the monitor's own pages (same origin). The monitor logs
+ * nothing, so the token appears in no log; the pages carry it in their links only when they were
+ * requested with `?token=`.
  *
  * @module
  */
@@ -33,6 +33,16 @@ import {
   rateKeyTask,
   type SerializedError,
 } from "../core/store.ts";
+import {
+  concurrencyView,
+  invocationTree,
+  listInvocations,
+  runnersView,
+  type TreeNode,
+  unservedOf,
+} from "./_inspect.ts";
+import { cycleLine, duration } from "./_render.ts";
+import { readLiveGraphs, renderGraphsSvg } from "./_svg.ts";
 
 /** The host names the monitor serves without a token. */
 const LOOPBACK_HOSTS: ReadonlySet<string> = new Set(["127.0.0.1", "::1", "localhost"]);
@@ -49,7 +59,10 @@ const LOOPBACK_HOSTS: ReadonlySet<string> = new Set(["127.0.0.1", "::1", "localh
  * ```
  */
 export interface MonitorOptions {
-  /** The address to listen on [`"127.0.0.1"`]; any but `127.0.0.1`, `::1`, `localhost` needs `token`. */
+  /**
+   * The address to listen on [`"127.0.0.1"`]; any but `127.0.0.1`, `::1` and `localhost` needs a
+   * `token`.
+   */
   readonly host?: string;
   /** The port [`8787`]; `0` picks a free one. */
   readonly port?: number;
@@ -82,15 +95,8 @@ export interface RunningMonitor {
   close(): Promise<void>;
 }
 
-/**
- * Whether `host` is served without a token: `127.0.0.1`, `::1` or `localhost`.
- *
- * @example
- * ```ts ignore
- * console.log(isLoopbackHost("localhost"), isLoopbackHost("0.0.0.0")); // true false
- * ```
- */
-export function isLoopbackHost(host: string): boolean {
+/** Whether `host` is served without a token: `127.0.0.1`, `::1` or `localhost`. */
+function isLoopbackHost(host: string): boolean {
   return LOOPBACK_HOSTS.has(host);
 }
 
@@ -113,7 +119,7 @@ export function checkMonitorOptions(options: MonitorOptions): void {
   }
   if (token === undefined && !isLoopbackHost(host)) {
     throw new TypeError(
-      `Cannot start the monitor on ${host}: any host other than 127.0.0.1, ::1 or localhost needs a token (--token), which every request must then carry`,
+      `Cannot start the monitor on ${host}: any host other than 127.0.0.1, ::1 or localhost needs a token (the token option, --token on the command line), which every request must then carry`,
     );
   }
 }
@@ -164,20 +170,22 @@ export async function startMonitor(
   };
 }
 
+/** What a request's context holds: the token to put in links, when it came with `?token=`. */
+type Env = { Variables: { linkToken?: string } };
+
 /** The monitor's request handler, and `close()` to end its event streams. */
-export interface Monitor {
+interface Monitor {
   /** Answers one request. */
   fetch(request: Request): Promise<Response>;
   /** Ends the event streams (the store is the caller's). */
   close(): void;
 }
 
-/** The monitor's routes over `app`'s store, without a server (tests call `fetch` directly). */
-export function createMonitor(app: Nenc, options: MonitorOptions = {}): Monitor {
-  checkMonitorOptions(options);
+/** The monitor's routes over `app`'s store, without a server; the options are checked. */
+function createMonitor(app: Nenc, options: MonitorOptions): Monitor {
   const { token, pollMs = 1000 } = options;
   const pulse = new Pulse(app, pollMs);
-  const routes = new Hono<{ Variables: { query: string } }>();
+  const routes = new Hono<Env>();
 
   routes.use(async (c, next): Promise<Response | void> => {
     if (token !== undefined) {
@@ -186,10 +194,7 @@ export function createMonitor(app: Nenc, options: MonitorOptions = {}): Monitor 
         c.header("WWW-Authenticate", 'Bearer realm="nenc monitor"');
         return c.text("401 Unauthorized: this monitor needs its token.\n", 401);
       }
-      c.set(
-        "query",
-        c.req.query("token") === undefined ? "" : `token=${encodeURIComponent(given)}`,
-      );
+      if (c.req.query("token") !== undefined) c.set("linkToken", given);
     } else {
       // No token: only requests that name a loopback host (a DNS-rebound name is refused).
       const hostname = hostOf(c.req.header("host"));
@@ -199,7 +204,6 @@ export function createMonitor(app: Nenc, options: MonitorOptions = {}): Monitor 
           403,
         );
       }
-      c.set("query", "");
     }
     await next();
     c.header("Content-Security-Policy", CONTENT_SECURITY_POLICY);
@@ -209,6 +213,18 @@ export function createMonitor(app: Nenc, options: MonitorOptions = {}): Monitor 
   });
 
   routes.get("/", async (c) => c.html(page(c, "Overview", await overviewPage(app, link(c)))));
+  routes.get("/invocations", async (c) => {
+    const filter = listFilter(c.req.query("task"), c.req.query("status"));
+    return typeof filter === "string"
+      ? c.html(page(c, "Invocations", html`<p class="error">${filter}</p>`), 400)
+      : c.html(
+        page(
+          c,
+          "Invocations",
+          await listPage(app, filter, link(c), c.get("linkToken")),
+        ),
+      );
+  });
   routes.get("/invocations/:id", async (c) => {
     const body = await invocationPage(app, c.req.param("id"), link(c));
     return body === undefined
@@ -226,10 +242,11 @@ export function createMonitor(app: Nenc, options: MonitorOptions = {}): Monitor 
     await app.orchestrator.cancel([{ id }], { reason: "canceled from nenc monitor" });
     return c.redirect(link(c)(`/invocations/${encodeURIComponent(id)}`), 303);
   });
+  routes.get("/graph", async (c) => c.html(page(c, "Graph", await graphPage(app, link(c)))));
   routes.get("/runners", async (c) => c.html(page(c, "Runners", await runnersPage(app, link(c)))));
   routes.get(
     "/concurrency",
-    async (c) => c.html(page(c, "Concurrency", await concurrencyPage(app))),
+    async (c) => c.html(page(c, "Concurrency", await concurrencyPage(app, link(c)))),
   );
   routes.get("/events", (c) => pulse.response(c.req.raw.signal));
   routes.notFound((c) => c.html(page(c, "Not found", html`<p>No such page.</p>`), 404));
@@ -376,13 +393,18 @@ type Html = ReturnType<typeof html>;
 /** Makes a link to a path of the monitor, with the token when the page was requested with it. */
 type Link = (path: string) => string;
 
-function link(c: Context<{ Variables: { query: string } }>): Link {
-  const query = c.get("query");
-  return (path) => query === "" ? path : `${path}${path.includes("?") ? "&" : "?"}${query}`;
+function link(c: Context<Env>): Link {
+  const token = c.get("linkToken");
+  return (path) =>
+    token === undefined
+      ? path
+      : `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 }
 
 const SCRIPT = `"use strict";
 const source = new EventSource(document.body.dataset.events);
+source.addEventListener("open", () => document.body.dataset.live = "on");
+source.addEventListener("error", () => document.body.dataset.live = "off");
 let busy = false;
 source.addEventListener("change", async () => {
   if (busy) return;
@@ -421,6 +443,8 @@ body { margin: 0; font: 14px/1.45 system-ui, sans-serif; color: var(--fg); backg
 header { display: flex; gap: 1.2em; align-items: baseline; padding: .7em 1.2em;
   border-bottom: 1px solid var(--line); background: var(--panel); }
 header strong { font-size: 1.05em; }
+body[data-live="on"] header::after { content: "● live"; margin-left: auto; color: #16a34a;
+  font-size: 12px; }
 header a { color: var(--fg); text-decoration: none; }
 header a[aria-current] { color: var(--accent); font-weight: 600; }
 main { padding: 1em 1.2em 3em; max-width: 1400px; }
@@ -452,9 +476,14 @@ pre { background: var(--panel); padding: .6em .8em; overflow: auto; margin: .3em
 .timeline span { overflow: hidden; white-space: nowrap; font-size: 11px; padding: 2px 4px;
   border-right: 1px solid var(--bg); min-width: 4px; }
 form.inline { display: inline; }
+.bar { width: 360px; height: 14px; background: var(--panel); }
+.bar span { display: block; height: 100%; min-width: 3px; }
+#children ul { margin: .2em 0; padding-left: 1.4em; }
+label { margin-right: 1em; }
 button { font: inherit; padding: .2em .8em; cursor: pointer; }
-.graph { overflow: auto; border: 1px solid var(--line); background: var(--panel); padding: .5em;
+.graph { overflow: auto; border: 1px solid var(--line); background: #fff; padding: .5em;
   margin: .3em 0 1em; }
+.graph svg { display: block; }
 `;
 
 const NAV: readonly (readonly [string, string])[] = [
@@ -465,7 +494,7 @@ const NAV: readonly (readonly [string, string])[] = [
   ["/runners", "Runners"],
 ];
 
-function page(c: Context<{ Variables: { query: string } }>, title: string, body: Html): Html {
+function page(c: Context<Env>, title: string, body: Html): Html {
   const to = link(c);
   const path = c.req.path;
   const current = (href: string): boolean =>
@@ -505,29 +534,26 @@ function argsText(record: InvocationRecord): string {
   return callLabel(record.taskId, record.args).slice(record.taskId.length);
 }
 
-/** A duration for people: ms under 1 s, seconds under 100 s, then minutes, then hours. */
-export function duration(ms: number): string {
-  const value = Math.max(0, ms);
-  if (value < 1000) return `${Math.round(value)} ms`;
-  const seconds = value / 1000;
-  if (seconds < 100) return `${seconds.toFixed(1)} s`;
-  if (seconds < 6_000) return `${(seconds / 60).toFixed(1)} min`;
-  return `${(seconds / 3_600).toFixed(1)} h`;
-}
-
 async function overviewPage(app: Nenc, to: Link): Promise<Html> {
   const store = app.orchestrator.store;
   const nowMs = app.clock.now();
   const [counts, delayed, runners] = await Promise.all([
     store.counts(),
     store.delayedCounts(nowMs),
-    store.runners(),
+    runnersView(app, nowMs),
   ]);
+  const unserved = unservedOf(counts, runners);
   const tasks = [...counts.keys()].sort();
   const statuses = ALL_STATUSES.filter((status) => tasks.some((t) => counts.get(t)!.has(status)));
-  const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
-  const alive = runners.filter((runner) => nowMs - runner.lastSeenMs <= timeoutMs);
+  const alive = runners.filter((runner) => runner.alive);
   return html`<p class="muted">App <code>${app.appId}</code>. The page follows the store live.</p>
+${
+    unserved.length === 0
+      ? ""
+      : html`<p class="error" id="unserved">Queued, and no live runner defines them: ${
+        unserved.join(", ")
+      }.</p>`
+  }
 <h2>Invocations per task and status</h2>
 ${
     tasks.length === 0 ? html`<p class="empty">No invocations.</p>` : html`<table id="counts">
@@ -584,11 +610,12 @@ async function invocationPage(app: Nenc, id: string, to: Link): Promise<Html | u
   const store = app.orchestrator.store;
   const record = await store.get(id);
   if (record === undefined) return undefined;
-  const [history, parent, children] = await Promise.all([
+  const [history, parent, tree] = await Promise.all([
     store.history(id),
     record.parentId === null ? undefined : store.get(record.parentId),
-    store.children(id),
+    invocationTree(app, id, TREE_NODES),
   ]);
+  const children = tree?.children ?? [];
   const nowMs = app.clock.now();
   const final = isFinalStatus(record.status);
   return html`
@@ -669,22 +696,24 @@ async function invocationPage(app: Nenc, id: string, to: Link): Promise<Html | u
           `;
         },
       )}</table>
-    <h2>Children (${children.length})</h2>
-    ${children.length === 0
+    <h2>Children (${children.length}${tree?.truncated ? "+" : ""})</h2>
+    ${tree === undefined || children.length === 0
       ? html`<p class="empty">It called nothing.</p>`
-      : html`<table id="children">
-${
-        children.map((child) =>
-          html`
-            <tr>
-              <td>${idLink(to, child.id)}</td>
-              <td><code>${child.taskId}${argsText(child)}</code></td>
-              <td>${statusBadge(child.status)}</td>
-            </tr>
-          `
-        )
-      }</table>`}
+      : html`<div id="children">${treeHtml(tree, to)}</div>`}
   `;
+}
+
+/** The invocations a node called, recursively, as nested lists. */
+function treeHtml(node: TreeNode, to: Link): Html {
+  return html`<ul>${
+    node.children.map((child) =>
+      html`<li>${idLink(to, child.record.id)} <code>${
+        callLabel(child.record.taskId, child.record.args)
+      }</code> ${statusBadge(child.record.status)}${
+        child.children.length === 0 ? "" : treeHtml(child, to)
+      }</li>`
+    )
+  }${node.truncated ? html`<li class="muted">… more not shown</li>` : ""}</ul>`;
 }
 
 /** The history as a bar: one segment per status, as wide as it lasted, with its runner. */
@@ -728,88 +757,267 @@ function errorHtml(error: SerializedError): Html {
   return html`<div id="error">${levels}</div>`;
 }
 
-async function runnersPage(app: Nenc, to: Link): Promise<Html> {
-  const store = app.orchestrator.store;
-  const nowMs = app.clock.now();
-  const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
-  const runners = (await store.runners()).sort((a, b) => b.lastSeenMs - a.lastSeenMs);
-  if (runners.length === 0) return html`<p class="empty">No runners.</p>`;
-  const held = await Promise.all(runners.map(async (runner) => {
-    const ids = await store.executions(runner.runnerId, { limit: 50 });
-    return await store.getMany(ids);
-  }));
-  return html`<table id="runners">
-<tr><th>runner</th><th>last heartbeat</th><th>tasks it defines</th><th>invocations it holds</th></tr>
-${
-    runners.map((runner, i) => {
-      const ageMs = nowMs - runner.lastSeenMs;
-      return html`
-        <tr>
-          <td class="id">${runner.runnerId}</td>
-          <td>${duration(ageMs)} ago${ageMs > timeoutMs
-            ? html`
-              <span class="error">(silent: presumed dead)</span>
-            `
-            : ""}</td>
-          <td>${(runner.taskIds ?? []).join(", ")}</td>
-          <td class="n">${held[i]!.length}</td>
-        </tr>
-      `;
-    })
-  }</table>
-${
-    runners.map((runner, i) => {
-      const records = held[i]!;
-      return html`<h2>${runner.runnerId}</h2>${
-        records.length === 0
-          ? html`<p class="empty">Holds no invocation.</p>`
-          : html`<table>${
-            records.map((record) =>
-              html`
-                <tr>
-                  <td>${idLink(to, record.id)}</td>
-                  <td><code>${record.taskId}${argsText(record)}</code></td>
-                  <td>${statusBadge(record.status)}</td>
-                  <td>for ${duration(nowMs - record.updatedAtMs)}</td>
-                </tr>
-              `
-            )
-          }</table>`
-      }`;
-    })
-  }`;
+/** How many descendants an invocation's page shows at most. */
+const TREE_NODES = 200;
+/** How many invocations a list shows at most. */
+const LIST_LIMIT = 200;
+
+/** The list's filter from the query (`task`, `status`: comma-separated), or what is wrong. */
+function listFilter(
+  task: string | undefined,
+  status: string | undefined,
+): { taskIds?: string[]; statuses?: Set<InvocationStatus>; limit: number } | string {
+  const split = (text: string | undefined): string[] =>
+    (text ?? "").split(",").map((part) => part.trim()).filter((part) => part !== "");
+  const taskIds = split(task);
+  const statuses = split(status);
+  const unknown = statuses.filter((name) => !ALL_STATUSES.includes(name as InvocationStatus));
+  if (unknown.length > 0) {
+    return `Cannot list invocations: unknown status ${unknown.join(", ")} (statuses: ${
+      ALL_STATUSES.join(", ")
+    })`;
+  }
+  return {
+    ...taskIds.length === 0 ? {} : { taskIds },
+    ...statuses.length === 0 ? {} : { statuses: new Set(statuses as InvocationStatus[]) },
+    limit: LIST_LIMIT,
+  };
 }
 
-async function concurrencyPage(app: Nenc): Promise<Html> {
+async function listPage(
+  app: Nenc,
+  filter: { taskIds?: string[]; statuses?: Set<InvocationStatus>; limit: number },
+  to: Link,
+  token: string | undefined,
+): Promise<Html> {
+  const [records, counts] = await Promise.all([
+    listInvocations(app, filter),
+    app.orchestrator.store.counts(),
+  ]);
+  const nowMs = app.clock.now();
+  const tasks = [...new Set([...counts.keys(), ...app.tasks().map((task) => task.id)])].sort();
+  const chosenTask = filter.taskIds?.length === 1 ? filter.taskIds[0] : undefined;
+  const chosenStatus = filter.statuses?.size === 1 ? [...filter.statuses][0] : undefined;
+  const option = (value: string, chosen: string | undefined): Html =>
+    html`
+      <option value="${value}" ${value === chosen ? raw(" selected") : ""}>${value}</option>
+    `;
+  return html`
+    <form method="get" action="/invocations">
+      <label>task <select name="task"><option value="">any</option>${tasks.map((task) =>
+        option(task, chosenTask)
+      )}</select></label>
+      <label>status <select name="status"><option value="">any</option>${ALL_STATUSES.map((
+        status,
+      ) => option(status, chosenStatus))}</select></label>
+      ${token === undefined ? "" : html`<input type="hidden" name="token" value="${token}">`}
+      <button type="submit">Filter</button>
+    </form>
+    ${records.length === 0 ? html`<p class="empty">No invocation matches.</p>` : html`
+      <p class="muted">${records.length === filter.limit
+        ? `The newest ${filter.limit}.`
+        : `${records.length} invocation${records.length === 1 ? "" : "s"}, newest first.`}</p>
+      <table id="list">
+        <tr><th>invocation</th><th>call</th><th>status</th><th>age</th><th>runner</th></tr>
+        ${records.map((record) =>
+          html`
+            <tr class="invocation">
+              <td>${idLink(to, record.id)}</td>
+              <td><code>${callLabel(record.taskId, record.args)}</code></td>
+              <td>${statusBadge(record.status)}</td>
+              <td>${duration(nowMs - record.createdAtMs)}</td>
+              <td class="id">${record.ownerId ?? ""}</td>
+            </tr>
+          `
+        )}
+      </table>
+    `}
+  `;
+}
+
+async function graphPage(app: Nenc, to: Link): Promise<Html> {
+  const { graphs, records, cycles } = await readLiveGraphs(app);
+  const byId = new Map(records.map((record) => [record.id, record]));
+  const waited = new Map<string, string[]>();
+  for (const [waiter, target] of graphs.waits) {
+    waited.set(waiter, [...waited.get(waiter) ?? [], target]);
+  }
+  const live = graphs.waits.length > 0 || graphs.calls.calls.length > 0;
+  const svg = live ? renderGraphsSvg(graphs, records) : undefined;
+  const waiters = [...waited].map(([waiter, targets]) => {
+    const record = byId.get(waiter);
+    return html`
+      <tr>
+        <td>${idLink(to, waiter)}</td>
+        <td><code>${record === undefined
+          ? "(purged)"
+          : callLabel(record.taskId, record.args)}</code></td>
+        <td>${record === undefined ? "" : statusBadge(record.status)}</td>
+        <td>${record === undefined
+          ? ""
+          : holdsSlots(record)
+          ? "holds its slot"
+          : "freed its slot"}</td>
+        <td>waits on ${targets.length}</td>
+      </tr>
+    `;
+  });
+  return html`
+    <h2>Refused cycles</h2>
+    ${cycles.length === 0 ? html`<p class="empty">No cycle was refused lately.</p>` : html`
+      <ul id="cycles">${cycles.map((cycle) =>
+        html`<li><a href="${to(`/invocations/${encodeURIComponent(cycle.invocationId)}`)}"><code>${
+          cycleLine(cycle)
+        }</code></a></li>`
+      )}</ul>
+    `}
+    ${svg === undefined
+      ? html`
+        <p class="empty"
+          id="nothing-live">Nothing is live: no invocation waits on another, no call is held.</p>
+      `
+      : html`
+        <h2>Wait-for graph</h2>
+        <div class="graph" id="wait-graph">${raw(svg.waits)}</div>
+        <h2>Who waits on whom</h2>
+        <table id="waiters">
+          <tr><th>waiter</th><th>call</th><th>status</th><th>its slot</th><th>waits on</th></tr>
+          ${waiters}
+        </table>
+        <h2>Call graph</h2>
+        <div class="graph" id="call-graph">${raw(svg.calls)}</div>
+      `}
+  `;
+}
+
+async function runnersPage(app: Nenc, to: Link): Promise<Html> {
+  const nowMs = app.clock.now();
+  const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
+  const runners = await runnersView(app, nowMs);
+  if (runners.length === 0) return html`<p class="empty">No runners.</p>`;
+  const held = await Promise.all(
+    runners.map((runner) => app.orchestrator.store.getMany(runner.held.slice(0, RUNNER_ROWS))),
+  );
+  return html`
+    <table id="runners">
+      <tr><th>runner</th><th>last heartbeat</th><th>tasks it defines</th><th>invocations it holds</th></tr>
+      ${runners.map((runner) =>
+        html`
+          <tr>
+            <td class="id">${runner.runnerId}</td>
+            <td>${duration(nowMs - runner.lastSeenMs)} ago${runner.alive ? "" : html`
+              <span class="error">(silent: presumed dead)</span>
+            `}</td>
+            <td>${(runner.taskIds ?? []).join(", ")}</td>
+            <td class="n">${runner.held.length}</td>
+          </tr>
+        `
+      )}
+    </table>
+    ${runners.map((runner, i) => {
+      const records = held[i]!;
+      const spanMs = Math.max(timeoutMs, ...records.map((record) => nowMs - record.updatedAtMs));
+      // A bar from a time to now, on a scale of the last spanMs (now at the right).
+      const bar = (fromMs: number, status: string): Html => {
+        const share = Math.min(100, ((nowMs - fromMs) / spanMs) * 100);
+        return html`<div class="bar"><span class="s-${status}" style="margin-left: ${
+          (100 - share).toFixed(2)
+        }%"></span></div>`;
+      };
+      return html`
+        <h2>${runner.runnerId}</h2>
+        <table class="runner-timeline">
+          <tr><th colspan="3"></th><th>the last ${duration(spanMs)}, now at the right</th></tr>
+          <tr>
+            <td colspan="2">heartbeat</td>
+            <td>${duration(nowMs - runner.lastSeenMs)} ago</td>
+            <td>${bar(runner.lastSeenMs, runner.alive ? "success" : "failed")}</td>
+          </tr>
+          ${records.map((record) =>
+            html`
+              <tr>
+                <td>${idLink(to, record.id)}</td>
+                <td><code>${callLabel(record.taskId, record.args)}</code></td>
+                <td>${statusBadge(record.status)} for ${duration(nowMs - record.updatedAtMs)}</td>
+                <td>${bar(record.updatedAtMs, record.status)}</td>
+              </tr>
+            `
+          )}
+        </table>
+        ${runner.held.length > records.length
+          ? html`<p class="muted">and ${runner.held.length - records.length} more.</p>`
+          : ""}
+      `;
+    })}
+  `;
+}
+
+/** How many held invocations the runners page shows per runner. */
+const RUNNER_ROWS = 50;
+
+async function concurrencyPage(app: Nenc, to: Link): Promise<Html> {
   const store = app.orchestrator.store;
   const nowMs = app.clock.now();
-  const windows = await store.rateWindows();
-  const rows = windows.flatMap(({ key, starts, parked, woken }) => {
+  const [keys, windows] = await Promise.all([concurrencyView(app), store.rateWindows()]);
+  const records = new Map(
+    (await store.getMany([...new Set(keys.flatMap((key) => [...key.holders, ...key.parked]))]))
+      .map((record) => [record.id, record]),
+  );
+  const who = (id: string): Html => {
+    const record = records.get(id);
+    return html`<div>${idLink(to, id)} <code>${
+      record === undefined ? "" : argsText(record)
+    }</code></div>`;
+  };
+  const rates = windows.flatMap(({ key, starts, parked, woken }) => {
     const taskId = rateKeyTask(key)!;
     const limit = app.getTask(taskId)?.options.rateLimit;
     if (limit === undefined) return [];
     const inWindow = starts.filter((startMs) => startMs > nowMs - limit.intervalMs).length;
     return [{ taskId, key, limit, inWindow, parked, woken }];
   });
-  return html`<h2>Rate windows</h2>
-${
-    rows.length === 0
+  return html`
+    <h2>Keys in use</h2>
+    ${keys.length === 0
+      ? html`<p class="empty">No key has holders or parked invocations.</p>`
+      : html`
+        <table id="keys">
+          <tr><th>kind</th><th>name</th><th>key</th><th>limit</th><th>holders</th><th>parked</th></tr>
+          ${keys.map((key) =>
+            html`
+              <tr>
+                <td>${key.kind}</td>
+                <td>${key.name}</td>
+                <td class="id">${key.key}</td>
+                <td class="n limit">${key.limit}</td>
+                <td class="holders">${key.holders.map(who)}</td>
+                <td class="parked">${key.parked.map(who)}${key.parkedCount > 0
+                  ? html`<div class="muted count">${key.parkedCount} parked</div>`
+                  : ""}</td>
+              </tr>
+            `
+          )}
+        </table>
+      `}
+    <h2>Rate windows</h2>
+    ${rates.length === 0
       ? html`<p class="empty">No rate limit key has pick-ups, parked or woken invocations.</p>`
-      : html`<table id="rates">
-<tr><th>task</th><th>key</th><th>limit</th><th>pick-ups in the window</th><th>parked</th><th>woken</th></tr>
-${
-        rows.map(({ taskId, key, limit, inWindow, parked, woken }) =>
-          html`
-            <tr>
-              <td>${taskId}</td>
-              <td class="id">${key}</td>
-              <td>${limit.limit} / ${duration(limit.intervalMs)}</td>
-              <td class="n">${inWindow}</td>
-              <td class="n">${parked}</td>
-              <td class="n">${woken}</td>
-            </tr>
-          `
-        )
-      }</table>`
-  }`;
+      : html`
+        <table id="rates">
+          <tr><th>task</th><th>key</th><th>limit</th><th>pick-ups in the window</th><th>parked</th><th>woken</th></tr>
+          ${rates.map(({ taskId, key, limit, inWindow, parked, woken }) =>
+            html`
+              <tr>
+                <td>${taskId}</td>
+                <td class="id">${key}</td>
+                <td>${limit.limit} / ${duration(limit.intervalMs)}</td>
+                <td class="n">${inWindow}</td>
+                <td class="n">${parked}</td>
+                <td class="n">${woken}</td>
+              </tr>
+            `
+          )}
+        </table>
+      `}
+  `;
 }

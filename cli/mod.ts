@@ -185,7 +185,7 @@ class UsageError extends Error {
  * let err = "";
  * const io: CliIo = { stdout: () => {}, stderr: (text) => err += text, isTerminal: false };
  * console.log(await main(["launch"], io)); // 2
- * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker, status, show, schedules, purge, graph)"
+ * console.log(err.split("\n")[0]); // "nenc: Cannot run launch: unknown command (commands: worker, status, list, show, cancel, schedules, purge, graph, monitor)"
  * ```
  */
 export async function main(args: readonly string[], io: CliIo = processIo()): Promise<number> {

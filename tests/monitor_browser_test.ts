@@ -189,6 +189,21 @@ async function waitForContent(page: Page, pattern: RegExp, what: string): Promis
   return await content(page);
 }
 
+/** The keys in use, as the concurrency page shows them. */
+async function concurrencyKeys(page: Page): Promise<
+  { kind: string; name: string; limit: string; holders: string[]; parked: string[]; text: string }[]
+> {
+  return await page.$$eval("#keys tr:not(:first-child)", (trs) =>
+    trs.map((tr) => ({
+      kind: tr.cells[0]!.innerText,
+      name: tr.cells[1]!.innerText,
+      limit: tr.cells[3]!.innerText,
+      holders: [...tr.cells[4]!.querySelectorAll("a")].map((a) => a.innerText),
+      parked: [...tr.cells[5]!.querySelectorAll("a")].map((a) => a.innerText),
+      text: tr.innerText,
+    })));
+}
+
 /** The cells' texts of a table's rows, the header row left out. */
 async function rows(page: Page, table: string): Promise<string[][]> {
   return await page.$$eval(
@@ -361,15 +376,7 @@ test(
       });
       const ids = JSON.parse((await deploys.waitFor(/ready (\[.*\])/))[1]!) as string[];
       await page.goto(`${url}concurrency`);
-      const keys = await page.$$eval("#keys tr:not(:first-child)", (trs) =>
-        trs.map((tr) => ({
-          kind: tr.cells[0]!.innerText,
-          name: tr.cells[1]!.innerText,
-          limit: tr.cells[3]!.innerText,
-          holders: [...tr.cells[4]!.querySelectorAll("a")].map((a) => a.innerText),
-          parked: [...tr.cells[5]!.querySelectorAll("a")].map((a) => a.innerText),
-          text: tr.innerText,
-        })));
+      const keys = await concurrencyKeys(page);
       const qa = keys.find((key) => key.kind === "task" && key.name === "deploy");
       assert.ok(qa !== undefined, JSON.stringify(keys));
       assert.equal(qa.limit, "2");
@@ -396,6 +403,13 @@ test(
         new RegExp(`settled ${holder} CanceledError: .*canceled from nenc monitor`),
       );
       await screenshot(page, "invocation-canceled");
+      // Its function stopped on its signal and gave the slot back: a parked deploy took it.
+      await page.goto(`${url}concurrency`);
+      await waitForContent(page, /1 parked/, "one deploy left parked");
+      const after = (await concurrencyKeys(page)).find((key) => key.name === "deploy")!;
+      assert.equal(after.holders.length, 2, JSON.stringify(after));
+      assert.ok(!after.holders.includes(holder), "the canceled deploy holds no slot");
+      assert.ok(after.holders.some((id) => qa.parked.includes(id)), "a parked deploy runs");
       await deploys.stop();
       assert.equal(deploys.output().match(/settled /g)?.length, 4, deploys.output());
     });

@@ -408,7 +408,11 @@ test("/events sends ready, no change while the store stays the same, a change on
     await ping.call();
     clock.advance(500);
     assert.deepEqual(await events.next(), { event: "change", data: "1" });
+    await within(clock.sleeping(500), DEADLINE_MS, "the third poll");
+    clock.advance(500); // nothing new again
+    await within(clock.sleeping(500), DEADLINE_MS, "the fourth poll");
     await monitor.close();
+    // No event for the polls that found nothing new: the next thing is the end of the stream.
     assert.equal(await events.next(), undefined, "the stream ends with the monitor");
   } finally {
     await monitor.close();

@@ -74,15 +74,21 @@ let tracerOf:
   | { readonly provider: TracerProvider; readonly tracer: Tracer | undefined }
   | undefined;
 
+/** The api's no-op tracer provider: what its proxy delegates to while no SDK is registered. */
+const NO_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
+
 /** nenc's tracer, or `undefined` while no SDK has registered a tracer provider. */
 function activeTracer(): Tracer | undefined {
-  const provider = trace.getTracerProvider();
+  let provider = trace.getTracerProvider();
+  // The api's global provider is its proxy, before and after an SDK registers: registering sets
+  // the proxy's delegate. So the delegate says whether spans are made, and it is looked at every
+  // time — a provider registered after a run without one is seen at the next run.
+  if (provider instanceof ProxyTracerProvider) provider = provider.getDelegate();
   if (tracerOf?.provider !== provider) {
-    // The api hands out its proxy until a provider is registered (then the provider itself): no
-    // span is made through the proxy.
-    const off = provider instanceof ProxyTracerProvider &&
-      provider.getDelegateTracer(SCOPE) === undefined;
-    tracerOf = { provider, tracer: off ? undefined : provider.getTracer(SCOPE) };
+    tracerOf = {
+      provider,
+      tracer: provider === NO_TRACER_PROVIDER ? undefined : provider.getTracer(SCOPE),
+    };
   }
   return tracerOf.tracer;
 }

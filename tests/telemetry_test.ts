@@ -42,9 +42,10 @@ import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts
 import type { CrossProcessSpan } from "./_otel_worker.ts";
 
 const spans = new InMemorySpanExporter();
-trace.setGlobalTracerProvider(
-  new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spans)] }),
-);
+const tracerProvider = new BasicTracerProvider({
+  spanProcessors: [new SimpleSpanProcessor(spans)],
+});
+trace.setGlobalTracerProvider(tracerProvider);
 
 /**
  * A metric reader the test collects by hand. Delta: a collection holds what was recorded or
@@ -142,6 +143,29 @@ test("a run has one span, named nenc <task id>, with the invocation's id, task i
   assert.deepEqual(span.events, []);
 });
 
+test("an SDK registered after runs made without one gets the spans of the runs after it", async () => {
+  trace.disable();
+  try {
+    finished();
+    const app = new Nenc();
+    const double = app.task("double", ({ n }: { n: number }) => 2 * n);
+    const before = await double.call({ n: 1 });
+    await app.runner().drain({ maxMs: DEADLINE_MS });
+    assert.equal(await before.result(), 2);
+    assert.deepEqual(finished(), [], "no SDK: no span");
+    assert.ok(trace.setGlobalTracerProvider(tracerProvider));
+    const after = await double.call({ n: 2 });
+    await app.runner().drain({ maxMs: DEADLINE_MS });
+    assert.equal(await after.result(), 4);
+    const [span, ...others] = finished();
+    assert.deepEqual(others, []);
+    assert.equal(span?.attributes["nenc.invocation_id"], after.id);
+  } finally {
+    trace.disable();
+    trace.setGlobalTracerProvider(tracerProvider);
+  }
+});
+
 test("the span of a call made inside a task is a child of its caller's span, in its trace; the caller's span has a pause event naming what it waits for, then a resume event, around the child's run", async () => {
   finished();
   const app = new Nenc();
@@ -168,8 +192,17 @@ test("the span of a call made inside a task is a child of its caller's span, in 
     [["nenc.pause", { "nenc.waiting_for": [childId] }], ["nenc.resume", {}]],
   );
   const [pause, resume] = parentSpan.events;
-  assert.ok(ns(pause!.time) <= ns(childSpan.startTime), "the child ran before its caller paused");
-  assert.ok(ns(childSpan.startTime) <= ns(resume!.time), "its caller resumed before the child ran");
+  // The SDK starts each span's clock at Date.now(), whole milliseconds, and times its events from
+  // there with performance.now(): times of two spans compare to within 1 ms.
+  const ms = 1e6;
+  assert.ok(
+    ns(pause!.time) <= ns(childSpan.startTime) + ms,
+    "the child ran before its caller paused",
+  );
+  assert.ok(
+    ns(childSpan.startTime) <= ns(resume!.time) + ms,
+    "its caller resumed before the child ran",
+  );
 });
 
 test("a failed run's span has status ERROR with the error's name and message, the error as an exception event, and nenc.status failed", async () => {

@@ -6,8 +6,11 @@
  * @module
  */
 
-/** A listener: called without an error to wake its waiter, with one to reject it. */
-export type Listener = (error?: Error) => void;
+/**
+ * A listener: called without an error to wake its waiter (with `value`, what its wait resolves
+ * with), with one to reject it. `Listener` (of `never`) takes no value: any listener is one.
+ */
+export type Listener<T = never> = (error?: Error, value?: T) => void;
 
 /**
  * The waits of this module on each signal made by {@linkcode quietController}: woken by
@@ -34,10 +37,17 @@ export function abortQuietly(controller: AbortController, reason: unknown): void
   notify(quietWaits.get(controller.signal));
 }
 
-/** Calls every listener of `listeners` (each removes itself); with `error`, their waits reject. */
-export function notify(listeners: Set<Listener> | undefined, error?: Error): void {
+/**
+ * Calls every listener of `listeners` (each removes itself); with `error`, their waits reject,
+ * else they resolve with `value`.
+ */
+export function notify<T = never>(
+  listeners: Set<Listener<T>> | undefined,
+  error?: Error,
+  value?: T,
+): void {
   if (listeners === undefined) return;
-  for (const listener of [...listeners]) listener(error);
+  for (const listener of [...listeners]) listener(error, value);
 }
 
 /**
@@ -48,12 +58,15 @@ export function listen(listeners: Set<Listener>, signal?: AbortSignal): Promise<
   return listenUntil(listeners, signal, undefined);
 }
 
-/** {@linkcode listen} on the listeners of `key` in `index`, a set kept only while it has any. */
-export function listenFor(
-  index: Map<string, Set<Listener>>,
+/**
+ * {@linkcode listen} on the listeners of `key` in `index`, a set kept only while it has any:
+ * resolves with the value {@linkcode notify} passes (`undefined` without one, and on abort).
+ */
+export function listenFor<T = never>(
+  index: Map<string, Set<Listener<T>>>,
   key: string,
   signal?: AbortSignal,
-): Promise<void> {
+): Promise<T | undefined> {
   let listeners = index.get(key);
   if (listeners === undefined) index.set(key, listeners = new Set());
   return listenUntil(listeners, signal, index, key);
@@ -64,30 +77,30 @@ export function listenFor(
  * leaves them empty. No async frame, and one scope for the whole wait: a wait may last long (a
  * paused invocation's), and what it holds meanwhile is what the garbage collector copies.
  */
-function listenUntil(
-  listeners: Set<Listener>,
+function listenUntil<T>(
+  listeners: Set<Listener<T>>,
   signal: AbortSignal | undefined,
-  index?: Map<string, Set<Listener>>,
+  index?: Map<string, Set<Listener<T>>>,
   key?: string,
-): Promise<void> {
+): Promise<T | undefined> {
   if (signal?.aborted) {
     dropIfEmpty(listeners, index, key);
-    return Promise.resolve();
+    return Promise.resolve(undefined);
   }
-  let resolve!: () => void;
+  let resolve!: (value: T | undefined) => void;
   let reject!: (error: Error) => void;
-  const promise = new Promise<void>((res, rej) => {
+  const promise = new Promise<T | undefined>((res, rej) => {
     resolve = res;
     reject = rej;
   });
   const quiet = signal === undefined ? undefined : quietWaits.get(signal);
   let wake: (() => void) | undefined;
-  const done = (error?: Error): void => {
+  const done = (error?: Error, value?: T): void => {
     listeners.delete(done);
     quiet?.delete(done);
     if (wake !== undefined) signal?.removeEventListener("abort", wake);
     dropIfEmpty(listeners, index, key);
-    if (error === undefined) resolve();
+    if (error === undefined) resolve(value);
     else reject(error);
   };
   listeners.add(done);
@@ -101,9 +114,9 @@ function listenUntil(
 }
 
 /** Drops `listeners` from `index` (under `key`) once they are empty. */
-function dropIfEmpty(
-  listeners: Set<Listener>,
-  index: Map<string, Set<Listener>> | undefined,
+function dropIfEmpty<T>(
+  listeners: Set<Listener<T>>,
+  index: Map<string, Set<Listener<T>>> | undefined,
   key: string | undefined,
 ): void {
   if (listeners.size === 0 && index !== undefined && index.get(key!) === listeners) {

@@ -8,7 +8,7 @@
 
 import { groupLimitMismatch } from "./_group_limits.ts";
 import { IndexedHeap } from "./_indexed_heap.ts";
-import { listen, listenFor, notify } from "./_listeners.ts";
+import { listen, type Listener, listenFor, notify } from "./_listeners.ts";
 import { CallGraph, type CallRef } from "./call_graph.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import {
@@ -163,7 +163,7 @@ export class MemoryStore implements Store {
   readonly #cycles = new Map<string, RefusedCycle>();
   /** Canceled invocations whose execution on a runner has not ended yet, per runner. */
   readonly #cancelRequests = new Map<string, Set<string>>();
-  readonly #finalWaiters = new Map<string, Set<() => void>>();
+  readonly #finalWaiters = new Map<string, Set<Listener<InvocationRecord>>>();
   readonly #workWaiters = new Set<() => void>();
   /**
    * Work arrived since the last claim: a runner that found nothing and is about to wait does not
@@ -605,9 +605,10 @@ export class MemoryStore implements Store {
     return Promise.resolve();
   }
 
-  waitFinal(id: string, signal?: AbortSignal): Promise<void> {
+  waitFinal(id: string, signal?: AbortSignal): Promise<InvocationRecord | undefined> {
     const record = this.#visible(id);
-    if (record === undefined || isFinalStatus(record.status)) return Promise.resolve();
+    if (record === undefined) return Promise.resolve(undefined);
+    if (isFinalStatus(record.status)) return Promise.resolve(record);
     return listenFor(this.#finalWaiters, id, signal);
   }
 
@@ -818,7 +819,7 @@ export class MemoryStore implements Store {
     }
     if (plan.startsPurge) this.#purgeDue.insert(id, next.purgeAtMs!);
     if (plan.final) this.#waits.release(id);
-    if (plan.final) notify(this.#finalWaiters.get(id));
+    if (plan.final) notify(this.#finalWaiters.get(id), undefined, next);
     if (wakeParked) {
       for (const { key, wake } of effects) if (wake) this.#wake(key, change.runnerId, change.nowMs);
     }

@@ -1427,10 +1427,13 @@ export class Orchestrator {
    * running task the current invocation waits PAUSED.
    */
   waitForResult<Result>(invocation: InvocationRef, options: WaitOptions = {}): Promise<Result> {
-    const ids = [invocation.id];
-    // The result is picked once it is read, not by a step of its own held through the wait.
-    return this.#wait(ids, "all", options).then(() =>
-      this.#results<Result>(ids).then(([result]) => result!)
+    const { id } = invocation;
+    // The result is picked once it is read, not by a step of its own held through the wait; from
+    // the final record the wait saw, when it saw one (read only otherwise).
+    return this.#wait([id], "all", options).then((seen) =>
+      seen === undefined
+        ? this.#results<Result>([id]).then(([result]) => result!)
+        : this.#outcome<Result>(id, seen)
     );
   }
 
@@ -1462,20 +1465,28 @@ export class Orchestrator {
     }
   }
 
-  /** Resolves when the invocation is final (or purged), or `signal` aborts. */
-  waitForFinal(invocation: InvocationRef, signal?: AbortSignal): Promise<void> {
+  /**
+   * Resolves when the invocation is final (or purged), or `signal` aborts: with the final record
+   * the wait saw, when it saw one (see {@linkcode Store.waitFinal}).
+   */
+  waitForFinal(
+    invocation: InvocationRef,
+    signal?: AbortSignal,
+  ): Promise<InvocationRecord | undefined> {
     return this.store.waitFinal(invocation.id, signal);
   }
 
   /**
    * Resolves when all (`"all"`) or one (`"any"`) of the invocations is final (or purged); rejects
-   * with the reason of `signal` once it aborts. Store faults meanwhile are tried again.
+   * with the reason of `signal` once it aborts. Store faults meanwhile are tried again. The wait
+   * of one invocation resolves with the final record it saw, when it saw one (see
+   * {@linkcode Store.waitFinal}).
    */
   waitForFinals(
     ids: readonly string[],
     mode: "all" | "any",
     signal?: AbortSignal,
-  ): Promise<void> {
+  ): Promise<InvocationRecord | void> {
     // One invocation (the common wait: a result()): no other wait to stop when it ends or fails.
     return ids.length === 1
       ? this.#waitForFinal(ids[0]!, signal)
@@ -1486,11 +1497,17 @@ export class Orchestrator {
    * {@linkcode Orchestrator.waitForFinals} of one invocation, without a frame: a paused invocation
    * holds it for as long as it waits, and the garbage collector copies what it holds.
    */
-  #waitForFinal(id: string, signal: AbortSignal | undefined): Promise<void> {
+  #waitForFinal(
+    id: string,
+    signal: AbortSignal | undefined,
+  ): Promise<InvocationRecord | undefined> {
     return retryFaults(
       () => this.waitForFinal({ id }, signal),
       { clock: this.#host.clock, signal },
-      () => signal?.throwIfAborted(),
+      (seen) => {
+        signal?.throwIfAborted();
+        return seen;
+      },
     );
   }
 
@@ -1510,7 +1527,7 @@ export class Orchestrator {
     const stop = (): void => done.abort();
     signal?.addEventListener("abort", stop, { once: true });
     try {
-      const waitOne = (id: string): Promise<void> =>
+      const waitOne = (id: string): Promise<unknown> =>
         this.#read(() => this.waitForFinal({ id }, done.signal), done.signal);
       if (mode === "all") await Promise.all(ids.map(waitOne));
       else await Promise.race(ids.map(waitOne));
@@ -1526,7 +1543,15 @@ export class Orchestrator {
     return retryFaults(step, { clock: this.#host.clock, signal });
   }
 
-  #wait(ids: readonly string[], mode: "all" | "any", options: WaitOptions): Promise<void> {
+  /**
+   * Resolves when the invocations are final (see {@linkcode Orchestrator.waitForFinals}): for one
+   * invocation outside a running task, with the final record the wait saw, when it saw one.
+   */
+  #wait(
+    ids: readonly string[],
+    mode: "all" | "any",
+    options: WaitOptions,
+  ): Promise<InvocationRecord | void> {
     const { timeoutMs } = options;
     // No timer to clear afterwards: the wait itself, without a frame of its own (a paused
     // invocation holds its waits for long, and the garbage collector copies what they hold).
@@ -1539,7 +1564,7 @@ export class Orchestrator {
     mode: "all" | "any",
     given: AbortSignal | undefined,
     timeoutMs: number,
-  ): Promise<void> {
+  ): Promise<InvocationRecord | void> {
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
       throw new RangeError(`Cannot wait: timeoutMs must be a number ≥ 0, got ${timeoutMs}`);
     }
@@ -1552,14 +1577,18 @@ export class Orchestrator {
     });
     const signal = given === undefined ? timeout.signal : AbortSignal.any([given, timeout.signal]);
     try {
-      await this.#waitUntil(ids, mode, signal);
+      return await this.#waitUntil(ids, mode, signal);
     } finally {
       timer.abort();
     }
   }
 
   /** Waits in the current execution (PAUSED meanwhile) or, outside any, for the finals alone. */
-  #waitUntil(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
+  #waitUntil(
+    ids: readonly string[],
+    mode: "all" | "any",
+    signal?: AbortSignal,
+  ): Promise<InvocationRecord | void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     const execution = currentExecution();
     return execution !== undefined

@@ -1152,9 +1152,11 @@ export interface Store {
 
   /**
    * Resolves when the invocation is final (or gone), or when `signal` aborts; rejects with
-   * {@linkcode StoreClosedError} once the store is found closed.
+   * {@linkcode StoreClosedError} once the store is found closed. Resolves with the final record
+   * the wait saw, when it saw one: `undefined` when the invocation is gone, on abort, and when
+   * woken without the record (the caller reads it then).
    */
-  waitFinal(id: string, signal?: AbortSignal): Promise<void>;
+  waitFinal(id: string, signal?: AbortSignal): Promise<InvocationRecord | undefined>;
   /**
    * Resolves when new work may be available, or when `signal` aborts; rejects with
    * {@linkcode StoreClosedError} once the store is found closed.

@@ -190,7 +190,7 @@ interface ClaimCall {
  */
 interface LocalSignals {
   /** Waiters for an invocation to be final. */
-  readonly finals: Map<string, Set<Listener>>;
+  readonly finals: Map<string, Set<Listener<InvocationRecord>>>;
   /** Idle runners waiting for work. */
   readonly work: Set<Listener>;
   /** Work was announced since the last claim: a runner about to wait does not miss it. */
@@ -784,7 +784,7 @@ export class KvStore implements Store {
         if (plan.executions.add !== null) this.#local.ownedHere.add(id);
         else if (plan.executions.remove !== null) this.#local.ownedHere.delete(id);
         const early = plan.final && (release === undefined || releaseNow);
-        if (early) notify(this.#local.finals.get(id));
+        if (early) notify(this.#local.finals.get(id), undefined, next);
         if (release !== undefined) {
           await (releaseNow ? this.#restoreWaiters(release.waiterIds) : this.releaseWaiters(id));
         }
@@ -794,7 +794,7 @@ export class KvStore implements Store {
             console.error(`nenc: could not set the expiry of invocation ${id}'s history:`, error);
           });
         }
-        if (plan.final && !early) notify(this.#local.finals.get(id));
+        if (plan.final && !early) notify(this.#local.finals.get(id), undefined, next);
         if (wakes) this.#wakesWritten++;
         if (plan.slot === "release" || wakes) this.#announceWork();
         return { ok: true, record: next, entries: plan.entries, previous: record.status };
@@ -2202,9 +2202,10 @@ export class KvStore implements Store {
 
   // --- waiting -----------------------------------------------------------------------------------
 
-  async waitFinal(id: string, signal?: AbortSignal): Promise<void> {
+  async waitFinal(id: string, signal?: AbortSignal): Promise<InvocationRecord | undefined> {
     const record = await this.get(id);
-    if (record === undefined || isFinalStatus(record.status) || signal?.aborted) return;
+    if (record === undefined || isFinalStatus(record.status)) return record;
+    if (signal?.aborted) return undefined;
     const closed = this.#local.closed;
     if (closed !== undefined) {
       throw new StoreClosedError(`Cannot wait for invocation ${id}: the KV store is closed`, {
@@ -2214,9 +2215,10 @@ export class KvStore implements Store {
     // This process's own changes wake the waiter at once; other processes' are found by one
     // poller per app and KV handle that reads every awaited invocation in batches, so a
     // thousand waiters cost a hundred reads per round, not a thousand loops of their own.
+    // They wake with the final record they saw (none when it is gone).
     const waiting = listenFor(this.#local.finals, id, signal);
     this.#local.poller ??= this.#pollFinals();
-    await waiting;
+    return await waiting;
   }
 
   /**
@@ -2287,7 +2289,7 @@ export class KvStore implements Store {
             local.ownedHere.delete(ids[index]!);
             local.waitNodes.delete(ids[index]!);
             ended++;
-            notify(waiters);
+            notify(waiters, undefined, stored?.record);
           }
         });
         idle = ended > 0 ? 0 : idle + 1;

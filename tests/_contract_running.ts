@@ -5,6 +5,7 @@ import { FakeClock, WatchedClock } from "./_fake_clock.ts";
 import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import type { Nenc } from "../core/app.ts";
 import {
+  CanceledError,
   ConcurrencyControlledError,
   CycleDetectedError,
   NencError,
@@ -341,6 +342,51 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.ok(error instanceof TypeError, `got ${String(error)}`);
     assert.equal(error.name, "TypeError");
     assert.equal(error.message, "Cannot parse x");
+  });
+
+  test(`[${backend}] result() reads no record beside its wait's: the final record the wait saw (an end here woke it, or it was final already) is the outcome — a result, a rehydrated error, a cancel; a purged one still does not exist`, async () => {
+    const app = await makeApp({ errorClasses: [PaymentDeclined] });
+    const store = app.orchestrator.store;
+    const read: string[] = [];
+    const getMany = store.getMany.bind(store);
+    store.getMany = (ids) => {
+      read.push(...ids);
+      return getMany(ids);
+    };
+    const gate = deferred();
+    const add = app.task("add", async ({ n }: { n: number }) => {
+      await gate.promise;
+      return n + 1;
+    });
+    const pay = app.task("pay", (): never => {
+      throw new PaymentDeclined("Cannot pay: declined", "card_declined");
+    });
+    const canceled = await add.call({ n: 0 });
+    await canceled.cancel();
+    const runner = app.runner();
+    runner.start();
+    const ran = await add.call({ n: 1 });
+    await waitUntil(async () => (await ran.status()) === "running", { message: "add running" });
+    const awaited = ran.result();
+    // A read after the wait's own: once it returns, the wait waits for the end.
+    await store.get(ran.id);
+    gate.resolve();
+    assert.equal(await within(awaited, DEADLINE_MS, "the result of add"), 2);
+    const failed = await pay.call();
+    await waitUntil(async () => (await failed.status()) === "failed", { message: "pay failed" });
+    const error = await rejection(failed.result());
+    assert.ok(error instanceof PaymentDeclined, `got ${String(error)}`);
+    assert.equal(error.code, "card_declined");
+    assert.ok(await rejection(canceled.result()) instanceof CanceledError);
+    assert.deepEqual(read, []);
+    await runner.stop();
+    // Gone: the wait finds no record, and the read after it none either.
+    const pending = await add.call({ n: 2 });
+    const orphaned = pending.result();
+    await store.get(pending.id);
+    await app.orchestrator.purge();
+    assert.match(String(await rejection(orphaned)), /it does not exist/);
+    assert.match(String(await rejection(ran.result())), /it does not exist/);
   });
 
   // --- retries -----------------------------------------------------------------------------------

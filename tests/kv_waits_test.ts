@@ -238,3 +238,27 @@ test("[kv] the end of an invocation whose wait edges this process wrote lists it
   await within(ending, DEADLINE_MS, "the child's end");
   assert.deepEqual(await o.store.waiters(child.id), [], "its edges released with it");
 });
+
+test("[kv] result() of a final invocation reads its record once, in one getMany: the wait's own read is the outcome", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const reads: string[][] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => {
+      const records = keys.flatMap((key) => key[2] === "inv" ? [String(key[3])] : []);
+      if (records.length > 0) reads.push(records);
+    },
+  });
+  const app = new Nenc({ appId: "result-reads", kv: view });
+  const ping = app.task("ping", () => "pong");
+  const invocation = await ping.call();
+  const [started] = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+  await app.orchestrator.setInvocationResult(started!.invocation, "pong", {
+    runnerId: "r1",
+    claimSeq: started!.claimSeq,
+    expectSeq: started!.seq,
+  });
+  reads.length = 0;
+  assert.equal(await invocation.result(), "pong");
+  assert.deepEqual(reads, [[invocation.id]]);
+});

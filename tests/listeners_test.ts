@@ -20,6 +20,18 @@ test("listenFor() rejects its waiters with the error notify() passes, and drops 
   assert.equal(index.has("a"), false);
 });
 
+test("listenFor() resolves its waiters with the value notify() passes, and with undefined on abort", async () => {
+  const index = new Map<string, Set<Listener<string>>>();
+  const controller = new AbortController();
+  const first = listenFor(index, "a");
+  const aborted = listenFor(index, "a", controller.signal);
+  controller.abort();
+  assert.equal(await aborted, undefined);
+  notify(index.get("a"), undefined, "final");
+  assert.equal(await first, "final");
+  assert.equal(index.has("a"), false);
+});
+
 test("listen() resolves on notify() without an error, and on abort; an aborted listener is removed", async () => {
   const listeners = new Set<Listener>();
   const woken = listen(listeners);

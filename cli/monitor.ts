@@ -20,6 +20,7 @@ import { serve } from "@hono/node-server";
 import { type Context, Hono } from "hono";
 import { html, raw } from "hono/html";
 import type { Nenc } from "../core/app.ts";
+import { StoreClosedError } from "../core/errors.ts";
 import { callLabel } from "../core/ids.ts";
 import {
   ALL_STATUSES,
@@ -365,23 +366,46 @@ class Pulse {
     let last: string | undefined;
     try {
       while (this.#listeners.size > 0 && !this.#stop.signal.aborted) {
-        const store = this.#app.orchestrator.store;
-        const [counts, runners] = await Promise.all([store.counts(), store.runners()]);
-        const fingerprint = JSON.stringify([
-          [...counts].map(([task, statuses]) => [task, [...statuses]]).sort(),
-          runners.map((runner) => [runner.runnerId, runner.lastSeenMs]).sort(),
-        ]);
-        if (last !== undefined && fingerprint !== last) {
-          this.#version++;
-          for (const listener of [...this.#listeners]) listener(this.#version);
+        const fingerprint = await this.#fingerprint();
+        // A read that failed (a store that blips) changes nothing: the next poll tries again.
+        if (fingerprint !== undefined) {
+          if (last !== undefined && fingerprint !== last) {
+            this.#version++;
+            for (const listener of [...this.#listeners]) listener(this.#version);
+          }
+          last = fingerprint;
         }
-        last = fingerprint;
         await this.#app.clock.sleep(this.#pollMs, this.#stop.signal);
       }
     } catch {
-      // The store is closed or failing: the pages stay as they are; a new listener restarts it.
+      // The monitor closes (its sleep aborted), or its store is closed.
     } finally {
       this.#running = false;
+    }
+  }
+
+  /**
+   * What the pages show of the store, in short: counts per task and status, and the runners with
+   * whether each is alive — not their heartbeats' times, which move every second with any live
+   * worker and would make every page fetch itself again each poll. `undefined` when the store
+   * could not be read; a closed store stops the monitor's polling for good.
+   */
+  async #fingerprint(): Promise<string | undefined> {
+    const { orchestrator, clock } = this.#app;
+    const timeoutMs = orchestrator.options.runnerTimeoutSeconds * 1000;
+    try {
+      const [counts, runners] = await Promise.all([
+        orchestrator.store.counts(),
+        orchestrator.store.runners(),
+      ]);
+      const nowMs = clock.now();
+      return JSON.stringify([
+        [...counts].map(([task, statuses]) => [task, [...statuses]]).sort(),
+        runners.map((runner) => [runner.runnerId, nowMs - runner.lastSeenMs <= timeoutMs]).sort(),
+      ]);
+    } catch (error) {
+      if (error instanceof StoreClosedError) throw error;
+      return undefined;
     }
   }
 }

@@ -419,6 +419,42 @@ test("/events sends ready, no change while the store stays the same, a change on
   }
 });
 
+test("/events: a runner that appears sends a change, its heartbeats alone do not; a store read that fails is tried again at the next poll, and the change found then is sent", async () => {
+  const clock = new WatchedClock();
+  const app = new Nenc({ appId: "monitor-pulse", clock });
+  const ping = app.task("ping", () => "pong");
+  const store = app.orchestrator.store;
+  const monitor = await startMonitor(app, { port: 0, pollMs: 500 });
+  try {
+    const response = await fetch(`${monitor.url}events`);
+    const events = eventReader(response.body!);
+    assert.deepEqual(await events.next(), { event: "ready", data: "0" });
+    await within(clock.sleeping(500), DEADLINE_MS, "the first poll");
+    await store.heartbeat("runner-1", clock.now());
+    clock.advance(500);
+    assert.deepEqual(await events.next(), { event: "change", data: "1" }, "a new runner");
+    for (let beat = 0; beat < 3; beat++) {
+      await within(clock.sleeping(500), DEADLINE_MS, "the next poll");
+      await store.heartbeat("runner-1", clock.now());
+      clock.advance(500);
+    }
+    // A blip: the next read of the counts fails; the poll after it finds the new invocation.
+    await within(clock.sleeping(500), DEADLINE_MS, "the poll after the last heartbeat");
+    const counts = store.counts.bind(store);
+    let reads = 0;
+    store.counts = () => ++reads === 1 ? Promise.reject(new Error("blip")) : counts();
+    await ping.call();
+    clock.advance(500);
+    await within(clock.sleeping(500), DEADLINE_MS, "the poll that failed");
+    assert.equal(reads, 1, "the poll that failed read the counts");
+    clock.advance(500);
+    // The heartbeats sent nothing: the next event is the invocation, found after the blip.
+    assert.deepEqual(await events.next(), { event: "change", data: "2" });
+  } finally {
+    await monitor.close();
+  }
+});
+
 test("a host other than loopback needs a token (TypeError), a token needs 16 characters; on 127.0.0.2 with a token the monitor refuses requests without it", async () => {
   const app = new Nenc({ appId: "monitor-options" });
   await assert.rejects(startMonitor(app, { host: "0.0.0.0", port: 0 }), TypeError);

@@ -321,7 +321,9 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     }
     try {
       // The commands that write refuse data of a newer layout before they change anything.
-      if (command === "worker" || command === "purge") await app.orchestrator.store.checkSchema();
+      if (command === "worker" || command === "purge" || command === "cancel") {
+        await app.orchestrator.store.checkSchema();
+      }
       if (command === "worker") {
         const logs = { format: logFormat as LogFormat, given: values["log-format"] !== undefined };
         return await worker(app, { backend, concurrency, logs }, io);

@@ -1376,7 +1376,7 @@ test(
 );
 
 test(
-  "cli worker and purge on data of a newer schema version exit 1 naming both versions, and change nothing",
+  "cli worker, purge and cancel on data of a newer schema version exit 1 naming both versions, and change nothing",
   {
     skip: onlyDeno,
   },
@@ -1391,7 +1391,11 @@ test(
         const refused = new RegExp(
           `^nenc: Cannot use the KV store of app cli-test: its data has schema version ${newer}, newer than this nenc's ${KV_SCHEMA_VERSION}; upgrade nenc\n$`,
         );
-        for (const command of [["worker"], ["purge"], ["purge", "--all", "--force"]]) {
+        const commands = [["worker"], ["purge"], ["purge", "--all", "--force"], [
+          "cancel",
+          invocation.id,
+        ]];
+        for (const command of commands) {
           const { code, stdout, stderr } = await cli(command, path);
           assert.equal(code, 1, command.join(" "));
           assert.equal(stdout, "", command.join(" "));

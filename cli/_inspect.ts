@@ -9,7 +9,7 @@
 
 import type { Nenc } from "../core/app.ts";
 import { AVAILABLE_FOR_RUN_STATUSES, InvocationStatus } from "../core/status.ts";
-import type { InvocationRecord } from "../core/store.ts";
+import type { InvocationRecord, RunnerInfo } from "../core/store.ts";
 
 /** What {@linkcode listInvocations} lists: the newest first, at most `limit`. */
 export interface ListFilter {
@@ -142,18 +142,30 @@ export interface RunnerView {
 /** The runners, most recent heartbeat first, with what each defines and holds. */
 export async function runnersView(app: Nenc, nowMs: number): Promise<RunnerView[]> {
   const store = app.orchestrator.store;
-  const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
+  const alive = isAlive(app, nowMs);
   const runners = (await store.runners()).sort((a, b) => b.lastSeenMs - a.lastSeenMs);
   return await Promise.all(runners.map(async (runner) => ({
     runnerId: runner.runnerId,
     lastSeenMs: runner.lastSeenMs,
-    alive: nowMs - runner.lastSeenMs <= timeoutMs,
+    alive: alive(runner),
     taskIds: runner.taskIds,
     held: await store.executions(runner.runnerId),
   })));
 }
 
 /** The statuses of invocations that wait for a runner: queued, or parked on a key. */
+/**
+ * Whether a runner is alive at `nowMs`: its last heartbeat within the app's
+ * `runnerTimeoutSeconds` (a runner silent longer is presumed dead).
+ */
+export function isAlive(
+  app: Nenc,
+  nowMs: number,
+): (runner: Pick<RunnerInfo, "lastSeenMs">) => boolean {
+  const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
+  return (runner) => nowMs - runner.lastSeenMs <= timeoutMs;
+}
+
 const WAITING_FOR_A_RUNNER: ReadonlySet<InvocationStatus> = new Set([
   ...AVAILABLE_FOR_RUN_STATUSES,
   InvocationStatus.CONCURRENCY_CONTROLLED,

@@ -34,6 +34,7 @@ import { parseArgs } from "node:util";
 import {
   concurrencyView,
   invocationTree,
+  isAlive,
   type ListFilter,
   listInvocations,
   runnersView,
@@ -753,9 +754,7 @@ async function purge(
 ): Promise<number> {
   if (options.all) {
     const nowMs = app.clock.now();
-    const timeoutMs = app.orchestrator.options.runnerTimeoutSeconds * 1000;
-    const alive = (await app.orchestrator.store.runners())
-      .filter((runner) => nowMs - runner.lastSeenMs <= timeoutMs);
+    const alive = (await app.orchestrator.store.runners()).filter(isAlive(app, nowMs));
     if (alive.length > 0 && !options.force) {
       const named = alive.map((runner) =>
         `${runner.runnerId} (${((nowMs - runner.lastSeenMs) / 1000).toFixed(1)} s ago)`
@@ -763,7 +762,7 @@ async function purge(
       throw new Error(
         `Cannot purge all data of app ${app.appId}: ${alive.length} runner${
           alive.length === 1 ? " is" : "s are"
-        } alive (a heartbeat within runnerTimeoutSeconds, ${timeoutMs / 1000} s): ${
+        } alive (a heartbeat within runnerTimeoutSeconds, ${app.orchestrator.options.runnerTimeoutSeconds} s): ${
           named.join(", ")
         }; stop them first, or pass --force`,
       );

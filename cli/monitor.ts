@@ -37,6 +37,7 @@ import {
 import {
   concurrencyView,
   invocationTree,
+  isAlive,
   listInvocations,
   runnersView,
   type TreeNode,
@@ -392,16 +393,15 @@ class Pulse {
    */
   async #fingerprint(): Promise<string | undefined> {
     const { orchestrator, clock } = this.#app;
-    const timeoutMs = orchestrator.options.runnerTimeoutSeconds * 1000;
     try {
       const [counts, runners] = await Promise.all([
         orchestrator.store.counts(),
         orchestrator.store.runners(),
       ]);
-      const nowMs = clock.now();
+      const alive = isAlive(this.#app, clock.now());
       return JSON.stringify([
         [...counts].map(([task, statuses]) => [task, [...statuses]]).sort(),
-        runners.map((runner) => [runner.runnerId, nowMs - runner.lastSeenMs <= timeoutMs]).sort(),
+        runners.map((runner) => [runner.runnerId, alive(runner)]).sort(),
       ]);
     } catch (error) {
       if (error instanceof StoreClosedError) throw error;

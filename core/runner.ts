@@ -1152,11 +1152,14 @@ export class Runner implements AsyncDisposable {
       }
       end = await this.#record(execution, task, outcome);
     } catch (error) {
-      this.#log("error", `runner ${this.id} could not finish invocation ${invocation.id}`, {
-        invocationId: invocation.id,
-        taskId: invocation.taskId,
-        stack: error instanceof Error ? error.stack : undefined,
-      }, error);
+      this.#log(
+        "error",
+        `runner ${this.id} could not finish invocation ${invocation.id}`,
+        invocationFields(invocation, this.id, {
+          stack: error instanceof Error ? error.stack : undefined,
+        }),
+        error,
+      );
     } finally {
       execution.end();
       if (end === "canceled") {
@@ -1172,10 +1175,12 @@ export class Runner implements AsyncDisposable {
               ...(claimSeq !== undefined ? { claimSeq } : {}),
             }),
         ).catch((error) => {
-          this.#log("error", `runner ${this.id} could not end invocation ${invocation.id}`, {
-            invocationId: invocation.id,
-            taskId: invocation.taskId,
-          }, error);
+          this.#log(
+            "error",
+            `runner ${this.id} could not end invocation ${invocation.id}`,
+            invocationFields(invocation, this.id),
+            error,
+          );
         });
         const reason = execution.abortReason;
         this.#log(
@@ -1285,7 +1290,7 @@ export class Runner implements AsyncDisposable {
         `invocation ${invocation.id} (task ${task.id}) failed${
           retried ? ` (attempt ${attempt}, retried)` : ""
         }`,
-        { invocationId: invocation.id, taskId: task.id, attempt, retried },
+        invocationFields(invocation, this.id, { attempt, retried }),
         error,
       );
     }

@@ -1474,23 +1474,22 @@ export class KvStore implements Store {
         used.push({ key, holders, parkedCount: parked });
       }
     }
-    const parked = await Promise.all(used.map(async ({ key, parkedCount }) => {
-      const ids: string[] = [];
-      if (parkedCount === 0) return ids;
-      const prefix = this.#keys.queue({ delayed: false, parkedOn: key });
-      const options = { limit: maxParked, batchSize: Math.min(maxParked, LIST_BATCH) };
-      for await (const entry of this.#kv.list({ prefix }, options)) {
-        ids.push(decodeQueueValue(entry.value).id);
-      }
-      return ids;
-    }));
-    // The limit as the invocations using the key know it.
+    const parked = await Promise.all(
+      used.map(async ({ key, parkedCount }) =>
+        parkedCount === 0 ? [] : (await this.#listEntries(
+          this.#keys.queue({ delayed: false, parkedOn: key }),
+          maxParked,
+        )).map((entry) => decodeQueueValue(entry.value).id)
+      ),
+    );
+    // The limit as the invocations using the key know it: the first holder's, or first parked's.
+    const userIds = used.map(({ holders }, i) => holders[0] ?? parked[i]![0]);
     const users = new Map(
-      (await this.getMany(used.flatMap(({ holders }, i) => holders[0] ?? parked[i]![0] ?? [])))
+      (await this.getMany(userIds.filter((id) => id !== undefined)))
         .map((record) => [record.id, record]),
     );
     return used.flatMap(({ key, holders, parkedCount }, i) => {
-      const user = users.get(holders[0] ?? parked[i]![0] ?? "");
+      const user = users.get(userIds[i] ?? "");
       const slot = user === undefined ? undefined : slotsOf(user).find((s) => s.key === key);
       return slot === undefined
         ? []

@@ -7,6 +7,7 @@
  */
 
 import { AsyncLocalStorage } from "node:async_hooks";
+import type { InvocationRecord } from "./store.ts";
 
 /** How a running invocation waits for others: the runner's side of `result()`. */
 export interface ExecutionContext {
@@ -21,9 +22,14 @@ export interface ExecutionContext {
   /**
    * Waits until all (`"all"`) or one (`"any"`) of `ids` is final: records the wait for blocking
    * control, pauses the invocation (its slot is freed) and resumes it afterwards. Rejects with
-   * the reason of `signal` or of the execution's own signal, whichever aborts first.
+   * the reason of `signal` or of the execution's own signal, whichever aborts first. The wait of
+   * one invocation resolves with the final record it saw, when it saw one (see `Store.waitFinal`).
    */
-  waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void>;
+  waitFor(
+    ids: readonly string[],
+    mode: "all" | "any",
+    signal?: AbortSignal,
+  ): Promise<InvocationRecord | void>;
 }
 
 const storage = new AsyncLocalStorage<ExecutionContext>();

@@ -1545,7 +1545,8 @@ export class Orchestrator {
 
   /**
    * Resolves when the invocations are final (see {@linkcode Orchestrator.waitForFinals}): for one
-   * invocation outside a running task, with the final record the wait saw, when it saw one.
+   * invocation, with the final record the wait saw, when it saw one (inside a running task too,
+   * once it has resumed).
    */
   #wait(
     ids: readonly string[],

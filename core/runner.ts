@@ -27,7 +27,7 @@ import type { Invocation } from "./invocation.ts";
 import type { ActorOptions, InvocationRef, Orchestrator } from "./orchestrator.ts";
 import { DEFAULT_ERROR_CLASSES, deserializeError, errorClassMap } from "./serializer.ts";
 import { InvocationStatus, isFinalStatus } from "./status.ts";
-import { slotsOf } from "./store.ts";
+import { type InvocationRecord, slotsOf } from "./store.ts";
 import type { Task, TaskContext } from "./task.ts";
 import { dueTicks, isSameSchedule, nextTickMs, type Schedule } from "./schedules.ts";
 import type { LogFields } from "./log.ts";
@@ -1561,13 +1561,24 @@ class Execution implements ExecutionContext {
     });
   }
 
-  /** No async frame: a paused function holds its waits for long (see {@linkcode Execution.run}). */
-  waitFor(ids: readonly string[], mode: "all" | "any", signal?: AbortSignal): Promise<void> {
+  /**
+   * No async frame: a paused function holds its waits for long (see {@linkcode Execution.run}).
+   * Resolves, once resumed, with the final record the wait of one invocation saw (its result()
+   * need not read it again).
+   */
+  waitFor(
+    ids: readonly string[],
+    mode: "all" | "any",
+    signal?: AbortSignal,
+  ): Promise<InvocationRecord | void> {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
     return this.#enterWait(ids, mode, stop).then((waiting) =>
       waiting
         ? this.#host.orchestrator.waitForFinals(ids, mode, stop).then(
-          () => this.#waitEnded(),
+          (seen) => {
+            const resumed = this.#waitEnded();
+            return resumed === undefined ? seen : resumed.then(() => seen);
+          },
           (error: unknown) => {
             const resumed = this.#waitEnded();
             if (resumed === undefined) throw error;

@@ -389,6 +389,40 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.match(String(await rejection(ran.result())), /it does not exist/);
   });
 
+  test(`[${backend}] result() inside a task, of a child that ends while the task waits PAUSED: no read of the child after its end (the final record its wait saw is the outcome, after the resume)`, async () => {
+    const app = await makeApp();
+    const store = app.orchestrator.store;
+    const gate = deferred();
+    let returned = false;
+    const readAfterEnd: string[] = [];
+    const getMany = store.getMany.bind(store);
+    store.getMany = (ids) => {
+      if (returned) readAfterEnd.push(...ids);
+      return getMany(ids);
+    };
+    const child = app.task("child", async ({ n }: { n: number }) => {
+      await gate.promise;
+      returned = true;
+      return n * 2;
+    });
+    let childId: string | undefined;
+    const parent = app.task("parent", async ({ n }: { n: number }) => {
+      const called = await child.call({ n });
+      childId = called.id;
+      return 1 + await called.result();
+    });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const invocation = await parent.call({ n: 20 });
+    await waitUntil(async () => (await invocation.status()) === "paused", {
+      message: "parent paused",
+    });
+    gate.resolve();
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 41);
+    assert.ok(childId !== undefined);
+    assert.ok(!readAfterEnd.includes(childId), `read ${readAfterEnd.join(", ")}`);
+  });
+
   // --- retries -----------------------------------------------------------------------------------
 
   test(`[${backend}] maxRetries: a task failing twice with RetryError succeeds on the third run and retries() is 2`, async () => {

@@ -219,6 +219,23 @@ export class CallGraph {
   }
 
   /**
+   * Whether the call is in the graph (a live invocation holds it). Its label, set when it
+   * entered, stays: a caller need not render the label of a call already in the graph.
+   *
+   * @example
+   * ```ts
+   * import { CallGraph } from "@nenc/nenc";
+   *
+   * const graph = new CallGraph();
+   * graph.addCall({ callId: "a#1", invocationId: "i1" }, { callId: "b#1", invocationId: "i2" });
+   * console.log(graph.hasCallId("b#1"), graph.hasCallId("c#1")); // true false
+   * ```
+   */
+  hasCallId(callId: string): boolean {
+    return this.#graph.hasNode(callId);
+  }
+
+  /**
    * Calls, edges and live invocations in the graph.
    *
    * @example

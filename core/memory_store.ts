@@ -356,12 +356,23 @@ export class MemoryStore implements Store {
     // A caller that is gone or final cannot be part of a live cycle: no edge, and no hold of its.
     if (caller === undefined || isFinalStatus(caller.status)) return true;
     try {
-      this.#calls.addCall(callRefOf(caller), callRefOf(record));
+      this.#calls.addCall(this.#callRefOf(caller), this.#callRefOf(record));
       return true;
     } catch (error) {
       if (error instanceof CycleDetectedError) return false;
       throw error;
     }
+  }
+
+  /**
+   * {@linkcode callRefOf}, without the label of a call already in the graph: the graph keeps the
+   * label it got first, and rendering it for every call edge (a nested program makes one per
+   * pick-up) is wasted.
+   */
+  #callRefOf(record: InvocationRecord): CallRef {
+    return this.#calls.hasCallId(record.callId)
+      ? { callId: record.callId, invocationId: record.id }
+      : callRefOf(record);
   }
 
   get(id: string): Promise<InvocationRecord | undefined> {

@@ -89,6 +89,24 @@ test("CallGraph keeps a call's edges while another live invocation of the call h
   assert.deepEqual(graph.size, { calls: 1, edges: 0, invocations: 2 });
 });
 
+test("CallGraph: hasCallId is true while a live invocation holds the call; a call in the graph keeps the label it entered with, also in a cycle's error", () => {
+  const graph = new CallGraph();
+  graph.addCall(ref("a", "a/1"), ref("b", "b/1"));
+  // Later invocations of the same calls, without labels (the memory store renders none for a
+  // call in the graph).
+  graph.addCall({ callId: "a", invocationId: "a/2" }, { callId: "b", invocationId: "b/2" });
+  assert.equal(graph.hasCallId("a"), true);
+  assert.equal(graph.hasCallId("c"), false);
+  assert.deepEqual(graph.snapshot().calls.map(({ label }) => label), ["a()", "b()"]);
+  const error = cycleOf(() =>
+    graph.addCall({ callId: "b", invocationId: "b/3" }, { callId: "a", invocationId: "a/3" })
+  );
+  assert.deepEqual(error.labels, ["b()", "a()"]);
+  for (const invocationId of ["a/1", "a/2"]) graph.removeInvocation({ callId: "a", invocationId });
+  assert.equal(graph.hasCallId("a"), false);
+  assert.equal(graph.hasCallId("b"), true);
+});
+
 test("CallGraph allows the closing edge again once the cycle's invocations are removed", () => {
   const graph = new CallGraph();
   graph.addCall(ref("a"), ref("b"));

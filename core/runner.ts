@@ -298,6 +298,10 @@ export class Runner implements AsyncDisposable {
   #free: number;
   /** Pick-ups under way for slots about to be given back (see #passAhead). */
   readonly #aheads = new Set<Promise<void>>();
+  /** The pick-up loop's own pick-up, while under way (the orphan sweep waits for it). */
+  #looping: Promise<unknown> | undefined;
+  /** The upkeep paced by heartbeatMs, while under way beside the pick-ups (see #upkeep). */
+  #upkeeping: Promise<void> | undefined;
   /** The slots passed ahead in this turn, for one pick-up at its end. */
   #gathering: SlotsAhead | undefined;
   /**
@@ -504,6 +508,7 @@ export class Runner implements AsyncDisposable {
     this.#stop.abort();
     this.#wakeUp();
     await this.#loop;
+    await this.#upkeeping;
     // What a pick-up beside it claims is run, and handed back below like the rest (one for slots
     // about to be given back claims nothing once the stop began).
     await Promise.all(this.#aheads);
@@ -685,12 +690,14 @@ export class Runner implements AsyncDisposable {
     let nextDueMs: number | undefined;
     for (let failures = 0; !signal.aborted;) {
       try {
-        await this.#maintain();
+        this.#upkeep();
+        if (!this.#fenced && clock.now() >= this.#nextTickMs) await this.#fireTicks();
         if (!this.#fenced && this.#free > 0 && this.#resumeQueue.length === 0) {
           // Read before the claim: a retry not yet due then is still "later" for drain() below,
           // however far the clock moves during the claim.
           const beforeClaimMs = clock.now();
-          const claimed = await this.#pickUpFree();
+          const pickUp = this.#looping = this.#pickUpFree();
+          const claimed = await pickUp.finally(() => this.#looping = undefined);
           failures = 0;
           if (claimed > 0) continue;
           // The next delayed call or retry that falls due: the wait ends then, not a poll later.
@@ -698,11 +705,13 @@ export class Runner implements AsyncDisposable {
           // Not idle if a slot was freed since the last wait (#woken): an execution that ended
           // after this pick-up looked may have given its key's room to parked work it did not see
           // (a wake marker on KV, a woken entry queued again in memory). The loop looks again at
-          // once; stopping here would leave that work parked.
+          // once; stopping here would leave that work parked. Nor while the upkeep runs: what it
+          // recovers is queued again, and the loop looks once it ends.
           if (
             this.#onIdle !== undefined && !this.#woken && this.#executions.size === 0 &&
             this.#resumeQueue.length === 0 && nextDueMs === undefined &&
-            this.#aheads.size === 0 && this.#gathering === undefined
+            this.#aheads.size === 0 && this.#gathering === undefined &&
+            this.#upkeeping === undefined
           ) this.#onIdle();
         }
         await this.#idle(nextDueMs);
@@ -753,7 +762,8 @@ export class Runner implements AsyncDisposable {
 
   /**
    * Waits for new work, a freed slot, the poll interval, the time `nextDueMs` when something
-   * delayed falls due, or the next tick of a schedule, whichever comes first.
+   * delayed falls due, or the next tick of a schedule, whichever comes first; while the upkeep
+   * runs, for new work, a freed slot or the upkeep's end (the loop looks again then).
    */
   async #idle(nextDueMs: number | undefined): Promise<void> {
     if (this.#woken) {
@@ -769,7 +779,11 @@ export class Runner implements AsyncDisposable {
     await Promise.race([
       // New work matters only with a free slot; a freed slot wakes the loop itself.
       ...(this.#free > 0 ? [orchestrator.store.waitWork(idle.signal)] : []),
-      clock.sleep(Math.min(this.#pollMs, Math.max(1, wakeAtMs - clock.now())), idle.signal),
+      // No timer while the upkeep runs: its end wakes the loop, and a runner asleep is idle
+      // (what a test clock waits for) only once its upkeep is done.
+      ...(this.#upkeeping === undefined
+        ? [clock.sleep(Math.min(this.#pollMs, Math.max(1, wakeAtMs - clock.now())), idle.signal)]
+        : []),
       new Promise<void>((resolve) => this.#wake = resolve),
     ]);
     idle.abort(IDLE_OVER);
@@ -854,34 +868,54 @@ export class Runner implements AsyncDisposable {
     }
   }
 
-  async #maintain(): Promise<void> {
+  /**
+   * Starts the upkeep when it is due (every heartbeatMs), beside the pick-ups, one at a time: on a
+   * remote store it is a dozen round trips in sequence (the lease, recovery, purge, orphans,
+   * schedules), and a pick-up must not wait for them — the first one of a runner least of all.
+   * The loop looks again once it ends: what it recovered is queued.
+   */
+  #upkeep(): void {
     // A fenced runner may be the one whose clock or link is wrong: it writes nothing until a
     // heartbeat lands again (then its dropped executions are orphans it recovers itself).
-    if (this.#fenced) return;
-    const { orchestrator, clock } = this.#host;
-    const nowMs = clock.now();
-    if (nowMs >= this.#nextRecoveryMs) {
-      this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
-      // One runner at a time recovers and purges for every runner: the holder of the upkeep
-      // lease, which it renews here every heartbeat, up to runnerTimeoutSeconds after its last
-      // heartbeat that landed — when the others would take it for dead. So a holder that dies
-      // (or whose heartbeats stop landing) keeps it no longer than its work waits for recovery:
-      // another runner takes it at its first heartbeat after that. (After a jump of the clock
-      // past that time, before its next heartbeat lands, a runner takes it for this round only.)
-      const untilMs = this.#lastBeatMs + orchestrator.options.runnerTimeoutSeconds * 1000;
-      if (await orchestrator.store.takeUpkeepLease(this.id, { nowMs, untilMs })) {
-        await orchestrator.recoverInvocations({ runnerId: this.id });
-        if (nowMs >= this.#nextPurgeMs) {
-          this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
-          await orchestrator.autoPurge();
-        }
+    if (this.#fenced || this.#upkeeping !== undefined) return;
+    const nowMs = this.#host.clock.now();
+    if (nowMs < this.#nextRecoveryMs) return;
+    this.#nextRecoveryMs = nowMs + this.#heartbeatMs;
+    this.#upkeeping = this.#maintain(nowMs).catch((error) => {
+      if (error instanceof StoreClosedError) {
+        this.#log("error", `runner ${this.id} stops: its store is closed`, {});
+        this.#stopItself();
+        return;
       }
-      // Its own orphans every runner takes back itself: they are in its own range of the index,
-      // which it reads one page at a time.
-      await this.#recoverOrphans();
-      await this.#readSchedules();
+      // A failing store: the next heartbeat's upkeep tries again.
+      this.#log("error", `runner ${this.id} upkeep failed, retrying`, {}, error);
+    }).finally(() => {
+      this.#upkeeping = undefined;
+      this.#wakeUp();
+    });
+  }
+
+  /** The upkeep of a heartbeat (see #upkeep), as of `nowMs`. */
+  async #maintain(nowMs: number): Promise<void> {
+    const { orchestrator } = this.#host;
+    // One runner at a time recovers and purges for every runner: the holder of the upkeep
+    // lease, which it renews here every heartbeat, up to runnerTimeoutSeconds after its last
+    // heartbeat that landed — when the others would take it for dead. So a holder that dies
+    // (or whose heartbeats stop landing) keeps it no longer than its work waits for recovery:
+    // another runner takes it at its first heartbeat after that. (After a jump of the clock
+    // past that time, before its next heartbeat lands, a runner takes it for this round only.)
+    const untilMs = this.#lastBeatMs + orchestrator.options.runnerTimeoutSeconds * 1000;
+    if (await orchestrator.store.takeUpkeepLease(this.id, { nowMs, untilMs })) {
+      await orchestrator.recoverInvocations({ runnerId: this.id });
+      if (nowMs >= this.#nextPurgeMs) {
+        this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
+        await orchestrator.autoPurge();
+      }
     }
-    if (clock.now() >= this.#nextTickMs) await this.#fireTicks();
+    // Its own orphans every runner takes back itself: they are in its own range of the index,
+    // which it reads one page at a time.
+    await this.#recoverOrphans();
+    await this.#readSchedules();
   }
 
   /**
@@ -955,8 +989,8 @@ export class Runner implements AsyncDisposable {
    * the first after the last page: with `n` executions, each id is looked at once every
    * ⌊n / ORPHAN_PAGE⌋ + 1 heartbeats, in one range read per heartbeat however large `n` is.
    *
-   * It runs in the pick-up loop, between its claims; the pick-ups beside the loop's under way
-   * once the page is read are waited for before the page is compared with what runs here (a
+   * It runs in the upkeep, beside the pick-ups: those under way once the page is read (the
+   * loop's and those beside it) are waited for before the page is compared with what runs here (a
    * claim of theirs the page holds is an execution here once they end): an id this runner claims
    * is never taken for an orphan.
    */
@@ -966,7 +1000,7 @@ export class Runner implements AsyncDisposable {
       ...(this.#orphanCursor !== undefined ? { after: this.#orphanCursor } : {}),
       limit: ORPHAN_PAGE,
     });
-    await Promise.all(this.#aheads);
+    await Promise.all([...this.#aheads, this.#looping?.catch(() => {})]);
     const orphans = page.filter((id) => !this.#executions.has(id));
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });

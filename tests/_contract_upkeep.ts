@@ -146,6 +146,31 @@ export function upkeepContract(backend: string, makeApp: AppFactory): void {
     await within(b.stop(), DEADLINE_MS, "b's stop");
   });
 
+  test(`[${backend}] the upkeep runs beside the pick-ups: while a runner's first upkeep hangs (its take of the lease does not answer), the runner picks up and runs a call to its end; once the upkeep ends, the runner idles (a sleep of pollMs) and stops`, async () => {
+    const clock = new WatchedClock();
+    const app = await makeApp({ clock });
+    const store = app.orchestrator.store;
+    const take = store.takeUpkeepLease.bind(store);
+    let answer!: () => void;
+    const answered = new Promise<void>((resolve) => answer = resolve);
+    let takes = 0;
+    store.takeUpkeepLease = async (runnerId, lease) => {
+      takes++;
+      await answered;
+      return await take(runnerId, lease);
+    };
+    const job = app.task("job", ({ n }: { n: number }) => n * 2);
+    const runner = app.runner({ heartbeatMs: 1_000 });
+    runner.start();
+    await waitUntil(() => takes === 1, { message: "the first upkeep's take of the lease" });
+    const invocation = await job.call({ n: 21 });
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the result"), 42);
+    assert.equal(takes, 1);
+    answer();
+    await clock.sleeping(POLL_MS);
+    await within(runner.stop(), DEADLINE_MS, "the stop");
+  });
+
   test(`[${backend}] a lease holder that dies is taken over at the first heartbeat after its lease ran out (its last heartbeat + runnerTimeoutSeconds), not before; its RUNNING invocation is recovered and run once`, async () => {
     const clock = new WatchedClock();
     const app = await makeApp({ clock, orchestrator: { runnerTimeoutSeconds: 10 } });

@@ -242,8 +242,9 @@ export interface ActorOptions {
    */
   expectSeq?: number;
   /**
-   * Called once the change is committed, before what follows a final status (releasing its
-   * waiters and its calls): the runner gives back the slot of the execution that the change ends.
+   * Called once the change is committed, before what follows it (for a final status, releasing
+   * its waiters and its calls; for a pause, releasing those it waits on that ended already): the
+   * runner gives back the slot of the execution that the change ends or pauses.
    */
   onCommitted?: () => void;
 }
@@ -1266,7 +1267,7 @@ export class Orchestrator {
       path: [InvocationStatus.PAUSED],
       ...this.#actor(options),
       ...(ids.length > 0 ? { waitFor: ids } : {}),
-    });
+    }, options.onCommitted);
     await this.#releaseEnded(ids);
   }
 

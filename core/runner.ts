@@ -1598,7 +1598,7 @@ class Execution implements ExecutionContext {
   /**
    * No async frame: a paused function holds its waits for long (see {@linkcode Execution.run}).
    * Resolves, once resumed, with the final record the wait of one invocation saw (its result()
-   * need not read it again).
+   * need not read it again) — or, not paused, with the record its first read found final.
    */
   waitFor(
     ids: readonly string[],
@@ -1606,8 +1606,8 @@ class Execution implements ExecutionContext {
     signal?: AbortSignal,
   ): Promise<InvocationRecord | void> {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
-    return this.#enterWait(ids, mode, stop).then((waiting) =>
-      waiting
+    return this.#enterWait(ids, mode, stop).then((entered) =>
+      entered === true
         ? this.#host.orchestrator.waitForFinals(ids, mode, stop).then(
           (seen) => {
             const resumed = this.#waitEnded();
@@ -1619,6 +1619,8 @@ class Execution implements ExecutionContext {
             return resumed.then(() => Promise.reject(error));
           },
         )
+        : ids.length === 1
+        ? entered[0]
         : undefined
     );
   }
@@ -1633,15 +1635,16 @@ class Execution implements ExecutionContext {
   }
 
   /**
-   * Before a wait: `false` when what it waits on is final already; otherwise records the wait
-   * for blocking control and, for the first of the execution's waits, pauses. Its reads end with
-   * it: the wait that follows may last long, and holds only what it needs.
+   * Before a wait: the records read (those that exist) when what it waits on is final already;
+   * otherwise records the wait for blocking control and, for the first of the execution's waits,
+   * pauses (`true`). Its reads end with it: the wait that follows may last long, and holds only
+   * what it needs.
    */
   async #enterWait(
     ids: readonly string[],
     mode: "all" | "any",
     stop: AbortSignal,
-  ): Promise<boolean> {
+  ): Promise<true | InvocationRecord[]> {
     const { orchestrator, clock } = this.#host;
     const records = await retryFaults(() => orchestrator.store.getMany(ids), {
       clock,
@@ -1651,7 +1654,7 @@ class Execution implements ExecutionContext {
     // edge to a final invocation would never be released.
     const waited: InvocationRef[] = [];
     for (const record of records) if (!isFinalStatus(record.status)) waited.push({ id: record.id });
-    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) return false;
+    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) return records;
     stop.throwIfAborted();
     this.#assertAlive();
     try {
@@ -1725,12 +1728,20 @@ class Execution implements ExecutionContext {
   }
 
   async #pause(waited: readonly InvocationRef[]): Promise<void> {
-    await this.#write(
-      (actor) => this.#host.orchestrator.pauseForResults(this.invocation, waited, actor),
+    // The slot is free once PAUSED is committed, not after the read that follows it (of what
+    // ended before its edge was written).
+    const paused = (): void => {
+      this.#paused = true;
+      this.releaseSlot();
+    };
+    await this.#write((actor) =>
+      this.#host.orchestrator.pauseForResults(this.invocation, waited, {
+        ...actor,
+        onCommitted: paused,
+      })
     );
     this.telemetry?.paused(waited);
-    this.#paused = true;
-    this.releaseSlot();
+    paused();
   }
 
   /** RESUMED; `false` when running concurrency refused the slot. */

@@ -16,6 +16,7 @@ import type { Invocation } from "../core/invocation.ts";
 import {
   AVAILABLE_FOR_RUN_STATUSES,
   type HistoryEntry,
+  InvocationStatus,
   isFinalStatus,
   isValidHistory,
 } from "../core/status.ts";
@@ -421,6 +422,71 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 41);
     assert.ok(childId !== undefined);
     assert.ok(!readAfterEnd.includes(childId), `read ${readAfterEnd.join(", ")}`);
+  });
+
+  test(`[${backend}] result() inside a task, of a child final before the await: the child is read once, by the wait (the record its first read found final is the outcome)`, async () => {
+    const app = await makeApp();
+    const store = app.orchestrator.store;
+    const reads = new Map<string, number>();
+    const getMany = store.getMany.bind(store);
+    store.getMany = (ids) => {
+      for (const id of ids) reads.set(id, (reads.get(id) ?? 0) + 1);
+      return getMany(ids);
+    };
+    const child = app.task("child", ({ n }: { n: number }) => n * 10);
+    const parent = app.task("parent", async (_args: undefined) => {
+      const done = await child.call({ n: 2 });
+      await waitUntil(async () => (await done.status()) === "success", { message: "the child" });
+      const before = reads.get(done.id) ?? 0;
+      const result = await done.result();
+      return { result, reads: (reads.get(done.id) ?? 0) - before };
+    });
+    await using runner = app.runner({ concurrency: 2 });
+    runner.start();
+    const invocation = await parent.call();
+    assert.deepEqual(
+      await within(invocation.result(), DEADLINE_MS, "the parent's result"),
+      { result: 20, reads: 1 },
+    );
+  });
+
+  test(`[${backend}] a pausing invocation's slot is free once PAUSED is committed: on one slot, its child runs to its end while the read after the pause (of what ended before the wait edges) does not answer`, async () => {
+    const app = await makeApp();
+    const store = app.orchestrator.store;
+    let pausedId: string | undefined;
+    const change = store.change.bind(store);
+    store.change = async (id, request) => {
+      const outcome = await change(id, request);
+      if (outcome.ok && request.path.includes(InvocationStatus.PAUSED)) pausedId = id;
+      return outcome;
+    };
+    const answer = deferred();
+    let held = 0;
+    const getMany = store.getMany.bind(store);
+    store.getMany = async (ids) => {
+      if (pausedId !== undefined && held === 0) {
+        held++;
+        await answer.promise;
+      }
+      return await getMany(ids);
+    };
+    const child = app.task("child", ({ n }: { n: number }) => n + 1);
+    const parent = app.task("parent", async (_args: undefined) => {
+      return await (await child.call({ n: 1 })).result();
+    });
+    await using runner = app.runner({ concurrency: 1 });
+    runner.start();
+    const invocation = await parent.call();
+    try {
+      await waitUntil(async () => {
+        const children = await store.children(invocation.id);
+        return children.length === 1 && children[0]!.status === "success";
+      }, { message: "the child's end" });
+      assert.equal(held, 1);
+    } finally {
+      answer.resolve();
+    }
+    assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 2);
   });
 
   // --- retries -----------------------------------------------------------------------------------

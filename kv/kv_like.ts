@@ -130,8 +130,11 @@ export interface KvAtomicLike {
   set(key: KvKey, value: unknown, options?: { expireIn?: number }): this;
   /** Deletes a key. */
   delete(key: KvKey): this;
-  /** Commits: `ok` is false when a check failed (nothing was written). */
-  commit(): Promise<{ readonly ok: boolean }>;
+  /**
+   * Commits: `ok` is false when a check failed (nothing was written); once committed, the
+   * `versionstamp` of what it wrote, where the store tells it (Deno KV does).
+   */
+  commit(): Promise<{ readonly ok: boolean; readonly versionstamp?: string }>;
 }
 
 /**

@@ -303,8 +303,13 @@ export class KvStore implements Store {
   readonly #claiming = new Set<string>();
   /** The slots the pick-ups of this store under way claim for, in all. */
   #claimingMax = 0;
-  /** The claims of this store inserting a call edge (by its key), each until it settles. */
-  readonly #edgeClaims = new Map<string, Promise<void>>();
+  /**
+   * The claims of this store inserting a call edge (by its key), each until it settles: with the
+   * versionstamp of the edge it committed, if it did.
+   */
+  readonly #edgeClaims = new Map<string, Promise<string | undefined>>();
+  /** The versionstamps of the drafts committed on their own (see #commitDraft). */
+  readonly #committedAt = new WeakMap<AtomicDraft, string>();
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -913,9 +918,11 @@ export class KvStore implements Store {
         ? undefined
         : this.#reads.get(this.#keys.invocation(parent));
       callerRead?.catch(() => {}); // awaited below, if the claim gets that far
-      // Settles with this claim: another claim inserting the same call edge may wait for it.
-      let settle!: () => void;
-      const settled = new Promise<void>((resolve) => settle = resolve);
+      // Settles with this claim: another claim inserting the same call edge may wait for it, and
+      // takes the edge's versionstamp from it when it committed the edge (`inserted`).
+      let settle!: (edge: string | undefined) => void;
+      const settled = new Promise<string | undefined>((resolve) => settle = resolve);
+      let inserted: AtomicDraft | undefined;
       let call: ClaimCall | undefined;
       let outcome: ChangeOutcome;
       try {
@@ -942,8 +949,10 @@ export class KvStore implements Store {
           request.ready,
           (op, next) => {
             const edge = call?.edge;
+            inserted = undefined;
             if (edge === undefined || next.status !== RUNNING) return false;
             this.#stageCall(op, edge.caller, edge.callee, edge.existing, edge.checked);
+            if (edge.existing.versionstamp === null) inserted = op;
             return true;
           },
         );
@@ -953,7 +962,7 @@ export class KvStore implements Store {
         // this pick-up was for never came (its `ready` rejected).
         return;
       } finally {
-        settle();
+        settle(inserted && this.#committedAt.get(inserted));
       }
       if (!outcome.ok) return;
       const { record } = outcome;
@@ -1091,7 +1100,7 @@ export class KvStore implements Store {
   async #claimCall(
     record: InvocationRecord,
     callerRead: Promise<KvEntryMaybeLike>,
-    settled: Promise<void>,
+    settled: Promise<string | undefined>,
   ): Promise<ClaimCall> {
     const found = this.#decodeInvocation(await callerRead)?.record;
     // A caller that is gone or final cannot be part of a live cycle; and its hold would never be
@@ -1103,9 +1112,13 @@ export class KvStore implements Store {
     let { existing, region } = await this.#readCall(caller, callee);
     if (existing.versionstamp === null) {
       // Claims of this store inserting one edge (a caller's calls with equal arguments, picked up
-      // together): the first inserts it, the others wait for it, then read the edge again and
-      // reuse it, instead of failing their checks on it and planning again.
-      const key = JSON.stringify(this.#keys.callEdge(caller.callId, callee.callId));
+      // together): the first inserts it, the others wait for it and reuse it, instead of failing
+      // their checks on it and planning again. The edge is at the versionstamp of the commit that
+      // inserted it (its value is not read again), and the region as read: that commit wrote the
+      // caller's calls/, which is in the callee's region only in a cycle, and a cycle inserts
+      // nothing here. When it did not commit the edge, both are read again.
+      const edgeKey = this.#keys.callEdge(caller.callId, callee.callId);
+      const key = JSON.stringify(edgeKey);
       const inserting = this.#edgeClaims.get(key);
       if (inserting === undefined) {
         this.#edgeClaims.set(key, settled);
@@ -1113,8 +1126,10 @@ export class KvStore implements Store {
           if (this.#edgeClaims.get(key) === settled) this.#edgeClaims.delete(key);
         });
       } else if (inserting !== settled) {
-        await inserting;
-        ({ existing, region } = await this.#readCall(caller, callee));
+        const versionstamp = await inserting;
+        if (versionstamp !== undefined) {
+          existing = { key: edgeKey, value: null, versionstamp };
+        } else ({ existing, region } = await this.#readCall(caller, callee));
       }
     }
     // The claim's own checks, at most (see #apply): the record, each state key, the reservation
@@ -2596,10 +2611,17 @@ export class KvStore implements Store {
    * version of a call, written by every insertion of its edges) go through the group committer
    * one after another, a round trip each; on their own they go at once.
    */
-  #commitDraft(draft: AtomicDraft): Promise<boolean> {
+  async #commitDraft(draft: AtomicDraft): Promise<boolean> {
     const op = this.#kv.atomic();
     draft.applyTo(op);
-    return this.#commit(op);
+    try {
+      const result = await op.commit();
+      if (result.versionstamp !== undefined) this.#committedAt.set(draft, result.versionstamp);
+      return result.ok;
+    } catch (error) {
+      if (isLocked(error)) return false;
+      throw error;
+    }
   }
 
   // reads: schema

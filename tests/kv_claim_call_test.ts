@@ -218,77 +218,99 @@ const FAULTS = {
   down: "applied as the store goes down for 1 s",
 } as const;
 
-// The one step under test: the claim's commit that writes the edge parent → child.
+// The one step under test: the claim's commit that writes the edge parent → child; with two
+// children of equal arguments, the claim of the second waits for it (and reuses the edge at the
+// versionstamp of that commit when it committed, or reads it again when it did not).
 for (const fault of ["refuse", "applied", "down"] as const) {
-  test(
-    `[kv] a child's claim commit with its call edge ${
-      FAULTS[fault]
-    }: the child runs once, its parent gets its result, the edge is written once (applied, the claim after the runner's orphan recovery reuses its own), and once both are final no call key is left`,
-    async () => {
-      const kv = await openKv();
-      const appId = `claim-call-${fault}`;
-      const keys = new Keys(appId);
-      let armed = true;
-      let downUntilMs = 0;
-      const throwIfDown = (): void => {
-        if (Date.now() < downUntilMs) throw new InjectedStoreFault("down");
-      };
-      const setsEdge = (sets: readonly KvKey[]): boolean =>
-        sets.some((key) => key[2] === "calls" && key.length === 5);
-      let edgeWrites = 0;
-      const hooks: KvHooks = {
-        beforeGet: throwIfDown,
-        beforeGetMany: throwIfDown,
-        beforeList: throwIfDown,
-        beforeCommit: (_values, setKeys) => {
-          throwIfDown();
-          if (!armed || fault !== "refuse" || !setsEdge(setKeys)) return;
-          armed = false;
-          throw new InjectedStoreFault(fault);
-        },
-        afterCommit: (ok, sets) => {
-          if (!ok || !setsEdge(sets.map(({ key }) => key))) return;
-          edgeWrites++;
-          if (!armed || fault === "refuse") return;
-          armed = false;
-          if (fault === "down") downUntilMs = Date.now() + 1_000;
-          throw new InjectedStoreFault(fault);
-        },
-      };
-      const app = new Nenc({
-        appId,
-        kv: interceptKv(kv, hooks),
-        orchestrator: { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 },
-      });
-      let runs = 0;
-      const child = app.task("child", ({ n }: { n: number }) => {
-        runs++;
-        return n * 2;
-      });
-      const parent = app.task(
-        "parent",
-        async ({ n }: { n: number }) => (await (await child.call({ n })).result()) + 1,
-      );
-      await using runner = app.runner({ concurrency: 2, pollMs: 10, heartbeatMs: 100 });
-      runner.start();
-      const invocation = await parent.call({ n: 4 });
-      assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 9);
-      assert.equal(armed, false, "the fault was never injected");
-      assert.equal(runs, 1);
-      assert.equal(edgeWrites, 1);
-      // Applied, the claim's answer was lost: the runner's orphan recovery hands the child back,
-      // and its next claim finds its own edge and reuses it.
-      const [record] = await app.orchestrator.store.children(invocation.id);
-      const claimed = ["registered", "pending", "running"];
-      assert.deepEqual(
-        (await app.orchestrator.store.history(record!.id)).map((entry) => entry.status),
-        fault === "refuse"
-          ? [...claimed, "success"]
-          : [...claimed, "running_recovery", "rerouted", "pending", "running", "success"],
-      );
-      await callGraphEmptied(kv, keys);
-    },
-  );
+  for (const siblings of [1, 2]) {
+    test(
+      `[kv] a child's claim commit with its call edge ${FAULTS[fault]}${
+        siblings === 2 ? ", its sibling of equal arguments claimed beside it" : ""
+      }: each child runs once, its parent gets its result, the edge is written once (applied, the claim after the runner's orphan recovery reuses its own; refused, the sibling's claim inserts it), and once all are final no call key is left`,
+      async () => {
+        const kv = await openKv();
+        const appId = `claim-call-${fault}-${siblings}`;
+        const keys = new Keys(appId);
+        let armed = true;
+        let downUntilMs = 0;
+        const throwIfDown = (): void => {
+          if (Date.now() < downUntilMs) throw new InjectedStoreFault("down");
+        };
+        const setsEdge = (sets: readonly KvKey[]): boolean =>
+          sets.some((key) => key[2] === "calls" && key.length === 5);
+        let edgeWrites = 0;
+        const hooks: KvHooks = {
+          beforeGet: throwIfDown,
+          beforeGetMany: throwIfDown,
+          beforeList: throwIfDown,
+          beforeCommit: (_values, setKeys) => {
+            throwIfDown();
+            if (!armed || fault !== "refuse" || !setsEdge(setKeys)) return;
+            armed = false;
+            throw new InjectedStoreFault(fault);
+          },
+          afterCommit: (ok, sets) => {
+            if (!ok || !setsEdge(sets.map(({ key }) => key))) return;
+            edgeWrites++;
+            if (!armed || fault === "refuse") return;
+            armed = false;
+            if (fault === "down") downUntilMs = Date.now() + 1_000;
+            throw new InjectedStoreFault(fault);
+          },
+        };
+        const app = new Nenc({
+          appId,
+          kv: interceptKv(kv, hooks),
+          orchestrator: { maxPendingSeconds: 1, runnerTimeoutSeconds: 6 },
+        });
+        let runs = 0;
+        const child = app.task("child", ({ n }: { n: number }) => {
+          runs++;
+          return n * 2;
+        });
+        const parent = app.task("parent", async ({ n }: { n: number }) => {
+          const calls = await Promise.all(
+            Array.from({ length: siblings }, () => child.call({ n })),
+          );
+          const results = await Promise.all(calls.map((call) => call.result()));
+          return results.reduce((sum, result) => sum + result, 1);
+        });
+        await using runner = app.runner({ concurrency: 3, pollMs: 10, heartbeatMs: 100 });
+        runner.start();
+        const invocation = await parent.call({ n: 4 });
+        assert.equal(
+          await within(invocation.result(), DEADLINE_MS, "the parent's result"),
+          8 * siblings + 1,
+        );
+        assert.equal(armed, false, "the fault was never injected");
+        assert.equal(runs, siblings);
+        // Refused beside a sibling: the sibling inserts the edge instead, and the child, claimed
+        // in a later pick-up, reuses it — or inserts it again if the sibling ended (and its end
+        // took the edge away) before.
+        if (fault === "refuse" && siblings === 2) assert.ok(edgeWrites === 1 || edgeWrites === 2);
+        else assert.equal(edgeWrites, 1);
+        // Applied, the claim's answer was lost: the runner's orphan recovery hands the child back,
+        // and its next claim finds its own edge and reuses it. (A sibling's claim goes on as usual.)
+        const claimed = ["registered", "pending", "running"];
+        const histories = await Promise.all(
+          (await app.orchestrator.store.children(invocation.id)).map(async ({ id }) =>
+            (await app.orchestrator.store.history(id)).map((entry) => entry.status).join(" ")
+          ),
+        );
+        const recovered = [...claimed, "running_recovery", "rerouted", "pending", "running"];
+        assert.deepEqual(
+          histories.sort(),
+          [
+            ...(fault === "refuse" ? [] : [[...recovered, "success"].join(" ")]),
+            ...Array(fault === "refuse" ? siblings : siblings - 1).fill(
+              [...claimed, "success"].join(" "),
+            ),
+          ].sort(),
+        );
+        await callGraphEmptied(kv, keys);
+      },
+    );
+  }
 }
 
 test("[kv] a pick-up claims its blocking candidates together: with the claim of one child held at its commit, the other child waited on is claimed meanwhile, straight to RUNNING", async () => {
@@ -320,12 +342,15 @@ test("[kv] a pick-up claims its blocking candidates together: with the claim of 
   assert.deepEqual(claimed.map(({ running }) => running), [true, true]);
 });
 
-test("[kv] two children of one caller with equal arguments picked up together: the first claim inserts their call edge, the second waits for it and reuses it — no refused commit, the edge written once, both straight to RUNNING", async () => {
+test("[kv] two children of one caller with equal arguments picked up together: the first claim inserts their call edge, the second waits for it and reuses it at the versionstamp of that commit — no refused commit, the edge written once and not read again, both straight to RUNNING", async () => {
   const kv = await openKv();
   const appId = "claim-call-same-edge";
   const commits: { ok: boolean; keys: KvKey[] }[] = [];
+  const reads: KvKey[] = [];
   const view = interceptKv(kv, {
     afterCommit: (ok, sets) => void commits.push({ ok, keys: sets.map(({ key }) => key) }),
+    beforeGet: (key) => void reads.push(key),
+    beforeGetMany: (keys) => void reads.push(...keys),
   });
   const app = new Nenc({ appId, kv: view });
   const child = app.task("child", ({ n }: { n: number }) => n);
@@ -335,9 +360,12 @@ test("[kv] two children of one caller with equal arguments picked up together: t
     () => Promise.all([child.call({ n: 1 }), child.call({ n: 1 })]),
   );
   commits.length = 0;
+  reads.length = 0;
   const claimed = await within(o.startInvocations(2, actor), DEADLINE_MS, "the pick-up");
   assert.deepEqual(claimed.map(({ running }) => running), [true, true]);
   assert.deepEqual(commits.filter(({ ok }) => !ok), [], "refused commits");
   const edge = new Keys(appId).callEdge(caller.callId, first!.callId);
   assert.equal(commits.filter(({ keys }) => keys.some((key) => same(key, edge))).length, 1);
+  // Each claim's first read, none after the insert.
+  assert.equal(reads.filter((key) => same(key, edge)).length, 2, "reads of the edge");
 });

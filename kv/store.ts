@@ -172,6 +172,16 @@ interface CallRegion {
  * call edge staged in the claim's commit (`edge`: the insertion as planned from its reads), or
  * without one (its caller gone or final); or it stops at PENDING, for the runner.
  */
+/** What adding wait edges is planned from (see KvStore's #readWaits). */
+interface PlannedWaits {
+  /** The ends waited on that have no edge from the waiter yet. */
+  readonly added: readonly string[];
+  /** For each of `added`, when it was first waited on (`null`: never, until now). */
+  readonly firstWaits: readonly (number | null)[];
+  /** The waiter's own ready entries: the edges into it, each with its time (if known). */
+  readonly waiters: readonly WaitEdge[];
+}
+
 interface ClaimCall {
   readonly running: boolean;
   readonly edge?: {
@@ -557,7 +567,8 @@ export class KvStore implements Store {
     return await this.#apply(id, { ...change, waitFor: waits.slice(cut) });
   }
 
-  // reads: inv/<id>, slot/<key>… (running key, groups, rate limit key, a lane-only key) +
+  // reads: inv/<id> (with it, for a change with `waitFor`, what its edges are planned from: see
+  // #readWaits), slot/<key>… (running key, groups, rate limit key, a lane-only key) +
   // reserve/<key>, reg/<key>; checks: inv/<id>, and the slots, the rate limit key, the lane, reserve
   // and reg when touched (never more than 10 at once: inv 1 + running key and 4 groups 5 + rate
   // limit key 1 + lane 1 + reserve 1 + reg 1, Deno KV's limit); writes: inv/<id> (its history in it
@@ -579,11 +590,15 @@ export class KvStore implements Store {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read).
     const final = typeof changeOf !== "function" && changeOf.path.some(isFinalStatus);
+    // A pause reads its wait edges to be with the record (one round trip, not two in turn).
+    const waitFor = typeof changeOf !== "function" ? changeOf.waitFor ?? [] : [];
     for (let attempt = 0;; attempt++) {
       const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
       marker?.catch(() => {}); // awaited below, if the change gets that far
       const edges = final && this.#local.waitNodes.has(id) ? this.#edgeLists(id) : undefined;
       edges?.catch(() => {}); // the same
+      const waits = waitFor.length > 0 ? this.#readWaits(id, waitFor) : undefined;
+      waits?.catch(() => {}); // the same
       const entry = await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) {
@@ -609,7 +624,8 @@ export class KvStore implements Store {
         versionstamp: entry.versionstamp,
       });
       if (change.waitFor !== undefined && change.waitFor.length > 0) {
-        await this.#stageWaits(op, id, change.waitFor, change.nowMs);
+        const planned = change.waitFor === waitFor ? waits! : this.#readWaits(id, change.waitFor);
+        this.#stageWaits(op, id, await planned, change.nowMs);
       }
       const slots = stateKeysOf(record);
       const runningKey = record.runningKey;
@@ -1895,19 +1911,18 @@ export class KvStore implements Store {
     await Promise.all(
       chunked(waitedIds, WAIT_EDGES_PER_COMMIT).map(async (chunk) => {
         const draft = new AtomicDraft();
-        await this.#stageWaits(draft, waiterId, chunk, nowMs);
+        this.#stageWaits(draft, waiterId, await this.#readWaits(waiterId, chunk), nowMs);
         await this.#commitBlind(draft);
       }),
     );
   }
 
-  /** Stages on `op` that `waiterId` waits on `waitedIds` (the edges not there yet), from fresh reads. */
-  async #stageWaits(
-    op: AtomicDraft,
-    waiterId: string,
-    waitedIds: readonly string[],
-    nowMs: number,
-  ): Promise<void> {
+  /**
+   * The reads that adding the wait edges `waiterId` → `waitedIds` is planned from (see
+   * #stageWaits): the edges not there yet, with the time each end was first waited on (null: never
+   * waited on), and the waiter's own ready entries.
+   */
+  async #readWaits(waiterId: string, waitedIds: readonly string[]): Promise<PlannedWaits> {
     const keys = this.#keys;
     const ids = [...new Set(waitedIds)];
     const [present, markers, waiters] = await Promise.all([
@@ -1925,6 +1940,17 @@ export class KvStore implements Store {
         markers[ids.indexOf(id)]!.versionstamp === null ? null : this.#firstWaitMs(id)
       ),
     );
+    return { added, firstWaits, waiters };
+  }
+
+  /** Stages on `op` that `waiterId` waits on the ends `#readWaits` found it does not wait on yet. */
+  #stageWaits(
+    op: AtomicDraft,
+    waiterId: string,
+    { added, firstWaits, waiters }: PlannedWaits,
+    nowMs: number,
+  ): void {
+    const keys = this.#keys;
     this.#local.waitNodes.add(waiterId);
     added.forEach((waitedId, i) => {
       this.#local.waitNodes.add(waitedId);

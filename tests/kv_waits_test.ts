@@ -239,6 +239,54 @@ test("[kv] the end of an invocation whose wait edges this process wrote lists it
   assert.deepEqual(await o.store.waiters(child.id), [], "its edges released with it");
 });
 
+test("[kv] a pause reads what its wait edges are planned from (the edges there, the ends' markers, its own ready entries) while its record is read, not after", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let holdId: string | undefined;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  let reached!: () => void;
+  const atHold = new Promise<void>((resolve) => reached = resolve);
+  const read: string[] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: async (keys) => {
+      read.push(...keys.map((key) => String(key[2])));
+      if (holdId !== undefined && keys.some((key) => key[2] === "inv" && key[3] === holdId)) {
+        holdId = undefined;
+        reached();
+        await released;
+      }
+    },
+    beforeList: (selector) => {
+      const prefix = "prefix" in selector ? selector.prefix : undefined;
+      if (prefix !== undefined) read.push(String(prefix[2]));
+    },
+  });
+  const app = new Nenc({ appId: "early-waits", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parent = await job.call({ n: 1 });
+  const child = await job.call({ n: 2 });
+  const o = app.orchestrator;
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, parent.id);
+  read.length = 0;
+  holdId = parent.id;
+  const pausing = o.pauseForResults(started.invocation, [child], {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  await within(atHold, DEADLINE_MS, "the read of the parent's record");
+  await waitUntil(
+    () => ["waits", "wnode", "waited"].every((kind) => read.includes(kind)),
+    { message: "the wait reads made while the parent's record is held", timeoutMs: 5_000 },
+  );
+  release();
+  await within(pausing, DEADLINE_MS, "the pause");
+  assert.equal((await o.store.get(parent.id))?.status, "paused");
+  assert.deepEqual(await o.store.waiters(child.id), [parent.id]);
+});
+
 test("[kv] result() of a final invocation reads its record once, in one getMany: the wait's own read is the outcome", async () => {
   const kv = await openTestKv(":memory:");
   opened.push(kv);

@@ -64,6 +64,11 @@ export class AtomicDraft {
   readonly mutations: Mutation[] = [];
   /** Every key the draft checks or changes, as strings: drafts sharing one are not merged. */
   readonly keys: Set<string> = new Set();
+  /**
+   * Keys set blind with a constant value, only so that their versionstamps move (see
+   * {@linkcode AtomicDraft.signal}): not in `keys`, set once per operation.
+   */
+  readonly signals: Map<string, { readonly key: KvKey; readonly value: Uint8Array }> = new Map();
   bytes = 0;
 
   /** Commits only if `key` still has this versionstamp (`null`: absent). */
@@ -91,8 +96,27 @@ export class AtomicDraft {
     return this;
   }
 
-  /** Adds this draft to an atomic operation. */
-  applyTo(op: KvAtomicLike): void {
+  /**
+   * Sets `key` to `value` (always the same for a key) so its versionstamp moves: a signal to
+   * readers that compare versionstamps, which no draft checks. Drafts that signal the same key
+   * still merge (one set serves them all), and none waits for another's in flight.
+   */
+  signal(key: KvKey, value: Uint8Array): this {
+    const text = JSON.stringify(key);
+    if (!this.signals.has(text)) {
+      this.signals.set(text, { key, value });
+      this.bytes += text.length + value.byteLength;
+    }
+    return this;
+  }
+
+  /** Adds this draft to an atomic operation; the signals not in `signaled` yet (then added). */
+  applyTo(op: KvAtomicLike, signaled: Set<string> = new Set()): void {
+    for (const [text, { key, value }] of this.signals) {
+      if (signaled.has(text)) continue;
+      signaled.add(text);
+      op.set(key, value);
+    }
     for (const check of this.checks) op.check(check);
     for (const mutation of this.mutations) {
       if (mutation.type === "delete") op.delete(mutation.key);
@@ -228,7 +252,8 @@ export class GroupCommitter {
   async #commitDrafts(drafts: readonly AtomicDraft[]): Promise<boolean> {
     for (let attempt = 0;; attempt++) {
       const op = this.#kv.atomic();
-      for (const draft of drafts) draft.applyTo(op);
+      const signaled = new Set<string>();
+      for (const draft of drafts) draft.applyTo(op, signaled);
       try {
         return (await op.commit()).ok;
       } catch (error) {

@@ -147,6 +147,15 @@ export class Keys {
       ...(key === undefined ? [] : [key]),
     ];
   }
+  /**
+   * A pick-up's hint that a side index it reads may have gained entries: `wake` (wake markers),
+   * `time` (delayed queue entries and time-ordered wake markers), `blocking` (the ready index).
+   * Set blind by every commit that adds such an entry, with a constant value: only its
+   * versionstamp says something (see `KvStore`'s `#sideReads`).
+   */
+  hint(kind: "wake" | "time" | "blocking"): KvKey {
+    return [...this.app, "hint", kind];
+  }
   /** Index: final invocations by purge time. */
   purge(position?: string): KvKey {
     return position === undefined ? [...this.app, "purge"] : [...this.app, "purge", position];

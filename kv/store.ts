@@ -80,6 +80,7 @@ import {
 } from "../core/schedules.ts";
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
+import { HINT_KINDS, type HintKind, SideHints } from "./_hints.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -303,6 +304,8 @@ export class KvStore implements Store {
   readonly #local: LocalSignals;
   readonly #group: GroupCommitter;
   readonly #reads: ReadCoalescer;
+  /** What this store's pick-ups last read of the side indexes (see kv/_hints.ts). */
+  readonly #hints = new SideHints();
   #idlePolls = 0;
   /** Wake markers this store wrote: a pick-up that wrote one wakes at once (see `claim`). */
   #wakesWritten = 0;
@@ -552,6 +555,7 @@ export class KvStore implements Store {
     op.set(keys.byTask(record.taskId, record.id), encode(null));
     if (record.parentId !== null) op.set(keys.byParent(record.parentId, record.id), encode(null));
     op.set(keys.queue(queue), encode(queueValue(record)));
+    if (delayed) op.signal(keys.hint("time"), encode(null));
     return record;
   }
 
@@ -691,7 +695,7 @@ export class KvStore implements Store {
           if (effect.wakeAtMs !== undefined) {
             // Never early: a marker read before the window opens would find no room, and go.
             const time = encodeTime(Math.ceil(effect.wakeAtMs), 10);
-            op.set(keys.wakeAt(time, key), encode(null));
+            op.set(keys.wakeAt(time, key), encode(null)).signal(keys.hint("time"), encode(null));
           }
           // A take decided on "no reservation" checks that none was made since the read: a
           // paused invocation that read the slot held may reserve it after its holder released
@@ -704,7 +708,7 @@ export class KvStore implements Store {
               .delete(keys.reservation(key));
           }
           if (effect.wake) {
-            op.set(keys.wake(key), encode(null));
+            op.set(keys.wake(key), encode(null)).signal(keys.hint("wake"), encode(null));
             wakes = true;
           }
           this.#stageTurn(op, key, states[i]!.turn, effect.state.turn);
@@ -738,6 +742,7 @@ export class KvStore implements Store {
           ? { delayed, position: timePosition(next.availableAtMs, id) }
           : { delayed, position };
         op.set(keys.queue(queue), encode(queueValue(next)));
+        if (delayed) op.signal(keys.hint("time"), encode(null));
       } else if (plan.parking.enter !== null) {
         queue = { delayed: false, position, parkedOn: plan.parking.enter };
         op.set(keys.queue(queue), encode(queueValue(next)));
@@ -911,11 +916,38 @@ export class KvStore implements Store {
     // ready queue and the blocking invocations, one round trip rather than five in turn. Markers
     // found (rare: a key with parked invocations got room), the queue is read again after the
     // wakes, which put the woken back in it, in their old places, ahead of newer entries.
-    let due = started(delayed());
-    let queued = started(ready());
-    const preferred = request.blocking ? this.blocking(max, nowMs) : Promise.resolve([]);
+    // The side indexes only when their hints say they may hold something (see kv/_hints.ts).
+    const side = this.#sideReads(nowMs);
+    const firstDue = started((async function* () {
+      if (await side.time !== false) yield* delayed();
+    })());
+    let due: AsyncIterable<KvEntryLike> = firstDue;
+    let queued: AsyncIterable<KvEntryLike> = started(ready());
+    const preferred = !request.blocking
+      ? Promise.resolve([])
+      : side.blocking.then(async (stamp) => {
+        if (stamp === false) return [];
+        const { ids, indexed } = await this.#blocking(max, nowMs);
+        this.#hints.read("blocking", stamp, indexed ? -Infinity : Infinity, nowMs);
+        return ids;
+      });
     preferred.catch(() => {}); // seen below, after the wakes
-    if (await this.#wakeMarked(runnerId)) {
+    const [wakeStamp, timeStamp] = await Promise.all([side.wake, side.time]);
+    const marked = await this.#wakeMarked(runnerId, {
+      wake: wakeStamp !== false,
+      time: timeStamp !== false,
+    });
+    if (wakeStamp !== false) {
+      this.#hints.read("wake", wakeStamp, marked.wake > 0 ? -Infinity : Infinity, nowMs);
+    }
+    // Nothing due and no window open: quiet until the first delayed entry or window to come.
+    const timeRead = timeStamp === false ? undefined : (async () => {
+      const quiet = !await firstDue.any && marked.time === 0;
+      const untilMs = quiet ? (await this.nextAvailableMs(nowMs)) ?? Infinity : -Infinity;
+      this.#hints.read("time", timeStamp, untilMs, nowMs);
+    })();
+    timeRead?.catch(() => {}); // a failed read leaves the index to be read again
+    if (marked.wake + marked.time > 0) {
       due = delayed();
       queued = ready();
     }
@@ -1093,6 +1125,7 @@ export class KvStore implements Store {
       const lanesTurned = fromLanes > 0 && claimed.length > claimedBefore;
       if (full() || !(woke || lanesTurned) || pass + 1 >= Math.max(max, 3)) break;
     }
+    await timeRead?.catch(() => {});
     const position = (record: InvocationRecord): number => order.get(record.id) ?? -1;
     claimed.sort((a, b) => position(a) - position(b));
     // Parked or finalised some and slots left: what the window did not reach (a backlog behind a
@@ -1205,19 +1238,24 @@ export class KvStore implements Store {
    * time, not with a commit: its marker is time-ordered, read once its time has come (by this
    * process's clock). Whether it found any marker.
    */
-  async #wakeMarked(runnerId: string): Promise<boolean> {
+  async #wakeMarked(
+    runnerId: string,
+    read: { readonly wake: boolean; readonly time: boolean } = { wake: true, time: true },
+  ): Promise<{ wake: number; time: number }> {
     const due = {
       start: this.#keys.wakeAt(""),
       end: this.#keys.wakeAt(encodeTime(this.#clock.now() + 1, 10)),
     };
     // Both range reads together.
-    const markers = (await Promise.all(
-      [{ prefix: this.#keys.wake() }, due].map(async (selector) => {
+    const [wakes, times] = await Promise.all(
+      [read.wake && { prefix: this.#keys.wake() }, read.time && due].map(async (selector) => {
         const found: KvEntryLike[] = [];
+        if (selector === false) return found;
         for await (const entry of this.#kv.list(selector, { limit: WAKE_KEYS })) found.push(entry);
         return found;
       }),
-    )).flat();
+    );
+    const markers = [...wakes!, ...times!];
     for (const marker of markers) {
       const key = String(marker.key[marker.key.length - 1]);
       const parkedHere = (stored: StoredInvocation): boolean =>
@@ -1246,7 +1284,32 @@ export class KvStore implements Store {
         await this.#commit(this.#kv.atomic().check(marker).delete(marker.key));
       }
     }
-    return markers.length > 0;
+    return { wake: wakes!.length, time: times!.length };
+  }
+
+  /**
+   * The hints of one pick-up at `nowMs`: per side index, the hint's versionstamp that a read of it
+   * covers (`undefined`: none), or `false` when it is not read (see kv/_hints.ts). The three hint
+   * keys are read together (with the other reads of this turn).
+   */
+  #sideReads(nowMs: number): Record<HintKind, Promise<string | null | undefined | false>> {
+    const hints = this.#hints;
+    const read = Promise.all(HINT_KINDS.map((kind) => this.#reads.get(this.#keys.hint(kind))))
+      .then((entries) => {
+        const stamps = new Map(HINT_KINDS.map((kind, i) => [kind, entries[i]!.versionstamp]));
+        hints.saw(stamps);
+        return stamps;
+      });
+    read.catch(() => {}); // seen by a plan that asks, else not needed
+    const decide = (kind: HintKind): Promise<string | null | undefined | false> => {
+      const plan = hints.plan(kind, nowMs);
+      if (!plan.ask) return Promise.resolve(plan.stamp);
+      return read.then((stamps) => {
+        const stamp = stamps.get(kind)!;
+        return stamp === plan.covered ? false : stamp;
+      });
+    };
+    return { wake: decide("wake"), time: decide("time"), blocking: decide("blocking") };
   }
 
   // --- reads -------------------------------------------------------------------------------------
@@ -1958,7 +2021,8 @@ export class KvStore implements Store {
       op.set(keys.waitEdge(waiterId, waitedId), encode(atMs))
         .set(keys.waitedEdge(waitedId, waiterId), encode(atMs))
         .set(keys.ready(readyPosition(atMs, waitedId), waiterId), encode(waitedId))
-        .set(keys.waitNode(waitedId), encode(null));
+        .set(keys.waitNode(waitedId), encode(null))
+        .signal(keys.hint("blocking"), encode(null));
     });
     // The waiter waits now: no blocking invocation while it does.
     for (const waiter of waiters) {
@@ -2043,7 +2107,8 @@ export class KvStore implements Store {
     const draft = new AtomicDraft();
     for (const waiter of waiters) {
       if (waiter.atMs !== null) {
-        draft.set(keys.ready(readyPosition(waiter.atMs, id), waiter.id), encode(id));
+        draft.set(keys.ready(readyPosition(waiter.atMs, id), waiter.id), encode(id))
+          .signal(keys.hint("blocking"), encode(null));
       }
     }
     await this.#commitBlind(draft);
@@ -2104,7 +2169,13 @@ export class KvStore implements Store {
   // Pages go on until `max` are found or the index ends: waited-on invocations that run already (a
   // parent's earliest children, say) must not hide available ones behind them.
   async blocking(max: number, nowMs: number): Promise<string[]> {
-    if (max <= 0) return [];
+    return (await this.#blocking(max, nowMs)).ids;
+  }
+
+  /** As blocking(), and whether the index held any entry at all. */
+  async #blocking(max: number, nowMs: number): Promise<{ ids: string[]; indexed: boolean }> {
+    // Not read: nothing known of the index.
+    if (max <= 0) return { ids: [], indexed: true };
     const prefix = this.#keys.ready();
     const pageSize = max * 4 + 10;
     const found: string[] = [];
@@ -2147,8 +2218,9 @@ export class KvStore implements Store {
         const waiting = await Promise.all(available.map((id) => this.#waitsOnSomething(id)));
         found.push(...available.filter((_, i) => !waiting[i]));
       }
-      if (found.length >= max) return found;
-      if (page.length < pageSize) return found;
+      const indexed = after !== undefined;
+      if (found.length >= max) return { ids: found, indexed };
+      if (page.length < pageSize) return { ids: found, indexed };
     }
   }
 
@@ -3120,11 +3192,15 @@ function decodeQueueItem(value: unknown): QueueValue | { readonly lane: string }
  * `entries` with their first page asked for now, so that the read goes together with others; read
  * later, they come in order as usual (a failed read fails then).
  */
-function started(entries: AsyncIterable<KvEntryLike>): AsyncIterable<KvEntryLike> {
+function started(
+  entries: AsyncIterable<KvEntryLike>,
+): AsyncIterable<KvEntryLike> & { readonly any: Promise<boolean> } {
   const iterator = entries[Symbol.asyncIterator]();
   const first = iterator.next();
   first.catch(() => {}); // seen by whoever reads it; an abandoned read must not crash the process
   return {
+    /** Whether there is any entry. */
+    any: first.then((next) => !next.done, () => true),
     async *[Symbol.asyncIterator]() {
       for (let next = await first; !next.done; next = await iterator.next()) yield next.value;
     },

@@ -941,7 +941,7 @@ export class KvStore implements Store {
       this.#hints.read("wake", wakeStamp, marked.wake > 0 ? -Infinity : Infinity, nowMs);
     }
     // Nothing due and no window open: quiet until the first delayed entry or window to come.
-    const timeRead = timeStamp === false ? undefined : (async () => {
+    const timeRead = timeStamp === false || timeStamp === undefined ? undefined : (async () => {
       const quiet = !await firstDue.any && marked.time === 0;
       const untilMs = quiet ? (await this.nextAvailableMs(nowMs)) ?? Infinity : -Infinity;
       this.#hints.read("time", timeStamp, untilMs, nowMs);

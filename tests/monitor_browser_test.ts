@@ -149,7 +149,16 @@ async function screenshot(page: Page, name: string, focus?: string): Promise<voi
   mkdirSync(ARTIFACTS, { recursive: true });
   const whole = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path: whole, fullPage: true });
-  if (focus !== undefined) await page.locator(focus).first().scrollIntoViewIfNeeded();
+  // A live page may re-render the element while it is scrolled to: the locator finds the new one
+  // on the next try.
+  for (let tries = 1; focus !== undefined; tries++) {
+    try {
+      await page.locator(focus).first().scrollIntoViewIfNeeded({ timeout: 5_000 });
+      break;
+    } catch (error) {
+      if (tries >= 3 || !/not attached/.test(String(error))) throw error;
+    }
+  }
   const window = join(ARTIFACTS, `${name}-window.png`);
   await page.screenshot({ path: window });
   console.log(`screenshots: ${whole}, ${window}`);

@@ -1664,7 +1664,7 @@ export class Orchestrator {
       );
     }
     onCommitted?.();
-    if (final) await this.#afterFinal(outcome.record);
+    if (final && outcome.holdsNoCall !== true) await this.#afterFinal(outcome.record);
     return outcome.record;
   }
 

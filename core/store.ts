@@ -435,6 +435,11 @@ export type ChangeOutcome =
      * was written now, see {@linkcode isAppliedChange}.
      */
     readonly replayed?: true;
+    /**
+     * The change to a final status proved the invocation holds no call in its own step (a
+     * backend may): {@linkcode Store.removeCall} would release nothing, and is not called.
+     */
+    readonly holdsNoCall?: true;
   }
   | {
     readonly ok: false;

@@ -219,8 +219,9 @@ interface LocalSignals {
    * on: most of the ready index). A change here that gives one up, or that finds it changed by
    * another process, takes it out. One ended elsewhere (this process was taken for dead) stays
    * until then: it is run all the same, from the queue, without blocking control's preference.
+   * Each with its call's id: its final change reads its call hold with its record (see #apply).
    */
-  readonly ownedHere: Set<string>;
+  readonly ownedHere: Map<string, string>;
   /**
    * Invocations whose wait edges (as waiter or waited) a change made here wrote: the final change
    * of one lists its edges together with its record's read, not after it (a round trip less for
@@ -343,7 +344,7 @@ export class KvStore implements Store {
           finals: new Map(),
           work: new Set(),
           newWork: false,
-          ownedHere: new Set(),
+          ownedHere: new Map(),
           waitNodes: new Set(),
         },
       );
@@ -599,6 +600,11 @@ export class KvStore implements Store {
     for (let attempt = 0;; attempt++) {
       const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
       marker?.catch(() => {}); // awaited below, if the change gets that far
+      // The call hold of one running here, read with the record (see holdsNoCall below).
+      const callId = final ? this.#local.ownedHere.get(id) : undefined;
+      const hold = callId === undefined ? undefined : keys.callHolder(callId, id);
+      const held = hold === undefined ? undefined : this.#reads.get(hold);
+      held?.catch(() => {}); // the same
       const edges = final && this.#local.waitNodes.has(id) ? this.#edgeLists(id) : undefined;
       edges?.catch(() => {}); // the same
       const waits = waitFor.length > 0 ? this.#readWaits(id, waitFor) : undefined;
@@ -801,13 +807,20 @@ export class KvStore implements Store {
         this.#encode({ record: next, queue, ...history && { history } }, id),
         options,
       );
+      // A final invocation that holds no call — the hold key read absent, and checked absent in
+      // this commit — leaves nothing for removeCall to release: a hold written after this commit
+      // (a child claimed late) is released by its writer, which re-reads the caller after its
+      // commit and finds it final. Only where a check is left within Deno KV's 10.
+      const holdsNoCall = plan.final && hold !== undefined && next.callId === callId &&
+        (await held!).versionstamp === null && op.checks.length < MAX_CHECKS;
+      if (holdsNoCall) op.check({ key: hold!, versionstamp: null });
       if (await (alone ? this.#commitDraft(op) : this.#group.commit(op))) {
         // The end's waiters here wake at once, before the clean-ups that follow (ready entries
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
         // Waiters of an end with more edges than its commit held wake once those are gone.
         if (plan.final) this.#local.waitNodes.delete(id);
-        if (plan.executions.add !== null) this.#local.ownedHere.add(id);
+        if (plan.executions.add !== null) this.#local.ownedHere.set(id, next.callId);
         else if (plan.executions.remove !== null) this.#local.ownedHere.delete(id);
         const early = plan.final && (release === undefined || releaseNow);
         if (early) notify(this.#local.finals.get(id), undefined, next);
@@ -823,7 +836,13 @@ export class KvStore implements Store {
         if (plan.final && !early) notify(this.#local.finals.get(id), undefined, next);
         if (wakes) this.#wakesWritten++;
         if (plan.slot === "release" || wakes) this.#announceWork();
-        return { ok: true, record: next, entries: plan.entries, previous: record.status };
+        return {
+          ok: true,
+          record: next,
+          entries: plan.entries,
+          previous: record.status,
+          ...holdsNoCall && { holdsNoCall: true as const },
+        };
       }
       await backoff(attempt);
     }

@@ -8,7 +8,9 @@ import { systemClock } from "../core/clock.ts";
 import { SerializationError } from "../core/errors.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { KV_SCHEMA_VERSION, KvStore } from "../kv/store.ts";
-import { interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
+import { holdingCommits, interceptKv, type KvHooks, openTestKv, type TestKv } from "./_kv.ts";
+import { Keys } from "../kv/keys.ts";
+import { callRefOf } from "../core/store.ts";
 import { type KvConnectFixture, startKvConnectFixture } from "./_kv_connect_fixture.ts";
 import { storeContract } from "./store_contract.ts";
 import { drainLanes } from "./_contract_fairness.ts";
@@ -588,7 +590,7 @@ test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready 
   assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });
 
-test("[kv] a runner's final write reads the record and the wait graph marker in one getMany, then commits: a short history is in the record, no key to read or re-expire", async () => {
+test("[kv] a runner's final write reads the record, the wait graph marker and its call hold in one getMany, then commits, and that is all: a short history is in the record, no key to read or re-expire, and a hold checked absent leaves no call to release", async () => {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const steps: string[] = [];
@@ -621,13 +623,45 @@ test("[kv] a runner's final write reads the record and the wait graph marker in 
     expectSeq: started.seq,
   });
   // REGISTERED, PENDING, RUNNING are in the record, which the commit sets with its expiry.
-  assert.deepEqual(steps.slice(0, 2), ["read inv wnode", "commit"]);
+  assert.deepEqual(steps, ["read holder inv wnode", "commit"]);
   assert.deepEqual((await started.invocation.history()).map(({ status }) => status), [
     "registered",
     "pending",
     "running",
     "success",
   ]);
+});
+
+test("[kv] a call hold written between a final write's read and its commit (a child claimed late) fails that commit's check: tried again, the final write sees the hold and it is released, none left behind", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const { kv, hold } = holdingCommits(handle);
+  const app = new Nenc({ appId: "late", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  await ping.call({ n: 1 });
+  const child = await ping.call({ n: 2 });
+  const [started] = await app.orchestrator.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.running, true);
+  const keys = new Keys("late");
+  const held = hold(keys.invocation(started.invocation.id));
+  const ended = app.orchestrator.setInvocationResult(started.invocation, "1", {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  await held.reached;
+  // The final write has read the hold absent; now a child's call edge adds it.
+  const [parentRecord, childRecord] = await app.orchestrator.store.getMany([
+    started.invocation.id,
+    child.id,
+  ]);
+  await app.orchestrator.store.addCall(callRefOf(parentRecord!), callRefOf(childRecord!));
+  const holdKey = keys.callHolder(parentRecord!.callId, parentRecord!.id);
+  assert.notEqual((await handle.get(holdKey)).versionstamp, null);
+  held.open();
+  await ended;
+  assert.equal(await started.invocation.status(), "success");
+  assert.equal((await handle.get(holdKey)).versionstamp, null, "the parent's hold is released");
 });
 
 test("[kv] two pick-ups of one store at once (a runner's refill beside its pick-up) take disjoint candidates: no claim of one is refused for the other's", async () => {

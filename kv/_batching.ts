@@ -161,6 +161,14 @@ export class GroupCommitter {
     this.#kv = kv;
   }
 
+  /**
+   * Whether the store takes many checks per commit (a local one): there a check more in a draft
+   * costs nothing; over the protocol it takes room that another draft's check would have had.
+   */
+  get roomy(): boolean {
+    return this.#maxChecks > PROTOCOL_MAX_CHECKS;
+  }
+
   /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */
   commit(draft: AtomicDraft): Promise<boolean> {
     return new Promise((resolve, reject) => {

@@ -1257,7 +1257,7 @@ export class KvStore implements Store {
    * commit that gave it room meanwhile keeps it. A runner that dies midway leaves the marker for
    * the next pick-up anywhere: parked work is never stranded. A rate limit key's room comes with
    * time, not with a commit: its marker is time-ordered, read once its time has come (by this
-   * process's clock). Whether it found any marker.
+   * process's clock). Reads the kinds `read` names; how many markers of each it found.
    */
   async #wakeMarked(
     runnerId: string,

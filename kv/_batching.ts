@@ -155,6 +155,10 @@ export class GroupCommitter {
   #maxChecks = LOCAL_MAX_CHECKS;
   /** A pump is due at the end of this turn. */
   #scheduled = false;
+  /** Drafts with signals handed in whose commit has not settled. */
+  #signaling = 0;
+  /** Moves whenever a draft with signals is handed in, and when its commit settles. */
+  #signalEpoch = 0;
 
   /** Commits through `kv`. */
   constructor(kv: KvLike) {
@@ -169,8 +173,43 @@ export class GroupCommitter {
     return this.#maxChecks > PROTOCOL_MAX_CHECKS;
   }
 
+  /**
+   * A mark of this committer's signals now: `undefined` while a draft with signals is under way.
+   * See {@linkcode GroupCommitter.signaledSince}.
+   */
+  signalMark(): number | undefined {
+    return this.#signaling === 0 ? this.#signalEpoch : undefined;
+  }
+
+  /**
+   * Whether a draft with signals may have committed since `mark` was taken: one was handed in or
+   * settled since, or one was under way then. A read made after a mark, while this says no, saw
+   * every signal this committer ever committed.
+   */
+  signaledSince(mark: number | undefined): boolean {
+    return mark === undefined || mark !== this.#signalEpoch;
+  }
+
+  /**
+   * Counts `draft`'s commit (made by `commit`, here or elsewhere) for the signal marks, when it
+   * has signals.
+   */
+  tracked(draft: AtomicDraft, commit: () => Promise<boolean>): Promise<boolean> {
+    if (draft.signals.size === 0) return commit();
+    this.#signaling++;
+    this.#signalEpoch++;
+    return commit().finally(() => {
+      this.#signaling--;
+      this.#signalEpoch++;
+    });
+  }
+
   /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */
   commit(draft: AtomicDraft): Promise<boolean> {
+    return this.tracked(draft, () => this.#enqueue(draft));
+  }
+
+  #enqueue(draft: AtomicDraft): Promise<boolean> {
     return new Promise((resolve, reject) => {
       // The drafts of this turn go together: transitions that one read or commit resolved all
       // draft theirs in the same turn. Over the protocol, those of the turns until the next

@@ -81,6 +81,9 @@ import {
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { HINT_KINDS, type HintKind, SideHints } from "./_hints.ts";
+
+/** The side index hints' versionstamps (`null`: not written yet). */
+type HintStamps = ReadonlyMap<HintKind, string | null>;
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -307,6 +310,13 @@ export class KvStore implements Store {
   readonly #reads: ReadCoalescer;
   /** What this store's pick-ups last read of the side indexes (see kv/_hints.ts). */
   readonly #hints = new SideHints();
+  /**
+   * The hints read with the final write of an invocation run here, for the pick-up that refills
+   * its slot (see #sideReads), with this process's signal mark when the read was issued.
+   */
+  #hintsAhead:
+    | { readonly read: Promise<HintStamps>; readonly mark: number | undefined }
+    | undefined;
   #idlePolls = 0;
   /** Wake markers this store wrote: a pick-up that wrote one wakes at once (see `claim`). */
   #wakesWritten = 0;
@@ -605,6 +615,11 @@ export class KvStore implements Store {
       const hold = callId === undefined ? undefined : keys.callHolder(callId, id);
       const held = hold === undefined ? undefined : this.#reads.get(hold);
       held?.catch(() => {}); // the same
+      // The slot's next pick-up reads the side index hints: with these reads, not after them
+      // (one such read waits at a time: of many ends together, one pick-up follows).
+      if (hold !== undefined && this.#hintsAhead === undefined) {
+        this.#hintsAhead = { read: this.#readHints(), mark: this.#group.signalMark() };
+      }
       const edges = final && this.#local.waitNodes.has(id) ? this.#edgeLists(id) : undefined;
       edges?.catch(() => {}); // the same
       const waits = waitFor.length > 0 ? this.#readWaits(id, waitFor) : undefined;
@@ -1315,13 +1330,14 @@ export class KvStore implements Store {
    */
   #sideReads(nowMs: number): Record<HintKind, Promise<string | null | undefined | false>> {
     const hints = this.#hints;
-    const read = Promise.all(HINT_KINDS.map((kind) => this.#reads.get(this.#keys.hint(kind))))
-      .then((entries) => {
-        const stamps = new Map(HINT_KINDS.map((kind, i) => [kind, entries[i]!.versionstamp]));
-        hints.saw(stamps);
-        return stamps;
-      });
-    read.catch(() => {}); // seen by a plan that asks, else not needed
+    // The hints read with the final write before this pick-up, if no commit of this process
+    // signalled since (else the read may predate it): as good as a read now for what other
+    // processes commit, which a read now could also just miss (the next pick-up sees it).
+    const ahead = this.#hintsAhead;
+    this.#hintsAhead = undefined;
+    const read = ahead !== undefined && !this.#group.signaledSince(ahead.mark)
+      ? ahead.read
+      : this.#readHints();
     const decide = (kind: HintKind): Promise<string | null | undefined | false> => {
       const plan = hints.plan(kind, nowMs);
       if (!plan.ask) return Promise.resolve(plan.stamp);
@@ -1331,6 +1347,18 @@ export class KvStore implements Store {
       });
     };
     return { wake: decide("wake"), time: decide("time"), blocking: decide("blocking") };
+  }
+
+  /** The side index hints' versionstamps, read together (with the other reads of this turn). */
+  #readHints(): Promise<HintStamps> {
+    const read = Promise.all(HINT_KINDS.map((kind) => this.#reads.get(this.#keys.hint(kind))))
+      .then((entries) => {
+        const stamps = new Map(HINT_KINDS.map((kind, i) => [kind, entries[i]!.versionstamp]));
+        this.#hints.saw(stamps);
+        return stamps;
+      });
+    read.catch(() => {}); // seen by a plan that asks, else not needed
+    return read;
   }
 
   // --- reads -------------------------------------------------------------------------------------
@@ -2730,17 +2758,19 @@ export class KvStore implements Store {
    * version of a call, written by every insertion of its edges) go through the group committer
    * one after another, a round trip each; on their own they go at once.
    */
-  async #commitDraft(draft: AtomicDraft): Promise<boolean> {
-    const op = this.#kv.atomic();
-    draft.applyTo(op);
-    try {
-      const result = await op.commit();
-      if (result.versionstamp !== undefined) this.#committedAt.set(draft, result.versionstamp);
-      return result.ok;
-    } catch (error) {
-      if (isLocked(error)) return false;
-      throw error;
-    }
+  #commitDraft(draft: AtomicDraft): Promise<boolean> {
+    return this.#group.tracked(draft, async () => {
+      const op = this.#kv.atomic();
+      draft.applyTo(op);
+      try {
+        const result = await op.commit();
+        if (result.versionstamp !== undefined) this.#committedAt.set(draft, result.versionstamp);
+        return result.ok;
+      } catch (error) {
+        if (isLocked(error)) return false;
+        throw error;
+      }
+    });
   }
 
   // reads: schema

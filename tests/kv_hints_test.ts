@@ -34,7 +34,11 @@ async function setUp(clock: FakeClock) {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const lists: string[] = [];
-  const kv = interceptKv(handle, { beforeList: (selector) => void lists.push(indexOf(selector)) });
+  let hints = 0;
+  const kv = interceptKv(handle, {
+    beforeList: (selector) => void lists.push(indexOf(selector)),
+    beforeGetMany: (keys) => void (hints += keys.some((key) => key[2] === "hint") ? 1 : 0),
+  });
   const store = new KvStore(kv, { appId: APP, clock });
   const other = new Nenc({ appId: APP, kv: handle, clock });
   const pickUp = async (max = 1) => {
@@ -55,7 +59,7 @@ async function setUp(clock: FakeClock) {
     for (let i = 0; i < 3; i++) await pickUp();
     assert.deepEqual((await pickUp()).lists, ["q"]);
   };
-  return { handle, store, other, pickUp, settle };
+  return { handle, store, other, pickUp, settle, hintReads: () => hints };
 }
 
 test("[kv] once a pick-up found the side indexes quiet, the next pick-ups list the ready queue alone, and claim from it as before", async () => {
@@ -74,6 +78,28 @@ test("[kv] once a pick-up found the side indexes quiet, the next pick-ups list t
   for (const call of calls.slice(2)) {
     assert.deepEqual(await pickUp(), { ids: [call.id], lists: ["q"] });
   }
+});
+
+test("[kv] the pick-up after a final write of an invocation run here takes the hints read with that write, and reads none of its own", async () => {
+  const clock = new FakeClock();
+  const { other, store, pickUp, settle, hintReads } = await setUp(clock);
+  await settle();
+  const ping = other.task("ping", ({ n }: { n: number }) => n);
+  const first = await ping.call({ n: 1 });
+  const second = await ping.call({ n: 2 });
+  assert.deepEqual((await pickUp()).ids, [first.id]);
+  const before = hintReads();
+  const ended = await store.change(first.id, {
+    path: [InvocationStatus.SUCCESS],
+    runnerId: "r1",
+    nowMs: clock.now(),
+    result: "1",
+    purgeAtMs: clock.now() + 3_600_000,
+  });
+  assert.ok(ended.ok);
+  assert.equal(hintReads() - before, 1, "the hints read with the final write");
+  assert.deepEqual(await pickUp(), { ids: [second.id], lists: ["q"] });
+  assert.equal(hintReads() - before, 1, "none by the pick-up");
 });
 
 test("[kv] a delayed call another process registers after the indexes were read quiet moves the time hint: the next pick-up reads the delayed queue, and the one at its time claims it", async () => {

@@ -590,7 +590,7 @@ test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready 
   assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });
 
-test("[kv] a runner's final write reads the record, the wait graph marker and its call hold in one getMany, then commits, and that is all: a short history is in the record, no key to read or re-expire, and a hold checked absent leaves no call to release", async () => {
+test("[kv] a runner's final write reads the record, the wait graph marker, its call hold and the side index hints (for the pick-up that follows) in one getMany, then commits, and that is all: a short history is in the record, no key to read or re-expire, and a hold checked absent leaves no call to release", async () => {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const steps: string[] = [];
@@ -623,7 +623,7 @@ test("[kv] a runner's final write reads the record, the wait graph marker and it
     expectSeq: started.seq,
   });
   // REGISTERED, PENDING, RUNNING are in the record, which the commit sets with its expiry.
-  assert.deepEqual(steps, ["read holder inv wnode", "commit"]);
+  assert.deepEqual(steps, ["read hint hint hint holder inv wnode", "commit"]);
   assert.deepEqual((await started.invocation.history()).map(({ status }) => status), [
     "registered",
     "pending",

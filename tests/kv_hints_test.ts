@@ -59,7 +59,18 @@ async function setUp(clock: FakeClock) {
     for (let i = 0; i < 3; i++) await pickUp();
     assert.deepEqual((await pickUp()).lists, ["q"]);
   };
-  return { handle, store, other, pickUp, settle, hintReads: () => hints };
+  /** The final write of an invocation a pick-up ran. */
+  const finish = async (id: string) => {
+    const ended = await store.change(id, {
+      path: [InvocationStatus.SUCCESS],
+      runnerId: "r1",
+      nowMs: clock.now(),
+      result: "1",
+      purgeAtMs: clock.now() + 3_600_000,
+    });
+    assert.ok(ended.ok);
+  };
+  return { handle, store, other, pickUp, settle, finish, hintReads: () => hints };
 }
 
 test("[kv] once a pick-up found the side indexes quiet, the next pick-ups list the ready queue alone, and claim from it as before", async () => {
@@ -82,21 +93,14 @@ test("[kv] once a pick-up found the side indexes quiet, the next pick-ups list t
 
 test("[kv] the pick-up after a final write of an invocation run here takes the hints read with that write, and reads none of its own", async () => {
   const clock = new FakeClock();
-  const { other, store, pickUp, settle, hintReads } = await setUp(clock);
+  const { other, pickUp, settle, finish, hintReads } = await setUp(clock);
   await settle();
   const ping = other.task("ping", ({ n }: { n: number }) => n);
   const first = await ping.call({ n: 1 });
   const second = await ping.call({ n: 2 });
   assert.deepEqual((await pickUp()).ids, [first.id]);
   const before = hintReads();
-  const ended = await store.change(first.id, {
-    path: [InvocationStatus.SUCCESS],
-    runnerId: "r1",
-    nowMs: clock.now(),
-    result: "1",
-    purgeAtMs: clock.now() + 3_600_000,
-  });
-  assert.ok(ended.ok);
+  await finish(first.id);
   assert.equal(hintReads() - before, 1, "the hints read with the final write");
   assert.deepEqual(await pickUp(), { ids: [second.id], lists: ["q"] });
   assert.equal(hintReads() - before, 1, "none by the pick-up");
@@ -135,7 +139,7 @@ test("[kv] a wait another process adds after the indexes were read quiet moves t
 
 test("[kv] a slot freed with invocations parked on its key, after the indexes were read quiet, moves the wake hint: the next pick-up reads the wake marker and wakes the parked invocation", async () => {
   const clock = new FakeClock();
-  const { other, store, pickUp, settle } = await setUp(clock);
+  const { other, store, pickUp, settle, finish } = await setUp(clock);
   await settle();
   const one = other.task("one", ({ n }: { n: number }) => n, { runningConcurrency: "task" });
   const first = await one.call({ n: 1 });
@@ -145,14 +149,7 @@ test("[kv] a slot freed with invocations parked on its key, after the indexes we
   assert.deepEqual(pickUpBoth.ids, [first.id]);
   assert.equal((await store.get(second.id))?.status, InvocationStatus.CONCURRENCY_CONTROLLED);
   await pickUp(); // the indexes quiet again (nothing woke the parked one yet)
-  const ended = await store.change(first.id, {
-    path: [InvocationStatus.SUCCESS],
-    runnerId: "r1",
-    nowMs: clock.now(),
-    result: "1",
-    purgeAtMs: clock.now() + 3_600_000,
-  });
-  assert.ok(ended.ok);
+  await finish(first.id);
   const next = await pickUp();
   assert.ok(next.lists.includes("wake"), `the wake markers read: ${next.lists.join(", ")}`);
   assert.deepEqual(next.ids, [second.id]);

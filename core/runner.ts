@@ -1729,8 +1729,10 @@ class Execution implements ExecutionContext {
 
   async #pause(waited: readonly InvocationRef[]): Promise<void> {
     // The slot is free once PAUSED is committed, not after the read that follows it (of what
-    // ended before its edge was written).
+    // ended before its edge was written); the pause is on the span before anything runs in it.
     const paused = (): void => {
+      if (this.#paused) return;
+      this.telemetry?.paused(waited);
       this.#paused = true;
       this.releaseSlot();
     };
@@ -1740,7 +1742,6 @@ class Execution implements ExecutionContext {
         onCommitted: paused,
       })
     );
-    this.telemetry?.paused(waited);
     paused();
   }
 

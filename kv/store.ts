@@ -81,11 +81,11 @@ import {
 import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { HINT_KINDS, type HintKind, SideHints } from "./_hints.ts";
+import { Keys } from "./keys.ts";
+import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
 /** The side index hints' versionstamps (`null`: not written yet). */
 type HintStamps = ReadonlyMap<HintKind, string | null>;
-import { Keys } from "./keys.ts";
-import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
 /**
  * The layout version of the data this code writes; it refuses to run on a newer one. 2: slot
@@ -171,11 +171,6 @@ interface CallRegion {
   readonly path?: readonly string[];
 }
 
-/**
- * How a claim's pick-up of a child goes on (see KvStore's claim): to RUNNING (`running`), with its
- * call edge staged in the claim's commit (`edge`: the insertion as planned from its reads), or
- * without one (its caller gone or final); or it stops at PENDING, for the runner.
- */
 /** What adding wait edges is planned from (see KvStore's #readWaits). */
 interface PlannedWaits {
   /** The ends waited on that have no edge from the waiter yet. */
@@ -186,6 +181,11 @@ interface PlannedWaits {
   readonly waiters: readonly WaitEdge[];
 }
 
+/**
+ * How a claim's pick-up of a child goes on (see KvStore's claim): to RUNNING (`running`), with its
+ * call edge staged in the claim's commit (`edge`: the insertion as planned from its reads), or
+ * without one (its caller gone or final); or it stops at PENDING, for the runner.
+ */
 interface ClaimCall {
   readonly running: boolean;
   readonly edge?: {
@@ -2743,10 +2743,15 @@ export class KvStore implements Store {
     return bytes;
   }
 
-  /** Commits; "database is locked" (thrown by SQLite under multi-process load) counts as a conflict. */
-  async #commit(op: KvAtomicLike): Promise<boolean> {
+  /**
+   * Commits; "database is locked" (thrown by SQLite under multi-process load) counts as a conflict.
+   * `stamped` is given the versionstamp of what it wrote, where the store tells it.
+   */
+  async #commit(op: KvAtomicLike, stamped?: (versionstamp: string) => void): Promise<boolean> {
     try {
-      return (await op.commit()).ok;
+      const result = await op.commit();
+      if (result.versionstamp !== undefined) stamped?.(result.versionstamp);
+      return result.ok;
     } catch (error) {
       if (isLocked(error)) return false;
       throw error;
@@ -2759,17 +2764,10 @@ export class KvStore implements Store {
    * one after another, a round trip each; on their own they go at once.
    */
   #commitDraft(draft: AtomicDraft): Promise<boolean> {
-    return this.#group.tracked(draft, async () => {
+    return this.#group.tracked(draft, () => {
       const op = this.#kv.atomic();
       draft.applyTo(op);
-      try {
-        const result = await op.commit();
-        if (result.versionstamp !== undefined) this.#committedAt.set(draft, result.versionstamp);
-        return result.ok;
-      } catch (error) {
-        if (isLocked(error)) return false;
-        throw error;
-      }
+      return this.#commit(op, (versionstamp) => this.#committedAt.set(draft, versionstamp));
     });
   }
 

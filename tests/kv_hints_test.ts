@@ -161,7 +161,6 @@ test("[kv] a delayed entry added without moving the hint (a process of an older 
   await settle();
   // An older nenc's commits set no hint key.
   const older: KvLike = {
-    ...handle,
     get: (key) => handle.get(key),
     getMany: (keys) => handle.getMany(keys),
     list: (selector, options) => handle.list(selector, options),

@@ -204,6 +204,33 @@ test("group commit: a failed check in a batch fails only its own draft; the othe
   assert.deepEqual(commits, [1, 0]);
 });
 
+// Where a commit holds 10 checks (Bun, Node), so does a refused batch: one getMany reads them.
+test(
+  "group commit: a refused batch of more than 10 checks finds its stale draft in reads of at most 10 keys; the others commit together, not one by one",
+  {
+    skip: onlyDeno,
+  },
+  async () => {
+    const { kv, committer, commits, reads } = await fresh();
+    await kv.atomic().set(["taken", 3], bytes("someone")).commit();
+    // Eight drafts of two checks each: 16 checks, more than one getMany (10 keys) reads.
+    const draft = (i: number) =>
+      new AtomicDraft()
+        .check({ key: ["taken", i], versionstamp: null })
+        .check({ key: ["guard", i], versionstamp: null })
+        .set(["taken", i], bytes(`me${i}`));
+    const outcomes = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => committer.commit(draft(i))),
+    );
+    assert.deepEqual(outcomes, [true, true, true, false, true, true, true, true]);
+    assert.equal(text((await kv.get(["taken", 3])).value), "someone");
+    assert.equal(text((await kv.get(["taken", 7])).value), "me7");
+    // The batch of eight fails; the stale read goes in two getMany calls; seven commit together.
+    assert.deepEqual(commits, [16, 14]);
+    assert.deepEqual(reads.map((keys) => keys.length), [10, 6]);
+  },
+);
+
 test('group commit: a batch refused with "database is locked" is tried again whole, not split into a commit per draft', async () => {
   const { kv, committer, commits } = await fresh({ locked: 2 });
   const outcomes = await Promise.all(

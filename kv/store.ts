@@ -334,6 +334,14 @@ export class KvStore implements Store {
   readonly #edgeClaims = new Map<string, Promise<string | undefined>>();
   /** The versionstamps of the drafts committed on their own (see #commitDraft). */
   readonly #committedAt = new WeakMap<AtomicDraft, string>();
+  /**
+   * The removals of a call's holds (by call id) that have not listed its holders yet: another
+   * removal of the call joins one (see removeCall).
+   */
+  readonly #removals = new Map<
+    string,
+    { readonly released: Set<string>; readonly done: Promise<void> }
+  >();
 
   /** Wraps a KV store for one app. */
   constructor(kv: KvLike, options: KvStoreOptions) {
@@ -1916,11 +1924,12 @@ export class KvStore implements Store {
     );
   }
 
-  // reads: holder/<call>/<inv> and hver/<call> together, then together holder/<call>/… (two),
-  // calls/<call>/… and called/<call>/…. If another holder is listed: checks it and deletes
-  // holder/<call>/<inv>. Else: checks hver/<call>; deletes every edge of the call with its
-  // reverse, calls/<call> (its edges version), holder/<call>/<inv> and hver/<call> (at most
-  // CHUNK_MUTATIONS keys per commit, each checking hver/<call>).
+  // reads: holder/<call>/<inv> and hver/<call> together, then together the holders of the call
+  // this removal releases (see below), holder/<call>/… (one more than them), calls/<call>/… and
+  // called/<call>/…. If another holder is listed: checks it and deletes the released holders.
+  // Else: checks hver/<call>; deletes every edge of the call with its reverse, calls/<call> (its
+  // edges version), the released holders and hver/<call> (at most CHUNK_MUTATIONS keys per commit,
+  // each checking hver/<call>).
   //
   // Deleting the edges must not race with a new holder of the call (another invocation of it
   // starting a child, or being started as one): its edges are the ones a later insertion needs
@@ -1928,68 +1937,107 @@ export class KvStore implements Store {
   // hver/<call>, which every commit that adds a holder of the call (addCall) rewrites; a commit
   // that adds an edge of the call always adds a holder of it. The deleting commit checks the
   // versionstamp of hver/<call> read *before* the holders were listed, so it commits only if no
-  // holder came since that list found none but this one, which it deletes: no holder exists
-  // after it. If hver/<call> was absent, the check passes only if it is absent
+  // holder came since that list found none but those it releases, which it deletes: no holder
+  // exists after it. If hver/<call> was absent, the check passes only if it is absent
   // again at commit time, i.e. nothing rewrote it since, or the last commit to touch it was
   // another such deletion, which itself proved no holder then — either way no holder exists. An
   // edge listed here and deleted and re-added since came with a holder, so the check fails. On a
   // failed check: re-read and re-plan (now seeing the new holder, or nothing left to delete).
-  // A holder that lists another one leaves the clean-up to it: its release checks that other
+  // A removal that lists another holder leaves the clean-up to it: its release checks that other
   // holder's key unchanged, so it commits only while that one still holds the call. A release
   // therefore never leaves a call without holders — only a deleting commit does — and two
   // holders releasing together cannot each leave the clean-up to the other: the second commit
   // fails, re-reads and finds itself the last. (It also fails when the other one is rewritten,
   // starting a child: a re-read then.) The edges version goes after the edges (its absence then
-  // means "no edge": addCall's argument), this invocation's holder and hver/<call> last (the last
-  // commit of a call with many edges): a removal cut short leaves its holder and is finished when
+  // means "no edge": addCall's argument), the released holders and hver/<call> last (the last
+  // commit of a call with many edges): a removal cut short leaves a holder and is finished when
   // tried again, and one whose release or deletion was applied though reported failed finds its
   // holder gone: nothing left to do. Data written before hver/<call> existed reads as "absent",
   // which the argument covers: no migration.
-  async removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
+  //
+  // The removals of one call asked of this store before one of them lists the call's holders go
+  // together, as one removal releasing all their holders: equal calls of one caller (siblings
+  // with equal arguments) end together, and would otherwise each list the other, leave the
+  // clean-up to it, and have one of the two commits refused and the whole removal tried again.
+  removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
+    const gathering = this.#removals.get(ref.callId);
+    if (gathering !== undefined) {
+      gathering.released.add(ref.invocationId);
+      return gathering.done;
+    }
+    const released = new Set([ref.invocationId]);
+    // Started after this turn: it is in #removals before any of its steps.
+    const done = Promise.resolve().then(() => this.#removeHolds(ref.callId, released));
+    this.#removals.set(ref.callId, { released, done });
+    return done;
+  }
+
+  /** Releases the holds of the invocations `released` (more may join until it lists). */
+  async #removeHolds(callId: string, released: Set<string>): Promise<void> {
     const keys = this.#keys;
-    const holder = keys.callHolder(ref.callId, ref.invocationId);
-    const version = keys.callHolders(ref.callId);
-    for (let attempt = 0;; attempt++) {
-      // One read (the reads of a turn go together): hver/<call> before the holders are listed.
-      const [held, { versionstamp: stamp }] = await Promise.all([
-        this.#reads.get(holder),
-        this.#reads.get(version),
-      ]);
-      // Most invocations never join the call graph (no parent, no child running): nothing to do.
-      // Nor is there when the holder is gone: released while another holder held the call (which
-      // cleans up), or deleted with the call's edges — by this removal tried again after such a
-      // commit was applied though it reported failure.
-      if (held.versionstamp === null) return;
-      const [holders, callees, callers] = await Promise.all([
-        this.#listEntries(keys.callHolder(ref.callId), 2),
-        this.#listIds(keys.callEdge(ref.callId)),
-        this.#listIds(keys.calledEdge(ref.callId)),
-      ]);
-      const other = holders.find((entry) => entry.key.at(-1) !== ref.invocationId);
-      if (other !== undefined) {
-        const release = this.#kv.atomic()
-          .check({ key: other.key, versionstamp: other.versionstamp })
-          .delete(holder);
-        if (await this.#commit(release)) return;
-      } else {
-        const doomed: KvKey[] = [];
-        for (const callee of callees) {
-          doomed.push(keys.callEdge(ref.callId, callee), keys.calledEdge(callee, ref.callId));
+    const version = keys.callHolders(callId);
+    const gathered = (): void => {
+      if (this.#removals.get(callId)?.released === released) this.#removals.delete(callId);
+    };
+    try {
+      for (let attempt = 0;; attempt++) {
+        // One read (the reads of a turn go together): hver/<call> before the holders are listed.
+        const first = [...released];
+        const [{ versionstamp: stamp }, ...held] = await Promise.all([
+          this.#reads.get(version),
+          ...first.map((id) => this.#reads.get(keys.callHolder(callId, id))),
+        ]);
+        // Most invocations never join the call graph (no parent, no child running): nothing to
+        // do. Nor is there when the holder is gone: released while another holder held the call
+        // (which cleans up), or deleted with the call's edges — by this removal tried again after
+        // such a commit was applied though it reported failure.
+        if (released.size === first.length && held.every((entry) => entry.versionstamp === null)) {
+          return;
         }
-        for (const caller of callers) {
-          doomed.push(keys.calledEdge(ref.callId, caller), keys.callEdge(caller, ref.callId));
+        gathered();
+        // The holders of the removals that joined since that read are read with the lists.
+        const [joined, holders, callees, callers] = await Promise.all([
+          this.#getEntries(
+            [...released].slice(first.length).map((id) => keys.callHolder(callId, id)),
+          ),
+          this.#listEntries(keys.callHolder(callId), released.size + 1),
+          this.#listIds(keys.callEdge(callId)),
+          this.#listIds(keys.calledEdge(callId)),
+        ]);
+        const mine = [...held, ...joined].flatMap((entry) =>
+          entry.versionstamp === null ? [] : [entry.key]
+        );
+        if (mine.length === 0) return;
+        const other = holders.find((entry) => !released.has(String(entry.key.at(-1))));
+        if (other !== undefined) {
+          const release = this.#kv.atomic().check({
+            key: other.key,
+            versionstamp: other.versionstamp,
+          });
+          for (const key of mine) release.delete(key);
+          if (await this.#commit(release)) return;
+        } else {
+          const doomed: KvKey[] = [];
+          for (const callee of callees) {
+            doomed.push(keys.callEdge(callId, callee), keys.calledEdge(callee, callId));
+          }
+          for (const caller of callers) {
+            doomed.push(keys.calledEdge(callId, caller), keys.callEdge(caller, callId));
+          }
+          doomed.push(keys.callEdgesVersion(callId), ...mine, version);
+          let deleted = 0;
+          while (deleted < doomed.length) {
+            const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
+            for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
+            if (!await this.#commit(op)) break;
+            deleted += CHUNK_MUTATIONS;
+          }
+          if (deleted >= doomed.length) return;
         }
-        doomed.push(keys.callEdgesVersion(ref.callId), holder, version);
-        let deleted = 0;
-        while (deleted < doomed.length) {
-          const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
-          for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
-          if (!await this.#commit(op)) break;
-          deleted += CHUNK_MUTATIONS;
-        }
-        if (deleted >= doomed.length) return;
+        await backoff(attempt);
       }
-      await backoff(attempt);
+    } finally {
+      gathered();
     }
   }
 

@@ -782,6 +782,106 @@ for (const fault of ["refuse", "applied", "down"] as const) {
   );
 }
 
+test("KV cycle control: removals of one call's holders asked together go as one (siblings with equal arguments): one commit, none refused — the deletion when they are its last holders, else one release keeping the edges", async () => {
+  const kv = await openKv();
+  const appId = "joint-removal";
+  const keys = new Keys(appId);
+  const plain = gatedStore(kv, appId, {});
+  // C is held by x1 and x2 (each calls D), E by y1, y2 and y3 (each calls F).
+  for (const holder of ["x1", "x2"]) {
+    await plain.addCall(call("C", holder), call("D", `d-${holder}`));
+  }
+  for (const holder of ["y1", "y2", "y3"]) {
+    await plain.addCall(call("E", holder), call("F", `f-${holder}`));
+  }
+  const commits: boolean[] = [];
+  const store = new KvStore(
+    interceptKv(kv, { afterCommit: (ok) => void commits.push(ok) }),
+    { appId, clock: systemClock },
+  );
+  await Promise.all([store.removeCall(call("C", "x1")), store.removeCall(call("C", "x2"))]);
+  assert.deepEqual(commits, [true], "one deleting commit for both holders of C");
+  for (const kind of ["holder", "hver", "calls"]) {
+    assert.deepEqual(await keysUnder(kv, [...keys.app, kind, "C"]), [], `${kind}/C… left`);
+  }
+  commits.length = 0;
+  await Promise.all([store.removeCall(call("E", "y1")), store.removeCall(call("E", "y3"))]);
+  assert.deepEqual(commits, [true], "one release of y1 and y3 (checking y2's hold)");
+  assert.deepEqual(await keysUnder(kv, keys.callHolder("E")), [keys.callHolder("E", "y2")]);
+  assert.deepEqual((await plain.graphs()).calls.edges, [["E", "F"]], "y2 still calls F");
+  // Asked again, a released holder has nothing left to do: no commit.
+  commits.length = 0;
+  await store.removeCall(call("E", "y1"));
+  assert.deepEqual(commits, []);
+});
+
+// The joint removal's commits under faults: the release of two holders while a third holds the
+// call, then the deletion by the last two. Tried again (both asked together again), it ends as
+// without the fault.
+for (const fault of ["refuse", "applied", "down"] as const) {
+  test(
+    `KV cycle control: a joint removal's release and deletion, each ${
+      faults[fault]
+    }: tried again, they end as without the fault`,
+    async () => {
+      const kv = await openKv();
+      const appId = `joint-${fault}`;
+      const keys = new Keys(appId);
+      const plain = gatedStore(kv, appId, {});
+      for (const holder of ["x1", "x2", "x3", "x4"]) {
+        await plain.addCall(call("C", holder), call("D", `d-${holder}`));
+      }
+      let armed = false;
+      let down = false;
+      const throwIfDown = (): void => {
+        if (down) throw new InjectedStoreFault("down");
+      };
+      const removing = new KvStore(
+        interceptKv(kv, {
+          beforeGet: throwIfDown,
+          beforeGetMany: throwIfDown,
+          beforeList: throwIfDown,
+          beforeCommit: () => {
+            throwIfDown();
+            if (!armed || fault !== "refuse") return;
+            armed = false;
+            throw new InjectedStoreFault(fault);
+          },
+          afterCommit: () => {
+            if (!armed) return;
+            armed = false;
+            down = fault === "down";
+            throw new InjectedStoreFault(fault);
+          },
+        }),
+        { appId, clock: systemClock },
+      );
+      const together = (...holders: string[]) =>
+        Promise.all(holders.map((holder) => removing.removeCall(call("C", holder))));
+      const remove = async (...holders: string[]): Promise<void> => {
+        armed = true;
+        await assert.rejects(together(...holders), InjectedStoreFault);
+        if (fault === "down") {
+          await assert.rejects(together(...holders), InjectedStoreFault);
+          down = false;
+        }
+        await together(...holders);
+      };
+      await remove("x1", "x3"); // x2 and x4 still hold C
+      assert.deepEqual(await keysUnder(kv, keys.callHolder("C")), [
+        keys.callHolder("C", "x2"),
+        keys.callHolder("C", "x4"),
+      ]);
+      assert.deepEqual((await plain.graphs()).calls.edges, [["C", "D"]]);
+      await remove("x2", "x4"); // the last two
+      assert.deepEqual((await plain.graphs()).calls.edges, []);
+      for (const kind of ["holder", "hver", "calls"]) {
+        assert.deepEqual(await keysUnder(kv, [...keys.app, kind, "C"]), [], `${kind}/C… left`);
+      }
+    },
+  );
+}
+
 for (const where of everywhere) {
   test(`KV cycle control: two holders of a call removed together, each listing the other: the second release fails its check, reads again, finds itself the last and deletes the call's edges (on ${where})`, async () => {
     const kv = await openKv(where);

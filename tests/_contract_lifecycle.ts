@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AppFactory } from "./store_contract.ts";
 import { DEADLINE_MS, waitUntil, within as withinMs } from "./_deadline.ts";
-import { FakeClock } from "./_fake_clock.ts";
+import { FakeClock, WatchedClock } from "./_fake_clock.ts";
 import { CanceledError, RetryError, TaskTimeoutError } from "../core/errors.ts";
 import type { Invocation } from "../core/invocation.ts";
 import { type HistoryEntry, type InvocationStatus, isValidHistory } from "../core/status.ts";
@@ -392,7 +392,7 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
   });
 
   test(`[${backend}] stop({ graceMs }) aborts a function past the grace and hands it back only once it returned: a second runner's run never overlaps the first`, async () => {
-    const clock = new FakeClock();
+    const clock = new WatchedClock();
     const app = await makeApp({ clock });
     const finishFirst = deferred();
     const log: string[] = [];
@@ -414,16 +414,16 @@ export function lifecycleContract(backend: string, makeApp: AppFactory): void {
     await until(isStatus(invocation, "running"), "it runs");
     await using second = app.runner({ runnerId: "second" });
     second.start();
-    const stopping = first.stop({ graceMs: 1_000 });
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    // A grace no other sleep of the runners has (heartbeat 1,000 ms, poll 100 ms): the clock moves
+    // once the stop waits on it, not before — moved while a loaded machine delays the stop, it
+    // would run past the runner's heartbeat deadline, and the runner fence itself first.
+    const stopping = first.stop({ graceMs: 1_500 });
+    await clock.sleeping(1_500);
     assert.deepEqual(log, ["start 1"], "aborted before the grace");
-    // A second of grace at a time, looking before each step: the abort comes at the first step
-    // after the stop began to wait, and no step follows it (its function's own grace stays open).
-    await until(() => {
-      if (log.length === 2) return true;
-      clock.advance(1_000);
-      return false;
-    }, "the first run is aborted");
+    // The grace passes: the abort comes then, and no step follows it (its function's own grace
+    // stays open).
+    clock.advance(1_500);
+    await until(() => log.length === 2, "the first run is aborted");
     assert.match(log[1]!, /runner first is stopping/);
     // Aborted, still running (its grace has not passed): not handed back.
     for (let i = 0; i < 10; i++) await new Promise((resolve) => setTimeout(resolve, 2));

@@ -59,14 +59,17 @@ export function retryFaults<T, U>(
   // The first try holds no frame while it is pending, and one step with `then`: a wait (a paused
   // invocation's) may last long, and the garbage collector copies what it holds meanwhile.
   const retry = (error: unknown): Promise<T | U> => {
-    const retried = retryAfter(error, step, options);
+    const retried = retryFaultsAfter(error, step, options);
     return then === undefined ? retried : retried.then(then);
   };
   return attempt(step).then(then, retry);
 }
 
-/** Tries `step` again after each store fault, from the first one (`error`). */
-async function retryAfter<T>(
+/**
+ * {@linkcode retryFaults} once its first try failed with `error`: rethrows it unless it is a store
+ * fault, else tries `step` again after each fault, after a growing pause, until `signal` aborts.
+ */
+export async function retryFaultsAfter<T>(
   error: unknown,
   step: () => Promise<T>,
   options: RetryFaultsOptions,

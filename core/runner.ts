@@ -10,7 +10,7 @@
  */
 
 import { setMaxListeners } from "node:events";
-import { faultPauseMs, isStoreFault, retryFaults } from "./_faults.ts";
+import { faultPauseMs, isStoreFault, retryFaults, retryFaultsAfter } from "./_faults.ts";
 import { abortQuietly, quietController } from "./_listeners.ts";
 import { isGroupLimitMismatch } from "./_group_limits.ts";
 import {
@@ -1608,21 +1608,51 @@ class Execution implements ExecutionContext {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
     return this.#enterWait(ids, mode, stop).then((entered) =>
       entered === true
-        ? this.#host.orchestrator.waitForFinals(ids, mode, stop).then(
-          (seen) => {
-            const resumed = this.#waitEnded();
-            return resumed === undefined ? seen : resumed.then(() => seen);
-          },
-          (error: unknown) => {
-            const resumed = this.#waitEnded();
-            if (resumed === undefined) throw error;
-            return resumed.then(() => Promise.reject(error));
-          },
-        )
+        ? this.#waitPaused(ids, mode, stop)
         : ids.length === 1
         ? entered[0]
         : undefined
     );
+  }
+
+  /**
+   * The rest of a wait that paused: the finals, then the last wait resumes the execution. The
+   * final of one invocation (a result()) is the store's wait itself, its faults tried again as
+   * `orchestrator.waitForFinals` tries them: no step of its own held through the wait (each is a
+   * promise, a reaction and closures that the garbage collector copies, for every paused wait).
+   */
+  #waitPaused(
+    ids: readonly string[],
+    mode: "all" | "any",
+    stop: AbortSignal,
+  ): Promise<InvocationRecord | void> {
+    const { orchestrator, clock } = this.#host;
+    const one = ids.length === 1 ? ids[0]! : undefined;
+    type Seen = InvocationRecord | void;
+    const ended = (error: unknown): Promise<Seen> => {
+      if (one !== undefined && isStoreFault(error) && !stop.aborted) {
+        const step = () => orchestrator.store.waitFinal(one, stop);
+        return retryFaultsAfter(error, step, { clock, signal: stop }).then(seen, ended);
+      }
+      const resumed = this.#waitEnded();
+      if (resumed === undefined) throw error;
+      return resumed.then(() => Promise.reject(error));
+    };
+    const seen = (record: Seen): Seen | Promise<Seen> => {
+      // Woken by the abort of `stop`: the wait ends with its reason.
+      if (stop.aborted) return ended(stop.reason);
+      const resumed = this.#waitEnded();
+      return resumed === undefined ? record : resumed.then(() => record);
+    };
+    let waiting: Promise<Seen | undefined>;
+    try {
+      waiting = one !== undefined
+        ? orchestrator.store.waitFinal(one, stop)
+        : orchestrator.waitForFinals(ids, mode, stop);
+    } catch (error) {
+      waiting = Promise.reject(error);
+    }
+    return waiting.then(seen, ended);
   }
 
   /** After one of its waits, however it ended: the last one resumes the execution. */

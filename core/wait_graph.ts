@@ -19,6 +19,9 @@ import { IndexedHeap } from "./_indexed_heap.ts";
  */
 const NO_ATTRIBUTES = Object.freeze({});
 
+/** No neighbours, without asking the graph for an empty array. */
+const NONE: readonly string[] = Object.freeze([]);
+
 /**
  * The clock a {@linkcode WaitGraph} reads first-wait times from: milliseconds, like `Date.now()`.
  *
@@ -132,6 +135,8 @@ export class WaitGraph {
   readonly #firstWaitMs = new Map<string, number>();
   readonly #ready = new IndexedHeap();
   #waiters = 0;
+  /** The key of the next wait edge. */
+  #edgeKeys = 0;
 
   /**
    * Creates an empty wait graph.
@@ -184,21 +189,35 @@ export class WaitGraph {
     if (waitedIds.length === 0) return;
 
     const graph = this.#graph;
-    if (!graph.hasNode(waiterId)) graph.addNode(waiterId, NO_ATTRIBUTES);
+    // A node just added has no edges: its degrees are known without asking the graph.
+    let waiting = graph.hasNode(waiterId)
+      ? graph.outDegree(waiterId) > 0
+      : (graph.addNode(waiterId, NO_ATTRIBUTES), false);
     let firstWaitMs: number | undefined;
     for (const waitedId of waitedIds) {
-      if (!graph.hasNode(waitedId)) graph.addNode(waitedId, NO_ATTRIBUTES);
-      else if (graph.hasDirectedEdge(waiterId, waitedId)) continue;
-      if (graph.inDegree(waitedId) === 0) {
+      let waited: boolean;
+      let ready: boolean;
+      if (graph.hasNode(waitedId)) {
+        if (graph.hasDirectedEdge(waiterId, waitedId)) continue;
+        waited = graph.inDegree(waitedId) > 0;
+        ready = !waited && graph.outDegree(waitedId) === 0;
+      } else {
+        graph.addNode(waitedId, NO_ATTRIBUTES);
+        waited = false;
+        ready = true;
+      }
+      if (!waited) {
         firstWaitMs ??= nowMs ?? this.#now();
         this.#firstWaitMs.set(waitedId, firstWaitMs);
-        if (graph.outDegree(waitedId) === 0) this.#ready.insert(waitedId, firstWaitMs);
+        if (ready) this.#ready.insert(waitedId, firstWaitMs);
       }
-      if (graph.outDegree(waiterId) === 0) {
+      if (!waiting) {
+        waiting = true;
         this.#waiters++;
         this.#ready.remove(waiterId);
       }
-      graph.addDirectedEdge(waiterId, waitedId, NO_ATTRIBUTES);
+      // Keyed by a count: graphology's own key generator builds and checks a longer string.
+      graph.addDirectedEdgeWithKey(this.#edgeKeys++, waiterId, waitedId, NO_ATTRIBUTES);
     }
   }
 
@@ -226,16 +245,19 @@ export class WaitGraph {
     const graph = this.#graph;
     if (!graph.hasNode(waitedId)) return;
 
-    if (graph.outDegree(waitedId) > 0) this.#waiters--;
-    for (const target of graph.outNeighbors(waitedId)) {
-      graph.dropDirectedEdge(waitedId, target);
-      if (graph.inDegree(target) === 0) {
-        this.#firstWaitMs.delete(target);
-        this.#ready.remove(target);
-        if (graph.outDegree(target) === 0) graph.dropNode(target);
+    // Neighbours are listed only if it has some (a leaf waits on none).
+    if (graph.outDegree(waitedId) > 0) {
+      this.#waiters--;
+      for (const target of graph.outNeighbors(waitedId)) {
+        graph.dropDirectedEdge(waitedId, target);
+        if (graph.inDegree(target) === 0) {
+          this.#firstWaitMs.delete(target);
+          this.#ready.remove(target);
+          if (graph.outDegree(target) === 0) graph.dropNode(target);
+        }
       }
     }
-    for (const source of graph.inNeighbors(waitedId)) {
+    for (const source of graph.inDegree(waitedId) > 0 ? graph.inNeighbors(waitedId) : NONE) {
       graph.dropDirectedEdge(source, waitedId);
       if (graph.outDegree(source) > 0) continue;
       this.#waiters--;

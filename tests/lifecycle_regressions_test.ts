@@ -291,3 +291,47 @@ test("ending the execution of a canceled paused invocation keeps its purge time;
   assert.equal(running.record.ownerId, null);
   assert.deepEqual(running.executions, { remove: "r1", add: null });
 });
+
+import { DEADLINE_MS, within } from "./_deadline.ts";
+
+/**
+ * A memory store whose first wait for a final made inside an execution (with its signal) fails as
+ * @deno/kv over KV Connect fails on Node.
+ */
+class WaitFailsOnceStore extends MemoryStore {
+  waits = 0;
+  override waitFinal(id: string, signal?: AbortSignal): Promise<InvocationRecord | undefined> {
+    if (signal !== undefined && this.waits++ === 0) {
+      return Promise.reject(new TypeError("fetch failed"));
+    }
+    return super.waitFinal(id, signal);
+  }
+}
+
+test("a store fault on the wait of a paused invocation for one result is tried again: it resumes with the result", async () => {
+  const store = new WaitFailsOnceStore();
+  const app = new Nenc({ store });
+  const child = app.task("child", ({ n }: { n: number }) => n * 2);
+  const parent = app.task("parent", async () => {
+    const invocation = await child.call({ n: 21 });
+    return await invocation.result();
+  });
+  // One slot: the child runs only once its parent paused, so the parent's wait is a paused one.
+  const runner = app.runner({ concurrency: 1, pollMs: 10 });
+  runner.start();
+  try {
+    const invocation = await parent.call();
+    const outcome = await within(
+      invocation.result().then(
+        (value) => `resolved ${value}`,
+        (error) => `rejected ${error.name}: ${error.message}`,
+      ),
+      DEADLINE_MS,
+      "the parent's result",
+    );
+    assert.equal(outcome, "resolved 42");
+    assert.ok(store.waits >= 2, `the paused wait was tried again (${store.waits} waits)`);
+  } finally {
+    await runner.stop({ graceMs: 0 });
+  }
+});

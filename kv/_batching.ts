@@ -315,8 +315,8 @@ export class GroupCommitter {
   /**
    * For each draft of `batch`, whether one of its checks no longer holds. The keys are read in
    * `getMany` calls of at most 10 (Deno KV refuses more), together: not one snapshot, and none is
-   * needed — a versionstamp only moves forward, so a check found broken stays broken, and one that
-   * broke after its read fails the next commit of the rest again.
+   * needed — a draft found stale is re-read and re-planned by its caller, as after any lost race,
+   * and one found valid is committed again with all its checks, which that commit verifies.
    */
   async #stale(batch: readonly Waiting[]): Promise<boolean[]> {
     const checks = batch.flatMap(({ draft }) => draft.checks);

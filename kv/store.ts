@@ -1961,7 +1961,13 @@ export class KvStore implements Store {
   // clean-up to it, and have one of the two commits refused and the whole removal tried again.
   removeCall(ref: Pick<CallRef, "callId" | "invocationId">): Promise<void> {
     const gathering = this.#removals.get(ref.callId);
-    if (gathering !== undefined) {
+    // A removal asked again for an invocation the gathering one releases goes on its own: the
+    // gathering one may have read its holder before a claim wrote it (see #releaseIfEnded), and
+    // would not read it again. At most JOINED_REMOVALS go together (one commit deletes them all).
+    if (
+      gathering !== undefined && !gathering.released.has(ref.invocationId) &&
+      gathering.released.size < JOINED_REMOVALS
+    ) {
       gathering.released.add(ref.invocationId);
       return gathering.done;
     }
@@ -2017,22 +2023,32 @@ export class KvStore implements Store {
           for (const key of mine) release.delete(key);
           if (await this.#commit(release)) return;
         } else {
-          const doomed: KvKey[] = [];
+          const edges: KvKey[] = [];
           for (const callee of callees) {
-            doomed.push(keys.callEdge(callId, callee), keys.calledEdge(callee, callId));
+            edges.push(keys.callEdge(callId, callee), keys.calledEdge(callee, callId));
           }
           for (const caller of callers) {
-            doomed.push(keys.calledEdge(callId, caller), keys.callEdge(caller, callId));
+            edges.push(keys.calledEdge(callId, caller), keys.callEdge(caller, callId));
           }
-          doomed.push(keys.callEdgesVersion(callId), ...mine, version);
-          let deleted = 0;
-          while (deleted < doomed.length) {
+          edges.push(keys.callEdgesVersion(callId));
+          // The released holders and hver/<call> go in the last commit, all of them: a removal
+          // cut short leaves every one of its holders, and is finished when tried again.
+          const last = [...mine, version];
+          const chunks: KvKey[][] = [];
+          let rest = edges;
+          while (rest.length + last.length > CHUNK_MUTATIONS) {
+            chunks.push(rest.slice(0, CHUNK_MUTATIONS));
+            rest = rest.slice(CHUNK_MUTATIONS);
+          }
+          chunks.push([...rest, ...last]);
+          let done = 0;
+          for (const chunk of chunks) {
             const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
-            for (const key of doomed.slice(deleted, deleted + CHUNK_MUTATIONS)) op.delete(key);
+            for (const key of chunk) op.delete(key);
             if (!await this.#commit(op)) break;
-            deleted += CHUNK_MUTATIONS;
+            done++;
           }
-          if (deleted >= doomed.length) return;
+          if (done === chunks.length) return;
         }
         await backoff(attempt);
       }
@@ -3433,6 +3449,11 @@ const LIST_BATCH = 500;
 const RECOVERY_PAGE = LIST_BATCH;
 /** Mutations per housekeeping commit (expiry, deletes): under denokv's 1000 per operation. */
 const CHUNK_MUTATIONS = 500;
+/**
+ * Removals of one call's holds that go together at most (see removeCall): with hver/<call>, well
+ * within one commit's CHUNK_MUTATIONS.
+ */
+const JOINED_REMOVALS = 100;
 /** Checks per atomic commit: denokv's limit (the Deno CLI allows 100). */
 const MAX_CHECKS = 10;
 /**

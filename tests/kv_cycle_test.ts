@@ -815,6 +815,77 @@ test("KV cycle control: removals of one call's holders asked together go as one 
   assert.deepEqual(commits, []);
 });
 
+test("KV cycle control: a removal asked again for the same holder while the first one reads goes on its own: a hold a claim wrote after that read is released (as #releaseIfEnded relies on)", async () => {
+  const kv = await openKv();
+  const appId = "join-race";
+  const keys = new Keys(appId);
+  const holder = JSON.stringify(keys.callHolder("p", "P"));
+  const read = gate();
+  let armed = true;
+  // The first removal's read of P's holder (absent then) is answered only once the gate opens.
+  const view: KvLike = {
+    ...kv,
+    get: (key) => kv.get(key),
+    getMany: async (keysRead) => {
+      const entries = await kv.getMany(keysRead);
+      if (armed && keysRead.some((key) => JSON.stringify(key) === holder)) {
+        armed = false;
+        await read.wait();
+      }
+      return entries;
+    },
+    list: (selector, options) => kv.list(selector, options),
+    atomic: () => kv.atomic(),
+  };
+  const store = new KvStore(view, { appId, clock: systemClock });
+  // P ended: its clean-up reads hver/p and holder/p/P, both absent.
+  const afterFinal = store.removeCall(call("p", "P"));
+  await read.reached;
+  // A claim of P's child, which read P still running, writes P's hold with the edge p → c; it
+  // reads P again, finds it final, and asks for the removal of P's hold again.
+  await gatedStore(kv, appId, {}).addCall(call("p", "P"), call("c", "C"));
+  const releaseIfEnded = store.removeCall(call("p", "P"));
+  read.open();
+  await within(Promise.all([afterFinal, releaseIfEnded]), DEADLINE_MS, "both removals");
+  assert.deepEqual(await keysUnder(kv, keys.callHolder("p")), [], "P's hold left behind");
+  assert.deepEqual(await keysUnder(kv, keys.callEdge("p")), [], "p's edges left behind");
+});
+
+test("KV cycle control: a joint deletion cut short between its commits leaves every released holder (they go in its last commit, with hver/<call>): tried again, it ends", async () => {
+  const kv = await openKv();
+  const appId = "joint-chunks";
+  const keys = new Keys(appId);
+  const plain = gatedStore(kv, appId, {});
+  // 249 callees of C: 498 edge keys and calls/C, one commit's 500 deletions but for one — the
+  // first commit ends where the released holders would begin.
+  for (let i = 0; i < 248; i++) await plain.addCall(call("C", "x1"), call(`D${i}`, `d${i}`));
+  await plain.addCall(call("C", "x2"), call("E", "e"));
+  let commits = 0;
+  let failSecond = true;
+  const removing = new KvStore(
+    interceptKv(kv, {
+      beforeCommit: () => {
+        if (++commits === 2 && failSecond) {
+          failSecond = false;
+          throw new InjectedStoreFault("down");
+        }
+      },
+    }),
+    { appId, clock: systemClock },
+  );
+  const together = () =>
+    Promise.all(["x1", "x2"].map((holder) => removing.removeCall(call("C", holder))));
+  await assert.rejects(together(), InjectedStoreFault);
+  assert.deepEqual(await keysUnder(kv, keys.callHolder("C")), [
+    keys.callHolder("C", "x1"),
+    keys.callHolder("C", "x2"),
+  ]);
+  await together();
+  for (const kind of ["holder", "hver", "calls"]) {
+    assert.deepEqual(await keysUnder(kv, [...keys.app, kind, "C"]), [], `${kind}/C… left`);
+  }
+});
+
 // The joint removal's commits under faults: the release of two holders while a third holds the
 // call, then the deletion by the last two. Tried again (both asked together again), it ends as
 // without the fault.

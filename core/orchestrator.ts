@@ -1147,6 +1147,7 @@ export class Orchestrator {
       runnerId: string;
       accepts?: (taskId: string) => boolean;
       ready?: Promise<void>;
+      widen?: () => number;
     },
   ): Promise<
     {
@@ -1165,7 +1166,14 @@ export class Orchestrator {
       readonly trace: string | undefined;
     }[] & { readonly more: boolean }
   > {
-    const outcome = await this.#claim(max, options.runnerId, true, options.accepts, options.ready);
+    const outcome = await this.#claim(
+      max,
+      options.runnerId,
+      true,
+      options.accepts,
+      options.ready,
+      options.widen,
+    );
     const started = outcome.claimed.map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
@@ -1185,6 +1193,7 @@ export class Orchestrator {
     start: boolean,
     accepts: ((taskId: string) => boolean) | undefined,
     ready?: Promise<void>,
+    widen?: () => number,
   ): Promise<ClaimOutcome> {
     const nowMs = this.#host.clock.now();
     const cycleControl = this.options.cycleControl;
@@ -1198,6 +1207,7 @@ export class Orchestrator {
       purgeAtMs: this.#purgeAtMs(nowMs),
       ...(accepts !== undefined ? { accepts } : {}),
       ...(ready !== undefined ? { ready } : {}),
+      ...(widen !== undefined ? { widen } : {}),
       ...(start
         ? {
           // Nothing to check: no call edge to add, and a task this app defines.

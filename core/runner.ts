@@ -650,11 +650,16 @@ export class Runner implements AsyncDisposable {
    * A pick-up for `max` slots set aside for it: what it claims starts in them. Resolves to how
    * many it claimed.
    */
-  async #pickUp(max: number, ready?: Promise<void>): Promise<number> {
+  async #pickUp(
+    max: number,
+    ready?: Promise<void>,
+    widen?: () => number,
+  ): Promise<number> {
     const claimed = await this.#host.orchestrator.startInvocations(max, {
       runnerId: this.id,
       accepts: this.#accepts,
       ...(ready !== undefined ? { ready } : {}),
+      ...(widen !== undefined ? { widen } : {}),
     });
     this.#saturated = claimed.more;
     this.#free += claimed.length;
@@ -662,13 +667,25 @@ export class Runner implements AsyncDisposable {
     return claimed.length;
   }
 
-  /** A pick-up for the slots free now, set aside while it runs: what it claims starts in them. */
+  /**
+   * A pick-up for the slots free now, set aside while it runs: what it claims starts in them. The
+   * slots freed while it reads (executions that pause or end) join it when it has read what it
+   * may claim (`widen`), rather than waiting idle for the next pick-up: on a remote store a
+   * pick-up lasts several round trips, and half the slots sat free meanwhile in the tree of
+   * nested waits (issue #12). A resume waiting takes a freed slot first (see releaseSlot).
+   */
   async #pickUpFree(): Promise<number> {
-    const max = this.#free;
+    let max = this.#free;
     this.#free = 0;
     let claimed = 0;
+    const widen = (): number => {
+      const more = this.#free;
+      this.#free = 0;
+      max += more;
+      return more;
+    };
     try {
-      return claimed = await this.#pickUp(max);
+      return claimed = await this.#pickUp(max, undefined, widen);
     } finally {
       this.#giveBack(max - claimed);
     }

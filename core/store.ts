@@ -490,6 +490,12 @@ export interface ClaimRequest {
    */
   readonly ready?: Promise<void>;
   /**
+   * Slots freed since the pick-up began: called when it has read what it may claim, it hands the
+   * pick-up those slots too and says how many (`0`: none). A backend whose pick-up takes a while
+   * (round trips) may ask; what it claims is then at most `max` plus what this gave.
+   */
+  readonly widen?: () => number;
+  /**
    * Whether a candidate refused by a full key is parked (`true`) or finalised; one refused by its
    * rate limit key is always parked.
    */

@@ -601,7 +601,8 @@ export class KvStore implements Store {
   // reg, wake/<key> or wakeat/<time>/<key>, and on a final status expireIn on every key of the
   // invocation plus purge/<pos> (a history over INLINE_EXPIRY entries is re-expired after it).
   // `stage` adds a caller's own checks and writes to the step (a claim's call edge, see claim),
-  // and says whether it commits on its own rather than in a group commit.
+  // and says whether it commits on its own rather than in a group commit. `first`: the record's
+  // entry as the caller read it just before, for the first attempt instead of a read of its own.
   async #apply(
     id: string,
     changeOf: StatusChange | ((record: InvocationRecord) => StatusChange | Promise<StatusChange>),
@@ -609,6 +610,7 @@ export class KvStore implements Store {
     onBusy?: (record: InvocationRecord, busyKey: string) => StatusChange,
     ready?: Promise<void>,
     stage?: (op: AtomicDraft, next: InvocationRecord) => boolean,
+    first?: KvEntryMaybeLike,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read).
@@ -632,7 +634,10 @@ export class KvStore implements Store {
       edges?.catch(() => {}); // the same
       const waits = waitFor.length > 0 ? this.#readWaits(id, waitFor) : undefined;
       waits?.catch(() => {}); // the same
-      const entry = await this.#reads.get(keys.invocation(id));
+      // The first attempt may plan from a read made just before (`first`): its commit checks it.
+      const entry = attempt === 0 && first !== undefined
+        ? first
+        : await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) {
         this.#local.ownedHere.delete(id);
@@ -912,11 +917,19 @@ export class KvStore implements Store {
     // them. Given back when it ends, whatever became of them.
     const mine = new Set<string>();
     const others = this.#claimingMax;
-    this.#claimingMax += request.max;
+    let max = request.max;
+    this.#claimingMax += max;
+    // The slots freed since it began join it (see ClaimRequest.widen): its new `max`.
+    const widen = (): number => {
+      const more = request.widen?.() ?? 0;
+      max += more;
+      this.#claimingMax += more;
+      return max;
+    };
     try {
-      return await this.#claim(request, mine, others);
+      return await this.#claim(request, mine, others, widen);
     } finally {
-      this.#claimingMax -= request.max;
+      this.#claimingMax -= max;
       for (const id of mine) this.#claiming.delete(id);
     }
   }
@@ -925,8 +938,10 @@ export class KvStore implements Store {
     request: ClaimRequest,
     mine: Set<string>,
     others: number,
+    widen: () => number,
   ): Promise<ClaimOutcome> {
-    const { runnerId, nowMs, max } = request;
+    const { runnerId, nowMs } = request;
+    let max = request.max;
     const takeOn = (id: string): void => {
       this.#claiming.add(id);
       mine.add(id);
@@ -971,9 +986,9 @@ export class KvStore implements Store {
       ? Promise.resolve([])
       : side.blocking.then(async (stamp) => {
         if (stamp === false) return [];
-        const { ids, indexed } = await this.#blocking(max, nowMs);
+        const { found, indexed } = await this.#blocking(max, nowMs, () => max = widen());
         this.#hints.read("blocking", stamp, indexed ? -Infinity : Infinity, nowMs);
-        return ids;
+        return found;
       });
     preferred.catch(() => {}); // seen below, after the wakes
     const [wakeStamp, timeStamp] = await Promise.all([side.wake, side.time]);
@@ -1002,12 +1017,19 @@ export class KvStore implements Store {
     // not run: not wanted, no write.
     const available = (stored: StoredInvocation): boolean =>
       isAvailable(stored, nowMs) && request.accepts?.(stored.record.taskId) !== false;
+    // The reads of the blocking candidates (see #blocking): their claims plan from them.
+    const readAhead = new Map<string, BlockingCandidate>();
     // `parent`: the candidate's caller, from its queue entry, read with its record.
     const tryClaim = async (id: string, parent?: string): Promise<void> => {
+      // Once: a later try (a later pass) reads afresh.
+      const ahead = readAhead.get(id);
+      readAhead.delete(id);
       // Read once, for every attempt: a caller that ends after this read loses its hold again
       // after the commit (see #releaseIfEnded), and an ended one stays ended.
       let callerRead = parent === undefined
         ? undefined
+        : ahead?.waiter?.id === parent
+        ? ahead.waiter.read
         : this.#reads.get(this.#keys.invocation(parent));
       callerRead?.catch(() => {}); // awaited below, if the claim gets that far
       // Settles with this claim: another claim inserting the same call edge may wait for it, and
@@ -1047,6 +1069,7 @@ export class KvStore implements Store {
             if (edge.existing.versionstamp === null) inserted = op;
             return true;
           },
+          ahead?.entry,
         );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
@@ -1093,21 +1116,22 @@ export class KvStore implements Store {
       batch = [];
     };
     // The blocking invocations first (at most `max`), oldest first, in one such batch: their
-    // records, read together, give what a queue entry gives (their keys, their caller).
-    const blocking = (await preferred).filter((id) => !othersClaim(id));
-    for (const id of blocking) takeOn(id);
-    if (blocking.length > 0) {
-      for (const stored of await this.#readMany(blocking)) {
-        if (stored === undefined) continue;
-        order.set(stored.record.id, order.size);
-        batch.push(queueValue(stored.record));
-      }
-      await flush();
+    // records, as the blocking index's read found them, give what a queue entry gives (their
+    // keys, their caller), and their claims plan from those reads (a claim they made stale fails
+    // its check and reads again): the index, then the call edges, then the commit.
+    const blocking = (await preferred).filter(({ id }) => !othersClaim(id));
+    for (const candidate of blocking) {
+      takeOn(candidate.id);
+      readAhead.set(candidate.id, candidate);
+      order.set(candidate.id, order.size);
+      batch.push(queueValue(candidate.stored.record));
     }
+    if (blocking.length > 0) await flush();
     // The ready queue in order, with the due delayed entries (their time or back-off has passed)
     // merged in. The ready queue has no time bound: an entry registered by a process whose clock
-    // runs ahead is due.
+    // runs ahead is due. The slots freed meanwhile join (the queue read past as many).
     preferredControlled = controlled;
+    max = widen();
     // A lane's token in the ready queue stands for the lane's first invocation (one range read).
     // A pick-up from a lane moves its token behind the other lanes, so another pass over the
     // queue serves the next lane first while slots are open: the lanes take turns.
@@ -2277,21 +2301,31 @@ export class KvStore implements Store {
   }
 
   // reads: the ready index in pages, the records of each page's in order (getMany) as many at a
-  // time as are still wanted, but those held here, and per available one waits/<id>/… (one entry;
-  // together); writes: deletes the entries of ended invocations.
+  // time as are still wanted, but those held here, and together with them per candidate
+  // waits/<id>/… (one entry); writes: deletes the entries of ended invocations.
   // Pages go on until `max` are found or the index ends: waited-on invocations that run already (a
   // parent's earliest children, say) must not hide available ones behind them.
   async blocking(max: number, nowMs: number): Promise<string[]> {
-    return (await this.#blocking(max, nowMs)).ids;
+    return (await this.#blocking(max, nowMs)).found.map(({ id }) => id);
   }
 
-  /** As blocking(), and whether the index held any entry at all. */
-  async #blocking(max: number, nowMs: number): Promise<{ ids: string[]; indexed: boolean }> {
+  /**
+   * As blocking(), with each one's record entry as read, and whether the index held any entry at
+   * all. For a pick-up (`widen`, see ClaimRequest.widen: the new `max`, asked once the index is
+   * read), each one's oldest waiter's record is read with it (`waiter`): the pick-up claims with
+   * these reads (see #claim), and the waiter is mostly the caller.
+   */
+  async #blocking(
+    max: number,
+    nowMs: number,
+    widen?: () => number,
+  ): Promise<{ found: BlockingCandidate[]; indexed: boolean }> {
+    const waiters = widen !== undefined;
     // Not read: nothing known of the index.
-    if (max <= 0) return { ids: [], indexed: true };
+    if (max <= 0) return { found: [], indexed: true };
     const prefix = this.#keys.ready();
     const pageSize = max * 4 + 10;
-    const found: string[] = [];
+    const found: BlockingCandidate[] = [];
     // An invocation is met once per call: its first entry is its oldest wait.
     const met = new Set<string>();
     for (let after: KvKey | undefined;;) {
@@ -2304,16 +2338,30 @@ export class KvStore implements Store {
       }
       // Those a runner of this process holds are no candidates: not read (see ownedHere).
       const owned = this.#local.ownedHere;
-      const ids = [
-        ...new Set(page.map(({ id }) => id).filter((id) => !met.has(id) && !owned.has(id))),
-      ];
+      // The first waiter of each (the index key ends with it).
+      const waiterOf = new Map<string, string>();
+      for (const { key, id } of page) {
+        if (met.has(id) || owned.has(id) || waiterOf.has(id)) continue;
+        waiterOf.set(id, String(key[key.length - 1]));
+      }
+      const ids = [...waiterOf.keys()];
       for (const id of ids) met.add(id);
+      if (widen !== undefined) max = widen();
       // Read in order, as many at a time as are still wanted: most are available and wait on
       // nothing, and a pick-up wants a few of them (reading a whole page cost a record read per
-      // entry at every pick-up).
+      // entry at every pick-up). Whether each waits on something is read with the records (one
+      // round trip, not two in turn): a range read more for the few found ended or unavailable.
       for (let next = 0; next < ids.length && found.length < max;) {
         const chunk = ids.slice(next, next += max - found.length);
-        const records = await this.#readMany(chunk);
+        const waiterReads = waiters
+          ? chunk.map((id) => this.#reads.get(this.#keys.invocation(waiterOf.get(id)!)))
+          : [];
+        waiterReads.forEach((read) => read.catch(() => {})); // seen by the claim that uses it
+        const [entries, waiting] = await Promise.all([
+          this.#getEntries(chunk.map((id) => this.#keys.invocation(id))),
+          Promise.all(chunk.map((id) => this.#waitsOnSomething(id))),
+        ]);
+        const records = entries.map((entry) => this.#decodeInvocation(entry));
         // An ended invocation's entries (a release that raced a restore leaves one): gone now.
         const ended = new Set(chunk.filter((_, i) => {
           const stored = records[i];
@@ -2324,16 +2372,20 @@ export class KvStore implements Store {
           for (const { key, id } of page) if (ended.has(id)) draft.delete(key);
           await this.#commitBlind(draft);
         }
-        const available = chunk.filter((_, i) => {
+        chunk.forEach((id, i) => {
           const stored = records[i];
-          return stored !== undefined && isAvailable(stored, nowMs);
+          if (stored === undefined || !isAvailable(stored, nowMs) || waiting[i]) return;
+          found.push({
+            id,
+            entry: entries[i]!,
+            stored,
+            ...(waiters ? { waiter: { id: waiterOf.get(id)!, read: waiterReads[i]! } } : {}),
+          });
         });
-        const waiting = await Promise.all(available.map((id) => this.#waitsOnSomething(id)));
-        found.push(...available.filter((_, i) => !waiting[i]));
       }
       const indexed = after !== undefined;
-      if (found.length >= max) return { ids: found, indexed };
-      if (page.length < pageSize) return { ids: found, indexed };
+      if (found.length >= max) return { found, indexed };
+      if (page.length < pageSize) return { found, indexed };
     }
   }
 
@@ -3254,6 +3306,16 @@ function decodeIdempotency(
  * A queue entry's value: the invocation, and its first slot key and rate limit key to order
  * claims by.
  */
+/** An invocation others wait on that can run, as {@linkcode KvStore.blocking} read it. */
+interface BlockingCandidate {
+  readonly id: string;
+  /** Its record's entry as read: a claim's first attempt plans from it (see #apply's `first`). */
+  readonly entry: KvEntryMaybeLike;
+  readonly stored: StoredInvocation;
+  /** Its oldest waiter and that one's record, read with it (the caller, mostly). */
+  readonly waiter?: { readonly id: string; readonly read: Promise<KvEntryMaybeLike> };
+}
+
 interface QueueValue {
   readonly id: string;
   readonly key: string | null;

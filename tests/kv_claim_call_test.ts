@@ -369,3 +369,61 @@ test("[kv] two children of one caller with equal arguments picked up together: t
   // Each claim's first read, none after the insert.
   assert.equal(reads.filter((key) => same(key, edge)).length, 2, "reads of the edge");
 });
+
+test("[kv] a pick-up claims a child waited on from the blocking index's own reads: the child's record is read once, with its caller's and the check that it waits on nothing, then the call edge, then the commit", async () => {
+  const kv = await openKv();
+  const appId = "claim-call-read-ahead";
+  const reads: KvKey[][] = [];
+  const view = interceptKv(kv, { beforeGetMany: (keys) => void reads.push([...keys]) });
+  const app = new Nenc({ appId, kv: view });
+  const child = app.task("child", ({ n }: { n: number }) => n);
+  const { o, actor, caller, execution } = await runningCaller(app);
+  const callee = await runInExecution(execution, () => child.call({ n: 1 }));
+  await o.waitingForResults(caller, [callee]);
+  const keys = new Keys(appId);
+  reads.length = 0;
+  const [claimed] = await within(o.startInvocations(1, actor), DEADLINE_MS, "the pick-up");
+  assert.equal(claimed?.invocation.id, callee.id);
+  assert.equal(claimed?.running, true);
+  const calleeReads = reads.filter((read) =>
+    read.some((key) => same(key, keys.invocation(callee.id)))
+  );
+  // Before, its record was read again for the pick-up's batch, and again by the claim.
+  assert.equal(calleeReads.length, 1, "reads of the child's record");
+  assert.ok(
+    calleeReads[0]!.some((key) => same(key, keys.invocation(caller.id))),
+    "the caller's record is read with the child's",
+  );
+});
+
+test("[kv] a child waited on that another runner claims between the blocking index's read and this pick-up's commit: the commit's check refuses the claim, the record is read again and the child left to the other runner", async () => {
+  const kv = await openKv();
+  const appId = "claim-call-read-ahead-stale";
+  let refused = 0;
+  let other: Promise<unknown> | undefined;
+  const keys = new Keys(appId);
+  let calleeId = "";
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, setKeys) => {
+      if (other !== undefined || !setKeys.some((key) => same(key, keys.invocation(calleeId)))) {
+        return;
+      }
+      // This pick-up's claim of the child, planned from the index's read: another runner first.
+      other = new Nenc({ appId, kv }).orchestrator.startInvocations(1, { runnerId: "r2" });
+      await within(other, DEADLINE_MS, "the other runner's claim");
+    },
+    afterCommit: (ok) => void (ok || refused++),
+  });
+  const app = new Nenc({ appId, kv: view });
+  const child = app.task("child", ({ n }: { n: number }) => n);
+  const { o, actor, caller, execution } = await runningCaller(app);
+  const callee = await runInExecution(execution, () => child.call({ n: 1 }));
+  calleeId = callee.id;
+  await o.waitingForResults(caller, [callee]);
+  const claimed = await within(o.startInvocations(1, actor), DEADLINE_MS, "the pick-up");
+  assert.deepEqual(claimed.map(({ invocation }) => invocation.id), []);
+  assert.equal(refused, 1, "refused commits");
+  const [theirs] = (await other) as { invocation: { id: string }; running: boolean }[];
+  assert.equal(theirs?.invocation.id, callee.id);
+  assert.equal((await app.orchestrator.store.get(callee.id))?.ownerId, "r2");
+});

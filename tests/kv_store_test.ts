@@ -722,3 +722,48 @@ test("[kv] a pick-up given a `ready` promise reads the queue and its candidate a
   const { claimed } = await within(claiming, DEADLINE_MS, "the claim");
   assert.deepEqual(claimed.map((record) => record.id), [invocation.id]);
 });
+
+for (const waited of [false, true]) {
+  test(
+    `[kv] a pick-up takes the slots freed while it read (ClaimRequest.widen), asked once it has read what it may claim: max 1 widened by 2 claims 3 ${
+      waited ? "invocations others wait on" : "queued invocations"
+    }`,
+    async () => {
+      const handle = await openTestKv(":memory:");
+      opened.push(handle);
+      const app = new Nenc({ appId: "widen", kv: handle });
+      const ping = app.task("ping", ({ n }: { n: number }) => n);
+      const waiter = await ping.call({ n: 0 });
+      const { invocations } = await ping.parallelize([1, 2, 3, 4].map((n) => ({ n })));
+      const store = app.orchestrator.store;
+      // The waiter runs (out of the way); with blocking control, the four are waited on.
+      const [first] = await store.claim({
+        runnerId: "r1",
+        nowMs: Date.now(),
+        max: 1,
+        rerouteOnConcurrencyControl: () => true,
+        purgeAtMs: Date.now() + 3_600_000,
+      }).then(({ claimed }) => claimed);
+      assert.equal(first?.id, waiter.id);
+      if (waited) await store.waitFor(waiter.id, invocations.map(({ id }) => id), Date.now());
+      let freed = 2;
+      const { claimed } = await store.claim({
+        runnerId: "r1",
+        nowMs: Date.now(),
+        max: 1,
+        blocking: waited,
+        widen: () => {
+          const more = freed;
+          freed = 0;
+          return more;
+        },
+        rerouteOnConcurrencyControl: () => true,
+        purgeAtMs: Date.now() + 3_600_000,
+      });
+      assert.deepEqual(
+        claimed.map(({ id }) => id),
+        invocations.slice(0, 3).map(({ id }) => id),
+      );
+    },
+  );
+}

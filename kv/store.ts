@@ -942,6 +942,15 @@ export class KvStore implements Store {
   ): Promise<ClaimOutcome> {
     const { runnerId, nowMs } = request;
     let max = request.max;
+    // Once, when it first knows candidates (the blocking index's, else the queue's): widened
+    // later, it would claim a second batch after the first, and what it claimed starts only at its
+    // end.
+    let widened = false;
+    const widenOnce = (): number => {
+      if (!widened) max = widen();
+      widened = true;
+      return max;
+    };
     const takeOn = (id: string): void => {
       this.#claiming.add(id);
       mine.add(id);
@@ -986,7 +995,7 @@ export class KvStore implements Store {
       ? Promise.resolve([])
       : side.blocking.then(async (stamp) => {
         if (stamp === false) return [];
-        const { found, indexed } = await this.#blocking(max, nowMs, () => max = widen());
+        const { found, indexed } = await this.#blocking(max, nowMs, widenOnce);
         this.#hints.read("blocking", stamp, indexed ? -Infinity : Infinity, nowMs);
         return found;
       });
@@ -1129,9 +1138,10 @@ export class KvStore implements Store {
     if (blocking.length > 0) await flush();
     // The ready queue in order, with the due delayed entries (their time or back-off has passed)
     // merged in. The ready queue has no time bound: an entry registered by a process whose clock
-    // runs ahead is due. The slots freed meanwhile join (the queue read past as many).
+    // runs ahead is due. The slots freed meanwhile join, unless they joined at the blocking
+    // index's read (the queue is read past as many).
     preferredControlled = controlled;
-    max = widen();
+    widenOnce();
     // A lane's token in the ready queue stands for the lane's first invocation (one range read).
     // A pick-up from a lane moves its token behind the other lanes, so another pass over the
     // queue serves the next lane first while slots are open: the lanes take turns.

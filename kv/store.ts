@@ -226,6 +226,13 @@ interface LocalSignals {
    */
   readonly ownedHere: Map<string, string>;
   /**
+   * The call ids of invocations registered here with a caller, until a pick-up here takes them on
+   * (at most CALLS_KNOWN, the oldest forgotten first): with the caller's from `ownedHere`, a
+   * pick-up reads a child's call edge and region with its record instead of after it (see
+   * #callReadAhead). A hint: a call id never changes, and one not known is read after.
+   */
+  readonly registeredCalls: Map<string, string>;
+  /**
    * Invocations whose wait edges (as waiter or waited) a change made here wrote: the final change
    * of one lists its edges together with its record's read, not after it (a round trip less for
    * each end in a tree of nested waits). A hint: others list them once the marker is read.
@@ -332,6 +339,8 @@ export class KvStore implements Store {
    * versionstamp of the edge it committed, if it did.
    */
   readonly #edgeClaims = new Map<string, Promise<string | undefined>>();
+  /** Reads of a call edge and its region made ahead, by their call ids, while in flight. */
+  readonly #callReads = new Map<string, CallReadAhead["read"]>();
   /** The versionstamps of the drafts committed on their own (see #commitDraft). */
   readonly #committedAt = new WeakMap<AtomicDraft, string>();
   /**
@@ -363,6 +372,7 @@ export class KvStore implements Store {
           work: new Set(),
           newWork: false,
           ownedHere: new Map(),
+          registeredCalls: new Map(),
           waitNodes: new Set(),
         },
       );
@@ -572,7 +582,12 @@ export class KvStore implements Store {
       this.#encode({ record, queue, history: [entry] }, record.id),
     );
     op.set(keys.byTask(record.taskId, record.id), encode(null));
-    if (record.parentId !== null) op.set(keys.byParent(record.parentId, record.id), encode(null));
+    if (record.parentId !== null) {
+      op.set(keys.byParent(record.parentId, record.id), encode(null));
+      const known = this.#local.registeredCalls;
+      known.set(record.id, record.callId);
+      if (known.size > CALLS_KNOWN) known.delete(known.keys().next().value!);
+    }
     op.set(keys.queue(queue), encode(queueValue(record)));
     if (delayed) op.signal(keys.hint("time"), encode(null));
     return record;
@@ -1033,6 +1048,9 @@ export class KvStore implements Store {
       // Once: a later try (a later pass) reads afresh.
       const ahead = readAhead.get(id);
       readAhead.delete(id);
+      // For the first attempt only: one refused (that read gone stale, say) reads again.
+      let callAhead = ahead !== undefined ? ahead.call : this.#callReadAhead(id, parent);
+      this.#local.registeredCalls.delete(id);
       // Read once, for every attempt: a caller that ends after this read loses its hold again
       // after the commit (see #releaseIfEnded), and an ended one stays ended.
       let callerRead = parent === undefined
@@ -1058,7 +1076,9 @@ export class KvStore implements Store {
             if (atOnce || request.runWithCall?.(record) !== true) call = undefined;
             else {
               callerRead ??= this.#reads.get(this.#keys.invocation(record.parentId!));
-              call = await this.#claimCall(record, callerRead, settled);
+              const callRead = callAhead;
+              callAhead = undefined;
+              call = await this.#claimCall(record, callerRead, settled, callRead);
             }
             return {
               path: atOnce || call?.running ? [PENDING, RUNNING] : [PENDING],
@@ -1215,7 +1235,8 @@ export class KvStore implements Store {
   }
 
   // reads: inv/<caller> (`callerRead`: with the candidate's record when its queue entry names the
-  // caller), then together calls/<caller>/<callee> and the callee's region (see addCall).
+  // caller), then together calls/<caller>/<callee> and the callee's region (see addCall) — read
+  // with the record instead (`ahead`) when both call ids are known here (see #callReadAhead).
   /**
    * How the claim of a child `record` goes on (`ClaimRequest.runWithCall`): to RUNNING without a
    * call edge when its caller is gone or final (as `addCallAndCheckCycles`); with the insertion
@@ -1228,6 +1249,7 @@ export class KvStore implements Store {
     record: InvocationRecord,
     callerRead: Promise<KvEntryMaybeLike>,
     settled: Promise<string | undefined>,
+    ahead?: CallReadAhead,
   ): Promise<ClaimCall> {
     const found = this.#decodeInvocation(await callerRead)?.record;
     // A caller that is gone or final cannot be part of a live cycle; and its hold would never be
@@ -1236,7 +1258,10 @@ export class KvStore implements Store {
     const caller = callRefOf(found);
     const callee = callRefOf(record);
     if (caller.callId === callee.callId) return { running: false };
-    let { existing, region } = await this.#readCall(caller, callee);
+    // Read ahead for these calls, or now: as old a read as the commit checks either way.
+    let { existing, region } = ahead?.caller === caller.callId && ahead.callee === callee.callId
+      ? await ahead.read
+      : await this.#readCall(caller, callee);
     if (existing.versionstamp === null) {
       // Claims of this store inserting one edge (a caller's calls with equal arguments, picked up
       // together): the first inserts it, the others wait for it and reuse it, instead of failing
@@ -1269,6 +1294,33 @@ export class KvStore implements Store {
     // An edge already there is reused, ours included (an earlier try's commit applied though it
     // reported failure): the holders again, the edge checked unchanged, nothing written twice.
     return { running: true, edge: { caller, callee, existing, checked: region.versions } };
+  }
+
+  /**
+   * A child's claim reads its call edge and its region once its caller's record and its own give
+   * their call ids (see #claimCall): when this process holds the caller (a paused parent) and
+   * registered the child, both are known now, and the read goes with the record's — a round trip
+   * less on every child's pick-up. Made for every such candidate, whether its claim goes on to
+   * use it (a cycle check) or not: a range read and a key more in a round trip made anyway.
+   */
+  #callReadAhead(id: string, parent: string | undefined): CallReadAhead | undefined {
+    if (parent === undefined) return undefined;
+    const callee = this.#local.registeredCalls.get(id);
+    const caller = this.#local.ownedHere.get(parent);
+    // A self-call adds no edge (see #claimCall).
+    if (callee === undefined || caller === undefined || callee === caller) return undefined;
+    // Children of one call by callers of one call (siblings, cousins) share one read in flight.
+    const pair = `${caller}\n${callee}`;
+    let read = this.#callReads.get(pair);
+    if (read === undefined) {
+      const reading = read = this.#readCall(
+        { callId: caller, invocationId: parent },
+        { callId: callee, invocationId: id },
+      );
+      this.#callReads.set(pair, reading);
+      reading.catch(() => {}).finally(() => this.#callReads.delete(pair));
+    }
+    return { caller, callee, read };
   }
 
   // reads: inv/<caller>; then as removeCall.
@@ -2367,6 +2419,7 @@ export class KvStore implements Store {
           ? chunk.map((id) => this.#reads.get(this.#keys.invocation(waiterOf.get(id)!)))
           : [];
         waiterReads.forEach((read) => read.catch(() => {})); // seen by the claim that uses it
+        const calls = waiters ? chunk.map((id) => this.#callReadAhead(id, waiterOf.get(id)!)) : [];
         const [entries, waiting] = await Promise.all([
           this.#getEntries(chunk.map((id) => this.#keys.invocation(id))),
           Promise.all(chunk.map((id) => this.#waitsOnSomething(id))),
@@ -2389,7 +2442,9 @@ export class KvStore implements Store {
             id,
             entry: entries[i]!,
             stored,
-            ...(waiters ? { waiter: { id: waiterOf.get(id)!, read: waiterReads[i]! } } : {}),
+            ...(waiters
+              ? { waiter: { id: waiterOf.get(id)!, read: waiterReads[i]! }, call: calls[i] }
+              : {}),
           });
         });
       }
@@ -3316,6 +3371,14 @@ function decodeIdempotency(
  * A queue entry's value: the invocation, and its first slot key and rate limit key to order
  * claims by.
  */
+/** A claim's read of a call edge and the callee's region, made ahead (see #callReadAhead). */
+interface CallReadAhead {
+  /** The call ids read for. */
+  readonly caller: string;
+  readonly callee: string;
+  readonly read: Promise<{ existing: KvEntryMaybeLike; region: CallRegion }>;
+}
+
 /** An invocation others wait on that can run, as {@linkcode KvStore.blocking} read it. */
 interface BlockingCandidate {
   readonly id: string;
@@ -3324,6 +3387,8 @@ interface BlockingCandidate {
   readonly stored: StoredInvocation;
   /** Its oldest waiter and that one's record, read with it (the caller, mostly). */
   readonly waiter?: { readonly id: string; readonly read: Promise<KvEntryMaybeLike> };
+  /** The call edge waiter → it and its region, read with it when known here. */
+  readonly call?: CallReadAhead | undefined;
 }
 
 interface QueueValue {
@@ -3535,6 +3600,8 @@ const MAX_CHECKS = 10;
 const REGION_CHECKS = MAX_CHECKS - 1;
 /** The lists of one level of a call region's walk in flight at once. */
 const REGION_LISTS = 50;
+/** The call ids of invocations registered here that a process keeps (see registeredCalls). */
+const CALLS_KNOWN = 10_000;
 /** How long a purge entry outlives its invocation's keys, for the sweep to delete any left. */
 const PURGE_ENTRY_GRACE_MS = 24 * 3_600_000;
 const MIN_POLL_ROUND_MS = 5;

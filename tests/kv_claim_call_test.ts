@@ -342,7 +342,7 @@ test("[kv] a pick-up claims its blocking candidates together: with the claim of 
   assert.deepEqual(claimed.map(({ running }) => running), [true, true]);
 });
 
-test("[kv] two children of one caller with equal arguments picked up together: the first claim inserts their call edge, the second waits for it and reuses it at the versionstamp of that commit — no refused commit, the edge written once and not read again, both straight to RUNNING", async () => {
+test("[kv] two children of one caller with equal arguments picked up together: the first claim inserts their call edge, the second waits for it and reuses it at the versionstamp of that commit — no refused commit, the edge read once for both, written once and not read again, both straight to RUNNING", async () => {
   const kv = await openKv();
   const appId = "claim-call-same-edge";
   const commits: { ok: boolean; keys: KvKey[] }[] = [];
@@ -366,11 +366,12 @@ test("[kv] two children of one caller with equal arguments picked up together: t
   assert.deepEqual(commits.filter(({ ok }) => !ok), [], "refused commits");
   const edge = new Keys(appId).callEdge(caller.callId, first!.callId);
   assert.equal(commits.filter(({ keys }) => keys.some((key) => same(key, edge))).length, 1);
-  // Each claim's first read, none after the insert.
-  assert.equal(reads.filter((key) => same(key, edge)).length, 2, "reads of the edge");
+  // One read, made ahead with their records (this process holds the caller and registered them)
+  // and shared by both claims; none after the insert.
+  assert.equal(reads.filter((key) => same(key, edge)).length, 1, "reads of the edge");
 });
 
-test("[kv] a pick-up claims a child waited on from the blocking index's own reads: the child's record is read once, with its caller's and the check that it waits on nothing, then the call edge, then the commit", async () => {
+test("[kv] a pick-up claims a child waited on from the blocking index's own reads: the child's record is read once, with its caller's, its call edge (this process holds the caller and registered the child) and the check that it waits on nothing, then the commit", async () => {
   const kv = await openKv();
   const appId = "claim-call-read-ahead";
   const reads: KvKey[][] = [];
@@ -393,6 +394,12 @@ test("[kv] a pick-up claims a child waited on from the blocking index's own read
   assert.ok(
     calleeReads[0]!.some((key) => same(key, keys.invocation(caller.id))),
     "the caller's record is read with the child's",
+  );
+  const edge = keys.callEdge(caller.callId, callee.callId);
+  assert.deepEqual(
+    reads.filter((read) => read.some((key) => same(key, edge))),
+    calleeReads,
+    "the call edge is read with the child's record, once",
   );
 });
 
@@ -426,4 +433,47 @@ test("[kv] a child waited on that another runner claims between the blocking ind
   const [theirs] = (await other) as { invocation: { id: string }; running: boolean }[];
   assert.equal(theirs?.invocation.id, callee.id);
   assert.equal((await app.orchestrator.store.get(callee.id))?.ownerId, "r2");
+});
+
+test("[kv] a child's claim planned from its call region read ahead (with its record), which another process changed before the commit: the commit's check refuses it, and the next attempt reads the region again and claims it", async () => {
+  const kv = await openKv();
+  const appId = "claim-call-ahead-stale";
+  const keys = new Keys(appId);
+  let refused = 0;
+  let armed = false;
+  let calleeCall = "";
+  const view = interceptKv(kv, {
+    beforeCommit: async (_values, setKeys) => {
+      if (!armed || !setKeys.some((key) => key[2] === "exec")) return;
+      armed = false;
+      // Another process adds an edge out of the child's call: its region's version moves.
+      const plain = new KvStore(kv, { appId, clock: systemClock });
+      await plain.addCall({ callId: calleeCall, invocationId: "elsewhere" }, {
+        callId: "other",
+        invocationId: "o1",
+      });
+    },
+    afterCommit: (ok) => void (ok || refused++),
+  });
+  const reads: KvKey[][] = [];
+  const app = new Nenc({
+    appId,
+    kv: interceptKv(view, { beforeGetMany: (read) => void reads.push([...read]) }),
+  });
+  const child = app.task("child", ({ n }: { n: number }) => n);
+  const { o, actor, caller, execution } = await runningCaller(app);
+  const callee = await runInExecution(execution, () => child.call({ n: 1 }));
+  calleeCall = callee.callId;
+  reads.length = 0;
+  armed = true;
+  const [claimed] = await within(o.startInvocations(1, actor), DEADLINE_MS, "the pick-up");
+  assert.equal(claimed?.invocation.id, callee.id);
+  assert.equal(claimed?.running, true);
+  assert.equal(refused, 1, "refused commits");
+  const edge = keys.callEdge(caller.callId, callee.callId);
+  const edgeReads = reads.filter((read) => read.some((key) => same(key, edge)));
+  // Read ahead with the child's record, then again for the second attempt.
+  assert.equal(edgeReads.length, 2, "reads of the edge");
+  assert.ok(edgeReads[0]!.some((key) => same(key, keys.invocation(callee.id))));
+  assert.notEqual((await kv.get(edge)).versionstamp, null);
 });

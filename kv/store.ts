@@ -917,15 +917,16 @@ export class KvStore implements Store {
   //
   // A child (`runWithCall`) goes on to RUNNING with its call edge caller → child in the same
   // commit (see #claimCall). reads: inv/<caller> with inv/<child> (one getMany: the caller's id
-  // is in the queue entry, or in the record of a blocking candidate, whose records are read
-  // together first), then together calls/<caller>/<child> and the child's region (see addCall);
-  // checks: the claim's own (see #apply), the edge, and calls/<x> for x in the region — left at
-  // PENDING when they would be more than 10; writes: the claim's, both holders and both
-  // hver/<call>, a new edge with its reverse and calls/<caller>. It commits on its own, not in a
-  // group commit (see #commitDraft). After the commit, off the pick-up's path, inv/<caller> again
-  // (see #releaseIfEnded). Applied though reported failed, the child is the runner's orphan:
-  // handed back, and claimed again, it finds its edge (its own, or another holder's) and reuses
-  // it, as addCall does: the edge is not written twice.
+  // is in the queue entry; a blocking candidate's record is read by the blocking index's read,
+  // with its oldest waiter's, the caller mostly), then together calls/<caller>/<child> and the
+  // child's region (see addCall) — with the records when both call ids are known here (see
+  // #callReadAhead); checks: the claim's own (see #apply), the edge, and calls/<x> for x in the
+  // region — left at PENDING when they would be more than 10; writes: the claim's, both holders
+  // and both hver/<call>, a new edge with its reverse and calls/<caller>. It commits on its own,
+  // not in a group commit (see #commitDraft). After the commit, off the pick-up's path,
+  // inv/<caller> again (see #releaseIfEnded). Applied though reported failed, the child is the
+  // runner's orphan: handed back, and claimed again, it finds its edge (its own, or another
+  // holder's) and reuses it, as addCall does: the edge is not written twice.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
     await this.#ensureSchema(true);
     // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past

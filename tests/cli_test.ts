@@ -162,14 +162,18 @@ async function withGatedRunner(
 }
 
 /**
- * Waits until the parent waits on its two children and both run (their call edges are in), a hang
- * guard, not a time limit; resolves to the live graphs then.
+ * Waits until the parent waits on its two children and both run (their call edges are in, and the
+ * holders of both ends: graphs() lists holders, edges and waits one after the other, so a claim
+ * that commits between its lists shows its edge without its holders), a hang guard, not a time
+ * limit; resolves to the live graphs then.
  */
 async function parentWaiting(app: Nenc): Promise<LiveGraphs> {
   let graphs!: LiveGraphs;
   await waitUntil(async () => {
     graphs = await app.orchestrator.store.graphs();
-    return graphs.waits.length === 2 && graphs.calls.edges.length === 2;
+    const held = new Set(graphs.calls.calls.map(({ callId }) => callId));
+    return graphs.waits.length === 2 && graphs.calls.edges.length === 2 &&
+      graphs.calls.edges.flat().every((callId) => held.has(callId));
   }, {
     intervalMs: 10,
     message: "the parent never waited on both children running",

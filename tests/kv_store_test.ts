@@ -767,3 +767,43 @@ for (const waited of [false, true]) {
     },
   );
 }
+
+test("[kv] a runner's pick-up takes the slot an execution frees while it reads (ClaimRequest.widen): with 2 slots, one held and one picking up, the end of the first lets that pick-up claim two", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const store = new KvStore(handle, { appId: "widen-runner", clock: systemClock });
+  let claims = 0;
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => open = resolve);
+  const claimed: number[] = [];
+  const gated = new Proxy(store, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target);
+      if (typeof value !== "function") return value;
+      if (property !== "claim") return value.bind(target);
+      return async (request: Parameters<KvStore["claim"]>[0]) => {
+        // The runner's second pick-up waits here (its reads not begun) until the test opens it.
+        if (++claims === 2) await within(gate, DEADLINE_MS, "the gate");
+        const outcome = await target.claim(request);
+        claimed.push(outcome.claimed.length);
+        return outcome;
+      };
+    },
+  });
+  const app = new Nenc({ appId: "widen-runner", store: gated });
+  let release!: () => void;
+  const latch = new Promise<void>((resolve) => release = resolve);
+  const hold = app.task("hold", () => latch);
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  const held = await hold.call();
+  await using runner = app.runner({ concurrency: 2, pollMs: 10 });
+  runner.start();
+  await waitUntil(() => claims === 2, { message: "the second pick-up" });
+  const pings = [await ping.call({ n: 1 }), await ping.call({ n: 2 })];
+  release();
+  await within(held.result(), DEADLINE_MS, "the held one's end");
+  open();
+  await within(Promise.all(pings.map((invocation) => invocation.result())), DEADLINE_MS, "pings");
+  // The first pick-up claimed the held one; the second, for one slot, claimed both pings.
+  assert.deepEqual(claimed.slice(0, 2), [1, 2]);
+});

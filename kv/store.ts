@@ -3368,10 +3368,6 @@ function decodeIdempotency(
   return { id: value.id, expiresAtMs: value.expiresAtMs };
 }
 
-/**
- * A queue entry's value: the invocation, and its first slot key and rate limit key to order
- * claims by.
- */
 /** A claim's read of a call edge and the callee's region, made ahead (see #callReadAhead). */
 interface CallReadAhead {
   /** The call ids read for. */
@@ -3392,6 +3388,10 @@ interface BlockingCandidate {
   readonly call?: CallReadAhead | undefined;
 }
 
+/**
+ * A queue entry's value: the invocation, and its first slot key and rate limit key to order
+ * claims by.
+ */
 interface QueueValue {
   readonly id: string;
   readonly key: string | null;

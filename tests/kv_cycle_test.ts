@@ -712,6 +712,55 @@ test("KV cycle control: a child whose call edge commit was applied but reported 
   assert.ok(faulted, "the commit of the edge parent → child was reported failed");
 });
 
+/**
+ * The removals of holds of call C through a store over `kv` whose next commit, once armed, meets
+ * `fault`: `remove(...holders)` asks for them together, sees them reject with the fault (and once
+ * more while the store stays down), then asks again, as the orchestrator's clean-up does, to the end.
+ */
+function faultedRemovals(
+  kv: KvLike,
+  appId: string,
+  fault: keyof typeof faults,
+): (...holders: string[]) => Promise<void> {
+  let armed = false;
+  let down = false;
+  const throwIfDown = (): void => {
+    if (down) throw new InjectedStoreFault("down");
+  };
+  const removing = new KvStore(
+    interceptKv(kv, {
+      beforeGet: throwIfDown,
+      beforeGetMany: throwIfDown,
+      beforeList: throwIfDown,
+      // Each removal below makes one commit: a release, or a deletion.
+      beforeCommit: () => {
+        throwIfDown();
+        if (!armed || fault !== "refuse") return;
+        armed = false;
+        throw new InjectedStoreFault(fault);
+      },
+      afterCommit: () => {
+        if (!armed) return;
+        armed = false;
+        down = fault === "down";
+        throw new InjectedStoreFault(fault);
+      },
+    }),
+    { appId, clock: systemClock },
+  );
+  const together = (holders: string[]) =>
+    Promise.all(holders.map((holder) => removing.removeCall(call("C", holder))));
+  return async (...holders) => {
+    armed = true;
+    await assert.rejects(together(holders), InjectedStoreFault);
+    if (fault === "down") {
+      await assert.rejects(together(holders), InjectedStoreFault);
+      down = false;
+    }
+    await together(holders);
+  };
+}
+
 // Faults of the two commits of a call's removal: the release of a holder while another one holds
 // the call, and the deletion by the last one (each the removal's one commit). The removal
 // rejects with the store's error; tried again (as the orchestrator's clean-up is), it ends as it
@@ -729,41 +778,7 @@ for (const fault of ["refuse", "applied", "down"] as const) {
       const plain = gatedStore(kv, appId, {});
       await plain.addCall(call("C", "x1"), call("D", "d1"));
       await plain.addCall(call("C", "x2"), call("D", "d2"));
-      let armed = true;
-      let down = false;
-      const throwIfDown = (): void => {
-        if (down) throw new InjectedStoreFault("down");
-      };
-      const removing = new KvStore(
-        interceptKv(kv, {
-          beforeGet: throwIfDown,
-          beforeGetMany: throwIfDown,
-          beforeList: throwIfDown,
-          // Each removal below makes one commit: the release, then the deletion.
-          beforeCommit: () => {
-            throwIfDown();
-            if (!armed || fault !== "refuse") return;
-            armed = false;
-            throw new InjectedStoreFault(fault);
-          },
-          afterCommit: () => {
-            if (!armed) return;
-            armed = false;
-            down = fault === "down";
-            throw new InjectedStoreFault(fault);
-          },
-        }),
-        { appId, clock: systemClock },
-      );
-      const remove = async (holder: string): Promise<void> => {
-        armed = true;
-        await assert.rejects(removing.removeCall(call("C", holder)), InjectedStoreFault);
-        if (fault === "down") {
-          await assert.rejects(removing.removeCall(call("C", holder)), InjectedStoreFault);
-          down = false;
-        }
-        await removing.removeCall(call("C", holder));
-      };
+      const remove = faultedRemovals(kv, appId, fault);
       await remove("x1"); // x2 still holds C
       assert.deepEqual(await keysUnder(kv, keys.callHolder("C")), [keys.callHolder("C", "x2")]);
       assert.deepEqual(
@@ -902,42 +917,7 @@ for (const fault of ["refuse", "applied", "down"] as const) {
       for (const holder of ["x1", "x2", "x3", "x4"]) {
         await plain.addCall(call("C", holder), call("D", `d-${holder}`));
       }
-      let armed = false;
-      let down = false;
-      const throwIfDown = (): void => {
-        if (down) throw new InjectedStoreFault("down");
-      };
-      const removing = new KvStore(
-        interceptKv(kv, {
-          beforeGet: throwIfDown,
-          beforeGetMany: throwIfDown,
-          beforeList: throwIfDown,
-          beforeCommit: () => {
-            throwIfDown();
-            if (!armed || fault !== "refuse") return;
-            armed = false;
-            throw new InjectedStoreFault(fault);
-          },
-          afterCommit: () => {
-            if (!armed) return;
-            armed = false;
-            down = fault === "down";
-            throw new InjectedStoreFault(fault);
-          },
-        }),
-        { appId, clock: systemClock },
-      );
-      const together = (...holders: string[]) =>
-        Promise.all(holders.map((holder) => removing.removeCall(call("C", holder))));
-      const remove = async (...holders: string[]): Promise<void> => {
-        armed = true;
-        await assert.rejects(together(...holders), InjectedStoreFault);
-        if (fault === "down") {
-          await assert.rejects(together(...holders), InjectedStoreFault);
-          down = false;
-        }
-        await together(...holders);
-      };
+      const remove = faultedRemovals(kv, appId, fault);
       await remove("x1", "x3"); // x2 and x4 still hold C
       assert.deepEqual(await keysUnder(kv, keys.callHolder("C")), [
         keys.callHolder("C", "x2"),

@@ -320,10 +320,7 @@ export class GroupCommitter {
    */
   async #stale(batch: readonly Waiting[]): Promise<boolean[]> {
     const checks = batch.flatMap(({ draft }) => draft.checks);
-    const chunks: KvKey[][] = [];
-    for (let start = 0; start < checks.length; start += GET_MANY_LIMIT) {
-      chunks.push(checks.slice(start, start + GET_MANY_LIMIT).map(({ key }) => key));
-    }
+    const chunks = chunked(checks.map(({ key }) => key), GET_MANY_LIMIT);
     const entries = (await Promise.all(chunks.map((keys) => this.#kv.getMany(keys)))).flat();
     const changed = new Set(
       checks.flatMap((check, i) =>
@@ -415,14 +412,22 @@ export class ReadCoalescer {
   #flush(): void {
     const reads = this.#reads;
     this.#reads = [];
-    for (let start = 0; start < reads.length; start += GET_MANY_LIMIT) {
-      const chunk = reads.slice(start, start + GET_MANY_LIMIT);
+    for (const chunk of chunked(reads, GET_MANY_LIMIT)) {
       this.#kv.getMany(chunk.map(({ key }) => key)).then(
         (entries) => chunk.forEach((read, i) => read.resolve(entries[i]!)),
         (error) => chunk.forEach((read) => read.reject(error)),
       );
     }
   }
+}
+
+/** `items` in runs of at most `size`, in order. */
+export function chunked<T>(items: readonly T[], size: number): T[][] {
+  const chunks: T[][] = [];
+  for (let start = 0; start < items.length; start += size) {
+    chunks.push(items.slice(start, start + size));
+  }
+  return chunks;
 }
 
 /** Whether `error` is SQLite's "database is locked", thrown when processes share a file. */

@@ -78,7 +78,14 @@ import {
   tickClaimMs,
   upsertSchedule,
 } from "../core/schedules.ts";
-import { AtomicDraft, backoff, GroupCommitter, isLocked, ReadCoalescer } from "./_batching.ts";
+import {
+  AtomicDraft,
+  backoff,
+  chunked,
+  GroupCommitter,
+  isLocked,
+  ReadCoalescer,
+} from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { HINT_KINDS, type HintKind, SideHints } from "./_hints.ts";
 import { Keys } from "./keys.ts";
@@ -2121,13 +2128,10 @@ export class KvStore implements Store {
           // The released holders and hver/<call> go in the last commit, all of them: a removal
           // cut short leaves every one of its holders, and is finished when tried again.
           const last = [...mine, version];
-          const chunks: KvKey[][] = [];
-          let rest = edges;
-          while (rest.length + last.length > CHUNK_MUTATIONS) {
-            chunks.push(rest.slice(0, CHUNK_MUTATIONS));
-            rest = rest.slice(CHUNK_MUTATIONS);
-          }
-          chunks.push([...rest, ...last]);
+          const chunks = chunked(edges, CHUNK_MUTATIONS);
+          const tail = chunks.at(-1)!; // the edges hold calls/<call> at least
+          if (tail.length + last.length <= CHUNK_MUTATIONS) tail.push(...last);
+          else chunks.push(last);
           let done = 0;
           for (const chunk of chunks) {
             const op = this.#kv.atomic().check({ key: version, versionstamp: stamp });
@@ -3533,13 +3537,6 @@ function checkWaits(waiterId: string, waitedIds: readonly string[]): void {
 }
 
 /** `items` in chunks of at most `size`, in order. */
-function chunked<T>(items: readonly T[], size: number): T[][] {
-  const chunks: T[][] = [];
-  for (let start = 0; start < items.length; start += size) {
-    chunks.push(items.slice(start, start + size));
-  }
-  return chunks;
-}
 const purgePosition = timePosition;
 
 /**

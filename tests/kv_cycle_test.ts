@@ -839,7 +839,6 @@ test("KV cycle control: a removal asked again for the same holder while the firs
   let armed = true;
   // The first removal's read of P's holder (absent then) is answered only once the gate opens.
   const view: KvLike = {
-    ...kv,
     get: (key) => kv.get(key),
     getMany: async (keysRead) => {
       const entries = await kv.getMany(keysRead);

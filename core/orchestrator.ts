@@ -32,6 +32,7 @@ import {
   callRefOf,
   type ChangeOutcome,
   type ClaimOutcome,
+  type ClaimRequest,
   holdsSlots,
   type InvocationRecord,
   type NewInvocation,
@@ -1138,7 +1139,8 @@ export class Orchestrator {
    * defines) goes straight through
    * PENDING to RUNNING in the same atomic step — one storage round trip less per invocation. The
    * others stop at PENDING; the runner calls {@linkcode Orchestrator.setInvocationRun} for them.
-   * With `ready`, it reads at once and claims once that resolves (see `ClaimRequest.ready`).
+   * With `ready`, it reads at once and claims once that resolves, or with the ends of `freedBy`
+   * (see `ClaimRequest.ready` and `ClaimRequest.freedBy`).
    * `more`: it took all it could and saw more queued behind (see `ClaimOutcome.more`).
    */
   async startInvocations(
@@ -1147,6 +1149,7 @@ export class Orchestrator {
       runnerId: string;
       accepts?: (taskId: string) => boolean;
       ready?: Promise<void>;
+      freedBy?: readonly string[];
       widen?: () => number;
     },
   ): Promise<
@@ -1166,14 +1169,7 @@ export class Orchestrator {
       readonly trace: string | undefined;
     }[] & { readonly more: boolean }
   > {
-    const outcome = await this.#claim(
-      max,
-      options.runnerId,
-      true,
-      options.accepts,
-      options.ready,
-      options.widen,
-    );
+    const outcome = await this.#claim(max, options.runnerId, true, options.accepts, options);
     const started = outcome.claimed.map((record) => ({
       invocation: new Invocation(this, record),
       running: record.status === InvocationStatus.RUNNING,
@@ -1192,8 +1188,7 @@ export class Orchestrator {
     runnerId: string,
     start: boolean,
     accepts: ((taskId: string) => boolean) | undefined,
-    ready?: Promise<void>,
-    widen?: () => number,
+    { ready, freedBy, widen }: Pick<ClaimRequest, "ready" | "freedBy" | "widen"> = {},
   ): Promise<ClaimOutcome> {
     const nowMs = this.#host.clock.now();
     const cycleControl = this.options.cycleControl;
@@ -1207,6 +1202,7 @@ export class Orchestrator {
       purgeAtMs: this.#purgeAtMs(nowMs),
       ...(accepts !== undefined ? { accepts } : {}),
       ...(ready !== undefined ? { ready } : {}),
+      ...(freedBy !== undefined ? { freedBy } : {}),
       ...(widen !== undefined ? { widen } : {}),
       ...(start
         ? {

@@ -193,6 +193,8 @@ type Claimed = Awaited<ReturnType<Orchestrator["startInvocations"]>>;
 class SlotsAhead {
   /** The slots passed to it. */
   count = 0;
+  /** The invocations whose ends give them back (see `ClaimRequest.freedBy`). */
+  readonly freedBy: string[] = [];
   readonly ready: Promise<void>;
   #given = 0;
   #closed = false;
@@ -627,7 +629,7 @@ export class Runner implements AsyncDisposable {
       const slots = ahead = this.#gathering = new SlotsAhead(this.#stop.signal);
       queueMicrotask(() => {
         this.#gathering = undefined;
-        const pickUp: Promise<void> = this.#pickUp(slots.count, slots.ready).then(
+        const pickUp: Promise<void> = this.#pickUp(slots.count, slots).then(
           (claimed) => slots.close(claimed),
           () => slots.close(0),
         ).then((unused) => this.#giveBack(unused)).finally(() => {
@@ -639,6 +641,7 @@ export class Runner implements AsyncDisposable {
       });
     }
     ahead.count++;
+    ahead.freedBy.push(execution.invocation.id);
     const slots = ahead;
     execution.passSlot(() => {
       // Given back after its pick-up ended: a slot freed as any other.
@@ -652,13 +655,13 @@ export class Runner implements AsyncDisposable {
    */
   async #pickUp(
     max: number,
-    ready?: Promise<void>,
+    ahead?: SlotsAhead,
     widen?: () => number,
   ): Promise<number> {
     const claimed = await this.#host.orchestrator.startInvocations(max, {
       runnerId: this.id,
       accepts: this.#accepts,
-      ...(ready !== undefined ? { ready } : {}),
+      ...(ahead !== undefined ? { ready: ahead.ready, freedBy: ahead.freedBy } : {}),
       ...(widen !== undefined ? { widen } : {}),
     });
     this.#saturated = claimed.more;

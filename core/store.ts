@@ -490,6 +490,13 @@ export interface ClaimRequest {
    */
   readonly ready?: Promise<void>;
   /**
+   * With `ready`: the invocations whose ends give those slots back (their executions returned,
+   * their end writes under way). A backend may commit a claim in the same atomic step as one of
+   * those ends instead of after it: the commit that records an execution's end gives its slot
+   * back, and may take it again for the next invocation (§7.1's slots), one commit instead of two.
+   */
+  readonly freedBy?: readonly string[];
+  /**
    * Slots freed since the pick-up began: called when it has read what it may claim, it hands the
    * pick-up those slots too and says how many (`0`: none). A backend whose pick-up takes a while
    * (round trips) may ask; what it claims is then at most `max` plus what this gave.

@@ -112,6 +112,16 @@ export class AtomicDraft {
     return this;
   }
 
+  /** Takes `other`'s checks, mutations and signals in: one operation commits both, or neither. */
+  absorb(other: AtomicDraft): this {
+    this.checks.push(...other.checks);
+    this.mutations.push(...other.mutations);
+    for (const key of other.keys) this.keys.add(key);
+    for (const [text, signal] of other.signals) this.signals.set(text, signal);
+    this.bytes += other.bytes;
+    return this;
+  }
+
   /** Adds this draft to an atomic operation; the signals not in `signaled` yet (then added). */
   applyTo(op: KvAtomicLike, signaled: Set<string> = new Set()): void {
     for (const [text, { key, value }] of this.signals) {
@@ -204,6 +214,17 @@ export class GroupCommitter {
       this.#signaling--;
       this.#signalEpoch++;
     });
+  }
+
+  /**
+   * Whether `b` may join `a` in one operation, as a batch would take them: no key in common, and
+   * together within this store's checks, and within the mutations and bytes of one operation.
+   */
+  fits(a: AtomicDraft, b: AtomicDraft): boolean {
+    return ![...b.keys].some((key) => a.keys.has(key)) &&
+      a.checks.length + b.checks.length <= this.#maxChecks &&
+      a.mutations.length + b.mutations.length <= MAX_MUTATIONS &&
+      a.bytes + b.bytes <= MAX_BYTES;
   }
 
   /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */

@@ -88,6 +88,7 @@ import {
 } from "./_batching.ts";
 import { closeAware } from "./_closed.ts";
 import { HINT_KINDS, type HintKind, SideHints } from "./_hints.ts";
+import { Ride, type Seat } from "./_ride.ts";
 import { Keys } from "./keys.ts";
 import type { KvAtomicLike, KvEntryLike, KvEntryMaybeLike, KvKey, KvLike } from "./kv_like.ts";
 
@@ -339,6 +340,8 @@ export class KvStore implements Store {
    * refill, a second runner of the app) reads past them instead of racing it for them.
    */
   readonly #claiming = new Set<string>();
+  /** The rides of this store's pick-ups, by the invocation whose end may take their claims. */
+  readonly #rides = new Map<string, Ride>();
   /** The slots the pick-ups of this store under way claim for, in all. */
   #claimingMax = 0;
   /**
@@ -633,6 +636,7 @@ export class KvStore implements Store {
     ready?: Promise<void>,
     stage?: (op: AtomicDraft, next: InvocationRecord) => boolean,
     first?: KvEntryMaybeLike,
+    seat?: Seat,
   ): Promise<ChangeOutcome> {
     const keys = this.#keys;
     // A change to a final status reads the wait graph marker with the record (one read).
@@ -666,8 +670,9 @@ export class KvStore implements Store {
         return { ok: false, reason: "missing" };
       }
       // A claim for a slot about to be given back: the record is read, the rest (its slot keys,
-      // the commit) waits for the slot.
-      if (ready !== undefined) await ready;
+      // the commit) waits for the slot — or, on a ride, goes in the commit that gives it back.
+      if (attempt > 0 || seat?.wants(stored.record) === false) seat?.leave();
+      if (ready !== undefined && seat?.joined !== true) await ready;
       const { record } = stored;
       let change = typeof changeOf === "function" ? await changeOf(record) : changeOf;
       if (change.expectSeq !== undefined && change.expectSeq !== record.seq) {
@@ -693,7 +698,12 @@ export class KvStore implements Store {
       if (plan.touchesSlots && slots.length > 0) {
         // Every slot key of the invocation (its running key, its groups', at most 5), its rate
         // limit key, its lane when that is no slot key (a priority other than 0), and the running
-        // key's reservation in one read; all taken in this commit, or none.
+        // key's reservation in one read; all taken in this commit, or none. Read once the slot is
+        // given back: another end of this runner may release one of them.
+        if (seat?.joined === true) {
+          seat.leave();
+          await ready;
+        }
         const entries = await this.#kv.getMany([
           ...slots.map(({ key }) => keys.slot(key)),
           ...(runningKey !== null ? [keys.reservation(runningKey)] : []),
@@ -866,7 +876,7 @@ export class KvStore implements Store {
       const holdsNoCall = plan.final && hold !== undefined && next.callId === callId &&
         this.#group.roomy && (await held!).versionstamp === null && op.checks.length < MAX_CHECKS;
       if (holdsNoCall) op.check({ key: hold!, versionstamp: null });
-      if (await (alone ? this.#commitDraft(op) : this.#group.commit(op))) {
+      if (await this.#commitStep(op, alone, plan.executions.remove, id, ready, seat)) {
         // The end's waiters here wake at once, before the clean-ups that follow (ready entries
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
@@ -935,13 +945,17 @@ export class KvStore implements Store {
   // runner's orphan: handed back, and claimed again, it finds its edge (its own, or another
   // holder's) and reuses it, as addCall does: the edge is not written twice.
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
-    await this.#ensureSchema(true);
     // The candidates this pick-up takes on: another pick-up of this store meanwhile reads past
     // them. Given back when it ends, whatever became of them.
     const mine = new Set<string>();
     const others = this.#claimingMax;
     let max = request.max;
     this.#claimingMax += max;
+    // Its first batch's claims may go in the commits of the ends that free its slots (see Ride).
+    const ride = request.ready !== undefined && (request.freedBy?.length ?? 0) > 0
+      ? new Ride(request.runnerId)
+      : undefined;
+    for (const id of ride === undefined ? [] : request.freedBy!) this.#rides.set(id, ride!);
     // The slots freed since it began join it (see ClaimRequest.widen): its new `max`.
     const widen = (): number => {
       const more = request.widen?.() ?? 0;
@@ -950,8 +964,13 @@ export class KvStore implements Store {
       return max;
     };
     try {
-      return await this.#claim(request, mine, others, widen);
+      await this.#ensureSchema(true);
+      return await this.#claim(request, mine, others, widen, ride);
     } finally {
+      ride?.seal();
+      for (const id of ride === undefined ? [] : request.freedBy!) {
+        if (this.#rides.get(id) === ride) this.#rides.delete(id);
+      }
       this.#claimingMax -= max;
       for (const id of mine) this.#claiming.delete(id);
     }
@@ -962,6 +981,7 @@ export class KvStore implements Store {
     mine: Set<string>,
     others: number,
     widen: () => number,
+    ride: Ride | undefined,
   ): Promise<ClaimOutcome> {
     const { runnerId, nowMs } = request;
     let max = request.max;
@@ -1056,6 +1076,11 @@ export class KvStore implements Store {
       // Once: a later try (a later pass) reads afresh.
       const ahead = readAhead.get(id);
       readAhead.delete(id);
+      // A seat on the ride while its first batch begins, for a claim with no call edge to plan:
+      // that one may wait for a sibling's claim (see #claimCall), which may wait for the slot.
+      const seat = ride?.join((record) =>
+        request.runAtOnce?.(record) === true || request.runWithCall?.(record) !== true
+      );
       // For the first attempt only: one refused (that read gone stale, say) reads again.
       let callAhead = ahead !== undefined ? ahead.call : this.#callReadAhead(id, parent);
       this.#local.registeredCalls.delete(id);
@@ -1107,6 +1132,7 @@ export class KvStore implements Store {
             return true;
           },
           ahead?.entry,
+          seat,
         );
       } catch (error) {
         if (error instanceof StoreClosedError) throw error;
@@ -1114,6 +1140,7 @@ export class KvStore implements Store {
         // this pick-up was for never came (its `ready` rejected).
         return;
       } finally {
+        seat?.leave();
         settle(inserted && this.#committedAt.get(inserted));
       }
       if (!outcome.ok) return;
@@ -1148,7 +1175,10 @@ export class KvStore implements Store {
         else first.push(candidate);
         for (const key of its) keys.add(key);
       }
-      await Promise.all(first.map((candidate) => tryClaim(candidate.id, candidate.parent)));
+      const claims = first.map((candidate) => tryClaim(candidate.id, candidate.parent));
+      // Each claim of the first batch has joined the ride, or will not: ends wait for no other.
+      ride?.seal();
+      await Promise.all(claims);
       for (const candidate of later) if (!full()) await tryClaim(candidate.id, candidate.parent);
       batch = [];
     };
@@ -2940,6 +2970,48 @@ export class KvStore implements Store {
       return result.ok;
     } catch (error) {
       if (isLocked(error)) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Commits the draft of a transition of invocation `id`: on its own (`alone`), in a group commit,
+   * or on a ride (see kv/_ride.ts). A claim with a seat offers its draft to the ends that free its
+   * slot, and takes the verdict of the end's commit that took it; taken by none, it commits once
+   * its slot is given back (`ready`). An end of an execution of runner `endsFor` (`null`: no end)
+   * takes one claim waiting on the ride of its slot into its commit, when the two share no key
+   * and fit one operation.
+   */
+  async #commitStep(
+    op: AtomicDraft,
+    alone: boolean,
+    endsFor: string | null,
+    id: string,
+    ready: Promise<void> | undefined,
+    seat: Seat | undefined,
+  ): Promise<boolean> {
+    if (seat?.joined === true) {
+      const verdict = await seat.offer(op, ready!);
+      // Committed with the end: returned once the runner has the slot back (its pick-up counts
+      // the slots given back when it ends).
+      if (verdict === true) await ready!.catch(() => {});
+      if (verdict !== undefined) return verdict;
+    }
+    // A claim on no ride (or left by every end) commits once its slot is given back.
+    if (ready !== undefined) await ready;
+    const ride = endsFor === null ? undefined : this.#rides.get(id);
+    const rider = ride?.runnerId === endsFor ? await ride!.board() : undefined;
+    const claim = rider?.take();
+    if (claim === undefined || !this.#group.fits(op, claim)) {
+      rider?.settle(undefined);
+      return await (alone ? this.#commitDraft(op) : this.#group.commit(op));
+    }
+    try {
+      const ok = await this.#group.commit(op.absorb(claim));
+      rider!.settle(ok);
+      return ok;
+    } catch (error) {
+      rider!.fail(error);
       throw error;
     }
   }

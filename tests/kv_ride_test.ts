@@ -1,0 +1,254 @@
+/**
+ * An execution's end and the claim that refills its slot in one commit (kv/_ride.ts, issue #12):
+ * what goes together, what does not, and the joint commit under faults.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { Nenc } from "../core/app.ts";
+import { InvocationStatus } from "../core/status.ts";
+import type { ClaimRequest } from "../core/store.ts";
+import type { KvKey } from "../kv/kv_like.ts";
+import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
+import { InjectedStoreFault, ORCHESTRATOR } from "./_faults.ts";
+
+const opened: TestKv[] = [];
+after(() => opened.forEach((handle) => handle.close()));
+
+/** The invocation records (`["nenc", app, "inv", id]`) a commit sets. */
+const records = (keys: readonly KvKey[]): number => keys.filter((key) => key[2] === "inv").length;
+
+/**
+ * An app on a fresh KV whose commits are counted; `a` runs (RUNNING, owned by r1) and `b` waits
+ * in the queue; `claimB` is r1's pick-up for the slot `a`'s end gives back.
+ */
+async function setUp(options: { concurrency?: "task" } = {}) {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const commits: number[] = [];
+  const kv = interceptKv(handle, {
+    beforeCommit: (_values, keys) => void commits.push(records(keys)),
+  });
+  const app = new Nenc({ appId: "ride", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n, {
+    ...options.concurrency === "task" ? { runningConcurrency: "task" as const } : {},
+  });
+  const a = await ping.call({ n: 1 });
+  const b = await ping.call({ n: 2 });
+  const store = app.orchestrator.store;
+  const request = {
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    runAtOnce: () => true,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  } satisfies ClaimRequest;
+  const [claimedA] = (await store.claim(request)).claimed;
+  assert.equal(claimedA?.id, a.id);
+  assert.equal(await a.status(), InvocationStatus.RUNNING);
+  let giveBack!: () => void;
+  const ready = new Promise<void>((resolve) => giveBack = resolve);
+  const claimB = () => store.claim({ ...request, nowMs: Date.now(), ready, freedBy: [a.id] });
+  const endA = () => app.orchestrator.setInvocationResult(a, 1, { runnerId: "r1" });
+  return { app, a, b, commits, claimB, endA, giveBack };
+}
+
+test("[kv] a claim for the slot an end gives back goes in that end's commit: one commit records a's SUCCESS and b's claim (RUNNING), not two in turn", async () => {
+  const { a, b, commits, claimB, endA, giveBack } = await setUp();
+  commits.length = 0;
+  const claiming = claimB();
+  await within(endA(), DEADLINE_MS, "a's end");
+  assert.deepEqual(commits, [2], "a's end and b's claim in one commit");
+  assert.equal(await a.status(), InvocationStatus.SUCCESS);
+  assert.equal(await b.status(), InvocationStatus.RUNNING);
+  // The runner gives the slot back once a's end returned; the pick-up then hands b over.
+  giveBack();
+  const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
+  assert.deepEqual(claimed.map((record) => record.id), [b.id]);
+  assert.deepEqual(commits, [2]);
+});
+
+test("[kv] a claim that must read its slot keys (running concurrency) does not ride: it reads them once the slot is given back, and is claimed, not parked behind the end that frees them", async () => {
+  const { a, b, commits, claimB, endA, giveBack } = await setUp({ concurrency: "task" });
+  commits.length = 0;
+  const claiming = claimB();
+  // The end does not wait for a claim that waits for it.
+  await within(endA(), DEADLINE_MS, "a's end");
+  assert.deepEqual(commits, [1], "a's end alone");
+  assert.equal(await b.status(), InvocationStatus.REGISTERED);
+  giveBack();
+  const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
+  assert.deepEqual(claimed.map((record) => record.id), [b.id]);
+  assert.equal(await b.status(), InvocationStatus.RUNNING);
+  assert.equal(await a.status(), InvocationStatus.SUCCESS);
+  assert.deepEqual(commits, [1, 1]);
+});
+
+test("[kv] a claim no end takes (the end was written before the pick-up began) commits on its own once its slot is given back", async () => {
+  const { b, commits, claimB, endA, giveBack } = await setUp();
+  await endA();
+  commits.length = 0;
+  const claiming = claimB();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.deepEqual(commits, [], "a claim before its slot was given back");
+  giveBack();
+  const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
+  assert.deepEqual(claimed.map((record) => record.id), [b.id]);
+  assert.deepEqual(commits, [1]);
+});
+
+test("[kv] a joint commit refused by a check (a's record moved meanwhile): neither is written; a's end is tried again alone, and b's claim commits on its own once the slot is given back", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  const commits: number[] = [];
+  let moved = false;
+  const kv = interceptKv(handle, {
+    beforeCommit: async (_values, keys) => {
+      commits.push(records(keys));
+      if (records(keys) === 2 && !moved) {
+        // Another writer rewrites a's record, unchanged: its versionstamp moves.
+        moved = true;
+        const key = keys.find((key) => key[2] === "inv" && key[3] === aId)!;
+        const entry = await handle.get(key);
+        await handle.atomic().set(key, entry.value).commit();
+      }
+    },
+  });
+  const app = new Nenc({ appId: "ride", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  const a = await ping.call({ n: 1 });
+  const aId = a.id;
+  const b = await ping.call({ n: 2 });
+  const request = {
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    runAtOnce: () => true,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  } satisfies ClaimRequest;
+  await app.orchestrator.store.claim(request);
+  let giveBack!: () => void;
+  const ready = new Promise<void>((resolve) => giveBack = resolve);
+  commits.length = 0;
+  const claiming = app.orchestrator.store.claim({ ...request, ready, freedBy: [a.id] });
+  await within(
+    app.orchestrator.setInvocationResult(a, 1, { runnerId: "r1" }),
+    DEADLINE_MS,
+    "a's end",
+  );
+  assert.ok(moved, "no joint commit");
+  assert.equal(await a.status(), InvocationStatus.SUCCESS);
+  assert.equal(await b.status(), InvocationStatus.REGISTERED, "b claimed before its slot was free");
+  giveBack();
+  const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
+  assert.deepEqual(claimed.map((record) => record.id), [b.id]);
+  assert.equal(await b.status(), InvocationStatus.RUNNING);
+  assert.deepEqual(commits, [2, 1, 1], "the joint commit, a's end, b's claim");
+});
+
+/**
+ * A one-slot runner works through 12 queued invocations while the commit of the second joint
+ * end-and-claim meets `fault`; the function of each counts its runs and how many run at once.
+ */
+async function oneSlotUnderFault(fault: "refuse" | "applied" | "down") {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  let joint = 0;
+  let jointAfterFault = 0;
+  let downUntil = 0;
+  let fired = false;
+  let reported = false;
+  const throwIfDown = (): void => {
+    if (Date.now() < downUntil) throw new InjectedStoreFault("store down");
+  };
+  const kv = interceptKv(handle, {
+    beforeGet: throwIfDown,
+    beforeGetMany: throwIfDown,
+    beforeList: throwIfDown,
+    beforeCommit: (_values, keys) => {
+      throwIfDown();
+      if (records(keys) < 2) return;
+      if (fired) return void jointAfterFault++;
+      if (++joint < 2) return;
+      fired = true;
+      if (fault === "refuse") throw new InjectedStoreFault("refused");
+      if (fault === "down") {
+        downUntil = Date.now() + 1_000;
+        throw new InjectedStoreFault("store down");
+      }
+    },
+    afterCommit: (ok) => {
+      if (fault !== "applied" || !fired || !ok || reported) return;
+      reported = true;
+      throw new InjectedStoreFault("applied, then reported failed");
+    },
+  });
+  const app = new Nenc({ appId: "ride", kv, orchestrator: ORCHESTRATOR });
+  const runs = new Map<number, number>();
+  let active = 0;
+  let most = 0;
+  const ping = app.task("ping", async ({ n }: { n: number }) => {
+    runs.set(n, (runs.get(n) ?? 0) + 1);
+    most = Math.max(most, ++active);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    active--;
+    return n;
+  });
+  const { invocations } = await ping.parallelize(
+    Array.from({ length: 12 }, (_, n) => ({ n })),
+  );
+  await using runner = app.runner({ concurrency: 1, pollMs: 20, heartbeatMs: 200 });
+  runner.start();
+  const results = await within(
+    Promise.all(invocations.map((invocation) => invocation.result())),
+    DEADLINE_MS * 2,
+    "the 12 results",
+  );
+  await runner.stop();
+  return { results, runs, most, fired, jointAfterFault };
+}
+
+for (const fault of ["refuse", "applied", "down"] as const) {
+  test(
+    `[kv] a one-slot runner's joint end-and-claim commit ${
+      fault === "refuse"
+        ? "refused and not applied"
+        : fault === "applied"
+        ? "applied then reported failed"
+        : "with the store down for 1 s"
+    }: every invocation succeeds, each function runs once, never two at once, and later ends ride again`,
+    async () => {
+      const { results, runs, most, fired, jointAfterFault } = await oneSlotUnderFault(fault);
+      assert.ok(fired, "no joint commit met the fault");
+      assert.deepEqual(results, Array.from({ length: 12 }, (_, n) => n));
+      assert.deepEqual([...runs.values()], Array(12).fill(1), "a function ran twice, or never");
+      assert.equal(most, 1, "two ran at once on one slot");
+      assert.ok(jointAfterFault > 0, "no end rode again after the fault");
+    },
+  );
+}
+
+test("[kv] a one-slot runner makes one commit per invocation for a queue of work: each end carries the next claim", async () => {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  let commits = 0;
+  const kv = interceptKv(handle, { beforeCommit: () => void commits++ });
+  const app = new Nenc({ appId: "ride", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n);
+  const { invocations } = await ping.parallelize(
+    Array.from({ length: 40 }, (_, n) => ({ n })),
+  );
+  const before = commits;
+  await using runner = app.runner({ concurrency: 1, pollMs: 20 });
+  runner.start();
+  await waitUntil(
+    async () => (await invocations.at(-1)!.status()) === InvocationStatus.SUCCESS,
+    { message: "the last invocation's end" },
+  );
+  // 40 claims and 40 ends: 80 commits in turn without the ride, 41 with it (the first claim
+  // has no end to go with), and a few for the runner's own upkeep.
+  const made = commits - before;
+  assert.ok(made <= 48, `${made} commits for 40 invocations`);
+});

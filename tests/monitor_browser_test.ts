@@ -150,12 +150,18 @@ async function screenshot(page: Page, name: string, focus?: string): Promise<voi
   const whole = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path: whole, fullPage: true });
   // A live page may re-render the element while it is scrolled to: the locator finds the new one
-  // on the next try.
+  // on the next try. The screenshots are pictures of what the assertions before them checked: on a
+  // busy machine the live page may have moved on meanwhile (the release stopped waiting, say), and
+  // then the window is taken as it is.
   for (let tries = 1; focus !== undefined; tries++) {
     try {
       await page.locator(focus).first().scrollIntoViewIfNeeded({ timeout: 5_000 });
       break;
     } catch (error) {
+      if (/Timeout/.test(String(error))) {
+        console.log(`screenshot ${name}: ${focus} is no longer on the live page`);
+        break;
+      }
       if (tries >= 3 || !/not attached/.test(String(error))) throw error;
     }
   }

@@ -3006,14 +3006,17 @@ export class KvStore implements Store {
       rider?.settle(undefined);
       return await (alone ? this.#commitDraft(op) : this.#group.commit(op));
     }
+    let joint: boolean;
     try {
-      const ok = await this.#group.commit(op.absorb(claim));
-      rider!.settle(ok);
-      return ok;
+      joint = await this.#group.commit(new AtomicDraft().absorb(op).absorb(claim));
     } catch (error) {
       rider!.fail(error);
       throw error;
     }
+    rider!.settle(joint);
+    // Refused: most often the claim's check (another process claimed it first). The end goes on
+    // its own as planned, and reads again only if its own check failed.
+    return joint || await this.#group.commit(op);
   }
 
   /**

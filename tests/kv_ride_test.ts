@@ -98,18 +98,30 @@ test("[kv] a claim no end takes (the end was written before the pick-up began) c
   assert.deepEqual(commits, [1]);
 });
 
-test("[kv] a joint commit refused by a check (a's record moved meanwhile): neither is written; a's end is tried again alone, and b's claim commits on its own once the slot is given back", async () => {
+/**
+ * The scenario of a joint commit refused by a check: just before the first commit that writes both
+ * records, another writer rewrites `moved`'s record (unchanged: its versionstamp moves).
+ */
+async function refusedJoint(moved: "end" | "claim") {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const commits: number[] = [];
-  let moved = false;
+  let ids: { a: string; b: string } | undefined;
+  let refused = false;
+  // Reads of a's record after the refusal, until the next commit.
+  let readsOfA = 0;
+  let readsOfABeforeNextCommit: number | undefined;
   const kv = interceptKv(handle, {
+    beforeGetMany: (keys) => {
+      if (refused && keys.some((key) => key[2] === "inv" && key[3] === ids!.a)) readsOfA++;
+    },
     beforeCommit: async (_values, keys) => {
+      if (refused) readsOfABeforeNextCommit ??= readsOfA;
       commits.push(records(keys));
-      if (records(keys) === 2 && !moved) {
-        // Another writer rewrites a's record, unchanged: its versionstamp moves.
-        moved = true;
-        const key = keys.find((key) => key[2] === "inv" && key[3] === aId)!;
+      if (records(keys) === 2 && !refused && ids !== undefined) {
+        refused = true;
+        const id = moved === "end" ? ids.a : ids.b;
+        const key = keys.find((key) => key[2] === "inv" && key[3] === id)!;
         const entry = await handle.get(key);
         await handle.atomic().set(key, entry.value).commit();
       }
@@ -118,7 +130,6 @@ test("[kv] a joint commit refused by a check (a's record moved meanwhile): neith
   const app = new Nenc({ appId: "ride", kv });
   const ping = app.task("ping", ({ n }: { n: number }) => n);
   const a = await ping.call({ n: 1 });
-  const aId = a.id;
   const b = await ping.call({ n: 2 });
   const request = {
     runnerId: "r1",
@@ -129,6 +140,7 @@ test("[kv] a joint commit refused by a check (a's record moved meanwhile): neith
     purgeAtMs: Date.now() + 3_600_000,
   } satisfies ClaimRequest;
   await app.orchestrator.store.claim(request);
+  ids = { a: a.id, b: b.id };
   let giveBack!: () => void;
   const ready = new Promise<void>((resolve) => giveBack = resolve);
   commits.length = 0;
@@ -138,14 +150,30 @@ test("[kv] a joint commit refused by a check (a's record moved meanwhile): neith
     DEADLINE_MS,
     "a's end",
   );
-  assert.ok(moved, "no joint commit");
+  assert.ok(refused, "no joint commit");
   assert.equal(await a.status(), InvocationStatus.SUCCESS);
   assert.equal(await b.status(), InvocationStatus.REGISTERED, "b claimed before its slot was free");
+  const endCommits = [...commits];
   giveBack();
   const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
   assert.deepEqual(claimed.map((record) => record.id), [b.id]);
   assert.equal(await b.status(), InvocationStatus.RUNNING);
-  assert.deepEqual(commits, [2, 1, 1], "the joint commit, a's end, b's claim");
+  return { endCommits, commits, readsOfABeforeNextCommit };
+}
+
+test("[kv] a joint commit refused by the claim's check (b's record moved meanwhile): a's end commits at once on its own, without reading again, and b's claim reads again and commits once the slot is given back", async () => {
+  const { endCommits, commits, readsOfABeforeNextCommit } = await refusedJoint("claim");
+  assert.deepEqual(endCommits, [2, 1], "the joint commit, then a's end");
+  assert.equal(readsOfABeforeNextCommit, 0, "a's end read its record again");
+  assert.deepEqual(commits, [2, 1, 1], "then b's claim");
+});
+
+test("[kv] a joint commit refused by the end's check (a's record moved meanwhile): neither is written; a's end reads again and commits alone, and b's claim commits on its own once the slot is given back", async () => {
+  const { endCommits, commits, readsOfABeforeNextCommit } = await refusedJoint("end");
+  assert.equal(readsOfABeforeNextCommit, 0, "a's end as planned goes first");
+  // The end as planned (refused again), the end planned again, then the claim.
+  assert.deepEqual(endCommits, [2, 1, 1]);
+  assert.deepEqual(commits, [2, 1, 1, 1]);
 });
 
 /**

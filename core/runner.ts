@@ -197,6 +197,8 @@ class SlotsAhead {
   readonly freedBy: string[] = [];
   readonly ready: Promise<void>;
   #given = 0;
+  /** Slots its pick-up claimed in the commits of their ends, given back after it ended. */
+  #owed = 0;
   #closed = false;
   #resolve!: () => void;
   readonly #stop: AbortSignal;
@@ -215,9 +217,16 @@ class SlotsAhead {
     else stop.addEventListener("abort", this.#stopped, { once: true });
   }
 
-  /** A slot passed to it is given back: `false` once its pick-up ended (the runner takes it). */
+  /**
+   * A slot passed to it is given back: `false` once its pick-up ended (the runner takes it), unless
+   * that pick-up claimed it already (in the commit of its end, see `ClaimRequest.freedBy`).
+   */
   handOff(): boolean {
-    if (this.#closed) return false;
+    if (this.#closed) {
+      if (this.#owed === 0) return false;
+      this.#owed--;
+      return true;
+    }
     if (++this.#given === this.count) this.#resolve();
     return true;
   }
@@ -226,7 +235,10 @@ class SlotsAhead {
   close(claimed: number): number {
     this.#closed = true;
     this.#stop.removeEventListener("abort", this.#stopped);
-    return this.#given - claimed;
+    // A claim made in an end's commit may come back before that end's slot (a stopping runner's
+    // pick-up does not wait for them): that slot is the claim's when it comes.
+    this.#owed = Math.max(0, claimed - this.#given);
+    return Math.max(0, this.#given - claimed);
   }
 }
 

@@ -217,12 +217,13 @@ export class GroupCommitter {
   }
 
   /**
-   * Whether `b` may join `a` in one operation, as a batch would take them: no key in common, and
-   * together within this store's checks, and within the mutations and bytes of one operation.
+   * Whether `b` may join `a` in one draft: no key in common, and together within the mutations
+   * and bytes of one operation and within the protocol's checks — a draft alone in its batch is
+   * not split again, and a store over the protocol may not have refused a larger batch yet.
    */
   fits(a: AtomicDraft, b: AtomicDraft): boolean {
     return ![...b.keys].some((key) => a.keys.has(key)) &&
-      a.checks.length + b.checks.length <= this.#maxChecks &&
+      a.checks.length + b.checks.length <= PROTOCOL_MAX_CHECKS &&
       a.mutations.length + b.mutations.length <= MAX_MUTATIONS &&
       a.bytes + b.bytes <= MAX_BYTES;
   }

@@ -26,6 +26,7 @@ export class Ride {
   /** The runner whose ends it waits for: only an end of that runner's execution boards it. */
   readonly runnerId: string;
   #open = true;
+  #canceled = false;
   /** Seats joined that neither offered a draft nor left. */
   #pending = 0;
   #offered: Seat[] = [];
@@ -52,11 +53,28 @@ export class Ride {
   }
 
   /**
+   * The slots will not be given back to its pick-up (the runner stops): no end takes a seat any
+   * more, and what was offered is withdrawn; a seat already taken goes with its end.
+   */
+  cancel(): void {
+    this.#canceled = true;
+    this.#open = false;
+    for (const seat of this.#offered.splice(0)) seat.withdraw();
+    this.#wake();
+  }
+
+  /** Whether it was canceled. */
+  get canceled(): boolean {
+    return this.#canceled;
+  }
+
+  /**
    * For an end about to commit: a seat whose claim draft it may take into its commit, once one is
    * offered; `undefined` when none will be (sealed, and every seat offered to another end or left).
    */
   async board(): Promise<Seat | undefined> {
     for (;;) {
+      if (this.#canceled) return undefined;
       const seat = this.#offered.shift();
       if (seat !== undefined) return seat;
       if (!this.#open && this.#pending === 0) return undefined;
@@ -64,11 +82,12 @@ export class Ride {
     }
   }
 
-  /** @internal A seat's claim offered its draft. */
-  offered(seat: Seat): void {
+  /** @internal A seat's claim offered its draft (`false`: canceled, the seat is left). */
+  offered(seat: Seat): boolean {
     this.#pending--;
-    this.#offered.push(seat);
+    if (!this.#canceled) this.#offered.push(seat);
     this.#wake();
+    return !this.#canceled;
   }
 
   /** @internal A seat's claim left without a draft, or withdrew its offer. */
@@ -132,13 +151,17 @@ export class Seat {
     if (this.#state !== "joined") return undefined;
     this.#state = "offered";
     this.#draft = draft;
-    this.#ride.offered(this);
+    if (!this.#ride.offered(this)) {
+      this.#state = "done";
+      await ready; // rejected: the runner stops
+      return undefined;
+    }
     try {
       await Promise.race([ready, this.#verdict]);
     } catch (error) {
       // `ready` rejected (the runner is stopping): the claim goes only if an end took it.
       if (!this.#taken()) {
-        this.#withdraw();
+        if (this.#state === "offered") this.#withdraw();
         throw error;
       }
     }
@@ -149,9 +172,12 @@ export class Seat {
     return undefined;
   }
 
-  /** For the end that boarded: the offered draft, now its to commit; `undefined` if withdrawn. */
+  /**
+   * For the end that boarded: the offered draft, now its to commit; `undefined` if withdrawn (or
+   * its ride canceled since).
+   */
   take(): AtomicDraft | undefined {
-    if (this.#state !== "offered") return undefined;
+    if (this.#state !== "offered" || this.#ride.canceled) return undefined;
     this.#state = "taken";
     return this.#draft;
   }
@@ -170,6 +196,13 @@ export class Seat {
   /** A method, not a comparison in place: the state moves while `offer` awaits. */
   #taken(): boolean {
     return this.#state === "taken";
+  }
+
+  /** @internal Its offer is withdrawn: no end takes it (its ride canceled). */
+  withdraw(): void {
+    if (this.#state !== "offered") return;
+    this.#state = "done";
+    this.#settle(undefined);
   }
 
   #withdraw(): void {

@@ -876,7 +876,9 @@ export class KvStore implements Store {
       const holdsNoCall = plan.final && hold !== undefined && next.callId === callId &&
         this.#group.roomy && (await held!).versionstamp === null && op.checks.length < MAX_CHECKS;
       if (holdsNoCall) op.check({ key: hold!, versionstamp: null });
-      if (await this.#commitStep(op, alone, plan.executions.remove, id, ready, seat)) {
+      // An end boards its slot's ride unless it gives back slot keys: others may wait for those.
+      const ends = slots.length === 0 ? plan.executions.remove : null;
+      if (await this.#commitStep(op, alone, ends, id, ready, seat)) {
         // The end's waiters here wake at once, before the clean-ups that follow (ready entries
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
@@ -956,6 +958,8 @@ export class KvStore implements Store {
       ? new Ride(request.runnerId)
       : undefined;
     for (const id of ride === undefined ? [] : request.freedBy!) this.#rides.set(id, ride!);
+    // The runner stops: nothing is claimed that no end has taken yet.
+    request.ready?.catch(() => ride?.cancel());
     // The slots freed since it began join it (see ClaimRequest.widen): its new `max`.
     const widen = (): number => {
       const more = request.widen?.() ?? 0;
@@ -1044,10 +1048,12 @@ export class KvStore implements Store {
       });
     preferred.catch(() => {}); // seen below, after the wakes
     const [wakeStamp, timeStamp] = await Promise.all([side.wake, side.time]);
+    // Wakes to commit, one after another, before any claim: the ends this pick-up is for go on
+    // their own rather than wait for them.
     const marked = await this.#wakeMarked(runnerId, {
       wake: wakeStamp !== false,
       time: timeStamp !== false,
-    });
+    }, () => ride?.seal());
     if (wakeStamp !== false) {
       this.#hints.read("wake", wakeStamp, marked.wake > 0 ? -Infinity : Infinity, nowMs);
     }
@@ -1072,15 +1078,18 @@ export class KvStore implements Store {
     // The reads of the blocking candidates (see #blocking): their claims plan from them.
     const readAhead = new Map<string, BlockingCandidate>();
     // `parent`: the candidate's caller, from its queue entry, read with its record.
-    const tryClaim = async (id: string, parent?: string): Promise<void> => {
+    const tryClaim = async (id: string, parent?: string, rides = false): Promise<void> => {
       // Once: a later try (a later pass) reads afresh.
       const ahead = readAhead.get(id);
       readAhead.delete(id);
-      // A seat on the ride while its first batch begins, for a claim with no call edge to plan:
-      // that one may wait for a sibling's claim (see #claimCall), which may wait for the slot.
-      const seat = ride?.join((record) =>
-        request.runAtOnce?.(record) === true || request.runWithCall?.(record) !== true
-      );
+      // A seat on the ride while its first batch begins, for a claim with no slot keys to read
+      // and no call edge to plan (that one may wait for a sibling's claim, see #claimCall, which
+      // may wait for the slot): its queue entry says so, its record confirms it.
+      const seat = rides
+        ? ride?.join((record) =>
+          request.runAtOnce?.(record) === true || request.runWithCall?.(record) !== true
+        )
+        : undefined;
       // For the first attempt only: one refused (that read gone stale, say) reads again.
       let callAhead = ahead !== undefined ? ahead.call : this.#callReadAhead(id, parent);
       this.#local.registeredCalls.delete(id);
@@ -1175,7 +1184,9 @@ export class KvStore implements Store {
         else first.push(candidate);
         for (const key of its) keys.add(key);
       }
-      const claims = first.map((candidate) => tryClaim(candidate.id, candidate.parent));
+      const claims = first.map((candidate) =>
+        tryClaim(candidate.id, candidate.parent, mayRide(candidate))
+      );
       // Each claim of the first batch has joined the ride, or will not: ends wait for no other.
       ride?.seal();
       await Promise.all(claims);
@@ -1404,11 +1415,13 @@ export class KvStore implements Store {
    * commit that gave it room meanwhile keeps it. A runner that dies midway leaves the marker for
    * the next pick-up anywhere: parked work is never stranded. A rate limit key's room comes with
    * time, not with a commit: its marker is time-ordered, read once its time has come (by this
-   * process's clock). Reads the kinds `read` names; how many markers of each it found.
+   * process's clock). Reads the kinds `read` names, calls `onMarkers` when it found any (before
+   * it wakes), and says how many markers of each it found.
    */
   async #wakeMarked(
     runnerId: string,
     read: { readonly wake: boolean; readonly time: boolean } = { wake: true, time: true },
+    onMarkers?: () => void,
   ): Promise<{ wake: number; time: number }> {
     const due = {
       start: this.#keys.wakeAt(""),
@@ -1424,6 +1437,7 @@ export class KvStore implements Store {
       }),
     );
     const markers = [...wakes!, ...times!];
+    if (markers.length > 0) onMarkers?.();
     for (const marker of markers) {
       const key = String(marker.key[marker.key.length - 1]);
       const parkedHere = (stored: StoredInvocation): boolean =>
@@ -3485,6 +3499,14 @@ interface QueueValue {
    * (entries written before lack it: the caller is read after).
    */
   readonly parent?: string;
+}
+
+/**
+ * Whether a candidate's claim may go in the commit of an end (see kv/_ride.ts), as its queue entry
+ * tells: no slot key, no rate limit key, no caller (a call edge to plan).
+ */
+function mayRide(candidate: QueueValue): boolean {
+  return candidate.key === null && candidate.rate === undefined && candidate.parent === undefined;
 }
 
 function queueValue(record: InvocationRecord): QueueValue {

@@ -280,3 +280,83 @@ test("[kv] a one-slot runner makes one commit per invocation for a queue of work
   const made = commits - before;
   assert.ok(made <= 48, `${made} commits for 40 invocations`);
 });
+
+/**
+ * A store whose pick-ups' queue reads wait at a gate while `held` says so; `a` runs (RUNNING,
+ * owned by r1) and `b` waits in the queue.
+ */
+async function gatedQueue(options: { concurrency?: "task" } = {}) {
+  const handle = await openTestKv(":memory:");
+  opened.push(handle);
+  let gate: Promise<void> | undefined;
+  const kv = interceptKv(handle, {
+    beforeList: async () => {
+      if (gate !== undefined) await gate;
+    },
+  });
+  const app = new Nenc({ appId: "ride", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n, {
+    ...options.concurrency === "task" ? { runningConcurrency: "task" as const } : {},
+  });
+  const a = await ping.call({ n: 1 });
+  const b = await ping.call({ n: 2 });
+  const request = {
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    runAtOnce: () => true,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  } satisfies ClaimRequest;
+  assert.equal((await app.orchestrator.store.claim(request)).claimed[0]?.id, a.id);
+  let open!: () => void;
+  gate = new Promise<void>((resolve) => open = resolve);
+  const release = (): void => {
+    gate = undefined;
+    open();
+  };
+  return { app, a, b, request, release };
+}
+
+test("[kv] an end that gives back slot keys (running concurrency) does not wait for its runner's pick-up: it commits while the pick-up's queue read is still held", async () => {
+  const { app, a, b, request, release } = await gatedQueue({ concurrency: "task" });
+  let giveBack!: () => void;
+  const ready = new Promise<void>((resolve) => giveBack = resolve);
+  const claiming = app.orchestrator.store.claim({ ...request, ready, freedBy: [a.id] });
+  try {
+    await within(
+      app.orchestrator.setInvocationResult(a, 1, { runnerId: "r1" }),
+      DEADLINE_MS,
+      "a's end while its runner's pick-up reads",
+    );
+    assert.equal(await a.status(), InvocationStatus.SUCCESS);
+  } finally {
+    release();
+  }
+  giveBack();
+  const { claimed } = await within(claiming, DEADLINE_MS, "b's claim");
+  assert.deepEqual(claimed.map((record) => record.id), [b.id]);
+});
+
+test("[kv] a runner that stops while its pick-up reads claims nothing: the end waiting for that pick-up's claims commits alone, and the claim offered after the stop is not taken", async () => {
+  const { app, a, b, request, release } = await gatedQueue();
+  let stop!: (error: unknown) => void;
+  const ready = new Promise<void>((_, reject) => stop = reject);
+  ready.catch(() => {});
+  const claiming = app.orchestrator.store.claim({ ...request, ready, freedBy: [a.id] });
+  // a's end waits for the pick-up's first claims; then the runner stops, then the reads go on.
+  const ending = app.orchestrator.setInvocationResult(a, 1, { runnerId: "r1" });
+  await waitUntil(async () => (await a.status()) === InvocationStatus.RUNNING, {
+    message: "a running",
+  });
+  stop(new Error("Cannot pick up: the runner is stopping"));
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  release();
+  await within(ending, DEADLINE_MS, "a's end");
+  const { claimed } = await within(claiming, DEADLINE_MS, "the pick-up").catch(() => ({
+    claimed: [],
+  }));
+  assert.deepEqual(claimed, []);
+  assert.equal(await a.status(), InvocationStatus.SUCCESS);
+  assert.equal(await b.status(), InvocationStatus.REGISTERED, "b claimed after the stop");
+});

@@ -155,8 +155,12 @@ export class MemoryStore implements Store {
   readonly #calls = new CallGraph();
   readonly #waits = new WaitGraph();
   readonly #runners = new Map<string, { lastSeenMs: number; taskIds?: readonly string[] }>();
-  /** The invocations each runner executes (owns), in id order: a page starts after any id. */
-  readonly #byRunner = new Map<string, string[]>();
+  /**
+   * The invocations each runner executes (owns). Sorted only when a page is read (a heartbeat's):
+   * kept sorted, each change moved the ids after it — thousands for the paused invocations of a
+   * tree of nested waits, at every final.
+   */
+  readonly #byRunner = new Map<string, Set<string>>();
   /** The upkeep lease: its holder, and until when. */
   #upkeep: { readonly runnerId: string; readonly untilMs: number } | undefined;
   /** The refused cycles, by invocation, oldest recorded first: at most CYCLES_KEPT. */
@@ -436,10 +440,11 @@ export class MemoryStore implements Store {
   }
 
   executions(runnerId: string, page?: ExecutionsPage): Promise<string[]> {
-    const ids = this.#byRunner.get(runnerId) ?? [];
-    if (page === undefined) return Promise.resolve([...ids]);
-    const from = page.after === undefined ? 0 : firstWhere(ids, (id) => id > page.after!);
-    return Promise.resolve(ids.slice(from, from + page.limit));
+    const ids = [...this.#byRunner.get(runnerId) ?? []];
+    const after = page?.after;
+    const listed = after === undefined ? ids : ids.filter((id) => id > after);
+    listed.sort();
+    return Promise.resolve(page === undefined ? listed : listed.slice(0, page.limit));
   }
 
   cancelRequests(runnerId: string): Promise<string[]> {
@@ -786,8 +791,15 @@ export class MemoryStore implements Store {
     if (addCall !== undefined && !addCall()) {
       return this.#apply(id, { ...change, path: [PENDING] }, wakeParked);
     }
-    // The wait edges first: a bad list throws before anything changed.
-    if (change.waitFor !== undefined) this.#waits.waitFor(id, change.waitFor, change.nowMs);
+    // The wait edges first: a bad list throws before anything changed. Those to invocations final
+    // or gone already are released in this step (endedReleased), not by a read after it.
+    if (change.waitFor !== undefined) {
+      this.#waits.waitFor(id, change.waitFor, change.nowMs);
+      for (const waited of change.waitFor) {
+        const status = this.#visible(waited)?.status;
+        if (status === undefined || isFinalStatus(status)) this.#waits.release(waited);
+      }
+    }
     for (const effect of effects) {
       const { key, state, took, released, dropReservation } = effect;
       if (dropReservation) this.#reservations.delete(key);
@@ -816,9 +828,9 @@ export class MemoryStore implements Store {
     if (record.status === PENDING) this.#pending.remove(id);
     if (next.status === PENDING) this.#pending.insert(id, next.updatedAtMs);
     if (plan.executions.remove !== null) {
-      removeSorted(this.#byRunner, plan.executions.remove, id);
+      removeFrom(this.#byRunner, plan.executions.remove, id);
     }
-    if (plan.executions.add !== null) addSorted(this.#byRunner, plan.executions.add, id);
+    if (plan.executions.add !== null) addTo(this.#byRunner, plan.executions.add, id);
     if (plan.cancelRequest.set !== null) addTo(this.#cancelRequests, plan.cancelRequest.set, id);
     if (plan.cancelRequest.clear !== null) {
       removeFrom(this.#cancelRequests, plan.cancelRequest.clear, id);
@@ -834,7 +846,13 @@ export class MemoryStore implements Store {
     if (wakeParked) {
       for (const { key, wake } of effects) if (wake) this.#wake(key, change.runnerId, change.nowMs);
     }
-    return { ok: true, record: next, entries: plan.entries, previous: record.status };
+    const applied = {
+      ok: true,
+      record: next,
+      entries: plan.entries,
+      previous: record.status,
+    } as const;
+    return change.waitFor === undefined ? applied : { ...applied, endedReleased: true };
   }
 
   /** The state of a slot key, for {@linkcode decideSlots}. */
@@ -960,7 +978,7 @@ export class MemoryStore implements Store {
     this.#byTask.get(record.taskId)?.delete(id);
     if (record.parentId !== null) removeFrom(this.#byParent, record.parentId, id);
     this.#pending.remove(id);
-    if (record.ownerId !== null) removeSorted(this.#byRunner, record.ownerId, id);
+    if (record.ownerId !== null) removeFrom(this.#byRunner, record.ownerId, id);
     for (const runnerId of [...this.#cancelRequests.keys()]) {
       removeFrom(this.#cancelRequests, runnerId, id);
     }
@@ -1051,33 +1069,4 @@ function removeFrom<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
   const set = index.get(key);
   set?.delete(value);
   if (set?.size === 0) index.delete(key);
-}
-
-/** The first index of the sorted `ids` whose id passes `test` (true from some index on). */
-function firstWhere(ids: readonly string[], test: (id: string) => boolean): number {
-  let low = 0;
-  let high = ids.length;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (test(ids[middle]!)) high = middle;
-    else low = middle + 1;
-  }
-  return low;
-}
-
-/** Adds `id` to the sorted ids of `key` (a no-op if it is there). */
-function addSorted(index: Map<string, string[]>, key: string, id: string): void {
-  let ids = index.get(key);
-  if (ids === undefined) index.set(key, ids = []);
-  const at = firstWhere(ids, (each) => each >= id);
-  if (ids[at] !== id) ids.splice(at, 0, id);
-}
-
-/** Removes `id` from the sorted ids of `key` (a no-op if it is not there). */
-function removeSorted(index: Map<string, string[]>, key: string, id: string): void {
-  const ids = index.get(key);
-  if (ids === undefined) return;
-  const at = firstWhere(ids, (each) => each >= id);
-  if (ids[at] === id) ids.splice(at, 1);
-  if (ids.length === 0) index.delete(key);
 }

@@ -1051,11 +1051,11 @@ export class Orchestrator {
       // Not fenced by a sequence number: CANCELED is allowed from every non-final status, so a
       // concurrent change is either overridden or was final (and the transition is refused).
       const actor = this.#actor({ runnerId: options.runnerId ?? null });
-      const record = await this.#change({ id }, {
+      const record = (await this.#change({ id }, {
         path: [InvocationStatus.CANCELED],
         ...actor,
         error,
-      });
+      }))?.record;
       canceled = true;
       if (record !== undefined) {
         this.#reporter.logger.info(
@@ -1269,12 +1269,12 @@ export class Orchestrator {
     if (ids.includes(invocation.id)) {
       throw new RangeError(`Cannot wait: invocation ${invocation.id} cannot wait on itself`);
     }
-    await this.#change(invocation, {
+    const outcome = await this.#change(invocation, {
       path: [InvocationStatus.PAUSED],
       ...this.#actor(options),
       ...(ids.length > 0 ? { waitFor: ids } : {}),
     }, options.onCommitted);
-    await this.#releaseEnded(ids);
+    if (outcome?.endedReleased !== true) await this.#releaseEnded(ids);
   }
 
   /**
@@ -1654,7 +1654,7 @@ export class Orchestrator {
     invocation: InvocationRef,
     change: StatusChange,
     onCommitted?: () => void,
-  ): Promise<InvocationRecord | undefined> {
+  ): Promise<Extract<ChangeOutcome, { ok: true }> | undefined> {
     const path = change.path;
     const final = FINAL_STATUSES.has(path[path.length - 1]!);
     const outcome = await this.#storeChange(
@@ -1671,7 +1671,7 @@ export class Orchestrator {
     }
     onCommitted?.();
     if (final && outcome.holdsNoCall !== true) await this.#afterFinal(outcome.record);
-    return outcome.record;
+    return outcome;
   }
 
   /**

@@ -646,8 +646,10 @@ export class Runner implements AsyncDisposable {
           () => slots.close(0),
         ).then((unused) => this.#giveBack(unused)).finally(() => {
           this.#aheads.delete(pickUp);
-          // The loop looks again: drain() may be waiting for this to end.
-          this.#wakeUp();
+          // The loop looks again when it has slots to fill (some this pick-up left) or drain() may
+          // be waiting for this to end; else waking it would only start another wait (a timer, a
+          // controller: a fifth of a node's pick-ups in the tree of nested waits).
+          if (this.#free > 0 || this.#onIdle !== undefined) this.#wakeUp();
         });
         this.#aheads.add(pickUp);
       });

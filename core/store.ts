@@ -440,6 +440,11 @@ export type ChangeOutcome =
      * backend may): {@linkcode Store.removeCall} would release nothing, and is not called.
      */
     readonly holdsNoCall?: true;
+    /**
+     * The change's wait edges (`waitFor`) to invocations already final or gone were released in
+     * its own step (a backend may): nothing is left for the caller to release after it.
+     */
+    readonly endedReleased?: true;
   }
   | {
     readonly ok: false;

@@ -454,10 +454,15 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
     const app = await makeApp();
     const store = app.orchestrator.store;
     let pausedId: string | undefined;
+    // A backend that released those in the pause's own step makes no read after it.
+    let readsAfterPause = 1;
     const change = store.change.bind(store);
     store.change = async (id, request) => {
       const outcome = await change(id, request);
-      if (outcome.ok && request.path.includes(InvocationStatus.PAUSED)) pausedId = id;
+      if (outcome.ok && request.path.includes(InvocationStatus.PAUSED)) {
+        pausedId = id;
+        if (outcome.endedReleased) readsAfterPause = 0;
+      }
       return outcome;
     };
     const answer = deferred();
@@ -482,7 +487,7 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
         const children = await store.children(invocation.id);
         return children.length === 1 && children[0]!.status === "success";
       }, { message: "the child's end" });
-      assert.equal(held, 1);
+      assert.equal(held, readsAfterPause);
     } finally {
       answer.resolve();
     }

@@ -3,8 +3,9 @@ import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import { systemClock } from "../core/clock.ts";
 import { MemoryStore } from "../core/memory_store.ts";
-import type { StatusChange } from "../core/store.ts";
-import { DEADLINE_MS, within } from "./_deadline.ts";
+import type { ChangeOutcome, StatusChange } from "../core/store.ts";
+import { isFinalStatus } from "../core/status.ts";
+import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { storeContract } from "./store_contract.ts";
 
 // A memory store holds one app's data; apps sharing a "backend" share the store of their appId,
@@ -60,4 +61,45 @@ test("[memory] a child's pick-up enters RUNNING with its call edge in the claim'
   assert.deepEqual(seen?.history, ["registered", "pending", "running"]);
   assert.deepEqual(seen?.edges, [[invocation.callId, childInvocation!.callId]]);
   assert.deepEqual((await store.graphs()).calls.edges, [], "released once both are final");
+});
+
+test("[memory] a pause releases in its own step its wait edge to a child that ended before it: the edge is gone as the change returns, and the outcome says so (no read after it)", async () => {
+  const memory = new MemoryStore();
+  let askPause!: () => void;
+  const pauseAsked = new Promise<void>((resolve) => askPause = resolve);
+  let seen: { endedReleased: boolean; waiters: string[] } | undefined;
+  // Holds the parent's pause until its child is final: the child ends before the edge is written.
+  const store = new Proxy(memory, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target);
+      if (typeof value !== "function") return value;
+      if (property !== "change") return value.bind(target);
+      return async (id: string, change: StatusChange): Promise<ChangeOutcome> => {
+        if (!change.path.includes("paused")) return await target.change(id, change);
+        askPause();
+        const [child] = await target.children(id);
+        await waitUntil(async () => isFinalStatus((await target.get(child!.id))!.status), {
+          message: "the child's end",
+        });
+        const outcome = await target.change(id, change);
+        seen = {
+          endedReleased: outcome.ok && outcome.endedReleased === true,
+          waiters: await target.waiters(child!.id),
+        };
+        return outcome;
+      };
+    },
+  });
+  const app = new Nenc({ store });
+  const child = app.task("child", async () => {
+    await pauseAsked;
+    return 1;
+  });
+  const parent = app.task("parent", async () => (await (await child.call()).result()) + 1);
+  await using runner = app.runner({ concurrency: 2 });
+  runner.start();
+  const invocation = await parent.call();
+  assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 2);
+  assert.deepEqual(seen, { endedReleased: true, waiters: [] });
+  assert.deepEqual(await store.graphs().then(({ waits }) => waits), []);
 });

@@ -49,12 +49,12 @@ export function retryFaults<T>(step: () => Promise<T>, options: RetryFaultsOptio
 export function retryFaults<T, U>(
   step: () => Promise<T>,
   options: RetryFaultsOptions,
-  then: (value: T) => U,
+  then: (value: T) => U | PromiseLike<U>,
 ): Promise<U>;
 export function retryFaults<T, U>(
   step: () => Promise<T>,
   options: RetryFaultsOptions,
-  then?: (value: T) => U,
+  then?: (value: T) => U | PromiseLike<U>,
 ): Promise<T | U> {
   // The first try holds no frame while it is pending, and one step with `then`: a wait (a paused
   // invocation's) may last long, and the garbage collector copies what it holds meanwhile.

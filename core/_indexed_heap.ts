@@ -1,5 +1,5 @@
 /**
- * An indexed binary min-heap of string ids keyed by (keyMs, id): O(log n) insert, remove by id
+ * An indexed 4-ary min-heap of string ids keyed by (keyMs, id): O(log n) insert, remove by id
  * and peek, and a non-consuming read of the k smallest in O(k log k). Private to the core: it
  * orders the ready blockers of the wait graph and the delayed and purge-due invocations of the
  * memory store.
@@ -8,7 +8,19 @@
  */
 
 /**
- * An indexed binary min-heap of ids keyed by (keyMs, id): O(log n) insert and remove-by-id,
+ * Children per entry. A sift writes the position of every entry it moves to a map, its main cost:
+ * four children make the heap half as deep as two, so a sift writes half as many (the ready
+ * blockers and the queue of a tree of nested waits hold thousands, each sifted at every node).
+ */
+const ARITY = 4;
+
+/** The heap index of the parent of the entry at `at` (> 0). */
+function parentOf(at: number): number {
+  return (at - 1) >> 2;
+}
+
+/**
+ * An indexed 4-ary min-heap of ids keyed by (keyMs, id): O(log n) insert and remove-by-id,
  * and a non-consuming read of the k smallest.
  */
 export class IndexedHeap {
@@ -55,7 +67,7 @@ export class IndexedHeap {
     this.#ids[at] = lastId;
     this.#keys[at] = lastKey;
     // The sift writes its position.
-    if (at > 0 && this.#less(at, (at - 1) >> 1)) this.#siftUp(at);
+    if (at > 0 && this.#less(at, parentOf(at))) this.#siftUp(at);
     else this.#siftDown(at);
   }
 
@@ -72,8 +84,8 @@ export class IndexedHeap {
    * Why this neither consumes nor scans: a heap array is a tree where every parent is smaller
    * than its children, so the smallest entry not yet emitted is always a child of an emitted (or
    * skipped) one. A best-first walk keeps that frontier — heap *indices*, starting at the root —
-   * in a small auxiliary min-heap: pop the smallest index, emit it if accepted, push its two
-   * children. The main heap is only read, and the frontier never holds more than k + 1 indices
+   * in a small auxiliary binary min-heap: pop the smallest index, emit it if accepted, push its
+   * children. The main heap is only read, and the frontier never holds more than 3k + 1 indices
    * after k pops, so k examined entries cost O(k log k), independent of the heap's size.
    */
   smallest(max: number, accept: ((id: string) => boolean) | undefined): string[] {
@@ -85,9 +97,10 @@ export class IndexedHeap {
       const at = this.#popFrontier(frontier);
       const id = this.#ids[at] as string;
       if (accept === undefined || accept(id)) result.push(id);
-      const left = 2 * at + 1;
-      if (left < n) this.#pushFrontier(frontier, left);
-      if (left + 1 < n) this.#pushFrontier(frontier, left + 1);
+      const first = ARITY * at + 1;
+      for (let child = first; child < first + ARITY && child < n; child++) {
+        this.#pushFrontier(frontier, child);
+      }
     }
     return result;
   }
@@ -114,7 +127,7 @@ export class IndexedHeap {
     const id = this.#ids[at] as string;
     const key = this.#keys[at] as number;
     while (at > 0) {
-      const parent = (at - 1) >> 1;
+      const parent = parentOf(at);
       if (!precedes(key, id, this.#keys[parent] as number, this.#ids[parent] as string)) break;
       this.#place(at, this.#ids[parent] as string, this.#keys[parent] as number);
       at = parent;
@@ -127,10 +140,12 @@ export class IndexedHeap {
     const key = this.#keys[at] as number;
     const n = this.#ids.length;
     for (;;) {
-      const left = 2 * at + 1;
-      if (left >= n) break;
-      const right = left + 1;
-      const child = right < n && this.#less(right, left) ? right : left;
+      const first = ARITY * at + 1;
+      if (first >= n) break;
+      let child = first;
+      for (let next = first + 1; next < first + ARITY && next < n; next++) {
+        if (this.#less(next, child)) child = next;
+      }
       if (!precedes(this.#keys[child] as number, this.#ids[child] as string, key, id)) break;
       this.#place(at, this.#ids[child] as string, this.#keys[child] as number);
       at = child;

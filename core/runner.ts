@@ -1640,12 +1640,13 @@ class Execution implements ExecutionContext {
     signal?: AbortSignal,
   ): Promise<InvocationRecord | void> {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
-    return this.#enterWait(ids, mode, stop).then((entered) =>
-      entered === true
-        ? this.#waitPaused(ids, mode, stop)
-        : ids.length === 1
-        ? entered[0]
-        : undefined
+    const { orchestrator, clock } = this.#host;
+    // The wait is entered in the step of its read: no async frame, which every wait of a paused
+    // invocation made (the largest share of what entering a wait allocates).
+    return retryFaults(
+      () => orchestrator.store.getMany(ids),
+      { clock, signal: stop },
+      (records) => this.#enterWait(records, ids, mode, stop),
     );
   }
 
@@ -1699,53 +1700,50 @@ class Execution implements ExecutionContext {
   }
 
   /**
-   * Before a wait: the records read (those that exist) when what it waits on is final already;
-   * otherwise records the wait for blocking control and, for the first of the execution's waits,
-   * pauses (`true`). Its reads end with it: the wait that follows may last long, and holds only
-   * what it needs.
+   * Once the records of a wait are read: the one record read of a wait for one invocation (or
+   * nothing) when what it waits on is final already; otherwise records the wait for blocking
+   * control and, for the first of the execution's waits, pauses, then waits for the finals. Its
+   * reads end with it: the wait that follows may last long, and holds only what it needs.
    */
-  async #enterWait(
+  #enterWait(
+    records: readonly InvocationRecord[],
     ids: readonly string[],
     mode: "all" | "any",
     stop: AbortSignal,
-  ): Promise<true | InvocationRecord[]> {
-    const { orchestrator, clock } = this.#host;
-    const records = await retryFaults(() => orchestrator.store.getMany(ids), {
-      clock,
-      signal: stop,
-    });
+  ): InvocationRecord | void | Promise<InvocationRecord | void> {
     // Only what is still pending (getMany keeps the order asked, and leaves the missing out): an
     // edge to a final invocation would never be released.
     const waited: InvocationRef[] = [];
     for (const record of records) if (!isFinalStatus(record.status)) waited.push({ id: record.id });
-    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) return records;
+    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) {
+      return ids.length === 1 ? records[0] : undefined;
+    }
     stop.throwIfAborted();
     this.#assertAlive();
-    try {
-      if (++this.#waits === 1) {
-        // PAUSED and the wait edges in one step; waits that begin before it is written (the
-        // results of a `Promise.all`) join it.
-        this.#joining = waited;
-        this.#pausing = this.inOrder(() => {
-          this.#joining = undefined;
-          return this.#pause(waited);
-        });
-        await this.#pausing;
-      } else if (this.#joining !== undefined) {
-        this.#joining.push(...waited);
-        await this.#pausing;
-      } else {
-        // Paused already: the edges alone.
-        await retryFaults(() => orchestrator.waitingForResults(this.invocation, waited), {
-          clock,
-          signal: stop,
-        });
-      }
-    } catch (error) {
+    let entered: Promise<unknown>;
+    if (++this.#waits === 1) {
+      // PAUSED and the wait edges in one step; waits that begin before it is written (the
+      // results of a `Promise.all`) join it.
+      this.#joining = waited;
+      entered = this.#pausing = this.inOrder(() => {
+        this.#joining = undefined;
+        return this.#pause(waited);
+      });
+    } else if (this.#joining !== undefined) {
+      this.#joining.push(...waited);
+      entered = this.#pausing!;
+    } else {
+      // Paused already: the edges alone.
+      const { orchestrator, clock } = this.#host;
+      entered = retryFaults(() => orchestrator.waitingForResults(this.invocation, waited), {
+        clock,
+        signal: stop,
+      });
+    }
+    return entered.then(() => this.#waitPaused(ids, mode, stop), (error) => {
       this.#waits--;
       throw error;
-    }
-    return true;
+    });
   }
 
   /**

@@ -850,13 +850,15 @@ export class Orchestrator {
    *
    * @throws {InvocationStatusTransitionError | InvocationStatusOwnershipError} for a refused change.
    */
-  async setInvocationStatus(
+  setInvocationStatus(
     invocation: InvocationRef,
     status: InvocationStatus,
     options: ActorOptions = {},
   ): Promise<boolean> {
-    return await this.#change(invocation, { path: [status], ...this.#actor(options) }) !==
-      undefined;
+    // No async frame of its own: every resume of a paused invocation passes here.
+    return this.#change(invocation, { path: [status], ...this.#actor(options) }).then((applied) =>
+      applied !== undefined
+    );
   }
 
   /** {@linkcode Orchestrator.setInvocationStatus} for many invocations. */

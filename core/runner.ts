@@ -1789,7 +1789,7 @@ class Execution implements ExecutionContext {
     return next;
   }
 
-  async #pause(waited: readonly InvocationRef[]): Promise<void> {
+  #pause(waited: readonly InvocationRef[]): Promise<void> {
     // The slot is free once PAUSED is committed, not after the read that follows it (of what
     // ended before its edge was written); the pause is on the span before anything runs in it.
     const paused = (): void => {
@@ -1798,13 +1798,12 @@ class Execution implements ExecutionContext {
       this.#paused = true;
       this.releaseSlot();
     };
-    await this.#write((actor) =>
+    return this.#write((actor) =>
       this.#host.orchestrator.pauseForResults(this.invocation, waited, {
         ...actor,
         onCommitted: paused,
       })
-    );
-    paused();
+    ).then(paused);
   }
 
   /** RESUMED; `false` when running concurrency refused the slot. */
@@ -1822,8 +1821,13 @@ class Execution implements ExecutionContext {
    * A pause or a resume through the runner's fault-tolerant write; `false` when running
    * concurrency refused the slot (RESUMED). A cancel or a lost claim aborts and throws.
    */
-  async #write(write: (actor: ActorOptions) => Promise<boolean | void>): Promise<boolean> {
-    const verdict = await this.#persist(1, write);
+  #write(write: (actor: ActorOptions) => Promise<boolean | void>): Promise<boolean> {
+    // No async frame of its own: a pause and a resume of each paused invocation pass here.
+    return this.#persist(1, write).then((verdict) => this.#written(verdict));
+  }
+
+  /** What `#write` makes of its write's verdict. */
+  #written(verdict: WriteVerdict): boolean {
     if (verdict === "busy") return false;
     if (verdict === "canceled") {
       const reason = new CanceledError(this.invocationId);

@@ -1642,11 +1642,18 @@ class Execution implements ExecutionContext {
     const stop = signal === undefined ? this.signal : AbortSignal.any([this.signal, signal]);
     const { orchestrator, clock } = this.#host;
     // The wait is entered in the step of its read: no async frame, which every wait of a paused
-    // invocation made (the largest share of what entering a wait allocates).
-    return retryFaults(
+    // invocation made (the largest share of what entering a wait allocates). What it waits for is
+    // chained once the pause is written: the pause's promise is not held through the wait.
+    return retryFaults<InvocationRecord[], readonly InvocationRecord[] | true>(
       () => orchestrator.store.getMany(ids),
       { clock, signal: stop },
       (records) => this.#enterWait(records, ids, mode, stop),
+    ).then((entered) =>
+      entered === true
+        ? this.#waitPaused(ids, mode, stop)
+        : ids.length === 1
+        ? entered[0]
+        : undefined
     );
   }
 
@@ -1700,24 +1707,22 @@ class Execution implements ExecutionContext {
   }
 
   /**
-   * Once the records of a wait are read: the one record read of a wait for one invocation (or
-   * nothing) when what it waits on is final already; otherwise records the wait for blocking
-   * control and, for the first of the execution's waits, pauses, then waits for the finals. Its
-   * reads end with it: the wait that follows may last long, and holds only what it needs.
+   * Once the records of a wait are read: those records when what it waits on is final already;
+   * otherwise records the wait for blocking control and, for the first of the execution's waits,
+   * pauses (`true`). Its reads end with it: the wait that follows may last long, and holds only
+   * what it needs.
    */
   #enterWait(
     records: readonly InvocationRecord[],
     ids: readonly string[],
     mode: "all" | "any",
     stop: AbortSignal,
-  ): InvocationRecord | void | Promise<InvocationRecord | void> {
+  ): readonly InvocationRecord[] | Promise<true> {
     // Only what is still pending (getMany keeps the order asked, and leaves the missing out): an
     // edge to a final invocation would never be released.
     const waited: InvocationRef[] = [];
     for (const record of records) if (!isFinalStatus(record.status)) waited.push({ id: record.id });
-    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) {
-      return ids.length === 1 ? records[0] : undefined;
-    }
+    if (mode === "all" ? waited.length === 0 : waited.length < ids.length) return records;
     stop.throwIfAborted();
     this.#assertAlive();
     let entered: Promise<unknown>;
@@ -1740,7 +1745,7 @@ class Execution implements ExecutionContext {
         signal: stop,
       });
     }
-    return entered.then(() => this.#waitPaused(ids, mode, stop), (error) => {
+    return entered.then(() => true, (error) => {
       this.#waits--;
       throw error;
     });

@@ -1,7 +1,7 @@
 /**
  * Blocking control (SPEC §4.3): which invocations others wait on, and which of those should run
  * first. {@linkcode WaitGraph} keeps the wait edges in a graphology `DirectedGraph` and indexes the
- * "ready" invocations — waited on by someone, waiting on nothing — in an indexed binary min-heap
+ * "ready" invocations — waited on by someone, waiting on nothing — in an indexed 4-ary min-heap
  * keyed by the time they were first waited on, so {@linkcode WaitGraph.blocking} costs
  * O(k log k) for k examined results instead of a scan of every waited invocation.
  *

@@ -185,6 +185,8 @@ export class MemoryStore implements Store {
   // One synchronous step: the idempotency key first, then the registration key, then creation;
   // an idempotency key is written for the invocation returned.
   register(invocation: NewInvocation): Promise<RegisterOutcome> {
+    const caller = invocation.parentId === null ? undefined : this.#visible(invocation.parentId);
+    if (caller?.status === InvocationStatus.CANCELED) return Promise.resolve({ refused: caller });
     const idempotency = invocation.idempotency;
     const slot = idempotency && idempotencySlot(invocation.taskId, idempotency.key);
     if (slot !== undefined) {

@@ -36,6 +36,7 @@ import {
   holdsSlots,
   type InvocationRecord,
   type NewInvocation,
+  type RegisterOutcome,
   slotsOf,
   type StatusChange,
   type Store,
@@ -475,13 +476,17 @@ export class Orchestrator {
   async routeCall<Args, Result>(call: Call<Args, Result>): Promise<Invocation<Result>> {
     const { task, args } = call;
     const invocation = this.#newInvocation(task, args, call.options);
-    await this.#refuseIfCanceled(invocation.parentId);
     await this.#defineGroupsOf(task);
-    const outcome = await this.#registering(
+    // The store refuses a call from a canceled context in the registration's own step: on KV, a
+    // check in its commit rather than a read of the caller before it (issue #12).
+    const outcome: RegisterOutcome = await this.#registering(
       [invocation.id],
       () => this.store.register(invocation),
       ([record]) => ({ created: record! }),
     );
+    if (outcome.refused !== undefined) {
+      return this.#outcome<never>(outcome.refused.id, outcome.refused); // throws its CanceledError
+    }
     if (outcome.created !== undefined) {
       this.#reportRegistered([outcome.created], invocation.runnerId);
       return new Invocation<Result>(this, outcome.created);

@@ -327,7 +327,8 @@ export interface NewInvocation extends
 }
 
 /**
- * The outcome of {@linkcode Store.register}: a new invocation, or the one holding the key.
+ * The outcome of {@linkcode Store.register}: a new invocation, the one holding the key, or none
+ * because the caller (`parentId`) is CANCELED (`refused`: its record).
  *
  * @example The second registration of a key finds the first
  * ```ts
@@ -344,8 +345,21 @@ export interface NewInvocation extends
  * ```
  */
 export type RegisterOutcome =
-  | { readonly created: InvocationRecord; readonly existing?: undefined }
-  | { readonly existing: InvocationRecord; readonly created?: undefined };
+  | {
+    readonly created: InvocationRecord;
+    readonly existing?: undefined;
+    readonly refused?: undefined;
+  }
+  | {
+    readonly existing: InvocationRecord;
+    readonly created?: undefined;
+    readonly refused?: undefined;
+  }
+  | {
+    readonly refused: InvocationRecord;
+    readonly created?: undefined;
+    readonly existing?: undefined;
+  };
 
 /**
  * A status change: one or more statuses entered in one atomic step.
@@ -1031,6 +1045,8 @@ export interface Store {
    * live idempotency key of the task names one (returned as it is, final or not), or another
    * invocation holds its registration key (it has not run yet). With an idempotency key, the key
    * is written for the invocation returned, in the same step, and keeps it from being purged.
+   * A call from a CANCELED invocation's context (`parentId`) is refused, nothing registered
+   * (`refused`): a canceled invocation calls nothing more (SPEC §7.1).
    */
   register(invocation: NewInvocation): Promise<RegisterOutcome>;
   /** Creates many invocations without registration or idempotency keys. */

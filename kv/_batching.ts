@@ -64,8 +64,12 @@ type Mutation =
 export class AtomicDraft {
   readonly checks: { key: KvKey; versionstamp: string | null }[] = [];
   readonly mutations: Mutation[] = [];
-  /** Every key the draft checks or changes, as strings: drafts sharing one are not merged. */
-  readonly keys: Set<string> = new Set();
+  /**
+   * Every key the draft checks or changes, as strings, each with how (see `clash`): drafts that
+   * share a key are not merged, nor in flight together, unless both only check it at the same
+   * versionstamp (the calls of one caller each check its cancel request absent).
+   */
+  readonly keys: Map<string, string> = new Map();
   /**
    * Keys set blind with a constant value, only so that their versionstamps move (see
    * {@linkcode AtomicDraft.signal}): not in `keys`, set once per operation.
@@ -76,7 +80,7 @@ export class AtomicDraft {
   /** Commits only if `key` still has this versionstamp (`null`: absent). */
   check(check: { key: KvKey; versionstamp: string | null }): this {
     this.checks.push(check);
-    this.#touch(check.key);
+    this.#touch(check.key, `checked at ${check.versionstamp}`);
     return this;
   }
 
@@ -87,14 +91,14 @@ export class AtomicDraft {
       expireIn === undefined ? { type: "set", key, value } : { type: "set", key, value, expireIn },
     );
     this.bytes += value.byteLength;
-    this.#touch(key);
+    this.#touch(key, WRITTEN);
     return this;
   }
 
   /** Deletes a key. */
   delete(key: KvKey): this {
     this.mutations.push({ type: "delete", key });
-    this.#touch(key);
+    this.#touch(key, WRITTEN);
     return this;
   }
 
@@ -116,20 +120,30 @@ export class AtomicDraft {
   absorb(other: AtomicDraft): this {
     this.checks.push(...other.checks);
     this.mutations.push(...other.mutations);
-    for (const key of other.keys) this.keys.add(key);
+    for (const [text, how] of other.keys) {
+      if (this.keys.get(text) !== WRITTEN) this.keys.set(text, how);
+    }
     for (const [text, signal] of other.signals) this.signals.set(text, signal);
     this.bytes += other.bytes;
     return this;
   }
 
-  /** Adds this draft to an atomic operation; the signals not in `signaled` yet (then added). */
-  applyTo(op: KvAtomicLike, signaled: Set<string> = new Set()): void {
+  /**
+   * Adds this draft to an atomic operation; the signals and the checks not in `applied` yet (then
+   * added): drafts merged may check one key alike.
+   */
+  applyTo(op: KvAtomicLike, applied: Set<string> = new Set()): void {
     for (const [text, { key, value }] of this.signals) {
-      if (signaled.has(text)) continue;
-      signaled.add(text);
+      if (applied.has(text)) continue;
+      applied.add(text);
       op.set(key, value);
     }
-    for (const check of this.checks) op.check(check);
+    for (const check of this.checks) {
+      const text = `${JSON.stringify(check.key)} ${check.versionstamp}`;
+      if (applied.has(text)) continue;
+      applied.add(text);
+      op.check(check);
+    }
     for (const mutation of this.mutations) {
       if (mutation.type === "delete") op.delete(mutation.key);
       else if (mutation.expireIn === undefined) op.set(mutation.key, mutation.value);
@@ -137,15 +151,29 @@ export class AtomicDraft {
     }
   }
 
-  #touch(key: KvKey): void {
+  #touch(key: KvKey, how: string): void {
     const text = JSON.stringify(key);
-    this.keys.add(text);
+    if (this.keys.get(text) !== WRITTEN) this.keys.set(text, how);
     this.bytes += text.length;
   }
 }
 
+/** How a draft touches a key it sets or deletes (see AtomicDraft.keys). */
+const WRITTEN = "written";
+
+/**
+ * Whether two drafts that touch one key, as `a` and `b` say, must not be merged or in flight
+ * together: unless both only check it at one versionstamp, one's commit may change what the
+ * other's saw.
+ */
+function clash(a: string, b: string): boolean {
+  return a === WRITTEN || a !== b;
+}
+
 interface Waiting {
   readonly draft: AtomicDraft;
+  /** Given the versionstamp of the commit that applied the draft, where the store tells it. */
+  readonly stamped: ((versionstamp: string) => void) | undefined;
   readonly resolve: (ok: boolean) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -162,8 +190,11 @@ export class GroupCommitter {
   readonly #kv: KvLike;
   #waiting: Waiting[] = [];
   #inFlight = 0;
-  /** The keys of the drafts in flight: a draft touching one waits for them. */
-  readonly #busy = new Set<string>();
+  /**
+   * The keys of the drafts in flight, each with how and by how many batches: a draft touching one
+   * so that they clash waits for them.
+   */
+  readonly #busy = new Map<string, { readonly how: string; batches: number }>();
   #maxChecks = LOCAL_MAX_CHECKS;
   /** A pump is due at the end of this turn. */
   #scheduled = false;
@@ -217,29 +248,40 @@ export class GroupCommitter {
   }
 
   /**
-   * Whether `b` may join `a` in one draft: no key in common, and together within the mutations
-   * and bytes of one operation and within the protocol's checks — a draft alone in its batch is
-   * not split again, and a store over the protocol may not have refused a larger batch yet.
+   * Whether `b` may join `a` in one draft: no key that they touch so that they clash (see
+   * `clash`), and together within the mutations and bytes of one operation and within the
+   * protocol's checks — a draft alone in its batch is not split again, and a store over the
+   * protocol may not have refused a larger batch yet.
    */
   fits(a: AtomicDraft, b: AtomicDraft): boolean {
-    return ![...b.keys].some((key) => a.keys.has(key)) &&
-      a.checks.length + b.checks.length <= PROTOCOL_MAX_CHECKS &&
+    for (const [key, how] of b.keys) {
+      const mine = a.keys.get(key);
+      if (mine !== undefined && clash(mine, how)) return false;
+    }
+    return a.checks.length + b.checks.length <= PROTOCOL_MAX_CHECKS &&
       a.mutations.length + b.mutations.length <= MAX_MUTATIONS &&
       a.bytes + b.bytes <= MAX_BYTES;
   }
 
-  /** Commits `draft`, alone or with others: `false` when one of its own checks failed. */
-  commit(draft: AtomicDraft): Promise<boolean> {
-    return this.tracked(draft, () => this.#enqueue(draft));
+  /**
+   * Commits `draft`, alone or with others: `false` when one of its own checks failed. `stamped` is
+   * given the versionstamp of the commit that applied it (every key it sets has it), where the
+   * store tells it.
+   */
+  commit(draft: AtomicDraft, stamped?: (versionstamp: string) => void): Promise<boolean> {
+    return this.tracked(draft, () => this.#enqueue(draft, stamped));
   }
 
-  #enqueue(draft: AtomicDraft): Promise<boolean> {
+  #enqueue(
+    draft: AtomicDraft,
+    stamped: ((versionstamp: string) => void) | undefined,
+  ): Promise<boolean> {
     return new Promise((resolve, reject) => {
       // The drafts of this turn go together: transitions that one read or commit resolved all
       // draft theirs in the same turn. Over the protocol, those of the turns until the next
       // timer as well: the reads of a pick-up or of the ends of a batch come back a few turns
       // apart, and a round trip is long beside a timer's turn.
-      this.#waiting.push({ draft, resolve, reject });
+      this.#waiting.push({ draft, stamped, resolve, reject });
       if (this.#scheduled) return;
       this.#scheduled = true;
       const pump = (): void => {
@@ -261,12 +303,18 @@ export class GroupCommitter {
       if (batch.length === 0 || (this.#inFlight >= batches && !full)) return;
       this.#waiting = left;
       this.#inFlight++;
-      const keys = batch.flatMap(({ draft }) => [...draft.keys]);
-      for (const key of keys) this.#busy.add(key);
+      const keys = new Map(batch.flatMap(({ draft }) => [...draft.keys]));
+      for (const [key, how] of keys) {
+        const busy = this.#busy.get(key);
+        if (busy === undefined) this.#busy.set(key, { how, batches: 1 });
+        else busy.batches++;
+      }
       // Whatever goes wrong, every draft of the batch settles (settling twice changes nothing).
       void this.#run(batch).catch((error) => batch.forEach(({ reject }) => reject(error))).finally(
         () => {
-          for (const key of keys) this.#busy.delete(key);
+          for (const key of keys.keys()) {
+            if (--this.#busy.get(key)!.batches === 0) this.#busy.delete(key);
+          }
           this.#inFlight--;
           this.#pump();
         },
@@ -277,8 +325,9 @@ export class GroupCommitter {
   async #run(batch: readonly Waiting[]): Promise<void> {
     if (batch.length === 1) return this.#commitAlone(batch[0]!);
     let ok: boolean | undefined;
+    let versionstamp: string | undefined;
     try {
-      ok = await this.#commitDrafts(batch.map(({ draft }) => draft));
+      ({ ok, versionstamp } = await this.#commitDrafts(batch.map(({ draft }) => draft)));
     } catch {
       const checks = batch.reduce((sum, { draft }) => sum + draft.checks.length, 0);
       if (checks > PROTOCOL_MAX_CHECKS && this.#maxChecks > PROTOCOL_MAX_CHECKS) {
@@ -290,7 +339,7 @@ export class GroupCommitter {
       }
       // Too big together, or a storage error: each draft on its own says which.
     }
-    if (ok) return batch.forEach((waiting) => waiting.resolve(true));
+    if (ok) return batch.forEach((waiting) => applied(waiting, versionstamp));
     // A check failed: one read of the checked keys finds the drafts another writer made stale;
     // they fail, and the others are committed again together, before anything that arrived
     // meanwhile: each round fails at least one draft, so a valid draft is not held back by a
@@ -320,13 +369,15 @@ export class GroupCommitter {
    * again after a jittered pause (a commit that threw was never applied), whole, so a batch is not
    * split into more commits exactly when the file is busiest.
    */
-  async #commitDrafts(drafts: readonly AtomicDraft[]): Promise<boolean> {
+  async #commitDrafts(
+    drafts: readonly AtomicDraft[],
+  ): Promise<{ readonly ok: boolean; readonly versionstamp?: string | undefined }> {
     for (let attempt = 0;; attempt++) {
       const op = this.#kv.atomic();
-      const signaled = new Set<string>();
-      for (const draft of drafts) draft.applyTo(op, signaled);
+      const applied = new Set<string>();
+      for (const draft of drafts) draft.applyTo(op, applied);
       try {
-        return (await op.commit()).ok;
+        return await op.commit();
       } catch (error) {
         if (!isLocked(error) || attempt + 1 >= MAX_LOCKED_ATTEMPTS) throw error;
       }
@@ -361,14 +412,20 @@ export class GroupCommitter {
   #nextBatch(): { batch: Waiting[]; left: Waiting[]; full: boolean } {
     const batch: Waiting[] = [];
     const left: Waiting[] = [];
-    const keys = new Set<string>();
+    const keys = new Map<string, string>();
     let checks = 0;
     let mutations = 0;
     let bytes = 0;
     let full = false;
     for (const waiting of this.#waiting) {
       const { draft } = waiting;
-      if ([...draft.keys].some((key) => keys.has(key) || this.#busy.has(key))) {
+      const clashes = (key: string, how: string): boolean => {
+        const batched = keys.get(key);
+        const busy = this.#busy.get(key);
+        return (batched !== undefined && clash(batched, how)) ||
+          (busy !== undefined && clash(busy.how, how));
+      };
+      if ([...draft.keys].some(([key, how]) => clashes(key, how))) {
         left.push(waiting);
         continue;
       }
@@ -386,14 +443,17 @@ export class GroupCommitter {
       checks += draft.checks.length;
       mutations += draft.mutations.length;
       bytes += draft.bytes;
-      for (const key of draft.keys) keys.add(key);
+      for (const [key, how] of draft.keys) keys.set(key, how);
     }
     return { batch, left, full };
   }
 
-  async #commitAlone({ draft, resolve, reject }: Waiting): Promise<void> {
+  async #commitAlone(waiting: Waiting): Promise<void> {
+    const { draft, resolve, reject } = waiting;
     try {
-      resolve(await this.#commitDrafts([draft]));
+      const { ok, versionstamp } = await this.#commitDrafts([draft]);
+      if (ok) applied(waiting, versionstamp);
+      else resolve(false);
     } catch (error) {
       // A file still locked after every try is a conflict, as it always was for the store's
       // callers: they re-read and try again. Only other errors reach them.
@@ -401,6 +461,12 @@ export class GroupCommitter {
       else reject(error);
     }
   }
+}
+
+/** A draft's commit applied: its versionstamp to `stamped` (when known), then `true`. */
+function applied(waiting: Waiting, versionstamp: string | undefined): void {
+  if (versionstamp !== undefined) waiting.stamped?.(versionstamp);
+  waiting.resolve(true);
 }
 
 interface Read {

@@ -182,9 +182,16 @@ export class Seat {
     return this.#draft;
   }
 
-  /** For the end that took it: the verdict of its commit (`undefined`: it could not take it). */
-  settle(verdict: boolean | undefined): void {
+  /** The versionstamp of the end's commit that took it, once committed (where the store tells). */
+  versionstamp: string | undefined;
+
+  /**
+   * For the end that took it: the verdict of its commit (`undefined`: it could not take it), and
+   * that commit's versionstamp.
+   */
+  settle(verdict: boolean | undefined, versionstamp?: string): void {
     if (verdict === undefined) this.#state = "done";
+    this.versionstamp = versionstamp;
     this.#settle(verdict);
   }
 

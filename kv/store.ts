@@ -187,6 +187,18 @@ interface PlannedWaits {
   readonly firstWaits: readonly (number | null)[];
   /** The waiter's own ready entries: the edges into it, each with its time (if known). */
   readonly waiters: readonly WaitEdge[];
+  /** The wait graph markers of the waiter and of each end waited on, as read. */
+  readonly markers: ReadonlyMap<string, KvEntryMaybeLike>;
+}
+
+/**
+ * The wait edges of an invocation (`waiters`: into it; `waited`: out of it) as a change made here
+ * left them, when its wait graph marker had `marker` for versionstamp (see LocalSignals.edges).
+ */
+interface KnownEdges {
+  readonly marker: string;
+  readonly waiters: readonly WaitEdge[];
+  readonly waited: readonly WaitEdge[];
 }
 
 /**
@@ -246,6 +258,32 @@ interface LocalSignals {
    * each end in a tree of nested waits). A hint: others list them once the marker is read.
    */
   readonly waitNodes: Set<string>;
+  /**
+   * The record entries of invocations held here (not final), as a change made here last committed
+   * them, with that commit's versionstamp. The next change of one plans its first attempt from it
+   * instead of a read: a resume after a pause made here then waits for its commit alone, not for
+   * a read first (a round trip a level on the way up a tree of nested waits over a remote store).
+   * Its commit checks the versionstamp, so an entry a change elsewhere made stale (a cancel, a
+   * recovery) is refused, and the change reads and plans again. Taken by the change that uses it,
+   * dropped with the hold.
+   */
+  readonly entries: Map<string, KvEntryMaybeLike>;
+  /**
+   * The wait edges of invocations as a pause made here left them: every edge into or out of one
+   * when that pause wrote its marker (wnode/<id>, which every insertion of an edge at either end
+   * writes), when the pause found the marker absent or at the versionstamp known here before. Its
+   * final change releases them without listing them (a round trip less at every end in a tree of
+   * nested waits), checking the marker unchanged: an edge inserted since fails the commit, and the
+   * change lists them. One deleted since (by a waiter that ended) is deleted again, which changes
+   * nothing. Taken by the final change, dropped with a wait written without a known versionstamp.
+   */
+  readonly edges: Map<string, KnownEdges>;
+  /**
+   * The invocations held here whose call hold (holder/<call>/<id>) their claim here wrote: it
+   * stays until their clean-up after their end, so their final change does not read it (see
+   * holdsNoCall in #apply).
+   */
+  readonly holds: Set<string>;
 }
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
@@ -384,6 +422,9 @@ export class KvStore implements Store {
           ownedHere: new Map(),
           registeredCalls: new Map(),
           waitNodes: new Set(),
+          entries: new Map(),
+          edges: new Map(),
+          holds: new Set(),
         },
       );
     }
@@ -403,7 +444,27 @@ export class KvStore implements Store {
     const key = invocation.registrationKey;
     const idempotency = invocation.idempotency;
     const idemKey = idempotency && keys.idempotency(invocation.taskId, idempotency.key);
+    // A call from a canceled context is refused. Its caller runs on the calling runner, so a
+    // cancel wrote the caller's cancel request for that runner (cleared when the execution ends):
+    // its absence is checked in the commit, instead of the caller's record read before it (a
+    // round trip in turn with the commit, for every child a task calls). The record is read only
+    // after a refused commit, or with the reads of a call that reads first (a key).
+    const { parentId, runnerId } = invocation;
+    const canceled = parentId !== null && runnerId !== null
+      ? keys.cancelRequest(runnerId, parentId)
+      : undefined;
     for (let attempt = 0;; attempt++) {
+      const caller = parentId !== null &&
+          (canceled === undefined || attempt > 0 || idemKey !== undefined || key !== null)
+        ? this.#read(parentId)
+        : undefined;
+      caller?.catch(() => {}); // awaited below, if the registration gets that far
+      const refused = async (): Promise<RegisterOutcome | undefined> => {
+        const stored = await caller;
+        return stored?.record.status === InvocationStatus.CANCELED
+          ? { refused: stored.record }
+          : undefined;
+      };
       // The idempotency key first: a live one names the invocation to return, final or not.
       let named: KvEntryMaybeLike | undefined;
       if (idemKey !== undefined) {
@@ -415,7 +476,7 @@ export class KvStore implements Store {
           if (value.id === invocation.id && existing !== undefined) {
             return { created: existing.record };
           }
-          if (existing !== undefined) return { existing: existing.record };
+          if (existing !== undefined) return await refused() ?? { existing: existing.record };
           // Named invocation gone (a purge() reset): the key is free again.
         }
       }
@@ -435,12 +496,15 @@ export class KvStore implements Store {
             stored !== undefined && stored.record.registrationKey === key &&
             !isFinalStatus(stored.record.status)
           ) {
-            if (idemKey === undefined) return { existing: stored.record };
+            if (idemKey === undefined) return await refused() ?? { existing: stored.record };
             reused = { entry, stored };
           }
         }
       }
+      const refusal = await refused();
+      if (refusal !== undefined) return refusal;
       const op = new AtomicDraft();
+      if (canceled !== undefined) op.check({ key: canceled, versionstamp: null });
       if (idemKey !== undefined) {
         const { expiresAtMs } = idempotency!;
         op.check({ key: idemKey, versionstamp: named!.versionstamp });
@@ -644,29 +708,46 @@ export class KvStore implements Store {
     // A pause reads its wait edges to be with the record (one round trip, not two in turn).
     const waitFor = typeof changeOf !== "function" ? changeOf.waitFor ?? [] : [];
     for (let attempt = 0;; attempt++) {
-      const marker = final ? this.#reads.get(keys.waitNode(id)) : undefined;
+      // A final change: the wait edges known here (first attempt), else the marker and the lists.
+      const knownEdges = final && attempt === 0 ? this.#local.edges.get(id) : undefined;
+      if (final) this.#local.edges.delete(id);
+      const marker = !final
+        ? undefined
+        : knownEdges !== undefined
+        ? Promise.resolve({ key: keys.waitNode(id), value: null, versionstamp: knownEdges.marker })
+        : this.#reads.get(keys.waitNode(id));
       marker?.catch(() => {}); // awaited below, if the change gets that far
-      // The call hold of one running here, read with the record (see holdsNoCall below).
-      const callId = final && this.#group.roomy ? this.#local.ownedHere.get(id) : undefined;
+      // The call hold of one running here, read with the record (see holdsNoCall below), unless
+      // its claim here wrote it.
+      const ownCall = final && this.#group.roomy ? this.#local.ownedHere.get(id) : undefined;
+      const callId = this.#local.holds.has(id) ? undefined : ownCall;
       const hold = callId === undefined ? undefined : keys.callHolder(callId, id);
       const held = hold === undefined ? undefined : this.#reads.get(hold);
       held?.catch(() => {}); // the same
       // The slot's next pick-up reads the side index hints: with these reads, not after them
       // (one such read waits at a time: of many ends together, one pick-up follows).
-      if (hold !== undefined && this.#hintsAhead === undefined) {
+      if (ownCall !== undefined && this.#hintsAhead === undefined) {
         this.#hintsAhead = { read: this.#readHints(), mark: this.#group.signalMark() };
       }
-      const edges = final && this.#local.waitNodes.has(id) ? this.#edgeLists(id) : undefined;
+      const edges = knownEdges !== undefined
+        ? Promise.resolve<[WaitEdge[], WaitEdge[]]>([[...knownEdges.waiters], [
+          ...knownEdges.waited,
+        ]])
+        : final && this.#local.waitNodes.has(id)
+        ? this.#edgeLists(id)
+        : undefined;
       edges?.catch(() => {}); // the same
       const waits = waitFor.length > 0 ? this.#readWaits(id, waitFor) : undefined;
       waits?.catch(() => {}); // the same
-      // The first attempt may plan from a read made just before (`first`): its commit checks it.
-      const entry = attempt === 0 && first !== undefined
-        ? first
-        : await this.#reads.get(keys.invocation(id));
+      // The first attempt may plan from a read made just before (`first`), or from the entry a
+      // change here last committed (see LocalSignals.entries): its commit checks it.
+      const known = attempt === 0 ? first ?? this.#local.entries.get(id) : undefined;
+      this.#local.entries.delete(id);
+      const entry = known ?? await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
       if (stored === undefined || !isWanted(stored)) {
         this.#local.ownedHere.delete(id);
+        this.#local.holds.delete(id);
         return { ok: false, reason: "missing" };
       }
       // A claim for a slot about to be given back: the record is read, the rest (its slot keys,
@@ -681,6 +762,7 @@ export class KvStore implements Store {
           return { ok: true, record, entries: [], previous: record.status, replayed: true };
         }
         this.#local.ownedHere.delete(id);
+        this.#local.holds.delete(id);
         return { ok: false, reason: "conflict", record };
       }
       let plan = planChange(record, change);
@@ -688,9 +770,10 @@ export class KvStore implements Store {
         key: keys.invocation(id),
         versionstamp: entry.versionstamp,
       });
+      let planned: PlannedWaits | undefined;
       if (change.waitFor !== undefined && change.waitFor.length > 0) {
-        const planned = change.waitFor === waitFor ? waits! : this.#readWaits(id, change.waitFor);
-        this.#stageWaits(op, id, await planned, change.nowMs);
+        planned = await (change.waitFor === waitFor ? waits! : this.#readWaits(id, change.waitFor));
+        this.#stageWaits(op, id, planned, change.nowMs);
       }
       const slots = stateKeysOf(record);
       const runningKey = record.runningKey;
@@ -862,11 +945,8 @@ export class KvStore implements Store {
       ]);
       const releaseNow = release !== undefined && release.doomed.length <= RELEASE_INLINE_KEYS;
       if (releaseNow) { for (const key of release.doomed) op.delete(key); }
-      op.set(
-        keys.invocation(id),
-        this.#encode({ record: next, queue, ...history && { history } }, id),
-        options,
-      );
+      const value = this.#encode({ record: next, queue, ...history && { history } }, id);
+      op.set(keys.invocation(id), value, options);
       // A final invocation that holds no call — the hold key read absent, and checked absent in
       // this commit — leaves nothing for removeCall to release: a hold written after this commit
       // (a child claimed late) is released by its writer, which re-reads the caller after its
@@ -876,16 +956,37 @@ export class KvStore implements Store {
       const holdsNoCall = plan.final && hold !== undefined && next.callId === callId &&
         this.#group.roomy && (await held!).versionstamp === null && op.checks.length < MAX_CHECKS;
       if (holdsNoCall) op.check({ key: hold!, versionstamp: null });
+      if (knownEdges !== undefined) {
+        op.check({ key: keys.waitNode(id), versionstamp: knownEdges.marker });
+      }
+      const checked = planned !== undefined && this.#checkMarkers(op, id, planned);
+      let versionstamp: string | undefined;
+      const stamped = (stamp: string): void => void (versionstamp = stamp);
       // An end boards its slot's ride unless it gives back slot keys: others may wait for those.
       const ends = slots.length === 0 ? plan.executions.remove : null;
-      if (await this.#commitStep(op, alone, ends, id, ready, seat)) {
+      if (await this.#commitStep(op, alone, ends, id, ready, seat, stamped)) {
         // The end's waiters here wake at once, before the clean-ups that follow (ready entries
         // given back to available waiters read them first): else the finals poller, reading the
         // record meanwhile, takes this end for another process's and polls at its fastest.
         // Waiters of an end with more edges than its commit held wake once those are gone.
-        if (plan.final) this.#local.waitNodes.delete(id);
+        if (plan.final) {
+          this.#local.waitNodes.delete(id);
+          this.#local.holds.delete(id);
+        }
+        if (planned !== undefined) {
+          if (checked && versionstamp !== undefined) {
+            this.#knowEdges(id, planned, change.nowMs, versionstamp);
+          } else for (const end of [id, ...planned.added]) this.#local.edges.delete(end);
+        }
         if (plan.executions.add !== null) this.#local.ownedHere.set(id, next.callId);
-        else if (plan.executions.remove !== null) this.#local.ownedHere.delete(id);
+        else if (plan.executions.remove !== null) {
+          this.#local.ownedHere.delete(id);
+          this.#local.holds.delete(id);
+        }
+        if (
+          versionstamp !== undefined && !isFinalStatus(next.status) &&
+          this.#local.ownedHere.has(id)
+        ) this.#local.entries.set(id, { key: keys.invocation(id), value, versionstamp });
         const early = plan.final && (release === undefined || releaseNow);
         if (early) notify(this.#local.finals.get(id), undefined, next);
         if (release !== undefined) {
@@ -1156,7 +1257,10 @@ export class KvStore implements Store {
       const { record } = outcome;
       taken.add(id);
       const caller = call?.edge?.caller;
-      if (caller !== undefined && record.status === RUNNING) this.#releaseIfEnded(caller);
+      if (caller !== undefined && record.status === RUNNING) {
+        this.#local.holds.add(id);
+        this.#releaseIfEnded(caller);
+      }
       previous.set(id, outcome.previous);
       if (record.status === PENDING || record.status === RUNNING) return void claimed.push(record);
       controlled++;
@@ -2222,7 +2326,10 @@ export class KvStore implements Store {
     await Promise.all(
       chunked(waitedIds, WAIT_EDGES_PER_COMMIT).map(async (chunk) => {
         const draft = new AtomicDraft();
-        this.#stageWaits(draft, waiterId, await this.#readWaits(waiterId, chunk), nowMs);
+        const planned = await this.#readWaits(waiterId, chunk);
+        // Written blind, with no versionstamp known: the edges of its ends are not known here.
+        for (const id of [waiterId, ...planned.added]) this.#local.edges.delete(id);
+        this.#stageWaits(draft, waiterId, planned, nowMs);
         await this.#commitBlind(draft);
       }),
     );
@@ -2236,9 +2343,10 @@ export class KvStore implements Store {
   async #readWaits(waiterId: string, waitedIds: readonly string[]): Promise<PlannedWaits> {
     const keys = this.#keys;
     const ids = [...new Set(waitedIds)];
+    // The waiter's own marker with the ends': what the edges known here are checked against.
     const [present, markers, waiters] = await Promise.all([
       this.#getEntries(ids.map((id) => keys.waitEdge(waiterId, id))),
-      this.#getEntries(ids.map((id) => keys.waitNode(id))),
+      this.#getEntries([...ids, waiterId].map((id) => keys.waitNode(id))),
       this.#edgesOf(keys.waitedEdge(waiterId)),
     ]);
     // A retry (or a second wait on it) finds the edge: a new time would leave its entry behind.
@@ -2251,7 +2359,67 @@ export class KvStore implements Store {
         markers[ids.indexOf(id)]!.versionstamp === null ? null : this.#firstWaitMs(id)
       ),
     );
-    return { added, firstWaits, waiters };
+    return {
+      added,
+      firstWaits,
+      waiters,
+      markers: new Map([...ids, waiterId].map((id, i) => [id, markers[i]!])),
+    };
+  }
+
+  /**
+   * Checks on `op` the markers of a wait's waiter and of the ends it adds edges to, as its reads
+   * found them, when they fit in the commit's checks: then what the commit leaves is known here
+   * (see #knowEdges). Whether it did.
+   */
+  #checkMarkers(op: AtomicDraft, waiterId: string, planned: PlannedWaits): boolean {
+    if (op.checks.length + 1 + planned.added.length > MAX_CHECKS) return false;
+    for (const id of [waiterId, ...planned.added]) {
+      op.check({
+        key: this.#keys.waitNode(id),
+        versionstamp: planned.markers.get(id)!.versionstamp,
+      });
+    }
+    return true;
+  }
+
+  /**
+   * After a wait's commit at `versionstamp` that checked the markers (see #checkMarkers): the edges
+   * of its waiter and of the ends it added, where those before it were known (a marker absent: no
+   * edge; else as known here at that marker), are known here at the new marker.
+   */
+  #knowEdges(waiterId: string, planned: PlannedWaits, nowMs: number, versionstamp: string): void {
+    const edges = this.#local.edges;
+    const before = (id: string): Omit<KnownEdges, "marker"> | undefined => {
+      const marker = planned.markers.get(id)!.versionstamp;
+      if (marker === null) return { waiters: [], waited: [] };
+      const known = edges.get(id);
+      return known?.marker === marker ? known : undefined;
+    };
+    const remember = (id: string, known: KnownEdges | undefined): void => {
+      edges.delete(id);
+      if (known === undefined) return;
+      edges.set(id, known);
+      if (edges.size > CALLS_KNOWN) edges.delete(edges.keys().next().value!);
+    };
+    const added = planned.added.map((id, i) => ({ id, atMs: planned.firstWaits[i] ?? nowMs }));
+    const waiter = before(waiterId);
+    remember(
+      waiterId,
+      waiter &&
+        { marker: versionstamp, waiters: planned.waiters, waited: [...waiter.waited, ...added] },
+    );
+    for (const { id, atMs } of added) {
+      const end = before(id);
+      remember(
+        id,
+        end && {
+          marker: versionstamp,
+          waiters: [...end.waiters, { id: waiterId, atMs }],
+          waited: end.waited,
+        },
+      );
+    }
   }
 
   /** Stages on `op` that `waiterId` waits on the ends `#readWaits` found it does not wait on yet. */
@@ -2678,6 +2846,9 @@ export class KvStore implements Store {
           ) {
             // Ended elsewhere: no hint about it holds here any more.
             local.ownedHere.delete(ids[index]!);
+            local.holds.delete(ids[index]!);
+            local.edges.delete(ids[index]!);
+            local.entries.delete(ids[index]!);
             local.waitNodes.delete(ids[index]!);
             ended++;
             notify(waiters, undefined, stored?.record);
@@ -2891,6 +3062,9 @@ export class KvStore implements Store {
    */
   async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
     this.#local.ownedHere.delete(id);
+    this.#local.entries.delete(id);
+    this.#local.holds.delete(id);
+    this.#local.edges.delete(id);
     this.#local.waitNodes.delete(id);
     const entry = await this.#reads.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
@@ -3003,12 +3177,16 @@ export class KvStore implements Store {
     id: string,
     ready: Promise<void> | undefined,
     seat: Seat | undefined,
+    stamped: (versionstamp: string) => void,
   ): Promise<boolean> {
     if (seat?.joined === true) {
       const verdict = await seat.offer(op, ready!);
       // Committed with the end: returned once the runner has the slot back (its pick-up counts
       // the slots given back when it ends).
-      if (verdict === true) await ready!.catch(() => {});
+      if (verdict === true) {
+        if (seat.versionstamp !== undefined) stamped(seat.versionstamp);
+        await ready!.catch(() => {});
+      }
       if (verdict !== undefined) return verdict;
     }
     // A claim on no ride (or left by every end) commits once its slot is given back.
@@ -3018,19 +3196,24 @@ export class KvStore implements Store {
     const claim = rider?.take();
     if (claim === undefined || !this.#group.fits(op, claim)) {
       rider?.settle(undefined);
-      return await (alone ? this.#commitDraft(op) : this.#group.commit(op));
+      return await (alone ? this.#commitDraft(op, stamped) : this.#group.commit(op, stamped));
     }
     let joint: boolean;
+    let jointStamp: string | undefined;
     try {
-      joint = await this.#group.commit(new AtomicDraft().absorb(op).absorb(claim));
+      joint = await this.#group.commit(
+        new AtomicDraft().absorb(op).absorb(claim),
+        (stamp) => jointStamp = stamp,
+      );
     } catch (error) {
       rider!.fail(error);
       throw error;
     }
-    rider!.settle(joint);
+    rider!.settle(joint, jointStamp);
+    if (jointStamp !== undefined) stamped(jointStamp);
     // Refused: most often the claim's check (another process claimed it first). The end goes on
     // its own as planned, and reads again only if its own check failed.
-    return joint || await this.#group.commit(op);
+    return joint || await this.#group.commit(op, stamped);
   }
 
   /**
@@ -3038,11 +3221,14 @@ export class KvStore implements Store {
    * version of a call, written by every insertion of its edges) go through the group committer
    * one after another, a round trip each; on their own they go at once.
    */
-  #commitDraft(draft: AtomicDraft): Promise<boolean> {
+  #commitDraft(draft: AtomicDraft, stamped?: (versionstamp: string) => void): Promise<boolean> {
     return this.#group.tracked(draft, () => {
       const op = this.#kv.atomic();
       draft.applyTo(op);
-      return this.#commit(op, (versionstamp) => this.#committedAt.set(draft, versionstamp));
+      return this.#commit(op, (versionstamp) => {
+        this.#committedAt.set(draft, versionstamp);
+        stamped?.(versionstamp);
+      });
     });
   }
 

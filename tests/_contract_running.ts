@@ -412,12 +412,15 @@ export function runningContract(backend: string, makeApp: AppFactory): void {
       childId = called.id;
       return 1 + await called.result();
     });
+    // Paused, and the pause's own read of the child (what ended before its edge) is over: PAUSED
+    // seen by a poll may precede that read.
+    let paused = false;
+    const pause = app.orchestrator.pauseForResults.bind(app.orchestrator);
+    app.orchestrator.pauseForResults = (...args) => pause(...args).then(() => void (paused = true));
     await using runner = app.runner({ concurrency: 2 });
     runner.start();
     const invocation = await parent.call({ n: 20 });
-    await waitUntil(async () => (await invocation.status()) === "paused", {
-      message: "parent paused",
-    });
+    await waitUntil(() => paused, { message: "parent paused" });
     gate.resolve();
     assert.equal(await within(invocation.result(), DEADLINE_MS, "the parent's result"), 41);
     assert.ok(childId !== undefined);

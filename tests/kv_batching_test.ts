@@ -254,3 +254,24 @@ test("read coalescing: reads issued together share getMany calls of at most 10 k
   assert.equal(text((await coalescer.get(["r", 0])).value), "changed");
   assert.equal((await coalescer.get(["missing"])).versionstamp, null);
 });
+
+test("group commit: drafts that check one key at one versionstamp and write other keys share one commit, with the check once; one that writes that key, or checks it at another versionstamp, waits for the next", async () => {
+  const { kv, committer, commits } = await fresh();
+  const shared = ["cancel", "r1", "parent"];
+  const calls = Array.from({ length: 3 }, (_, i) =>
+    committer.commit(
+      new AtomicDraft().check({ key: shared, versionstamp: null }).set(["child", i], bytes(`${i}`)),
+    ));
+  assert.deepEqual(await Promise.all(calls), [true, true, true]);
+  assert.deepEqual(commits, [1], "one commit, one check");
+  for (let i = 0; i < 3; i++) assert.equal(text((await kv.get(["child", i])).value), `${i}`);
+  const stamp = (await kv.atomic().set(shared, bytes("x")).commit()).versionstamp!;
+  commits.length = 0;
+  const results = await Promise.all([
+    committer.commit(new AtomicDraft().check({ key: shared, versionstamp: stamp })),
+    committer.commit(new AtomicDraft().check({ key: shared, versionstamp: null })),
+    committer.commit(new AtomicDraft().set(shared, bytes("y"))),
+  ]);
+  assert.deepEqual(results, [true, false, true]);
+  assert.deepEqual(commits, [1, 1, 0], "none of the three merged");
+});

@@ -17,6 +17,7 @@ import { drainLanes } from "./_contract_fairness.ts";
 import { FakeClock } from "./_fake_clock.ts";
 import { refusePickUps } from "./_long_history.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
+import { InjectedStoreFault } from "./_faults.ts";
 
 /** Whether `error` is the refusal of a record over Deno KV's value limit, naming the limit. */
 const overValueLimit = (error: unknown): boolean =>
@@ -590,7 +591,7 @@ test("[kv] a pick-up reads the wake markers, the due delayed entries, the ready 
   assert.deepEqual([...begun].sort(), ["q", "qd", "ready", "wake", "wakeat"]);
 });
 
-test("[kv] a runner's final write reads the record, the wait graph marker, its call hold and the side index hints (for the pick-up that follows) in one getMany, then commits, and that is all: a short history is in the record, no key to read or re-expire, and a hold checked absent leaves no call to release", async () => {
+test("[kv] a runner's final write reads the wait graph marker, its call hold and the side index hints (for the pick-up that follows) in one getMany, then commits, and that is all: its record as its claim here committed it, a short history in the record, no key to read or re-expire, and a hold checked absent leaves no call to release", async () => {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const steps: string[] = [];
@@ -623,7 +624,7 @@ test("[kv] a runner's final write reads the record, the wait graph marker, its c
     expectSeq: started.seq,
   });
   // REGISTERED, PENDING, RUNNING are in the record, which the commit sets with its expiry.
-  assert.deepEqual(steps, ["read hint hint hint holder inv wnode", "commit"]);
+  assert.deepEqual(steps, ["read hint hint hint holder wnode", "commit"]);
   assert.deepEqual((await started.invocation.history()).map(({ status }) => status), [
     "registered",
     "pending",
@@ -807,3 +808,113 @@ test("[kv] a runner's pick-up takes the slot an execution frees while it reads (
   // The first pick-up claimed the held one; the second, for one slot, claimed both pings.
   assert.deepEqual(claimed.slice(0, 2), [1, 2]);
 });
+
+test("[kv] a call from a task reads no record of its caller: the caller's cancel request is checked absent in the registration's commit", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  let counting = false;
+  const read: string[] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => {
+      if (counting) read.push(...keys.flatMap((key) => key[2] === "inv" ? [String(key[3])] : []));
+    },
+    beforeGet: (key) => void (counting && key[2] === "inv" && read.push(String(key[3]))),
+  });
+  const app = new Nenc({ appId: "call-reads", kv: view });
+  const child = app.task("child", () => 1);
+  const parent = app.task("parent", async () => {
+    counting = true;
+    const called = await child.call();
+    counting = false;
+    return called.id;
+  });
+  const invocation = await parent.call();
+  await within(app.runner({ concurrency: 1 }).drain(), DEADLINE_MS, "the drain");
+  const childId = await invocation.result();
+  assert.equal((await app.orchestrator.store.get(childId))?.parentId, invocation.id);
+  assert.ok(!read.includes(invocation.id), `read ${read.join(", ")}`);
+});
+
+test("[kv] a call from a canceled invocation's context, before its runner saw the cancel, is refused by the registration's commit with CanceledError, and registers nothing", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "canceled-calls", kv });
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  const child = app.task("child", () => 1);
+  let outcome = "";
+  const parent = app.task("parent", async () => {
+    await gate;
+    try {
+      outcome = `routed ${(await child.call()).id}`;
+    } catch (error) {
+      outcome = `rejected ${(error as Error).name}`;
+    }
+    return 0;
+  });
+  // Its cancel requests are read every 2 s: the function calls before the runner aborts it.
+  const runner = app.runner({ pollMs: 2_000, concurrency: 2 });
+  runner.start();
+  try {
+    const invocation = await parent.call();
+    await waitUntil(async () => (await invocation.status()) === "running", {
+      message: "the parent running",
+    });
+    assert.equal(await invocation.cancel(), true);
+    release();
+    await waitUntil(() => outcome !== "", { message: "the parent's call" });
+    assert.equal(outcome, "rejected CanceledError");
+    assert.deepEqual(await app.orchestrator.store.children(invocation.id), []);
+  } finally {
+    await runner.stop({ graceMs: 0 });
+  }
+});
+
+for (
+  const kind of [
+    "refused and not applied",
+    "applied then reported failed",
+    "with the store down for 300 ms",
+  ]
+) {
+  test(`[kv] a call from a task whose registration commit (its caller's cancel request checked) is ${kind}: registered once, and the task goes on`, async () => {
+    const kv = await openTestKv(":memory:");
+    opened.push(kv);
+    let armed = true;
+    let downUntil = 0;
+    const down = (): void => {
+      if (Date.now() < downUntil) throw new InjectedStoreFault("store down");
+    };
+    const registersChild = (keys: readonly KvKey[]): boolean =>
+      keys.some((key) => key[2] === "child");
+    const view = interceptKv(kv, {
+      beforeGet: down,
+      beforeGetMany: down,
+      beforeList: down,
+      beforeCommit: (_values, keys) => {
+        down();
+        if (!armed || !registersChild(keys) || kind.startsWith("applied")) return;
+        armed = false;
+        if (kind.startsWith("with")) downUntil = Date.now() + 300;
+        throw new InjectedStoreFault(kind);
+      },
+      afterCommit: (ok, sets) => {
+        if (!armed || !ok || !kind.startsWith("applied")) return;
+        if (!registersChild(sets.map(({ key }) => key))) return;
+        armed = false;
+        throw new InjectedStoreFault(kind);
+      },
+    });
+    const app = new Nenc({ appId: "call-faults", kv: view });
+    const child = app.task("child", () => 1);
+    const parent = app.task("parent", async () => (await child.call()).id);
+    const invocation = await parent.call();
+    await within(app.runner({ concurrency: 1 }).drain(), DEADLINE_MS, "the drain");
+    assert.equal(armed, false, "the fault fired");
+    const childId = await invocation.result();
+    assert.deepEqual(
+      (await app.orchestrator.store.children(invocation.id)).map(({ id }) => id),
+      [childId],
+    );
+  });
+}

@@ -7,7 +7,8 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
-import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
+import { Keys } from "../kv/keys.ts";
+import { holdingCommits, interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { DEADLINE_MS, LONG_DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { defineFanOut } from "../bench/_shapes.ts";
 
@@ -231,7 +232,11 @@ test("[kv] the end of an invocation whose wait edges this process wrote lists it
   const child = await job.call({ n: 2 });
   const o = app.orchestrator;
   await o.store.waitFor(parent.id, [child.id], Date.now());
-  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  // Claimed through another view (as by another process): the end reads the record it did not
+  // commit itself.
+  const other = new Nenc({ appId: "early-edges", kv: interceptKv(kv, {}) });
+  other.task("job", ({ n }: { n: number }) => n);
+  const [started] = await other.orchestrator.startInvocations(1, { runnerId: "r1" });
   assert.equal(started?.invocation.id, child.id, "blocking control runs the waited-on child");
   listed.length = 0;
   state.holdId = child.id;
@@ -260,7 +265,11 @@ test("[kv] a pause reads what its wait edges are planned from (the edges there, 
   const parent = await job.call({ n: 1 });
   const child = await job.call({ n: 2 });
   const o = app.orchestrator;
-  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  // Claimed through another view (as by another process): the pause reads the record it did not
+  // commit itself.
+  const other = new Nenc({ appId: "early-waits", kv: interceptKv(kv, {}) });
+  other.task("job", ({ n }: { n: number }) => n);
+  const [started] = await other.orchestrator.startInvocations(1, { runnerId: "r1" });
   assert.equal(started?.invocation.id, parent.id);
   read.length = 0;
   state.holdId = parent.id;
@@ -305,4 +314,146 @@ test("[kv] result() of a final invocation reads its record once, in one getMany:
   reads.length = 0;
   assert.equal(await invocation.result(), "pong");
   assert.deepEqual(reads, [[invocation.id]]);
+});
+
+/** A view of `kv` that names, while `on`, every record read (`inv/<id>`) and listed prefix. */
+function namingReads(kv: KvLike) {
+  const state = { on: false };
+  const read: string[] = [];
+  const view = interceptKv(kv, {
+    beforeGetMany: (keys) => {
+      if (state.on) read.push(...keys.map((key) => key.slice(2).join("/")));
+    },
+    beforeList: (selector) => {
+      const prefix = "prefix" in selector ? selector.prefix : undefined;
+      if (state.on && prefix !== undefined) read.push(`${prefix.slice(2).join("/")}/…`);
+    },
+  });
+  return { view, read, state };
+}
+
+/** Registers waiter and waited, claims the waiter and pauses it on the waited, here ("r1"). */
+async function pausedOnChild(app: Nenc) {
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parent = await job.call({ n: 1 });
+  const child = await job.call({ n: 2 });
+  const o = app.orchestrator;
+  const [claimed] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(claimed?.invocation.id, parent.id);
+  const actor = { runnerId: "r1", claimSeq: claimed.claimSeq };
+  await o.pauseForResults(claimed.invocation, [child], { ...actor, expectSeq: claimed.seq });
+  return { o, parent, child, claimed, actor };
+}
+
+test("[kv] the end of an invocation whose wait edges a pause here wrote reads neither them nor its marker nor its record (both committed here): its commit checks the marker as that pause left it, and releases the edges", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const { view, read, state } = namingReads(kv);
+  const app = new Nenc({ appId: "known-edges", kv: view });
+  const { o, parent, child } = await pausedOnChild(app);
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, child.id);
+  state.on = true;
+  await o.setInvocationResult(started.invocation, 2, {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  state.on = false;
+  const its = [
+    `inv/${child.id}`,
+    `wnode/${child.id}`,
+    `waited/${child.id}/…`,
+    `waits/${child.id}/…`,
+  ];
+  assert.deepEqual(read.filter((what) => its.includes(what)), []);
+  assert.deepEqual(await o.store.waiters(child.id), [], "its edge released with it");
+  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
+  assert.equal((await o.store.get(parent.id))?.status, "paused");
+});
+
+test("[kv] an edge into an invocation inserted by another process after a pause here wrote its edges is released with its end all the same: the marker known here is checked, found moved, and the edges listed", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "moved-marker", kv: interceptKv(kv, {}) });
+  const { o, child } = await pausedOnChild(app);
+  // Another process (its own view of the store) waits on the child too.
+  const other = new Nenc({ appId: "moved-marker", kv: interceptKv(kv, {}) });
+  const otherWaiter = await other.task("job", ({ n }: { n: number }) => n).call({ n: 3 });
+  await other.orchestrator.store.waitFor(otherWaiter.id, [child.id], Date.now());
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, child.id);
+  await o.setInvocationResult(started.invocation, 2, {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  assert.deepEqual(await o.store.waiters(child.id), [], "both edges released with it");
+  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
+});
+
+test("[kv] a resume after a pause made here reads no record: it plans from the entry the pause committed, and its commit checks it", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const { view, read, state } = namingReads(kv);
+  const app = new Nenc({ appId: "known-entry", kv: view });
+  const { o, parent, claimed, actor } = await pausedOnChild(app);
+  state.on = true;
+  await o.setInvocationStatus(claimed.invocation, "resumed", {
+    ...actor,
+    expectSeq: claimed.seq + 1,
+  });
+  state.on = false;
+  assert.deepEqual(read.filter((what) => what === `inv/${parent.id}`), []);
+  assert.equal((await o.store.get(parent.id))?.status, "resumed");
+});
+
+test("[kv] a resume planned from the entry a pause here committed, after another process canceled the invocation, is refused by its check and sees the cancel: the record stays canceled", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "stale-entry", kv: interceptKv(kv, {}) });
+  const { o, parent, claimed, actor } = await pausedOnChild(app);
+  const other = new Nenc({ appId: "stale-entry", kv: interceptKv(kv, {}) });
+  other.task("job", ({ n }: { n: number }) => n);
+  assert.deepEqual(await other.orchestrator.cancel([parent], { cascade: false }), [true]);
+  await assert.rejects(
+    o.setInvocationStatus(claimed.invocation, "resumed", { ...actor, expectSeq: claimed.seq + 1 }),
+  );
+  assert.equal((await o.store.get(parent.id))?.status, "canceled");
+});
+
+test("[kv] an edge into an end inserted by another process between a pause's reads and its commit fails the pause's check of that end's marker: planned again, and the end's edges, both, released with it", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const { kv: view, hold } = holdingCommits(kv);
+  const app = new Nenc({ appId: "raced-marker", kv: view });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parent = await job.call({ n: 1 });
+  const child = await job.call({ n: 2 });
+  const o = app.orchestrator;
+  const [claimed] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(claimed?.invocation.id, parent.id);
+  const held = hold(new Keys("raced-marker").invocation(parent.id));
+  const pausing = o.pauseForResults(claimed.invocation, [child], {
+    runnerId: "r1",
+    claimSeq: claimed.claimSeq,
+    expectSeq: claimed.seq,
+  });
+  await held.reached;
+  // The pause has read the child's marker absent; another process now waits on the child.
+  const other = new Nenc({ appId: "raced-marker", kv: interceptKv(kv, {}) });
+  const otherWaiter = await other.task("job", ({ n }: { n: number }) => n).call({ n: 3 });
+  await other.orchestrator.store.waitFor(otherWaiter.id, [child.id], Date.now());
+  held.open();
+  await within(pausing, DEADLINE_MS, "the pause");
+  assert.deepEqual((await o.store.waiters(child.id)).sort(), [parent.id, otherWaiter.id].sort());
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, child.id);
+  await o.setInvocationResult(started.invocation, 2, {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  assert.deepEqual(await o.store.waiters(child.id), [], "both edges released with it");
+  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
 });

@@ -1015,6 +1015,8 @@ export class KvStore implements Store {
 
   // reads: inv/<id>; checks: inv/<id>; writes: inv/<id>
   async incrementRetries(id: string): Promise<number> {
+    // It writes the record: the entry a change here committed is stale from now on.
+    this.#local.entries.delete(id);
     for (let attempt = 0;; attempt++) {
       const entry = await this.#reads.get(this.#keys.invocation(id));
       const stored = this.#decodeInvocation(entry);

@@ -741,10 +741,15 @@ export class KvStore implements Store {
       waits?.catch(() => {}); // the same
       // The first attempt may plan from a read made just before (`first`), or from the entry a
       // change here last committed (see LocalSignals.entries): its commit checks it.
-      const known = attempt === 0 ? first ?? this.#local.entries.get(id) : undefined;
+      const cached = attempt === 0 && first === undefined ? this.#local.entries.get(id) : undefined;
+      const known = attempt === 0 ? first ?? cached : undefined;
       this.#local.entries.delete(id);
       const entry = known ?? await this.#reads.get(keys.invocation(id));
       const stored = this.#decodeInvocation(entry);
+      // An entry committed here may be stale (another process, or a write here that went round
+      // the entries, changed the record since): only a commit's check may act on it, so what it
+      // refuses before planning is read afresh, as a refused check is.
+      if (cached !== undefined && (stored === undefined || !isWanted(stored))) continue;
       if (stored === undefined || !isWanted(stored)) {
         this.#local.ownedHere.delete(id);
         this.#local.holds.delete(id);
@@ -761,6 +766,7 @@ export class KvStore implements Store {
         if (isAppliedChange(record, change)) {
           return { ok: true, record, entries: [], previous: record.status, replayed: true };
         }
+        if (cached !== undefined) continue;
         this.#local.ownedHere.delete(id);
         this.#local.holds.delete(id);
         return { ok: false, reason: "conflict", record };

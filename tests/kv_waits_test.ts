@@ -457,3 +457,29 @@ test("[kv] an edge into an end inserted by another process between a pause's rea
   assert.deepEqual(await o.store.waiters(child.id), [], "both edges released with it");
   assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
 });
+
+test("[kv] a change whose entry committed here went stale (another process changed the record since) is not refused by that entry: a resume after a pause another process wrote reads the record afresh and is applied", async () => {
+  const kv = await openTestKv(":memory:");
+  opened.push(kv);
+  const app = new Nenc({ appId: "stale-seq", kv: interceptKv(kv, {}) });
+  const job = app.task("job", ({ n }: { n: number }) => n);
+  const parent = await job.call({ n: 1 });
+  const child = await job.call({ n: 2 });
+  const o = app.orchestrator;
+  // Claimed here: the claim's entry is kept here.
+  const [claimed] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(claimed?.invocation.id, parent.id);
+  const actor = { runnerId: "r1", claimSeq: claimed.claimSeq };
+  // The pause is written through another process's store: the entry kept here is stale now.
+  const other = new Nenc({ appId: "stale-seq", kv: interceptKv(kv, {}) });
+  other.task("job", ({ n }: { n: number }) => n);
+  await other.orchestrator.pauseForResults(claimed.invocation, [child], {
+    ...actor,
+    expectSeq: claimed.seq,
+  });
+  await o.setInvocationStatus(claimed.invocation, "resumed", {
+    ...actor,
+    expectSeq: claimed.seq + 1,
+  });
+  assert.equal((await o.store.get(parent.id))?.status, "resumed");
+});

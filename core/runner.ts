@@ -939,7 +939,9 @@ export class Runner implements AsyncDisposable {
     // another runner takes it at its first heartbeat after that. (After a jump of the clock
     // past that time, before its next heartbeat lands, a runner takes it for this round only.)
     const untilMs = this.#lastBeatMs + orchestrator.options.runnerTimeoutSeconds * 1000;
-    if (await orchestrator.store.takeUpkeepLease(this.id, { nowMs, untilMs })) {
+    // A fence may come while the upkeep runs (it began just before): from then on it writes
+    // nothing, as the fence says.
+    if (await orchestrator.store.takeUpkeepLease(this.id, { nowMs, untilMs }) && !this.#fenced) {
       await orchestrator.recoverInvocations({ runnerId: this.id });
       if (nowMs >= this.#nextPurgeMs) {
         this.#nextPurgeMs = nowMs + this.#purgeIntervalMs;
@@ -1036,6 +1038,9 @@ export class Runner implements AsyncDisposable {
     });
     await Promise.all([...this.#aheads, this.#looping?.catch(() => {})]);
     const orphans = page.filter((id) => !this.#executions.has(id));
+    // Fenced meanwhile (the upkeep began before the fence): the executions it aborted are gone
+    // from this runner, not orphans, and a fenced runner writes nothing.
+    if (this.#fenced) return;
     if (orphans.length > 0) {
       await orchestrator.recoverInvocations({ runnerId: this.id, ids: orphans });
     }

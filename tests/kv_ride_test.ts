@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { Nenc } from "../core/app.ts";
 import { InvocationStatus } from "../core/status.ts";
 import type { ClaimRequest } from "../core/store.ts";
-import type { KvKey } from "../kv/kv_like.ts";
+import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
 import { InjectedStoreFault, ORCHESTRATOR } from "./_faults.ts";
@@ -17,6 +17,30 @@ after(() => opened.forEach((handle) => handle.close()));
 
 /** The invocation records (`["nenc", app, "inv", id]`) a commit sets. */
 const records = (keys: readonly KvKey[]): number => keys.filter((key) => key[2] === "inv").length;
+
+/**
+ * On `kv`: an app whose `a` runs (RUNNING, claimed by r1) and whose `b` waits in the queue, and
+ * the pick-up request r1 makes.
+ */
+async function aRunningBQueued(kv: KvLike, options: { concurrency?: "task" } = {}) {
+  const app = new Nenc({ appId: "ride", kv });
+  const ping = app.task("ping", ({ n }: { n: number }) => n, {
+    ...options.concurrency === "task" ? { runningConcurrency: "task" as const } : {},
+  });
+  const a = await ping.call({ n: 1 });
+  const b = await ping.call({ n: 2 });
+  const request = {
+    runnerId: "r1",
+    nowMs: Date.now(),
+    max: 1,
+    runAtOnce: () => true,
+    rerouteOnConcurrencyControl: () => true,
+    purgeAtMs: Date.now() + 3_600_000,
+  } satisfies ClaimRequest;
+  assert.equal((await app.orchestrator.store.claim(request)).claimed[0]?.id, a.id);
+  assert.equal(await a.status(), InvocationStatus.RUNNING);
+  return { app, a, b, request };
+}
 
 /**
  * An app on a fresh KV whose commits are counted; `a` runs (RUNNING, owned by r1) and `b` waits
@@ -29,24 +53,8 @@ async function setUp(options: { concurrency?: "task" } = {}) {
   const kv = interceptKv(handle, {
     beforeCommit: (_values, keys) => void commits.push(records(keys)),
   });
-  const app = new Nenc({ appId: "ride", kv });
-  const ping = app.task("ping", ({ n }: { n: number }) => n, {
-    ...options.concurrency === "task" ? { runningConcurrency: "task" as const } : {},
-  });
-  const a = await ping.call({ n: 1 });
-  const b = await ping.call({ n: 2 });
+  const { app, a, b, request } = await aRunningBQueued(kv, options);
   const store = app.orchestrator.store;
-  const request = {
-    runnerId: "r1",
-    nowMs: Date.now(),
-    max: 1,
-    runAtOnce: () => true,
-    rerouteOnConcurrencyControl: () => true,
-    purgeAtMs: Date.now() + 3_600_000,
-  } satisfies ClaimRequest;
-  const [claimedA] = (await store.claim(request)).claimed;
-  assert.equal(claimedA?.id, a.id);
-  assert.equal(await a.status(), InvocationStatus.RUNNING);
   let giveBack!: () => void;
   const ready = new Promise<void>((resolve) => giveBack = resolve);
   const claimB = () => store.claim({ ...request, nowMs: Date.now(), ready, freedBy: [a.id] });
@@ -106,19 +114,20 @@ async function refusedJoint(moved: "end" | "claim") {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
   const commits: number[] = [];
-  let ids: { a: string; b: string } | undefined;
+  // Known once both are registered and a is claimed.
+  const ids = { a: "", b: "" };
   let refused = false;
   // Reads of a's record after the refusal, until the next commit.
   let readsOfA = 0;
   let readsOfABeforeNextCommit: number | undefined;
   const kv = interceptKv(handle, {
     beforeGetMany: (keys) => {
-      if (refused && keys.some((key) => key[2] === "inv" && key[3] === ids!.a)) readsOfA++;
+      if (refused && keys.some((key) => key[2] === "inv" && key[3] === ids.a)) readsOfA++;
     },
     beforeCommit: async (_values, keys) => {
       if (refused) readsOfABeforeNextCommit ??= readsOfA;
       commits.push(records(keys));
-      if (records(keys) === 2 && !refused && ids !== undefined) {
+      if (records(keys) === 2 && !refused && ids.a !== "") {
         refused = true;
         const id = moved === "end" ? ids.a : ids.b;
         const key = keys.find((key) => key[2] === "inv" && key[3] === id)!;
@@ -127,20 +136,8 @@ async function refusedJoint(moved: "end" | "claim") {
       }
     },
   });
-  const app = new Nenc({ appId: "ride", kv });
-  const ping = app.task("ping", ({ n }: { n: number }) => n);
-  const a = await ping.call({ n: 1 });
-  const b = await ping.call({ n: 2 });
-  const request = {
-    runnerId: "r1",
-    nowMs: Date.now(),
-    max: 1,
-    runAtOnce: () => true,
-    rerouteOnConcurrencyControl: () => true,
-    purgeAtMs: Date.now() + 3_600_000,
-  } satisfies ClaimRequest;
-  await app.orchestrator.store.claim(request);
-  ids = { a: a.id, b: b.id };
+  const { app, a, b, request } = await aRunningBQueued(kv);
+  Object.assign(ids, { a: a.id, b: b.id });
   let giveBack!: () => void;
   const ready = new Promise<void>((resolve) => giveBack = resolve);
   commits.length = 0;
@@ -294,21 +291,7 @@ async function gatedQueue(options: { concurrency?: "task" } = {}) {
       if (gate !== undefined) await gate;
     },
   });
-  const app = new Nenc({ appId: "ride", kv });
-  const ping = app.task("ping", ({ n }: { n: number }) => n, {
-    ...options.concurrency === "task" ? { runningConcurrency: "task" as const } : {},
-  });
-  const a = await ping.call({ n: 1 });
-  const b = await ping.call({ n: 2 });
-  const request = {
-    runnerId: "r1",
-    nowMs: Date.now(),
-    max: 1,
-    runAtOnce: () => true,
-    rerouteOnConcurrencyControl: () => true,
-    purgeAtMs: Date.now() + 3_600_000,
-  } satisfies ClaimRequest;
-  assert.equal((await app.orchestrator.store.claim(request)).claimed[0]?.id, a.id);
+  const { app, a, b, request } = await aRunningBQueued(kv, options);
   let open!: () => void;
   gate = new Promise<void>((resolve) => open = resolve);
   const release = (): void => {

@@ -332,6 +332,19 @@ function namingReads(kv: KvLike) {
   return { view, read, state };
 }
 
+/** The child claimed and ended here ("r1"): every edge into it released with its end. */
+async function endHereReleasingAll(o: Nenc["orchestrator"], childId: string): Promise<void> {
+  const [started] = await o.startInvocations(1, { runnerId: "r1" });
+  assert.equal(started?.invocation.id, childId);
+  await o.setInvocationResult(started.invocation, 2, {
+    runnerId: "r1",
+    claimSeq: started.claimSeq,
+    expectSeq: started.seq,
+  });
+  assert.deepEqual(await o.store.waiters(childId), [], "both edges released with it");
+  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
+}
+
 /** Registers waiter and waited, claims the waiter and pauses it on the waited, here ("r1"). */
 async function pausedOnChild(app: Nenc) {
   const job = app.task("job", ({ n }: { n: number }) => n);
@@ -381,15 +394,7 @@ test("[kv] an edge into an invocation inserted by another process after a pause 
   const other = new Nenc({ appId: "moved-marker", kv: interceptKv(kv, {}) });
   const otherWaiter = await other.task("job", ({ n }: { n: number }) => n).call({ n: 3 });
   await other.orchestrator.store.waitFor(otherWaiter.id, [child.id], Date.now());
-  const [started] = await o.startInvocations(1, { runnerId: "r1" });
-  assert.equal(started?.invocation.id, child.id);
-  await o.setInvocationResult(started.invocation, 2, {
-    runnerId: "r1",
-    claimSeq: started.claimSeq,
-    expectSeq: started.seq,
-  });
-  assert.deepEqual(await o.store.waiters(child.id), [], "both edges released with it");
-  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
+  await endHereReleasingAll(o, child.id);
 });
 
 test("[kv] a resume after a pause made here reads no record: it plans from the entry the pause committed, and its commit checks it", async () => {
@@ -447,15 +452,7 @@ test("[kv] an edge into an end inserted by another process between a pause's rea
   held.open();
   await within(pausing, DEADLINE_MS, "the pause");
   assert.deepEqual((await o.store.waiters(child.id)).sort(), [parent.id, otherWaiter.id].sort());
-  const [started] = await o.startInvocations(1, { runnerId: "r1" });
-  assert.equal(started?.invocation.id, child.id);
-  await o.setInvocationResult(started.invocation, 2, {
-    runnerId: "r1",
-    claimSeq: started.claimSeq,
-    expectSeq: started.seq,
-  });
-  assert.deepEqual(await o.store.waiters(child.id), [], "both edges released with it");
-  assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
+  await endHereReleasingAll(o, child.id);
 });
 
 test("[kv] a change whose entry committed here went stale (another process changed the record since) is not refused by that entry: a resume after a pause another process wrote reads the record afresh and is applied", async () => {

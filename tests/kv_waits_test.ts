@@ -345,8 +345,11 @@ async function endHereReleasingAll(o: Nenc["orchestrator"], childId: string): Pr
   assert.deepEqual((await o.store.graphs()).waits, [], "no wait edge left");
 }
 
-/** Registers waiter and waited, claims the waiter and pauses it on the waited, here ("r1"). */
-async function pausedOnChild(app: Nenc) {
+/**
+ * Registers waiter and waited, claims the waiter here ("r1") and pauses it on the waited: here, or
+ * through `pausedBy` (another process's app on the same store).
+ */
+async function pausedOnChild(app: Nenc, pausedBy: Nenc = app) {
   const job = app.task("job", ({ n }: { n: number }) => n);
   const parent = await job.call({ n: 1 });
   const child = await job.call({ n: 2 });
@@ -354,7 +357,10 @@ async function pausedOnChild(app: Nenc) {
   const [claimed] = await o.startInvocations(1, { runnerId: "r1" });
   assert.equal(claimed?.invocation.id, parent.id);
   const actor = { runnerId: "r1", claimSeq: claimed.claimSeq };
-  await o.pauseForResults(claimed.invocation, [child], { ...actor, expectSeq: claimed.seq });
+  await pausedBy.orchestrator.pauseForResults(claimed.invocation, [child], {
+    ...actor,
+    expectSeq: claimed.seq,
+  });
   return { o, parent, child, claimed, actor };
 }
 
@@ -459,21 +465,11 @@ test("[kv] a change whose entry committed here went stale (another process chang
   const kv = await openTestKv(":memory:");
   opened.push(kv);
   const app = new Nenc({ appId: "stale-seq", kv: interceptKv(kv, {}) });
-  const job = app.task("job", ({ n }: { n: number }) => n);
-  const parent = await job.call({ n: 1 });
-  const child = await job.call({ n: 2 });
-  const o = app.orchestrator;
-  // Claimed here: the claim's entry is kept here.
-  const [claimed] = await o.startInvocations(1, { runnerId: "r1" });
-  assert.equal(claimed?.invocation.id, parent.id);
-  const actor = { runnerId: "r1", claimSeq: claimed.claimSeq };
-  // The pause is written through another process's store: the entry kept here is stale now.
   const other = new Nenc({ appId: "stale-seq", kv: interceptKv(kv, {}) });
   other.task("job", ({ n }: { n: number }) => n);
-  await other.orchestrator.pauseForResults(claimed.invocation, [child], {
-    ...actor,
-    expectSeq: claimed.seq,
-  });
+  // Claimed here (the claim's entry is kept here); the pause written through another process's
+  // store: the entry kept here is stale now.
+  const { o, parent, claimed, actor } = await pausedOnChild(app, other);
   await o.setInvocationStatus(claimed.invocation, "resumed", {
     ...actor,
     expectSeq: claimed.seq + 1,

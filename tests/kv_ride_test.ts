@@ -10,7 +10,7 @@ import type { ClaimRequest } from "../core/store.ts";
 import type { KvKey, KvLike } from "../kv/kv_like.ts";
 import { interceptKv, openTestKv, type TestKv } from "./_kv.ts";
 import { DEADLINE_MS, waitUntil, within } from "./_deadline.ts";
-import { InjectedStoreFault, ORCHESTRATOR } from "./_faults.ts";
+import { FAULT_KINDS, type FaultKind, FaultPlan, ORCHESTRATOR } from "./_faults.ts";
 
 const opened: TestKv[] = [];
 after(() => opened.forEach((handle) => handle.close()));
@@ -177,37 +177,31 @@ test("[kv] a joint commit refused by the end's check (a's record moved meanwhile
  * A one-slot runner works through 12 queued invocations while the commit of the second joint
  * end-and-claim meets `fault`; the function of each counts its runs and how many run at once.
  */
-async function oneSlotUnderFault(fault: "refuse" | "applied" | "down") {
+async function oneSlotUnderFault(fault: FaultKind) {
   const handle = await openTestKv(":memory:");
   opened.push(handle);
+  // The fault contract's plan (its faults and its outage), fired on the second joint commit.
+  const plan = new FaultPlan("success", fault);
+  plan.arm();
   let joint = 0;
   let jointAfterFault = 0;
-  let downUntil = 0;
-  let fired = false;
-  let reported = false;
-  const throwIfDown = (): void => {
-    if (Date.now() < downUntil) throw new InjectedStoreFault("store down");
-  };
+  /** The commit under way is the one the plan checks again once applied (`applied`). */
+  let faulting = false;
   const kv = interceptKv(handle, {
-    beforeGet: throwIfDown,
-    beforeGetMany: throwIfDown,
-    beforeList: throwIfDown,
+    beforeGet: () => plan.throwIfDown("get"),
+    beforeGetMany: () => plan.throwIfDown("getMany"),
+    beforeList: () => plan.throwIfDown("list"),
     beforeCommit: (_values, keys) => {
-      throwIfDown();
+      plan.throwIfDown("commit");
       if (records(keys) < 2) return;
-      if (fired) return void jointAfterFault++;
+      if (plan.firedAtMs !== undefined) return void jointAfterFault++;
       if (++joint < 2) return;
-      fired = true;
-      if (fault === "refuse") throw new InjectedStoreFault("refused");
-      if (fault === "down") {
-        downUntil = Date.now() + 1_000;
-        throw new InjectedStoreFault("store down");
-      }
+      faulting = plan.before(true, "a joint end-and-claim commit");
     },
     afterCommit: (ok) => {
-      if (fault !== "applied" || !fired || !ok || reported) return;
-      reported = true;
-      throw new InjectedStoreFault("applied, then reported failed");
+      if (!faulting) return;
+      faulting = false;
+      plan.after(ok, "a joint end-and-claim commit");
     },
   });
   const app = new Nenc({ appId: "ride", kv, orchestrator: ORCHESTRATOR });
@@ -232,20 +226,14 @@ async function oneSlotUnderFault(fault: "refuse" | "applied" | "down") {
     "the 12 results",
   );
   await runner.stop();
-  return { results, runs, most, fired, jointAfterFault };
+  return { results, runs, most, fired: plan.firedAtMs !== undefined, jointAfterFault };
 }
 
-for (const fault of ["refuse", "applied", "down"] as const) {
+for (const { kind, fault } of FAULT_KINDS) {
   test(
-    `[kv] a one-slot runner's joint end-and-claim commit ${
-      fault === "refuse"
-        ? "refused and not applied"
-        : fault === "applied"
-        ? "applied then reported failed"
-        : "with the store down for 1 s"
-    }: every invocation succeeds, each function runs once, never two at once, and later ends ride again`,
+    `[kv] a one-slot runner's joint end-and-claim commit ${fault}: every invocation succeeds, each function runs once, never two at once, and later ends ride again`,
     async () => {
-      const { results, runs, most, fired, jointAfterFault } = await oneSlotUnderFault(fault);
+      const { results, runs, most, fired, jointAfterFault } = await oneSlotUnderFault(kind);
       assert.ok(fired, "no joint commit met the fault");
       assert.deepEqual(results, Array.from({ length: 12 }, (_, n) => n));
       assert.deepEqual([...runs.values()], Array(12).fill(1), "a function ran twice, or never");

@@ -288,6 +288,20 @@ interface LocalSignals {
 
 const localSignals = new WeakMap<KvLike, Map<string, LocalSignals>>();
 
+/** This process holds `id` no more: what its hold let it skip reading goes with it. */
+function letGo(local: LocalSignals, id: string): void {
+  local.ownedHere.delete(id);
+  local.holds.delete(id);
+}
+
+/** `id` ended elsewhere, or is deleted: no hint about it holds here any more. */
+function forget(local: LocalSignals, id: string): void {
+  letGo(local, id);
+  local.entries.delete(id);
+  local.edges.delete(id);
+  local.waitNodes.delete(id);
+}
+
 /**
  * A call found `kv` closed: every waiter of every app on it in this process rejects with a
  * {@linkcode StoreClosedError}, and the pollers stop instead of keeping the process alive.
@@ -751,8 +765,7 @@ export class KvStore implements Store {
       // refuses before planning is read afresh, as a refused check is.
       if (cached !== undefined && (stored === undefined || !isWanted(stored))) continue;
       if (stored === undefined || !isWanted(stored)) {
-        this.#local.ownedHere.delete(id);
-        this.#local.holds.delete(id);
+        letGo(this.#local, id);
         return { ok: false, reason: "missing" };
       }
       // A claim for a slot about to be given back: the record is read, the rest (its slot keys,
@@ -767,8 +780,7 @@ export class KvStore implements Store {
           return { ok: true, record, entries: [], previous: record.status, replayed: true };
         }
         if (cached !== undefined) continue;
-        this.#local.ownedHere.delete(id);
-        this.#local.holds.delete(id);
+        letGo(this.#local, id);
         return { ok: false, reason: "conflict", record };
       }
       let plan = planChange(record, change);
@@ -985,10 +997,7 @@ export class KvStore implements Store {
           } else for (const end of [id, ...planned.added]) this.#local.edges.delete(end);
         }
         if (plan.executions.add !== null) this.#local.ownedHere.set(id, next.callId);
-        else if (plan.executions.remove !== null) {
-          this.#local.ownedHere.delete(id);
-          this.#local.holds.delete(id);
-        }
+        else if (plan.executions.remove !== null) letGo(this.#local, id);
         if (
           versionstamp !== undefined && !isFinalStatus(next.status) &&
           this.#local.ownedHere.has(id)
@@ -2852,12 +2861,7 @@ export class KvStore implements Store {
           if (
             waiters !== undefined && (stored === undefined || isFinalStatus(stored.record.status))
           ) {
-            // Ended elsewhere: no hint about it holds here any more.
-            local.ownedHere.delete(ids[index]!);
-            local.holds.delete(ids[index]!);
-            local.edges.delete(ids[index]!);
-            local.entries.delete(ids[index]!);
-            local.waitNodes.delete(ids[index]!);
+            forget(local, ids[index]!);
             ended++;
             notify(waiters, undefined, stored?.record);
           }
@@ -3069,11 +3073,7 @@ export class KvStore implements Store {
    * commit (a long history needs several), so a sweep cut short finds the invocation again.
    */
   async #deleteInvocation(id: string, purgeKey: KvKey): Promise<void> {
-    this.#local.ownedHere.delete(id);
-    this.#local.entries.delete(id);
-    this.#local.holds.delete(id);
-    this.#local.edges.delete(id);
-    this.#local.waitNodes.delete(id);
+    forget(this.#local, id);
     const entry = await this.#reads.get(this.#keys.invocation(id));
     const stored = entry.value === null ? undefined : this.#decodeStored(entry.value, id);
     const doomed: KvKey[] = [];

@@ -154,12 +154,18 @@ async function screenshot(page: Page, name: string, focus?: string): Promise<voi
   // busy machine the live page may have moved on meanwhile (the release stopped waiting, say), and
   // then the window is taken as it is.
   for (let tries = 1; focus !== undefined; tries++) {
+    // Gone already: looked for now, not waited for (a wait lets the demo run on past what the
+    // steps after this one check).
+    if (await page.locator(focus).count() === 0) {
+      console.log(`screenshot ${name}: ${focus} is no longer on the live page`);
+      break;
+    }
     try {
       await page.locator(focus).first().scrollIntoViewIfNeeded({ timeout: 5_000 });
       break;
     } catch (error) {
       if (/Timeout/.test(String(error))) {
-        console.log(`screenshot ${name}: ${focus} is no longer on the live page`);
+        console.log(`screenshot ${name}: ${focus} left the live page while scrolled to`);
         break;
       }
       if (tries >= 3 || !/not attached/.test(String(error))) throw error;
